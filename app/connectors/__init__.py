@@ -1,0 +1,1 @@
+"""Third-party API clients. Each connector knows HTTP and its API, nothing of our database or sync logic."""

@@ -1,0 +1,1 @@
+"""Shared fixtures. Real PostgreSQL and Redis, sandboxes over loopback HTTP."""
