@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-
 # --- CRM side -------------------------------------------------------------------------------------------
 
 
