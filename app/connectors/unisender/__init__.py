@@ -1,0 +1,30 @@
+"""Unisender (classic marketing API) connector: client, result models, errors and hook handling."""
+
+from app.connectors.unisender.client import MAX_IMPORT_ROWS, UnisenderClient
+from app.connectors.unisender.exceptions import (
+    UnisenderAccessDenied,
+    UnisenderAuthError,
+    UnisenderError,
+    UnisenderHookParseError,
+    UnisenderNotFound,
+    UnisenderRateLimited,
+    UnisenderRequestError,
+    UnisenderTransientError,
+)
+from app.connectors.unisender.hooks import UnsubscribeEvent, parse_hook, verify_hook_auth
+
+__all__ = [
+    "MAX_IMPORT_ROWS",
+    "UnisenderAccessDenied",
+    "UnisenderAuthError",
+    "UnisenderClient",
+    "UnisenderError",
+    "UnisenderHookParseError",
+    "UnisenderNotFound",
+    "UnisenderRateLimited",
+    "UnisenderRequestError",
+    "UnisenderTransientError",
+    "UnsubscribeEvent",
+    "parse_hook",
+    "verify_hook_auth",
+]

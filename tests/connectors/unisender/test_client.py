@@ -1,0 +1,495 @@
+"""Unit tests of UnisenderClient against httpx.MockTransport: wire format, batching, log mapping, errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from urllib.parse import parse_qsl
+
+import httpx
+import pytest
+
+from app.connectors.base import EspContact, ImportRow, RowOutcome, RowResult
+from app.connectors.errors import (
+    AuthError,
+    ForbiddenError,
+    NotFoundError,
+    RateLimitedError,
+    RequestError,
+    TransientError,
+)
+from app.connectors.unisender import (
+    UnisenderAccessDenied,
+    UnisenderAuthError,
+    UnisenderClient,
+    UnisenderError,
+    UnisenderNotFound,
+    UnisenderRateLimited,
+    UnisenderRequestError,
+    UnisenderTransientError,
+)
+
+API_KEY = "unit-test-key-123"
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+class RecordingLimiter:
+    """Counts acquisitions and pauses (stands in for TokenBucket in unit tests)."""
+
+    def __init__(self) -> None:
+        self.acquired = 0.0
+        self.pauses: list[float] = []
+
+    async def acquire(self, cost: float = 1.0) -> None:
+        self.acquired += cost
+
+    def pause(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+
+
+class Recorder:
+    """A MockTransport handler that records requests and answers from a queue or a function."""
+
+    def __init__(self, respond: Callable[[httpx.Request, list[tuple[str, str]]], httpx.Response]) -> None:
+        self.requests: list[httpx.Request] = []
+        self.forms: list[list[tuple[str, str]]] = []
+        self._respond = respond
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        form = parse_qsl(request.content.decode("ascii"), keep_blank_values=True, strict_parsing=True)
+        self.requests.append(request)
+        self.forms.append(form)
+        return self._respond(request, form)
+
+
+def ok(result: object) -> httpx.Response:
+    return httpx.Response(200, json={"result": result})
+
+
+def make_client(
+    handler: Handler, limiter: RecordingLimiter | None = None, **kwargs: object
+) -> tuple[UnisenderClient, httpx.AsyncClient]:
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    client = UnisenderClient(
+        http,
+        base_url="https://api.unisender.test/",
+        api_key=API_KEY,
+        limiter=limiter or RecordingLimiter(),
+        **kwargs,  # type: ignore[arg-type]
+    )
+    return client, http
+
+
+def import_ok(request: httpx.Request, form: list[tuple[str, str]]) -> httpx.Response:
+    rows = {k.split("]")[0] for k, _ in form if k.startswith("data[")}
+    n = len(rows)
+    return ok(
+        {"total": n, "inserted": n, "updated": 0, "deleted": 0, "new_emails": n, "invalid": 0, "log": []}
+    )
+
+
+def data_rows(form: list[tuple[str, str]]) -> list[list[str]]:
+    """Rebuild data[i][j] into rows, asserting indices are dense and 0-based."""
+    cells = [(k, v) for k, v in form if k.startswith("data[")]
+    rows: dict[int, dict[int, str]] = {}
+    for key, value in cells:
+        i, j = (int(part) for part in key[len("data[") : -1].split("]["))
+        rows.setdefault(i, {})[j] = value
+    assert sorted(rows) == list(range(len(rows)))
+    return [[row[j] for j in sorted(row)] for _, row in sorted(rows.items())]
+
+
+# --- wire format ---------------------------------------------------------------------------------------------
+
+
+async def test_import_form_body_is_exact_php_bracket_form() -> None:
+    rec = Recorder(import_ok)
+    client, http = make_client(rec)
+    async with http:
+        results = await client.import_contacts(
+            [
+                ImportRow(email="ivan@ex.ru", name="Иван Петров", list_ids=(101, 102)),
+                ImportRow(email="ann@ex.com", name="", list_ids=(101,)),
+                ImportRow(email="gone@ex.com", name="Old", list_ids=(5,), delete=True),
+            ]
+        )
+    assert results == [RowResult(index=i, outcome=RowOutcome.OK) for i in range(3)]
+    (request,) = rec.requests
+    assert request.method == "POST"
+    assert request.url.path == "/en/api/importContacts"
+    assert dict(request.url.params) == {"format": "json"}
+    assert request.headers["content-type"] == "application/x-www-form-urlencoded"
+    assert API_KEY not in str(request.url)
+    assert rec.forms[0] == [
+        ("api_key", API_KEY),
+        ("platform", "contactsync"),
+        ("field_names[0]", "email"),
+        ("field_names[1]", "Name"),
+        ("field_names[2]", "email_list_ids"),
+        ("field_names[3]", "delete"),
+        ("data[0][0]", "ivan@ex.ru"),
+        ("data[0][1]", "Иван Петров"),
+        ("data[0][2]", "101,102"),
+        ("data[0][3]", "0"),
+        ("data[1][0]", "ann@ex.com"),
+        ("data[1][1]", ""),
+        ("data[1][2]", "101"),
+        ("data[1][3]", "0"),
+        ("data[2][0]", "gone@ex.com"),
+        ("data[2][1]", ""),  # a deleted row carries only its address
+        ("data[2][2]", ""),
+        ("data[2][3]", "1"),
+    ]
+
+
+async def test_import_sends_only_needed_columns_and_never_email_status_by_default() -> None:
+    rec = Recorder(import_ok)
+    client, http = make_client(rec)
+    async with http:
+        await client.import_contacts([ImportRow(email="a@x.io"), ImportRow(email="b@x.io")])
+    fields = [v for k, v in rec.forms[0] if k.startswith("field_names")]
+    assert fields == ["email"]
+    assert data_rows(rec.forms[0]) == [["a@x.io"], ["b@x.io"]]
+
+
+async def test_unsubscribed_rows_travel_in_their_own_call_with_email_status() -> None:
+    rec = Recorder(import_ok)
+    client, http = make_client(rec)
+    rows = [
+        ImportRow(email="a@x.io", name="A"),
+        ImportRow(email="u@x.io", name="U", unsubscribed=True),
+        ImportRow(email="b@x.io", name="B"),
+    ]
+    async with http:
+        results = await client.import_contacts(rows)
+    assert [r.index for r in results] == [0, 1, 2]
+    assert len(rec.forms) == 2
+    first = [v for k, v in rec.forms[0] if k.startswith("field_names")]
+    second = [v for k, v in rec.forms[1] if k.startswith("field_names")]
+    assert first == ["email", "Name"]
+    assert data_rows(rec.forms[0]) == [["a@x.io", "A"], ["b@x.io", "B"]]
+    assert second == ["email", "Name", "email_status"]
+    assert data_rows(rec.forms[1]) == [["u@x.io", "U", "unsubscribed"]]
+    values = {v for form in rec.forms for _, v in form}
+    assert "active" not in values
+    assert "new" not in values
+
+
+async def test_batching_1200_rows_into_500_500_200() -> None:
+    rec = Recorder(import_ok)
+    limiter = RecordingLimiter()
+    client, http = make_client(rec, limiter)
+    rows = [ImportRow(email=f"user{i}@example.com", list_ids=(7,)) for i in range(1200)]
+    async with http:
+        results = await client.import_contacts(rows)
+    sizes = [len(data_rows(form)) for form in rec.forms]
+    assert sizes == [500, 500, 200]
+    sent = [row[0] for form in rec.forms for row in data_rows(form)]
+    assert sent == [row.email for row in rows]
+    assert [r.index for r in results] == list(range(1200))
+    assert all(r.outcome is RowOutcome.OK for r in results)
+    assert limiter.acquired == 3  # one unit per call
+
+
+async def test_empty_import_makes_no_call() -> None:
+    rec = Recorder(import_ok)
+    client, http = make_client(rec)
+    async with http:
+        assert await client.import_contacts([]) == []
+    assert rec.requests == []
+
+
+# --- log mapping -----------------------------------------------------------------------------------------------
+
+
+async def test_log_indices_as_string_and_int_map_to_input_rows_across_batches() -> None:
+    calls = 0
+
+    def respond(request: httpx.Request, form: list[tuple[str, str]]) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        n = len(data_rows(form))
+        log: list[dict[str, object]] = (
+            [{"index": "2", "code": "invalid_email", "message": "bad address"}]
+            if calls == 1
+            else [
+                {"index": 3, "code": "role_address", "message": "role"},
+                {"index": "3", "code": "duplicate", "message": "second entry, same row"},
+                {"index": 99, "code": "x", "message": "out of range: ignored"},
+                {"index": "abc", "code": "x", "message": "unreadable: ignored"},
+                {"index": 5, "code": "note", "message": "just a warning", "level": "warning"},
+            ]
+        )
+        return ok(
+            {
+                "total": n,
+                "inserted": n - 1,
+                "updated": 0,
+                "deleted": 0,
+                "new_emails": 0,
+                "invalid": 1,
+                "log": log,
+            }
+        )
+
+    client, http = make_client(Recorder(respond))
+    rows = [ImportRow(email=f"u{i}@ex.com") for i in range(510)]
+    async with http:
+        results = await client.import_contacts(rows)
+    rejected = [r for r in results if r.outcome is RowOutcome.REJECTED]
+    assert rejected == [
+        RowResult(index=2, outcome=RowOutcome.REJECTED, code="invalid_email", message="bad address"),
+        RowResult(index=503, outcome=RowOutcome.REJECTED, code="role_address", message="role"),
+    ]
+    assert results[505] == RowResult(index=505, outcome=RowOutcome.OK)
+    assert len(results) == 510
+
+
+async def test_log_indices_map_back_through_the_unsubscribe_split() -> None:
+    def respond(request: httpx.Request, form: list[tuple[str, str]]) -> httpx.Response:
+        fields = [v for k, v in form if k.startswith("field_names")]
+        log = (
+            [{"index": 0, "code": "status_change_denied", "message": "new"}]
+            if "email_status" in fields
+            else []
+        )
+        return ok({"total": 1, "log": log})
+
+    client, http = make_client(Recorder(respond))
+    rows = [
+        ImportRow(email="a@x.io"),
+        ImportRow(email="b@x.io", unsubscribed=True),
+        ImportRow(email="c@x.io"),
+    ]
+    async with http:
+        results = await client.import_contacts(rows)
+    assert [r.outcome for r in results] == [RowOutcome.OK, RowOutcome.REJECTED, RowOutcome.OK]
+    assert results[1].code == "status_change_denied"
+
+
+# --- errors ----------------------------------------------------------------------------------------------------
+
+ERROR_CASES = [
+    ("retry_later", UnisenderTransientError, TransientError),
+    ("api_call_limit_exceeded_for_api_key", UnisenderRateLimited, RateLimitedError),
+    ("api_call_limit_exceeded_for_ip", UnisenderRateLimited, RateLimitedError),
+    ("invalid_api_key", UnisenderAuthError, AuthError),
+    ("access_denied", UnisenderAccessDenied, ForbiddenError),
+    ("not_enough_money", UnisenderAccessDenied, ForbiddenError),
+    ("invalid_arg", UnisenderRequestError, RequestError),
+    ("unknown_method", UnisenderRequestError, RequestError),
+    ("unspecified", UnisenderRequestError, RequestError),
+    ("too_many_double_optins", UnisenderRequestError, RequestError),
+    ("some_future_code", UnisenderRequestError, RequestError),
+]
+
+
+@pytest.mark.parametrize(("code", "cls", "category"), ERROR_CASES)
+async def test_error_envelope_with_http_200_maps_to_exception(
+    code: str, cls: type[UnisenderError], category: type[Exception]
+) -> None:
+    def respond(request: httpx.Request, form: list[tuple[str, str]]) -> httpx.Response:
+        # result present but must be ignored
+        return httpx.Response(200, json={"error": "AK100310-02 something", "code": code, "result": {"id": 1}})
+
+    client, http = make_client(Recorder(respond))
+    async with http:
+        with pytest.raises(cls) as caught:
+            await client.create_list("x")
+    assert type(caught.value) is cls
+    assert isinstance(caught.value, category)
+    assert isinstance(caught.value, UnisenderError)
+    assert caught.value.code == code
+    assert caught.value.retryable is issubclass(cls, UnisenderTransientError)
+
+
+async def test_contact_not_found_maps_to_not_found_and_get_contact_returns_none() -> None:
+    def respond(request: httpx.Request, form: list[tuple[str, str]]) -> httpx.Response:
+        return httpx.Response(
+            200,
+            json={
+                "error": "Contact &quot;nobody@ex.com&quot; not found",
+                "code": "unspecified",
+                "result": "",
+            },
+        )
+
+    client, http = make_client(Recorder(respond))
+    async with http:
+        assert await client.get_contact("nobody@ex.com") is None
+        await client.exclude("nobody@ex.com")  # idempotent by default
+        with pytest.raises(UnisenderNotFound) as caught:
+            await client.exclude("nobody@ex.com", missing_ok=False)
+        with pytest.raises(UnisenderNotFound):
+            await client.unsubscribe("nobody@ex.com", [1])
+    assert isinstance(caught.value, NotFoundError)
+    assert 'Contact "nobody@ex.com" not found' in caught.value.message
+
+
+async def test_rate_limit_pauses_limiter_with_default_and_configured_retry_after() -> None:
+    def respond(request: httpx.Request, form: list[tuple[str, str]]) -> httpx.Response:
+        return httpx.Response(200, json={"error": "too many", "code": "api_call_limit_exceeded_for_ip"})
+
+    limiter = RecordingLimiter()
+    client, http = make_client(Recorder(respond), limiter)
+    custom, http2 = make_client(Recorder(respond), limiter, rate_limit_retry_after=7.5)
+    async with http, http2:
+        with pytest.raises(UnisenderRateLimited) as caught:
+            await client.get_lists()
+        with pytest.raises(UnisenderRateLimited):
+            await custom.get_lists()
+    assert caught.value.retry_after == 60.0
+    assert limiter.pauses == [60.0, 7.5]
+
+
+@pytest.mark.parametrize(
+    ("response", "cls"),
+    [
+        (httpx.Response(500, text="oops"), UnisenderTransientError),
+        (httpx.Response(503, json={"error": "x", "code": "invalid_arg"}), UnisenderTransientError),
+        (httpx.Response(429, headers={"Retry-After": "3"}), UnisenderRateLimited),
+        (httpx.Response(200, text="<html>gateway</html>"), UnisenderTransientError),
+        (httpx.Response(200, json=[1, 2]), UnisenderTransientError),
+        (httpx.Response(404, text="not here"), UnisenderRequestError),
+        (httpx.Response(403, json={"error": "no", "code": "access_denied"}), UnisenderAccessDenied),
+    ],
+)
+async def test_http_level_failures(response: httpx.Response, cls: type[UnisenderError]) -> None:
+    client, http = make_client(lambda request: response)
+    async with http:
+        with pytest.raises(cls) as caught:
+            await client.get_lists()
+    assert type(caught.value) is cls
+    assert caught.value.status_code == response.status_code
+    if cls is UnisenderRateLimited:
+        assert caught.value.retry_after == 3.0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "exc", [httpx.ReadTimeout("slow"), httpx.ConnectError("refused"), httpx.RemoteProtocolError("eof")]
+)
+async def test_transport_failures_are_transient(exc: Exception) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise exc
+
+    client, http = make_client(handler)
+    async with http:
+        with pytest.raises(UnisenderTransientError) as caught:
+            await client.check_credentials()
+    assert caught.value.retryable
+    assert API_KEY not in str(caught.value)
+
+
+async def test_unreadable_result_shape_is_transient_bad_response() -> None:
+    client, http = make_client(lambda request: ok({"log": "not a list"}))
+    async with http:
+        with pytest.raises(UnisenderTransientError) as caught:
+            await client.import_contacts([ImportRow(email="a@x.io")])
+    assert caught.value.code == "bad_response"
+
+
+# --- other methods ---------------------------------------------------------------------------------------------
+
+
+async def test_get_contact_maps_lists_and_fields() -> None:
+    rec = Recorder(
+        lambda request, form: ok(
+            {
+                "email": {"email": "ivan@ex.ru", "status": "active", "availability": "available"},
+                "lists": [{"id": 101, "status": "active", "added_at": "2024-05-01 10:00:00"}, {"id": 7}],
+                "fields": {"Name": "Иван", "age": 42, "empty": None},
+            }
+        )
+    )
+    client, http = make_client(rec)
+    async with http:
+        contact = await client.get_contact("ivan@ex.ru")
+    assert contact == EspContact(
+        email="ivan@ex.ru",
+        status="active",
+        list_ids=(101, 7),
+        fields={"Name": "Иван", "age": "42", "empty": ""},
+    )
+    assert rec.requests[0].url.path == "/en/api/getContact"
+    assert rec.forms[0][2:] == [("email", "ivan@ex.ru"), ("include_lists", "1"), ("include_fields", "1")]
+
+
+async def test_get_contact_accepts_php_empty_arrays_and_nested_lists() -> None:
+    client, http = make_client(
+        lambda request: ok(
+            {"email": {"email": "a@x.io", "status": "new", "lists": [{"id": 3}]}, "fields": []}
+        )
+    )
+    async with http:
+        contact = await client.get_contact("a@x.io")
+    assert contact == EspContact(email="a@x.io", status="new", list_ids=(3,), fields={})
+
+
+async def test_lists_fields_and_hook_calls() -> None:
+    answers = {
+        "getLists": ok([{"id": 55688, "title": "My list", "extra": 1}]),
+        "createList": ok({"id": 9}),
+        "getFields": ok([{"id": 1, "name": "Name", "public_name": "Имя", "type": "string", "is_visible": 1}]),
+        "createField": ok({"id": 12}),
+        "setHook": ok({}),
+        "exclude": ok({}),
+        "unsubscribe": ok({}),
+    }
+    rec = Recorder(lambda request, form: answers[request.url.path.rsplit("/", 1)[1]])
+    client, http = make_client(rec, lang="ru", platform="")
+    async with http:
+        lists = await client.get_lists()
+        assert await client.create_list("CRM mirror") == 9
+        fields = await client.get_fields()
+        assert await client.create_field("city", "string", public_name="Город") == 12
+        await client.set_unsubscribe_hook("https://hooks.example.com/unisender/1?token=t")
+        await client.exclude("A@x.io", [1, 2])
+        await client.unsubscribe("a@x.io")
+        await client.exclude("a@x.io", [])  # empty selection: no call, never "all lists"
+    assert [(x.id, x.title) for x in lists] == [(55688, "My list")]
+    assert [(f.id, f.name, f.type) for f in fields] == [(1, "Name", "string")]
+    paths = [r.url.path for r in rec.requests]
+    assert paths == [
+        "/ru/api/getLists",
+        "/ru/api/createList",
+        "/ru/api/getFields",
+        "/ru/api/createField",
+        "/ru/api/setHook",
+        "/ru/api/exclude",
+        "/ru/api/unsubscribe",
+    ]
+    forms = [form[1:] for form in rec.forms]  # platform="" is left out, api_key stays first
+    assert all(form[0] == ("api_key", API_KEY) for form in rec.forms)
+    assert forms[1] == [("title", "CRM mirror")]
+    assert forms[3] == [("name", "city"), ("type", "string"), ("public_name", "Город")]
+    assert forms[4] == [
+        ("hook_url", "https://hooks.example.com/unisender/1?token=t"),
+        ("events[]", "unsubscribe"),
+        ("event_format", "json_post"),
+        ("status", "active"),
+    ]
+    assert forms[5] == [("contact_type", "email"), ("contact", "A@x.io"), ("list_ids", "1,2")]
+    assert forms[6] == [("contact_type", "email"), ("contact", "a@x.io")]
+
+
+async def test_check_credentials_raises_auth_error_on_invalid_key() -> None:
+    client, http = make_client(
+        lambda request: httpx.Response(200, json={"error": "AK100310-02", "code": "invalid_api_key"})
+    )
+    async with http:
+        with pytest.raises(UnisenderAuthError):
+            await client.check_credentials()
+
+
+async def test_warnings_do_not_break_success() -> None:
+    body = json.dumps({"result": [], "warnings": [{"warning": "probably fine"}]})
+    client, http = make_client(lambda request: httpx.Response(200, text=body))
+    async with http:
+        assert await client.get_lists() == []
+
+
+def test_repr_hides_the_key() -> None:
+    client = UnisenderClient(
+        httpx.AsyncClient(), base_url="https://x", api_key=API_KEY, limiter=RecordingLimiter()
+    )
+    assert API_KEY not in repr(client)
