@@ -1,0 +1,231 @@
+"""Kommo API v4 client for one connected account (contacts, account, webhooks registry)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pydantic
+import structlog
+
+from app.connectors.base import ContactPage, CrmClient, CrmContact
+from app.connectors.kommo.exceptions import (
+    KommoError,
+    KommoRateLimited,
+    KommoTransientError,
+    from_response,
+)
+from app.connectors.kommo.schemas import (
+    KommoAccount,
+    KommoContactList,
+    KommoWebhook,
+    KommoWebhookList,
+)
+from app.connectors.ratelimit import RateLimiter
+
+log = structlog.get_logger(__name__)
+
+MAX_LIMIT = 250  # Kommo's page size and batch cap
+MAX_PAGES = 100_000  # iter_contacts bound: 25 M contacts at 250 per page
+DEFAULT_WEBHOOK_SORT = 10
+
+# Invariant list type that httpx accepts as-is (repeated keys like filter[id][] need pairs, not a dict).
+QueryParams = list[tuple[str, str | int | float | bool | None]]
+
+
+class KommoClient:
+    """Calls made on behalf of one Kommo account; cheap to build, the ``httpx.AsyncClient`` is injected.
+
+    Every call waits for ``limiter``, sends ``Authorization: Bearer``, and raises the ``KommoError`` tree. No
+    retries here (the worker owns them), except that a 429 also pauses ``limiter`` for ``retry_after``.
+    """
+
+    def __init__(
+        self, http: httpx.AsyncClient, *, base_url: str, access_token: str, limiter: RateLimiter
+    ) -> None:
+        self._http = http
+        self._base_url = base_url.rstrip("/")
+        self._access_token = access_token
+        self._limiter = limiter
+
+    # --- transport ------------------------------------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: QueryParams | None = None,
+        json: Any = None,
+    ) -> httpx.Response:
+        url = f"{self._base_url}{path}"
+        headers = {
+            "Authorization": f"Bearer {self._access_token}",
+            "Accept": "application/hal+json, application/json;q=0.9, */*;q=0.1",
+        }
+        await self._limiter.acquire()
+        try:
+            response = await self._http.request(method, url, params=params, json=json, headers=headers)
+        except httpx.TimeoutException as exc:
+            log.warning("kommo.timeout", method=method, path=path, error=type(exc).__name__)
+            raise KommoTransientError(f"Kommo {method} {path} timed out", code="timeout") from exc
+        except httpx.RequestError as exc:
+            log.warning("kommo.transport_error", method=method, path=path, error=type(exc).__name__)
+            raise KommoTransientError(
+                f"Kommo {method} {path} failed: {type(exc).__name__}", code="transport"
+            ) from exc
+        if not response.is_success:
+            error = from_response(response)
+            if isinstance(error, KommoRateLimited):
+                self._limiter.pause(error.retry_after)
+            log.info(
+                "kommo.request_failed",
+                method=method,
+                path=path,
+                status=response.status_code,
+                error=type(error).__name__,
+                request_id=error.request_id,
+            )
+            raise error
+        return response
+
+    @staticmethod
+    def _json(response: httpx.Response, what: str) -> Any:
+        try:
+            return response.json()
+        except ValueError as exc:
+            # A 2xx that is not JSON is a proxy page or a cut-off body: worth another try later.
+            raise KommoTransientError(
+                f"Kommo {what}: response is not JSON", status_code=response.status_code, code="bad_response"
+            ) from exc
+
+    @staticmethod
+    def _parse(model: type[Any], data: Any, response: httpx.Response, what: str) -> Any:
+        try:
+            return model.model_validate(data)
+        except pydantic.ValidationError as exc:
+            raise KommoError(
+                f"Kommo {what}: unexpected response shape ({exc.error_count()} errors)",
+                status_code=response.status_code,
+                code="bad_response",
+            ) from exc
+
+    # --- contacts -------------------------------------------------------------------------------------------
+
+    async def _contact_list(self, params: QueryParams, what: str) -> KommoContactList | None:
+        response = await self._request("GET", "/api/v4/contacts", params=params)
+        if response.status_code == 204 or not response.content:
+            return None  # Kommo answers 204 No Content for an empty result
+        parsed: KommoContactList = self._parse(KommoContactList, self._json(response, what), response, what)
+        return parsed
+
+    async def list_contacts(
+        self, *, page: int = 1, limit: int = MAX_LIMIT, updated_since: int | None = None
+    ) -> ContactPage:
+        """One page of contacts; with ``updated_since``, only those updated at or after it, oldest first."""
+        if page < 1:
+            raise ValueError("page is 1-based")
+        limit = max(1, min(limit, MAX_LIMIT))
+        params: QueryParams = [("page", page), ("limit", limit)]
+        if updated_since is not None:
+            params += [("filter[updated_at][from]", updated_since), ("order[updated_at]", "asc")]
+        listing = await self._contact_list(params, "list contacts")
+        if listing is None:
+            return ContactPage(contacts=[], next_page=None)
+        contacts = [contact.to_crm_contact() for contact in listing.embedded.contacts]
+        next_page: int | None = None
+        if listing.links.next is not None and contacts:
+            next_page = _page_of(listing.links.next.href) or page + 1
+            if next_page <= page:
+                raise KommoError(f"Kommo list contacts: next link points back to page {next_page}")
+        return ContactPage(contacts=contacts, next_page=next_page)
+
+    async def iter_contacts(
+        self, *, limit: int = MAX_LIMIT, updated_since: int | None = None, start_page: int = 1
+    ) -> AsyncIterator[CrmContact]:
+        """Every contact over all pages (bounded by ``MAX_PAGES``)."""
+        page: int | None = start_page
+        for _ in range(MAX_PAGES):
+            if page is None:
+                return
+            result = await self.list_contacts(page=page, limit=limit, updated_since=updated_since)
+            for contact in result.contacts:
+                yield contact
+            page = result.next_page
+        raise KommoError(f"Kommo list contacts: more than {MAX_PAGES} pages")
+
+    async def get_contacts(self, ids: Sequence[int]) -> list[CrmContact]:
+        """The contacts with these ids that exist (missing ones are simply absent), 250 per request."""
+        unique = list(dict.fromkeys(ids))
+        found: list[CrmContact] = []
+        for start in range(0, len(unique), MAX_LIMIT):
+            chunk = unique[start : start + MAX_LIMIT]
+            params: QueryParams = [("filter[id][]", contact_id) for contact_id in chunk]
+            params.append(("limit", MAX_LIMIT))
+            listing = await self._contact_list(params, "get contacts")
+            if listing is not None:
+                found += [contact.to_crm_contact() for contact in listing.embedded.contacts]
+        return found
+
+    async def add_contact_tags(self, contact_id: int, tags: Sequence[str]) -> None:
+        """Add tags (by name) to a contact, keeping its other tags."""
+        names = [tag for tag in dict.fromkeys(tags) if tag]
+        if not names:
+            return
+        body = {"tags_to_add": [{"name": name} for name in names]}
+        await self._request("PATCH", f"/api/v4/contacts/{int(contact_id)}", json=body)
+        log.info("kommo.tags_added", contact_id=contact_id, count=len(names))
+
+    # --- account and webhooks -------------------------------------------------------------------------------
+
+    async def get_account(self) -> KommoAccount:
+        """``GET /api/v4/account``."""
+        response = await self._request("GET", "/api/v4/account")
+        account: KommoAccount = self._parse(
+            KommoAccount, self._json(response, "account"), response, "account"
+        )
+        return account
+
+    async def register_webhook(self, destination: str, events: Sequence[str]) -> None:
+        """Subscribe ``destination`` to ``events`` (e.g. ``add_contact``)."""
+        body = {"destination": destination, "settings": list(events), "sort": DEFAULT_WEBHOOK_SORT}
+        response = await self._request("POST", "/api/v4/webhooks", json=body)
+        webhook_id: int | None = None
+        if response.content:
+            data = self._json(response, "register webhook")
+            if isinstance(data, Mapping) and isinstance(data.get("id"), int):
+                webhook_id = data["id"]
+        log.info("kommo.webhook_registered", webhook_id=webhook_id, events=list(events))
+
+    async def list_webhooks(self, destination: str | None = None) -> list[KommoWebhook]:
+        """Registered webhooks, optionally only those for ``destination``."""
+        params: QueryParams = []
+        if destination is not None:
+            params.append(("filter[destination]", destination))
+        response = await self._request("GET", "/api/v4/webhooks", params=params)
+        if response.status_code == 204 or not response.content:
+            return []
+        listing: KommoWebhookList = self._parse(
+            KommoWebhookList, self._json(response, "list webhooks"), response, "list webhooks"
+        )
+        return listing.embedded.webhooks
+
+    async def delete_webhook(self, destination: str) -> None:
+        """Unsubscribe ``destination``."""
+        await self._request("DELETE", "/api/v4/webhooks", json={"destination": destination})
+        log.info("kommo.webhook_deleted")
+
+
+def _page_of(href: str) -> int | None:
+    """The ``page`` query parameter of a HAL link, if it is a positive integer."""
+    values = parse_qs(urlsplit(href).query).get("page")
+    if not values or not values[0].isdigit():
+        return None
+    page = int(values[0])
+    return page if page > 0 else None
+
+
+if TYPE_CHECKING:
+    _protocol_check: type[CrmClient] = KommoClient

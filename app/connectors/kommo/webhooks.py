@@ -1,0 +1,291 @@
+"""Parse Kommo's form-encoded contact webhooks (PHP bracket keys) into a ``CrmWebhookBatch``.
+
+Kommo posts ``application/x-www-form-urlencoded`` bodies such as
+``contacts[add][0][custom_fields][1][values][0][value]=john@example.com``. The body comes from the internet
+unsigned, so the parser is strict and bounded: every key is checked, the number of keys, the key depth and
+the number of contacts are capped, the tree is built with loops (no recursion), and anything malformed raises
+``KommoWebhookParseError`` (the API answers 400, never 500).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import TypeAlias
+from urllib.parse import parse_qsl
+
+import structlog
+
+from app.connectors.base import CrmAction, CrmContact, CrmContactEvent, CrmWebhookBatch
+from app.connectors.kommo.exceptions import KommoWebhookParseError
+
+log = structlog.get_logger(__name__)
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_KEYS = 10_000
+MAX_DEPTH = 10  # segments after the root; the deepest real key has 7
+MAX_KEY_LENGTH = 512
+MAX_VALUE_LENGTH = 64 * 1024
+MAX_CONTACTS = 1_000
+
+_ACTIONS: dict[str, CrmAction] = {action.value: action for action in CrmAction}
+_INT_RE = re.compile(r"[0-9]{1,19}")
+_INDEX_RE = re.compile(r"0|[1-9][0-9]{0,5}")  # list positions: no signs, no leading zeros
+_MAX_ID = 2**63 - 1
+
+# A node of the parsed tree: a leaf string or a dict of child segments.
+Node: TypeAlias = dict[str, "Node"] | str
+
+
+def _fail(reason: str, **context: object) -> KommoWebhookParseError:
+    log.info("kommo.webhook_rejected", reason=reason, **context)
+    return KommoWebhookParseError(f"malformed Kommo webhook body: {reason}", code="webhook_parse")
+
+
+def split_key(key: str) -> list[str]:
+    """``a[b][0]`` → ``["a", "b", "0"]``; raise unless the key is ``root`` followed by ``[segment]``s."""
+    if len(key) > MAX_KEY_LENGTH:
+        raise _fail("key too long", length=len(key))
+    open_at = key.find("[")
+    root = key if open_at < 0 else key[:open_at]
+    if not root or "]" in root:
+        raise _fail("bad key root", key=key[:80])
+    segments = [root]
+    pos = open_at
+    while 0 <= pos < len(key):
+        if key[pos] != "[":
+            raise _fail("text between brackets", key=key[:80])
+        close = key.find("]", pos + 1)
+        if close < 0:
+            raise _fail("unclosed bracket", key=key[:80])
+        segment = key[pos + 1 : close]
+        if not segment or "[" in segment:
+            raise _fail("empty or nested bracket segment", key=key[:80])
+        segments.append(segment)
+        if len(segments) - 1 > MAX_DEPTH:
+            raise _fail("key too deep", key=key[:80])
+        pos = close + 1
+    return segments
+
+
+def _decode(body: bytes | str) -> list[tuple[str, str]]:
+    if isinstance(body, bytes):
+        if len(body) > MAX_BODY_BYTES:
+            raise _fail("body too large", size=len(body))
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _fail("body is not UTF-8") from None
+    else:
+        text = body
+    try:
+        return parse_qsl(
+            text,
+            keep_blank_values=True,
+            strict_parsing=False,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_KEYS,
+        )
+    except UnicodeDecodeError:
+        raise _fail("percent-encoded bytes are not UTF-8") from None
+    except ValueError:
+        raise _fail("too many fields", limit=MAX_KEYS) from None
+
+
+def build_tree(pairs: Iterable[tuple[str, str]]) -> dict[str, Node]:
+    """Fold bracket keys into a nested dict; a path may not be both a leaf and a branch, nor repeat."""
+    root: dict[str, Node] = {}
+    for count, (key, value) in enumerate(pairs, start=1):
+        if count > MAX_KEYS:
+            raise _fail("too many fields", limit=MAX_KEYS)
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise _fail("keys and values must be strings")
+        if len(value) > MAX_VALUE_LENGTH:
+            raise _fail("value too long", key=key[:80])
+        segments = split_key(key)
+        node = root
+        for segment in segments[:-1]:
+            child = node.get(segment)
+            if child is None:
+                child = {}
+                node[segment] = child
+            elif isinstance(child, str):
+                raise _fail("key used both as a value and as a group", key=key[:80])
+            node = child
+        last = segments[-1]
+        if last in node:
+            existing = node[last]
+            raise _fail(
+                "duplicate key" if isinstance(existing, str) else "key used both as a value and as a group",
+                key=key[:80],
+            )
+        node[last] = value
+    return root
+
+
+# --- reading the tree ---------------------------------------------------------------------------------------
+
+
+def _group(node: Node | None, what: str) -> dict[str, Node] | None:
+    if node is None:
+        return None
+    if isinstance(node, str):
+        raise _fail(f"{what} must be a group, not a value")
+    return node
+
+
+def _leaf(node: dict[str, Node], name: str, what: str) -> str | None:
+    value = node.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _fail(f"{what}[{name}] must be a value, not a group")
+    return value
+
+
+def _int(value: str, what: str) -> int:
+    if not _INT_RE.fullmatch(value) or int(value) > _MAX_ID:
+        raise _fail(f"{what} is not a non-negative integer", value=value[:40])
+    return int(value)
+
+
+def _optional_int(node: dict[str, Node], name: str, what: str) -> int | None:
+    value = _leaf(node, name, what)
+    if value is None or value == "":
+        return None
+    return _int(value, f"{what}[{name}]")
+
+
+def _indexed(group: dict[str, Node], what: str) -> list[tuple[int, Node]]:
+    """Children of a list-like group (``[0]``, ``[1]``…), in index order."""
+    items: list[tuple[int, Node]] = []
+    for index, child in group.items():
+        if not _INDEX_RE.fullmatch(index):
+            raise _fail(f"{what} index is not a number", index=index[:40])
+        items.append((int(index), child))
+    items.sort(key=lambda item: item[0])
+    return items
+
+
+def _field_values(values: Node | None, what: str) -> list[str]:
+    """Value strings of a custom field: a list of ``{value, enum}``, one ``{value, enum}`` (radiobutton),
+    a list of bare values (date) or a bare value."""
+    if values is None:
+        return []
+    if isinstance(values, str):
+        return [values]
+    if values and all(_INDEX_RE.fullmatch(key) for key in values):
+        out: list[str] = []
+        for _, item in _indexed(values, what):
+            if isinstance(item, str):
+                out.append(item)
+            else:
+                value = _leaf(item, "value", what)
+                if value is not None:
+                    out.append(value)
+        return out
+    value = _leaf(values, "value", what)
+    return [] if value is None else [value]
+
+
+def _emails(contact: dict[str, Node], what: str) -> list[str]:
+    fields = _group(contact.get("custom_fields"), f"{what}[custom_fields]")
+    if not fields:
+        return []
+    found: list[str] = []
+    for index, field in _indexed(fields, f"{what}[custom_fields]"):
+        field_what = f"{what}[custom_fields][{index}]"
+        if isinstance(field, str):
+            raise _fail(f"{field_what} must be a group")
+        code = _leaf(field, "code", field_what)
+        name = _leaf(field, "name", field_what)
+        # User-created fields carry no [code]; an uncoded field named "Email" counts, as in the REST mapping.
+        is_email = code.upper() == "EMAIL" if code else (name or "").strip().casefold() == "email"
+        if not is_email:
+            continue
+        for value in _field_values(field.get("values"), f"{field_what}[values]"):
+            email = value.strip()
+            if email and email not in found:
+                found.append(email)
+    return found
+
+
+def _tags(contact: dict[str, Node], what: str) -> list[str]:
+    tags = _group(contact.get("tags"), f"{what}[tags]")
+    if not tags:
+        return []
+    names: list[str] = []
+    for _, tag in _indexed(tags, f"{what}[tags]"):
+        if isinstance(tag, str):
+            continue
+        name = _leaf(tag, "name", f"{what}[tags]")
+        if name:
+            names.append(name)
+    return names
+
+
+def _event(action: CrmAction, contact: dict[str, Node], what: str) -> CrmContactEvent | None:
+    kind = _leaf(contact, "type", what)
+    if kind not in (None, "contact"):
+        return None  # companies share the contacts[...] key (type=company); not ours
+    raw_id = _leaf(contact, "id", what)
+    if raw_id is None:
+        raise _fail(f"{what} has no id")
+    contact_id = _int(raw_id, f"{what}[id]")
+    if contact_id == 0:
+        raise _fail(f"{what}[id] is zero")
+    if action is CrmAction.DELETE:
+        return CrmContactEvent(action=action, contact_id=contact_id, updated_at=None, contact=None)
+    updated_at = _optional_int(contact, "updated_at", what)
+    if updated_at is None:
+        updated_at = _optional_int(contact, "last_modified", what)
+    crm_contact = CrmContact(
+        id=contact_id,
+        name=_leaf(contact, "name", what) or "",
+        # Without a timestamp the contact cannot win an ordering check: 0 makes it the oldest version.
+        updated_at=updated_at if updated_at is not None else 0,
+        emails=tuple(_emails(contact, what)),
+        first_name=_leaf(contact, "first_name", what) or "",
+        last_name=_leaf(contact, "last_name", what) or "",
+        tags=tuple(_tags(contact, what)),
+    )
+    return CrmContactEvent(action=action, contact_id=contact_id, updated_at=updated_at, contact=crm_contact)
+
+
+def parse_webhook(body: bytes | str | Iterable[tuple[str, str]]) -> CrmWebhookBatch:
+    """Every contact event (add, update, delete, restore) of a Kommo webhook body, in body order per action.
+
+    ``body`` is the raw request body or already-decoded ``(key, value)`` pairs. Notes, companies and other
+    entities are ignored. Raises ``KommoWebhookParseError`` on malformed or oversized input.
+    """
+    pairs = _decode(body) if isinstance(body, bytes | str) else body
+    tree = build_tree(pairs)
+
+    account_id: int | None = None
+    subdomain: str | None = None
+    account = _group(tree.get("account"), "account")
+    if account is not None:
+        account_id = _optional_int(account, "id", "account")
+        subdomain = _leaf(account, "subdomain", "account") or None
+
+    events: list[CrmContactEvent] = []
+    contacts = _group(tree.get("contacts"), "contacts")
+    seen = 0
+    for action_name, group in (contacts or {}).items():
+        action = _ACTIONS.get(action_name)
+        if action is None:
+            continue  # note, responsible, … carry no contact state we mirror
+        what = f"contacts[{action_name}]"
+        items = _group(group, what)
+        for index, item in _indexed(items or {}, what):
+            seen += 1
+            if seen > MAX_CONTACTS:
+                raise _fail("too many contacts", limit=MAX_CONTACTS)
+            item_what = f"{what}[{index}]"
+            if isinstance(item, str):
+                raise _fail(f"{item_what} must be a group")
+            event = _event(action, item, item_what)
+            if event is not None:
+                events.append(event)
+    return CrmWebhookBatch(account_id=account_id, subdomain=subdomain, events=events)
