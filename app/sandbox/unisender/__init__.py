@@ -1,0 +1,127 @@
+"""Unisender sandbox: a faithful in-memory simulator of Unisender's classic API (spec: shared/specs/unisender-api.md).
+
+``create_unisender_sandbox(config)`` returns a FastAPI app; its state is ``app.state.unisender``
+(:class:`SandboxState`: ``accounts[api_key]`` with ``contacts_by_email``, ``lists``, ``fields``, ``ledger``...),
+so in-process tests and the demo may inspect it directly. It shares no code with ``app.connectors``.
+
+Public API (every answer HTTP 200, ``{"result": ...}`` or ``{"error": msg, "code": code}``; 5xx only for faults)
+  GET|POST /{lang}/api/{method}, /{lang}/api/async/{method}    lang ∈ ru|en|it|ua (anything else: HTTP 404)
+  Parameters: query and body merged (body wins, like PHP's $_REQUEST); body read only when it is
+  ``application/x-www-form-urlencoded`` (bzip2 with ``request_compression=bzip2``) or multipart. A JSON body is
+  invisible, as it is to PHP: its arguments are simply missing (``invalid_api_key`` or ``invalid_arg``).
+  PHP bracket arrays (``field_names[0]``, ``data[0][1]``, ``fields[Name]``, ``events[]``, %-encoded or not).
+  A scalar where an array is required (``field_names=email,Name``) is ``invalid_arg``.
+  Checks in order: per-IP limit, api_key (missing/wrong → invalid_api_key), access_denied, unknown_method,
+  per-key limit (sliding window), per-method limit, injected fault. Unknown args (format, platform, test_mode,
+  double_optin/force_import on importContacts, ...) are accepted and ignored.
+  Methods: importContacts, getContact, isContactInLists, getContactCount, getTotalContactsCount, subscribe,
+  exclude, unsubscribe, getLists, createList, updateList, deleteList, getFields, createField, updateField,
+  deleteField, getTags, deleteTag, setHook.
+
+Control API (JSON; errors are HTTP 4xx with ``{"detail": ...}``)
+  POST   /_sandbox/accounts                        {"api_key"?, "login"?} → {"api_key", "login"}; 409 if taken
+  GET    /_sandbox/accounts                        → {"accounts": [summary...]}
+  GET    /_sandbox/accounts/{key}                  → summary: lists (member counts), fields, tags, hooks
+  POST   /_sandbox/reset                           forget everything (configured accounts are re-created)
+  POST   /_sandbox/accounts/{key}/access           {"denied": bool, "methods"?: [..]} → API access_denied switch
+  GET    /_sandbox/accounts/{key}/contacts         ?offset&limit → {"total", "contacts": [contact...]}
+  GET    /_sandbox/accounts/{key}/contacts/{email} → {"person_id", "email", "phone", "status", "availability",
+                                                      "added_at", "fields", "tags", "lists": {id: {status, added_at}}}
+  POST   /_sandbox/accounts/{key}/contacts/{email}/unsubscribe  {"list_id"?: int|null}: the contact clicks the
+         unsubscribe link (null = account-wide status) → {"changed", "contact"}; emits a hook event (source "link")
+  POST   /_sandbox/accounts/{key}/contacts/{email}/activate     {"list_id"?}: the contact re-activates itself
+  GET    /_sandbox/accounts/{key}/ledger           ?email&offset&limit → {"total", "entries"}: every row
+         importContacts accepted: {seq, call, index, at, email, phone, op (upsert|delete), outcome, data}
+  GET    /_sandbox/accounts/{key}/ledger/summary   → rows, addresses_imported_more_than_once,
+         consecutive_identical_rows (same data imported twice in a row), addresses_with_differing_data, examples
+  GET    /_sandbox/accounts/{key}/hooks            → {"hooks": [...]}
+  GET    /_sandbox/deliveries                      ?api_key&hook_url&offset → {"pending", "deliveries": [{seq,
+         api_key, hook_url, retry_count, at, status_code, error, delivered, events, body}]}
+  POST   /_sandbox/faults                          {"rate": 0..1, "kinds": [retry_later|http_500|http_502|http_503|
+         rate_limit|rate_limit_ip|hang], "seed"?, "method"?, "api_key"?, "count"?, "hang_seconds"?,
+         "hang_applies"?} (seeded RNG: reproducible); GET shows it with injected counts; DELETE clears it
+  GET    /_sandbox/stats                           → {"calls": {method: n}, "total_calls", "errors": {code: n},
+                                                      "faults", "by_account": {key: {method: n}}}
+
+Hooks: ``setHook(hook_url, events[]=unsubscribe|subscribe, event_format=json_post, max_parallel, single_event,
+status)``; events are POSTed after the call answered, in background tasks, in the format of
+UNISENDER_HOOK_FORMAT.md (simulator-specific: ``auth`` = md5 of the body serialised with the api_key in its place;
+retries add ``retry_count``; ``hook_timeout_seconds`` 3, ``hook_retry_interval_seconds`` 600 and
+``hook_max_retries`` 144 configurable; exhausted → hook ``stopped``). One call's events share one body unless
+``single_event=1``. Unsubscribes come from the ``unsubscribe`` method (per list), importContacts
+``email_status=unsubscribed`` (account-wide, list_id null) or ``email_unsubscribed_list_ids`` (per list), and the
+control endpoint (source "link"); API-made ones can be muted with ``notify_api_unsubscribes=False``.
+``subscribe`` events come from the subscribe method and the activate control endpoint.
+
+Simulator choices where the spec says UNCONFIRMED (config field in brackets where switchable)
+- importContacts: >500 rows, no email/phone column, unknown or duplicate column name, non-array field_names/data,
+  empty data → ``invalid_arg`` for the whole call [max_import_rows]. Per-row problems skip the row with a log
+  entry ``{"index": "<row key>" (string) [log_index_as_string], "code", "message"}``; codes are placeholders
+  [log_codes]: invalid_email, invalid_phone, role_address [reject_role_addresses, role_local_parts],
+  invalid_value (bad status/time/delete/list ids), invalid_list (unknown list id), too_many_tags (>10),
+  duplicate (address repeated within one call: later row skipped, not counted as invalid),
+  owned_by_different_subscribers. A refused status change is a warning: the rest of the row applies and
+  the row counts as updated. Existing addresses may change status only from active/inactive
+  [mutable_statuses]; an unsubscribed list membership is never re-activated (not even by overwrite_lists).
+  overwrite_lists=1 replaces memberships only when the row has a list column. Missing cells are empty strings;
+  an empty user-field value clears it. ``delete=1`` removes the contact from the account (counted as deleted
+  even if unknown). Emails are stored lower-cased.
+- getContact unknown → ``unspecified`` ``Contact "x" not found`` (no ``result``); exclude/unsubscribe not found
+  (or not in any given list) → same with ``"result": ""``. lists/fields are top-level keys of ``result``.
+- subscribe: sandbox lists have no confirmation letters, so double_optin 0 (default) and 4 (not new/active)
+  answer the real "These list ids=... has no confirmation letters" error [lists_have_confirmation_letters];
+  1 and 3 add without a letter; an unsubscribed contact or membership stays unsubscribed.
+- createList duplicate title, unknown list/field ids, bad field names or types → ``invalid_arg``; createField
+  refuses system names [reject_system_field_names] and '-' [field_name_allow_hyphen].
+- Method names are case-sensitive [method_names_case_sensitive]; missing and wrong api_key both answer
+  ``invalid_api_key`` with message ``AK100310-02``. Messages are English whatever ``lang`` is.
+- Rate limits: 1200/min per key [calls_per_minute], per IP off [ip_calls_per_minute], per method subscribe 300,
+  async/exportContacts 20, sendEmail 60 [method_limits]; rejected calls do not use up the window.
+- Fault ``hang`` sleeps ``hang_seconds`` (35, beyond the real 30 s deadline) then still applies the call
+  [hang_applies] (set false to answer 504 without applying).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.sandbox.unisender.api import router as api_router
+from app.sandbox.unisender.config import UnisenderSandboxConfig
+from app.sandbox.unisender.control import router as control_router
+from app.sandbox.unisender.hooks import HookDispatcher, signed_body
+from app.sandbox.unisender.state import Account, Contact, SandboxState
+
+__all__ = [
+    "Account",
+    "Contact",
+    "HookDispatcher",
+    "SandboxState",
+    "UnisenderSandboxConfig",
+    "create_unisender_sandbox",
+    "signed_body",
+]
+
+
+def create_unisender_sandbox(config: UnisenderSandboxConfig | None = None) -> FastAPI:
+    """Build the sandbox app; state lives in ``app.state.unisender``, hook delivery in ``app.state.unisender_hooks``."""
+    state = SandboxState(config or UnisenderSandboxConfig())
+    dispatcher = HookDispatcher(state)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await dispatcher.aclose()
+
+    app = FastAPI(
+        title="Unisender sandbox", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    app.state.unisender = state
+    app.state.unisender_hooks = dispatcher
+    app.include_router(control_router)
+    app.include_router(api_router)
+    return app

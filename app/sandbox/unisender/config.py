@@ -1,0 +1,73 @@
+"""Settings of the Unisender sandbox; every UNCONFIRMED behaviour that was cheap to make switchable is here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _default_log_codes() -> dict[str, str]:
+    # Per-row importContacts log codes are UNCONFIRMED (spec §2): simulator-specific placeholders.
+    return {
+        "invalid_email": "invalid_email",
+        "invalid_phone": "invalid_phone",
+        "role_address": "role_address",
+        "status_change_denied": "status_change_denied",
+        "duplicate": "duplicate",
+        "invalid_value": "invalid_value",
+        "invalid_list": "invalid_list",
+        "too_many_tags": "too_many_tags",
+        "owned_by_different": "owned_by_different_subscribers",
+    }
+
+
+def _default_method_limits() -> dict[str, int]:
+    # Per-method budgets from spec §7 (per api_key, same window as the general limit).
+    return {"subscribe": 300, "async/exportContacts": 20, "sendEmail": 60}
+
+
+@dataclass(kw_only=True)
+class UnisenderSandboxConfig:
+    """Knobs of the simulator; the defaults follow the spec (or its suggestion where it says UNCONFIRMED)."""
+
+    # api_key -> login, created at start-up and after every reset.
+    accounts: dict[str, str] = field(default_factory=dict)
+    # Rate limits: sliding window of `rate_window_seconds`; None disables a limit.
+    calls_per_minute: int | None = 1200
+    ip_calls_per_minute: int | None = None
+    method_limits: dict[str, int] = field(default_factory=_default_method_limits)
+    rate_window_seconds: float = 60.0
+    # importContacts
+    max_import_rows: int = 500
+    max_import_user_fields: int = 50
+    max_tags: int = 10
+    reject_role_addresses: bool = True
+    role_local_parts: frozenset[str] = frozenset({"info", "sales", "no-reply", "all"})
+    log_codes: dict[str, str] = field(default_factory=_default_log_codes)
+    log_index_as_string: bool = True  # [W-dx] saw "index":"2" from production; docs say integer
+    # Statuses an existing address may be moved away from by importContacts (spec §2).
+    mutable_statuses: frozenset[str] = frozenset({"active", "inactive"})
+    # Method names are matched exactly (camelCase); case-insensitivity is UNCONFIRMED.
+    method_names_case_sensitive: bool = True
+    # createField: Latin letters, digits, '_' (some doc versions also allow '-').
+    field_name_allow_hyphen: bool = False
+    reject_system_field_names: bool = True
+    # subscribe with double_optin=0/4 needs a confirmation letter; sandbox lists have none by default,
+    # so the real "These list ids=... has no confirmation letters" error is returned.
+    lists_have_confirmation_letters: bool = False
+    # Hooks: 3 s answer deadline; real retries are every 10 min for 24 h.
+    hook_timeout_seconds: float = 3.0
+    hook_retry_interval_seconds: float = 600.0
+    hook_max_retries: int = 144
+    # Whether unsubscribes made through the API (unsubscribe, importContacts) are also notified.
+    notify_api_unsubscribes: bool = True
+    # Faults: how long a "hang" lasts (> the real 30 s deadline by default) and whether the call is
+    # still applied after the hang (the ambiguous-timeout case a client must survive).
+    hang_seconds: float = 35.0
+    hang_applies: bool = True
+    clock: Callable[[], datetime] = _utcnow
