@@ -1,0 +1,206 @@
+"""Kommo (amoCRM) API v4 sandbox: an in-memory simulator of the parts of Kommo contactsync uses.
+
+Written from ``shared/specs/kommo-api.md`` (section numbers below refer to it), independently of
+``app.connectors`` (no shared code). Product code never imports this package.
+
+Usage::
+
+    app = create_kommo_sandbox(KommoSandboxConfig(webhook_retry_delays=(0.05,)))
+    state = app.state.kommo          # KommoSandboxState: call its methods directly in-process
+    async with serve_in_background(app) as url:   # app.serving
+        KOMMO_BASE_URL = url + "/{subdomain}"
+
+Hosts
+-----
+Real Kommo serves each account on its own host, ``https://{subdomain}.kommo.com``; the sandbox serves one
+account per path prefix instead: ``https://acme.kommo.com/api/v4/contacts`` is ``{sandbox}/acme/api/v4/contacts``
+and the token endpoint is ``{sandbox}/acme/oauth2/access_token``. So ``KOMMO_BASE_URL`` =
+``http://127.0.0.1:PORT/{subdomain}``. ``www.kommo.com/oauth`` (consent) is ``{sandbox}/oauth``. HAL links
+(``_links.self/next/prev``) point at the sandbox so a client can follow them; the webhook ``account[_links][self]``
+and the OAuth ``referer`` keep the real form (``{subdomain}.kommo.com``).
+
+Kommo API (every success ``application/hal+json``, every error ``application/problem+json`` with the bodies of
+§5; every response carries ``X-Request-Id``)
+----------------------------------------------------------------------------------------------------------
+- ``POST /{sub}/oauth2/access_token``: JSON, form or multipart body; ``authorization_code`` (needs
+  ``redirect_uri``) and ``refresh_token`` grants; answers §1.3 (``application/json``). Errors are
+  OAuthProblemJson: unknown/bad code → 400 (hints "Cannot decrypt the authorization code", "...has been
+  revoked", "...has expired"); bad client id/secret → 401 "Некорректный клиент"; spent/revoked refresh token →
+  401 ``"hint":"Token has been revoked"``; unknown → 401 "Cannot decrypt the refresh token"; expired → 401.
+- ``GET /{sub}/api/v4/account`` (``with=amojo_id,uuid,version``).
+- ``GET /{sub}/api/v4/contacts``: ``page`` (1-based), ``limit`` (default 50, max 250; above → 422 "Limit of 250 per
+  page", or clamped with ``over_limit="clamp"``), ``filter[id][]`` (also ``filter[id]=1,2``), ``filter[updated_at]
+  [from|to]`` (inclusive), ``query`` (case-insensitive substring of names and field values, or the exact id),
+  ``order[updated_at]``/``order[id]`` = asc|desc (default id asc), ``with`` (leads/customers/catalog_elements
+  → empty lists). ``_page``, ``_links.self/next/prev`` (``next`` only when another page exists), ``_embedded.contacts``.
+  **204, empty body**, when the page is empty or past the end.
+- ``GET /{sub}/api/v4/contacts/{id}``: the contact, or 204 if missing or deleted.
+- ``POST /{sub}/api/v4/contacts`` (array, ≤ 250 else 422; atomic: any invalid item → 400, nothing created;
+  ``request_id`` echoed or the index as a string).
+- ``PATCH /{sub}/api/v4/contacts`` (array with ids) and ``PATCH /{sub}/api/v4/contacts/{id}`` (object); array-form
+  answer ``{id, name, updated_at, [request_id], _links}``. ``custom_fields_values`` by ``field_id`` or ``field_code``,
+  values with ``enum_id`` or ``enum_code`` (multitext default: the first enum, WORK); a field's values are replaced,
+  other fields kept; ``values: null``/``[]`` clears the field. ``tags_to_add``/``tags_to_delete`` ``[{id}|{name}]``
+  (a new name creates the tag), ``_embedded.tags`` replaces the set. Bad input → 400 ``validation-errors``
+  (codes NotSupportedChoice, InvalidType, NotBlank, NotFound, TooManyValues; paths like
+  ``custom_fields_values.0.field_id``); empty body → 400 "Request data can't be blank". Unknown keys are ignored.
+  ``updated_at`` of a changed contact becomes max(now, previous + 1) (or a larger explicit ``updated_at``),
+  so each version of a contact has a distinct, increasing ``updated_at``.
+- ``GET /{sub}/api/v4/contacts/custom_fields``: PHONE (enums WORK, WORKDD, MOB, FAX, HOME, OTHER) and EMAIL
+  (WORK, PRIV, OTHER), multitext, predefined. First account: PHONE 771906, EMAIL 771908, enum ids as in the §4.2
+  example (PHONE/WORK 552476, EMAIL/WORK 552488, step 2); each further account shifts all ids by 100000.
+- ``POST|GET|DELETE /{sub}/api/v4/webhooks`` (§4.1): POST answers 200 with the webhook object (re-posting a
+  destination updates its settings and re-enables it); bad URL → the captured 400 "Invalid URL"; unknown setting →
+  400; GET answers 204 when there are none; DELETE answers 204.
+Any other path → 404 ``"Cannot GET https://{sub}.kommo.com/..."``; wrong method → 405; missing, unknown,
+expired or revoked token, or a token of another account → 401 "Invalid user name or password".
+
+Limits and faults (§5): per integration (client_id of the token) a sliding 1-s window of ``rate_limit_rps``
+(7) accepted calls; beyond → 429 with ``retry_after`` (``retry_after``=300; optional ``Retry-After`` header).
+After ``block_after_429s`` consecutive 429s (default None = never) every call answers 403 for ``block_seconds``.
+Injected faults (``/_sandbox/faults``) apply to API calls and the token endpoint, after auth and the rate limit:
+latency (+ seeded jitter), then a burst of N 429s, then a seeded 5xx rate (body ``ErrInternalServer``).
+
+Webhooks (§4.2, §4.3): each contact create/update (API or control), delete and restore (control only: v4 has
+no public delete/restore) is sent to every enabled webhook whose settings include ``{action}_contact``, as
+``application/x-www-form-urlencoded`` PHP bracket keys, all values strings, account block first
+(``account_block_first``), ``[enum]`` = enum id, ``[code]`` after ``[values]``, delete = id + type only,
+``User-Agent: amoCRM-WebHook-client/1.0``. Delivery runs in background tasks; 2 s timeout; 100–299 = success;
+retries after ``webhook_retry_delays`` (default 5, 30, 120, 600 s); a webhook is disabled after more than
+``webhook_disable_failures`` (100) failed attempts within 2 h (sandbox clock), the last one failed.
+``batch_window_ms`` > 0 coalesces the changes of a window into one body (several contacts and actions).
+``duplicate_rate`` sends some bodies twice; ``reorder`` shuffles the changes collected in a window (in
+``reorder_window_ms`` when not batching). Both use ``webhook_seed``. Seeding fires no webhooks by default.
+
+UNCONFIRMED points and the choice made (config option where cheap)
+------------------------------------------------------------------
+default limit 50 (``default_limit``); limit > 250 → 422 (``over_limit``); refresh tokens single-use, reuse → 401
+revoked (``refresh_grace=True`` = documented grace: R1 valid until R2 is redeemed); old access tokens stay valid
+after a refresh; codes single-use; ``platform=2`` (``platform``); webhook POST answers 200; retry schedule
+(``webhook_retry_delays``); no ``Retry-After`` header (``retry_after_header``); 403 block body uses the §5 shape;
+``is_deleted`` omitted from contacts; page past the end → 204; a PATCH that changes nothing still bumps
+``updated_at`` and fires ``update_contact`` (``noop_patch_bumps``); contacts carry PHONE and EMAIL only (no
+POSITION); custom-field values must have the field's JSON type (strings for multitext, no numbers); ``request_id``
+must be a string; page/limit < 1 or non-numeric → 400 validation-errors; the token response is
+``application/json``; the consent page's ``mode`` is accepted and ignored (always a redirect); webhook bodies
+carry no tags, names split or ``group_id``.
+
+Control API (JSON; no auth; errors ``{"error": message}`` with 400/404/409)
+--------------------------------------------------------------------------
+- ``GET  /_sandbox`` → config, integrations, accounts, clock.
+- ``GET|PATCH /_sandbox/config`` → the options of :class:`KommoSandboxConfig` (PATCH a subset).
+- ``POST /_sandbox/integrations`` ``{redirect_uri, client_id?, client_secret?, disable_hook_url?, name?}`` → 201
+  ``{client_id, client_secret, redirect_uri, disable_hook_url, name}`` (client_id a UUID unless given).
+  ``GET /_sandbox/integrations``.
+- ``POST /_sandbox/accounts`` ``{subdomain, name?, id?}`` → 201 ``{id, subdomain, name, contacts, deleted_contacts}``.
+  ``GET /_sandbox/accounts``.
+- ``POST /_sandbox/authorize`` ``{client_id, subdomain, state?, deny?}`` → ``{redirect_url, code}``: the redirect the
+  consent page's Allow (or Deny) button produces: ``{redirect_uri}?code=&state=&referer={sub}.kommo.com&client_id=
+  &platform=2`` (state omitted if not given) or ``?error=access_denied&client_id=&state=``. Codes live 20 min.
+- ``POST /_sandbox/tokens`` ``{client_id, subdomain, long_lived_ttl?}`` → a token response without the OAuth dance
+  (with ``long_lived_ttl``: a long-lived access token, no refresh token).
+- ``POST /_sandbox/uninstall`` ``{client_id, subdomain}`` → revokes the installation's tokens and calls
+  ``GET {disable_hook_url}?client_uuid=&account_id=&signature=`` (signature = hex HMAC-SHA256(client_secret,
+  "{client_id}|{account_id}"), ``User-Agent: amoService-oAuth-Code-Sender/1.0``) → ``{revoked_tokens, hook_url,
+  hook_status, hook_error}``.
+- ``POST /_sandbox/accounts/{sub}/seed`` ``{count, seed?, fire_webhooks?}`` → ``{created, first_id, last_id}``
+  (see :func:`seed_contacts`).
+- ``POST|PATCH /_sandbox/accounts/{sub}/contacts[?webhooks=0]``: as the API's create/update, without auth or limits.
+- ``GET /_sandbox/accounts/{sub}/contacts/{id}`` → contact JSON plus ``is_deleted`` (deleted ones too).
+- ``POST /_sandbox/accounts/{sub}/contacts/{id}/delete`` and ``.../restore`` (``?webhooks=0`` to stay silent).
+- ``POST /_sandbox/accounts/{sub}/custom_fields`` ``{name, type, code?, enums?}`` → 201 a user field (code null
+  unless given).
+- ``GET /_sandbox/accounts/{sub}/webhooks`` → registered webhooks with ``disabled`` and ``recent_failures``.
+- ``GET|POST|DELETE /_sandbox/faults`` ``{latency_ms, latency_jitter_ms, error_rate, error_status, burst_429, seed}``
+  (POST sets the given keys; DELETE clears faults and the rate-limit windows and blocks).
+- ``GET /_sandbox/clock``, ``POST /_sandbox/clock/advance`` ``{seconds}`` → ``{now, offset}``.
+- ``GET|DELETE /_sandbox/stats`` → ``{calls: {"GET /api/v4/contacts": n, ...}, responses: {"... 200": n},
+  by_account, grants, token_errors, refresh_count, rate_limited, blocked, faults, max_calls_in_1s: {client_id: n},
+  total_calls}``.
+- ``GET|DELETE /_sandbox/deliveries[?webhook_id=&limit=]`` → delivery attempts ``{body_id, webhook_id,
+  destination, attempt, status, error, ok, duplicate, at, duration_ms, contacts, body}``.
+- ``POST /_sandbox/deliveries/drain`` ``{timeout?}`` → ``{drained, outstanding}``: waits for batch windows,
+  queued bodies and pending retries.
+- ``POST /_sandbox/reset`` → forget all data (keeps config and clock).
+Consent page: ``GET /oauth?client_id=&state=&mode=`` (or ``/{sub}/oauth``) lists accounts with Allow/Deny
+forms posting to ``POST /oauth/decision``, which answers 302 to the redirect above.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import responses as r
+from .config import KommoSandboxConfig
+from .seed import seed_contacts
+from .state import KommoSandboxState, SandboxError
+
+__all__ = ["KommoSandboxConfig", "KommoSandboxState", "create_kommo_sandbox", "seed_contacts"]
+
+
+class _RequestId:
+    """Adds ``X-Request-Id`` to every response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = secrets.token_hex(16).encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def create_kommo_sandbox(config: KommoSandboxConfig | None = None) -> FastAPI:
+    """A fresh sandbox app; its state is ``app.state.kommo`` (:class:`KommoSandboxState`)."""
+    from .api import router as api_router
+    from .control import router as control_router
+
+    state = KommoSandboxState(config)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await state.aclose()
+
+    app = FastAPI(title="Kommo sandbox", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.kommo = state
+    app.include_router(control_router)
+    app.include_router(api_router)
+    app.add_middleware(_RequestId)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            return r.problem(405, f"Method {request.method} is not allowed")
+        path = request.url.path
+        parts = path.split("/", 2)
+        host = f"https://{parts[1]}.{state.config.base_domain}" if len(parts) > 2 else "https://www.kommo.com"
+        rest = "/" + parts[2] if len(parts) > 2 else path
+        return r.problem(exc.status_code, f"Cannot {request.method} {host}{rest}")
+
+    @app.exception_handler(SandboxError)
+    async def sandbox_error(_request: Request, exc: SandboxError) -> Response:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(ValueError)
+    async def bad_value(_request: Request, exc: ValueError) -> Response:
+        return JSONResponse({"error": f"bad request: {exc}"}, status_code=400)
+
+    return app

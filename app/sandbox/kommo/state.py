@@ -1,0 +1,304 @@
+"""The sandbox's whole state (``app.state.kommo``): accounts, OAuth, contacts, webhooks, limits, stats.
+
+In-process tests and the demo may call these methods directly; HTTP routes are thin wrappers around them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+
+from .config import KommoSandboxConfig
+from .limits import Clock, Faults, RateLimiter, Stats
+from .oauth import OAuthStore, disable_hook_signature
+from .store import Account, Contact, ContactChanges, parse_contact_item
+from .webhooks import Dispatcher, Webhook
+
+ValidationErrors = list[dict[str, Any]]
+
+
+class SandboxError(Exception):
+    """A control-API misuse (unknown account or integration, bad argument): answered 400/404 JSON."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class KommoSandboxState:
+    def __init__(self, config: KommoSandboxConfig | None = None) -> None:
+        self.config = config or KommoSandboxConfig()
+        self.clock = Clock()
+        self._init_data()
+
+    def _init_data(self) -> None:
+        self.oauth = OAuthStore()
+        self.accounts: dict[str, Account] = {}  # by subdomain
+        self.accounts_by_id: dict[int, Account] = {}
+        self.webhooks: dict[int, list[Webhook]] = {}  # by account id
+        self.stats = Stats()
+        self.limiter = RateLimiter()
+        self.faults = Faults()
+        self.dispatcher = Dispatcher(self)
+        self._contact_ids = itertools.count(10_000_001)
+        self._tag_ids = itertools.count(500_001)
+        self._webhook_ids = itertools.count(1)
+        self._account_ids = itertools.count(32_720_107)
+
+    async def reset(self) -> None:
+        """Forget all data (accounts, integrations, tokens, contacts, webhooks, stats, faults); keep config and clock."""
+        await self.dispatcher.close()
+        self._init_data()
+
+    async def aclose(self) -> None:
+        await self.dispatcher.close()
+
+    # --- accounts and integrations -----------------------------------------------------------------------------
+    def create_account(self, subdomain: str, name: str | None = None, account_id: int | None = None) -> Account:
+        if not subdomain or not subdomain.replace("-", "").isalnum() or not subdomain.isascii():
+            raise SandboxError("subdomain must be ASCII letters, digits and '-'")
+        if subdomain in self.accounts:
+            raise SandboxError(f"account {subdomain!r} exists", 409)
+        if account_id is None:
+            account_id = next(self._account_ids)
+            while account_id in self.accounts_by_id:
+                account_id = next(self._account_ids)
+        elif account_id in self.accounts_by_id:
+            raise SandboxError(f"account id {account_id} exists", 409)
+        account = Account(account_id, subdomain, name or subdomain, self.clock.now(),
+                          field_offset=100_000 * len(self.accounts), current_user_id=11_087_123 + len(self.accounts))
+        self.accounts[subdomain] = account
+        self.accounts_by_id[account_id] = account
+        return account
+
+    def account(self, subdomain: str) -> Account:
+        acct = self.accounts.get(subdomain)
+        if acct is None:
+            raise SandboxError(f"no account {subdomain!r}", 404)
+        return acct
+
+    def create_integration(self, redirect_uri: str, *, client_id: str | None = None,
+                           client_secret: str | None = None, disable_hook_url: str | None = None,
+                           name: str = "Integration") -> Any:
+        if client_id is not None and client_id in self.oauth.integrations:
+            raise SandboxError(f"integration {client_id} exists", 409)
+        return self.oauth.new_integration(redirect_uri, client_id=client_id, client_secret=client_secret,
+                                          disable_hook_url=disable_hook_url, name=name)
+
+    def authorize(self, client_id: str, subdomain: str, state: str | None = None, *, deny: bool = False) -> str:
+        """The redirect URL the consent page would send the user to (Allow, or Deny with ``deny``)."""
+        integ = self.oauth.integrations.get(client_id)
+        if integ is None:
+            raise SandboxError(f"no integration {client_id}", 404)
+        account = self.account(subdomain)
+        if deny:
+            params = {"error": "access_denied", "client_id": client_id}
+            if state is not None:
+                params["state"] = state
+        else:
+            code = self.oauth.new_code(client_id, account.id, self.clock.now(), self.config.code_ttl)
+            params = {"code": code.code}
+            if state is not None:
+                params["state"] = state
+            params.update({"referer": f"{subdomain}.{self.config.base_domain}", "client_id": client_id,
+                           "platform": self.config.platform})
+        sep = "&" if "?" in integ.redirect_uri else "?"
+        return f"{integ.redirect_uri}{sep}{urlencode(params)}"
+
+    def issue_tokens(self, client_id: str, subdomain: str, *, long_lived_ttl: int | None = None) -> dict[str, Any]:
+        """Tokens without the OAuth dance (as if a code had been exchanged), or a long-lived token (no refresh)."""
+        if client_id not in self.oauth.integrations:
+            raise SandboxError(f"no integration {client_id}", 404)
+        account = self.account(subdomain)
+        now = self.clock.now()
+        ttl = long_lived_ttl or self.config.access_token_ttl
+        access, refresh = self.oauth.issue(
+            client_id, account.id, now=now, access_ttl=ttl, refresh_ttl=self.config.refresh_token_ttl,
+            base_domain=self.config.base_domain, grant_type="" if long_lived_ttl else "authorization_code",
+            with_refresh=long_lived_ttl is None)
+        out: dict[str, Any] = {"token_type": "Bearer", "expires_in": ttl, "server_time": now,
+                               "access_token": access.token}
+        if refresh is not None:
+            out["refresh_token"] = refresh.token
+        return out
+
+    async def uninstall(self, client_id: str, subdomain: str) -> dict[str, Any]:
+        """Revoke the installation's tokens and call the integration's disable hook (if it has one)."""
+        integ = self.oauth.integrations.get(client_id)
+        if integ is None:
+            raise SandboxError(f"no integration {client_id}", 404)
+        account = self.account(subdomain)
+        revoked = self.oauth.revoke_installation(client_id, account.id)
+        result: dict[str, Any] = {"revoked_tokens": revoked, "hook_url": None, "hook_status": None,
+                                  "hook_error": None}
+        if integ.disable_hook_url:
+            params = {"client_uuid": client_id, "account_id": str(account.id),
+                      "signature": disable_hook_signature(client_id, integ.client_secret, account.id)}
+            sep = "&" if "?" in integ.disable_hook_url else "?"
+            url = f"{integ.disable_hook_url}{sep}{urlencode(params)}"
+            result["hook_url"] = url
+            try:
+                resp = await self.dispatcher.client.get(
+                    url, headers={"User-Agent": "amoService-oAuth-Code-Sender/1.0"},
+                    timeout=self.config.disable_hook_timeout)
+                result["hook_status"] = resp.status_code
+            except httpx.HTTPError as exc:
+                result["hook_error"] = f"{type(exc).__name__}: {exc}"
+        return result
+
+    # --- contacts ---------------------------------------------------------------------------------------------
+    def next_contact_id(self) -> int:
+        return next(self._contact_ids)
+
+    def _validate(self, account: Account, items: list[Any], update: bool
+                  ) -> tuple[list[ContactChanges], ValidationErrors]:
+        parsed: list[ContactChanges] = []
+        failures: ValidationErrors = []
+        for i, item in enumerate(items):
+            errors: list[dict[str, str]] = []
+            ch = parse_contact_item(account, item, update=update, errors=errors)
+            if errors:
+                rid = ch.request_id if ch.request_id is not None else str(i)
+                failures.append({"request_id": rid, "errors": errors})
+            parsed.append(ch)
+        if update and not failures:
+            seen: set[int] = set()
+            for i, ch in enumerate(parsed):
+                if ch.id in seen:
+                    failures.append({"request_id": ch.request_id or str(i), "errors": [
+                        {"code": "Duplicate", "path": "id", "detail": "This value is already used."}]})
+                seen.add(ch.id)  # type: ignore[arg-type]
+        return parsed, failures
+
+    def create_contacts(self, account: Account, items: list[Any], *, fire_webhooks: bool = True
+                        ) -> tuple[list[Contact], list[str], ValidationErrors]:
+        """Validate all, then create all (atomic). Returns (contacts, request_ids, validation errors)."""
+        parsed, failures = self._validate(account, items, update=False)
+        if failures:
+            return [], [], failures
+        now = self.clock.now()
+        created: list[Contact] = []
+        rids: list[str] = []
+        for i, ch in enumerate(parsed):
+            s = ch.scalars
+            first, last = s.get("first_name", ""), s.get("last_name", "")
+            name = s.get("name", f"{first} {last}".strip())
+            created_at = s.get("created_at", now)
+            contact = Contact(
+                self.next_contact_id(), name=name, first_name=first, last_name=last,
+                responsible_user_id=s.get("responsible_user_id", account.current_user_id),
+                created_by=s.get("created_by", account.current_user_id),
+                updated_by=s.get("updated_by", account.current_user_id),
+                created_at=created_at, updated_at=max(s.get("updated_at", created_at), created_at),
+                fields=[], tags=[])
+            self._apply_fields_and_tags(account, contact, ch)
+            account.add(contact)
+            created.append(contact)
+            rids.append(ch.request_id if ch.request_id is not None else str(i))
+            if fire_webhooks:
+                self.dispatcher.emit(account, "add", contact)
+        return created, rids, []
+
+    def update_contacts(self, account: Account, items: list[Any], *, fire_webhooks: bool = True
+                        ) -> tuple[list[Contact], list[str | None], ValidationErrors]:
+        parsed, failures = self._validate(account, items, update=True)
+        if failures:
+            return [], [], failures
+        now = self.clock.now()
+        updated: list[Contact] = []
+        for ch in parsed:
+            contact = account.contacts[ch.id]  # type: ignore[index]
+            before = _fingerprint(contact)
+            s = ch.scalars
+            for key in ("name", "first_name", "last_name", "responsible_user_id", "created_by", "created_at"):
+                if key in s:
+                    setattr(contact, key, s[key])
+            self._apply_fields_and_tags(account, contact, ch)
+            changed = _fingerprint(contact) != before
+            if changed or self.config.noop_patch_bumps:
+                contact.updated_by = s.get("updated_by", account.current_user_id)
+                wanted = s.get("updated_at")
+                new_ts = wanted if wanted is not None and wanted > contact.updated_at else max(
+                    now, contact.updated_at + 1)
+                account.set_updated_at(contact, new_ts)
+                if fire_webhooks:
+                    self.dispatcher.emit(account, "update", contact)
+            updated.append(contact)
+        return updated, [ch.request_id for ch in parsed], []
+
+    def _apply_fields_and_tags(self, account: Account, contact: Contact, ch: ContactChanges) -> None:
+        for fid, values in ch.fields:
+            pos = next((i for i, (f, _v) in enumerate(contact.fields) if f == fid), None)
+            if values is None:
+                if pos is not None:
+                    del contact.fields[pos]
+            elif pos is None:
+                contact.fields.append((fid, values))
+            else:
+                contact.fields[pos] = (fid, values)
+        if ch.tags_set is not None:
+            contact.tags = []
+            for tid, name in ch.tags_set:
+                self._add_tag(account, contact, tid, name)
+        for tid, name in ch.tags_add:
+            self._add_tag(account, contact, tid, name)
+        for tid, name in ch.tags_del:
+            if tid is None and name is not None:
+                tag = account.tags_by_name.get(name.lower())
+                tid = tag.id if tag else None
+            if tid in contact.tags:
+                contact.tags.remove(tid)
+
+    def _add_tag(self, account: Account, contact: Contact, tid: int | None, name: str | None) -> None:
+        if tid is None:
+            assert name is not None
+            tid = account.tag_named(name, self._tag_ids).id
+        if tid not in contact.tags:
+            contact.tags.append(tid)
+
+    def delete_contact(self, account: Account, cid: int, *, fire_webhooks: bool = True) -> Contact:
+        contact = account.live(cid)
+        if contact is None:
+            raise SandboxError(f"no live contact {cid}", 404)
+        account.mark_deleted(contact)
+        if fire_webhooks:
+            self.dispatcher.emit(account, "delete", contact)
+        return contact
+
+    def restore_contact(self, account: Account, cid: int, *, fire_webhooks: bool = True) -> Contact:
+        contact = account.contacts.get(cid)
+        if contact is None or not contact.deleted:
+            raise SandboxError(f"no deleted contact {cid}", 404)
+        account.mark_restored(contact)
+        account.set_updated_at(contact, max(self.clock.now(), contact.updated_at + 1))
+        if fire_webhooks:
+            self.dispatcher.emit(account, "restore", contact)
+        return contact
+
+    # --- webhooks ---------------------------------------------------------------------------------------------
+    def subscribe(self, account: Account, destination: str, settings: list[str], sort: int) -> Webhook:
+        now = self.clock.now()
+        hooks = self.webhooks.setdefault(account.id, [])
+        for hook in hooks:
+            if hook.destination == destination:  # re-saving updates settings and re-enables [K-wh]
+                hook.settings, hook.sort, hook.updated_at, hook.disabled = list(settings), sort, now, False
+                hook.failures.clear()
+                return hook
+        hook = Webhook(next(self._webhook_ids), account.id, destination, list(settings), sort, now, now,
+                       account.current_user_id)
+        hooks.append(hook)
+        return hook
+
+    def unsubscribe(self, account: Account, destination: str) -> bool:
+        hooks = self.webhooks.get(account.id, [])
+        keep = [h for h in hooks if h.destination != destination]
+        self.webhooks[account.id] = keep
+        return len(keep) != len(hooks)
+
+
+def _fingerprint(c: Contact) -> tuple[Any, ...]:
+    return (c.name, c.first_name, c.last_name, c.responsible_user_id, c.created_by, c.created_at,
+            tuple((f, tuple(v)) for f, v in c.fields), tuple(c.tags))
