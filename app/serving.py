@@ -31,7 +31,14 @@ async def serve_in_background(
         app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on", loop="none"
     )
     server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
+
+    async def serve() -> None:
+        try:
+            await server.serve()
+        except SystemExit as exc:  # uvicorn exits the process when the app's start-up fails
+            raise RuntimeError(f"server on {host}:{port} did not start (exit {exc.code})") from None
+
+    task = asyncio.create_task(serve())
     try:
         for _ in range(500):  # bounded: 5 s
             if server.started or task.done():

@@ -1,0 +1,1 @@
+"""HTTP routers: thin handlers that parse, authorise, call a service and answer."""

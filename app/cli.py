@@ -1,0 +1,208 @@
+"""The ``contactsync`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from app.config import ConfigError, Settings
+
+DESCRIPTION = """\
+contactsync mirrors Kommo CRM contacts into Unisender and brings unsubscribes back.
+
+Configuration comes from CONTACTSYNC_* environment variables (see README). With no
+CONTACTSYNC_DATABASE_URL / CONTACTSYNC_REDIS_URL, use `serve --embedded`: everything
+runs in one process on a local SQLite file and an in-process Redis stand-in.
+"""
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except (ConfigError, ValidationError) as exc:
+        print(f"contactsync: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _settings()
+    if not settings.embedded and args.embedded:
+        print(
+            "contactsync: --embedded ignores CONTACTSYNC_DATABASE_URL; unset it to run embedded",
+            file=sys.stderr,
+        )
+        return 2
+    if settings.embedded and not args.embedded:
+        print(
+            "contactsync: CONTACTSYNC_DATABASE_URL is not set. Set it (and CONTACTSYNC_REDIS_URL) to run against "
+            "PostgreSQL and Redis, or pass --embedded to run API and worker in one process on a local SQLite file.",
+            file=sys.stderr,
+        )
+        return 2
+    if args.embedded:
+        return asyncio.run(_serve_embedded(settings, args.host, args.port))
+    from app.main import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+        limit_concurrency=args.limit_concurrency,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+async def _serve_embedded(settings: Settings, host: str, port: int) -> int:
+    import uvicorn
+
+    from app.main import create_app
+    from app.worker.settings import run_worker_forever
+
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False))
+    stop = asyncio.Event()
+    worker = asyncio.create_task(_after_api_start(server, run_worker_forever(settings, stop=stop)))
+    try:
+        await server.serve()
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(worker, timeout=15)
+    return 0
+
+
+async def _after_api_start(server: object, coro: object) -> None:
+    # The API's lifespan migrates the SQLite file; the worker checks the schema, so it starts second.
+    for _ in range(600):
+        if getattr(server, "started", False) or getattr(server, "should_exit", False):
+            break
+        await asyncio.sleep(0.05)
+    await coro  # type: ignore[misc]
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from app.worker.settings import run_worker_forever
+
+    settings = _settings()
+    if settings.embedded:
+        print(
+            "contactsync: the worker needs CONTACTSYNC_DATABASE_URL and CONTACTSYNC_REDIS_URL "
+            "(embedded mode runs its worker inside `serve --embedded`)",
+            file=sys.stderr,
+        )
+        return 2
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_worker_forever(settings, stop=stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from app.db.schema import downgrade, upgrade
+
+    settings = _settings()
+    if settings.embedded:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.resolved_database_url()
+    if args.downgrade:
+        downgrade(url, args.downgrade)
+    else:
+        upgrade(url, args.revision)
+    print(f"contactsync: database migrated to {args.downgrade or args.revision}")
+    return 0
+
+
+SANDBOXES = {
+    "kommo": ("app.sandbox.kommo", "create_kommo_sandbox"),
+    "unisender": ("app.sandbox.unisender", "create_unisender_sandbox"),
+}
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.logging import configure_logging
+
+    configure_logging(fmt="console", level="INFO")
+    # Imported by name: product code never imports the sandboxes; only this command and the tests do.
+    module_name, factory_name = SANDBOXES[args.provider]
+    app = getattr(importlib.import_module(module_name), factory_name)()
+    print(
+        f"contactsync: {args.provider} sandbox on http://{args.host}:{args.port} (control API under /_sandbox)"
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="contactsync", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the HTTP API (webhooks, OAuth, operator endpoints)")
+    p.add_argument("--host", default=os.environ.get("CONTACTSYNC_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("CONTACTSYNC_PORT", "8000")))
+    p.add_argument(
+        "--embedded",
+        action="store_true",
+        help="run API and worker in one process on a local SQLite file and an in-process Redis stand-in",
+    )
+    p.add_argument(
+        "--limit-concurrency",
+        type=int,
+        default=None,
+        help="answer 503 at once above this many concurrent requests instead of queueing them",
+    )
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "worker", help="run the background worker (arq): mirrors changes, sweeps, refreshes tokens"
+    )
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("migrate", help="upgrade the database schema to the latest revision (alembic)")
+    p.add_argument("revision", nargs="?", default="head", help="target revision (default: head)")
+    p.add_argument("--downgrade", metavar="REV", help="downgrade to REV instead (e.g. base)")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("sandbox", help="run a simulator of Kommo or Unisender for integration tests")
+    p.add_argument("provider", choices=["kommo", "unisender"])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=None)
+    p.set_defaults(func=cmd_sandbox)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "provider", None) and args.port is None:
+        args.port = 8001 if args.provider == "kommo" else 8002
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

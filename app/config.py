@@ -1,0 +1,150 @@
+"""Service configuration: one ``Settings`` read from ``CONTACTSYNC_*`` environment variables."""
+
+from __future__ import annotations
+
+import secrets
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from cryptography.fernet import Fernet
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Values that must never reach production: the README and compose file show some of them as examples.
+PLACEHOLDER_SECRETS = frozenset(
+    {"", "changethis", "change-me", "changeme", "secret", "dev-admin-token", "admin"}
+)
+DEV_ADMIN_TOKEN = "dev-admin-token"
+DEFAULT_STATE_DIR = Path(".contactsync")
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot work; the message says which variable to fix."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CONTACTSYNC_", env_file=".env", extra="ignore")
+
+    env: Environment = Field(Environment.DEVELOPMENT, description="development | test | production")
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy async URL, e.g. postgresql+asyncpg://user@host/db; unset = embedded SQLite",
+    )
+    redis_url: str | None = Field(None, description="redis://host:6379/0; unset = embedded in-process Redis")
+    secret_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated Fernet keys for encryption at rest; the first encrypts, all decrypt",
+    )
+    admin_token: SecretStr = Field(
+        SecretStr(DEV_ADMIN_TOKEN), description="Bearer token for operator endpoints"
+    )
+    public_url: str = Field(
+        "http://127.0.0.1:8000", description="Where Kommo and Unisender reach this service"
+    )
+    kommo_base_url: str = Field(
+        "https://{subdomain}.kommo.com", description="Kommo API base, a template with {subdomain}"
+    )
+    kommo_auth_url: str = Field("https://www.kommo.com/oauth", description="Kommo's OAuth consent page")
+    unisender_base_url: str = Field("https://api.unisender.com", description="Unisender API base")
+    log_format: Literal["console", "json"] | None = Field(
+        None, description="console | json; default console in development, json otherwise"
+    )
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+
+    # Tuning (defaults follow PERFORMANCE.md; all optional).
+    max_body_bytes: int = Field(1_048_576, description="Request body cap in bytes (413 above)")
+    db_pool_size: int = Field(10, description="Database connection pool size per process")
+    kommo_rate_per_second: float = Field(7.0, description="Client-side budget per Kommo integration")
+    unisender_calls_per_minute: float = Field(1200.0, description="Client-side budget per Unisender key")
+    unsubscribe_tag: str = Field("unsubscribed", description="Kommo tag set on contacts who unsubscribed")
+    state_dir: Path = Field(
+        DEFAULT_STATE_DIR, description="Embedded mode's data directory (SQLite file, dev key)"
+    )
+    worker_max_jobs: int = Field(50, description="Concurrent jobs per worker process")
+    worker_poll_delay: float = Field(0.05, description="Seconds between queue polls")
+    worker_job_timeout: int = Field(60, description="Seconds before a job is considered dead and re-run")
+
+    @model_validator(mode="after")
+    def _enforce_production_secrets(self) -> Settings:
+        if self.env is Environment.DEVELOPMENT:
+            return self
+        problems: list[str] = []
+        if not self.database_url:
+            problems.append("CONTACTSYNC_DATABASE_URL is required")
+        if not self.redis_url:
+            problems.append("CONTACTSYNC_REDIS_URL is required")
+        admin = self.admin_token.get_secret_value()
+        if admin.lower() in PLACEHOLDER_SECRETS or len(admin) < 16:
+            problems.append("CONTACTSYNC_ADMIN_TOKEN must be set to a random value of at least 16 characters")
+        keys = self.secret_keys.get_secret_value() if self.secret_keys else ""
+        if not keys.strip() or keys.strip().lower() in PLACEHOLDER_SECRETS:
+            problems.append("CONTACTSYNC_SECRET_KEYS must hold at least one Fernet key")
+        else:
+            try:
+                parse_fernet_keys(keys)
+            except ValueError as exc:
+                problems.append(f"CONTACTSYNC_SECRET_KEYS: {exc}")
+        if problems:
+            raise ConfigError(f"configuration invalid for env={self.env.value}: " + "; ".join(problems))
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        return not self.database_url
+
+    @property
+    def effective_log_format(self) -> str:
+        if self.log_format:
+            return self.log_format
+        return "console" if self.env is Environment.DEVELOPMENT else "json"
+
+    def sqlite_url(self) -> str:
+        return f"sqlite+aiosqlite:///{(self.state_dir / 'contactsync.db').resolve()}"
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or self.sqlite_url()
+
+    def encryption_keys(self) -> list[bytes]:
+        """The Fernet keys; in development without keys, one generated once and kept in ``state_dir``."""
+        if self.secret_keys is not None and self.secret_keys.get_secret_value().strip():
+            return parse_fernet_keys(self.secret_keys.get_secret_value())
+        if self.env is not Environment.DEVELOPMENT:
+            raise ConfigError("CONTACTSYNC_SECRET_KEYS must hold at least one Fernet key")
+        path = self.state_dir / "dev-secret.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(Fernet.generate_key())
+            path.chmod(0o600)
+        return [path.read_bytes().strip()]
+
+    def kommo_url_for(self, subdomain: str) -> str:
+        return self.kommo_base_url.format(subdomain=subdomain).rstrip("/")
+
+
+def parse_fernet_keys(raw: str) -> list[bytes]:
+    keys = [k.strip().encode() for k in raw.split(",") if k.strip()]
+    if not keys:
+        raise ValueError("no key given")
+    for i, key in enumerate(keys):
+        try:
+            Fernet(key)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"key #{i + 1} is not a valid Fernet key (32 url-safe base64 bytes)") from exc
+    return keys
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

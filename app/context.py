@@ -1,0 +1,75 @@
+"""Process-wide resources, built once at start-up (API lifespan or worker on_startup) and closed at exit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import httpx
+from arq.connections import ArqRedis
+
+from app.config import Settings
+from app.connectors.ratelimit import RateLimiter, TokenBucket
+from app.db.session import Database, create_engine
+from app.queue import create_queue
+from app.security.crypto import Cipher, configure_encryption
+
+USER_AGENT = "contactsync/0.1 (+https://github.com/contactsync/contactsync)"
+
+
+def build_http_client(
+    *, timeout: float, connect: float = 5.0, max_connections: int = 50
+) -> httpx.AsyncClient:
+    """One client per upstream: connection pooling, explicit timeouts; status retries are the worker's job."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout, connect=connect),
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        headers={"User-Agent": USER_AGENT},
+        follow_redirects=False,
+    )
+
+
+@dataclass(kw_only=True)
+class ProcessContext:
+    settings: Settings
+    db: Database
+    queue: ArqRedis
+    cipher: Cipher
+    kommo_http: httpx.AsyncClient
+    unisender_http: httpx.AsyncClient
+    # Per-credential client-side budgets (keyed by Kommo client_id / Unisender key hash) so every job of this
+    # process shares one bucket per upstream credential.
+    limiters: dict[str, RateLimiter] = field(default_factory=dict)
+
+    def kommo_limiter(self, client_id: str) -> RateLimiter:
+        key = f"kommo:{client_id}"
+        if key not in self.limiters:
+            rate = self.settings.kommo_rate_per_second
+            self.limiters[key] = TokenBucket(rate, per=1.0, burst=max(1.0, rate))
+        return self.limiters[key]
+
+    def unisender_limiter(self, key_id: str) -> RateLimiter:
+        key = f"unisender:{key_id}"
+        if key not in self.limiters:
+            per_minute = self.settings.unisender_calls_per_minute
+            self.limiters[key] = TokenBucket(per_minute, per=60.0, burst=max(1.0, per_minute / 60.0))
+        return self.limiters[key]
+
+    async def close(self) -> None:
+        await self.kommo_http.aclose()
+        await self.unisender_http.aclose()
+        await self.queue.aclose()
+        await self.db.dispose()
+
+
+async def build_context(settings: Settings) -> ProcessContext:
+    cipher = configure_encryption(settings.encryption_keys())
+    engine = create_engine(settings.resolved_database_url(), pool_size=settings.db_pool_size)
+    return ProcessContext(
+        settings=settings,
+        db=Database(engine),
+        queue=await create_queue(settings.redis_url),
+        cipher=cipher,
+        # Kommo's official library uses 5 s connect / 20 s total; Unisender's import may take up to 30 s.
+        kommo_http=build_http_client(timeout=20.0),
+        unisender_http=build_http_client(timeout=35.0),
+    )

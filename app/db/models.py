@@ -1,0 +1,184 @@
+"""ORM models, one class per table. Tables are singular, datetimes end in ``_at``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db.base import Base, BigIntPK, utcnow
+from app.security.crypto import EncryptedString
+
+
+class Integration(Base):
+    """A Kommo account connected to the service (the tenant)."""
+
+    __tablename__ = "integration"
+
+    account_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    subdomain: Mapped[str] = mapped_column(String(255))
+    client_id: Mapped[str] = mapped_column(String(255))
+    client_secret: Mapped[str] = mapped_column(EncryptedString())
+    redirect_uri: Mapped[str] = mapped_column(Text)
+    webhook_token_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(
+        String(32), default="pending"
+    )  # pending|connected|needs_reauth|disabled
+    last_event_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class KommoToken(Base):
+    __tablename__ = "kommo_token"
+
+    account_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("integration.account_id", ondelete="CASCADE"), primary_key=True
+    )
+    access_token: Mapped[str] = mapped_column(EncryptedString())
+    refresh_token: Mapped[str] = mapped_column(EncryptedString())
+    expires_at: Mapped[datetime]
+    refreshed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EspAccount(Base):
+    """The email-platform credential and target list of an account."""
+
+    __tablename__ = "esp_account"
+
+    account_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("integration.account_id", ondelete="CASCADE"), primary_key=True
+    )
+    provider: Mapped[str] = mapped_column(String(32), default="unisender")
+    api_key: Mapped[str] = mapped_column(EncryptedString())
+    list_id: Mapped[int | None] = mapped_column(BigInteger)
+    checked_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OAuthStateRow(Base):
+    """Issued OAuth ``state`` nonces: single use."""
+
+    __tablename__ = "oauth_state"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    used_at: Mapped[datetime | None]
+
+
+class Contact(Base):
+    """Our copy of a Kommo contact: the latest version we applied."""
+
+    __tablename__ = "contact"
+    __table_args__ = (UniqueConstraint("account_id", "kommo_id"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(BigInteger)
+    kommo_id: Mapped[int] = mapped_column(BigInteger)
+    name: Mapped[str] = mapped_column(Text, default="")
+    emails: Mapped[list[str]] = mapped_column(JSON, default=list)
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    kommo_updated_at: Mapped[int] = mapped_column(BigInteger, default=0)
+    deleted_at: Mapped[datetime | None]
+    seen_run_id: Mapped[str | None] = mapped_column(String(36))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ContactEmail(Base):
+    """One address of an account: who owns it, its consent, and what Unisender last accepted."""
+
+    __tablename__ = "contact_email"
+    __table_args__ = (UniqueConstraint("account_id", "email"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(BigInteger)
+    email: Mapped[str] = mapped_column(String(320))
+    kommo_id: Mapped[int | None] = mapped_column(BigInteger)
+    consent: Mapped[str] = mapped_column(String(16), default="subscribed")  # subscribed|unsubscribed
+    unsubscribed_at: Mapped[datetime | None]
+    pushed_hash: Mapped[str | None] = mapped_column(String(64))
+    pushed_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class WebhookEvent(Base):
+    """Inbox: every accepted webhook body, stored before any processing."""
+
+    __tablename__ = "webhook_event"
+    __table_args__ = (Index("ix_webhook_event_status_received_at", "status", "received_at"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(BigInteger)
+    source: Mapped[str] = mapped_column(String(16))  # kommo|unisender
+    dedupe_key: Mapped[str] = mapped_column(String(64), unique=True)
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|done|failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    handled_at: Mapped[datetime | None]
+
+
+class Outbox(Base):
+    """Desired state of one address in the email platform, coalesced per (account, email)."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        UniqueConstraint("account_id", "email"),
+        Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(BigInteger)
+    email: Mapped[str] = mapped_column(String(320))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    payload_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|done|rejected|dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    reject_code: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class SyncRun(Base):
+    __tablename__ = "sync_run"
+    __table_args__ = (Index("ix_sync_run_account_id_status", "account_id", "status"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    account_id: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(16), default="full")  # full|reconcile
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|running|done|failed
+    cursor: Mapped[int | None] = mapped_column(BigInteger)
+    fetched: Mapped[int] = mapped_column(Integer, default=0)
+    changed: Mapped[int] = mapped_column(Integer, default=0)
+    pushed: Mapped[int] = mapped_column(Integer, default=0)
+    rejected: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class WorkerHeartbeat(Base):
+    """Liveness of worker processes, written by the worker's health loop."""
+
+    __tablename__ = "worker_heartbeat"
+
+    worker_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)

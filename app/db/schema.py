@@ -1,0 +1,62 @@
+"""Alembic helpers: upgrade to head, and refuse to start when the schema is behind."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class SchemaOutOfDate(RuntimeError):
+    pass
+
+
+def alembic_config(database_url: str) -> Config:
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    cfg.attributes["configure_logging"] = False
+    return cfg
+
+
+def head_revision(database_url: str) -> str | None:
+    return ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    """Run migrations (blocking; call from a thread when inside an event loop)."""
+    command.upgrade(alembic_config(database_url), revision)
+
+
+def downgrade(database_url: str, revision: str) -> None:
+    command.downgrade(alembic_config(database_url), revision)
+
+
+async def upgrade_async(database_url: str, revision: str = "head") -> None:
+    await asyncio.to_thread(upgrade, database_url, revision)
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    def _read(conn: Connection) -> str | None:
+        return MigrationContext.configure(conn).get_current_revision()
+
+    async with engine.connect() as conn:
+        return await conn.run_sync(_read)
+
+
+async def check_schema_current(engine: AsyncEngine, database_url: str) -> None:
+    """Raise SchemaOutOfDate with a clear message unless the database is at alembic head."""
+    head = head_revision(database_url)
+    current = await current_revision(engine)
+    if current != head:
+        raise SchemaOutOfDate(
+            f"database schema is at {current or 'nothing'}, code expects {head}: run `contactsync migrate`"
+        )

@@ -1,0 +1,179 @@
+"""One error tree for the API: ``AppError`` subclasses render as ``{"error": code, "detail": message}``."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = structlog.get_logger(__name__)
+
+
+class AppError(Exception):
+    """Base of every expected failure; subclasses set ``code`` and ``status_code``."""
+
+    code: ClassVar[str] = "internal_error"
+    status_code: ClassVar[int] = 500
+
+    def __init__(self, message: str, *, extra: dict[str, Any] | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra or {}
+        self.override_code = code
+
+    @property
+    def error_code(self) -> str:
+        return self.override_code or self.code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.error_code, "detail": self.message, **self.extra}
+
+
+class BadRequest(AppError):
+    code = "bad_request"
+    status_code = 400
+
+
+class Unauthorized(AppError):
+    code = "unauthorized"
+    status_code = 401
+
+
+class Forbidden(AppError):
+    code = "forbidden"
+    status_code = 403
+
+
+class NotFound(AppError):
+    code = "not_found"
+    status_code = 404
+
+
+class Conflict(AppError):
+    code = "conflict"
+    status_code = 409
+
+
+class PayloadTooLarge(AppError):
+    code = "payload_too_large"
+    status_code = 413
+
+
+class Unprocessable(AppError):
+    code = "validation_error"
+    status_code = 422
+
+
+class UpstreamError(AppError):
+    """A third-party API failed while we served a synchronous request."""
+
+    code = "upstream_error"
+    status_code = 502
+
+
+class ServiceUnavailable(AppError):
+    code = "service_unavailable"
+    status_code = 503
+
+
+def error_response(status_code: int, code: str, detail: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail, **extra}, status_code=status_code)
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def _app_error(request: Request, exc: AppError) -> JSONResponse:
+        if exc.status_code >= 500:
+            log.warning("request.failed", error=exc.error_code, detail=exc.message)
+        return JSONResponse(exc.body(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            fields.append({"field": loc, "message": err.get("msg", "invalid")})
+        summary = "; ".join(f"{f['field'] or 'body'}: {f['message']}" for f in fields[:5])
+        return error_response(422, "validation_error", f"Invalid request: {summary}", fields=fields)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return JSONResponse(
+            {"error": code, "detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("request.unhandled_error")
+        return error_response(500, "internal_error", "An unexpected error occurred; it has been logged.")
+
+
+class BodySizeLimitMiddleware:
+    """Refuse request bodies above ``max_bytes`` with 413, by Content-Length or while streaming."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared < 0 or declared > self.max_bytes:
+                    await self._reject(send)
+                    return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # An AppError, so the app's own handler answers 413 when the endpoint is reading.
+                    raise PayloadTooLarge(f"Request body exceeds the limit of {self.max_bytes} bytes.")
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except PayloadTooLarge:
+            if started:
+                raise
+            await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        response = error_response(
+            413, "payload_too_large", f"Request body exceeds the limit of {self.max_bytes} bytes."
+        )
+        await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
+        await send({"type": "http.response.body", "body": response.body})

@@ -1,0 +1,66 @@
+"""The FastAPI application: ``create_app()`` and its lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+
+from app.api.router import api_router
+from app.config import Settings, get_settings
+from app.context import ProcessContext, build_context
+from app.db.schema import check_schema_current, upgrade_async
+from app.errors import BodySizeLimitMiddleware, install_error_handlers
+from app.logging import configure_logging
+from app.metrics import MetricsMiddleware
+from app.middleware import RequestIdMiddleware
+
+log = structlog.get_logger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, auto_migrate: bool | None = None) -> FastAPI:
+    """Build the API. ``auto_migrate`` defaults to True in embedded mode (a local file nobody else migrates)."""
+    settings = settings or get_settings()
+    configure_logging(fmt=settings.effective_log_format, level=settings.log_level)
+    migrate = settings.embedded if auto_migrate is None else auto_migrate
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.embedded:
+            settings.state_dir.mkdir(parents=True, exist_ok=True)
+        if migrate:
+            await upgrade_async(settings.resolved_database_url())
+        ctx = await build_context(settings)
+        try:
+            await check_schema_current(ctx.db.engine, settings.resolved_database_url())
+        except Exception:
+            await ctx.close()
+            raise
+        app.state.ctx = ctx
+        log.info("api.started", env=settings.env.value, embedded=settings.embedded)
+        try:
+            yield
+        finally:
+            await ctx.close()
+            log.info("api.stopped")
+
+    app = FastAPI(
+        title="contactsync",
+        version="0.1.0",
+        summary="Mirrors Kommo contacts into Unisender and brings unsubscribes back.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(api_router)
+    # Outermost first in the list of calls below is innermost at run time: body cap, then metrics, then ids.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def app_context(app: FastAPI) -> ProcessContext:
+    ctx: ProcessContext = app.state.ctx
+    return ctx

@@ -1,0 +1,67 @@
+"""Prometheus metrics. Low-cardinality labels only: never contact ids or emails."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+HTTP_REQUESTS = Counter(
+    "contactsync_http_requests_total", "HTTP requests served", ["method", "route", "status"]
+)
+HTTP_DURATION = Histogram(
+    "contactsync_http_request_duration_seconds",
+    "HTTP request latency",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0),
+)
+WEBHOOKS = Counter("contactsync_webhook_requests_total", "Inbound webhooks", ["provider", "outcome"])
+JOBS = Counter("contactsync_jobs_total", "Worker jobs run", ["function", "result"])
+PROVIDER_REQUESTS = Counter(
+    "contactsync_provider_requests_total", "Calls to third-party APIs", ["provider", "method", "status"]
+)
+PROVIDER_THROTTLED = Counter(
+    "contactsync_provider_throttled_total", "Provider rate-limit answers", ["provider"]
+)
+EVENTS_PENDING = Gauge("contactsync_events_pending", "Inbox events not yet processed (last sweep)")
+OUTBOX_PENDING = Gauge("contactsync_outbox_pending", "Outbox rows waiting to be pushed (last sweep)")
+EVENT_LAG = Histogram(
+    "contactsync_event_lag_seconds",
+    "Webhook receipt to email-platform call",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0),
+)
+TOKEN_REFRESH = Counter("contactsync_token_refresh_total", "Kommo token refreshes", ["result"])
+
+
+def render() -> tuple[bytes, str]:
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+class MetricsMiddleware:
+    """Count requests and time them, labelled by the route template (not the raw path)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "GET")
+            HTTP_REQUESTS.labels(method, template, str(status)).inc()
+            HTTP_DURATION.labels(method, template).observe(time.perf_counter() - start)

@@ -1,0 +1,1 @@
+"""Encryption at rest, webhook tokens and OAuth state signing."""

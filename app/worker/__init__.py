@@ -1,0 +1,1 @@
+"""arq worker: settings, tasks, cron, and the supervised run loop."""

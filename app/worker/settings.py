@@ -1,0 +1,144 @@
+"""Worker construction and the supervised run loop.
+
+arq's defaults suit slow jobs; ours are I/O-bound and must start fast (PERFORMANCE.md §3): poll_delay ≤ 0.1 s,
+max_jobs ≥ 50, keep_result 0 (a kept result blocks re-enqueueing the same job id), job_timeout ≈ 60 s so a
+killed worker's job re-runs within about a minute. An arq worker exits when Redis restarts, so
+``run_worker_forever`` rebuilds it with backoff; pending work is re-found from PostgreSQL by the sweeper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import socket
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import arq.worker
+import structlog
+from arq.worker import Function, Worker, func
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from app.config import Settings
+from app.context import ProcessContext, build_context
+from app.db.schema import check_schema_current
+from app.logging import configure_logging
+from app.queue import QUEUE_NAME, create_queue
+from app.worker import tasks
+
+log = structlog.get_logger(__name__)
+
+TaskFn = Callable[..., Coroutine[Any, Any, Any]]
+
+
+def functions(settings: Settings) -> list[Function]:
+    return [func(tasks.ping, name="ping", timeout=10)]
+
+
+def cron_jobs(settings: Settings) -> list[Any]:
+    return []
+
+
+async def _on_job_start(ctx: dict[str, Any]) -> None:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(job_id=ctx.get("job_id"), job_try=ctx.get("job_try"))
+
+
+async def _on_job_end(ctx: dict[str, Any]) -> None:
+    structlog.contextvars.clear_contextvars()
+
+
+def build_worker(
+    pc: ProcessContext, *, burst: bool = False, handle_signals: bool = True, max_burst_jobs: int = -1
+) -> Worker:
+    """An arq Worker bound to the process context (shared engine, HTTP clients and queue pool)."""
+    s = pc.settings
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        ctx["process"] = pc
+
+    return Worker(
+        functions=functions(s),
+        cron_jobs=cron_jobs(s),
+        redis_pool=pc.queue,
+        queue_name=QUEUE_NAME,
+        on_startup=on_startup,
+        on_job_start=_on_job_start,
+        on_job_end=_on_job_end,
+        burst=burst,
+        max_burst_jobs=max_burst_jobs,
+        handle_signals=handle_signals,
+        max_jobs=s.worker_max_jobs,
+        poll_delay=s.worker_poll_delay,
+        job_timeout=s.worker_job_timeout,
+        keep_result=0,
+        max_tries=25,
+        health_check_interval=15,
+        health_check_key="contactsync:worker:health",
+    )
+
+
+async def _skip_redis_info(*_: Any, **__: Any) -> None:
+    # The embedded Redis stand-in lacks INFO, which arq only calls to log the server version.
+    return None
+
+
+async def run_worker_forever(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Run the worker; when Redis goes away, rebuild it with backoff instead of exiting."""
+    configure_logging(fmt=settings.effective_log_format, level=settings.log_level)
+    if settings.embedded:
+        arq.worker.log_redis_info = _skip_redis_info  # type: ignore[attr-defined]
+    pc = await build_context(settings)
+    await check_schema_current(pc.db.engine, settings.resolved_database_url())
+    worker_id = f"{socket.gethostname()}:{os.getpid()}"
+    log.info("worker.started", worker_id=worker_id, embedded=settings.embedded)
+    stop = stop or asyncio.Event()
+    delay = 0.5
+    try:
+        while not stop.is_set():
+            worker = build_worker(pc, handle_signals=False)
+            run = asyncio.create_task(worker.main())
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait({run, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if stopper in done:
+                run.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await run
+                await worker.close()
+                break
+            stopper.cancel()
+            exc = run.exception()
+            with contextlib.suppress(Exception):
+                await worker.close()
+            if exc is None:
+                break
+            if not isinstance(exc, RedisConnectionError | RedisTimeoutError | ConnectionError | OSError):
+                raise exc
+            log.warning("worker.redis_lost", error=repr(exc), retry_in=round(delay, 2))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            delay = min(delay * 2, 10.0) * (0.5 + random.random() / 2)
+            delay = max(delay, 0.5)
+            await pc.queue.aclose()
+            pc.queue = await _reconnect(settings, stop)
+    finally:
+        await pc.close()
+        log.info("worker.stopped", worker_id=worker_id)
+
+
+async def _reconnect(settings: Settings, stop: asyncio.Event) -> Any:
+    delay = 0.5
+    while True:
+        try:
+            queue = await create_queue(settings.redis_url)
+            await queue.ping()
+            return queue
+        except Exception as exc:
+            if stop.is_set():
+                raise
+            log.warning("worker.redis_unavailable", error=repr(exc), retry_in=round(delay, 2))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)

@@ -1,0 +1,110 @@
+"""The container files can't be run here (no Docker engine), so check them against the code they start."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from app.cli import build_parser
+from app.config import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, object]:
+    data: dict[str, object] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return data
+
+
+def _services(compose: dict[str, object]) -> dict[str, dict[str, object]]:
+    services = compose["services"]
+    assert isinstance(services, dict)
+    return services
+
+
+def test_compose_has_the_expected_services_with_healthchecks(compose: dict[str, object]) -> None:
+    services = _services(compose)
+    assert set(services) == {"postgres", "redis", "migrate", "api", "worker"}
+    for name in ("postgres", "redis", "api"):
+        assert "healthcheck" in services[name], name
+    assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"  # type: ignore[index]
+
+
+def test_compose_commands_are_real_cli_commands(compose: dict[str, object]) -> None:
+    parser = build_parser()
+    for name in ("migrate", "api", "worker"):
+        command = _services(compose)[name]["command"]
+        assert isinstance(command, list)
+        assert command[0] == "contactsync"
+        parser.parse_args(command[1:])  # SystemExit on an unknown command or flag
+
+
+def test_compose_environment_names_are_settings_and_valid_for_production(
+    compose: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fields = {f"CONTACTSYNC_{name.upper()}" for name in Settings.model_fields}
+    for key in list(__import__("os").environ):
+        if key.startswith("CONTACTSYNC_") and not key.startswith("CONTACTSYNC_TEST_"):
+            monkeypatch.delenv(key)
+    for name in ("migrate", "api", "worker"):
+        env = _services(compose)[name]["environment"]
+        assert isinstance(env, dict)
+        unknown = set(env) - fields
+        assert not unknown, f"{name}: unknown settings {unknown}"
+        for key, value in env.items():
+            # Resolve ${VAR:-default} the way compose does when VAR is unset.
+            monkeypatch.setenv(key, re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value)))
+        settings = Settings(_env_file=None)  # type: ignore[call-arg]  # raises if production rules fail
+        assert settings.env.value == "production"
+        assert settings.database_url
+        assert "@postgres:" in settings.database_url
+        assert settings.redis_url == "redis://redis:6379/0"
+
+
+def test_dockerfile_is_multistage_non_root_and_runs_the_cli() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    stages = re.split(r"^FROM ", text, flags=re.M)[1:]
+    assert len(stages) >= 2, "multi-stage build expected"
+    final = stages[-1]
+    assert "build-essential" not in final
+    assert "gcc" not in final
+    assert re.search(r"^USER (?!root)\S+", final, flags=re.M)
+    cmd = re.search(r'^CMD \["contactsync", "serve"', final, flags=re.M)
+    assert cmd, "final image runs `contactsync serve`"
+    for path in ("alembic.ini", "migrations", "app"):
+        assert f"COPY --chown=contactsync:contactsync {path}" in final
+        assert (ROOT / path).exists()
+
+
+def test_cli_help_explains_each_command() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for command in ("serve", "worker", "migrate", "sandbox"):
+        assert re.search(rf"^\s+{command}\s+\S", out, flags=re.M), command
+
+
+def test_serve_without_database_url_explains_what_to_do(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    r = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve"], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert r.returncode == 2
+    assert "--embedded" in r.stderr
+    assert "CONTACTSYNC_DATABASE_URL" in r.stderr
+
+
+def test_production_without_secrets_fails_fast_with_a_clear_message(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CONTACTSYNC_ENV": "production"}
+    r = subprocess.run(
+        [sys.executable, "-m", "app.cli", "worker"], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert r.returncode == 2
+    assert "configuration error" in r.stderr
+    assert "CONTACTSYNC_SECRET_KEYS" in r.stderr
