@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -51,17 +51,25 @@ async def guarded(request: Request, subdomain: str, endpoint: str, handler: Hand
     return out
 
 
-async def _guard(request: Request, state: KommoSandboxState, subdomain: str
-                 ) -> Response | tuple[Account, AccessToken]:
+async def _guard(
+    request: Request, state: KommoSandboxState, subdomain: str
+) -> Response | tuple[Account, AccessToken]:
     account = state.accounts.get(subdomain)
     if account is None:
-        return r.problem(404, f"Cannot {request.method} https://{subdomain}.{state.config.base_domain}"
-                              f"{request.url.path.removeprefix('/' + subdomain)}")
+        return r.problem(
+            404,
+            f"Cannot {request.method} https://{subdomain}.{state.config.base_domain}"
+            f"{request.url.path.removeprefix('/' + subdomain)}",
+        )
     auth = request.headers.get("authorization", "")
     scheme, _, value = auth.partition(" ")
     token = state.oauth.access.get(value.strip()) if scheme.lower() == "bearer" else None
-    if (token is None or token.revoked or token.account_id != account.id
-            or token.expires_at <= state.clock.now()):
+    if (
+        token is None
+        or token.revoked
+        or token.account_id != account.id
+        or token.expires_at <= state.clock.now()
+    ):
         return r.unauthorized()
     verdict = state.limiter.check(token.client_id, state.config, state.stats)
     if verdict == 403:
@@ -106,7 +114,9 @@ async def read_json(request: Request) -> Any | Response:
 
 
 def _q_error(path: str, detail: str, code: str = "InvalidType") -> Response:
-    return r.validation_failed([{"request_id": "0", "errors": [{"code": code, "path": path, "detail": detail}]}])
+    return r.validation_failed(
+        [{"request_id": "0", "errors": [{"code": code, "path": path, "detail": detail}]}]
+    )
 
 
 def _positive_int(raw: str | None, default: int) -> int | None:
@@ -120,6 +130,7 @@ def _positive_int(raw: str | None, default: int) -> int | None:
 
 
 # --- OAuth token endpoint --------------------------------------------------------------------------------------
+
 
 @router.post("/{subdomain}/oauth2/access_token")
 async def access_token(subdomain: str, request: Request) -> Response:
@@ -137,7 +148,9 @@ async def access_token(subdomain: str, request: Request) -> Response:
 async def _token(request: Request, state: KommoSandboxState, subdomain: str) -> tuple[Response, str]:
     account = state.accounts.get(subdomain)
     if account is None:
-        return r.problem(404, f"Cannot POST https://{subdomain}.{state.config.base_domain}/oauth2/access_token"), ""
+        return r.problem(
+            404, f"Cannot POST https://{subdomain}.{state.config.base_domain}/oauth2/access_token"
+        ), ""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     raw = await request.body()
     body: dict[str, Any]
@@ -160,9 +173,12 @@ async def _token(request: Request, state: KommoSandboxState, subdomain: str) -> 
     if fault is not None:
         return fault, grant_s
     if grant not in ("authorization_code", "refresh_token"):
-        return r.oauth_problem(400, "Check the `grant_type` parameter",
-                               title="Неподдерживаемый тип авторизации",
-                               detail="Тип авторизации не поддерживается сервером авторизации"), grant_s
+        return r.oauth_problem(
+            400,
+            "Check the `grant_type` parameter",
+            title="Неподдерживаемый тип авторизации",
+            detail="Тип авторизации не поддерживается сервером авторизации",
+        ), grant_s
     for key in ("client_id", "client_secret"):
         if not isinstance(body.get(key), str) or not body[key]:
             return r.oauth_problem(400, f"Check the `{key}` parameter"), grant_s
@@ -213,29 +229,51 @@ async def _token(request: Request, state: KommoSandboxState, subdomain: str) -> 
                 prev.revoked = True  # R1 stays valid until R2 is redeemed
         parent = rt.token
     access, refresh = state.oauth.issue(
-        integ.client_id, account.id, now=now, access_ttl=cfg.access_token_ttl, refresh_ttl=cfg.refresh_token_ttl,
-        base_domain=cfg.base_domain, grant_type=grant, parent=parent)
+        integ.client_id,
+        account.id,
+        now=now,
+        access_ttl=cfg.access_token_ttl,
+        refresh_ttl=cfg.refresh_token_ttl,
+        base_domain=cfg.base_domain,
+        grant_type=grant,
+        parent=parent,
+    )
     assert refresh is not None
-    body_out = {"token_type": "Bearer", "expires_in": cfg.access_token_ttl, "server_time": now,
-                "access_token": access.token, "refresh_token": refresh.token}
+    body_out = {
+        "token_type": "Bearer",
+        "expires_in": cfg.access_token_ttl,
+        "server_time": now,
+        "access_token": access.token,
+        "refresh_token": refresh.token,
+    }
     return Response(r.dumps(body_out), media_type="application/json"), grant_s
 
 
 # --- account ---------------------------------------------------------------------------------------------------
 
+
 @router.get("/{subdomain}/api/v4/account")
 async def get_account(subdomain: str, request: Request) -> Response:
     with_ = frozenset(request.query_params.get("with", "").split(","))
-    return await guarded(request, subdomain, "GET /api/v4/account",
-                         lambda a, _t: r.hal(account_json(a, base_url(request, subdomain), with_)))
+    return await guarded(
+        request,
+        subdomain,
+        "GET /api/v4/account",
+        lambda a, _t: r.hal(account_json(a, base_url(request, subdomain), with_)),
+    )
 
 
 # --- contacts --------------------------------------------------------------------------------------------------
 
+
 @router.get("/{subdomain}/api/v4/contacts")
 async def list_contacts(subdomain: str, request: Request) -> Response:
-    return await guarded(request, subdomain, "GET /api/v4/contacts",
-                         lambda a, _t: _list_contacts(request, kommo(request), a, subdomain))
+    return await guarded(
+        request,
+        subdomain,
+        "GET /api/v4/contacts",
+        lambda a, _t: _list_contacts(request, kommo(request), a, subdomain),
+    )
 
 
 def _list_contacts(request: Request, state: KommoSandboxState, account: Account, subdomain: str) -> Response:
@@ -276,56 +314,62 @@ def _list_contacts(request: Request, state: KommoSandboxState, account: Account,
         if key in params:
             direction = params[key].lower()
             if direction not in ("asc", "desc"):
-                return _q_error("order", "The value you selected is not a valid choice.", "NotSupportedChoice")
+                return _q_error(
+                    "order", "The value you selected is not a valid choice.", "NotSupportedChoice"
+                )
             order_key = key[6:-1]
             break
     lo, hi = bounds
-    # Candidate sequence and how to get an id out of each element.
-    seq: list[Any]
-    by_updated = False
+    # Candidates: either live ids in id order, or (updated_at, id) pairs in updated_at order.
+    id_seq: Sequence[int] | None = None
+    upd_seq: Sequence[tuple[int, int]] | None = None
     if ids is not None:
-        seq = sorted({i for i in ids if account.live(i) is not None})
+        id_seq = sorted({i for i in ids if account.live(i) is not None})
     elif lo is not None or hi is not None:
-        seq = account.updated_range(lo, hi)
-        by_updated = True
+        upd_seq = account.updated_range(lo, hi)
     elif order_key == "updated_at":
-        seq = account.by_updated()
-        by_updated = True
+        upd_seq = account.by_updated()
     else:
-        seq = account.live_ids
-    if by_updated and order_key == "id":
-        seq = sorted(t[1] for t in seq)
-        by_updated = False
+        id_seq = account.live_ids
+    if upd_seq is not None and order_key == "id":
+        id_seq, upd_seq = sorted(t[1] for t in upd_seq), None
     needle = params.get("query", "").strip().lower()
+    cmap = account.contacts
     if needle:
-        contacts = account.contacts
-        seq = [x for x in seq if contacts[x[1] if by_updated else x].matches(needle)]
-    if order_key == "updated_at" and not by_updated:
-        seq = sorted((account.contacts[i].updated_at, i) for i in seq)
-        by_updated = True
-    n = len(seq)
+        if id_seq is not None:
+            id_seq = [i for i in id_seq if cmap[i].matches(needle)]
+        elif upd_seq is not None:
+            upd_seq = [t for t in upd_seq if cmap[t[1]].matches(needle)]
+    if order_key == "updated_at" and id_seq is not None:
+        upd_seq, id_seq = sorted((cmap[i].updated_at, i) for i in id_seq), None
+    n = len(id_seq) if id_seq is not None else len(upd_seq or ())
     start = (page - 1) * limit
     if start >= n:
         return r.no_content()
-    if direction == "asc":
-        window = seq[start:start + limit]
+    lo_i, hi_i = (start, start + limit) if direction == "asc" else (max(0, n - start - limit), n - start)
+    if id_seq is not None:
+        window = list(id_seq[lo_i:hi_i])
     else:
-        hi_i = n - start
-        window = seq[max(0, hi_i - limit):hi_i][::-1]
+        assert upd_seq is not None
+        window = [t[1] for t in upd_seq[lo_i:hi_i]]
+    if direction == "desc":
+        window.reverse()
     base = base_url(request, subdomain)
     with_ = frozenset(params.get("with", "").split(","))
-    contacts = [contact_json(account, account.contacts[x[1] if by_updated else x], base, with_) for x in window]
+    page_items = [contact_json(account, cmap[i], base, with_) for i in window]
     keep = [(k, v) for k, v in items if k not in ("page", "limit")]
 
     def href(p: int) -> dict[str, str]:
-        return {"href": f"{base}/api/v4/contacts?{urlencode([*keep, ('page', str(p)), ('limit', str(limit))])}"}
+        return {
+            "href": f"{base}/api/v4/contacts?{urlencode([*keep, ('page', str(p)), ('limit', str(limit))])}"
+        }
 
     links = {"self": href(page)}
     if start + limit < n:
         links["next"] = href(page + 1)
     if page > 1:
         links["prev"] = href(page - 1)
-    return r.hal({"_page": page, "_links": links, "_embedded": {"contacts": contacts}})
+    return r.hal({"_page": page, "_links": links, "_embedded": {"contacts": page_items}})
 
 
 @router.get("/{subdomain}/api/v4/contacts/custom_fields")
@@ -335,19 +379,26 @@ async def custom_fields(subdomain: str, request: Request) -> Response:
         page = _positive_int(request.query_params.get("page"), 1) or 1
         limit = min(_positive_int(request.query_params.get("limit"), 50) or 50, 50)
         defs = sorted(account.fields.values(), key=lambda f: (f.sort, f.id))
-        window = defs[(page - 1) * limit:page * limit]
+        window = defs[(page - 1) * limit : page * limit]
         if not window:
             return r.no_content()
         page_count = max(1, -(-len(defs) // limit))
-        links: dict[str, Any] = {"self": {"href": f"{base}/api/v4/contacts/custom_fields?page={page}&limit={limit}"}}
+        links: dict[str, Any] = {
+            "self": {"href": f"{base}/api/v4/contacts/custom_fields?page={page}&limit={limit}"}
+        }
         if page < page_count:
             links["next"] = {"href": f"{base}/api/v4/contacts/custom_fields?page={page + 1}&limit={limit}"}
         if page > 1:
             links["prev"] = {"href": f"{base}/api/v4/contacts/custom_fields?page={page - 1}&limit={limit}"}
-        return r.hal({
-            "_total_items": len(defs), "_page": page, "_page_count": page_count, "_links": links,
-            "_embedded": {"custom_fields": [field_def_json(account, f, base) for f in window]},
-        })
+        return r.hal(
+            {
+                "_total_items": len(defs),
+                "_page": page,
+                "_page_count": page_count,
+                "_links": links,
+                "_embedded": {"custom_fields": [field_def_json(account, f, base) for f in window]},
+            }
+        )
 
     return await guarded(request, subdomain, "GET /api/v4/contacts/custom_fields", handler)
 
@@ -379,8 +430,15 @@ async def create_contacts(subdomain: str, request: Request) -> Response:
     return await guarded(request, subdomain, "POST /api/v4/contacts", handler)
 
 
-def create_response(request: Request, state: KommoSandboxState, account: Account, subdomain: str, data: Any,
-                    *, fire_webhooks: bool = True) -> Response:
+def create_response(
+    request: Request,
+    state: KommoSandboxState,
+    account: Account,
+    subdomain: str,
+    data: Any,
+    *,
+    fire_webhooks: bool = True,
+) -> Response:
     if isinstance(data, Response):
         return data
     if not isinstance(data, list):
@@ -391,17 +449,32 @@ def create_response(request: Request, state: KommoSandboxState, account: Account
     if errors:
         return r.validation_failed(errors)
     base = base_url(request, subdomain)
-    return r.hal({
-        "_links": {"self": {"href": f"{base}/api/v4/contacts"}},
-        "_embedded": {"contacts": [
-            {"id": c.id, "request_id": rid, "_links": {"self": {"href": f"{base}/api/v4/contacts/{c.id}"}}}
-            for c, rid in zip(created, rids, strict=True)
-        ]},
-    })
+    return r.hal(
+        {
+            "_links": {"self": {"href": f"{base}/api/v4/contacts"}},
+            "_embedded": {
+                "contacts": [
+                    {
+                        "id": c.id,
+                        "request_id": rid,
+                        "_links": {"self": {"href": f"{base}/api/v4/contacts/{c.id}"}},
+                    }
+                    for c, rid in zip(created, rids, strict=True)
+                ]
+            },
+        }
+    )
 
 
-def update_response(request: Request, state: KommoSandboxState, account: Account, subdomain: str, data: Any,
-                    *, fire_webhooks: bool = True) -> Response:
+def update_response(
+    request: Request,
+    state: KommoSandboxState,
+    account: Account,
+    subdomain: str,
+    data: Any,
+    *,
+    fire_webhooks: bool = True,
+) -> Response:
     if isinstance(data, Response):
         return data
     if not isinstance(data, list):
@@ -447,11 +520,26 @@ async def update_contact(subdomain: str, cid: str, request: Request) -> Response
 
 # --- webhooks --------------------------------------------------------------------------------------------------
 
+
 def _invalid_url() -> Response:
     # Verbatim shape of the captured answer (it has no "type" key).
-    body = {"validation-errors": [{"request_id": "0", "errors": [
-        {"code": "57c2f299-1154-4870-89bb-ef3b1f5ad229", "path": "destination.destination", "detail": "Invalid URL"}]}],
-        "title": "Bad Request", "status": 400, "detail": "Request validation failed"}
+    body = {
+        "validation-errors": [
+            {
+                "request_id": "0",
+                "errors": [
+                    {
+                        "code": "57c2f299-1154-4870-89bb-ef3b1f5ad229",
+                        "path": "destination.destination",
+                        "detail": "Invalid URL",
+                    }
+                ],
+            }
+        ],
+        "title": "Bad Request",
+        "status": 400,
+        "detail": "Request validation failed",
+    }
     return Response(r.dumps(body), status_code=400, media_type=r.PROBLEM)
 
 

@@ -54,20 +54,28 @@ def _int_arg(body: dict[str, Any], key: str, default: int | None = None) -> Any:
 
 # --- setup ------------------------------------------------------------------------------------------------------
 
+
 @router.get("/_sandbox")
 async def summary(request: Request) -> JSONResponse:
     state = kommo(request)
-    return JSONResponse({
-        "config": state.config.as_dict(),
-        "integrations": [i.as_dict() for i in state.oauth.integrations.values()],
-        "accounts": [_account_dict(a) for a in state.accounts.values()],
-        "clock": {"now": state.clock.now(), "offset": state.clock.offset},
-    })
+    return JSONResponse(
+        {
+            "config": state.config.as_dict(),
+            "integrations": [i.as_dict() for i in state.oauth.integrations.values()],
+            "accounts": [_account_dict(a) for a in state.accounts.values()],
+            "clock": {"now": state.clock.now(), "offset": state.clock.offset},
+        }
+    )
 
 
 def _account_dict(a: Any) -> dict[str, Any]:
-    return {"id": a.id, "subdomain": a.subdomain, "name": a.name, "contacts": len(a.live_ids),
-            "deleted_contacts": len(a.contacts) - len(a.live_ids)}
+    return {
+        "id": a.id,
+        "subdomain": a.subdomain,
+        "name": a.name,
+        "contacts": len(a.live_ids),
+        "deleted_contacts": len(a.contacts) - len(a.live_ids),
+    }
 
 
 @router.get("/_sandbox/config")
@@ -109,8 +117,9 @@ async def list_integrations(request: Request) -> JSONResponse:
 @router.post("/_sandbox/accounts")
 async def create_account(request: Request) -> JSONResponse:
     body = await _body(request)
-    acct = kommo(request).create_account(_str_arg(body, "subdomain"), _str_arg(body, "name", required=False),
-                                         _int_arg(body, "id"))
+    acct = kommo(request).create_account(
+        _str_arg(body, "subdomain"), _str_arg(body, "name", required=False), _int_arg(body, "id")
+    )
     return JSONResponse(_account_dict(acct), status_code=201)
 
 
@@ -125,8 +134,12 @@ async def authorize(request: Request) -> JSONResponse:
     deny = body.get("deny", False)
     if not isinstance(deny, bool):
         raise SandboxError("deny must be a boolean")
-    url = kommo(request).authorize(_str_arg(body, "client_id"), _str_arg(body, "subdomain"),
-                                   _str_arg(body, "state", required=False), deny=deny)
+    url = kommo(request).authorize(
+        _str_arg(body, "client_id"),
+        _str_arg(body, "subdomain"),
+        _str_arg(body, "state", required=False),
+        deny=deny,
+    )
     from urllib.parse import parse_qs, urlsplit
 
     code = parse_qs(urlsplit(url).query).get("code", [None])[0]
@@ -136,18 +149,24 @@ async def authorize(request: Request) -> JSONResponse:
 @router.post("/_sandbox/tokens")
 async def tokens(request: Request) -> JSONResponse:
     body = await _body(request)
-    out = kommo(request).issue_tokens(_str_arg(body, "client_id"), _str_arg(body, "subdomain"),
-                                      long_lived_ttl=_int_arg(body, "long_lived_ttl"))
+    out = kommo(request).issue_tokens(
+        _str_arg(body, "client_id"),
+        _str_arg(body, "subdomain"),
+        long_lived_ttl=_int_arg(body, "long_lived_ttl"),
+    )
     return JSONResponse(out)
 
 
 @router.post("/_sandbox/uninstall")
 async def uninstall(request: Request) -> JSONResponse:
     body = await _body(request)
-    return JSONResponse(await kommo(request).uninstall(_str_arg(body, "client_id"), _str_arg(body, "subdomain")))
+    return JSONResponse(
+        await kommo(request).uninstall(_str_arg(body, "client_id"), _str_arg(body, "subdomain"))
+    )
 
 
 # --- data -------------------------------------------------------------------------------------------------------
+
 
 @router.post("/_sandbox/accounts/{subdomain}/seed")
 async def seed(subdomain: str, request: Request) -> JSONResponse:
@@ -157,8 +176,9 @@ async def seed(subdomain: str, request: Request) -> JSONResponse:
         raise SandboxError("count must be a non-negative integer")
     fire = body.get("fire_webhooks", False)
     ids = seed_contacts(kommo(request), subdomain, count, _int_arg(body, "seed", 0), fire_webhooks=bool(fire))
-    return JSONResponse({"created": len(ids), "first_id": ids[0] if ids else None,
-                         "last_id": ids[-1] if ids else None})
+    return JSONResponse(
+        {"created": len(ids), "first_id": ids[0] if ids else None, "last_id": ids[-1] if ids else None}
+    )
 
 
 def _fire(request: Request) -> bool:
@@ -171,7 +191,9 @@ async def control_create(subdomain: str, request: Request) -> Response:
     account = state.account(subdomain)
     from .api import read_json
 
-    return create_response(request, state, account, subdomain, await read_json(request), fire_webhooks=_fire(request))
+    return create_response(
+        request, state, account, subdomain, await read_json(request), fire_webhooks=_fire(request)
+    )
 
 
 @router.patch("/_sandbox/accounts/{subdomain}/contacts")
@@ -180,7 +202,9 @@ async def control_update(subdomain: str, request: Request) -> Response:
     account = state.account(subdomain)
     from .api import read_json
 
-    return update_response(request, state, account, subdomain, await read_json(request), fire_webhooks=_fire(request))
+    return update_response(
+        request, state, account, subdomain, await read_json(request), fire_webhooks=_fire(request)
+    )
 
 
 @router.get("/_sandbox/accounts/{subdomain}/contacts/{cid}")
@@ -224,25 +248,36 @@ async def add_custom_field(subdomain: str, request: Request) -> JSONResponse:
         raw = body.get("enums")
         if not isinstance(raw, list) or not raw or not all(isinstance(v, str) and v for v in raw):
             raise SandboxError("enums must be a non-empty list of strings for this type")
-        enums = [FieldEnum(next(_enum_ids), v, 500 + i, v if ftype == "multitext" else None)
-                 for i, v in enumerate(raw)]
+        enums = [
+            FieldEnum(next(_enum_ids), v, 500 + i, v if ftype == "multitext" else None)
+            for i, v in enumerate(raw)
+        ]
     fid = max(account.fields) + 2
     f = FieldDef(fid, _str_arg(body, "name"), ftype, code, 500 + len(account.fields), enums)
     account.fields[fid] = f
-    return JSONResponse({"id": f.id, "name": f.name, "type": f.type, "code": f.code,
-                         "enums": None if enums is None else [{"id": e.id, "value": e.value} for e in enums]},
-                        status_code=201)
+    return JSONResponse(
+        {
+            "id": f.id,
+            "name": f.name,
+            "type": f.type,
+            "code": f.code,
+            "enums": None if enums is None else [{"id": e.id, "value": e.value} for e in enums],
+        },
+        status_code=201,
+    )
 
 
 @router.get("/_sandbox/accounts/{subdomain}/webhooks")
 async def control_webhooks(subdomain: str, request: Request) -> JSONResponse:
     state = kommo(request)
     account = state.account(subdomain)
-    return JSONResponse([{**h.as_json(), "recent_failures": len(h.failures)}
-                         for h in state.webhooks.get(account.id, [])])
+    return JSONResponse(
+        [{**h.as_json(), "recent_failures": len(h.failures)} for h in state.webhooks.get(account.id, [])]
+    )
 
 
 # --- faults, clock, stats, deliveries, reset ----------------------------------------------------------------------
+
 
 @router.get("/_sandbox/faults")
 async def get_faults(request: Request) -> JSONResponse:
@@ -262,8 +297,16 @@ async def set_faults(request: Request) -> JSONResponse:
 @router.delete("/_sandbox/faults")
 async def clear_faults(request: Request) -> JSONResponse:
     state = kommo(request)
-    state.faults.configure({"latency_ms": 0, "latency_jitter_ms": 0, "error_rate": 0, "burst_429": 0,
-                            "error_status": 500, "seed": 0})
+    state.faults.configure(
+        {
+            "latency_ms": 0,
+            "latency_jitter_ms": 0,
+            "error_rate": 0,
+            "burst_429": 0,
+            "error_status": 500,
+            "seed": 0,
+        }
+    )
     state.limiter.reset()
     return JSONResponse(state.faults.as_dict())
 
@@ -307,7 +350,7 @@ async def deliveries(request: Request) -> JSONResponse:
         log = [e for e in log if e["webhook_id"] == int(wid)]
     limit = request.query_params.get("limit")
     if limit is not None and limit.isdigit():
-        log = log[-int(limit):]
+        log = log[-int(limit) :]
     return JSONResponse(log)
 
 
@@ -336,6 +379,7 @@ async def reset(request: Request) -> JSONResponse:
 
 # --- consent page (www.kommo.com/oauth and {subdomain}.kommo.com/oauth) ---------------------------------------------
 
+
 @router.get("/oauth")
 async def consent(request: Request) -> Response:
     return _consent(request, None)
@@ -353,11 +397,15 @@ def _consent(request: Request, subdomain: str | None) -> Response:
     client_id = q.get("client_id", "")
     integ = state.oauth.integrations.get(client_id)
     if integ is None:
-        return HTMLResponse("<!doctype html><title>Kommo</title><p>Integration not found</p>", status_code=404)
+        return HTMLResponse(
+            "<!doctype html><title>Kommo</title><p>Integration not found</p>", status_code=404
+        )
     accounts = [state.accounts[subdomain]] if subdomain in state.accounts else list(state.accounts.values())
     e = html.escape
-    hidden = (f'<input type="hidden" name="client_id" value="{e(client_id)}">'
-              f'<input type="hidden" name="mode" value="{e(q.get("mode", "popup"))}">')
+    hidden = (
+        f'<input type="hidden" name="client_id" value="{e(client_id)}">'
+        f'<input type="hidden" name="mode" value="{e(q.get("mode", "popup"))}">'
+    )
     if "state" in q:
         hidden += f'<input type="hidden" name="state" value="{e(q["state"])}">'
     action = f"{str(request.base_url).rstrip('/')}/oauth/decision"
@@ -369,9 +417,11 @@ def _consent(request: Request, subdomain: str | None) -> Response:
         f'<button name="decision" value="deny">Deny</button></form></li>'
         for a in accounts
     )
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Kommo: grant access</title></head><body>"
-            f"<h1>{e(integ.name)} requests access to your account</h1><ul>{rows or '<li>No accounts</li>'}</ul>"
-            f"</body></html>")
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Kommo: grant access</title></head><body>"
+        f"<h1>{e(integ.name)} requests access to your account</h1><ul>{rows or '<li>No accounts</li>'}</ul>"
+        f"</body></html>"
+    )
     return HTMLResponse(page)
 
 

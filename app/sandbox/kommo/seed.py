@@ -12,29 +12,83 @@ if TYPE_CHECKING:
 
 # (display form, latin form for the email local part)
 FIRST_NAMES = [
-    ("Иван", "ivan"), ("Мария", "maria"), ("Алексей", "alexey"), ("Ольга", "olga"), ("Дмитрий", "dmitry"),
-    ("Анна", "anna"), ("Сергей", "sergey"), ("Екатерина", "ekaterina"), ("Наталья", "natalia"),
-    ("Михаил", "mikhail"), ("Татьяна", "tatiana"), ("Андрей", "andrey"), ("Юлия", "yulia"), ("Павел", "pavel"),
-    ("John", "john"), ("Emily", "emily"), ("Michael", "michael"), ("Sarah", "sarah"), ("David", "david"),
-    ("Jessica", "jessica"), ("James", "james"), ("Laura", "laura"), ("Robert", "robert"), ("Olivia", "olivia"),
-    ("João", "joao"), ("Ana", "ana"), ("Lucas", "lucas"), ("Beatriz", "beatriz"), ("Mateus", "mateus"),
-    ("Camila", "camila"), ("Gabriel", "gabriel"), ("Júlia", "julia"), ("Pedro", "pedro"), ("Larissa", "larissa"),
-    ("José", "jose"), ("Sofía", "sofia"), ("Carlos", "carlos"), ("Valentina", "valentina"),
+    ("Иван", "ivan"),
+    ("Мария", "maria"),
+    ("Алексей", "alexey"),
+    ("Ольга", "olga"),
+    ("Дмитрий", "dmitry"),
+    ("Анна", "anna"),
+    ("Сергей", "sergey"),
+    ("Екатерина", "ekaterina"),
+    ("Наталья", "natalia"),
+    ("Михаил", "mikhail"),
+    ("Татьяна", "tatiana"),
+    ("Андрей", "andrey"),
+    ("Юлия", "yulia"),
+    ("Павел", "pavel"),
+    ("John", "john"),
+    ("Emily", "emily"),
+    ("Michael", "michael"),
+    ("Sarah", "sarah"),
+    ("David", "david"),
+    ("Jessica", "jessica"),
+    ("James", "james"),
+    ("Laura", "laura"),
+    ("Robert", "robert"),
+    ("Olivia", "olivia"),
+    ("João", "joao"),
+    ("Ana", "ana"),
+    ("Lucas", "lucas"),
+    ("Beatriz", "beatriz"),
+    ("Mateus", "mateus"),
+    ("Camila", "camila"),
+    ("Gabriel", "gabriel"),
+    ("Júlia", "julia"),
+    ("Pedro", "pedro"),
+    ("Larissa", "larissa"),
+    ("José", "jose"),
+    ("Sofía", "sofia"),
+    ("Carlos", "carlos"),
+    ("Valentina", "valentina"),
 ]
 LAST_NAMES = [
-    ("Иванов", "ivanov"), ("Смирнова", "smirnova"), ("Кузнецов", "kuznetsov"), ("Попова", "popova"),
-    ("Соколов", "sokolov"), ("Лебедева", "lebedeva"), ("Козлов", "kozlov"), ("Новикова", "novikova"),
-    ("Морозов", "morozov"), ("Волкова", "volkova"), ("Smith", "smith"), ("Johnson", "johnson"),
-    ("Williams", "williams"), ("Brown", "brown"), ("Jones", "jones"), ("Miller", "miller"), ("Davis", "davis"),
-    ("Wilson", "wilson"), ("Silva", "silva"), ("Santos", "santos"), ("Oliveira", "oliveira"), ("Souza", "souza"),
-    ("Pereira", "pereira"), ("Costa", "costa"), ("Rodrigues", "rodrigues"), ("Almeida", "almeida"),
-    ("García", "garcia"), ("Martínez", "martinez"), ("López", "lopez"), ("González", "gonzalez"),
+    ("Иванов", "ivanov"),
+    ("Смирнова", "smirnova"),
+    ("Кузнецов", "kuznetsov"),
+    ("Попова", "popova"),
+    ("Соколов", "sokolov"),
+    ("Лебедева", "lebedeva"),
+    ("Козлов", "kozlov"),
+    ("Новикова", "novikova"),
+    ("Морозов", "morozov"),
+    ("Волкова", "volkova"),
+    ("Smith", "smith"),
+    ("Johnson", "johnson"),
+    ("Williams", "williams"),
+    ("Brown", "brown"),
+    ("Jones", "jones"),
+    ("Miller", "miller"),
+    ("Davis", "davis"),
+    ("Wilson", "wilson"),
+    ("Silva", "silva"),
+    ("Santos", "santos"),
+    ("Oliveira", "oliveira"),
+    ("Souza", "souza"),
+    ("Pereira", "pereira"),
+    ("Costa", "costa"),
+    ("Rodrigues", "rodrigues"),
+    ("Almeida", "almeida"),
+    ("García", "garcia"),
+    ("Martínez", "martinez"),
+    ("López", "lopez"),
+    ("González", "gonzalez"),
 ]
 DOMAINS = ["example.com", "example.org", "example.net", "mail.example.com", "corp.example.org"]
 
 
-def seed_contacts(state: KommoSandboxState, subdomain: str, count: int, seed: int = 0, *,
-                  fire_webhooks: bool = False) -> list[int]:
+def seed_contacts(
+    state: KommoSandboxState, subdomain: str, count: int, seed: int = 0, *, fire_webhooks: bool = False
+) -> list[int]:
     """Create ``count`` contacts in account ``subdomain``, deterministic for ``seed`` (ids follow the
     sandbox's id sequence; timestamps are offsets from the sandbox clock's now). Returns the new ids.
 
@@ -66,8 +120,12 @@ def seed_contacts(state: KommoSandboxState, subdomain: str, count: int, seed: in
                 addr = rng.choice(issued)
             else:
                 style = rng.randrange(4)
-                local = (f"{first_l}.{last_l}", f"{first_l[0]}{last_l}", f"{first_l}_{last_l}{rng.randint(60, 99)}",
-                         f"{last_l}.{first_l}")[style]
+                local = (
+                    f"{first_l}.{last_l}",
+                    f"{first_l[0]}{last_l}",
+                    f"{first_l}_{last_l}{rng.randint(60, 99)}",
+                    f"{last_l}.{first_l}",
+                )[style]
                 addr = f"{local}{n}{k or ''}@{rng.choice(DOMAINS)}"
                 if rng.random() < 0.03:
                     addr = addr.capitalize().replace("@example", "@Example")
@@ -82,10 +140,19 @@ def seed_contacts(state: KommoSandboxState, subdomain: str, count: int, seed: in
         created = now - rng.randint(86_400, 365 * 86_400)
         updated = created + rng.randint(0, now - created)
         cid = state.next_contact_id()
-        contact = Contact(cid, name=f"{first} {last}", first_name=first, last_name=last,
-                          responsible_user_id=account.current_user_id, created_by=account.current_user_id,
-                          updated_by=account.current_user_id, created_at=created, updated_at=updated,
-                          fields=fields, tags=[])
+        contact = Contact(
+            cid,
+            name=f"{first} {last}",
+            first_name=first,
+            last_name=last,
+            responsible_user_id=account.current_user_id,
+            created_by=account.current_user_id,
+            updated_by=account.current_user_id,
+            created_at=created,
+            updated_at=updated,
+            fields=fields,
+            tags=[],
+        )
         account.add(contact)
         ids.append(cid)
         if fire_webhooks:

@@ -57,7 +57,9 @@ class KommoSandboxState:
         await self.dispatcher.close()
 
     # --- accounts and integrations -----------------------------------------------------------------------------
-    def create_account(self, subdomain: str, name: str | None = None, account_id: int | None = None) -> Account:
+    def create_account(
+        self, subdomain: str, name: str | None = None, account_id: int | None = None
+    ) -> Account:
         if not subdomain or not subdomain.replace("-", "").isalnum() or not subdomain.isascii():
             raise SandboxError("subdomain must be ASCII letters, digits and '-'")
         if subdomain in self.accounts:
@@ -68,8 +70,14 @@ class KommoSandboxState:
                 account_id = next(self._account_ids)
         elif account_id in self.accounts_by_id:
             raise SandboxError(f"account id {account_id} exists", 409)
-        account = Account(account_id, subdomain, name or subdomain, self.clock.now(),
-                          field_offset=100_000 * len(self.accounts), current_user_id=11_087_123 + len(self.accounts))
+        account = Account(
+            account_id,
+            subdomain,
+            name or subdomain,
+            self.clock.now(),
+            field_offset=100_000 * len(self.accounts),
+            current_user_id=11_087_123 + len(self.accounts),
+        )
         self.accounts[subdomain] = account
         self.accounts_by_id[account_id] = account
         return account
@@ -80,15 +88,28 @@ class KommoSandboxState:
             raise SandboxError(f"no account {subdomain!r}", 404)
         return acct
 
-    def create_integration(self, redirect_uri: str, *, client_id: str | None = None,
-                           client_secret: str | None = None, disable_hook_url: str | None = None,
-                           name: str = "Integration") -> Any:
+    def create_integration(
+        self,
+        redirect_uri: str,
+        *,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        disable_hook_url: str | None = None,
+        name: str = "Integration",
+    ) -> Any:
         if client_id is not None and client_id in self.oauth.integrations:
             raise SandboxError(f"integration {client_id} exists", 409)
-        return self.oauth.new_integration(redirect_uri, client_id=client_id, client_secret=client_secret,
-                                          disable_hook_url=disable_hook_url, name=name)
+        return self.oauth.new_integration(
+            redirect_uri,
+            client_id=client_id,
+            client_secret=client_secret,
+            disable_hook_url=disable_hook_url,
+            name=name,
+        )
 
-    def authorize(self, client_id: str, subdomain: str, state: str | None = None, *, deny: bool = False) -> str:
+    def authorize(
+        self, client_id: str, subdomain: str, state: str | None = None, *, deny: bool = False
+    ) -> str:
         """The redirect URL the consent page would send the user to (Allow, or Deny with ``deny``)."""
         integ = self.oauth.integrations.get(client_id)
         if integ is None:
@@ -103,12 +124,19 @@ class KommoSandboxState:
             params = {"code": code.code}
             if state is not None:
                 params["state"] = state
-            params.update({"referer": f"{subdomain}.{self.config.base_domain}", "client_id": client_id,
-                           "platform": self.config.platform})
+            params.update(
+                {
+                    "referer": f"{subdomain}.{self.config.base_domain}",
+                    "client_id": client_id,
+                    "platform": self.config.platform,
+                }
+            )
         sep = "&" if "?" in integ.redirect_uri else "?"
         return f"{integ.redirect_uri}{sep}{urlencode(params)}"
 
-    def issue_tokens(self, client_id: str, subdomain: str, *, long_lived_ttl: int | None = None) -> dict[str, Any]:
+    def issue_tokens(
+        self, client_id: str, subdomain: str, *, long_lived_ttl: int | None = None
+    ) -> dict[str, Any]:
         """Tokens without the OAuth dance (as if a code had been exchanged), or a long-lived token (no refresh)."""
         if client_id not in self.oauth.integrations:
             raise SandboxError(f"no integration {client_id}", 404)
@@ -116,11 +144,21 @@ class KommoSandboxState:
         now = self.clock.now()
         ttl = long_lived_ttl or self.config.access_token_ttl
         access, refresh = self.oauth.issue(
-            client_id, account.id, now=now, access_ttl=ttl, refresh_ttl=self.config.refresh_token_ttl,
-            base_domain=self.config.base_domain, grant_type="" if long_lived_ttl else "authorization_code",
-            with_refresh=long_lived_ttl is None)
-        out: dict[str, Any] = {"token_type": "Bearer", "expires_in": ttl, "server_time": now,
-                               "access_token": access.token}
+            client_id,
+            account.id,
+            now=now,
+            access_ttl=ttl,
+            refresh_ttl=self.config.refresh_token_ttl,
+            base_domain=self.config.base_domain,
+            grant_type="" if long_lived_ttl else "authorization_code",
+            with_refresh=long_lived_ttl is None,
+        )
+        out: dict[str, Any] = {
+            "token_type": "Bearer",
+            "expires_in": ttl,
+            "server_time": now,
+            "access_token": access.token,
+        }
         if refresh is not None:
             out["refresh_token"] = refresh.token
         return out
@@ -132,18 +170,27 @@ class KommoSandboxState:
             raise SandboxError(f"no integration {client_id}", 404)
         account = self.account(subdomain)
         revoked = self.oauth.revoke_installation(client_id, account.id)
-        result: dict[str, Any] = {"revoked_tokens": revoked, "hook_url": None, "hook_status": None,
-                                  "hook_error": None}
+        result: dict[str, Any] = {
+            "revoked_tokens": revoked,
+            "hook_url": None,
+            "hook_status": None,
+            "hook_error": None,
+        }
         if integ.disable_hook_url:
-            params = {"client_uuid": client_id, "account_id": str(account.id),
-                      "signature": disable_hook_signature(client_id, integ.client_secret, account.id)}
+            params = {
+                "client_uuid": client_id,
+                "account_id": str(account.id),
+                "signature": disable_hook_signature(client_id, integ.client_secret, account.id),
+            }
             sep = "&" if "?" in integ.disable_hook_url else "?"
             url = f"{integ.disable_hook_url}{sep}{urlencode(params)}"
             result["hook_url"] = url
             try:
                 resp = await self.dispatcher.client.get(
-                    url, headers={"User-Agent": "amoService-oAuth-Code-Sender/1.0"},
-                    timeout=self.config.disable_hook_timeout)
+                    url,
+                    headers={"User-Agent": "amoService-oAuth-Code-Sender/1.0"},
+                    timeout=self.config.disable_hook_timeout,
+                )
                 result["hook_status"] = resp.status_code
             except httpx.HTTPError as exc:
                 result["hook_error"] = f"{type(exc).__name__}: {exc}"
@@ -153,8 +200,9 @@ class KommoSandboxState:
     def next_contact_id(self) -> int:
         return next(self._contact_ids)
 
-    def _validate(self, account: Account, items: list[Any], update: bool
-                  ) -> tuple[list[ContactChanges], ValidationErrors]:
+    def _validate(
+        self, account: Account, items: list[Any], update: bool
+    ) -> tuple[list[ContactChanges], ValidationErrors]:
         parsed: list[ContactChanges] = []
         failures: ValidationErrors = []
         for i, item in enumerate(items):
@@ -168,13 +216,20 @@ class KommoSandboxState:
             seen: set[int] = set()
             for i, ch in enumerate(parsed):
                 if ch.id in seen:
-                    failures.append({"request_id": ch.request_id or str(i), "errors": [
-                        {"code": "Duplicate", "path": "id", "detail": "This value is already used."}]})
+                    failures.append(
+                        {
+                            "request_id": ch.request_id or str(i),
+                            "errors": [
+                                {"code": "Duplicate", "path": "id", "detail": "This value is already used."}
+                            ],
+                        }
+                    )
                 seen.add(ch.id)  # type: ignore[arg-type]
         return parsed, failures
 
-    def create_contacts(self, account: Account, items: list[Any], *, fire_webhooks: bool = True
-                        ) -> tuple[list[Contact], list[str], ValidationErrors]:
+    def create_contacts(
+        self, account: Account, items: list[Any], *, fire_webhooks: bool = True
+    ) -> tuple[list[Contact], list[str], ValidationErrors]:
         """Validate all, then create all (atomic). Returns (contacts, request_ids, validation errors)."""
         parsed, failures = self._validate(account, items, update=False)
         if failures:
@@ -188,12 +243,18 @@ class KommoSandboxState:
             name = s.get("name", f"{first} {last}".strip())
             created_at = s.get("created_at", now)
             contact = Contact(
-                self.next_contact_id(), name=name, first_name=first, last_name=last,
+                self.next_contact_id(),
+                name=name,
+                first_name=first,
+                last_name=last,
                 responsible_user_id=s.get("responsible_user_id", account.current_user_id),
                 created_by=s.get("created_by", account.current_user_id),
                 updated_by=s.get("updated_by", account.current_user_id),
-                created_at=created_at, updated_at=max(s.get("updated_at", created_at), created_at),
-                fields=[], tags=[])
+                created_at=created_at,
+                updated_at=max(s.get("updated_at", created_at), created_at),
+                fields=[],
+                tags=[],
+            )
             self._apply_fields_and_tags(account, contact, ch)
             account.add(contact)
             created.append(contact)
@@ -202,8 +263,9 @@ class KommoSandboxState:
                 self.dispatcher.emit(account, "add", contact)
         return created, rids, []
 
-    def update_contacts(self, account: Account, items: list[Any], *, fire_webhooks: bool = True
-                        ) -> tuple[list[Contact], list[str | None], ValidationErrors]:
+    def update_contacts(
+        self, account: Account, items: list[Any], *, fire_webhooks: bool = True
+    ) -> tuple[list[Contact], list[str | None], ValidationErrors]:
         parsed, failures = self._validate(account, items, update=True)
         if failures:
             return [], [], failures
@@ -221,8 +283,11 @@ class KommoSandboxState:
             if changed or self.config.noop_patch_bumps:
                 contact.updated_by = s.get("updated_by", account.current_user_id)
                 wanted = s.get("updated_at")
-                new_ts = wanted if wanted is not None and wanted > contact.updated_at else max(
-                    now, contact.updated_at + 1)
+                new_ts = (
+                    wanted
+                    if wanted is not None and wanted > contact.updated_at
+                    else max(now, contact.updated_at + 1)
+                )
                 account.set_updated_at(contact, new_ts)
                 if fire_webhooks:
                     self.dispatcher.emit(account, "update", contact)
@@ -287,8 +352,16 @@ class KommoSandboxState:
                 hook.settings, hook.sort, hook.updated_at, hook.disabled = list(settings), sort, now, False
                 hook.failures.clear()
                 return hook
-        hook = Webhook(next(self._webhook_ids), account.id, destination, list(settings), sort, now, now,
-                       account.current_user_id)
+        hook = Webhook(
+            next(self._webhook_ids),
+            account.id,
+            destination,
+            list(settings),
+            sort,
+            now,
+            now,
+            account.current_user_id,
+        )
         hooks.append(hook)
         return hook
 
@@ -300,5 +373,13 @@ class KommoSandboxState:
 
 
 def _fingerprint(c: Contact) -> tuple[Any, ...]:
-    return (c.name, c.first_name, c.last_name, c.responsible_user_id, c.created_by, c.created_at,
-            tuple((f, tuple(v)) for f, v in c.fields), tuple(c.tags))
+    return (
+        c.name,
+        c.first_name,
+        c.last_name,
+        c.responsible_user_id,
+        c.created_by,
+        c.created_at,
+        tuple((f, tuple(v)) for f, v in c.fields),
+        tuple(c.tags),
+    )

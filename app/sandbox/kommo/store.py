@@ -476,13 +476,13 @@ def _parse_value(
         if not value.strip():
             errors.append(_err("NotBlank", f"{vp}.value", "This value should not be blank."))
             return None
-        enum = _pick_enum(fdef, v, vp, errors)
-        if enum is False:
+        ok, enum = _pick_enum(fdef, v, vp, errors)
+        if not ok:
             return None
         return (value, (enum or (fdef.enums or [])[0]).id)  # default enum: the first (WORK)
     if t in ("select", "radiobutton", "multiselect"):
-        enum = _pick_enum(fdef, v, vp, errors)
-        if enum is False:
+        ok, enum = _pick_enum(fdef, v, vp, errors)
+        if not ok:
             return None
         if enum is None:
             if isinstance(value, str) and fdef.enum_by_value(value) is not None:
@@ -525,25 +525,25 @@ def _parse_value(
 
 def _pick_enum(
     fdef: FieldDef, v: dict[str, Any], vp: str, errors: list[dict[str, str]]
-) -> FieldEnum | bool | None:
-    """The enum named by enum_id or enum_code; None if neither was given; False after recording an error."""
+) -> tuple[bool, FieldEnum | None]:
+    """(ok, the enum named by enum_id or enum_code, or None if neither was given); ok False after an error."""
     if v.get("enum_id") is not None:
         if not _is_int(v["enum_id"]):
             errors.append(_type_err(f"{vp}.enum_id", "int"))
-            return False
+            return False, None
         e = fdef.enum_by_id(v["enum_id"])
         if e is None:
             errors.append(_choice_err(f"{vp}.enum_id"))
-            return False
-        return e
+            return False, None
+        return True, e
     if v.get("enum_code") is not None:
         code = v["enum_code"]
         if not isinstance(code, str):
             errors.append(_type_err(f"{vp}.enum_code", "string"))
-            return False
+            return False, None
         e = next((x for x in fdef.enums or () if x.code == code), None)
         if e is None:
             errors.append(_choice_err(f"{vp}.enum_code"))
-            return False
-        return e
-    return None
+            return False, None
+        return True, e
+    return True, None

@@ -30,8 +30,17 @@ KNOWN_SETTINGS = frozenset(
     f"{action}_{entity}"
     for entity in ("contact", "lead", "company", "customer", "task")
     for action in ("add", "update", "delete", "restore", "responsible", "note", "status")
-) | {"status_lead", "responsible_lead", "add_talk", "update_talk", "add_chat_template_review",
-     "add_message", "update_unsorted", "add_unsorted", "delete_unsorted"}
+) | {
+    "status_lead",
+    "responsible_lead",
+    "add_talk",
+    "update_talk",
+    "add_chat_template_review",
+    "add_message",
+    "update_unsorted",
+    "add_unsorted",
+    "delete_unsorted",
+}
 USER_AGENT = "amoCRM-WebHook-client/1.0"
 MAX_WEBHOOKS = 100
 
@@ -116,7 +125,9 @@ class Dispatcher:
     # --- emitting --------------------------------------------------------------------------------------------
     def emit(self, account: Account, action: str, contact: Contact) -> None:
         setting = f"{action}_contact"
-        hooks = [h for h in self.state.webhooks.get(account.id, []) if not h.disabled and setting in h.settings]
+        hooks = [
+            h for h in self.state.webhooks.get(account.id, []) if not h.disabled and setting in h.settings
+        ]
         if not hooks:
             return
         cfg = self.state.config
@@ -242,22 +253,33 @@ class Dispatcher:
             raise
         await self._attempt(hook, body, attempt)
 
-    def _log(self, hook: Webhook, body: Body, attempt: int, status: int | None, error: str | None,
-             seconds: float, *, ok: bool) -> None:
-        self.log.append({
-            "body_id": body.id,
-            "webhook_id": hook.id,
-            "destination": hook.destination,
-            "attempt": attempt,
-            "status": status,
-            "error": error,
-            "ok": ok,
-            "duplicate": body.duplicate,
-            "at": self.state.clock.now(),
-            "duration_ms": round(seconds * 1000, 1),
-            "contacts": [list(x) for x in body.contacts],
-            "body": body.payload.decode(),
-        })
+    def _log(
+        self,
+        hook: Webhook,
+        body: Body,
+        attempt: int,
+        status: int | None,
+        error: str | None,
+        seconds: float,
+        *,
+        ok: bool,
+    ) -> None:
+        self.log.append(
+            {
+                "body_id": body.id,
+                "webhook_id": hook.id,
+                "destination": hook.destination,
+                "attempt": attempt,
+                "status": status,
+                "error": error,
+                "ok": ok,
+                "duplicate": body.duplicate,
+                "at": self.state.clock.now(),
+                "duration_ms": round(seconds * 1000, 1),
+                "contacts": [list(x) for x in body.contacts],
+                "body": body.payload.decode(),
+            }
+        )
 
     # --- bookkeeping -----------------------------------------------------------------------------------------
     def _spawn(self, coro: Any) -> None:
