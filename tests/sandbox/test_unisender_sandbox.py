@@ -155,3 +155,309 @@ async def test_import_percent_encoded_brackets_and_counters(sandbox: Sandbox, ke
     assert stored["fields"] == {"Name": "Иван"}
     assert stored["tags"] == ["crm", "vip"]
     assert stored["lists"][str(list_id)]["status"] == "active"
+
+
+async def test_import_structural_errors_fail_the_whole_call(sandbox: Sandbox, key: str) -> None:
+    too_many = import_body(["email"], [[f"u{i}@example.com"] for i in range(501)])
+    assert (await call(sandbox, "importContacts", key, too_many))["code"] == "invalid_arg"
+    no_address = import_body(["Name"], [["Ann"]])
+    assert (await call(sandbox, "importContacts", key, no_address))["code"] == "invalid_arg"
+    unknown_field = import_body(["email", "Surname"], [["a@example.com", "X"]])
+    assert (await call(sandbox, "importContacts", key, unknown_field))["code"] == "invalid_arg"
+    wrong_case = import_body(["email", "name"], [["a@example.com", "X"]])
+    assert (await call(sandbox, "importContacts", key, wrong_case))["code"] == "invalid_arg"
+    flat_names = {"field_names": "email,Name", "data[0][0]": "a@example.com", "data[0][1]": "Ann"}
+    assert (await call(sandbox, "importContacts", key, flat_names))["code"] == "invalid_arg"
+    flat_data = {"field_names[0]": "email", "data": "a@example.com"}
+    assert (await call(sandbox, "importContacts", key, flat_data))["code"] == "invalid_arg"
+    no_data = {"field_names[0]": "email"}
+    assert (await call(sandbox, "importContacts", key, no_data))["code"] == "invalid_arg"
+    # Nothing of the refused calls was applied.
+    assert (await sandbox.http.get(f"/_sandbox/accounts/{key}/contacts")).json()["total"] == 0
+    exactly_500 = import_body(["email"], [[f"u{i}@example.com"] for i in range(500)])
+    assert (await call(sandbox, "importContacts", key, exactly_500))["result"]["inserted"] == 500
+
+
+async def test_import_rows_with_bad_addresses_are_logged_and_skipped(sandbox: Sandbox, key: str) -> None:
+    rows = [
+        ["good@example.com"],
+        ["not-an-email"],
+        ["info@example.com"],
+        ["Sales@Example.com"],
+        ["a@b@c.com"],
+    ]
+    result = (await call(sandbox, "importContacts", key, import_body(["email"], rows)))["result"]
+    assert result["total"] == 5
+    assert result["inserted"] == 1
+    assert result["invalid"] == 4
+    by_index = {entry["index"]: entry for entry in result["log"]}
+    assert set(by_index) == {"1", "2", "3", "4"}  # string indexes, as production sends them
+    assert by_index["1"]["code"] == "invalid_email"
+    assert by_index["2"]["code"] == "role_address"
+    assert by_index["3"]["code"] == "role_address"
+    assert all(entry["message"] for entry in result["log"])
+    assert (await sandbox.http.get(f"/_sandbox/accounts/{key}/contacts/info@example.com")).status_code == 404
+
+
+async def test_role_address_filter_is_configurable(sandbox: Sandbox, key: str) -> None:
+    sandbox.state.config.reject_role_addresses = False
+    try:
+        body = import_body(["email"], [["info@example.com"]])
+        result = (await call(sandbox, "importContacts", key, body))["result"]
+    finally:
+        sandbox.state.config.reject_role_addresses = True
+    assert result["inserted"] == 1
+    assert result["log"] == []
+
+
+async def test_duplicate_address_in_one_call_is_logged(sandbox: Sandbox, key: str) -> None:
+    rows = [["dup@example.com", "First"], ["DUP@example.com", "Second"]]
+    result = (await call(sandbox, "importContacts", key, import_body(["email", "Name"], rows)))["result"]
+    assert result["inserted"] == 1
+    assert [(e["index"], e["code"]) for e in result["log"]] == [("1", "duplicate")]
+    assert (await contact(sandbox, key, "dup@example.com"))["fields"] == {"Name": "First"}
+
+
+async def test_import_status_rules(sandbox: Sandbox, key: str) -> None:
+    cols = ["email", "email_status"]
+    first = [["new@example.com", ""], ["act@example.com", "active"], ["ina@example.com", "inactive"]]
+    result = (await call(sandbox, "importContacts", key, import_body(cols, first)))["result"]
+    assert (result["inserted"], result["new_emails"]) == (3, 1)
+    assert (await contact(sandbox, key, "new@example.com"))["status"] == "new"
+    assert (await contact(sandbox, key, "act@example.com"))["status"] == "active"
+
+    # A "new" address's status cannot be changed; active/inactive ones can.
+    second = [
+        ["new@example.com", "active"],
+        ["act@example.com", "unsubscribed"],
+        ["ina@example.com", "active"],
+    ]
+    result = (await call(sandbox, "importContacts", key, import_body(cols, second)))["result"]
+    assert result["updated"] == 3
+    assert result["new_emails"] == 1  # pre-existing address that stays "new" counts too
+    assert [(e["index"], e["code"]) for e in result["log"]] == [("0", "status_change_denied")]
+    assert (await contact(sandbox, key, "new@example.com"))["status"] == "new"
+    assert (await contact(sandbox, key, "act@example.com"))["status"] == "unsubscribed"
+    assert (await contact(sandbox, key, "ina@example.com"))["status"] == "active"
+
+    # Never back from unsubscribed to active.
+    third = [["act@example.com", "active"]]
+    result = (await call(sandbox, "importContacts", key, import_body(cols, third)))["result"]
+    assert result["log"][0]["code"] == "status_change_denied"
+    assert (await contact(sandbox, key, "act@example.com"))["status"] == "unsubscribed"
+
+    bad = [["x@example.com", "blocked"]]
+    result = (await call(sandbox, "importContacts", key, import_body(cols, bad)))["result"]
+    assert (result["invalid"], result["log"][0]["code"]) == (1, "invalid_value")
+
+
+async def test_import_delete_column(sandbox: Sandbox, key: str) -> None:
+    await call(sandbox, "importContacts", key, import_body(["email"], [["a@example.com"], ["b@example.com"]]))
+    rows = [
+        ["a@example.com", "1"],
+        ["b@example.com", "0"],
+        ["ghost@example.com", "1"],
+        ["c@example.com", "2"],
+    ]
+    result = (await call(sandbox, "importContacts", key, import_body(["email", "delete"], rows)))["result"]
+    assert (result["deleted"], result["updated"], result["inserted"], result["invalid"]) == (2, 1, 0, 1)
+    assert (await sandbox.http.get(f"/_sandbox/accounts/{key}/contacts/a@example.com")).status_code == 404
+    assert (await call(sandbox, "getContact", key, {"email": "a@example.com"}))["code"] == "unspecified"
+    assert (await contact(sandbox, key, "b@example.com"))["email"] == "b@example.com"
+
+
+async def test_overwrite_tags(sandbox: Sandbox, key: str) -> None:
+    cols = ["email", "tags"]
+    await call(sandbox, "importContacts", key, import_body(cols, [["t@example.com", "a,b"]]))
+    await call(
+        sandbox, "importContacts", key, import_body(cols, [["t@example.com", "c"]], overwrite_tags="0")
+    )
+    assert (await contact(sandbox, key, "t@example.com"))["tags"] == ["a", "b", "c"]
+    await call(
+        sandbox, "importContacts", key, import_body(cols, [["t@example.com", "d"]], overwrite_tags="1")
+    )
+    assert (await contact(sandbox, key, "t@example.com"))["tags"] == ["d"]
+    eleven = ",".join(f"t{i}" for i in range(11))
+    result = (await call(sandbox, "importContacts", key, import_body(cols, [["t@example.com", eleven]])))[
+        "result"
+    ]
+    assert result["log"][0]["code"] == "too_many_tags"
+    tags = (await call(sandbox, "getTags", key))["result"]
+    assert {t["name"] for t in tags} == {"a", "b", "c", "d"}
+
+
+async def test_overwrite_lists_and_unsubscribed_membership_stays(sandbox: Sandbox, key: str) -> None:
+    l1, l2, l3 = [await new_list(sandbox, key, t) for t in ("L1", "L2", "L3")]
+    cols = ["email", "email_list_ids"]
+    await call(sandbox, "importContacts", key, import_body(cols, [["m@example.com", f"{l1},{l2}"]]))
+    await call(
+        sandbox, "importContacts", key, import_body(cols, [["m@example.com", f"{l3}"]], overwrite_lists="0")
+    )
+    assert set((await contact(sandbox, key, "m@example.com"))["lists"]) == {str(l1), str(l2), str(l3)}
+    unsub = {"contact_type": "email", "contact": "m@example.com", "list_ids": str(l1)}
+    assert (await call(sandbox, "unsubscribe", key, unsub)) == {"result": {}}
+    body = import_body(cols, [["m@example.com", f"{l1},{l2}"]], overwrite_lists="1")
+    await call(sandbox, "importContacts", key, body)
+    lists = (await contact(sandbox, key, "m@example.com"))["lists"]
+    assert set(lists) == {str(l1), str(l2)}
+    assert lists[str(l1)]["status"] == "unsubscribed"
+    assert lists[str(l2)]["status"] == "active"
+    unknown = import_body(cols, [["m@example.com", "999999"]])
+    result = (await call(sandbox, "importContacts", key, unknown))["result"]
+    assert result["log"][0]["code"] == "invalid_list"
+
+
+async def test_subscribe_times_and_user_fields(sandbox: Sandbox, key: str) -> None:
+    list_id = await new_list(sandbox, key)
+    assert "result" in await call(sandbox, "createField", key, {"name": "city", "type": "string"})
+    cols = ["email", "Name", "city", "email_list_ids", "email_subscribe_times"]
+    rows = [["f@example.com", "Fay", "Riga", str(list_id), "2024-05-01 10:00:00"]]
+    await call(sandbox, "importContacts", key, import_body(cols, rows))
+    stored = await contact(sandbox, key, "f@example.com")
+    assert stored["fields"] == {"Name": "Fay", "city": "Riga"}
+    assert stored["lists"][str(list_id)]["added_at"] == "2024-05-01 10:00:00"
+    bad = [["g@example.com", "", "", str(list_id), "yesterday"]]
+    result = (await call(sandbox, "importContacts", key, import_body(cols, bad)))["result"]
+    assert result["log"][0]["code"] == "invalid_value"
+
+
+# --- getContact and friends ----------------------------------------------------------------------------
+
+
+async def test_get_contact_shapes(sandbox: Sandbox, key: str) -> None:
+    list_id = await new_list(sandbox, key)
+    cols = ["email", "Name", "email_list_ids"]
+    await call(sandbox, "importContacts", key, import_body(cols, [["g@example.com", "Gus", str(list_id)]]))
+    bare = (await call(sandbox, "getContact", key, {"email": "g@example.com"}))["result"]
+    assert set(bare) == {"email"}
+    assert set(bare["email"]) == {"email", "added_at", "status", "availability"}
+    assert (bare["email"]["status"], bare["email"]["availability"]) == ("new", "available")
+    full = (
+        await call(
+            sandbox,
+            "getContact",
+            key,
+            {"email": "G@example.com", "include_lists": "1", "include_fields": "1", "include_details": "1"},
+        )
+    )["result"]
+    assert full["lists"] == [{"id": list_id, "status": "active", "added_at": bare["email"]["added_at"]}]
+    assert full["fields"] == {"Name": "Gus"}
+    assert full["email"]["last_send_datetime"] is None
+    assert "rating" in full["email"]
+    missing = await call(sandbox, "getContact", key, {"email": "nobody@example.com"})
+    assert missing == {"error": 'Contact "nobody@example.com" not found', "code": "unspecified"}
+
+
+async def test_exclude_then_resubscribe(sandbox: Sandbox, key: str) -> None:
+    list_id = await new_list(sandbox, key)
+    cols = ["email", "email_list_ids"]
+    await call(sandbox, "importContacts", key, import_body(cols, [["e@example.com", str(list_id)]]))
+    args = {"contact_type": "email", "contact": "e@example.com", "list_ids": str(list_id)}
+    assert (await call(sandbox, "exclude", key, args)) == {"result": {}}
+    assert (await contact(sandbox, key, "e@example.com"))["lists"] == {}
+    again = await call(sandbox, "exclude", key, args)
+    assert again == {"error": 'Contact "e@example.com" not found', "code": "unspecified", "result": ""}
+    in_lists = {"email": "e@example.com", "list_ids": str(list_id)}
+    assert (await call(sandbox, "isContactInLists", key, in_lists)) == {"result": False}
+    sub = {"list_ids": str(list_id), "fields[email]": "e@example.com", "double_optin": "3"}
+    person = (await call(sandbox, "subscribe", key, sub))["result"]["person_id"]
+    assert person == (await contact(sandbox, key, "e@example.com"))["person_id"]
+    assert (await contact(sandbox, key, "e@example.com"))["lists"][str(list_id)]["status"] == "active"
+    assert (await call(sandbox, "isContactInLists", key, in_lists)) == {"result": True}
+
+
+async def test_unsubscribe_cannot_be_undone_through_the_api(sandbox: Sandbox, key: str) -> None:
+    list_id = await new_list(sandbox, key)
+    cols = ["email", "email_list_ids"]
+    await call(sandbox, "importContacts", key, import_body(cols, [["u@example.com", str(list_id)]]))
+    args = {"contact_type": "email", "contact": "u@example.com"}  # no list_ids: every list
+    assert (await call(sandbox, "unsubscribe", key, args)) == {"result": {}}
+    stored = await contact(sandbox, key, "u@example.com")
+    assert stored["lists"][str(list_id)]["status"] == "unsubscribed"  # still in the list
+    sub = {"list_ids": str(list_id), "fields[email]": "u@example.com", "double_optin": "3"}
+    assert "result" in await call(sandbox, "subscribe", key, sub)
+    await call(sandbox, "importContacts", key, import_body(cols, [["u@example.com", str(list_id)]]))
+    stored = await contact(sandbox, key, "u@example.com")
+    assert stored["lists"][str(list_id)]["status"] == "unsubscribed"
+    missing = await call(sandbox, "unsubscribe", key, {"contact_type": "email", "contact": "zz@example.com"})
+    assert (missing["code"], missing["result"]) == ("unspecified", "")
+    assert (await call(sandbox, "unsubscribe", key, {"contact_type": "fax", "contact": "1"}))[
+        "code"
+    ] == "invalid_arg"
+
+
+async def test_subscribe_double_optin_needs_a_confirmation_letter(sandbox: Sandbox, key: str) -> None:
+    list_id = await new_list(sandbox, key)
+    sub = {"list_ids": str(list_id), "fields[email]": "d@example.com", "fields[Name]": "Dee"}
+    answer = await call(sandbox, "subscribe", key, sub)
+    assert answer["code"] == "unspecified"
+    assert "has no confirmation letters" in answer["error"]
+    sub["double_optin"] = "3"
+    assert "person_id" in (await call(sandbox, "subscribe", key, sub))["result"]
+    stored = await contact(sandbox, key, "d@example.com")
+    assert (stored["status"], stored["fields"]) == ("new", {"Name": "Dee"})
+    bad_field = {**sub, "fields[Surname]": "X"}
+    assert (await call(sandbox, "subscribe", key, bad_field))["code"] == "invalid_arg"
+
+
+async def test_counts(sandbox: Sandbox, key: str) -> None:
+    list_id = await new_list(sandbox, key)
+    cols = ["email", "email_list_ids", "tags"]
+    rows = [
+        ["c1@example.com", str(list_id), "vip"],
+        ["c2@example.com", str(list_id), ""],
+        ["c3@example.com", "", ""],
+    ]
+    await call(sandbox, "importContacts", key, import_body(cols, rows))
+    count = (await call(sandbox, "getContactCount", key, {"list_id": str(list_id)}))["result"]
+    assert (count["listId"], count["count"]) == (list_id, 2)
+    vip_id = (await call(sandbox, "getTags", key))["result"][0]["id"]
+    by_tag = {"list_id": str(list_id), "params[tagId]": str(vip_id)}
+    assert (await call(sandbox, "getContactCount", key, by_tag))["result"]["count"] == 1
+    search = {"list_id": str(list_id), "params[type]": "address", "params[search]": "c2@"}
+    assert (await call(sandbox, "getContactCount", key, search))["result"]["count"] == 1
+    login = (await sandbox.http.get(f"/_sandbox/accounts/{key}")).json()["login"]
+    assert (await call(sandbox, "getTotalContactsCount", key, {"login": login})) == {"result": {"total": 3}}
+
+
+# --- lists and fields ----------------------------------------------------------------------------------
+
+
+async def test_lists_crud(sandbox: Sandbox, key: str) -> None:
+    list_id = await new_list(sandbox, key, "Customers")
+    assert (await call(sandbox, "createList", key, {"title": "Customers"}))["code"] == "invalid_arg"
+    assert (await call(sandbox, "createList", key, {}))["code"] == "invalid_arg"
+    assert (await call(sandbox, "getLists", key)) == {"result": [{"id": list_id, "title": "Customers"}]}
+    assert (await call(sandbox, "updateList", key, {"list_id": str(list_id), "title": "Clients"})) == {
+        "result": {}
+    }
+    assert (await call(sandbox, "getLists", key))["result"][0]["title"] == "Clients"
+    cols = ["email", "email_list_ids"]
+    await call(sandbox, "importContacts", key, import_body(cols, [["l@example.com", str(list_id)]]))
+    assert (await call(sandbox, "deleteList", key, {"list_id": str(list_id)})) == {"result": {}}
+    assert (await call(sandbox, "getLists", key)) == {"result": []}
+    assert (await contact(sandbox, key, "l@example.com"))["lists"] == {}
+    assert (await call(sandbox, "deleteList", key, {"list_id": str(list_id)}))["code"] == "invalid_arg"
+
+
+async def test_fields_crud_and_name_rules(sandbox: Sandbox, key: str) -> None:
+    created = await call(sandbox, "createField", key, {"name": "age", "type": "number", "public_name": "Age"})
+    field_id = created["result"]["id"]
+    for bad in (
+        {"name": "1age", "type": "string"},
+        {"name": "has space", "type": "string"},
+        {"name": "age", "type": "string"},
+        {"name": "ok", "type": "float"},
+        {"name": "email", "type": "string"},
+        {"name": "bad-dash", "type": "string"},
+        {"type": "string"},
+    ):
+        assert (await call(sandbox, "createField", key, bad))["code"] == "invalid_arg", bad
+    names = [f["name"] for f in (await call(sandbox, "getFields", key))["result"]]
+    assert names == ["Name", "age"]
+    await call(sandbox, "importContacts", key, import_body(["email", "age"], [["f@example.com", "42"]]))
+    assert (await call(sandbox, "deleteField", key, {"id": str(field_id)})) == {"result": {}}
+    assert (await contact(sandbox, key, "f@example.com"))["fields"] == {}
+    assert (
+        await call(sandbox, "importContacts", key, import_body(["email", "age"], [["f@example.com", "1"]]))
+    )["code"] == "invalid_arg"
