@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -9,9 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 
 from app.sandbox.unisender import SandboxState, UnisenderSandboxConfig, create_unisender_sandbox
+from app.sandbox.unisender.phpform import build_params, decode_urlencoded
 from app.serving import serve_in_background
 
 FORM = {"content-type": "application/x-www-form-urlencoded"}
@@ -461,3 +466,262 @@ async def test_fields_crud_and_name_rules(sandbox: Sandbox, key: str) -> None:
     assert (
         await call(sandbox, "importContacts", key, import_body(["email", "age"], [["f@example.com", "1"]]))
     )["code"] == "invalid_arg"
+
+
+# --- PHP parameter parsing ------------------------------------------------------------------------------
+
+
+def test_php_bracket_parsing() -> None:
+    raw = (
+        "field_names%5B0%5D=email&field_names[1]=Name&data[0][0]=a%40x.ru&data[0][1]=A"
+        "&events[]=unsubscribe&events[]=subscribe&fields[Name]=Ann&plain=1&plain=2&a.b=x"
+    )
+    params = build_params(decode_urlencoded(raw))
+    assert params["field_names"] == {"0": "email", "1": "Name"}
+    assert params["data"] == {"0": {"0": "a@x.ru", "1": "A"}}
+    assert params["events"] == {"0": "unsubscribe", "1": "subscribe"}
+    assert params["fields"] == {"Name": "Ann"}
+    assert params["plain"] == "2"  # the last value wins, as in PHP
+    assert params["a_b"] == "x"
+    assert build_params([("x[5]", "a"), ("x[]", "b")])["x"] == {"5": "a", "6": "b"}
+
+
+# --- rate limits and faults ----------------------------------------------------------------------------
+
+
+async def test_rate_limit_per_api_key() -> None:
+    app = create_unisender_sandbox(
+        UnisenderSandboxConfig(calls_per_minute=5, accounts={"a1": "one", "a2": "two"})
+    )
+    async with serve_in_background(app) as url, httpx.AsyncClient(base_url=url) as http:
+        sb = Sandbox(url, app, http)
+        answers = [await call(sb, "getLists", "a1") for _ in range(7)]
+        assert [a.get("code") for a in answers] == [None] * 5 + ["api_call_limit_exceeded_for_api_key"] * 2
+        assert "result" in await call(sb, "getLists", "a2")  # other keys have their own budget
+        window = sb.state.key_window
+        assert not window.allow("a1", 5, now=time.monotonic() + 59)
+        assert window.allow("a1", 5, now=time.monotonic() + 61)  # sliding window: a minute later it frees up
+
+
+async def test_fault_injection_retry_later_and_5xx(sandbox: Sandbox, key: str) -> None:
+    plan = {"rate": 1.0, "kinds": ["retry_later"], "method": "getLists", "api_key": key, "count": 2}
+    assert (await sandbox.http.post("/_sandbox/faults", json=plan)).status_code == 200
+    codes = [(await call(sandbox, "getLists", key)).get("code") for _ in range(3)]
+    assert codes == ["retry_later", "retry_later", None]
+    assert "result" in await call(sandbox, "getFields", key)  # other methods untouched
+    await sandbox.http.post("/_sandbox/faults", json={"rate": 1.0, "kinds": ["http_503"], "api_key": key})
+    response = await sandbox.http.post("/en/api/getLists", data={"api_key": key})
+    assert response.status_code == 503
+    current = (await sandbox.http.get("/_sandbox/faults")).json()["faults"]
+    assert current["injected"] == {"http_503": 1}
+    await sandbox.http.delete("/_sandbox/faults")
+    assert "result" in await call(sandbox, "getLists", key)
+    bad = await sandbox.http.post("/_sandbox/faults", json={"rate": 1.0, "kinds": ["meteor"]})
+    assert bad.status_code == 400
+
+
+async def test_faults_are_deterministic_with_a_seed(sandbox: Sandbox, key: str) -> None:
+    async def run() -> list[str | None]:
+        plan = {"rate": 0.5, "kinds": ["retry_later", "rate_limit"], "seed": 7, "api_key": key}
+        await sandbox.http.post("/_sandbox/faults", json=plan)
+        return [(await call(sandbox, "getLists", key)).get("code") for _ in range(20)]
+
+    try:
+        first, second = await run(), await run()
+    finally:
+        await sandbox.http.delete("/_sandbox/faults")
+    assert first == second
+    assert None in first
+    assert {"retry_later", "api_call_limit_exceeded_for_api_key"} <= set(first)
+
+
+async def test_hang_fault_times_out_the_client_but_applies_the_call(sandbox: Sandbox, key: str) -> None:
+    plan = {"rate": 1.0, "kinds": ["hang"], "method": "createList", "api_key": key, "hang_seconds": 0.5}
+    await sandbox.http.post("/_sandbox/faults", json=plan)
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            await sandbox.http.post(
+                "/en/api/createList", data={"api_key": key, "title": "Slow"}, timeout=httpx.Timeout(0.1)
+            )
+    finally:
+        await sandbox.http.delete("/_sandbox/faults")
+    for _ in range(50):  # bounded: 1 s
+        lists = (await call(sandbox, "getLists", key))["result"]
+        if lists:
+            break
+        await asyncio.sleep(0.02)
+    assert [entry["title"] for entry in lists] == ["Slow"]
+
+
+# --- hooks ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Receiver:
+    url: str
+    bodies: list[bytes]
+    statuses: list[int]  # answers to give, in order; 200 once exhausted
+
+
+def receiver_app(receiver: Receiver, delay: float = 0.0) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/hook")
+    async def hook(request: Request) -> Response:
+        receiver.bodies.append(await request.body())
+        if delay:
+            await asyncio.sleep(delay)
+        status = receiver.statuses.pop(0) if receiver.statuses else 200
+        return Response("ok", status_code=status)
+
+    return app
+
+
+def verify(raw: bytes, api_key: str) -> bool:
+    """The receiver side of UNISENDER_HOOK_FORMAT.md: swap the digest for the key, md5, compare."""
+    import json
+
+    digest = json.loads(raw)["auth"]
+    restored = raw.replace(digest.encode(), api_key.encode(), 1)
+    return hmac.compare_digest(hashlib.md5(restored).hexdigest(), digest)
+
+
+async def wait_for(predicate: Any, seconds: float = 3.0) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+async def test_unsubscribe_events_are_delivered_signed(sandbox: Sandbox, key: str) -> None:
+    import json
+
+    receiver = Receiver("", [], [])
+    async with serve_in_background(receiver_app(receiver, delay=0.5)) as hook_base:
+        hook_url = f"{hook_base}/hook"
+        bad_hook = {"hook_url": hook_url, "events[]": "bounce"}
+        assert (await call(sandbox, "setHook", key, bad_hook))["code"] == "invalid_arg"
+        args = {
+            "hook_url": hook_url,
+            "events[]": "unsubscribe",
+            "event_format": "json_post",
+            "max_parallel": "5",
+        }
+        assert (await call(sandbox, "setHook", key, args)) == {"result": {}}
+        list_id = await new_list(sandbox, key)
+        cols = ["email", "email_list_ids", "email_status"]
+        rows = [["h1@example.com", str(list_id), "active"], ["h2@example.com", str(list_id), "active"]]
+        await call(sandbox, "importContacts", key, import_body(cols, rows))
+        assert receiver.bodies == []  # no events for plain imports
+
+        # 1) the contact clicks the link (per list), 2) the API unsubscribe, 3) import email_status=unsubscribed
+        started = time.monotonic()
+        link = await sandbox.http.post(
+            f"/_sandbox/accounts/{key}/contacts/h1@example.com/unsubscribe", json={"list_id": list_id}
+        )
+        assert link.json()["changed"] is True
+        await call(sandbox, "unsubscribe", key, {"contact_type": "email", "contact": "h2@example.com"})
+        await call(
+            sandbox,
+            "importContacts",
+            key,
+            import_body(["email", "email_status"], [["h1@example.com", "unsubscribed"]]),
+        )
+        assert time.monotonic() - started < 0.5  # delivery (receiver takes 0.5 s) is not inside the calls
+        await wait_for(lambda: len(receiver.bodies) == 3)
+
+        decoded = [json.loads(body) for body in receiver.bodies]
+        assert all(verify(body, key) for body in receiver.bodies)
+        assert not verify(receiver.bodies[0], key + "x")
+        events = sorted(
+            (d["events_by_user"][0]["events"][0]["event_data"] for d in decoded),
+            key=lambda e: str(e["list_id"]),
+        )
+        login = (await sandbox.http.get(f"/_sandbox/accounts/{key}")).json()["login"]
+        assert all(d["events_by_user"][0]["login"] == login for d in decoded)
+        assert all(d["events_by_user"][0]["events"][0]["event_name"] == "unsubscribe" for d in decoded)
+        assert {(e["email"], e["list_id"], e["source"]) for e in events} == {
+            ("h1@example.com", list_id, "link"),
+            ("h2@example.com", list_id, "api"),
+            ("h1@example.com", None, "api"),
+        }
+        assert all(e["status"] == "unsubscribed" for e in events)
+        assert all("retry_count" not in d for d in decoded)
+        await wait_for(lambda: sum(d["api_key"] == key for d in sandbox.state.deliveries) == 3)
+        deliveries = (await sandbox.http.get("/_sandbox/deliveries", params={"api_key": key})).json()
+        assert [d["delivered"] for d in deliveries["deliveries"]] == [True, True, True]
+
+
+async def test_failed_delivery_is_retried_with_retry_count(sandbox: Sandbox, key: str) -> None:
+    import json
+
+    receiver = Receiver("", [], [500])
+    async with serve_in_background(receiver_app(receiver)) as hook_base:
+        hook_url = f"{hook_base}/hook"
+        await call(sandbox, "setHook", key, {"hook_url": hook_url, "events[]": "unsubscribe"})
+        await call(sandbox, "importContacts", key, import_body(["email"], [["r@example.com"]]))
+        await sandbox.http.post(f"/_sandbox/accounts/{key}/contacts/r@example.com/unsubscribe", json={})
+        await wait_for(lambda: len(receiver.bodies) == 2)
+        await wait_for(lambda: sum(d["api_key"] == key for d in sandbox.state.deliveries) == 2)
+        first, second = (json.loads(b) for b in receiver.bodies)
+        assert "retry_count" not in first
+        assert second["retry_count"] == 1
+        assert verify(receiver.bodies[1], key)
+        assert second["events_by_user"] == first["events_by_user"]
+        assert first["events_by_user"][0]["events"][0]["event_data"]["list_id"] is None
+        rows = (await sandbox.http.get("/_sandbox/deliveries", params={"api_key": key})).json()["deliveries"]
+        assert [(r["status_code"], r["delivered"]) for r in rows] == [(500, False), (200, True)]
+    stored = await contact(sandbox, key, "r@example.com")
+    assert stored["status"] == "unsubscribed"
+
+
+async def test_hook_stops_after_retries_are_exhausted(sandbox: Sandbox, key: str) -> None:
+    receiver = Receiver("", [], [500, 500, 500])
+    async with serve_in_background(receiver_app(receiver)) as hook_base:
+        await call(sandbox, "setHook", key, {"hook_url": f"{hook_base}/hook", "events[]": "unsubscribe"})
+        await call(sandbox, "importContacts", key, import_body(["email"], [["s@example.com"]]))
+        await sandbox.http.post(f"/_sandbox/accounts/{key}/contacts/s@example.com/unsubscribe", json={})
+        await wait_for(lambda: len(receiver.bodies) == 3)  # first try + hook_max_retries=2
+        hooks_url = f"/_sandbox/accounts/{key}/hooks"
+        await wait_for(lambda: sandbox.state.accounts[key].hooks[f"{hook_base}/hook"].status == "stopped")
+        assert (await sandbox.http.get(hooks_url)).json()["hooks"][0]["status"] == "stopped"
+
+
+# --- control API: ledger and stats ---------------------------------------------------------------------
+
+
+async def test_ledger_and_stats(sandbox: Sandbox, key: str) -> None:
+    cols = ["email", "Name"]
+    await call(sandbox, "importContacts", key, import_body(cols, [["a@example.com", "A"], ["bad", "B"]]))
+    await call(sandbox, "importContacts", key, import_body(cols, [["a@example.com", "A"]]))
+    await call(
+        sandbox, "importContacts", key, import_body(cols, [["a@example.com", "A2"], ["b@example.com", "B"]])
+    )
+    ledger = (
+        await sandbox.http.get(f"/_sandbox/accounts/{key}/ledger", params={"email": "A@example.com"})
+    ).json()
+    assert [(e["call"], e["outcome"], e["data"]["Name"]) for e in ledger["entries"]] == [
+        (1, "inserted", "A"),
+        (2, "updated", "A"),
+        (3, "updated", "A2"),
+    ]
+    summary = (await sandbox.http.get(f"/_sandbox/accounts/{key}/ledger/summary")).json()
+    assert summary["rows"] == 4  # the invalid row was not accepted
+    assert summary["consecutive_identical_rows"] == 1
+    assert summary["addresses_with_differing_data"] == 1
+    assert summary["examples"] == ["a@example.com"]
+    stats = (await sandbox.http.get("/_sandbox/stats")).json()
+    assert stats["by_account"][key] == {"importContacts": 3}
+    page = (await sandbox.http.get(f"/_sandbox/accounts/{key}/contacts", params={"limit": 1})).json()
+    assert (page["total"], len(page["contacts"])) == (2, 1)
+
+
+async def test_control_accounts(sandbox: Sandbox) -> None:
+    created = (await sandbox.http.post("/_sandbox/accounts", json={})).json()
+    assert len(created["api_key"]) == 32
+    assert created["api_key"] in sandbox.state.accounts
+    dup = await sandbox.http.post("/_sandbox/accounts", json={"api_key": created["api_key"]})
+    assert dup.status_code == 409
+    assert (await sandbox.http.post("/_sandbox/accounts", json={"api_key": 'bad"key'})).status_code == 400
+    assert (await sandbox.http.get("/_sandbox/accounts/unknown/contacts")).status_code == 404
