@@ -3,11 +3,16 @@ service served by uvicorn on a loopback port. Tables are truncated before each t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -21,7 +26,7 @@ from app.context import ProcessContext, build_context
 from app.db.base import Base
 from app.db.schema import upgrade
 from app.main import create_app
-from app.serving import serve_in_background
+from app.serving import free_port, serve_in_background
 
 PG_ADMIN_DSN = os.environ.get("CONTACTSYNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("CONTACTSYNC_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
@@ -55,8 +60,6 @@ async def pg_database() -> AsyncIterator[str]:
         await admin.close()
     base, _, _ = PG_ADMIN_DSN.rpartition("/")
     url = _asyncpg_url(f"{base}/{name}")
-    import asyncio
-
     await asyncio.to_thread(upgrade, url, "head")
     yield url
     admin = await asyncpg.connect(PG_ADMIN_DSN)
@@ -165,3 +168,77 @@ def fresh_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 __all__ = ["raw_sql", "text"]
+
+
+# --- the whole stack: both sandboxes, the service, optionally a worker -----------------------------------
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    api: httpx.AsyncClient  # the service
+    kommo: httpx.AsyncClient  # Kommo sandbox (control API under /_sandbox)
+    unisender: httpx.AsyncClient  # Unisender sandbox (control API under /_sandbox)
+    kommo_app: Any
+    unisender_app: Any
+    admin_headers: dict[str, str]
+
+
+@pytest.fixture
+async def stack(
+    settings: Settings, clean_db: str, clean_redis: None, admin_token: str
+) -> AsyncIterator[Stack]:
+    """Kommo and Unisender sandboxes plus the service, all on loopback ports, wired together by settings."""
+    from app.sandbox.kommo import KommoSandboxConfig, create_kommo_sandbox
+    from app.sandbox.unisender import create_unisender_sandbox
+
+    kommo_app = create_kommo_sandbox(KommoSandboxConfig(webhook_retry_delays=(0.2, 0.5, 1.0)))
+    unisender_app = create_unisender_sandbox()
+    api_port = free_port()
+    async with (
+        serve_in_background(kommo_app) as kommo_url,
+        serve_in_background(unisender_app) as unisender_url,
+    ):
+        wired = settings.model_copy(
+            update={
+                "public_url": f"http://127.0.0.1:{api_port}",
+                "kommo_base_url": kommo_url + "/{subdomain}",
+                "kommo_auth_url": kommo_url + "/oauth",
+                "unisender_base_url": unisender_url,
+            }
+        )
+        app = create_app(wired)
+        async with (
+            serve_in_background(app, port=api_port) as api_url,
+            httpx.AsyncClient(base_url=api_url, timeout=30) as api,
+            httpx.AsyncClient(base_url=kommo_url, timeout=30) as kommo,
+            httpx.AsyncClient(base_url=unisender_url, timeout=30) as unisender,
+        ):
+            yield Stack(
+                settings=wired,
+                api=api,
+                kommo=kommo,
+                unisender=unisender,
+                kommo_app=kommo_app,
+                unisender_app=unisender_app,
+                admin_headers={"Authorization": f"Bearer {admin_token}"},
+            )
+
+
+@asynccontextmanager
+async def running_worker(settings: Settings) -> AsyncIterator[ProcessContext]:
+    """A real arq worker on real Redis, in this event loop, until the block ends."""
+    from app.worker.settings import build_worker
+
+    pc = await build_context(settings)
+    worker = build_worker(pc, handle_signals=False)
+    task = asyncio.create_task(worker.main())
+    try:
+        yield pc
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        with contextlib.suppress(Exception):
+            await worker.close()
+        await pc.close()

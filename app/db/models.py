@@ -65,7 +65,11 @@ class EspAccount(Base):
     api_key: Mapped[str] = mapped_column(EncryptedString())
     list_id: Mapped[int | None] = mapped_column(BigInteger)
     checked_at: Mapped[datetime | None]
+    hook_registered_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class OAuthStateRow(Base):
@@ -97,6 +101,17 @@ class Contact(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class ContactAddress(Base):
+    """Which live contacts hold which address (an address may be held by several contacts)."""
+
+    __tablename__ = "contact_address"
+    __table_args__ = (Index("ix_contact_address_account_id_email", "account_id", "email"),)
+
+    account_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    kommo_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), primary_key=True)
+
+
 class ContactEmail(Base):
     """One address of an account: who owns it, its consent, and what Unisender last accepted."""
 
@@ -109,6 +124,7 @@ class ContactEmail(Base):
     kommo_id: Mapped[int | None] = mapped_column(BigInteger)
     consent: Mapped[str] = mapped_column(String(16), default="subscribed")  # subscribed|unsubscribed
     unsubscribed_at: Mapped[datetime | None]
+    kommo_tagged_at: Mapped[datetime | None]  # when the unsubscribe was written back to Kommo
     pushed_hash: Mapped[str | None] = mapped_column(String(64))
     pushed_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 16:34:12.013472
+Create Date: 2026-11-23 16:42:18.819446
 """
 
 from __future__ import annotations
@@ -37,6 +37,16 @@ def upgrade() -> None:
         sa.UniqueConstraint("account_id", "kommo_id", name=op.f("uq_contact_account_id_kommo_id")),
     )
     op.create_table(
+        "contact_address",
+        sa.Column("account_id", sa.BigInteger(), nullable=False),
+        sa.Column("kommo_id", sa.BigInteger(), nullable=False),
+        sa.Column("email", sa.String(length=320), nullable=False),
+        sa.PrimaryKeyConstraint("account_id", "kommo_id", "email", name=op.f("pk_contact_address")),
+    )
+    op.create_index(
+        "ix_contact_address_account_id_email", "contact_address", ["account_id", "email"], unique=False
+    )
+    op.create_table(
         "contact_email",
         sa.Column(
             "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
@@ -46,6 +56,7 @@ def upgrade() -> None:
         sa.Column("kommo_id", sa.BigInteger(), nullable=True),
         sa.Column("consent", sa.String(length=16), nullable=False),
         sa.Column("unsubscribed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("kommo_tagged_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("pushed_hash", sa.String(length=64), nullable=True),
         sa.Column("pushed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
@@ -147,7 +158,11 @@ def upgrade() -> None:
         sa.Column("api_key", sa.Text(), nullable=False),
         sa.Column("list_id", sa.BigInteger(), nullable=True),
         sa.Column("checked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("hook_registered_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("last_error_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["account_id"],
             ["integration.account_id"],
@@ -186,4 +201,6 @@ def downgrade() -> None:
     op.drop_table("oauth_state")
     op.drop_table("integration")
     op.drop_table("contact_email")
+    op.drop_index("ix_contact_address_account_id_email", table_name="contact_address")
+    op.drop_table("contact_address")
     op.drop_table("contact")
