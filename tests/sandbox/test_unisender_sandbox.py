@@ -725,3 +725,48 @@ async def test_control_accounts(sandbox: Sandbox) -> None:
     assert dup.status_code == 409
     assert (await sandbox.http.post("/_sandbox/accounts", json={"api_key": 'bad"key'})).status_code == 400
     assert (await sandbox.http.get("/_sandbox/accounts/unknown/contacts")).status_code == 404
+
+
+# --- exportContacts ------------------------------------------------------------------------------------
+
+
+async def test_export_contacts_sync_and_async(sandbox: Sandbox, key: str) -> None:
+    list_id = await new_list(sandbox, key)
+    cols = ["email", "Name", "email_list_ids"]
+    rows = [[f"x{i}@example.com", f"X{i}", str(list_id) if i % 2 == 0 else ""] for i in range(5)]
+    await call(sandbox, "importContacts", key, import_body(cols, rows))
+    args = {
+        "field_names[0]": "email",
+        "field_names[1]": "Name",
+        "list_id": str(list_id),
+        "offset": "1",
+        "limit": "5",
+    }
+    page = (await call(sandbox, "exportContacts", key, args))["result"]
+    assert page == {
+        "field_names": ["email", "Name"],
+        "data": [["x2@example.com", "X2"], ["x4@example.com", "X4"]],
+    }
+    assert (await call(sandbox, "exportContacts", key, {"limit": "1001"}))["code"] == "invalid_arg"
+
+    no_notify = {"field_names[0]": "email"}
+    response = await sandbox.http.post("/en/api/async/exportContacts", data={"api_key": key, **no_notify})
+    assert response.json()["code"] == "invalid_arg"
+    response = await sandbox.http.post(
+        "/en/api/async/exportContacts",
+        data={
+            "api_key": key,
+            "notify_url": "http://127.0.0.1:9/done",
+            "field_names[0]": "email",
+            "email_status": "new",
+        },
+    )
+    task = response.json()["result"]
+    assert task["status"] == "new"
+    response = await sandbox.http.post(
+        "/en/api/async/getTaskResult", data={"api_key": key, "task_uuid": task["task_uuid"]}
+    )
+    done = response.json()["result"]
+    assert (done["status"], done["task_type"]) == ("completed", "export")
+    csv_text = (await sandbox.http.get(done["file_to_download"])).text
+    assert csv_text.splitlines() == ["email"] + [f"x{i}@example.com" for i in range(5)]

@@ -16,7 +16,10 @@ Public API (every answer HTTP 200, ``{"result": ...}`` or ``{"error": msg, "code
   double_optin/force_import on importContacts, ...) are accepted and ignored.
   Methods: importContacts, getContact, isContactInLists, getContactCount, getTotalContactsCount, subscribe,
   exclude, unsubscribe, getLists, createList, updateList, deleteList, getFields, createField, updateField,
-  deleteField, getTags, deleteTag, setHook.
+  deleteField, getTags, deleteTag, setHook, exportContacts (legacy synchronous: offset, limit ≤ 1000 →
+  {field_names, data}), async/exportContacts (notify_url required; returns {task_uuid, status: "new"}; no
+  notification is POSTed, its payload being UNCONFIRMED) and async/getTaskResult ("completed" from the first
+  poll, file_to_download = a CSV served by the control API: header row of field names, one row per contact).
 
 Control API (JSON; errors are HTTP 4xx with ``{"detail": ...}``)
   POST   /_sandbox/accounts                        {"api_key"?, "login"?} → {"api_key", "login"}; 409 if taken
@@ -40,6 +43,7 @@ Control API (JSON; errors are HTTP 4xx with ``{"detail": ...}``)
   POST   /_sandbox/faults                          {"rate": 0..1, "kinds": [retry_later|http_500|http_502|http_503|
          rate_limit|rate_limit_ip|hang], "seed"?, "method"?, "api_key"?, "count"?, "hang_seconds"?,
          "hang_applies"?} (seeded RNG: reproducible); GET shows it with injected counts; DELETE clears it
+  GET    /_sandbox/exports/{task_uuid}.csv         the file of an async/exportContacts task (text/csv)
   GET    /_sandbox/stats                           → {"calls": {method: n}, "total_calls", "errors": {code: n},
                                                       "faults", "by_account": {key: {method: n}}}
 
@@ -50,7 +54,8 @@ retries add ``retry_count``; ``hook_timeout_seconds`` 3, ``hook_retry_interval_s
 ``hook_max_retries`` 144 configurable; exhausted → hook ``stopped``). One call's events share one body unless
 ``single_event=1``. Unsubscribes come from the ``unsubscribe`` method (per list), importContacts
 ``email_status=unsubscribed`` (account-wide, list_id null) or ``email_unsubscribed_list_ids`` (per list), and the
-control endpoint (source "link"); API-made ones can be muted with ``notify_api_unsubscribes=False``.
+control endpoint (source "link"); API-made ones (source "api") can be muted with ``notify_api_unsubscribes=False``.
+Only transitions are events: a contact or membership created already unsubscribed notifies nobody.
 ``subscribe`` events come from the subscribe method and the activate control endpoint.
 
 Simulator choices where the spec says UNCONFIRMED (config field in brackets where switchable)

@@ -114,7 +114,8 @@ async def _handle(request: Request, lang: str, method: str) -> Response:
             if not plan.hang_applies:
                 return Response("Gateway Timeout", status_code=504, media_type="text/plain")
 
-    call = Call(state=state, account=account, method=name, params=params)
+    base_url = str(request.base_url).rstrip("/")
+    call = Call(state=state, account=account, method=name, params=params, base_url=base_url)
     try:
         result: Any = handler(call)
     except ApiError as err:

@@ -6,7 +6,7 @@ import re
 from itertools import islice, pairwise
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 
 from app.sandbox.unisender.hooks import HookDispatcher
@@ -316,6 +316,15 @@ async def clear_faults(request: Request) -> dict[str, Any]:
     """Stop injecting faults."""
     _state(request).faults = None
     return {"faults": None}
+
+
+@router.get("/exports/{task_uuid}.csv")
+async def export_file(request: Request, task_uuid: str) -> Response:
+    """The CSV file of an ``async/exportContacts`` task (header row of field names, then one row per contact)."""
+    task = _state(request).exports.get(task_uuid)
+    if task is None:
+        raise HTTPException(404, "no such export")
+    return Response(task["csv"], media_type="text/csv; charset=utf-8")
 
 
 @router.get("/stats")

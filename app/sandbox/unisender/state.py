@@ -128,6 +128,7 @@ class Account:
     fields_by_name: dict[str, Field] = field(default_factory=dict)
     next_field_id: int = 2
     tags: dict[int, str] = field(default_factory=dict)
+    next_tag_id: int = 1
     tags_by_name: dict[str, int] = field(default_factory=dict)
     hooks: dict[str, Hook] = field(default_factory=dict)
     ledger: list[dict[str, Any]] = field(default_factory=list)
@@ -164,7 +165,8 @@ class Account:
         existing = self.tags_by_name.get(name)
         if existing is not None:
             return existing
-        new_id = max(self.tags, default=0) + 1
+        new_id = self.next_tag_id
+        self.next_tag_id += 1
         self.tags[new_id] = name
         self.tags_by_name[name] = new_id
         return new_id
@@ -225,6 +227,7 @@ class SandboxState:
         self.accounts: dict[str, Account] = {}
         self.stats = CallStats()
         self.deliveries: list[dict[str, Any]] = []
+        self.exports: dict[str, dict[str, Any]] = {}
         self.faults: FaultPlan | None = None
         self.key_window = SlidingWindow(config.rate_window_seconds)
         self.ip_window = SlidingWindow(config.rate_window_seconds)
@@ -238,6 +241,7 @@ class SandboxState:
         self.accounts.clear()
         self.stats = CallStats()
         self.deliveries.clear()
+        self.exports.clear()
         self.faults = None
         self.key_window.clear()
         self.ip_window.clear()
