@@ -770,3 +770,17 @@ async def test_export_contacts_sync_and_async(sandbox: Sandbox, key: str) -> Non
     assert (done["status"], done["task_type"]) == ("completed", "export")
     csv_text = (await sandbox.http.get(done["file_to_download"])).text
     assert csv_text.splitlines() == ["email"] + [f"x{i}@example.com" for i in range(5)]
+
+
+async def test_status_change_denied_can_skip_the_whole_row(sandbox: Sandbox, key: str) -> None:
+    cols = ["email", "Name", "email_status"]
+    await call(sandbox, "importContacts", key, import_body(cols, [["n@example.com", "Old", ""]]))
+    sandbox.state.config.status_change_denied_skips_row = True
+    try:
+        body = import_body(cols, [["n@example.com", "New", "unsubscribed"]])
+        result = (await call(sandbox, "importContacts", key, body))["result"]
+    finally:
+        sandbox.state.config.status_change_denied_skips_row = False
+    assert (result["updated"], result["invalid"], result["log"][0]["code"]) == (0, 1, "status_change_denied")
+    stored = await contact(sandbox, key, "n@example.com")
+    assert (stored["status"], stored["fields"]) == ("new", {"Name": "Old"})

@@ -66,7 +66,7 @@ Simulator choices where the spec says UNCONFIRMED (config field in brackets wher
   invalid_value (bad status/time/delete/list ids), invalid_list (unknown list id), too_many_tags (>10),
   duplicate (address repeated within one call: later row skipped, not counted as invalid),
   owned_by_different_subscribers. A refused status change is a warning: the rest of the row applies and
-  the row counts as updated. Existing addresses may change status only from active/inactive
+  the row counts as updated [status_change_denied_skips_row]. Log entries carry no severity field. Existing addresses may change status only from active/inactive
   [mutable_statuses]; an unsubscribed list membership is never re-activated (not even by overwrite_lists).
   overwrite_lists=1 replaces memberships only when the row has a list column. Missing cells are empty strings;
   an empty user-field value clears it. ``delete=1`` removes the contact from the account (counted as deleted

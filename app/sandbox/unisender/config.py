@@ -52,6 +52,9 @@ class UnisenderSandboxConfig:
     log_index_as_string: bool = True  # [W-dx] saw "index":"2" from production; docs say integer
     # Statuses an existing address may be moved away from by importContacts (spec §2).
     mutable_statuses: frozenset[str] = frozenset({"active", "inactive"})
+    # A refused status change is logged; by default the rest of the row still applies (a warning). True skips
+    # the whole row instead (counted in "invalid"), for clients that read every log entry as a rejection.
+    status_change_denied_skips_row: bool = False
     # Method names are matched exactly (camelCase); case-insensitivity is UNCONFIRMED.
     method_names_case_sensitive: bool = True
     # createField: Latin letters, digits, '_' (some doc versions also allow '-').

@@ -479,6 +479,20 @@ def _import_row(
     if tag_names is not None and len(tag_names) > cfg.max_tags:
         raise _RowRejected("too_many_tags", f"At most {cfg.max_tags} tags per contact")
 
+    denied = (
+        existing is not None
+        and bool(status)
+        and status != existing.status
+        and existing.status not in cfg.mutable_statuses
+    )
+    denied_message = (
+        f'Status of "{email or phone}" is "{existing.status}" and cannot be changed to "{status}"'
+        if existing is not None
+        else ""
+    )
+    if denied and cfg.status_change_denied_skips_row:
+        raise _RowRejected("status_change_denied", denied_message)
+
     now = call.now
     if existing is None:
         contact = new_contact(call, email, phone, status or "new")
@@ -494,17 +508,12 @@ def _import_row(
         if phone and contact.phone is None:
             contact.phone = phone
             account.contacts_by_phone[phone] = contact
-        if status and status != contact.status:
-            if contact.status in cfg.mutable_statuses:
-                contact.status = status
-                if status == "unsubscribed" and cfg.notify_api_unsubscribes:
-                    call.event("unsubscribe", contact.email, None, "unsubscribed", "api")
-            else:
-                add_log(
-                    row.index,
-                    "status_change_denied",
-                    f'Status of "{email}" is "{contact.status}" and cannot be changed to "{status}"',
-                )
+        if denied:
+            add_log(row.index, "status_change_denied", denied_message)
+        elif status and status != contact.status:
+            contact.status = status
+            if status == "unsubscribed" and cfg.notify_api_unsubscribes:
+                call.event("unsubscribe", contact.email, None, "unsubscribed", "api")
         if phone_status and contact.phone_status in cfg.mutable_statuses:
             contact.phone_status = phone_status
     if availability:
