@@ -1,0 +1,549 @@
+"""Contract tests: the Kommo connector against the Kommo sandbox over real HTTP on loopback.
+
+The sandbox is written independently from the spec (no shared code), so these tests check that our
+encoder/decoder and its agree on the wire: OAuth, paging, filters, tags, webhooks, limits and faults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from app.connectors.base import CrmAction
+from app.connectors.kommo.client import KommoClient
+from app.connectors.kommo.exceptions import (
+    KommoAuthError,
+    KommoInvalidGrant,
+    KommoRateLimited,
+    KommoTransientError,
+    KommoValidationError,
+)
+from app.connectors.kommo.oauth import KommoOAuth, subdomain_from_referer, verify_disable_signature
+from app.connectors.kommo.webhooks import parse_webhook
+from app.connectors.ratelimit import RateLimiter, TokenBucket
+from app.sandbox.kommo import create_kommo_sandbox
+from app.serving import serve_in_background
+
+SUBDOMAIN = "acme"
+REDIRECT_URI = "https://contactsync.example/auth/kommo/callback"
+
+
+def kommo_rate() -> TokenBucket:
+    """7 requests per 1.1 s, no burst: Kommo counts accepted calls in a sliding 1-s window by arrival time, so
+    a bucket at exactly 7/s races it (a few ms of jitter on the first call gives a 429 about 2 runs in 5),
+    and a bucket with its default burst of 7 overruns it on the 8th call (see the test below)."""
+    return TokenBucket(7, per=1.1, burst=1)
+
+
+# --- a receiver for webhook deliveries and the disable hook -----------------------------------------------------
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    """A minimal ASGI app that records every request and answers 200."""
+
+    requests: list[Received] = field(default_factory=list)
+
+    async def __call__(
+        self,
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = b""
+        for _ in range(10_000):  # bounded: a body arrives in a few chunks
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.requests.append(
+            Received(
+                method=scope["method"],
+                path=scope["path"],
+                query=scope["query_string"].decode(),
+                headers={k.decode().lower(): v.decode() for k, v in scope["headers"]},
+                body=body,
+            )
+        )
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+        )
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+# --- fixtures -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sandbox:
+    url: str
+    control: httpx.AsyncClient
+    http: httpx.AsyncClient
+    client_id: str
+    client_secret: str
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/{SUBDOMAIN}"
+
+    async def ctl(self, method: str, path: str, json: Any = None, **params: str) -> Any:
+        response = await self.control.request(method, f"{self.url}/_sandbox{path}", json=json, params=params)
+        assert response.is_success, (path, response.status_code, response.text)
+        return response.json() if response.content else None
+
+    async def tokens(self) -> dict[str, Any]:
+        out: dict[str, Any] = await self.ctl(
+            "POST", "/tokens", {"client_id": self.client_id, "subdomain": SUBDOMAIN}
+        )
+        return out
+
+    async def client(self, limiter: RateLimiter | None = None) -> KommoClient:
+        tokens = await self.tokens()
+        return KommoClient(
+            self.http,
+            base_url=self.base_url,
+            access_token=tokens["access_token"],
+            limiter=limiter or kommo_rate(),
+        )
+
+    def oauth(self) -> KommoOAuth:
+        return KommoOAuth(
+            self.http,
+            auth_url=f"{self.url}/oauth",
+            base_url=self.base_url,
+            client_id=self.client_id,
+            client_secret=self.client_secret,
+            redirect_uri=REDIRECT_URI,
+        )
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[Sandbox]:
+    app = create_kommo_sandbox()
+    async with (
+        serve_in_background(app) as url,
+        httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0)) as control,
+        httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0)) as http,
+    ):
+        response = await control.post(f"{url}/_sandbox/accounts", json={"subdomain": SUBDOMAIN})
+        assert response.status_code == 201, response.text
+        response = await control.post(
+            f"{url}/_sandbox/integrations", json={"redirect_uri": REDIRECT_URI, "name": "contactsync"}
+        )
+        assert response.status_code == 201, response.text
+        integration = response.json()
+        yield Sandbox(url, control, http, integration["client_id"], integration["client_secret"])
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
+    app = Receiver()
+    async with serve_in_background(app) as url:  # type: ignore[arg-type]
+        yield app, url
+
+
+# --- OAuth --------------------------------------------------------------------------------------------------
+
+
+async def test_authorize_url_reaches_the_consent_page(sandbox: Sandbox) -> None:
+    url = sandbox.oauth().authorize_url("csrf-1")
+    response = await sandbox.http.get(url)
+    assert response.status_code == 200
+    assert "contactsync" in response.text
+    assert 'name="state" value="csrf-1"' in response.text
+
+
+async def test_oauth_exchange_then_refresh(sandbox: Sandbox) -> None:
+    granted = await sandbox.ctl(
+        "POST", "/authorize", {"client_id": sandbox.client_id, "subdomain": SUBDOMAIN, "state": "csrf-1"}
+    )
+    query = parse_qs(urlsplit(granted["redirect_url"]).query)
+    assert query["state"] == ["csrf-1"]
+    assert subdomain_from_referer(query["referer"][0]) == SUBDOMAIN
+    oauth = sandbox.oauth()
+
+    first = await oauth.exchange_code(query["code"][0])
+    assert first.expires_in == 86_400
+    assert first.server_time is not None
+    account = await KommoClient(
+        sandbox.http, base_url=sandbox.base_url, access_token=first.access_token, limiter=kommo_rate()
+    ).get_account()
+    assert account.subdomain == SUBDOMAIN
+
+    second = await oauth.refresh(first.refresh_token)
+    assert second.refresh_token != first.refresh_token
+    assert second.access_token != first.access_token
+    account = await KommoClient(
+        sandbox.http, base_url=sandbox.base_url, access_token=second.access_token, limiter=kommo_rate()
+    ).get_account()
+    assert account.id > 0
+
+    # An authorization code is single use.
+    with pytest.raises(KommoInvalidGrant):
+        await oauth.exchange_code(query["code"][0])
+
+
+async def test_reusing_a_spent_refresh_token_is_invalid_grant(sandbox: Sandbox) -> None:
+    oauth = sandbox.oauth()
+    issued = await sandbox.tokens()
+    newer = await oauth.refresh(issued["refresh_token"])
+    await oauth.refresh(newer.refresh_token)  # the successor is used: the first one is certainly dead
+
+    with pytest.raises(KommoInvalidGrant) as caught:
+        await oauth.refresh(issued["refresh_token"])
+    assert caught.value.status_code == 401
+    assert caught.value.hint == "Token has been revoked"
+
+
+async def test_wrong_client_secret_is_an_auth_error_not_invalid_grant(sandbox: Sandbox) -> None:
+    issued = await sandbox.tokens()
+    oauth = KommoOAuth(
+        sandbox.http,
+        auth_url=f"{sandbox.url}/oauth",
+        base_url=sandbox.base_url,
+        client_id=sandbox.client_id,
+        client_secret="wrong",
+        redirect_uri=REDIRECT_URI,
+    )
+    with pytest.raises(KommoAuthError) as caught:
+        await oauth.refresh(issued["refresh_token"])
+    assert type(caught.value) is KommoAuthError
+
+
+async def test_uninstall_calls_the_disable_hook_and_kills_tokens(
+    sandbox: Sandbox, receiver: tuple[Receiver, str]
+) -> None:
+    hook, hook_url = receiver
+    integration = await sandbox.ctl(
+        "POST",
+        "/integrations",
+        {"redirect_uri": REDIRECT_URI, "disable_hook_url": f"{hook_url}/kommo/disabled"},
+    )
+    sandbox.client_id, sandbox.client_secret = integration["client_id"], integration["client_secret"]
+    client = await sandbox.client()
+    issued = await sandbox.tokens()
+    await client.get_account()
+
+    result = await sandbox.ctl("POST", "/uninstall", {"client_id": sandbox.client_id, "subdomain": SUBDOMAIN})
+
+    assert result["hook_status"] == 200
+    [call] = hook.requests
+    query = {k: v[0] for k, v in parse_qs(call.query).items()}
+    assert verify_disable_signature(
+        query["client_uuid"],
+        query["account_id"],
+        query["signature"],
+        client_id=sandbox.client_id,
+        client_secret=sandbox.client_secret,
+    )
+    assert not verify_disable_signature(
+        query["client_uuid"],
+        query["account_id"],
+        query["signature"],
+        client_id=sandbox.client_id,
+        client_secret="another-secret",
+    )
+    with pytest.raises(KommoAuthError):
+        await client.get_account()
+    with pytest.raises(KommoInvalidGrant):
+        await sandbox.oauth().refresh(issued["refresh_token"])
+
+
+# --- contacts -----------------------------------------------------------------------------------------------
+
+
+async def test_pagination_returns_each_of_1001_contacts_once(sandbox: Sandbox) -> None:
+    seeded = await sandbox.ctl("POST", f"/accounts/{SUBDOMAIN}/seed", {"count": 1001, "seed": 7})
+    assert seeded["created"] == 1001
+    await sandbox.ctl("DELETE", "/stats")
+    client = await sandbox.client()
+
+    contacts = [c async for c in client.iter_contacts()]
+
+    ids = [c.id for c in contacts]
+    assert len(ids) == len(set(ids)) == 1001
+    assert set(ids) == set(range(seeded["first_id"], seeded["last_id"] + 1))
+    assert sum(len(c.emails) for c in contacts) > 900  # seeded contacts carry 0–3 emails, ~1.4 on average
+    stats = await sandbox.ctl("GET", "/stats")
+    assert stats["responses"] == {"GET /api/v4/contacts 200": 5}  # 4×250 + 1, no extra call past the end
+    assert stats["rate_limited"] == 0
+
+
+async def test_page_past_the_end_is_empty(sandbox: Sandbox) -> None:
+    await sandbox.ctl("POST", f"/accounts/{SUBDOMAIN}/seed", {"count": 3})
+    client = await sandbox.client()
+    page = await client.list_contacts(page=2, limit=250)
+    assert page.contacts == []
+    assert page.next_page is None
+
+
+async def test_incremental_filter_returns_only_newer_contacts_oldest_first(sandbox: Sandbox) -> None:
+    seeded = await sandbox.ctl("POST", f"/accounts/{SUBDOMAIN}/seed", {"count": 30})
+    await sandbox.ctl("POST", "/clock/advance", {"seconds": 3600})
+    cutoff = (await sandbox.ctl("GET", "/clock"))["now"]
+    changed = [seeded["first_id"] + 20, seeded["first_id"] + 3, seeded["first_id"] + 11]
+    for n, contact_id in enumerate(changed):
+        await sandbox.ctl(
+            "PATCH",
+            f"/accounts/{SUBDOMAIN}/contacts",
+            [{"id": contact_id, "name": f"Changed {n}"}],
+            webhooks="0",
+        )
+        await sandbox.ctl("POST", "/clock/advance", {"seconds": 5})
+    client = await sandbox.client()
+
+    page = await client.list_contacts(updated_since=cutoff, limit=2)
+    rest = [c async for c in client.iter_contacts(updated_since=cutoff, limit=2)]
+
+    assert [c.id for c in page.contacts] == changed[:2]
+    assert page.next_page == 2
+    assert [c.id for c in rest] == changed  # ordered by updated_at, across pages
+    assert all(c.updated_at >= cutoff for c in rest)
+    assert [c.name for c in rest] == ["Changed 0", "Changed 1", "Changed 2"]
+
+
+async def test_get_contacts_by_ids_across_chunks(sandbox: Sandbox) -> None:
+    seeded = await sandbox.ctl("POST", f"/accounts/{SUBDOMAIN}/seed", {"count": 300})
+    client = await sandbox.client()
+    wanted = list(range(seeded["first_id"], seeded["last_id"] + 1, 1))[:260]
+    missing = seeded["last_id"] + 1000
+
+    found = await client.get_contacts([*wanted, missing])
+
+    assert sorted(c.id for c in found) == wanted
+    assert await client.get_contacts([missing]) == []
+
+
+async def test_add_contact_tags_keeps_existing_tags(sandbox: Sandbox) -> None:
+    created = await sandbox.ctl(
+        "POST",
+        f"/accounts/{SUBDOMAIN}/contacts",
+        [
+            {
+                "name": "Tagged",
+                "_embedded": {"tags": [{"name": "vip"}]},
+                "custom_fields_values": [
+                    {"field_code": "EMAIL", "values": [{"value": "t@example.com", "enum_code": "WORK"}]}
+                ],
+            }
+        ],
+        webhooks="0",
+    )
+    contact_id = created["_embedded"]["contacts"][0]["id"]
+    client = await sandbox.client()
+
+    await client.add_contact_tags(contact_id, ["unsubscribed"])
+
+    [contact] = await client.get_contacts([contact_id])
+    assert sorted(contact.tags) == ["unsubscribed", "vip"]
+    assert contact.emails == ("t@example.com",)
+    raw = await sandbox.ctl("GET", f"/accounts/{SUBDOMAIN}/contacts/{contact_id}")
+    assert sorted(t["name"] for t in raw["_embedded"]["tags"]) == ["unsubscribed", "vip"]
+
+
+# --- webhooks -----------------------------------------------------------------------------------------------
+
+
+async def test_webhook_registration_and_delivered_bodies_parse(
+    sandbox: Sandbox, receiver: tuple[Receiver, str]
+) -> None:
+    hook, hook_url = receiver
+    destination = f"{hook_url}/webhooks/kommo/1?token=t0k"
+    client = await sandbox.client()
+    events = ["add_contact", "update_contact", "delete_contact", "restore_contact"]
+
+    await client.register_webhook(destination, events)
+
+    [registered] = await client.list_webhooks(destination)
+    assert registered.destination == destination
+    assert sorted(registered.settings) == sorted(events)
+    assert registered.disabled is False
+
+    created = await sandbox.ctl(
+        "POST",
+        f"/accounts/{SUBDOMAIN}/contacts",
+        [
+            {
+                "name": "Webhook Person",
+                "custom_fields_values": [
+                    {"field_code": "PHONE", "values": [{"value": "+100", "enum_code": "WORK"}]},
+                    {
+                        "field_code": "EMAIL",
+                        "values": [
+                            {"value": "hook@example.com", "enum_code": "WORK"},
+                            {"value": "hook2@example.com", "enum_code": "PRIV"},
+                        ],
+                    },
+                ],
+            }
+        ],
+    )
+    contact_id = created["_embedded"]["contacts"][0]["id"]
+    await client.add_contact_tags(contact_id, ["x"])
+    await sandbox.ctl("POST", f"/accounts/{SUBDOMAIN}/contacts/{contact_id}/delete")
+    await sandbox.ctl("POST", f"/accounts/{SUBDOMAIN}/contacts/{contact_id}/restore")
+    drained = await sandbox.ctl("POST", "/deliveries/drain", {"timeout": 10})
+    assert drained["drained"] is True
+
+    assert hook.requests, "no webhook was delivered"
+    seen: list[tuple[CrmAction, int, tuple[str, ...] | None]] = []
+    for request in hook.requests:
+        assert request.method == "POST"
+        assert request.query == "token=t0k"
+        assert request.headers["content-type"].startswith("application/x-www-form-urlencoded")
+        batch = parse_webhook(request.body)
+        assert batch.subdomain == SUBDOMAIN
+        assert batch.account_id is not None
+        seen += [(e.action, e.contact_id, e.contact.emails if e.contact else None) for e in batch.events]
+    both = ("hook@example.com", "hook2@example.com")
+    assert seen == [
+        (CrmAction.ADD, contact_id, both),
+        (CrmAction.UPDATE, contact_id, both),
+        (CrmAction.DELETE, contact_id, None),
+        (CrmAction.RESTORE, contact_id, both),
+    ]
+
+    await client.delete_webhook(destination)
+    assert await client.list_webhooks() == []
+
+
+async def test_invalid_webhook_destination_is_a_validation_error(sandbox: Sandbox) -> None:
+    client = await sandbox.client()
+    with pytest.raises(KommoValidationError) as caught:
+        await client.register_webhook("not a url", ["add_contact"])
+    assert [e.path for e in caught.value.errors] == ["destination.destination"]
+
+
+# --- limits and faults --------------------------------------------------------------------------------------
+
+
+async def calls_until_rate_limited(client: KommoClient, limit: int) -> tuple[int, KommoRateLimited]:
+    """How many calls succeeded before the first 429, and that 429 (fails if none came within ``limit``)."""
+    for calls in range(limit):
+        try:
+            await client.get_account()
+        except KommoRateLimited as exc:
+            return calls, exc
+    pytest.fail(f"no 429 within {limit} calls")
+
+
+async def test_rate_limit_is_honoured_by_the_token_bucket(sandbox: Sandbox) -> None:
+    client = await sandbox.client(kommo_rate())
+    await sandbox.ctl("DELETE", "/stats")
+
+    started = time.monotonic()
+    for _ in range(30):
+        await client.get_account()
+    elapsed = time.monotonic() - started
+
+    stats = await sandbox.ctl("GET", "/stats")
+    assert stats["rate_limited"] == 0
+    assert stats["responses"] == {"GET /api/v4/account 200": 30}
+    assert max(stats["max_calls_in_1s"].values()) <= 7
+    assert elapsed >= 29 * 1.1 / 7 - 0.1  # one call per 1.1/7 s after the first
+
+
+async def test_default_burst_bucket_overruns_kommos_sliding_window(sandbox: Sandbox) -> None:
+    # Documents why kommo_rate() has no burst: 7 immediate calls, then one 1/7 s later = 8 in one second.
+    client = await sandbox.client(TokenBucket(7))
+    calls, _ = await calls_until_rate_limited(client, 30)
+    assert calls == 7
+
+
+async def test_concurrent_callers_share_the_budget(sandbox: Sandbox) -> None:
+    limiter = kommo_rate()
+    clients = [await sandbox.client(limiter) for _ in range(3)]  # one limiter per credential, many jobs
+    await sandbox.ctl("DELETE", "/stats")
+
+    await asyncio.gather(*(c.get_account() for c in clients for _ in range(7)))
+
+    stats = await sandbox.ctl("GET", "/stats")
+    assert stats["rate_limited"] == 0
+    assert stats["responses"] == {"GET /api/v4/account 200": 21}
+
+
+async def test_unlimited_burst_meets_429_with_retry_after(sandbox: Sandbox) -> None:
+    await sandbox.ctl("PATCH", "/config", {"retry_after": 2})
+    bucket = TokenBucket(100)  # far above Kommo's 7/s
+    client = await sandbox.client(bucket)
+
+    _, error = await calls_until_rate_limited(client, 20)
+    assert error.retry_after == 2.0
+    assert error.status_code == 429
+
+    # The client paused its limiter: the next call waits out retry_after, then succeeds.
+    started = time.monotonic()
+    await client.get_account()
+    assert time.monotonic() - started >= 1.9
+
+
+async def test_injected_5xx_is_transient(sandbox: Sandbox) -> None:
+    client = await sandbox.client()
+    await sandbox.ctl("POST", "/faults", {"error_rate": 1, "error_status": 503})
+    with pytest.raises(KommoTransientError) as caught:
+        await client.list_contacts()
+    assert caught.value.status_code == 503
+    assert caught.value.retryable is True
+
+    await sandbox.ctl("DELETE", "/faults")
+    await client.get_account()
+
+
+async def test_injected_429_burst_is_rate_limited(sandbox: Sandbox) -> None:
+    await sandbox.ctl("PATCH", "/config", {"retry_after": 1})
+    client = await sandbox.client()
+    await sandbox.ctl("POST", "/faults", {"burst_429": 1})
+
+    with pytest.raises(KommoRateLimited) as caught:
+        await client.get_contacts([1, 2, 3])
+    assert caught.value.retry_after == 1.0
+
+    started = time.monotonic()
+    await client.get_account()
+    assert time.monotonic() - started >= 0.9
+
+
+async def test_sandbox_latency_beyond_our_timeout_is_transient(sandbox: Sandbox) -> None:
+    await sandbox.ctl("POST", "/faults", {"latency_ms": 1500})
+    tokens = await sandbox.tokens()
+    async with httpx.AsyncClient(timeout=httpx.Timeout(0.5, connect=2.0)) as impatient:
+        client = KommoClient(
+            impatient, base_url=sandbox.base_url, access_token=tokens["access_token"], limiter=kommo_rate()
+        )
+        with pytest.raises(KommoTransientError) as caught:
+            await client.get_account()
+    assert caught.value.code == "timeout"
+    await sandbox.ctl("DELETE", "/faults")
+
+
+async def test_bad_token_is_an_auth_error(sandbox: Sandbox) -> None:
+    client = KommoClient(
+        sandbox.http, base_url=sandbox.base_url, access_token="not-a-token", limiter=kommo_rate()
+    )
+    with pytest.raises(KommoAuthError) as caught:
+        await client.list_contacts()
+    assert caught.value.status_code == 401
