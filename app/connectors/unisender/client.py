@@ -44,8 +44,37 @@ def _ids(ids: Sequence[int]) -> str:
     return ",".join(str(int(i)) for i in ids)
 
 
+def _signature(row: ImportRow) -> tuple[bool, bool, bool]:
+    return (bool(row.name), bool(row.list_ids), row.unsubscribed)
+
+
+def import_groups(rows: Sequence[ImportRow]) -> list[list[int]]:
+    """Partition input indices into groups whose rows need the same columns (each group in input order).
+
+    An empty cell is not "leave unchanged" in Unisender (an empty ``Name`` clears the name, an empty
+    ``email_status`` is undocumented), so a row never gets a column only because another row needed it.
+    Deletions carry only the address and ride along with the largest group (``delete=0`` is a plain upsert).
+    """
+    groups: dict[tuple[bool, bool, bool], list[int]] = {}
+    deletes: list[int] = []
+    for i, row in enumerate(rows):
+        if row.delete:
+            deletes.append(i)
+        else:
+            groups.setdefault(_signature(row), []).append(i)
+    ordered = list(groups.values())
+    if deletes:
+        if ordered:
+            largest = max(ordered, key=len)
+            largest.extend(deletes)
+            largest.sort()
+        else:
+            ordered.append(deletes)
+    return ordered
+
+
 def import_columns(rows: Sequence[ImportRow]) -> list[str]:
-    """The importContacts columns a batch needs: ``email`` plus only what some row actually sets."""
+    """The importContacts columns a batch needs: ``email`` plus only what its rows actually set."""
     columns = ["email"]
     live = [row for row in rows if not row.delete]
     if any(row.name for row in live):
@@ -235,14 +264,13 @@ class UnisenderClient:
     async def import_contacts(self, rows: Sequence[ImportRow]) -> list[RowResult]:
         """Upsert/delete rows in calls of at most 500; return one ``RowResult`` per input row, in order.
 
-        Rows that set ``email_status=unsubscribed`` travel in calls of their own, so no other row ever carries
-        an ``email_status`` cell. A failing call raises and loses the results of earlier calls; importing is
-        an idempotent upsert, so the caller retries the whole input.
+        Each row only carries the columns it sets (see ``import_groups``), so its outcome never depends on
+        which other rows share its call. A failing call raises and loses the results of earlier calls;
+        importing is an idempotent upsert, so the caller retries the whole input. An address must not
+        repeat within one input (Unisender rejects a repeated address within a call as a duplicate).
         """
-        plain = [i for i, row in enumerate(rows) if row.delete or not row.unsubscribed]
-        unsubscribing = [i for i, row in enumerate(rows) if not row.delete and row.unsubscribed]
         results: dict[int, RowResult] = {}
-        for group in (plain, unsubscribing):
+        for group in import_groups(rows):
             for start in range(0, len(group), self.max_import_rows):
                 indices = group[start : start + self.max_import_rows]
                 result = await self.import_batch([rows[i] for i in indices])

@@ -109,7 +109,7 @@ async def test_import_form_body_is_exact_php_bracket_form() -> None:
         results = await client.import_contacts(
             [
                 ImportRow(email="ivan@ex.ru", name="Иван Петров", list_ids=(101, 102)),
-                ImportRow(email="ann@ex.com", name="", list_ids=(101,)),
+                ImportRow(email="ann@ex.com", name="Ann", list_ids=(101,)),
                 ImportRow(email="gone@ex.com", name="Old", list_ids=(5,), delete=True),
             ]
         )
@@ -132,7 +132,7 @@ async def test_import_form_body_is_exact_php_bracket_form() -> None:
         ("data[0][2]", "101,102"),
         ("data[0][3]", "0"),
         ("data[1][0]", "ann@ex.com"),
-        ("data[1][1]", ""),
+        ("data[1][1]", "Ann"),
         ("data[1][2]", "101"),
         ("data[1][3]", "0"),
         ("data[2][0]", "gone@ex.com"),
@@ -150,6 +150,30 @@ async def test_import_sends_only_needed_columns_and_never_email_status_by_defaul
     fields = [v for k, v in rec.forms[0] if k.startswith("field_names")]
     assert fields == ["email"]
     assert data_rows(rec.forms[0]) == [["a@x.io"], ["b@x.io"]]
+
+
+async def test_rows_only_carry_columns_they_set_whatever_their_neighbours() -> None:
+    rec = Recorder(import_ok)
+    client, http = make_client(rec)
+    rows = [
+        ImportRow(email="a@x.io", name="A", list_ids=(1,)),
+        ImportRow(
+            email="nameless@x.io", list_ids=(1,)
+        ),  # must not get an empty Name cell (it would clear it)
+        ImportRow(email="d@x.io", delete=True),
+        ImportRow(email="c@x.io", name="C", list_ids=(1,)),
+    ]
+    async with http:
+        results = await client.import_contacts(rows)
+    assert [r.index for r in results] == [0, 1, 2, 3]
+    columns = [[v for k, v in form if k.startswith("field_names")] for form in rec.forms]
+    assert columns == [["email", "Name", "email_list_ids", "delete"], ["email", "email_list_ids"]]
+    assert data_rows(rec.forms[0]) == [
+        ["a@x.io", "A", "1", "0"],
+        ["d@x.io", "", "", "1"],
+        ["c@x.io", "C", "1", "0"],
+    ]
+    assert data_rows(rec.forms[1]) == [["nameless@x.io", "1"]]
 
 
 async def test_unsubscribed_rows_travel_in_their_own_call_with_email_status() -> None:
