@@ -784,3 +784,39 @@ async def test_status_change_denied_can_skip_the_whole_row(sandbox: Sandbox, key
     assert (result["updated"], result["invalid"], result["log"][0]["code"]) == (0, 1, "status_change_denied")
     stored = await contact(sandbox, key, "n@example.com")
     assert (stored["status"], stored["fields"]) == ("new", {"Name": "Old"})
+
+
+async def test_per_ip_and_per_method_limits() -> None:
+    config = UnisenderSandboxConfig(
+        calls_per_minute=None, ip_calls_per_minute=3, method_limits={"getFields": 1}, accounts={"ip1": "one"}
+    )
+    app = create_unisender_sandbox(config)
+    async with serve_in_background(app) as url, httpx.AsyncClient(base_url=url) as http:
+        sb = Sandbox(url, app, http)
+        assert "result" in await call(sb, "getFields", "ip1")
+        assert (await call(sb, "getFields", "ip1"))["code"] == "api_call_limit_exceeded_for_api_key"
+        assert "result" in await call(sb, "getLists", "ip1")
+        assert (await call(sb, "getLists", "ip1"))["code"] == "api_call_limit_exceeded_for_ip"
+
+
+async def test_slow_receiver_times_out_and_is_retried() -> None:
+    config = UnisenderSandboxConfig(
+        accounts={"slow": "s"}, hook_timeout_seconds=0.2, hook_retry_interval_seconds=0.05, hook_max_retries=1
+    )
+    app = create_unisender_sandbox(config)
+    receiver = Receiver("", [], [])
+    async with (
+        serve_in_background(app) as url,
+        httpx.AsyncClient(base_url=url) as http,
+        serve_in_background(receiver_app(receiver, delay=0.5)) as hook_base,
+    ):
+        sb = Sandbox(url, app, http)
+        await call(sb, "setHook", "slow", {"hook_url": f"{hook_base}/hook", "events[]": "unsubscribe"})
+        await call(sb, "importContacts", "slow", import_body(["email"], [["t@example.com"]]))
+        await http.post("/_sandbox/accounts/slow/contacts/t@example.com/unsubscribe", json={})
+        await wait_for(lambda: len(sb.state.deliveries) == 2)
+        assert [(d["retry_count"], d["error"], d["delivered"]) for d in sb.state.deliveries] == [
+            (0, "ReadTimeout", False),
+            (1, "ReadTimeout", False),
+        ]
+        await wait_for(lambda: sb.state.accounts["slow"].hooks[f"{hook_base}/hook"].status == "stopped")
