@@ -66,7 +66,7 @@ class KommoOAuth:
             "redirect_uri": self._redirect_uri,
         }
         try:
-            # JSON, as in the spec's examples (Kommo also takes a form; the sandbox insists on JSON).
+            # JSON, the body shape of Kommo's token-endpoint docs (spec §1.3).
             response = await self._http.post(
                 self._token_url, json=body, headers={"Accept": "application/json"}
             )

@@ -20,6 +20,7 @@ from app.connectors.base import CrmAction
 from app.connectors.kommo.client import KommoClient
 from app.connectors.kommo.exceptions import (
     KommoAuthError,
+    KommoForbidden,
     KommoInvalidGrant,
     KommoRateLimited,
     KommoTransientError,
@@ -27,7 +28,7 @@ from app.connectors.kommo.exceptions import (
 )
 from app.connectors.kommo.oauth import KommoOAuth, subdomain_from_referer, verify_disable_signature
 from app.connectors.kommo.webhooks import parse_webhook
-from app.connectors.ratelimit import RateLimiter, TokenBucket
+from app.connectors.ratelimit import RateLimiter, TokenBucket, Unlimited
 from app.sandbox.kommo import create_kommo_sandbox
 from app.serving import serve_in_background
 
@@ -431,6 +432,42 @@ async def test_webhook_registration_and_delivered_bodies_parse(
     assert await client.list_webhooks() == []
 
 
+async def test_batched_bodies_with_many_contacts_and_actions_parse(
+    sandbox: Sandbox, receiver: tuple[Receiver, str]
+) -> None:
+    hook, hook_url = receiver
+    await sandbox.ctl("PATCH", "/config", {"batch_window_ms": 300, "account_block_first": False})
+    client = await sandbox.client()
+    await client.register_webhook(f"{hook_url}/hook", ["add_contact", "update_contact", "delete_contact"])
+
+    created = await sandbox.ctl(
+        "POST",
+        f"/accounts/{SUBDOMAIN}/contacts",
+        [
+            {
+                "name": f"Batch {n}",
+                "custom_fields_values": [{"field_code": "EMAIL", "values": [{"value": f"b{n}@example.com"}]}],
+            }
+            for n in range(3)
+        ],
+    )
+    ids = [c["id"] for c in created["_embedded"]["contacts"]]
+    await sandbox.ctl("PATCH", f"/accounts/{SUBDOMAIN}/contacts", [{"id": ids[1], "name": "Batch 1b"}])
+    await sandbox.ctl("POST", f"/accounts/{SUBDOMAIN}/contacts/{ids[2]}/delete")
+    drained = await sandbox.ctl("POST", "/deliveries/drain", {"timeout": 10})
+    assert drained["drained"] is True
+
+    batches = [parse_webhook(request.body) for request in hook.requests]
+    events = [e for batch in batches for e in batch.events]
+    assert max(len(batch.events) for batch in batches) > 1  # several contacts/actions shared a body
+    assert all(batch.subdomain == SUBDOMAIN for batch in batches)
+    assert sorted((e.action.value, e.contact_id) for e in events) == sorted(
+        [("add", i) for i in ids] + [("update", ids[1]), ("delete", ids[2])]
+    )
+    adds = {e.contact_id: e.contact.emails for e in events if e.action is CrmAction.ADD and e.contact}
+    assert adds == {i: (f"b{n}@example.com",) for n, i in enumerate(ids)}
+
+
 async def test_invalid_webhook_destination_is_a_validation_error(sandbox: Sandbox) -> None:
     client = await sandbox.client()
     with pytest.raises(KommoValidationError) as caught:
@@ -499,6 +536,19 @@ async def test_unlimited_burst_meets_429_with_retry_after(sandbox: Sandbox) -> N
     started = time.monotonic()
     await client.get_account()
     assert time.monotonic() - started >= 1.9
+
+
+async def test_repeated_429s_escalate_to_a_403_block(sandbox: Sandbox) -> None:
+    await sandbox.ctl("PATCH", "/config", {"rate_limit_rps": 1, "block_after_429s": 1, "block_seconds": 60})
+    client = await sandbox.client(Unlimited())  # no client-side budget: provoke the provider
+
+    await client.get_account()
+    with pytest.raises(KommoRateLimited):
+        await client.get_account()
+    with pytest.raises(KommoForbidden) as caught:
+        await client.get_account()
+    assert caught.value.status_code == 403
+    assert caught.value.retryable is False
 
 
 async def test_injected_5xx_is_transient(sandbox: Sandbox) -> None:
