@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.context import ProcessContext
+from app.db.dialect import release_local_locks
 from app.db.session import run_after_commit
 from app.errors import Unauthorized
 
@@ -37,6 +38,7 @@ async def get_session(ctx: ContextDep) -> AsyncIterator[AsyncSession]:
         session.info.pop("after_commit", None)
         raise
     finally:
+        release_local_locks(session)
         await session.close()
     await run_after_commit(session)
 

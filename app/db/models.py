@@ -125,8 +125,6 @@ class ContactEmail(Base):
     consent: Mapped[str] = mapped_column(String(16), default="subscribed")  # subscribed|unsubscribed
     unsubscribed_at: Mapped[datetime | None]
     kommo_tagged_at: Mapped[datetime | None]  # when the unsubscribe was written back to Kommo
-    pushed_hash: Mapped[str | None] = mapped_column(String(64))
-    pushed_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
@@ -162,7 +160,10 @@ class Outbox(Base):
     email: Mapped[str] = mapped_column(String(320))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     payload_hash: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|done|rejected|dead
+    # Hash of the state Unisender last accepted for this address: a desire equal to it sends nothing.
+    pushed_hash: Mapped[str | None] = mapped_column(String(64))
+    pushed_at: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|done|rejected|cancelled|dead
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_error: Mapped[str | None] = mapped_column(Text)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 16:42:18.819446
+Create Date: 2026-11-23 16:48:07.752856
 """
 
 from __future__ import annotations
@@ -57,8 +57,6 @@ def upgrade() -> None:
         sa.Column("consent", sa.String(length=16), nullable=False),
         sa.Column("unsubscribed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("kommo_tagged_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("pushed_hash", sa.String(length=64), nullable=True),
-        sa.Column("pushed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_contact_email")),
         sa.UniqueConstraint("account_id", "email", name=op.f("uq_contact_email_account_id_email")),
@@ -95,6 +93,8 @@ def upgrade() -> None:
         sa.Column("email", sa.String(length=320), nullable=False),
         sa.Column("payload", sa.JSON(), nullable=False),
         sa.Column("payload_hash", sa.String(length=64), nullable=False),
+        sa.Column("pushed_hash", sa.String(length=64), nullable=True),
+        sa.Column("pushed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
