@@ -8,7 +8,7 @@ import httpx
 from arq.connections import ArqRedis
 
 from app.config import Settings
-from app.connectors.ratelimit import RateLimiter, TokenBucket
+from app.connectors.ratelimit import RateLimiter, SlidingWindow
 from app.db.session import Database, create_engine
 from app.queue import create_queue
 from app.security.crypto import Cipher, configure_encryption
@@ -43,15 +43,13 @@ class ProcessContext:
     def kommo_limiter(self, client_id: str) -> RateLimiter:
         key = f"kommo:{client_id}"
         if key not in self.limiters:
-            rate = self.settings.kommo_rate_per_second
-            self.limiters[key] = TokenBucket(rate, per=1.0, burst=max(1.0, rate))
+            self.limiters[key] = SlidingWindow(max(1, int(self.settings.kommo_rate_per_second)), 1.0)
         return self.limiters[key]
 
     def unisender_limiter(self, key_id: str) -> RateLimiter:
         key = f"unisender:{key_id}"
         if key not in self.limiters:
-            per_minute = self.settings.unisender_calls_per_minute
-            self.limiters[key] = TokenBucket(per_minute, per=60.0, burst=max(1.0, per_minute / 60.0))
+            self.limiters[key] = SlidingWindow(max(1, int(self.settings.unisender_calls_per_minute)), 60.0)
         return self.limiters[key]
 
     async def close(self) -> None:

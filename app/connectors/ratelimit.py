@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from typing import Protocol
 
 
@@ -66,3 +67,43 @@ class Unlimited:
 
     def pause(self, seconds: float) -> None:
         return None
+
+
+class SlidingWindow:
+    """At most ``limit`` acquisitions in any ``window`` seconds: the exact rule providers enforce.
+
+    A token bucket with burst b and rate r admits up to b + r·window calls in one window, so it either
+    overshoots a provider's limit or runs below it; this keeps the last ``limit`` grant times instead.
+    ``margin`` widens the window slightly so network jitter cannot squeeze an extra call into the
+    provider's own window.
+    """
+
+    def __init__(self, limit: int, window: float, *, margin: float = 0.05) -> None:
+        if limit < 1 or window <= 0:
+            raise ValueError("limit must be >= 1 and window positive")
+        self._limit = limit
+        self._window = window * (1.0 + margin)
+        self._grants: deque[float] = deque()
+        self._paused_until = 0.0
+        self._lock = asyncio.Lock()
+
+    def pause(self, seconds: float) -> None:
+        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+    async def acquire(self, cost: float = 1.0) -> None:
+        units = max(1, int(cost))
+        if units > self._limit:
+            raise ValueError(f"cost {cost} exceeds the window limit {self._limit}")
+        async with self._lock:
+            for _ in range(units):
+                while True:
+                    now = time.monotonic()
+                    if now < self._paused_until:
+                        await asyncio.sleep(self._paused_until - now)
+                        continue
+                    while self._grants and now - self._grants[0] >= self._window:
+                        self._grants.popleft()
+                    if len(self._grants) < self._limit:
+                        self._grants.append(now)
+                        break
+                    await asyncio.sleep(self._window - (now - self._grants[0]))
