@@ -959,3 +959,33 @@ async def test_deep_pages_stay_fast_at_100k(sandbox: Sandbox) -> None:
     stamps = [c["updated_at"] for c in by_updated.json()["_embedded"]["contacts"]]
     assert stamps == sorted(stamps)
     assert elapsed < 2.0, elapsed
+
+
+async def test_user_fields_have_no_code(sandbox: Sandbox, receiver: Receiver) -> None:
+    inst = await install(sandbox)
+    await subscribe(sandbox, inst, receiver.url, ["add_contact"])
+    city = await sandbox.control(
+        "POST", "/accounts/acme/custom_fields", {"name": "City", "type": "text"}, 201
+    )
+    created = await sandbox.http.post(
+        "/acme/api/v4/contacts",
+        headers=inst.auth,
+        json=[
+            {"name": "u", "custom_fields_values": [{"field_id": city["id"], "values": [{"value": "Recife"}]}]}
+        ],
+    )
+    cid = created.json()["_embedded"]["contacts"][0]["id"]
+    one = (await sandbox.http.get(f"/acme/api/v4/contacts/{cid}", headers=inst.auth)).json()
+    assert one["custom_fields_values"] == [
+        {
+            "field_id": city["id"],
+            "field_name": "City",
+            "field_code": None,
+            "field_type": "text",
+            "values": [{"value": "Recife"}],
+        }
+    ]
+    await drain(sandbox)
+    form = dict(receiver.forms()[0])
+    assert form["contacts[add][0][custom_fields][0][values][0][value]"] == "Recife"
+    assert "contacts[add][0][custom_fields][0][code]" not in form

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import re
@@ -83,8 +84,6 @@ async def _guard(
 
 
 async def apply_faults(state: KommoSandboxState) -> Response | None:
-    import asyncio
-
     faults = state.faults
     delay = faults.delay()
     if delay:

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import html
-import itertools
 import json
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from .api import create_response, kommo, update_response
+from .api import create_response, kommo, read_json, update_response
+from .limits import Stats
 from .seed import seed_contacts
 from .serialize import contact_json
 from .state import SandboxError
 from .store import ENUM_TYPES, FIELD_TYPES, FieldDef, FieldEnum
 
 router = APIRouter()
-_enum_ids = itertools.count(900_001)
 
 
 def _err(message: str, status: int = 400) -> JSONResponse:
@@ -140,8 +140,6 @@ async def authorize(request: Request) -> JSONResponse:
         _str_arg(body, "state", required=False),
         deny=deny,
     )
-    from urllib.parse import parse_qs, urlsplit
-
     code = parse_qs(urlsplit(url).query).get("code", [None])[0]
     return JSONResponse({"redirect_url": url, "code": code})
 
@@ -189,8 +187,6 @@ def _fire(request: Request) -> bool:
 async def control_create(subdomain: str, request: Request) -> Response:
     state = kommo(request)
     account = state.account(subdomain)
-    from .api import read_json
-
     return create_response(
         request, state, account, subdomain, await read_json(request), fire_webhooks=_fire(request)
     )
@@ -200,8 +196,6 @@ async def control_create(subdomain: str, request: Request) -> Response:
 async def control_update(subdomain: str, request: Request) -> Response:
     state = kommo(request)
     account = state.account(subdomain)
-    from .api import read_json
-
     return update_response(
         request, state, account, subdomain, await read_json(request), fire_webhooks=_fire(request)
     )
@@ -249,7 +243,7 @@ async def add_custom_field(subdomain: str, request: Request) -> JSONResponse:
         if not isinstance(raw, list) or not raw or not all(isinstance(v, str) and v for v in raw):
             raise SandboxError("enums must be a non-empty list of strings for this type")
         enums = [
-            FieldEnum(next(_enum_ids), v, 500 + i, v if ftype == "multitext" else None)
+            FieldEnum(kommo(request).next_enum_id(), v, 500 + i, v if ftype == "multitext" else None)
             for i, v in enumerate(raw)
         ]
     fid = max(account.fields) + 2
@@ -335,8 +329,6 @@ async def get_stats(request: Request) -> JSONResponse:
 
 @router.delete("/_sandbox/stats")
 async def reset_stats(request: Request) -> JSONResponse:
-    from .limits import Stats
-
     state = kommo(request)
     state.stats = Stats()
     return JSONResponse(state.stats.as_dict())

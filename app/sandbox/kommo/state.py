@@ -47,6 +47,7 @@ class KommoSandboxState:
         self._tag_ids = itertools.count(500_001)
         self._webhook_ids = itertools.count(1)
         self._account_ids = itertools.count(32_720_107)
+        self._enum_ids = itertools.count(900_001)
 
     async def reset(self) -> None:
         """Forget all data (accounts, integrations, tokens, contacts, webhooks, stats, faults); keep config and clock."""
@@ -199,6 +200,9 @@ class KommoSandboxState:
     # --- contacts ---------------------------------------------------------------------------------------------
     def next_contact_id(self) -> int:
         return next(self._contact_ids)
+
+    def next_enum_id(self) -> int:
+        return next(self._enum_ids)
 
     def _validate(
         self, account: Account, items: list[Any], update: bool

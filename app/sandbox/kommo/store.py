@@ -8,6 +8,8 @@ on the first query that needs it and then maintained incrementally.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import gc
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -187,6 +189,19 @@ class Contact:
         return False
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while building many small containers: with a heap of millions of contacts each
+    full collection rescans all of them, which made seeding and index builds several times slower."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 class Account:
     def __init__(
         self,
@@ -265,7 +280,8 @@ class Account:
 
     def by_updated(self) -> list[tuple[int, int]]:
         if self._by_updated is None:
-            self._by_updated = sorted((self.contacts[i].updated_at, i) for i in self.live_ids)
+            with gc_paused():
+                self._by_updated = sorted((self.contacts[i].updated_at, i) for i in self.live_ids)
         return self._by_updated
 
     def updated_range(self, lo: int | None, hi: int | None) -> list[tuple[int, int]]:
