@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections import deque
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -93,6 +94,8 @@ async def patch_config(request: Request) -> JSONResponse:
         return _err(str(exc))
     if "webhook_seed" in body:
         state.dispatcher.reseed(state.config.webhook_seed)
+    if "delivery_log_max" in body:
+        state.dispatcher.log = deque(state.dispatcher.log, maxlen=state.config.delivery_log_max)
     return JSONResponse(state.config.as_dict())
 
 
@@ -384,7 +387,6 @@ async def consent_on_account(subdomain: str, request: Request) -> Response:
 
 def _consent(request: Request, subdomain: str | None) -> Response:
     state = kommo(request)
-    state.stats.record("GET /oauth", 200, subdomain)
     q = request.query_params
     client_id = q.get("client_id", "")
     integ = state.oauth.integrations.get(client_id)

@@ -174,8 +174,6 @@ class Contact:
         return None
 
     def matches(self, needle: str) -> bool:
-        if needle.isdigit() and int(needle) == self.id:
-            return True
         if (
             needle in self.name.lower()
             or needle in self.first_name.lower()
