@@ -31,12 +31,20 @@ class Integration(Base):
     client_id: Mapped[str] = mapped_column(String(255))
     client_secret: Mapped[str] = mapped_column(EncryptedString())
     redirect_uri: Mapped[str] = mapped_column(Text)
+    # The token in webhook URLs: hashed for the constant-time check on every delivery, and encrypted so the
+    # URL can be shown again and re-registered at Kommo/Unisender without rotating it.
     webhook_token_hash: Mapped[str] = mapped_column(String(64))
+    webhook_token: Mapped[str | None] = mapped_column(EncryptedString())
     status: Mapped[str] = mapped_column(
         String(32), default="pending"
     )  # pending|connected|needs_reauth|disabled
+    webhooks_registered_at: Mapped[datetime | None]
+    reconcile_cursor: Mapped[int | None] = mapped_column(BigInteger)  # Kommo updated_at watermark
+    reconciled_at: Mapped[datetime | None]
+    disabled_at: Mapped[datetime | None]
     last_event_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+    last_error_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 16:48:07.752856
+Create Date: 2026-11-23 16:50:48.915429
 """
 
 from __future__ import annotations
@@ -69,9 +69,15 @@ def upgrade() -> None:
         sa.Column("client_secret", sa.Text(), nullable=False),
         sa.Column("redirect_uri", sa.Text(), nullable=False),
         sa.Column("webhook_token_hash", sa.String(length=64), nullable=False),
+        sa.Column("webhook_token", sa.Text(), nullable=True),
         sa.Column("status", sa.String(length=32), nullable=False),
+        sa.Column("webhooks_registered_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("reconcile_cursor", sa.BigInteger(), nullable=True),
+        sa.Column("reconciled_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("disabled_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_event_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("last_error_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("account_id", name=op.f("pk_integration")),
