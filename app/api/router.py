@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api import health
+from app.api import accounts, health, integration
 
 api_router = APIRouter()
 api_router.include_router(health.router)
+api_router.include_router(integration.router)
+api_router.include_router(accounts.router)

@@ -1,0 +1,1 @@
+"""Accounts domain: Kommo integrations (OAuth, tokens, webhooks), the Unisender credential, account views."""

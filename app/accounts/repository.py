@@ -1,0 +1,341 @@
+"""All SQL of the accounts domain: integrations, Kommo tokens, ESP accounts, OAuth states, account views."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
+
+from app.db.base import utcnow
+from app.db.dialect import insert, is_postgres
+from app.db.models import (
+    EspAccount,
+    Integration,
+    KommoToken,
+    OAuthStateRow,
+    Outbox,
+    WebhookEvent,
+)
+
+# A failed Kommo webhook registration is recorded in ``integration.last_error`` with this prefix until a later
+# registration succeeds. (Stop-gap: the schema has no ``webhooks_registered_at`` column yet.)
+WEBHOOKS_UNREGISTERED = "kommo_webhooks_not_registered"
+
+
+def advisory_lock_key(key: str) -> int:
+    """A stable signed 64-bit key for ``pg_advisory_xact_lock`` (same in every process and release)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+
+
+async def advisory_xact_lock(session: AsyncSession, key: str) -> None:
+    """Take a transaction-scoped PostgreSQL advisory lock on ``key``; a no-op on SQLite (one writer anyway)."""
+    if is_postgres(session):
+        await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": advisory_lock_key(key)})
+
+
+# --- integration secrets ------------------------------------------------------------------------------------
+# The schema keeps one encrypted column, ``client_secret``, for the integration's secrets. Until a dedicated
+# encrypted ``webhook_token`` column exists, both secrets live in it as a small JSON object; a plain string is
+# read as a bare client secret (rows written by other code or before the token was kept).
+
+
+@dataclass(frozen=True, slots=True)
+class IntegrationSecrets:
+    client_secret: str
+    webhook_token: str | None
+
+
+def pack_secrets(secrets: IntegrationSecrets) -> str:
+    return json.dumps(
+        {"client_secret": secrets.client_secret, "webhook_token": secrets.webhook_token},
+        separators=(",", ":"),
+    )
+
+
+def unpack_secrets(stored: str) -> IntegrationSecrets:
+    if stored.startswith("{"):
+        try:
+            data = json.loads(stored)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("client_secret"), str):
+            token = data.get("webhook_token")
+            return IntegrationSecrets(data["client_secret"], token if isinstance(token, str) else None)
+    return IntegrationSecrets(stored, None)
+
+
+# --- integration --------------------------------------------------------------------------------------------
+
+
+async def get_integration(
+    session: AsyncSession, account_id: int, *, for_update: bool = False
+) -> Integration | None:
+    stmt = select(Integration).where(Integration.account_id == account_id)
+    if for_update and is_postgres(session):
+        stmt = stmt.with_for_update()
+    result = await session.execute(stmt.execution_options(populate_existing=True))
+    return result.scalar_one_or_none()
+
+
+async def get_integration_public(session: AsyncSession, account_id: int) -> Integration | None:
+    """The integration without its encrypted column (no decryption: the cheap read for webhook checks)."""
+    stmt = (
+        select(Integration)
+        .options(defer(Integration.client_secret, raiseload=True))
+        .where(Integration.account_id == account_id)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def find_integrations_by_client(
+    session: AsyncSession, client_id: str, subdomain: str
+) -> list[Integration]:
+    stmt = select(Integration).where(Integration.client_id == client_id, Integration.subdomain == subdomain)
+    return list((await session.execute(stmt)).scalars())
+
+
+async def list_integrations(session: AsyncSession) -> list[Integration]:
+    stmt = (
+        select(Integration)
+        .options(defer(Integration.client_secret, raiseload=True))
+        .order_by(Integration.account_id)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def add_integration(session: AsyncSession, integration: Integration) -> None:
+    session.add(integration)
+    await session.flush()
+
+
+async def connected_account_ids(session: AsyncSession) -> list[int]:
+    stmt = (
+        select(Integration.account_id)
+        .where(Integration.status == "connected")
+        .order_by(Integration.account_id)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+# --- kommo tokens -------------------------------------------------------------------------------------------
+
+
+async def get_token(session: AsyncSession, account_id: int) -> KommoToken | None:
+    stmt = (
+        select(KommoToken)
+        .where(KommoToken.account_id == account_id)
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def save_token(
+    session: AsyncSession,
+    *,
+    account_id: int,
+    access_token: str,
+    refresh_token: str,
+    expires_at: datetime,
+) -> None:
+    """Insert or replace the token pair (both values pass through the encrypted column type)."""
+    now = utcnow()
+    stmt = insert(session, KommoToken).values(
+        account_id=account_id,
+        access_token=access_token,
+        refresh_token=refresh_token,
+        expires_at=expires_at,
+        refreshed_at=now,
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[KommoToken.account_id],
+        set_={
+            "access_token": stmt.excluded.access_token,
+            "refresh_token": stmt.excluded.refresh_token,
+            "expires_at": stmt.excluded.expires_at,
+            "refreshed_at": stmt.excluded.refreshed_at,
+        },
+    )
+    await session.execute(stmt)
+    await session.flush()
+
+
+async def delete_token(session: AsyncSession, account_id: int) -> int:
+    result = await session.execute(delete(KommoToken).where(KommoToken.account_id == account_id))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def tokens_due_for_refresh(
+    session: AsyncSession, *, expires_before: datetime, refreshed_before: datetime
+) -> list[int]:
+    """Connected accounts whose access token expires soon or whose refresh token has been idle too long."""
+    stmt = (
+        select(KommoToken.account_id)
+        .join(Integration, Integration.account_id == KommoToken.account_id)
+        .where(
+            Integration.status == "connected",
+            or_(KommoToken.expires_at < expires_before, KommoToken.refreshed_at < refreshed_before),
+        )
+        .order_by(KommoToken.expires_at)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+# --- oauth state --------------------------------------------------------------------------------------------
+
+
+async def add_oauth_state(session: AsyncSession, *, nonce: str, account_id: int) -> None:
+    session.add(OAuthStateRow(nonce=nonce, account_id=account_id, created_at=utcnow()))
+    await session.flush()
+
+
+async def consume_oauth_state(
+    session: AsyncSession, *, nonce: str, account_id: int, issued_after: datetime
+) -> bool:
+    """Mark an unused, unexpired nonce used; False when it is unknown, spent or too old (atomic: one winner)."""
+    stmt = (
+        update(OAuthStateRow)
+        .where(
+            OAuthStateRow.nonce == nonce,
+            OAuthStateRow.account_id == account_id,
+            OAuthStateRow.used_at.is_(None),
+            OAuthStateRow.created_at > issued_after,
+        )
+        .values(used_at=utcnow())
+    )
+    result = await session.execute(stmt)
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def prune_oauth_states(session: AsyncSession, *, older_than: datetime) -> int:
+    result = await session.execute(delete(OAuthStateRow).where(OAuthStateRow.created_at < older_than))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+# --- esp account --------------------------------------------------------------------------------------------
+
+
+async def get_esp_account(session: AsyncSession, account_id: int) -> EspAccount | None:
+    stmt = (
+        select(EspAccount)
+        .where(EspAccount.account_id == account_id)
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def upsert_esp_account(
+    session: AsyncSession,
+    *,
+    account_id: int,
+    api_key: str,
+    list_id: int,
+    checked_at: datetime,
+    hook_registered_at: datetime | None,
+    last_error: str | None,
+) -> EspAccount:
+    row = await get_esp_account(session, account_id)
+    now = utcnow()
+    if row is None:
+        row = EspAccount(account_id=account_id, provider="unisender", created_at=now)
+        session.add(row)
+    row.api_key = api_key
+    row.list_id = list_id
+    row.checked_at = checked_at
+    row.hook_registered_at = hook_registered_at
+    row.last_error = last_error
+    row.last_error_at = now if last_error else None
+    row.updated_at = now
+    await session.flush()
+    return row
+
+
+async def list_esp_accounts(session: AsyncSession, account_ids: Sequence[int]) -> dict[int, EspAccount]:
+    if not account_ids:
+        return {}
+    stmt = (
+        select(EspAccount)
+        .options(defer(EspAccount.api_key, raiseload=True))
+        .where(EspAccount.account_id.in_(account_ids))
+    )
+    return {row.account_id: row for row in (await session.execute(stmt)).scalars()}
+
+
+async def token_expiries(session: AsyncSession, account_ids: Sequence[int]) -> dict[int, datetime]:
+    if not account_ids:
+        return {}
+    stmt = select(KommoToken.account_id, KommoToken.expires_at).where(KommoToken.account_id.in_(account_ids))
+    return {row[0]: row[1] for row in (await session.execute(stmt)).all()}
+
+
+# --- account views ------------------------------------------------------------------------------------------
+
+
+async def outbox_counts(session: AsyncSession, account_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    """Per account: outbox rows by status (only the statuses the view shows)."""
+    if not account_ids:
+        return {}
+    stmt = (
+        select(Outbox.account_id, Outbox.status, func.count())
+        .where(
+            Outbox.account_id.in_(account_ids),
+            Outbox.status.in_(("pending", "rejected", "dead")),
+        )
+        .group_by(Outbox.account_id, Outbox.status)
+    )
+    counts: dict[int, dict[str, int]] = {}
+    for account_id, status, n in (await session.execute(stmt)).all():
+        counts.setdefault(account_id, {})[status] = int(n)
+    return counts
+
+
+async def pending_event_counts(session: AsyncSession, account_ids: Sequence[int]) -> dict[int, int]:
+    if not account_ids:
+        return {}
+    stmt = (
+        select(WebhookEvent.account_id, func.count())
+        .where(WebhookEvent.account_id.in_(account_ids), WebhookEvent.status == "pending")
+        .group_by(WebhookEvent.account_id)
+    )
+    return {row[0]: int(row[1]) for row in (await session.execute(stmt)).all()}
+
+
+async def recent_rejections(
+    session: AsyncSession, account_ids: Sequence[int], *, limit: int = 20
+) -> dict[int, list[dict[str, Any]]]:
+    """The latest ``limit`` rejected outbox rows per account (one query, a window function)."""
+    if not account_ids:
+        return {}
+    ranked = (
+        select(
+            Outbox.account_id.label("account_id"),
+            Outbox.email.label("email"),
+            Outbox.reject_code.label("code"),
+            Outbox.last_error.label("message"),
+            Outbox.updated_at.label("at"),
+            func.row_number()
+            .over(partition_by=Outbox.account_id, order_by=(Outbox.updated_at.desc(), Outbox.id.desc()))
+            .label("rn"),
+        )
+        .where(Outbox.account_id.in_(account_ids), Outbox.status == "rejected")
+        .subquery()
+    )
+    stmt = (
+        select(ranked.c.account_id, ranked.c.email, ranked.c.code, ranked.c.message, ranked.c.at)
+        .where(ranked.c.rn <= limit)
+        .order_by(ranked.c.account_id, ranked.c.rn)
+    )
+    out: dict[int, list[dict[str, Any]]] = {}
+    for account_id, email, code, message, at in (await session.execute(stmt)).all():
+        out.setdefault(account_id, []).append({"email": email, "code": code, "message": message, "at": at})
+    return out
+
+
+def older_than(seconds: float) -> datetime:
+    return utcnow() - timedelta(seconds=seconds)

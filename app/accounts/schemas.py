@@ -1,0 +1,105 @@
+"""Request and response bodies of the accounts endpoints (no secret is ever part of a response model)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+Subdomain = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,63}$")]
+NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+
+
+class IntegrationIn(BaseModel):
+    """``POST /integration``: the Kommo integration's credentials for one account."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    account_id: int = Field(gt=0, strict=True, description="Kommo account id")
+    subdomain: Subdomain
+    client_id: NonEmpty
+    client_secret: NonEmpty
+    redirect_uri: str = Field(max_length=2000)
+
+    @field_validator("redirect_uri")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip()
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ValueError("must be an http or https URL") from exc
+        if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in value):
+            raise ValueError("must be an http or https URL")
+        return value
+
+
+class IntegrationOut(BaseModel):
+    account_id: int
+    status: str
+    auth_url: str
+    webhook_url: str
+
+
+class UnisenderIn(BaseModel):
+    """``POST /integration/{account_id}/unisender``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_key: NonEmpty
+    list_id: int | None = Field(None, gt=0, strict=True)
+
+
+class UnisenderOut(BaseModel):
+    account_id: int
+    provider: Literal["unisender"] = "unisender"
+    list_id: int
+    hook_url_registered: bool
+
+
+class DisableOut(BaseModel):
+    status: Literal["disabled"] = "disabled"
+
+
+class KommoView(BaseModel):
+    connected: bool
+    token_expires_at: datetime | None
+    needs_reauth: bool
+    webhooks_registered: bool
+
+
+class UnisenderView(BaseModel):
+    connected: bool
+    list_id: int | None
+    checked_at: datetime | None
+    hook_registered: bool
+
+
+class OutboxView(BaseModel):
+    pending: int = 0
+    rejected: int = 0
+    dead: int = 0
+
+
+class RejectionView(BaseModel):
+    email: str
+    code: str | None
+    message: str | None
+    at: datetime
+
+
+class AccountView(BaseModel):
+    account_id: int
+    subdomain: str
+    status: str
+    kommo: KommoView
+    unisender: UnisenderView
+    outbox: OutboxView
+    events_pending: int
+    last_event_at: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+    recent_rejections: list[RejectionView]

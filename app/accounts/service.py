@@ -1,0 +1,738 @@
+"""Accounts: integrations, the Kommo OAuth dance and token lifecycle, the Unisender credential, account views.
+
+Services flush, never commit: the request dependency or ``db.session_scope()`` owns the transaction. The
+functions that must commit on their own (token refresh, webhook registration, the cron helpers) open their own
+``session_scope`` and say so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+from contextlib import AbstractAsyncContextManager, nullcontext
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.accounts import repository as repo
+from app.accounts.schemas import (
+    AccountView,
+    IntegrationIn,
+    IntegrationOut,
+    KommoView,
+    OutboxView,
+    RejectionView,
+    UnisenderIn,
+    UnisenderOut,
+    UnisenderView,
+)
+from app.connectors.kommo import (
+    KommoAuthError,
+    KommoClient,
+    KommoError,
+    KommoOAuth,
+    subdomain_from_referer,
+    verify_disable_signature,
+)
+from app.connectors.unisender.client import UnisenderClient
+from app.connectors.unisender.exceptions import (
+    UnisenderAccessDenied,
+    UnisenderAuthError,
+    UnisenderError,
+    UnisenderTransientError,
+)
+from app.context import ProcessContext
+from app.db.base import utcnow
+from app.db.models import EspAccount, Integration
+from app.errors import (
+    AppError,
+    BadRequest,
+    Conflict,
+    NotFound,
+    Unauthorized,
+    Unprocessable,
+    UpstreamError,
+)
+from app.metrics import TOKEN_REFRESH
+from app.security.tokens import (
+    InvalidState,
+    hash_token,
+    make_state,
+    new_webhook_token,
+    read_state,
+    token_matches,
+)
+
+log = structlog.get_logger(__name__)
+
+STATE_MAX_AGE_SECONDS = 600
+TOKEN_MIN_VALID_SECONDS = 300
+KOMMO_WEBHOOK_EVENTS: tuple[str, ...] = (
+    "add_contact",
+    "update_contact",
+    "delete_contact",
+    "restore_contact",
+)
+UNISENDER_LIST_TITLE = "contactsync"
+RECENT_REJECTIONS = 20
+_MAX_ERROR = 500
+
+# SQLite (embedded mode) has no advisory locks; it runs in one process, so an in-process lock gives the same
+# single-flight refresh there.
+_LOCAL_REFRESH_LOCKS: dict[int, asyncio.Lock] = {}
+
+
+class AccountNotReady(AppError):
+    """The account cannot be worked on now (``code``: kommo_not_connected, needs_reauth,
+    integration_disabled, unisender_not_connected)."""
+
+    code = "account_not_ready"
+    status_code = 409
+
+
+class OAuthCallbackError(BadRequest):
+    """Kommo's redirect cannot complete the connection; the message is shown to the person who clicked."""
+
+
+# --- small helpers ------------------------------------------------------------------------------------------
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite returns naive datetimes for timezone-aware columns; everything we store is UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _short(message: object) -> str:
+    return str(message)[:_MAX_ERROR]
+
+
+def _public(pc: ProcessContext) -> str:
+    return pc.settings.public_url.rstrip("/")
+
+
+def auth_url_for(pc: ProcessContext, account_id: int) -> str:
+    """The link an account owner follows to connect Kommo."""
+    return f"{_public(pc)}/auth?id={account_id}"
+
+
+def kommo_webhook_url(pc: ProcessContext, account_id: int, token: str) -> str:
+    """Where Kommo posts contact events for this account."""
+    return f"{_public(pc)}/webhooks/kommo/{account_id}?token={token}"
+
+
+def unisender_hook_url(pc: ProcessContext, account_id: int, token: str) -> str:
+    """Where Unisender posts unsubscribe events for this account."""
+    return f"{_public(pc)}/webhooks/unisender/{account_id}?token={token}"
+
+
+def _oauth_for(pc: ProcessContext, integration: Integration, subdomain: str) -> KommoOAuth:
+    return KommoOAuth(
+        pc.kommo_http,
+        auth_url=pc.settings.kommo_auth_url,
+        base_url=pc.settings.kommo_url_for(subdomain),
+        client_id=integration.client_id,
+        client_secret=repo.unpack_secrets(integration.client_secret).client_secret,
+        redirect_uri=integration.redirect_uri,
+    )
+
+
+def _not_ready(code: str, account_id: int) -> AccountNotReady:
+    messages = {
+        "kommo_not_connected": "Kommo is not connected for this account: the owner must open the auth link.",
+        "needs_reauth": "Kommo access was lost (refresh token revoked or expired): the owner must re-authorise.",
+        "integration_disabled": "The integration was uninstalled in Kommo.",
+        "unisender_not_connected": "No Unisender API key is stored for this account.",
+    }
+    return AccountNotReady(
+        f"Account {account_id}: {messages[code]}", code=code, extra={"account_id": account_id}
+    )
+
+
+def _check_kommo_status(integration: Integration) -> None:
+    if integration.status == "disabled":
+        raise _not_ready("integration_disabled", integration.account_id)
+    if integration.status == "needs_reauth":
+        raise _not_ready("needs_reauth", integration.account_id)
+
+
+async def _require_integration(session: AsyncSession, account_id: int) -> Integration:
+    integration = await repo.get_integration(session, account_id)
+    if integration is None:
+        raise NotFound(f"No integration for account {account_id}.")
+    return integration
+
+
+# --- integration --------------------------------------------------------------------------------------------
+
+
+async def save_integration(
+    *, session: AsyncSession, pc: ProcessContext, data: IntegrationIn
+) -> tuple[IntegrationOut, bool]:
+    """Create or update an account's Kommo integration; True when it was created."""
+    now = utcnow()
+    integration = await repo.get_integration(session, data.account_id, for_update=True)
+    created = integration is None
+    if integration is None:
+        token = new_webhook_token()
+        integration = Integration(
+            account_id=data.account_id,
+            subdomain=data.subdomain,
+            client_id=data.client_id,
+            client_secret=repo.pack_secrets(repo.IntegrationSecrets(data.client_secret, token)),
+            redirect_uri=data.redirect_uri,
+            webhook_token_hash=hash_token(token),
+            status="pending",
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            await repo.add_integration(session, integration)
+        except IntegrityError as exc:
+            raise Conflict("The integration was created concurrently; retry the request.") from exc
+    else:
+        stored = repo.unpack_secrets(integration.client_secret)
+        token = stored.webhook_token or ""
+        if not token:
+            # A row without a kept token (written elsewhere): issue one so the URLs can be shown again.
+            token = new_webhook_token()
+            integration.webhook_token_hash = hash_token(token)
+        if integration.client_id != data.client_id:
+            # Tokens belong to the old Kommo integration: they cannot be refreshed with the new client.
+            await repo.delete_token(session, data.account_id)
+            integration.status = "pending"
+        integration.subdomain = data.subdomain
+        integration.client_id = data.client_id
+        integration.client_secret = repo.pack_secrets(repo.IntegrationSecrets(data.client_secret, token))
+        integration.redirect_uri = data.redirect_uri
+        integration.updated_at = now
+        await session.flush()
+    log.info("accounts.integration_saved", account_id=data.account_id, created=created)
+    out = IntegrationOut(
+        account_id=integration.account_id,
+        status=integration.status,
+        auth_url=auth_url_for(pc, integration.account_id),
+        webhook_url=kommo_webhook_url(pc, integration.account_id, token),
+    )
+    return out, created
+
+
+# --- OAuth --------------------------------------------------------------------------------------------------
+
+
+async def start_oauth(*, session: AsyncSession, pc: ProcessContext, account_id: int) -> str:
+    """Issue a signed single-use state and return Kommo's consent URL carrying it."""
+    integration = await _require_integration(session, account_id)
+    state, raw = make_state(pc.cipher, account_id)
+    await repo.prune_oauth_states(session, older_than=repo.older_than(86_400))
+    await repo.add_oauth_state(session, nonce=state.nonce, account_id=account_id)
+    log.info("accounts.oauth_started", account_id=account_id)
+    return _oauth_for(pc, integration, integration.subdomain).authorize_url(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackParams:
+    """The query of Kommo's redirect back to us."""
+
+    code: str | None = None
+    state: str | None = None
+    referer: str | None = None
+    client_id: str | None = None
+    error: str | None = None
+    from_widget: bool = False
+
+
+def _same(a: str | None, b: str) -> bool:
+    return hmac.compare_digest((a or "").strip().encode(), b.encode())
+
+
+async def complete_oauth(*, session: AsyncSession, pc: ProcessContext, params: CallbackParams) -> int:
+    """Check Kommo's redirect, exchange the code and store the tokens; return the connected account id.
+
+    Raises ``OAuthCallbackError`` before anything is stored; the caller's transaction then rolls back, so a
+    failed exchange leaves the state unused (the owner may retry the same link).
+    """
+    if params.error:
+        raise OAuthCallbackError(
+            "Access was declined in Kommo, so nothing was connected. Open the link again and choose Allow.",
+            code="access_denied",
+        )
+    if not params.code:
+        raise OAuthCallbackError("Kommo's redirect carries no authorization code.", code="missing_code")
+    try:
+        subdomain = subdomain_from_referer(params.referer or "")
+    except ValueError:
+        raise OAuthCallbackError(
+            "Kommo's redirect does not name a Kommo account (referer).", code="bad_referer"
+        ) from None
+
+    if params.state:
+        try:
+            state = read_state(pc.cipher, params.state, max_age_seconds=STATE_MAX_AGE_SECONDS)
+        except InvalidState:
+            raise OAuthCallbackError(
+                "This authorization link is invalid or has expired (links are valid for 10 minutes). "
+                "Start again from the connect link.",
+                code="invalid_state",
+            ) from None
+        integration = await repo.get_integration(session, state.account_id)
+        if integration is None:
+            raise OAuthCallbackError("This authorization link is not valid.", code="invalid_state")
+        if not _same(params.client_id, integration.client_id):
+            raise OAuthCallbackError(
+                "The redirect comes from a different Kommo integration.", code="client_mismatch"
+            )
+        fresh = await repo.consume_oauth_state(
+            session,
+            nonce=state.nonce,
+            account_id=state.account_id,
+            issued_after=repo.older_than(STATE_MAX_AGE_SECONDS),
+        )
+        if not fresh:
+            raise OAuthCallbackError(
+                "This authorization link was already used. Start again from the connect link.",
+                code="state_used",
+            )
+    elif params.from_widget:
+        # Widget installs carry no state (spec §1.2): accept only an integration we know by client and account.
+        candidates = await repo.find_integrations_by_client(
+            session, (params.client_id or "").strip(), subdomain
+        )
+        if len(candidates) != 1:
+            raise OAuthCallbackError(
+                "No integration is configured for this Kommo integration and account.",
+                code="unknown_integration",
+            )
+        integration = candidates[0]
+    else:
+        raise OAuthCallbackError("Kommo's redirect carries no state.", code="missing_state")
+
+    account_id = integration.account_id
+    oauth = _oauth_for(pc, integration, subdomain)
+    try:
+        tokens = await oauth.exchange_code(params.code)
+        # The code is only proof for *some* account: make sure it is the one this integration is for.
+        client = KommoClient(
+            pc.kommo_http,
+            base_url=pc.settings.kommo_url_for(subdomain),
+            access_token=tokens.access_token,
+            limiter=pc.kommo_limiter(integration.client_id),
+        )
+        account = await client.get_account()
+    except KommoError as exc:
+        log.info("accounts.oauth_exchange_failed", account_id=account_id, error=type(exc).__name__)
+        raise OAuthCallbackError(
+            "Kommo did not accept the authorization code (it may have expired or been used). "
+            "Start again from the connect link.",
+            code="exchange_failed",
+        ) from None
+    if account.id != account_id:
+        raise OAuthCallbackError(
+            f"The Kommo account that granted access (id {account.id}) is not account {account_id}.",
+            code="account_mismatch",
+        )
+    now = utcnow()
+    await repo.save_token(
+        session,
+        account_id=account_id,
+        access_token=tokens.access_token,
+        refresh_token=tokens.refresh_token,
+        expires_at=now + timedelta(seconds=tokens.expires_in),
+    )
+    integration.subdomain = subdomain
+    integration.status = "connected"
+    integration.last_error = None
+    integration.updated_at = now
+    await session.flush()
+    log.info("accounts.kommo_connected", account_id=account_id)
+    return account_id
+
+
+async def _sync_kommo_webhooks(pc: ProcessContext, account_id: int, *, check_first: bool) -> bool:
+    """Register the contact webhooks (own transaction); record failures in ``last_error``; True when in place."""
+    async with pc.db.session_scope() as session:
+        integration = await repo.get_integration(session, account_id)
+        if integration is None or integration.status != "connected":
+            return False
+        token = repo.unpack_secrets(integration.client_secret).webhook_token
+        if token is None:
+            log.warning("accounts.kommo_webhooks_no_token", account_id=account_id)
+            return False
+        destination = kommo_webhook_url(pc, account_id, token)
+        try:
+            client = await kommo_client_for(session, pc, account_id)
+            present = False
+            if check_first:
+                hooks = await client.list_webhooks(destination)
+                present = any(
+                    h.destination == destination
+                    and not h.disabled
+                    and set(KOMMO_WEBHOOK_EVENTS) <= set(h.settings)
+                    for h in hooks
+                )
+            if not present:
+                await client.register_webhook(destination, KOMMO_WEBHOOK_EVENTS)
+        except (KommoError, AccountNotReady) as exc:
+            log.warning(
+                "accounts.kommo_webhooks_failed",
+                account_id=account_id,
+                error=type(exc).__name__,
+                code=getattr(exc, "code", None),
+            )
+            integration = await repo.get_integration(session, account_id)
+            if integration is not None:
+                integration.last_error = _short(f"{repo.WEBHOOKS_UNREGISTERED}: {exc}")
+                await session.flush()
+            return False
+        if integration.last_error and integration.last_error.startswith(repo.WEBHOOKS_UNREGISTERED):
+            integration.last_error = None
+            await session.flush()
+        return True
+
+
+async def register_kommo_webhooks(pc: ProcessContext, account_id: int) -> bool:
+    """Register the contact webhooks right after connecting (own transaction); True on success."""
+    return await _sync_kommo_webhooks(pc, account_id, check_first=False)
+
+
+async def ensure_kommo_webhooks(pc: ProcessContext, account_id: int) -> None:
+    """For a cron: make sure a connected account's contact webhooks exist at Kommo, re-registering if not."""
+    await _sync_kommo_webhooks(pc, account_id, check_first=True)
+
+
+async def connected_account_ids(pc: ProcessContext) -> list[int]:
+    """Accounts whose Kommo side is connected (for crons that walk every account)."""
+    async with pc.db.session_scope() as session:
+        return await repo.connected_account_ids(session)
+
+
+# --- Kommo disable hook -------------------------------------------------------------------------------------
+
+
+async def disable_integration(
+    *, session: AsyncSession, account_id: str, client_uuid: str, signature: str
+) -> None:
+    """Kommo's uninstall hook: verify the signature, mark the account disabled, forget its Kommo tokens."""
+    integration = await repo.get_integration(session, int(account_id)) if account_id.isdigit() else None
+    if integration is None:
+        # Same work and answer as a bad signature: the hook must not reveal which accounts exist.
+        verify_disable_signature(client_uuid, account_id, signature, client_id="x", client_secret="x")
+        raise Unauthorized("Invalid disable-hook signature.", code="invalid_signature")
+    secret = repo.unpack_secrets(integration.client_secret).client_secret
+    if not verify_disable_signature(
+        client_uuid, account_id, signature, client_id=integration.client_id, client_secret=secret
+    ):
+        raise Unauthorized("Invalid disable-hook signature.", code="invalid_signature")
+    now = utcnow()
+    integration.status = "disabled"
+    integration.updated_at = now  # stands in for disabled_at until the schema has it
+    await repo.delete_token(session, integration.account_id)
+    await session.flush()
+    log.info("accounts.integration_disabled", account_id=integration.account_id)
+
+
+# --- Unisender ----------------------------------------------------------------------------------------------
+
+
+def _key_id(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()[:16]
+
+
+def _unisender(pc: ProcessContext, api_key: str) -> UnisenderClient:
+    return UnisenderClient(
+        pc.unisender_http,
+        base_url=pc.settings.unisender_base_url,
+        api_key=api_key,
+        limiter=pc.unisender_limiter(_key_id(api_key)),
+    )
+
+
+async def connect_unisender(
+    *, session: AsyncSession, pc: ProcessContext, account_id: int, data: UnisenderIn
+) -> UnisenderOut:
+    """Check a Unisender API key, pick the target list, register the unsubscribe hook and store the key."""
+    integration = await _require_integration(session, account_id)
+    token = repo.unpack_secrets(integration.client_secret).webhook_token
+    if token is None:
+        raise Conflict(
+            "The account's webhook token is not kept: save the integration again (POST /integration) first.",
+            code="webhook_token_unavailable",
+        )
+    client = _unisender(pc, data.api_key)
+    try:
+        await client.check_credentials()
+        lists = await client.get_lists()
+        if data.list_id is not None:
+            if not any(item.id == data.list_id for item in lists):
+                raise Unprocessable(
+                    f"List {data.list_id} does not exist in this Unisender account.", code="unknown_list"
+                )
+            list_id = data.list_id
+        else:
+            existing = [item.id for item in lists if item.title == UNISENDER_LIST_TITLE]
+            list_id = min(existing) if existing else await client.create_list(UNISENDER_LIST_TITLE)
+    except UnisenderAuthError:
+        raise Unprocessable("Unisender refused the API key.", code="invalid_api_key") from None
+    except UnisenderAccessDenied as exc:
+        raise Unprocessable(
+            f"Unisender denied access for this key ({exc.code}).", code="unisender_access_denied"
+        ) from None
+    except UnisenderError as exc:
+        log.warning("accounts.unisender_check_failed", account_id=account_id, code=exc.code)
+        raise UpstreamError(f"Unisender could not be reached or failed ({exc.code}).") from None
+
+    hook_at: datetime | None = None
+    error: str | None = None
+    try:
+        await client.set_unsubscribe_hook(unisender_hook_url(pc, account_id, token))
+        hook_at = utcnow()
+    except UnisenderError as exc:
+        # The key and list are good; the hook can be registered again by re-posting the key.
+        transient = isinstance(exc, UnisenderTransientError)
+        log.warning(
+            "accounts.unisender_hook_failed", account_id=account_id, code=exc.code, transient=transient
+        )
+        error = _short(f"unisender_hook_not_registered: {exc}")
+    esp = await repo.upsert_esp_account(
+        session,
+        account_id=account_id,
+        api_key=data.api_key,
+        list_id=list_id,
+        checked_at=utcnow(),
+        hook_registered_at=hook_at,
+        last_error=error,
+    )
+    log.info("accounts.unisender_connected", account_id=account_id, list_id=list_id, hook=hook_at is not None)
+    return UnisenderOut(
+        account_id=account_id, list_id=list_id, hook_url_registered=esp.hook_registered_at is not None
+    )
+
+
+# --- for the sync engine ------------------------------------------------------------------------------------
+
+
+async def verify_webhook_token(session: AsyncSession, account_id: int, token: str | None) -> Integration:
+    """The account whose webhook token this is, or 401 ``invalid_token`` (unknown account: the same answer).
+
+    The returned row has ``client_secret`` deferred (not loaded, not decrypted): do not read it.
+    """
+    integration = await repo.get_integration_public(session, account_id)
+    stored = integration.webhook_token_hash if integration is not None else None
+    if not token_matches(token, stored) or integration is None:
+        raise Unauthorized("Missing or invalid webhook token.", code="invalid_token")
+    return integration
+
+
+async def kommo_client_for(session: AsyncSession, pc: ProcessContext, account_id: int) -> KommoClient:
+    """A Kommo client for the account, refreshing the access token first when it expires within 5 minutes."""
+    integration = await repo.get_integration(session, account_id)
+    if integration is None:
+        raise NotFound(f"No integration for account {account_id}.")
+    _check_kommo_status(integration)
+    token = await repo.get_token(session, account_id)
+    if token is None:
+        raise _not_ready("kommo_not_connected", account_id)
+    if _aware(token.expires_at) <= utcnow() + timedelta(seconds=TOKEN_MIN_VALID_SECONDS):
+        await refresh_kommo_token(pc, account_id, min_valid_seconds=TOKEN_MIN_VALID_SECONDS)
+        # A fresh session: the caller's may hold an older snapshot (SQLite) of the token row.
+        async with pc.db.session_scope() as fresh:
+            token = await repo.get_token(fresh, account_id)
+        if token is None:
+            raise _not_ready("kommo_not_connected", account_id)
+    return KommoClient(
+        pc.kommo_http,
+        base_url=pc.settings.kommo_url_for(integration.subdomain),
+        access_token=token.access_token,
+        limiter=pc.kommo_limiter(integration.client_id),
+    )
+
+
+def _refresh_guard(pc: ProcessContext, account_id: int) -> AbstractAsyncContextManager[object]:
+    if pc.db.dialect == "postgresql":
+        return nullcontext()
+    return _LOCAL_REFRESH_LOCKS.setdefault(account_id, asyncio.Lock())
+
+
+async def refresh_kommo_token(
+    pc: ProcessContext, account_id: int, *, min_valid_seconds: int = 300, force: bool = False
+) -> bool:
+    """Refresh the account's Kommo tokens if they expire within ``min_valid_seconds`` (single-flight, commits)."""
+    return await _refresh(pc, account_id, min_valid_seconds=min_valid_seconds, force=force, idle_before=None)
+
+
+async def _refresh(
+    pc: ProcessContext,
+    account_id: int,
+    *,
+    min_valid_seconds: int,
+    force: bool,
+    idle_before: datetime | None,
+) -> bool:
+    failure: AccountNotReady | None = None
+    async with _refresh_guard(pc, account_id), pc.db.session_scope() as session:
+        # Every process serialises here; whoever comes second re-reads the row and finds it fresh.
+        await repo.advisory_xact_lock(session, f"kommo-refresh:{account_id}")
+        integration = await repo.get_integration(session, account_id)
+        if integration is None:
+            raise NotFound(f"No integration for account {account_id}.")
+        _check_kommo_status(integration)
+        token = await repo.get_token(session, account_id)
+        if token is None:
+            raise _not_ready("kommo_not_connected", account_id)
+        now = utcnow()
+        due = _aware(token.expires_at) <= now + timedelta(seconds=min_valid_seconds)
+        idle = idle_before is not None and _aware(token.refreshed_at) < idle_before
+        if not (force or due or idle):
+            TOKEN_REFRESH.labels("not_needed").inc()
+            return False
+        try:
+            tokens = await _oauth_for(pc, integration, integration.subdomain).refresh(token.refresh_token)
+        except KommoAuthError as exc:  # includes KommoInvalidGrant
+            TOKEN_REFRESH.labels("invalid_grant").inc()
+            log.warning("accounts.kommo_refresh_rejected", account_id=account_id, error=type(exc).__name__)
+            integration.status = "needs_reauth"
+            integration.last_error = _short(f"Kommo refused the refresh token: {exc}")
+            integration.updated_at = now
+            await session.flush()
+            failure = _not_ready("needs_reauth", account_id)
+        except KommoError as exc:
+            TOKEN_REFRESH.labels("error").inc()
+            log.warning("accounts.kommo_refresh_failed", account_id=account_id, error=type(exc).__name__)
+            raise
+        else:
+            await repo.save_token(
+                session,
+                account_id=account_id,
+                access_token=tokens.access_token,
+                refresh_token=tokens.refresh_token,
+                expires_at=now + timedelta(seconds=tokens.expires_in),
+            )
+            TOKEN_REFRESH.labels("refreshed").inc()
+            log.info("accounts.kommo_token_refreshed", account_id=account_id, expires_in=tokens.expires_in)
+    if failure is not None:
+        raise failure  # after the commit: needs_reauth is recorded
+    return True
+
+
+async def unisender_client_for(
+    session: AsyncSession, pc: ProcessContext, account_id: int
+) -> tuple[UnisenderClient, EspAccount]:
+    """The account's Unisender client and its stored ESP settings (list id)."""
+    integration = await repo.get_integration_public(session, account_id)
+    if integration is None:
+        raise NotFound(f"No integration for account {account_id}.")
+    if integration.status == "disabled":
+        raise _not_ready("integration_disabled", account_id)
+    esp = await repo.get_esp_account(session, account_id)
+    if esp is None:
+        raise _not_ready("unisender_not_connected", account_id)
+    return _unisender(pc, esp.api_key), esp
+
+
+async def refresh_expiring_tokens(
+    pc: ProcessContext, *, within_seconds: int = 3600, idle_days: int = 30
+) -> int:
+    """For the token cron: refresh tokens expiring within ``within_seconds`` or idle ``idle_days``; count refreshed."""
+    now = utcnow()
+    idle_before = now - timedelta(days=idle_days)
+    async with pc.db.session_scope() as session:
+        due = await repo.tokens_due_for_refresh(
+            session, expires_before=now + timedelta(seconds=within_seconds), refreshed_before=idle_before
+        )
+    refreshed = 0
+    for account_id in due:
+        try:
+            if await _refresh(
+                pc, account_id, min_valid_seconds=within_seconds, force=False, idle_before=idle_before
+            ):
+                refreshed += 1
+        except (AppError, KommoError) as exc:
+            # One account's trouble must not stop the others; the next tick retries transient failures.
+            log.warning("accounts.token_cron_failed", account_id=account_id, error=type(exc).__name__)
+    return refreshed
+
+
+# --- account views ------------------------------------------------------------------------------------------
+
+
+async def list_accounts(*, session: AsyncSession) -> list[AccountView]:
+    """Every account's state for operators (no secrets)."""
+    return await _views(session, await repo.list_integrations(session))
+
+
+async def get_account(*, session: AsyncSession, account_id: int) -> AccountView:
+    """One account's state for operators (no secrets)."""
+    integration = await repo.get_integration_public(session, account_id)
+    if integration is None:
+        raise NotFound(f"No integration for account {account_id}.")
+    return (await _views(session, [integration]))[0]
+
+
+async def _views(session: AsyncSession, integrations: list[Integration]) -> list[AccountView]:
+    ids = [i.account_id for i in integrations]
+    expiries = await repo.token_expiries(session, ids)
+    esps = await repo.list_esp_accounts(session, ids)
+    outbox = await repo.outbox_counts(session, ids)
+    events = await repo.pending_event_counts(session, ids)
+    rejections = await repo.recent_rejections(session, ids, limit=RECENT_REJECTIONS)
+    views: list[AccountView] = []
+    for integ in integrations:
+        aid = integ.account_id
+        esp = esps.get(aid)
+        expires_at = expiries.get(aid)
+        connected = integ.status == "connected" and expires_at is not None
+        last_error, last_error_at = integ.last_error, (integ.updated_at if integ.last_error else None)
+        if last_error is None and esp is not None and esp.last_error:
+            last_error, last_error_at = esp.last_error, esp.last_error_at
+        views.append(
+            AccountView(
+                account_id=aid,
+                subdomain=integ.subdomain,
+                status=integ.status,
+                kommo=KommoView(
+                    connected=connected,
+                    token_expires_at=_aware(expires_at) if expires_at is not None else None,
+                    needs_reauth=integ.status == "needs_reauth",
+                    webhooks_registered=connected
+                    and not (integ.last_error or "").startswith(repo.WEBHOOKS_UNREGISTERED),
+                ),
+                unisender=UnisenderView(
+                    connected=esp is not None,
+                    list_id=esp.list_id if esp is not None else None,
+                    checked_at=esp.checked_at if esp is not None else None,
+                    hook_registered=esp is not None and esp.hook_registered_at is not None,
+                ),
+                outbox=OutboxView(**outbox.get(aid, {})),
+                events_pending=events.get(aid, 0),
+                last_event_at=integ.last_event_at,
+                last_error=last_error,
+                last_error_at=last_error_at,
+                recent_rejections=[RejectionView(**r) for r in rejections.get(aid, [])],
+            )
+        )
+    return views
+
+
+__all__ = [
+    "AccountNotReady",
+    "CallbackParams",
+    "OAuthCallbackError",
+    "complete_oauth",
+    "connect_unisender",
+    "connected_account_ids",
+    "disable_integration",
+    "ensure_kommo_webhooks",
+    "get_account",
+    "kommo_client_for",
+    "list_accounts",
+    "refresh_expiring_tokens",
+    "refresh_kommo_token",
+    "register_kommo_webhooks",
+    "save_integration",
+    "start_oauth",
+    "unisender_client_for",
+    "verify_webhook_token",
+]
