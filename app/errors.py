@@ -8,6 +8,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -118,6 +119,25 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             {"error": code, "detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
         )
+
+    async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # The database (or another dependency) is unreachable: a 503 tells Kommo to retry the delivery later,
+        # and nothing was stored, so nothing is lost.
+        log.warning("request.dependency_unavailable", error=type(exc).__name__)
+        response = error_response(
+            503, "service_unavailable", "A dependency (database) is unavailable; retry shortly."
+        )
+        response.headers["Retry-After"] = "5"
+        return response
+
+    for exc_type in (
+        sa_exc.OperationalError,
+        sa_exc.InterfaceError,
+        sa_exc.TimeoutError,
+        ConnectionError,
+        OSError,
+    ):
+        app.add_exception_handler(exc_type, _unavailable)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -65,8 +65,11 @@ class TestRedaction:
 def test_json_output_is_redacted_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging(fmt="json", level="INFO", force=True)
     structlog.get_logger("t").info("kommo.refreshed", refresh_token="def50200" + "ab" * 20, account_id=1)
-    logging.getLogger("uvicorn.error").info("stdlib line with api_key=zzzzzzzzzz")
+    stdlib = logging.getLogger("contactsync.test.stdlib")
+    stdlib.setLevel(logging.INFO)
+    stdlib.info("stdlib line with api_key=zzzzzzzzzz")
     err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) >= 2, err
     first = json.loads(err[-2])
     assert first["event"] == "kommo.refreshed"
     assert first["refresh_token"] == REDACTED

@@ -60,3 +60,22 @@ async def test_readyz_503_when_database_goes_away(settings: Settings) -> None:
     assert r.status_code == 503
     assert r.json()["checks"]["database"]["ok"] is False
     assert r.json()["checks"]["redis"] == {"ok": True}
+
+
+@pytest.mark.usefixtures("clean_db")
+async def test_webhook_gets_503_not_500_while_the_database_is_down(settings: Settings) -> None:
+    app = create_app(settings)
+    async with serve_in_background(app) as url, httpx.AsyncClient(base_url=url) as c:
+        from app.db.session import Database, create_engine
+
+        ctx = app.state.ctx
+        healthy = ctx.db
+        ctx.db = Database(create_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x"))
+        r = await c.post("/webhooks/kommo/1", params={"token": "x"}, content=b"account[id]=1")
+        assert r.status_code == 503, r.text
+        assert r.json()["error"] == "service_unavailable"
+        assert r.headers["retry-after"] == "5"
+        await ctx.db.dispose()
+        ctx.db = healthy  # back up: the same process recovers without a restart
+        r = await c.post("/webhooks/kommo/1", params={"token": "x"}, content=b"account[id]=1")
+        assert r.status_code == 401
