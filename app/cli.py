@@ -19,7 +19,7 @@ DESCRIPTION = """\
 contactsync mirrors Kommo CRM contacts into Unisender and brings unsubscribes back.
 
 Configuration comes from CONTACTSYNC_* environment variables (see README). With no
-CONTACTSYNC_DATABASE_URL / CONTACTSYNC_REDIS_URL, use `serve --embedded`: everything
+CONTACTSYNC_DATABASE_URL / CONTACTSYNC_REDIS_URL, use `demo` or `serve --embedded`: everything
 runs in one process on a local SQLite file and an in-process Redis stand-in.
 """
 
@@ -154,6 +154,16 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from app.demo import run_demo
+
+    try:
+        code: int = asyncio.run(run_demo(port=args.port, contacts=args.contacts, edits=args.edits))
+    except KeyboardInterrupt:
+        code = 0
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="contactsync", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -192,6 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None)
     p.set_defaults(func=cmd_sandbox)
 
+    p = sub.add_parser(
+        "demo",
+        help="try it: sandboxes, API and worker in one process; seed, connect, full sync, then live edits",
+    )
+    p.add_argument("--port", type=int, default=8000, help="API port; the sandboxes take the next two")
+    p.add_argument("--contacts", type=int, default=300, help="contacts to seed in the Kommo sandbox")
+    p.add_argument(
+        "--edits", type=int, default=0, help="stop after this many live edits (default: until Ctrl-C)"
+    )
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api import accounts, health, integration
+from app.api import accounts, contacts, health, integration, sync, webhooks
 
 api_router = APIRouter()
 api_router.include_router(health.router)
 api_router.include_router(integration.router)
 api_router.include_router(accounts.router)
+api_router.include_router(webhooks.router)
+api_router.include_router(sync.router)
+api_router.include_router(contacts.router)

@@ -18,6 +18,7 @@ from typing import Any
 
 import arq.worker
 import structlog
+from arq.cron import CronJob, cron
 from arq.worker import Function, Worker, func
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -35,11 +36,23 @@ TaskFn = Callable[..., Coroutine[Any, Any, Any]]
 
 
 def functions(settings: Settings) -> list[Function]:
-    return [func(tasks.ping, name="ping", timeout=10)]
+    return [
+        func(tasks.ping, name="ping", timeout=10),
+        func(tasks.process_events, name="process_events"),
+        func(tasks.flush_outbox, name="flush_outbox"),
+        func(tasks.full_sync, name="full_sync"),
+        func(tasks.tag_unsubscribes, name="tag_unsubscribes"),
+    ]
 
 
-def cron_jobs(settings: Settings) -> list[Any]:
-    return []
+def cron_jobs(settings: Settings) -> list[CronJob]:
+    # Ticks missed while no worker ran are not replayed by arq, so each job looks back instead of
+    # assuming the previous tick ran; `unique` makes one worker run each tick.
+    return [
+        cron(tasks.sweep, name="sweep", second=set(range(0, 60, 10)), run_at_startup=True, timeout=60),
+        cron(tasks.reconcile, name="reconcile", minute=set(range(0, 60, 5)), second={30}, timeout=300),
+        cron(tasks.refresh_tokens, name="refresh_tokens", minute={7, 37}, second={15}, timeout=300),
+    ]
 
 
 async def _on_job_start(ctx: dict[str, Any]) -> None:

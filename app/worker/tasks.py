@@ -1,14 +1,25 @@
-"""Job functions. Jobs take ids, reload from PostgreSQL and are idempotent: any job may run twice."""
+"""Job functions. Jobs take ids, reload from PostgreSQL and are idempotent: any job may run twice or be lost
+(the sweeper re-finds lost work from the tables)."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import structlog
+from arq import Retry
 
+from app import metrics
+from app.accounts.service import AccountNotReady, ensure_kommo_webhooks, refresh_expiring_tokens
+from app.connectors.errors import PermanentError, TransientError
 from app.context import ProcessContext
+from app.sync import events, fullsync, outbox, unsubscribes
+from app.sync import repository as repo
+from app.worker import enqueue
 
 log = structlog.get_logger(__name__)
+
+BUSY_RETRIES = 20
 
 
 def process_context(ctx: dict[str, Any]) -> ProcessContext:
@@ -16,7 +27,135 @@ def process_context(ctx: dict[str, Any]) -> ProcessContext:
     return pc
 
 
+def _retry_after(ctx: dict[str, Any], exc: TransientError) -> Retry:
+    """Backoff with full jitter, at least what the provider asked for."""
+    attempt = int(ctx.get("job_try", 1))
+    delay = max(random.uniform(0, min(120.0, 2.0**attempt)), exc.retry_after or 0.0)
+    log.warning(
+        "job.retry", error=type(exc).__name__, code=exc.code, retry_in=round(delay, 2), attempt=attempt
+    )
+    return Retry(defer=delay)
+
+
+def _busy(ctx: dict[str, Any]) -> None:
+    """Another job holds this account's lock: look again shortly (it may have finished its last pass)."""
+    if int(ctx.get("job_try", 1)) < BUSY_RETRIES:
+        raise Retry(defer=0.1 + random.random() * 0.2)
+
+
 async def ping(ctx: dict[str, Any], value: str = "pong") -> str:
-    """Trivial task proving the queue wiring end to end: enqueue it and read the result back."""
+    """Trivial task proving the queue wiring end to end."""
     log.info("worker.ping", value=value)
     return value
+
+
+async def process_events(ctx: dict[str, Any], account_id: int, source: str = "kommo") -> int:
+    pc = process_context(ctx)
+    structlog.contextvars.bind_contextvars(account_id=account_id, source=source)
+    try:
+        if source == "unisender":
+            handled, busy = await unsubscribes.process_unisender_events(pc, account_id)
+        else:
+            result = await events.process_kommo_events(pc, account_id)
+            handled, busy = result.events, result.busy
+    except TransientError as exc:
+        raise _retry_after(ctx, exc) from exc
+    except (AccountNotReady, PermanentError) as exc:
+        await _record_account_error(pc, account_id, exc)
+        return 0
+    if busy:
+        _busy(ctx)
+    metrics.JOBS.labels("process_events", "ok").inc()
+    return handled
+
+
+async def flush_outbox(ctx: dict[str, Any], account_id: int) -> int:
+    pc = process_context(ctx)
+    structlog.contextvars.bind_contextvars(account_id=account_id)
+    result = await outbox.flush_account(pc, account_id)
+    if result.busy:
+        _busy(ctx)
+    elif result.retry_in is not None:
+        await enqueue.flush_outbox(pc.queue, account_id, delay=result.retry_in)
+    metrics.JOBS.labels("flush_outbox", "ok").inc()
+    return result.pushed
+
+
+async def full_sync(ctx: dict[str, Any], run_id: str) -> str:
+    pc = process_context(ctx)
+    structlog.contextvars.bind_contextvars(run_id=run_id)
+    try:
+        return await fullsync.run_full_sync_slice(pc, run_id)
+    except TransientError as exc:
+        raise _retry_after(ctx, exc) from exc
+    except (AccountNotReady, PermanentError) as exc:
+        await fullsync.fail_run(pc, run_id, f"{type(exc).__name__}: {exc}")
+        return "failed"
+
+
+async def tag_unsubscribes(ctx: dict[str, Any], account_id: int) -> int:
+    pc = process_context(ctx)
+    structlog.contextvars.bind_contextvars(account_id=account_id)
+    try:
+        return await unsubscribes.tag_unsubscribed_contacts(pc, account_id)
+    except TransientError as exc:
+        raise _retry_after(ctx, exc) from exc
+    except (AccountNotReady, PermanentError) as exc:
+        await _record_account_error(pc, account_id, exc)
+        return 0
+
+
+async def _record_account_error(pc: ProcessContext, account_id: int, exc: Exception) -> None:
+    from app.db.base import utcnow
+
+    log.error("account.error", account_id=account_id, error=type(exc).__name__, detail=str(exc)[:300])
+    async with pc.db.session_scope() as session:
+        integ = await repo.get_integration(session, account_id)
+        if integ is not None:
+            integ.last_error, integ.last_error_at = f"{type(exc).__name__}: {exc}"[:1000], utcnow()
+
+
+# --- cron ----------------------------------------------------------------------------------------------------
+
+
+async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
+    """Re-enqueue work that PostgreSQL says is pending (covers a lost Redis or a killed worker)."""
+    pc = process_context(ctx)
+    async with pc.db.session_scope() as session:
+        stale_events = await repo.accounts_with_stale_events(session, repo.ago(5))
+        due = await repo.accounts_with_due_outbox(session)
+        runs = await repo.stale_runs(session, repo.ago(90))
+        untagged = await repo.accounts_with_untagged_unsubscribes(session)
+        metrics.EVENTS_PENDING.set(await repo.count_pending_events(session))
+        metrics.OUTBOX_PENDING.set((await repo.outbox_counts(session)).get("pending", 0))
+        pruned = await repo.prune_events(session, repo.ago(7 * 86400))
+    for account_id, source in stale_events:
+        await enqueue.process_events(pc.queue, account_id, source)
+    for account_id in due:
+        await enqueue.flush_outbox(pc.queue, account_id, delay=0)
+    for run in runs:
+        await enqueue.full_sync(pc.queue, run.id)
+    for account_id in untagged:
+        await enqueue.tag_unsubscribes(pc.queue, account_id)
+    summary = {"events": len(stale_events), "outbox": len(due), "runs": len(runs), "pruned": pruned}
+    if any(summary.values()):
+        log.info("sweep.requeued", **summary)
+    return summary
+
+
+async def reconcile(ctx: dict[str, Any]) -> int:
+    pc = process_context(ctx)
+    async with pc.db.session_scope() as session:
+        accounts = await repo.connected_account_ids(session)
+    changed = 0
+    for account_id in accounts:
+        try:
+            changed += await fullsync.reconcile_account(pc, account_id)
+            await ensure_kommo_webhooks(pc, account_id)
+        except Exception as exc:  # one account's trouble must not stop the others
+            log.warning("reconcile.failed", account_id=account_id, error=repr(exc)[:300])
+    return changed
+
+
+async def refresh_tokens(ctx: dict[str, Any]) -> int:
+    return await refresh_expiring_tokens(process_context(ctx))

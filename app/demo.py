@@ -1,0 +1,217 @@
+"""``contactsync demo``: the whole product in one process, against the Kommo and Unisender sandboxes.
+
+Embedded default (SQLite file + in-process Redis), both sandboxes, the API and the worker; seeds a Kommo
+account, connects it through the real OAuth redirect and a sandbox Unisender key, runs a full sync, then keeps
+making live edits in the Kommo sandbox and prints each change beside its mirror in Unisender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+
+from app.config import DEV_ADMIN_TOKEN, Settings
+from app.logging import configure_logging
+from app.serving import serve_in_background
+
+DEMO_DIR = Path(".contactsync") / "demo"
+SUBDOMAIN = "demo"
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+async def run_demo(*, port: int = 8000, contacts: int = 300, edits: int = 0, seed: int = 1) -> int:
+    from app.main import create_app
+    from app.sandbox.kommo import KommoSandboxConfig, create_kommo_sandbox
+    from app.sandbox.unisender import create_unisender_sandbox
+    from app.worker.settings import run_worker_forever
+
+    shutil.rmtree(DEMO_DIR, ignore_errors=True)  # every demo starts from an empty database
+    configure_logging(fmt="console", level="WARNING", force=True)
+    kommo_app = create_kommo_sandbox(KommoSandboxConfig(webhook_retry_delays=(1.0, 5.0, 30.0)))
+    unisender_app = create_unisender_sandbox()
+    async with (
+        serve_in_background(kommo_app, port=port + 1) as kommo_url,
+        serve_in_background(unisender_app, port=port + 2) as unisender_url,
+    ):
+        settings = Settings(
+            database_url=None,
+            redis_url=None,
+            state_dir=DEMO_DIR,
+            public_url=f"http://127.0.0.1:{port}",
+            kommo_base_url=kommo_url + "/{subdomain}",
+            kommo_auth_url=kommo_url + "/oauth",
+            unisender_base_url=unisender_url,
+            log_format="console",
+            log_level="WARNING",
+            _env_file=None,
+        )
+        stop = asyncio.Event()
+        async with serve_in_background(create_app(settings), port=port) as api_url:
+            worker = asyncio.create_task(run_worker_forever(settings, stop=stop))
+            try:
+                async with (
+                    httpx.AsyncClient(base_url=api_url, timeout=30) as api,
+                    httpx.AsyncClient(base_url=kommo_url, timeout=30) as kommo,
+                    httpx.AsyncClient(base_url=unisender_url, timeout=30) as uni,
+                ):
+                    await _scenario(api, kommo, uni, api_url, kommo_url, unisender_url, contacts, edits, seed)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                stop.set()
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(worker, timeout=10)
+    return 0
+
+
+async def _scenario(
+    api: httpx.AsyncClient,
+    kommo: httpx.AsyncClient,
+    uni: httpx.AsyncClient,
+    api_url: str,
+    kommo_url: str,
+    unisender_url: str,
+    contacts: int,
+    edits: int,
+    seed: int,
+) -> None:
+    admin = {"Authorization": f"Bearer {DEV_ADMIN_TOKEN}"}
+    _say("contactsync demo: Kommo sandbox, Unisender sandbox, API and worker in one process\n")
+    account = (
+        await kommo.post("/_sandbox/accounts", json={"subdomain": SUBDOMAIN, "name": "Demo Ltd"})
+    ).json()
+    seeded = (
+        await kommo.post(f"/_sandbox/accounts/{SUBDOMAIN}/seed", json={"count": contacts, "seed": seed})
+    ).json()
+    ids = range(int(seeded["first_id"]), int(seeded["last_id"]) + 1)
+    _say(f"1. Kommo sandbox: account {account['id']} ({SUBDOMAIN}) seeded with {contacts} contacts")
+    redirect = f"{api_url}/auth/callback"
+    integ = (await kommo.post("/_sandbox/integrations", json={"redirect_uri": redirect})).json()
+    r = await api.post(
+        "/integration",
+        headers=admin,
+        json={
+            "account_id": account["id"],
+            "subdomain": SUBDOMAIN,
+            "client_id": integ["client_id"],
+            "client_secret": integ["client_secret"],
+            "redirect_uri": redirect,
+        },
+    )
+    r.raise_for_status()
+    r = await api.get("/auth", params={"id": account["id"]}, follow_redirects=False)
+    state = parse_qs(urlsplit(r.headers["location"]).query)["state"][0]
+    grant = (
+        await kommo.post(
+            "/_sandbox/authorize",
+            json={"client_id": integ["client_id"], "subdomain": SUBDOMAIN, "state": state},
+        )
+    ).json()
+    (await api.get(grant["redirect_url"].replace(api_url, ""))).raise_for_status()
+    _say(
+        "2. OAuth: /auth → Kommo consent (sandbox) → /auth/callback: tokens stored encrypted, webhooks registered"
+    )
+    key = (await uni.post("/_sandbox/accounts", json={"login": SUBDOMAIN})).json()["api_key"]
+    r = await api.post(f"/integration/{account['id']}/unisender", headers=admin, json={"api_key": key})
+    r.raise_for_status()
+    list_id = r.json()["list_id"]
+    _say(f"3. Unisender sandbox: key checked, list {list_id} chosen, unsubscribe hook registered")
+    started = time.monotonic()
+    run = (await api.post("/sync/contacts", headers=admin, json={"id": account["id"]})).json()
+    status: dict[str, Any] = {}
+    for _ in range(600):
+        status = (await api.get(f"/sync/runs/{run['run_id']}", headers=admin)).json()
+        if status["status"] in ("done", "failed"):
+            break
+        await asyncio.sleep(0.2)
+    total = await _unisender_count(uni, key)
+    for _ in range(100):  # the last pushes land just after the run ends
+        await asyncio.sleep(0.2)
+        now_total = await _unisender_count(uni, key)
+        if now_total == total:
+            break
+        total = now_total
+    _say(
+        f"4. Full sync {status['status']} in {time.monotonic() - started:.1f} s: fetched "
+        f"{status['counters']['fetched']} contacts, Unisender now holds {total} addresses\n"
+    )
+    _say("Look around while it runs:")
+    _say(f"   {api_url}/docs                          the API")
+    _say(
+        f"   {api_url}/accounts/{account['id']}            (Authorization: Bearer {DEV_ADMIN_TOKEN}) integration state"
+    )
+    _say(f"   {kommo_url}/_sandbox/accounts/{SUBDOMAIN}/webhooks   Kommo sandbox webhooks")
+    _say(f"   {unisender_url}/_sandbox/accounts/{key}/contacts   Unisender sandbox contacts")
+    _say(f"   {api_url}/metrics                       Prometheus metrics\n")
+    _say("5. Live edits in Kommo and their mirror in Unisender (Ctrl-C to stop):")
+    rng = random.Random(seed)
+    count = 0
+    while edits == 0 or count < edits:
+        count += 1
+        await _one_edit(kommo, uni, key, rng, count, ids)
+        await asyncio.sleep(1.0)
+
+
+async def _unisender_count(uni: httpx.AsyncClient, key: str) -> int:
+    return int((await uni.get(f"/_sandbox/accounts/{key}/contacts", params={"limit": 1})).json()["total"])
+
+
+def _emails(contact: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for field in contact.get("custom_fields_values") or []:
+        if field.get("field_code") == "EMAIL":
+            out += [str(v["value"]) for v in field.get("values") or []]
+    return out
+
+
+async def _one_edit(
+    kommo: httpx.AsyncClient, uni: httpx.AsyncClient, key: str, rng: random.Random, n: int, ids: range
+) -> None:
+    base = f"/_sandbox/accounts/{SUBDOMAIN}/contacts"
+    contact = (await kommo.get(f"{base}/{rng.choice(ids)}")).json()
+    emails = _emails(contact) if not contact.get("is_deleted") else []
+    kind = rng.choice(["rename", "rename", "add_email", "create"]) if emails else "create"
+    started = time.monotonic()
+    if kind == "create":
+        email = f"demo{n}.{rng.randrange(10_000)}@example.com"
+        name = f"New Contact {n}"
+        body = [
+            {"name": name, "custom_fields_values": [{"field_code": "EMAIL", "values": [{"value": email}]}]}
+        ]
+        r = await kommo.post(base, json=body)
+        what = f"Kommo: created '{name}' <{email}>"
+    elif kind == "rename":
+        email, name = emails[0], f"{contact['name'].split(' (')[0]} ({n})"
+        r = await kommo.patch(base, json=[{"id": contact["id"], "name": name}])
+        what = f"Kommo: contact {contact['id']} renamed to '{name}'"
+    else:
+        email, name = f"extra{n}@example.com", contact["name"]
+        values = [{"value": v} for v in [*emails, email]]
+        r = await kommo.patch(
+            base,
+            json=[{"id": contact["id"], "custom_fields_values": [{"field_code": "EMAIL", "values": values}]}],
+        )
+        what = f"Kommo: contact {contact['id']} got a new address <{email}>"
+    if r.status_code >= 300:
+        _say(f"   {what}: sandbox refused ({r.status_code})")
+        return
+    for _ in range(100):
+        got = await uni.get(f"/_sandbox/accounts/{key}/contacts/{email.lower()}")
+        if got.status_code == 200 and got.json().get("fields", {}).get("Name") == name:
+            _say(
+                f"   {what}\n     → Unisender: <{email.lower()}> Name='{name}' after {time.monotonic() - started:.2f} s"
+            )
+            return
+        await asyncio.sleep(0.1)
+    _say(f"   {what}\n     → not visible in Unisender within 10 s (it may be rejected there: see /accounts)")

@@ -1,0 +1,1 @@
+"""The mirror: contact versions from the CRM → desired address state → outbox → email platform."""

@@ -1,0 +1,86 @@
+"""Webhook intake: verify, store the raw body, answer fast; processing happens in the worker after commit."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import metrics
+from app.connectors.kommo.exceptions import KommoWebhookParseError
+from app.connectors.kommo.webhooks import parse_webhook
+from app.connectors.unisender.exceptions import UnisenderHookParseError
+from app.connectors.unisender.hooks import parse_hook, verify_hook_auth
+from app.context import ProcessContext
+from app.db.session import after_commit
+from app.errors import BadRequest, Unauthorized
+from app.sync import repository as repo
+from app.worker import enqueue
+
+
+def _dedupe_key(source: str, account_id: int, body: bytes, *, unique: bool) -> str:
+    # A body that carries versions (updated_at) is the same change when it arrives twice. Deletions carry no
+    # version: delete → restore → delete yields the same body twice, so those are never deduplicated (they
+    # are verified against Kommo when processed, so a duplicate is harmless).
+    salt = f"{time.time_ns()}" if unique else ""
+    return hashlib.sha256(f"{source}:{account_id}:{salt}:".encode() + body).hexdigest()
+
+
+async def accept_kommo_webhook(
+    session: AsyncSession, pc: ProcessContext, account_id: int, body: bytes
+) -> bool:
+    """Parse-check and store a Kommo body; True when new. The caller has verified the token."""
+    try:
+        batch = parse_webhook(body)
+    except KommoWebhookParseError as exc:
+        metrics.WEBHOOKS.labels("kommo", "unparsable").inc()
+        raise BadRequest(f"Unparsable Kommo webhook body: {exc}", code="invalid_webhook_body") from exc
+    if batch.account_id is not None and batch.account_id != account_id:
+        metrics.WEBHOOKS.labels("kommo", "wrong_account").inc()
+        raise BadRequest("account[id] in the body does not match the URL's account", code="account_mismatch")
+    has_deletions = any(e.contact is None for e in batch.events)
+    event_id = await repo.insert_event(
+        session,
+        account_id=account_id,
+        source="kommo",
+        dedupe_key=_dedupe_key("kommo", account_id, body, unique=has_deletions),
+        body=body.decode("utf-8", errors="replace"),
+    )
+    if event_id is None:
+        metrics.WEBHOOKS.labels("kommo", "duplicate").inc()
+        return False
+    metrics.WEBHOOKS.labels("kommo", "accepted").inc()
+    if batch.events:
+        after_commit(session, lambda: enqueue.process_events(pc.queue, account_id, "kommo"))
+    return True
+
+
+async def accept_unisender_hook(
+    session: AsyncSession, pc: ProcessContext, account_id: int, body: bytes
+) -> bool:
+    try:
+        events = parse_hook(body)
+    except UnisenderHookParseError as exc:
+        metrics.WEBHOOKS.labels("unisender", "unparsable").inc()
+        raise BadRequest(f"Unparsable Unisender hook body: {exc}", code="invalid_webhook_body") from exc
+    esp = await repo.get_esp(session, account_id)
+    if esp is not None and not verify_hook_auth(body, esp.api_key):
+        metrics.WEBHOOKS.labels("unisender", "bad_auth").inc()
+        raise Unauthorized(
+            "The hook's auth signature does not match this account's key.", code="invalid_signature"
+        )
+    event_id = await repo.insert_event(
+        session,
+        account_id=account_id,
+        source="unisender",
+        dedupe_key=_dedupe_key("unisender", account_id, body, unique=False),
+        body=body.decode("utf-8", errors="replace"),
+    )
+    if event_id is None:
+        metrics.WEBHOOKS.labels("unisender", "duplicate").inc()
+        return False
+    metrics.WEBHOOKS.labels("unisender", "accepted").inc()
+    if events:
+        after_commit(session, lambda: enqueue.process_events(pc.queue, account_id, "unisender"))
+    return True

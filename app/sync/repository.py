@@ -1,0 +1,446 @@
+"""SQL of the mirror: contacts, address ownership, consent, outbox, inbox events, sync runs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import and_, delete, func, or_, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db import dialect
+from app.db.base import utcnow
+from app.db.models import (
+    Contact,
+    ContactAddress,
+    ContactEmail,
+    EspAccount,
+    Integration,
+    Outbox,
+    SyncRun,
+    WebhookEvent,
+)
+
+CHUNK = 500  # bound IN-lists and executemany batches
+_T = TypeVar("_T")
+
+
+def _chunks(items: Sequence[_T], size: int = CHUNK) -> Iterable[Sequence[_T]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+async def account_lock(session: AsyncSession, account_id: int, *, wait: bool = True) -> bool:
+    """Serialise the mirror's writes for one account until the transaction ends.
+
+    Recomputing an address's desired state reads every contact that holds it; two transactions doing that
+    at once for the same account could each miss the other's change.
+    """
+    return await dialect.xact_lock(session, f"mirror:{account_id}", wait=wait)
+
+
+# --- inbox -------------------------------------------------------------------------------------------------
+
+
+async def insert_event(
+    session: AsyncSession, *, account_id: int, source: str, dedupe_key: str, body: str
+) -> int | None:
+    """Store a raw webhook body; None when the same delivery was stored before."""
+    stmt = (
+        dialect.insert(session, WebhookEvent)
+        .values(
+            account_id=account_id,
+            source=source,
+            dedupe_key=dedupe_key,
+            body=body,
+            status="pending",
+            attempts=0,
+            received_at=utcnow(),
+        )
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(WebhookEvent.id)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def pending_events(
+    session: AsyncSession, account_id: int, source: str, limit: int
+) -> list[WebhookEvent]:
+    stmt = (
+        select(WebhookEvent)
+        .where(
+            WebhookEvent.account_id == account_id,
+            WebhookEvent.source == source,
+            WebhookEvent.status == "pending",
+        )
+        .order_by(WebhookEvent.id)
+        .limit(limit)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def accounts_with_stale_events(session: AsyncSession, older_than: datetime) -> list[tuple[int, str]]:
+    stmt = (
+        select(WebhookEvent.account_id, WebhookEvent.source)
+        .where(WebhookEvent.status == "pending", WebhookEvent.received_at < older_than)
+        .group_by(WebhookEvent.account_id, WebhookEvent.source)
+    )
+    return [(int(a), str(s)) for a, s in (await session.execute(stmt)).all()]
+
+
+async def count_pending_events(session: AsyncSession, account_id: int | None = None) -> int:
+    stmt = select(func.count()).select_from(WebhookEvent).where(WebhookEvent.status == "pending")
+    if account_id is not None:
+        stmt = stmt.where(WebhookEvent.account_id == account_id)
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def prune_events(session: AsyncSession, older_than: datetime) -> int:
+    result = await session.execute(
+        delete(WebhookEvent).where(WebhookEvent.status == "done", WebhookEvent.handled_at < older_than)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+# --- contacts ----------------------------------------------------------------------------------------------
+
+
+async def contacts_by_ids(session: AsyncSession, account_id: int, ids: Iterable[int]) -> dict[int, Contact]:
+    out: dict[int, Contact] = {}
+    id_list = sorted(set(ids))
+    for chunk in _chunks(id_list):
+        stmt = select(Contact).where(Contact.account_id == account_id, Contact.kommo_id.in_(chunk))
+        for c in (await session.execute(stmt)).scalars():
+            out[c.kommo_id] = c
+    return out
+
+
+async def addresses_of(session: AsyncSession, account_id: int, ids: Iterable[int]) -> dict[int, set[str]]:
+    out: dict[int, set[str]] = {}
+    id_list = sorted(set(ids))
+    for chunk in _chunks(id_list):
+        stmt = select(ContactAddress.kommo_id, ContactAddress.email).where(
+            ContactAddress.account_id == account_id, ContactAddress.kommo_id.in_(chunk)
+        )
+        for kid, email in (await session.execute(stmt)).all():
+            out.setdefault(int(kid), set()).add(str(email))
+    return out
+
+
+async def replace_addresses(
+    session: AsyncSession, account_id: int, changes: dict[int, tuple[set[str], set[str]]]
+) -> None:
+    """Apply (removed, added) address sets per contact."""
+    removals = [(kid, e) for kid, (removed, _) in changes.items() for e in removed]
+    additions = [
+        {"account_id": account_id, "kommo_id": kid, "email": e}
+        for kid, (_, added) in changes.items()
+        for e in sorted(added)
+    ]
+    for chunk in _chunks(removals):
+        await session.execute(
+            delete(ContactAddress).where(
+                ContactAddress.account_id == account_id,
+                tuple_(ContactAddress.kommo_id, ContactAddress.email).in_(chunk),
+            )
+        )
+    for rows in _chunks(additions):
+        await session.execute(
+            dialect.insert(session, ContactAddress).values(list(rows)).on_conflict_do_nothing()
+        )
+
+
+async def upsert_contacts(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    for chunk in _chunks(rows):
+        stmt = dialect.insert(session, Contact).values(list(chunk))
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["account_id", "kommo_id"],
+            set_={
+                "name": stmt.excluded.name,
+                "emails": stmt.excluded.emails,
+                "tags": stmt.excluded.tags,
+                "kommo_updated_at": stmt.excluded.kommo_updated_at,
+                "deleted_at": stmt.excluded.deleted_at,
+                "seen_run_id": stmt.excluded.seen_run_id,
+                "updated_at": stmt.excluded.updated_at,
+            },
+        )
+        await session.execute(stmt)
+
+
+async def mark_seen(session: AsyncSession, account_id: int, ids: Sequence[int], run_id: str) -> None:
+    for chunk in _chunks(list(ids)):
+        await session.execute(
+            update(Contact)
+            .where(Contact.account_id == account_id, Contact.kommo_id.in_(chunk))
+            .values(seen_run_id=run_id)
+        )
+
+
+async def unseen_live_contacts(session: AsyncSession, account_id: int, run_id: str) -> list[int]:
+    stmt = select(Contact.kommo_id).where(
+        Contact.account_id == account_id,
+        Contact.deleted_at.is_(None),
+        or_(Contact.seen_run_id.is_(None), Contact.seen_run_id != run_id),
+    )
+    return [int(x) for x in (await session.execute(stmt)).scalars()]
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    kommo_id: int
+    name: str
+    updated_at: int
+
+
+async def live_owners(session: AsyncSession, account_id: int, emails: Sequence[str]) -> dict[str, Owner]:
+    """Per address, the most recently updated live contact holding it (ties: the higher Kommo id)."""
+    best: dict[str, Owner] = {}
+    for chunk in _chunks(list(emails)):
+        stmt = (
+            select(ContactAddress.email, Contact.kommo_id, Contact.name, Contact.kommo_updated_at)
+            .join(
+                Contact,
+                and_(
+                    Contact.account_id == ContactAddress.account_id,
+                    Contact.kommo_id == ContactAddress.kommo_id,
+                ),
+            )
+            .where(
+                ContactAddress.account_id == account_id,
+                ContactAddress.email.in_(chunk),
+                Contact.deleted_at.is_(None),
+            )
+        )
+        for email, kid, name, upd in (await session.execute(stmt)).all():
+            cand = Owner(int(kid), str(name or ""), int(upd or 0))
+            cur = best.get(email)
+            if cur is None or (cand.updated_at, cand.kommo_id) > (cur.updated_at, cur.kommo_id):
+                best[str(email)] = cand
+    return best
+
+
+async def owners_holding(session: AsyncSession, account_id: int, email: str) -> list[int]:
+    stmt = (
+        select(ContactAddress.kommo_id)
+        .join(
+            Contact,
+            and_(
+                Contact.account_id == ContactAddress.account_id, Contact.kommo_id == ContactAddress.kommo_id
+            ),
+        )
+        .where(
+            ContactAddress.account_id == account_id,
+            ContactAddress.email == email,
+            Contact.deleted_at.is_(None),
+        )
+    )
+    return [int(x) for x in (await session.execute(stmt)).scalars()]
+
+
+# --- consent -----------------------------------------------------------------------------------------------
+
+
+async def consent_rows(
+    session: AsyncSession, account_id: int, emails: Sequence[str]
+) -> dict[str, ContactEmail]:
+    out: dict[str, ContactEmail] = {}
+    for chunk in _chunks(list(emails)):
+        stmt = select(ContactEmail).where(
+            ContactEmail.account_id == account_id, ContactEmail.email.in_(chunk)
+        )
+        for row in (await session.execute(stmt)).scalars():
+            out[row.email] = row
+    return out
+
+
+async def upsert_owners(session: AsyncSession, account_id: int, owners: dict[str, int | None]) -> None:
+    rows = [
+        {"account_id": account_id, "email": e, "kommo_id": k, "consent": "subscribed", "updated_at": utcnow()}
+        for e, k in sorted(owners.items())
+    ]
+    for chunk in _chunks(rows):
+        stmt = dialect.insert(session, ContactEmail).values(list(chunk))
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["account_id", "email"],
+            set_={"kommo_id": stmt.excluded.kommo_id, "updated_at": stmt.excluded.updated_at},
+        )
+        await session.execute(stmt)
+
+
+async def mark_unsubscribed(session: AsyncSession, account_id: int, email: str) -> bool:
+    """Record an unsubscribe; True when it is new."""
+    now = utcnow()
+    stmt = dialect.insert(session, ContactEmail).values(
+        account_id=account_id, email=email, consent="unsubscribed", unsubscribed_at=now, updated_at=now
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["account_id", "email"],
+        set_={"consent": "unsubscribed", "unsubscribed_at": now, "kommo_tagged_at": None, "updated_at": now},
+        where=ContactEmail.consent != "unsubscribed",
+    )
+    result = await session.execute(stmt)
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def untagged_unsubscribes(
+    session: AsyncSession, account_id: int, limit: int = 100
+) -> list[ContactEmail]:
+    stmt = (
+        select(ContactEmail)
+        .where(
+            ContactEmail.account_id == account_id,
+            ContactEmail.consent == "unsubscribed",
+            ContactEmail.kommo_tagged_at.is_(None),
+        )
+        .limit(limit)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def accounts_with_untagged_unsubscribes(session: AsyncSession) -> list[int]:
+    stmt = (
+        select(ContactEmail.account_id)
+        .where(ContactEmail.consent == "unsubscribed", ContactEmail.kommo_tagged_at.is_(None))
+        .group_by(ContactEmail.account_id)
+    )
+    return [int(x) for x in (await session.execute(stmt)).scalars()]
+
+
+# --- outbox ------------------------------------------------------------------------------------------------
+
+
+async def lock_outbox(session: AsyncSession, account_id: int, emails: Sequence[str]) -> dict[str, Outbox]:
+    """The outbox rows of these addresses, locked: a flush holding one finishes first, so what we read is current."""
+    out: dict[str, Outbox] = {}
+    for chunk in _chunks(sorted(set(emails))):
+        stmt = (
+            select(Outbox)
+            .where(Outbox.account_id == account_id, Outbox.email.in_(chunk))
+            .order_by(Outbox.email)
+        )
+        if dialect.is_postgres(session):
+            stmt = stmt.with_for_update()
+        for row in (await session.execute(stmt)).scalars():
+            out[row.email] = row
+    return out
+
+
+async def add_outbox(
+    session: AsyncSession, account_id: int, items: list[tuple[str, dict[str, Any], str]]
+) -> None:
+    now = utcnow()
+    rows = [
+        {
+            "account_id": account_id,
+            "email": email,
+            "payload": payload,
+            "payload_hash": h,
+            "status": "pending",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for email, payload, h in items
+    ]
+    for chunk in _chunks(rows):
+        await session.execute(
+            dialect.insert(session, Outbox)
+            .values(list(chunk))
+            .on_conflict_do_nothing(index_elements=["account_id", "email"])
+        )
+
+
+async def cancel_outbox(session: AsyncSession, account_id: int, emails: Sequence[str], reason: str) -> None:
+    """Drop pending desires that are no longer wanted (e.g. the address unsubscribed)."""
+    for chunk in _chunks(list(emails)):
+        await session.execute(
+            update(Outbox)
+            .where(Outbox.account_id == account_id, Outbox.email.in_(chunk), Outbox.status == "pending")
+            .values(status="cancelled", last_error=reason, updated_at=utcnow())
+        )
+
+
+async def claim_outbox(session: AsyncSession, account_id: int, limit: int) -> list[Outbox]:
+    stmt = (
+        select(Outbox)
+        .where(
+            Outbox.account_id == account_id, Outbox.status == "pending", Outbox.next_attempt_at <= utcnow()
+        )
+        .order_by(Outbox.id)
+        .limit(limit)
+    )
+    return list((await session.execute(dialect.skip_locked(session, stmt))).scalars())
+
+
+async def accounts_with_due_outbox(session: AsyncSession) -> list[int]:
+    stmt = (
+        select(Outbox.account_id)
+        .where(Outbox.status == "pending", Outbox.next_attempt_at <= utcnow())
+        .group_by(Outbox.account_id)
+    )
+    return [int(x) for x in (await session.execute(stmt)).scalars()]
+
+
+async def next_due(session: AsyncSession, account_id: int) -> datetime | None:
+    stmt = select(func.min(Outbox.next_attempt_at)).where(
+        Outbox.account_id == account_id, Outbox.status == "pending"
+    )
+    value: datetime | None = (await session.execute(stmt)).scalar_one_or_none()
+    return value
+
+
+async def outbox_counts(session: AsyncSession, account_id: int | None = None) -> dict[str, int]:
+    stmt = select(Outbox.status, func.count()).group_by(Outbox.status)
+    if account_id is not None:
+        stmt = stmt.where(Outbox.account_id == account_id)
+    return {str(s): int(n) for s, n in (await session.execute(stmt)).all()}
+
+
+# --- accounts and runs -------------------------------------------------------------------------------------
+
+
+async def get_integration(session: AsyncSession, account_id: int) -> Integration | None:
+    return await session.get(Integration, account_id)
+
+
+async def get_esp(session: AsyncSession, account_id: int) -> EspAccount | None:
+    return await session.get(EspAccount, account_id)
+
+
+async def connected_account_ids(session: AsyncSession) -> list[int]:
+    stmt = select(Integration.account_id).where(Integration.status == "connected")
+    return [int(x) for x in (await session.execute(stmt)).scalars()]
+
+
+async def active_run(session: AsyncSession, account_id: int, kind: str = "full") -> SyncRun | None:
+    stmt = (
+        select(SyncRun)
+        .where(
+            SyncRun.account_id == account_id, SyncRun.kind == kind, SyncRun.status.in_(("pending", "running"))
+        )
+        .order_by(SyncRun.created_at.desc())
+        .limit(1)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def stale_runs(session: AsyncSession, older_than: datetime) -> list[SyncRun]:
+    stmt = select(SyncRun).where(SyncRun.status.in_(("pending", "running")), SyncRun.updated_at < older_than)
+    return list((await session.execute(stmt)).scalars())
+
+
+async def list_runs(session: AsyncSession, account_id: int | None, limit: int = 50) -> list[SyncRun]:
+    stmt = select(SyncRun).order_by(SyncRun.created_at.desc()).limit(limit)
+    if account_id is not None:
+        stmt = stmt.where(SyncRun.account_id == account_id)
+    return list((await session.execute(stmt)).scalars())
+
+
+def ago(seconds: float) -> datetime:
+    return utcnow() - timedelta(seconds=seconds)
