@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,10 +22,6 @@ from app.db.models import (
     WebhookEvent,
 )
 
-# A failed Kommo webhook registration is recorded in ``integration.last_error`` with this prefix until a later
-# registration succeeds. (Stop-gap: the schema has no ``webhooks_registered_at`` column yet.)
-WEBHOOKS_UNREGISTERED = "kommo_webhooks_not_registered"
-
 
 def advisory_lock_key(key: str) -> int:
     """A stable signed 64-bit key for ``pg_advisory_xact_lock`` (same in every process and release)."""
@@ -38,37 +32,6 @@ async def advisory_xact_lock(session: AsyncSession, key: str) -> None:
     """Take a transaction-scoped PostgreSQL advisory lock on ``key``; a no-op on SQLite (one writer anyway)."""
     if is_postgres(session):
         await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": advisory_lock_key(key)})
-
-
-# --- integration secrets ------------------------------------------------------------------------------------
-# The schema keeps one encrypted column, ``client_secret``, for the integration's secrets. Until a dedicated
-# encrypted ``webhook_token`` column exists, both secrets live in it as a small JSON object; a plain string is
-# read as a bare client secret (rows written by other code or before the token was kept).
-
-
-@dataclass(frozen=True, slots=True)
-class IntegrationSecrets:
-    client_secret: str
-    webhook_token: str | None
-
-
-def pack_secrets(secrets: IntegrationSecrets) -> str:
-    return json.dumps(
-        {"client_secret": secrets.client_secret, "webhook_token": secrets.webhook_token},
-        separators=(",", ":"),
-    )
-
-
-def unpack_secrets(stored: str) -> IntegrationSecrets:
-    if stored.startswith("{"):
-        try:
-            data = json.loads(stored)
-        except ValueError:
-            data = None
-        if isinstance(data, dict) and isinstance(data.get("client_secret"), str):
-            token = data.get("webhook_token")
-            return IntegrationSecrets(data["client_secret"], token if isinstance(token, str) else None)
-    return IntegrationSecrets(stored, None)
 
 
 # --- integration --------------------------------------------------------------------------------------------
@@ -85,10 +48,13 @@ async def get_integration(
 
 
 async def get_integration_public(session: AsyncSession, account_id: int) -> Integration | None:
-    """The integration without its encrypted column (no decryption: the cheap read for webhook checks)."""
+    """The integration without its encrypted columns (no decryption: the cheap read for webhook checks)."""
     stmt = (
         select(Integration)
-        .options(defer(Integration.client_secret, raiseload=True))
+        .options(
+            defer(Integration.client_secret, raiseload=True),
+            defer(Integration.webhook_token, raiseload=True),
+        )
         .where(Integration.account_id == account_id)
     )
     return (await session.execute(stmt)).scalar_one_or_none()
@@ -104,7 +70,10 @@ async def find_integrations_by_client(
 async def list_integrations(session: AsyncSession) -> list[Integration]:
     stmt = (
         select(Integration)
-        .options(defer(Integration.client_secret, raiseload=True))
+        .options(
+            defer(Integration.client_secret, raiseload=True),
+            defer(Integration.webhook_token, raiseload=True),
+        )
         .order_by(Integration.account_id)
     )
     return list((await session.execute(stmt)).scalars())

@@ -79,6 +79,7 @@ KOMMO_WEBHOOK_EVENTS: tuple[str, ...] = (
 )
 UNISENDER_LIST_TITLE = "contactsync"
 RECENT_REJECTIONS = 20
+WEBHOOKS_FAILED = "Kommo webhook registration failed"
 _MAX_ERROR = 500
 
 # SQLite (embedded mode) has no advisory locks; it runs in one process, so an in-process lock gives the same
@@ -135,7 +136,7 @@ def _oauth_for(pc: ProcessContext, integration: Integration, subdomain: str) -> 
         auth_url=pc.settings.kommo_auth_url,
         base_url=pc.settings.kommo_url_for(subdomain),
         client_id=integration.client_id,
-        client_secret=repo.unpack_secrets(integration.client_secret).client_secret,
+        client_secret=integration.client_secret,
         redirect_uri=integration.redirect_uri,
     )
 
@@ -182,9 +183,10 @@ async def save_integration(
             account_id=data.account_id,
             subdomain=data.subdomain,
             client_id=data.client_id,
-            client_secret=repo.pack_secrets(repo.IntegrationSecrets(data.client_secret, token)),
+            client_secret=data.client_secret,
             redirect_uri=data.redirect_uri,
             webhook_token_hash=hash_token(token),
+            webhook_token=token,
             status="pending",
             created_at=now,
             updated_at=now,
@@ -194,19 +196,23 @@ async def save_integration(
         except IntegrityError as exc:
             raise Conflict("The integration was created concurrently; retry the request.") from exc
     else:
-        stored = repo.unpack_secrets(integration.client_secret)
-        token = stored.webhook_token or ""
+        token = integration.webhook_token or ""
         if not token:
             # A row without a kept token (written elsewhere): issue one so the URLs can be shown again.
             token = new_webhook_token()
             integration.webhook_token_hash = hash_token(token)
+            integration.webhook_token = token
+            integration.webhooks_registered_at = None
         if integration.client_id != data.client_id:
             # Tokens belong to the old Kommo integration: they cannot be refreshed with the new client.
             await repo.delete_token(session, data.account_id)
             integration.status = "pending"
+            integration.webhooks_registered_at = None
+        if integration.subdomain != data.subdomain:
+            integration.webhooks_registered_at = None
         integration.subdomain = data.subdomain
         integration.client_id = data.client_id
-        integration.client_secret = repo.pack_secrets(repo.IntegrationSecrets(data.client_secret, token))
+        integration.client_secret = data.client_secret
         integration.redirect_uri = data.redirect_uri
         integration.updated_at = now
         await session.flush()
@@ -342,39 +348,34 @@ async def complete_oauth(*, session: AsyncSession, pc: ProcessContext, params: C
         refresh_token=tokens.refresh_token,
         expires_at=now + timedelta(seconds=tokens.expires_in),
     )
+    if integration.subdomain != subdomain or integration.status != "connected":
+        integration.webhooks_registered_at = None  # a new installation: register again
     integration.subdomain = subdomain
     integration.status = "connected"
+    integration.disabled_at = None
     integration.last_error = None
+    integration.last_error_at = None
     integration.updated_at = now
     await session.flush()
     log.info("accounts.kommo_connected", account_id=account_id)
     return account_id
 
 
-async def _sync_kommo_webhooks(pc: ProcessContext, account_id: int, *, check_first: bool) -> bool:
+async def _sync_kommo_webhooks(pc: ProcessContext, account_id: int, *, only_if_missing: bool) -> bool:
     """Register the contact webhooks (own transaction); record failures in ``last_error``; True when in place."""
     async with pc.db.session_scope() as session:
         integration = await repo.get_integration(session, account_id)
         if integration is None or integration.status != "connected":
             return False
-        token = repo.unpack_secrets(integration.client_secret).webhook_token
+        if only_if_missing and integration.webhooks_registered_at is not None:
+            return True
+        token = integration.webhook_token
         if token is None:
             log.warning("accounts.kommo_webhooks_no_token", account_id=account_id)
             return False
-        destination = kommo_webhook_url(pc, account_id, token)
         try:
             client = await kommo_client_for(session, pc, account_id)
-            present = False
-            if check_first:
-                hooks = await client.list_webhooks(destination)
-                present = any(
-                    h.destination == destination
-                    and not h.disabled
-                    and set(KOMMO_WEBHOOK_EVENTS) <= set(h.settings)
-                    for h in hooks
-                )
-            if not present:
-                await client.register_webhook(destination, KOMMO_WEBHOOK_EVENTS)
+            await client.register_webhook(kommo_webhook_url(pc, account_id, token), KOMMO_WEBHOOK_EVENTS)
         except (KommoError, AccountNotReady) as exc:
             log.warning(
                 "accounts.kommo_webhooks_failed",
@@ -382,25 +383,31 @@ async def _sync_kommo_webhooks(pc: ProcessContext, account_id: int, *, check_fir
                 error=type(exc).__name__,
                 code=getattr(exc, "code", None),
             )
+            # Re-read: a refresh inside kommo_client_for may have changed the row in its own transaction.
             integration = await repo.get_integration(session, account_id)
             if integration is not None:
-                integration.last_error = _short(f"{repo.WEBHOOKS_UNREGISTERED}: {exc}")
+                integration.webhooks_registered_at = None
+                integration.last_error = _short(f"{WEBHOOKS_FAILED}: {exc}")
+                integration.last_error_at = utcnow()
                 await session.flush()
             return False
-        if integration.last_error and integration.last_error.startswith(repo.WEBHOOKS_UNREGISTERED):
+        integration.webhooks_registered_at = utcnow()
+        if integration.last_error and integration.last_error.startswith(WEBHOOKS_FAILED):
             integration.last_error = None
-            await session.flush()
+            integration.last_error_at = None
+        await session.flush()
+        log.info("accounts.kommo_webhooks_registered", account_id=account_id)
         return True
 
 
 async def register_kommo_webhooks(pc: ProcessContext, account_id: int) -> bool:
     """Register the contact webhooks right after connecting (own transaction); True on success."""
-    return await _sync_kommo_webhooks(pc, account_id, check_first=False)
+    return await _sync_kommo_webhooks(pc, account_id, only_if_missing=False)
 
 
 async def ensure_kommo_webhooks(pc: ProcessContext, account_id: int) -> None:
-    """For a cron: make sure a connected account's contact webhooks exist at Kommo, re-registering if not."""
-    await _sync_kommo_webhooks(pc, account_id, check_first=True)
+    """For a cron: register a connected account's contact webhooks if they are not registered yet."""
+    await _sync_kommo_webhooks(pc, account_id, only_if_missing=True)
 
 
 async def connected_account_ids(pc: ProcessContext) -> list[int]:
@@ -421,14 +428,19 @@ async def disable_integration(
         # Same work and answer as a bad signature: the hook must not reveal which accounts exist.
         verify_disable_signature(client_uuid, account_id, signature, client_id="x", client_secret="x")
         raise Unauthorized("Invalid disable-hook signature.", code="invalid_signature")
-    secret = repo.unpack_secrets(integration.client_secret).client_secret
     if not verify_disable_signature(
-        client_uuid, account_id, signature, client_id=integration.client_id, client_secret=secret
+        client_uuid,
+        account_id,
+        signature,
+        client_id=integration.client_id,
+        client_secret=integration.client_secret,
     ):
         raise Unauthorized("Invalid disable-hook signature.", code="invalid_signature")
     now = utcnow()
     integration.status = "disabled"
-    integration.updated_at = now  # stands in for disabled_at until the schema has it
+    integration.disabled_at = now
+    integration.webhooks_registered_at = None  # Kommo drops an uninstalled integration's webhooks
+    integration.updated_at = now
     await repo.delete_token(session, integration.account_id)
     await session.flush()
     log.info("accounts.integration_disabled", account_id=integration.account_id)
@@ -455,7 +467,7 @@ async def connect_unisender(
 ) -> UnisenderOut:
     """Check a Unisender API key, pick the target list, register the unsubscribe hook and store the key."""
     integration = await _require_integration(session, account_id)
-    token = repo.unpack_secrets(integration.client_secret).webhook_token
+    token = integration.webhook_token
     if token is None:
         raise Conflict(
             "The account's webhook token is not kept: save the integration again (POST /integration) first.",
@@ -517,7 +529,7 @@ async def connect_unisender(
 async def verify_webhook_token(session: AsyncSession, account_id: int, token: str | None) -> Integration:
     """The account whose webhook token this is, or 401 ``invalid_token`` (unknown account: the same answer).
 
-    The returned row has ``client_secret`` deferred (not loaded, not decrypted): do not read it.
+    The returned row has ``client_secret`` and ``webhook_token`` deferred (not loaded, not decrypted).
     """
     integration = await repo.get_integration_public(session, account_id)
     stored = integration.webhook_token_hash if integration is not None else None
@@ -595,6 +607,7 @@ async def _refresh(
             log.warning("accounts.kommo_refresh_rejected", account_id=account_id, error=type(exc).__name__)
             integration.status = "needs_reauth"
             integration.last_error = _short(f"Kommo refused the refresh token: {exc}")
+            integration.last_error_at = now
             integration.updated_at = now
             await session.flush()
             failure = _not_ready("needs_reauth", account_id)
@@ -684,7 +697,7 @@ async def _views(session: AsyncSession, integrations: list[Integration]) -> list
         esp = esps.get(aid)
         expires_at = expiries.get(aid)
         connected = integ.status == "connected" and expires_at is not None
-        last_error, last_error_at = integ.last_error, (integ.updated_at if integ.last_error else None)
+        last_error, last_error_at = integ.last_error, integ.last_error_at
         if last_error is None and esp is not None and esp.last_error:
             last_error, last_error_at = esp.last_error, esp.last_error_at
         views.append(
@@ -696,8 +709,7 @@ async def _views(session: AsyncSession, integrations: list[Integration]) -> list
                     connected=connected,
                     token_expires_at=_aware(expires_at) if expires_at is not None else None,
                     needs_reauth=integ.status == "needs_reauth",
-                    webhooks_registered=connected
-                    and not (integ.last_error or "").startswith(repo.WEBHOOKS_UNREGISTERED),
+                    webhooks_registered=connected and integ.webhooks_registered_at is not None,
                 ),
                 unisender=UnisenderView(
                     connected=esp is not None,

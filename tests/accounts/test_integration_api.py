@@ -25,7 +25,8 @@ async def test_create_then_update_keeps_token_and_hides_secret(stack: Stack) -> 
 
     rows = await raw_sql(
         stack.settings.database_url or "",
-        "SELECT client_secret, webhook_token_hash, subdomain FROM integration WHERE account_id = $1",
+        "SELECT client_secret, webhook_token, webhook_token_hash, subdomain FROM integration"
+        " WHERE account_id = $1",
         body["account_id"],
     )
     assert len(rows) == 1
@@ -34,6 +35,8 @@ async def test_create_then_update_keeps_token_and_hides_secret(stack: Stack) -> 
     assert token not in stored
     assert stored.startswith("gAAAAA")  # a Fernet token
     assert rows[0]["webhook_token_hash"] == hash_token(token)
+    assert rows[0]["webhook_token"].startswith("gAAAAA")
+    assert token not in rows[0]["webhook_token"]
 
     update = {**body, "subdomain": "acme-two", "client_secret": "rotated-secret-value"}
     r = await stack.api.post("/integration", json=update, headers=stack.admin_headers)

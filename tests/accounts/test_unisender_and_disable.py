@@ -155,8 +155,11 @@ async def test_disable_hook_from_sandbox_uninstall(stack: Stack) -> None:
     r = await stack.kommo.post("/_sandbox/uninstall", json={"client_id": inst.client_id, "subdomain": "acme"})
     assert r.status_code == 200, r.text
     assert r.json()["hook_status"] == 200, r.json()
-    rows = await raw_sql(url, "SELECT status FROM integration WHERE account_id = $1", inst.account_id)
+    rows = await raw_sql(
+        url, "SELECT status, disabled_at FROM integration WHERE account_id = $1", inst.account_id
+    )
     assert rows[0]["status"] == "disabled"
+    assert rows[0]["disabled_at"] is not None
     assert await raw_sql(url, "SELECT 1 FROM kommo_token") == []
     view = (await stack.api.get(f"/accounts/{inst.account_id}", headers=stack.admin_headers)).json()
     assert view["status"] == "disabled"
