@@ -16,6 +16,8 @@ import structlog
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from app.db.dialect import release_local_locks
+
 log = structlog.get_logger(__name__)
 
 AfterCommit = Callable[[], Awaitable[Any]]
@@ -64,6 +66,7 @@ class Database:
             session.info.pop("after_commit", None)
             raise
         finally:
+            release_local_locks(session)
             await session.close()
         await run_after_commit(session)
 

@@ -1,0 +1,36 @@
+"""The README's first command: the demo runs the whole product on the embedded default (SQLite + in-process
+Redis) against both sandboxes, and each live edit shows up in Unisender."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.serving import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_mirrors_live_edits_on_the_embedded_default(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTACTSYNC_")}
+    port = free_port()
+    while port > 65000:
+        port = free_port()
+    r = subprocess.run(
+        [sys.executable, "-m", "app.cli", "demo", "--edits", "3", "--contacts", "120", "--port", str(port)],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    out = r.stdout
+    assert "Full sync done" in out, out
+    assert "fetched 120 contacts" in out, out
+    assert out.count("→ Unisender:") == 3, out
+    assert (tmp_path / ".contactsync" / "demo" / "contactsync.db").exists()
