@@ -60,7 +60,8 @@ async def _fetch(client: KommoClient, number: int) -> _Page:
 
 async def run_full_sync_slice(pc: ProcessContext, run_id: str) -> str:
     """Advance a run for up to SLICE_SECONDS; returns its status afterwards."""
-    deadline = time.monotonic() + SLICE_SECONDS
+    # A slice must end well inside the job timeout, or arq would cancel it mid-page.
+    deadline = time.monotonic() + min(SLICE_SECONDS, 0.6 * pc.settings.worker_job_timeout)
     async with pc.db.session_scope() as session:
         run = await session.get(SyncRun, run_id)
         if run is None or run.status in ("done", "failed"):

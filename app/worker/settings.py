@@ -37,7 +37,7 @@ TaskFn = Callable[..., Coroutine[Any, Any, Any]]
 
 def functions(settings: Settings) -> list[Function]:
     return [
-        func(tasks.ping, name="ping", timeout=10),
+        func(tasks.ping, name="ping"),
         func(tasks.process_events, name="process_events"),
         func(tasks.flush_outbox, name="flush_outbox"),
         func(tasks.full_sync, name="full_sync"),
@@ -48,10 +48,13 @@ def functions(settings: Settings) -> list[Function]:
 def cron_jobs(settings: Settings) -> list[CronJob]:
     # Ticks missed while no worker ran are not replayed by arq, so each job looks back instead of
     # assuming the previous tick ran; `unique` makes one worker run each tick.
+    # Every timeout stays at the worker's job_timeout: arq keeps a killed worker's job "in progress" for the
+    # largest timeout + 10 s before re-running it, so one long timeout would stall recovery for everything.
+    t = settings.worker_job_timeout
     return [
-        cron(tasks.sweep, name="sweep", second=set(range(0, 60, 10)), run_at_startup=True, timeout=60),
-        cron(tasks.reconcile, name="reconcile", minute=set(range(0, 60, 5)), second={30}, timeout=300),
-        cron(tasks.refresh_tokens, name="refresh_tokens", minute={7, 37}, second={15}, timeout=300),
+        cron(tasks.sweep, name="sweep", second=set(range(0, 60, 10)), run_at_startup=True, timeout=t),
+        cron(tasks.reconcile, name="reconcile", minute=set(range(0, 60, 5)), second={30}, timeout=t),
+        cron(tasks.refresh_tokens, name="refresh_tokens", minute={7, 37}, second={15}, timeout=t),
     ]
 
 
