@@ -20,8 +20,7 @@ import arq.worker
 import structlog
 from arq.cron import CronJob, cron
 from arq.worker import Function, Worker, func
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from app.config import Settings
 from app.context import ProcessContext, build_context
@@ -131,7 +130,9 @@ async def run_worker_forever(settings: Settings, *, stop: asyncio.Event | None =
                 await worker.close()
             if exc is None:
                 break
-            if not isinstance(exc, RedisConnectionError | RedisTimeoutError | ConnectionError | OSError):
+            # arq surfaces a dropped connection as ConnectionError, TimeoutError or WatchError (inside start_jobs):
+            # any Redis error means "rebuild the worker", never "exit".
+            if not isinstance(exc, RedisError | ConnectionError | OSError):
                 raise exc
             log.warning("worker.redis_lost", error=repr(exc), retry_in=round(delay, 2))
             with contextlib.suppress(TimeoutError):

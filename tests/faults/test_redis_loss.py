@@ -75,12 +75,6 @@ async def test_flushall_and_redis_restart_mid_stream(
         worker.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG app/worker/settings.py run_worker_forever: arq's start_jobs turns a lost connection into "
-    "redis.exceptions.WatchError ('A ConnectionError occurred on while watching one or more keys'), which is "
-    "not in the retried exception set, so the worker process exits on a Redis restart",
-)
 async def test_worker_survives_watch_error(
     settings: Settings, clean_redis: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

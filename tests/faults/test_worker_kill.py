@@ -78,11 +78,6 @@ async def test_kill9_during_webhook_stream(stack: Stack, tmp_path: object, long_
         worker.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG app/worker/settings.py cron_jobs: reconcile and refresh_tokens crons have timeout=300, and arq "
-    "sets the in-progress TTL to max(all function and cron timeouts) + 10 = 310 s, whatever WORKER_JOB_TIMEOUT is",
-)
 async def test_killed_jobs_rerun_after_job_timeout(settings: Settings, clean_redis: None) -> None:
     """arq re-runs a killed worker's job only when its in-progress key expires: ``max(function timeouts) + 10`` s.
     With WORKER_JOB_TIMEOUT=5 that must be 15 s, not the 300 s of a cron job's timeout."""
