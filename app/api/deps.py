@@ -10,8 +10,6 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.context import ProcessContext
-from app.db.dialect import release_local_locks
-from app.db.session import run_after_commit
 from app.errors import Unauthorized
 
 
@@ -29,18 +27,8 @@ async def get_session(ctx: ContextDep) -> AsyncIterator[AsyncSession]:
     Declared with ``scope="function"`` so the commit happens before the response is sent: a webhook is
     acknowledged only once it is durable. Jobs queued with ``after_commit`` go to Redis after the commit.
     """
-    session = ctx.db.sessionmaker()
-    try:
+    async with ctx.db.session_scope() as session:
         yield session
-        await session.commit()
-    except BaseException:
-        await session.rollback()
-        session.info.pop("after_commit", None)
-        raise
-    finally:
-        release_local_locks(session)
-        await session.close()
-    await run_after_commit(session)
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
