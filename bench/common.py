@@ -1,0 +1,494 @@
+"""Shared benchmark plumbing: a private database and Redis db, service/worker subprocesses, the sandboxes
+in-process, a raw HTTP/1.1 load generator, percentiles and /proc readings.
+
+Everything talks over loopback. Databases are named ``contactsync_bench_*`` and dropped afterwards; Redis
+uses database 13 (the tests use 9) and is flushed before each run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import httpx
+from cryptography.fernet import Fernet
+from pydantic import SecretStr
+
+from app.config import Environment, Settings
+from app.serving import free_port, serve_in_background
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+PG_ADMIN_DSN = os.environ.get("CONTACTSYNC_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("CONTACTSYNC_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+NCPU = os.cpu_count() or 1
+
+
+def machine() -> str:
+    """One line describing the host (CPU model, cores, Python)."""
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {NCPU} cores, Python {sys.version.split()[0]}"
+
+
+def pct(values: Sequence[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of ``values``; NaN when empty."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))
+    return s[k]
+
+
+# --- database and redis ---------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def fresh_database(prefix: str = "contactsync_bench") -> AsyncIterator[str]:
+    """A new empty database; yields its plain ``postgresql://`` DSN and drops it afterwards."""
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base, _, _ = PG_ADMIN_DSN.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+async def flush_redis() -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(REDIS_URL)  # type: ignore[no-untyped-call]
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()
+
+
+def sa_url(dsn: str) -> str:
+    return dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+# --- service processes ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ServiceConfig:
+    """What the service and worker subprocesses are given through ``CONTACTSYNC_*``."""
+
+    dsn: str
+    public_url: str
+    kommo_url: str = "http://127.0.0.1:1"
+    unisender_url: str = "http://127.0.0.1:1"
+    admin_token: str = ""
+    secret_keys: str = ""
+    extra: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        self.admin_token = self.admin_token or secrets.token_urlsafe(24)
+        self.secret_keys = self.secret_keys or Fernet.generate_key().decode()
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTACTSYNC_")}
+        env.update(
+            {
+                "CONTACTSYNC_ENV": "test",
+                "CONTACTSYNC_DATABASE_URL": sa_url(self.dsn),
+                "CONTACTSYNC_REDIS_URL": REDIS_URL,
+                "CONTACTSYNC_SECRET_KEYS": self.secret_keys,
+                "CONTACTSYNC_ADMIN_TOKEN": self.admin_token,
+                "CONTACTSYNC_PUBLIC_URL": self.public_url,
+                "CONTACTSYNC_KOMMO_BASE_URL": self.kommo_url + "/{subdomain}",
+                "CONTACTSYNC_KOMMO_AUTH_URL": self.kommo_url + "/oauth",
+                "CONTACTSYNC_UNISENDER_BASE_URL": self.unisender_url,
+                "CONTACTSYNC_LOG_FORMAT": "json",
+                "CONTACTSYNC_LOG_LEVEL": "WARNING",
+                "PYTHONPATH": str(ROOT),
+            }
+        )
+        env.update(self.extra or {})
+        return env
+
+    def settings(self) -> Settings:
+        """The same configuration as a Settings object (what tests.support helpers read)."""
+        return Settings(
+            env=Environment.TEST,
+            database_url=sa_url(self.dsn),
+            redis_url=REDIS_URL,
+            secret_keys=SecretStr(self.secret_keys),
+            admin_token=SecretStr(self.admin_token),
+            public_url=self.public_url,
+            kommo_base_url=self.kommo_url + "/{subdomain}",
+            kommo_auth_url=self.kommo_url + "/oauth",
+            unisender_base_url=self.unisender_url,
+            _env_file=None,
+        )
+
+
+def migrate(cfg: ServiceConfig) -> None:
+    """``contactsync migrate`` against the config's database."""
+    subprocess.run(
+        [str(VENV_BIN / "contactsync"), "migrate"],
+        env=cfg.env(),
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=120,
+    )
+
+
+def _pin(cpu: int | None) -> Callable[[], None] | None:
+    if cpu is None or NCPU < 2:
+        return None
+
+    def preexec() -> None:
+        os.sched_setaffinity(0, {cpu})
+
+    return preexec
+
+
+async def _wait_http(url: str, proc: subprocess.Popen[bytes], within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    async with httpx.AsyncClient(timeout=1.0) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"process exited with {proc.returncode} before answering {url}")
+            with contextlib.suppress(httpx.HTTPError):
+                r = await client.get(url)
+                if r.status_code < 500:
+                    return
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {within} s")
+
+
+@asynccontextmanager
+async def uvicorn_process(
+    target: str,
+    port: int,
+    env: dict[str, str],
+    *,
+    factory: bool = False,
+    cpu: int | None = None,
+    probe: str = "/healthz",
+    extra_args: Sequence[str] = (),
+) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """uvicorn (httptools + uvloop, no access log, 1 process) serving ``target`` on ``port``."""
+    args = [
+        str(VENV_BIN / "uvicorn"),
+        target,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        *(["--factory"] if factory else []),
+        # BENCH_APP_DIR: serve a patched scratch copy of app/ (to measure a proposed fix side by side).
+        *(
+            ["--app-dir", os.environ["BENCH_APP_DIR"]]
+            if os.environ.get("BENCH_APP_DIR") and target.startswith("app.")
+            else []
+        ),
+        *extra_args,
+    ]
+    proc = subprocess.Popen(args, env=env, cwd=ROOT, preexec_fn=_pin(cpu))  # noqa: ASYNC220 (start-up only)
+    try:
+        await _wait_http(f"http://127.0.0.1:{port}{probe}", proc)
+        yield proc
+    finally:
+        await stop_process(proc)
+
+
+@asynccontextmanager
+async def worker_process(
+    cfg: ServiceConfig, *, cpu: int | None = None
+) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """``contactsync worker`` as its own process."""
+    proc = subprocess.Popen(  # noqa: ASYNC220 (start-up only)
+        [str(VENV_BIN / "contactsync"), "worker"],
+        env=cfg.env(),
+        cwd=ROOT,
+        preexec_fn=_pin(cpu),
+    )
+    try:
+        await asyncio.sleep(0.5)
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode}")
+        yield proc
+    finally:
+        await stop_process(proc)
+
+
+async def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds (only this process, by its pid)."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110 (a child process, no event)
+        await asyncio.sleep(0.05)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def proc_status(pid: int, key: str) -> int:
+    """A ``/proc/<pid>/status`` field in kB (VmHWM = peak RSS, VmRSS = current)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+# --- the whole stack ------------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchStack:
+    """Sandboxes in this process, service (and optionally a worker) as subprocesses; ``stack`` is the
+    ``tests.conftest.Stack`` that tests.support.e2e helpers take."""
+
+    cfg: ServiceConfig
+    stack: Any
+    api_proc: subprocess.Popen[bytes]
+    worker_proc: subprocess.Popen[bytes] | None
+
+
+@asynccontextmanager
+async def bench_stack(
+    *,
+    kommo_config: Any = None,
+    unisender_config: Any = None,
+    extra_env: dict[str, str] | None = None,
+    with_worker: bool = True,
+    api_cpu: int | None = None,
+    worker_cpu: int | None = None,
+) -> AsyncIterator[BenchStack]:
+    """Both sandboxes (in-process, real HTTP), a migrated fresh database, the API and a worker."""
+    from app.sandbox.kommo import create_kommo_sandbox
+    from app.sandbox.unisender import create_unisender_sandbox
+    from tests.conftest import Stack
+
+    await flush_redis()
+    kommo_app = create_kommo_sandbox(kommo_config)
+    unisender_app = create_unisender_sandbox(unisender_config)
+    port = free_port()
+    async with (
+        fresh_database() as dsn,
+        serve_in_background(kommo_app) as kommo_url,
+        serve_in_background(unisender_app) as unisender_url,
+    ):
+        cfg = ServiceConfig(
+            dsn=dsn,
+            public_url=f"http://127.0.0.1:{port}",
+            kommo_url=kommo_url,
+            unisender_url=unisender_url,
+            extra=extra_env,
+        )
+        await asyncio.to_thread(migrate, cfg)
+        async with (
+            uvicorn_process("app.main:create_app", port, cfg.env(), factory=True, cpu=api_cpu) as api_proc,
+            httpx.AsyncClient(base_url=cfg.public_url, timeout=30) as api,
+            httpx.AsyncClient(base_url=kommo_url, timeout=30) as kommo,
+            httpx.AsyncClient(base_url=unisender_url, timeout=30) as unisender,
+        ):
+            stack = Stack(
+                settings=cfg.settings(),
+                api=api,
+                kommo=kommo,
+                unisender=unisender,
+                kommo_app=kommo_app,
+                unisender_app=unisender_app,
+                admin_headers={"Authorization": f"Bearer {cfg.admin_token}"},
+            )
+            if with_worker:
+                async with worker_process(cfg, cpu=worker_cpu) as wproc:
+                    yield BenchStack(cfg, stack, api_proc, wproc)
+            else:
+                yield BenchStack(cfg, stack, api_proc, None)
+
+
+# --- load generation: a minimal HTTP/1.1 keep-alive client ------------------------------------------------
+
+
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection; far cheaper per request than httpx, so the load generator is not
+    the bottleneck on a 2-core machine."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, raw: bytes) -> int:
+        """Send a complete request, read the response; returns the status code."""
+        if self.writer is None or self.reader is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        close = False
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            lname = name.strip().lower()
+            if lname == b"content-length":
+                length = int(value)
+            elif lname == b"connection" and value.strip().lower() == b"close":
+                close = True
+        if length:
+            await self.reader.readexactly(length)
+        if close:
+            self.close()
+        return status
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def post_request(host: str, port: int, path: str, body: bytes, content_type: str) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: amoCRM-WebHook-client/1.0\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    errors: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def p(self, q: float) -> float:
+        return pct(self.latencies, q) * 1000.0
+
+
+async def closed_loop(
+    host: str, port: int, make: Callable[[], bytes], concurrency: int, seconds: float
+) -> LoadResult:
+    """``concurrency`` connections, each sending its next request as soon as the last is answered."""
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def client() -> None:
+        nonlocal errors
+        conn = RawConnection(host, port)
+        try:
+            while time.perf_counter() < stop_at:
+                raw = make()
+                t = time.perf_counter()
+                try:
+                    status = await conn.request(raw)
+                except (OSError, asyncio.IncompleteReadError):
+                    conn.close()
+                    errors += 1
+                    continue
+                latencies.append(time.perf_counter() - t)
+                if status >= 300:
+                    errors += 1
+        finally:
+            conn.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return LoadResult(len(latencies), errors, time.perf_counter() - started, latencies)
+
+
+async def open_loop(
+    host: str, port: int, make: Callable[[], bytes], rate: float, seconds: float, max_conns: int = 256
+) -> LoadResult:
+    """Requests scheduled at a fixed ``rate`` whatever the answers do; latency counts from the scheduled send
+    time (no coordinated omission). Connections come from a pool that grows up to ``max_conns``."""
+    idle: list[RawConnection] = []
+    opened = 0
+    latencies: list[float] = []
+    errors = 0
+    slots = asyncio.Semaphore(max_conns)
+
+    async def one(scheduled: float, raw: bytes) -> None:
+        nonlocal errors, opened
+        async with slots:
+            if idle:
+                conn = idle.pop()
+            else:
+                conn = RawConnection(host, port)
+                opened += 1
+            try:
+                status = await conn.request(raw)
+            except (OSError, asyncio.IncompleteReadError):
+                conn.close()
+                errors += 1
+                return
+            latencies.append(time.perf_counter() - scheduled)
+            if status >= 300:
+                errors += 1
+            idle.append(conn)
+
+    n = int(rate * seconds)
+    tasks: list[asyncio.Task[None]] = []
+    t0 = time.perf_counter()
+    for i in range(n):
+        scheduled = t0 + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(scheduled, make())))
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=seconds + 60)
+    elapsed = time.perf_counter() - t0
+    for conn in idle:
+        conn.close()
+    return LoadResult(len(latencies), errors, elapsed, latencies)
+
+
+def use_uvloop() -> None:
+    """Run the benchmark's own loop on uvloop (the load generator then costs less CPU)."""
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def pin_self(cpu: int | None) -> None:
+    if cpu is not None and NCPU >= 2:
+        os.sched_setaffinity(0, {cpu})
+
+
+def verdict(ok: bool) -> str:
+    return "MET" if ok else "MISSED"

@@ -1,0 +1,141 @@
+"""End-to-end lag: a change made in the Kommo sandbox → its webhook → service → worker → Unisender sandbox.
+
+Service and worker are subprocesses; both sandboxes run in this process, so the moment Unisender's state takes
+the new data is observed exactly (the account's import ledger is wrapped to time-stamp every accepted row).
+Changes are renames of seeded contacts (each with a unique new name), made through the Kommo sandbox's state
+at a steady rate, so its real webhook delivery posts them to the service.
+
+    .venv/bin/python -m bench.lag [--rate 200] [--seconds 10] [--contacts 2000]
+
+Targets: p99 lag < 1 s; ≤ 10 Unisender calls per 1,000 changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+from bench.common import bench_stack, machine, pct, use_uvloop, verdict
+
+
+class TimedLedger(list):  # type: ignore[type-arg]
+    """The Unisender account's ledger, noting when an awaited (email, Name) row is accepted."""
+
+    def __init__(self, waiting: dict[tuple[str, str], float], seen: list[float]) -> None:
+        super().__init__()
+        self.waiting, self.seen = waiting, seen
+
+    def append(self, entry: Any) -> None:
+        super().append(entry)
+        t0 = self.waiting.pop((entry.get("email") or "", (entry.get("data") or {}).get("Name", "")), None)
+        if t0 is not None:
+            self.seen.append(time.monotonic() - t0)
+
+
+async def run(rate: float, seconds: float, contacts: int, concurrency: int) -> dict[str, Any]:
+    """One stack; seed, full-sync, then a steady stream of renames; returns lag figures and call counts."""
+    from app.sandbox.kommo import KommoSandboxConfig
+    from app.sync.mapping import contact_emails
+    from tests.support.e2e import connect_account, wait_quiet
+
+    kcfg = KommoSandboxConfig(webhook_retry_delays=(0.2, 0.5, 1.0), delivery_concurrency=concurrency)
+    async with bench_stack(kommo_config=kcfg) as bs:
+        st = bs.stack
+        account = await connect_account(st, contacts=contacts, seed=5)
+        r = await st.api.post("/sync/contacts", headers=st.admin_headers, json={"id": account.account_id})
+        assert r.status_code == 202, r.text
+        await wait_quiet(st, account, within=120)
+        kstate = st.kommo_app.state.kommo
+        kacc = kstate.accounts[account.subdomain]
+        email_field = kacc.field_by_code("EMAIL").id
+        # Contacts whose first address they alone hold (so the new name must win on Unisender).
+        holders: dict[str, int] = {}
+        for c in kacc.contacts.values():
+            for e in contact_emails([v for fid, vals in c.fields if fid == email_field for v, _ in vals]):
+                holders[e] = -1 if e in holders else c.id
+        targets: list[tuple[int, str]] = []
+        for c in kacc.contacts.values():
+            emails = contact_emails([v for fid, vals in c.fields if fid == email_field for v, _ in vals])
+            if emails and all(holders[e] == c.id for e in emails):
+                targets.append((c.id, emails[0]))
+        waiting: dict[tuple[str, str], float] = {}
+        lags: list[float] = []
+        uacc = st.unisender_app.state.unisender.accounts[account.api_key]
+        ledger = TimedLedger(waiting, lags)
+        ledger.extend(uacc.ledger)
+        uacc.ledger = ledger
+        calls_before = st.unisender_app.state.unisender.stats.calls.get("importContacts", 0)
+        n = int(rate * seconds)
+        t_start = time.monotonic()
+        for i in range(n):
+            due = t_start + i / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            cid, email = targets[i % len(targets)]
+            name = f"Lag {i}"
+            # A later rename of the same contact supersedes an earlier one still in flight: drop that wait.
+            for key in [k for k in waiting if k[0] == email]:
+                waiting.pop(key)
+            waiting[(email, name)] = time.monotonic()
+            _, _, errors = kstate.update_contacts(kacc, [{"id": cid, "name": name}])
+            assert not errors, errors
+        offered = n / (time.monotonic() - t_start)
+        deadline = time.monotonic() + 60
+        while waiting and time.monotonic() < deadline:  # noqa: ASYNC110 (bounded poll of sandbox state)
+            await asyncio.sleep(0.05)
+        calls = st.unisender_app.state.unisender.stats.calls.get("importContacts", 0) - calls_before
+        deliveries = (await st.kommo.get("/_sandbox/deliveries", params={"limit": 100000})).json()
+    failed = sum(1 for d in deliveries if not d.get("ok")) if isinstance(deliveries, list) else None
+    return {
+        "rate": rate,
+        "offered": offered,
+        "changes": n,
+        "observed": len(lags),
+        "missing": len(waiting),
+        "p50": pct(lags, 50),
+        "p90": pct(lags, 90),
+        "p99": pct(lags, 99),
+        "max": max(lags, default=float("nan")),
+        "calls": calls,
+        "calls_per_1000": calls * 1000 / n,
+        "delivery_concurrency": concurrency,
+        "failed_deliveries": failed,
+    }
+
+
+def report(r: dict[str, Any]) -> None:
+    print(f"# end-to-end lag — {machine()}")
+    print(
+        f"{r['changes']} renames at {r['offered']:.0f}/s (Kommo sandbox delivery_concurrency="
+        f"{r['delivery_concurrency']}); observed in Unisender: {r['observed']}, superseded or missing: "
+        f"{r['missing']}; failed webhook deliveries: {r['failed_deliveries']}"
+    )
+    print(
+        f"lag p50 {r['p50'] * 1000:.0f} ms, p90 {r['p90'] * 1000:.0f} ms, p99 {r['p99'] * 1000:.0f} ms, "
+        f"max {r['max'] * 1000:.0f} ms (target p99 < 1000 ms: {verdict(r['p99'] < 1.0)})"
+    )
+    print(
+        f"importContacts calls: {r['calls']} = {r['calls_per_1000']:.1f} per 1,000 changes "
+        f"(target ≤ 10: {verdict(r['calls_per_1000'] <= 10)})"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rate", type=float, default=200.0, help="changes per second")
+    p.add_argument(
+        "--seconds", type=float, default=10.0, help="duration of the stream (30-60 for a long run)"
+    )
+    p.add_argument("--contacts", type=int, default=2000)
+    p.add_argument("--delivery-concurrency", type=int, default=4, help="Kommo sandbox bodies in flight")
+    args = p.parse_args(argv)
+    use_uvloop()
+    report(asyncio.run(run(args.rate, args.seconds, args.contacts, args.delivery_concurrency)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Quick versions of every benchmark, one after another (≈ 3 minutes each on a 2-core machine).
+
+.venv/bin/python -m bench.run_all
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+QUICK = [
+    ["bench.ingest", "--seconds", "5", "--open-seconds", "8"],
+    ["bench.lag", "--seconds", "10"],
+    ["bench.fullsync", "--contacts", "10000", "--scales", "1,10"],
+    ["bench.memory", "--sizes", "10000,100000"],
+]
+
+
+def main() -> int:
+    """Run each quick benchmark as its own process; non-zero exit if any crashed."""
+    failed = 0
+    for args in QUICK:
+        started = time.monotonic()
+        print(f"\n$ python -m {' '.join(args)}", flush=True)
+        rc = subprocess.call([sys.executable, "-m", *args], timeout=900)
+        print(f"[{args[0]}: exit {rc}, {time.monotonic() - started:.0f} s]", flush=True)
+        failed += rc != 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
