@@ -43,7 +43,11 @@ class ProcessContext:
     def kommo_limiter(self, client_id: str) -> RateLimiter:
         key = f"kommo:{client_id}"
         if key not in self.limiters:
-            self.limiters[key] = SlidingWindow(max(1, int(self.settings.kommo_rate_per_second)), 1.0)
+            # Kommo counts arrivals in its own sliding second; a 20 % wider window absorbs network and
+            # scheduling jitter, because one 429 costs a 300 s pause (Kommo's retry_after).
+            self.limiters[key] = SlidingWindow(
+                max(1, int(self.settings.kommo_rate_per_second)), 1.0, margin=0.2
+            )
         return self.limiters[key]
 
     def unisender_limiter(self, key_id: str) -> RateLimiter:

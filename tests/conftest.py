@@ -192,7 +192,8 @@ async def stack(
     from app.sandbox.kommo import KommoSandboxConfig, create_kommo_sandbox
     from app.sandbox.unisender import create_unisender_sandbox
 
-    kommo_app = create_kommo_sandbox(KommoSandboxConfig(webhook_retry_delays=(0.2, 0.5, 1.0)))
+    # retry_after 2 s instead of Kommo's 300: a stray 429 under CI load must not stall a test for minutes.
+    kommo_app = create_kommo_sandbox(KommoSandboxConfig(webhook_retry_delays=(0.2, 0.5, 1.0), retry_after=2))
     unisender_app = create_unisender_sandbox()
     api_port = free_port()
     async with (
