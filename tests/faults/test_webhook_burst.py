@@ -1,0 +1,77 @@
+"""5,000 (quick: 1,500) webhook deliveries, duplicated and shuffled (recorded Kommo bodies posted to the service in random
+order, each 1-4 times, concurrently): exactly the right final state, and Unisender receives each distinct
+change once (no address imported twice in a row with identical data)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Stack, raw_sql
+from tests.faults.support import (
+    WorkerProcess,
+    assert_mirror_exact,
+    edit_stream,
+    ledger_summary,
+    post_webhook,
+    recorded_bodies,
+    wait_worker_ready,
+    worker_env,
+)
+from tests.support.e2e import connect_account, wait_quiet
+
+
+@pytest.mark.timeout(600)
+async def test_burst_of_duplicate_reordered_deliveries(stack: Stack, tmp_path: Path, long_run: bool) -> None:
+    rng = random.Random(4606)
+    url = stack.settings.database_url
+    assert url
+    account = await connect_account(stack, contacts=300, seed=16)
+    # Default 60 s job timeout: one events job may drain 500 bodies with Kommo verification calls.
+    worker = WorkerProcess(worker_env(stack.settings, CONTACTSYNC_WORKER_JOB_TIMEOUT="60"), tmp_path, "w")
+    worker.start()
+    try:
+        await wait_worker_ready(worker)
+        r = await stack.api.post(
+            "/sync/contacts", headers=stack.admin_headers, json={"id": account.account_id}
+        )
+        assert r.status_code == 202, r.text
+        await wait_quiet(stack, account, within=60)
+        worker.stop()
+        # Kommo batches changes of a window into one body, shuffled, and sometimes sends a body twice.
+        r = await stack.kommo.patch(
+            "/_sandbox/config", json={"batch_window_ms": 50, "reorder": True, "duplicate_rate": 0.3}
+        )
+        assert r.status_code == 200, r.text
+        await stack.kommo.delete("/_sandbox/deliveries")
+        await edit_stream(stack, account, 800 if long_run else 250, rng)
+        await stack.kommo.post("/_sandbox/deliveries/drain", json={"timeout": 60})
+        bodies = await recorded_bodies(stack)
+        # Replay them as a storm: every body 1-4 times, shuffled, 5,000 deliveries with --long (1,500 quick).
+        total = 5_000 if long_run else 1_500
+        storm = [rng.choice(bodies) for _ in range(total - len(bodies))] + bodies
+        rng.shuffle(storm)
+        await stack.unisender.get(f"/_sandbox/accounts/{account.api_key}/ledger/summary")
+        worker.start()
+        await wait_worker_ready(worker)
+        sem = asyncio.Semaphore(16)
+        statuses: dict[int, int] = {}
+
+        async def deliver(body: str) -> None:
+            async with sem:
+                resp = await post_webhook(stack.api, account, body)
+                statuses[resp.status_code] = statuses.get(resp.status_code, 0) + 1
+
+        await asyncio.gather(*(deliver(b) for b in storm))
+        assert statuses == {200: total}, statuses
+        await wait_quiet(stack, account, within=120)
+        await assert_mirror_exact(stack, account)
+        summary = await ledger_summary(stack, account)
+        assert summary["consecutive_identical_rows"] == 0, summary
+        stored = await raw_sql(url, "SELECT count(*) AS n FROM webhook_event WHERE source='kommo'")
+        assert stored[0]["n"] < total  # duplicates of versioned bodies were not stored again
+    finally:
+        worker.stop()
