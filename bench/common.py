@@ -478,11 +478,17 @@ async def open_loop(
     return LoadResult(len(latencies), errors, elapsed, latencies)
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def use_uvloop() -> None:
-    """Run the benchmark's own loop on uvloop (the load generator then costs less CPU)."""
+    """Run the benchmark's own loop on uvloop (the load generator then costs less CPU); SIGTERM (e.g. from
+    ``timeout``) then unwinds like Ctrl-C, so child processes stop and the bench database is dropped."""
     import uvloop
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def pin_self(cpu: int | None) -> None:
