@@ -139,6 +139,26 @@ def install_error_handlers(app: FastAPI) -> None:
     ):
         app.add_exception_handler(exc_type, _unavailable)
 
+    @app.exception_handler(sa_exc.DBAPIError)
+    async def _database_error(request: Request, exc: sa_exc.DBAPIError) -> JSONResponse:
+        # PostgreSQL's class 22 ("data exception") and asyncpg's own argument checks mean the request carried a
+        # value the database cannot hold (an id beyond int64, a NUL byte): the client's fault, nothing stored.
+        orig = getattr(exc, "orig", None)
+        sqlstate = str(
+            getattr(orig, "sqlstate", "") or getattr(getattr(orig, "__cause__", None), "sqlstate", "") or ""
+        )
+        text = str(exc)
+        if (
+            isinstance(exc, sa_exc.DataError)
+            or sqlstate.startswith("22")
+            or "invalid input for query argument" in text
+        ):
+            return error_response(
+                400, "invalid_value", "A value in the request is out of range or not storable."
+            )
+        log.exception("request.database_error")
+        return error_response(500, "internal_error", "An unexpected error occurred; it has been logged.")
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("request.unhandled_error")

@@ -19,6 +19,12 @@ from app.sync import repository as repo
 from app.worker import enqueue
 
 
+def _refuse_nul(body: bytes) -> None:
+    # Neither provider sends NUL bytes, and PostgreSQL text cannot store them.
+    if b"\x00" in body:
+        raise BadRequest("The body contains NUL bytes.", code="invalid_webhook_body")
+
+
 def _dedupe_key(source: str, account_id: int, body: bytes, *, unique: bool) -> str:
     # A body that carries versions (updated_at) is the same change when it arrives twice. Deletions carry no
     # version: delete → restore → delete yields the same body twice, so those are never deduplicated (they
@@ -31,6 +37,7 @@ async def accept_kommo_webhook(
     session: AsyncSession, pc: ProcessContext, account_id: int, body: bytes
 ) -> bool:
     """Parse-check and store a Kommo body; True when new. The caller has verified the token."""
+    _refuse_nul(body)
     try:
         batch = parse_webhook(body)
     except KommoWebhookParseError as exc:
@@ -59,6 +66,7 @@ async def accept_kommo_webhook(
 async def accept_unisender_hook(
     session: AsyncSession, pc: ProcessContext, account_id: int, body: bytes
 ) -> bool:
+    _refuse_nul(body)
     try:
         events = parse_hook(body)
     except UnisenderHookParseError as exc:

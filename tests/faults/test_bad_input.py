@@ -11,7 +11,6 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -35,7 +34,7 @@ _value = st.one_of(st.text(max_size=40), st.integers().map(str), st.just(""), st
 _pairs = st.lists(st.tuples(_key, _value), max_size=25)
 _raw = st.one_of(
     _pairs.map(lambda ps: "&".join(f"{quote(k, safe='[]')}={quote(v)}" for k, v in ps)),
-    # Raw NUL bytes are left to test_nul_byte_body_is_refused (a known bug, strict xfail).
+    # Raw NUL bytes have their own test below (test_nul_byte_body_is_refused).
     st.binary(max_size=300).map(lambda b: b.decode("latin-1").replace("\x00", "")),
     st.builds(lambda n: "contacts" + "[a]" * n + "=1", st.integers(0, 3000)),
     st.builds(lambda n: "k" * n + "=1", st.integers(1, 20_000)),
@@ -81,12 +80,6 @@ async def test_fuzz_webhook_endpoints(stack: Stack) -> None:
     await asyncio.to_thread(fuzz)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG app/sync/ingest.py accept_kommo_webhook/accept_unisender_hook: the raw body is stored in a "
-    "PostgreSQL text column; a NUL byte makes the INSERT fail (CharacterNotInRepertoireError -> DBAPIError) "
-    "and the service answers 500",
-)
 async def test_nul_byte_body_is_refused(stack: Stack) -> None:
     account = await connect_account(stack)
     resp = await stack.api.post(
@@ -118,7 +111,7 @@ async def test_oversized_and_nested_bodies_refused(stack: Stack) -> None:
     assert await _event_count(stack) == before
 
 
-# Integers beyond int64 are left to test_out_of_range_ids_refused (a known bug, strict xfail).
+# Integers beyond int64 have their own test below (test_out_of_range_ids_refused).
 _WRONG_SCALARS: list[Any] = ["abc", -1, 0, 1.5, "", None, [], {}, True, "x" * 5000]
 
 
@@ -170,11 +163,6 @@ async def test_openapi_operator_endpoints_refuse_bad_input(stack: Stack) -> None
     assert seen > 100
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG app/api/*.py: account ids are plain `int` params (e.g. app/api/integration.py GET /auth `id`); a "
-    "value beyond int64 reaches asyncpg, which raises DataError -> sqlalchemy DBAPIError -> 500",
-)
 async def test_out_of_range_ids_refused(stack: Stack) -> None:
     from app.main import create_app
 
