@@ -33,7 +33,7 @@ async def shared_addresses(stack: Stack, account: Account) -> set[str]:
 @pytest.mark.timeout(600)
 async def test_import_faults_30_percent(stack: Stack, tmp_path: Path, long_run: bool) -> None:
     rng = random.Random(4404)
-    account = await connect_account(stack, contacts=2000 if long_run else 300, seed=14)
+    account = await connect_account(stack, contacts=2000 if long_run else 150, seed=14)
     kinds = ["retry_later", "http_500", "http_502", "http_503", "hang"]
     if long_run:
         kinds.append("rate_limit")
@@ -58,7 +58,7 @@ async def test_import_faults_30_percent(stack: Stack, tmp_path: Path, long_run: 
         assert set(summary["examples"]) <= shared, (summary, sorted(shared)[:10])  # type: ignore[call-overload]
         assert summary["consecutive_identical_rows"] == 0, summary
 
-        await edit_stream(stack, account, 120 if long_run else 40, rng)
+        await edit_stream(stack, account, 120 if long_run else 25, rng)
         if long_run:  # one call times out at the client (35 s) but Unisender applies it: resent identically
             r = await stack.unisender.post(
                 "/_sandbox/faults",

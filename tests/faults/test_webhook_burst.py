@@ -47,7 +47,7 @@ async def test_burst_of_duplicate_reordered_deliveries(stack: Stack, tmp_path: P
         )
         assert r.status_code == 200, r.text
         await stack.kommo.delete("/_sandbox/deliveries")
-        await edit_stream(stack, account, 800 if long_run else 250, rng)
+        await edit_stream(stack, account, 800 if long_run else 150, rng)
         await stack.kommo.post("/_sandbox/deliveries/drain", json={"timeout": 60})
         bodies = await recorded_bodies(stack)
         # Replay them as a storm: every body 1-4 times, shuffled, 5,000 deliveries with --long (1,500 quick).
