@@ -78,10 +78,10 @@ async def flush_account(pc: ProcessContext, account_id: int) -> FlushResult:
                 metrics.PROVIDER_REQUESTS.labels("unisender", "importContacts", "retry").inc()
                 if exc.code and exc.code.startswith("api_call_limit"):
                     metrics.PROVIDER_THROTTLED.labels("unisender").inc()
-                delay = 0.0
                 for row in rows:
                     row.attempts += 1
-                    delay = max(delay, backoff(row.attempts, exc.retry_after))
+                # One draw per batch: a maximum over many draws would lose the jitter and retry in lockstep.
+                delay = backoff(max(row.attempts for row in rows), exc.retry_after)
                 for row in rows:
                     row.next_attempt_at = utcnow() + timedelta(seconds=delay)
                     row.last_error = f"{type(exc).__name__}: {exc.message}"[:500]
