@@ -8,6 +8,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -80,6 +81,28 @@ class UpstreamError(AppError):
 class ServiceUnavailable(AppError):
     code = "service_unavailable"
     status_code = 503
+
+
+class ErrorBody(BaseModel):
+    """The one error shape, as documented in the OpenAPI document (``fields``, ``account_id``… may follow)."""
+
+    model_config = ConfigDict(extra="allow")
+    error: str = Field(description="Machine-readable code, e.g. validation_error, unknown_account")
+    detail: str = Field(description="Human-readable message")
+
+
+# Documented on every route (the API router applies them): without them the document promises FastAPI's own
+# 422 body, which the validation handler above never sends, and no other 4xx at all.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {
+        "model": ErrorBody,
+        "description": "Refused (bad input, credentials, unknown id); nothing changed",
+    },
+    503: {
+        "model": ErrorBody,
+        "description": "A dependency (database) is unavailable; retry after Retry-After",
+    },
+}
 
 
 def error_response(status_code: int, code: str, detail: str, **extra: Any) -> JSONResponse:

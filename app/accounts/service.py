@@ -423,7 +423,10 @@ async def disable_integration(
     *, session: AsyncSession, account_id: str, client_uuid: str, signature: str
 ) -> None:
     """Kommo's uninstall hook: verify the signature, mark the account disabled, forget its Kommo tokens."""
-    integration = await repo.get_integration(session, int(account_id)) if account_id.isdigit() else None
+    # ASCII digits only: str.isdigit() also accepts "³" or "١", which int() refuses or reads as another id;
+    # and at most 18 of them, so the id fits PostgreSQL's bigint.
+    known = account_id.isascii() and account_id.isdigit() and len(account_id) <= 18
+    integration = await repo.get_integration(session, int(account_id)) if known else None
     if integration is None:
         # Same work and answer as a bad signature: the hook must not reveal which accounts exist.
         verify_disable_signature(client_uuid, account_id, signature, client_id="x", client_secret="x")

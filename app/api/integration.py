@@ -20,6 +20,7 @@ router = APIRouter(tags=["integration"])
     dependencies=[AdminDep],
     response_model=IntegrationOut,
     status_code=201,
+    responses={200: {"model": IntegrationOut, "description": "Updated"}},
     summary="Create (201) or update (200) an account's Kommo integration",
 )
 async def save_integration(
@@ -30,7 +31,13 @@ async def save_integration(
     return out
 
 
-@router.get("/auth", summary="Start connecting Kommo: redirects to Kommo's consent page")
+@router.get(
+    "/auth",
+    status_code=302,
+    response_class=RedirectResponse,
+    responses={302: {"description": "To Kommo's consent page"}},
+    summary="Start connecting Kommo: redirects to Kommo's consent page",
+)
 async def auth(ctx: ContextDep, session: SessionDep, id: int = Query(gt=0)) -> RedirectResponse:
     url = await service.start_oauth(session=session, pc=ctx, account_id=id)
     return RedirectResponse(url, status_code=302)
@@ -44,7 +51,13 @@ def _page(title: str, message: str, status_code: int) -> HTMLResponse:
     return HTMLResponse(body, status_code=status_code, headers={"Cache-Control": "no-store"})
 
 
-@router.get("/auth/callback", response_class=HTMLResponse, summary="Kommo's OAuth redirect")
+@router.get(
+    "/auth/callback",
+    response_class=HTMLResponse,
+    # The person who clicked reads a page, also when the connection is refused.
+    responses={400: {"content": {"text/html": {}}, "description": "Not connected: the page says why"}},
+    summary="Kommo's OAuth redirect",
+)
 async def auth_callback(
     ctx: ContextDep,
     code: str | None = None,

@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api import accounts, contacts, health, integration, sync, webhooks
+from app.errors import ERROR_RESPONSES
 
-api_router = APIRouter()
+api_router = APIRouter(responses=ERROR_RESPONSES)
 api_router.include_router(health.router)
 api_router.include_router(integration.router)
 api_router.include_router(accounts.router)

@@ -70,7 +70,12 @@ async def _run_out(session: Any, run: SyncRun) -> RunOut:
     )
 
 
-@router.post("/sync/contacts", status_code=202, summary="Start a full sync (or return the running one)")
+@router.post(
+    "/sync/contacts",
+    status_code=202,
+    responses={200: {"description": "A run is already going: that one"}},
+    summary="Start a full sync (or return the running one)",
+)
 async def start_sync(body: SyncRequest, ctx: ContextDep, session: SessionDep) -> JSONResponse:
     integ = await repo.get_integration(session, body.id)
     if integ is None:

@@ -176,6 +176,11 @@ async def test_disable_hook_bad_signature_is_401(stack: Stack) -> None:
         {"client_uuid": "other-client", "account_id": str(inst.account_id), "signature": good},
         {"client_uuid": inst.client_id, "account_id": "1", "signature": good},
         {"client_uuid": inst.client_id, "account_id": "abc", "signature": good},
+        # Found by schemathesis: "³".isdigit() is True but int("³") raises (was a 500); "١٢" reads as 12;
+        # 20 digits do not fit a bigint (was a 400 from the database).
+        {"client_uuid": inst.client_id, "account_id": "³", "signature": good},
+        {"client_uuid": inst.client_id, "account_id": "١٢", "signature": good},
+        {"client_uuid": inst.client_id, "account_id": "9" * 20, "signature": good},
         {"client_uuid": inst.client_id, "account_id": str(inst.account_id)},
         {},
     ]
