@@ -21,7 +21,10 @@ from app.worker import enqueue
 log = structlog.get_logger(__name__)
 
 BATCH = 500
-MAX_BATCHES = 50  # bounded: a later job or the sweeper continues
+MAX_BATCHES = 50  # bounded: a continuation job (or the sweeper) goes on
+# Share of the worker's job timeout one job may spend draining, as for a full-sync slice: past the timeout
+# arq cancels the job, the batch in flight rolls back and the same work is done again later.
+DEADLINE_SHARE = 0.6
 
 
 @dataclass
@@ -31,15 +34,27 @@ class DrainResult:
     changed: int = 0
     queued: int = 0
     busy: bool = False
+    more: bool = False  # stopped at the deadline or the batch cap: events may be left for a continuation
 
 
-async def process_kommo_events(pc: ProcessContext, account_id: int) -> DrainResult:
-    """Apply every pending Kommo event of the account, in arrival order, in batches; returns what it did.
+async def process_kommo_events(
+    pc: ProcessContext, account_id: int, *, deadline: float | None = None
+) -> DrainResult:
+    """Apply the account's pending Kommo events, in arrival order, in batches, until none is left or the
+    deadline (``time.monotonic()``; default ``DEADLINE_SHARE`` of the job timeout from now) passes; returns
+    what it did. ``more`` means it stopped early and the caller should enqueue a continuation.
 
     Another job already draining this account makes this one return ``busy`` (the caller retries shortly).
     """
+    if deadline is None:
+        deadline = time.monotonic() + DEADLINE_SHARE * pc.settings.worker_job_timeout
     total = DrainResult()
-    for _ in range(MAX_BATCHES):
+    for batch_no in range(MAX_BATCHES):
+        if batch_no and time.monotonic() >= deadline:
+            # Checked between batches (each commits): the first always runs, so every job makes progress.
+            total.more = True
+            log.info("events.deadline", account_id=account_id, events=total.events, batches=batch_no)
+            return total
         async with pc.db.session_scope() as session:
             if not await repo.account_lock(session, account_id, wait=False):
                 total.busy = True
@@ -104,4 +119,5 @@ async def process_kommo_events(pc: ProcessContext, account_id: int) -> DrainResu
             queued=rec.queued,
             lag_s=round(time.time() - events[0].received_at.timestamp(), 3),
         )
+    total.more = True  # MAX_BATCHES full batches: there may be more
     return total

@@ -58,6 +58,10 @@ async def process_events(ctx: dict[str, Any], account_id: int, source: str = "ko
         else:
             result = await events.process_kommo_events(pc, account_id)
             handled, busy = result.events, result.busy
+            if result.more:
+                # Stopped at its deadline with events left: go on in a fresh job rather than wait for
+                # the sweeper (which re-finds events only once they are 5 s old).
+                await enqueue.process_events(pc.queue, account_id, source)
     except TransientError as exc:
         raise _retry_after(ctx, exc) from exc
     except (AccountNotReady, PermanentError) as exc:
