@@ -14,6 +14,8 @@ from app.queue import create_queue
 from app.security.crypto import Cipher, configure_encryption
 
 USER_AGENT = "contactsync/0.1 (+https://github.com/contactsync/contactsync)"
+# Extra spacing of Kommo calls beyond its 1-s window (see kommo_limiter).
+KOMMO_GUARD_SECONDS = 0.05
 
 
 def build_http_client(
@@ -43,10 +45,12 @@ class ProcessContext:
     def kommo_limiter(self, client_id: str) -> RateLimiter:
         key = f"kommo:{client_id}"
         if key not in self.limiters:
-            # Kommo counts arrivals in its own sliding second; a 20 % wider window absorbs network and
-            # scheduling jitter, because one 429 costs a 300 s pause (Kommo's retry_after).
+            # Kommo counts arrivals in its own sliding second. The full 7 per second, with each call spaced
+            # KOMMO_GUARD_SECONDS more than a second after the call 7 before it: enough for the jitter between
+            # two requests' delays (one 429 costs Kommo's 300 s pause), while a relative margin (the 20 %
+            # used before) would leave a fifth of the budget, and so of the full sync's speed, unused.
             self.limiters[key] = SlidingWindow(
-                max(1, int(self.settings.kommo_rate_per_second)), 1.0, margin=0.2
+                max(1, int(self.settings.kommo_rate_per_second)), 1.0, margin=0.0, guard=KOMMO_GUARD_SECONDS
             )
         return self.limiters[key]
 

@@ -74,15 +74,21 @@ class SlidingWindow:
 
     A token bucket with burst b and rate r admits up to b + r·window calls in one window, so it either
     overshoots a provider's limit or runs below it; this keeps the last ``limit`` grant times instead.
-    ``margin`` widens the window slightly so network jitter cannot squeeze an extra call into the
-    provider's own window.
+
+    The provider counts arrivals, we count grants: a call granted at t arrives at t + delay, and the delay
+    varies (network, a busy event loop between grant and send, the provider's own queueing). Call n+limit
+    arrives at least ``window`` after call n as long as the delays of the two differ by less than the
+    extra spacing we add, so the window is widened by ``guard`` seconds (an absolute allowance for that
+    jitter, which does not grow with the window) plus ``margin`` × window (a relative one, for long windows).
     """
 
-    def __init__(self, limit: int, window: float, *, margin: float = 0.05) -> None:
+    def __init__(self, limit: int, window: float, *, margin: float = 0.05, guard: float = 0.0) -> None:
         if limit < 1 or window <= 0:
             raise ValueError("limit must be >= 1 and window positive")
+        if margin < 0 or guard < 0:
+            raise ValueError("margin and guard must not be negative")
         self._limit = limit
-        self._window = window * (1.0 + margin)
+        self._window = window * (1.0 + margin) + guard
         self._grants: deque[float] = deque()
         self._paused_until = 0.0
         self._lock = asyncio.Lock()

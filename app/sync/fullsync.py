@@ -2,15 +2,18 @@
 
 A full sync runs as a chain of short jobs: each pages Kommo for up to ``SLICE_SECONDS``, committing contacts,
 desired states and the cursor after every page, then enqueues its continuation. A killed worker therefore
-loses at most one page of work, and the run resumes from its checkpoint. Fetching the next page overlaps
-with writing the current one, and pushes to the email platform run concurrently in flush jobs.
+loses only the pages fetched but not yet committed, and the run resumes from its checkpoint. A fetcher task
+pages Kommo at the rate limit while the pages are committed behind it (in order), and pushes to the email
+platform run concurrently in flush jobs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 
 import structlog
@@ -23,14 +26,20 @@ from app.context import ProcessContext
 from app.db.base import utcnow
 from app.db.models import SyncRun
 from app.db.session import after_commit
+from app.sync import outbox, service
 from app.sync import repository as repo
-from app.sync import service
 from app.worker import enqueue
 
 log = structlog.get_logger(__name__)
 
 PAGE_SIZE = 250
 SLICE_SECONDS = 40.0  # well inside the worker's job timeout
+# Page requests in flight at once: at 7 req/s one request may take up to ~0.28 s before latency, not the
+# rate limit, sets the pace (real Kommo pages take ~0.2-0.5 s).
+FETCH_CONCURRENCY = 2
+# Fetched pages waiting for their commit: lets a slow commit (a lock wait, a checkpoint) pass without
+# stalling the fetcher, while bounding memory and what a killed worker has to fetch again.
+QUEUE_PAGES = 2
 VERIFY_CHUNK = 250
 RECONCILE_OVERLAP = 60  # seconds of updated_at re-read, for changes stamped while the last pass ran
 RECONCILE_MAX_PAGES = 40
@@ -54,13 +63,126 @@ class _Page:
     page: ContactPage
 
 
+@dataclass
+class _SliceEnd:
+    """The fetcher stopped at the deadline; ``resume`` is the first page it did not hand over."""
+
+    resume: int
+
+
+_Item = _Page | _SliceEnd | BaseException
+
+
 async def _fetch(client: KommoClient, number: int) -> _Page:
     return _Page(number, await client.list_contacts(page=number, limit=PAGE_SIZE))
 
 
+async def _fetch_pages(client: KommoClient, first: int, deadline: float, out: asyncio.Queue[_Item]) -> None:
+    """Fetch pages ``first``, ``first + 1`` … into ``out`` in page order, up to FETCH_CONCURRENCY requests at
+    once, until the last page (a page without a next one) or the deadline.
+
+    Kommo pages by number, so the following pages can be requested before the current one has arrived; that
+    keeps the rate limiter, not Kommo's latency, the pace. ``out`` is bounded: when the committer falls
+    behind, fetching waits, so memory and the pages re-read after a crash stay bounded. A fetch error is
+    handed over in order too, so the pages before it are still committed.
+    """
+    inflight: deque[asyncio.Task[_Page]] = deque()
+    number = first
+    try:
+        while True:
+            while len(inflight) < FETCH_CONCURRENCY and time.monotonic() < deadline:
+                inflight.append(asyncio.create_task(_fetch(client, number)))
+                number += 1
+            if not inflight:
+                await out.put(_SliceEnd(number))
+                return
+            task = inflight.popleft()
+            try:
+                fetched = await task
+            except Exception as exc:
+                await out.put(exc)
+                return
+            await out.put(fetched)
+            following = fetched.page.next_page
+            if following is None:
+                return  # the last page: anything requested after it is past the end
+            if following != fetched.number + 1:
+                # Not the numbering we speculated on: drop the guesses and follow the link.
+                _cancel_all(inflight)
+                number = following
+    finally:
+        _cancel_all(inflight)
+
+
+def _cancel_all(tasks: deque[asyncio.Task[_Page]]) -> None:
+    while tasks:
+        task = tasks.popleft()
+        task.cancel()
+        # A fetch that already failed must not be reported as "exception never retrieved".
+        task.add_done_callback(_consume)
+
+
+def _consume(task: asyncio.Task[_Page]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+class _Pusher:
+    """Pushes the outbox of the account while the slice commits pages, in this job rather than in one
+    arq flush job per page: no queue round trips, no jobs retrying against each other's flush lock, and the
+    rows of the last page go out as soon as it is committed. When it cannot (another flusher holds the
+    account, or Unisender asked us to wait), a flush job takes over, with its own retry and backoff.
+    """
+
+    def __init__(self, pc: ProcessContext, account_id: int) -> None:
+        self._pc = pc
+        self._account_id = account_id
+        self._wanted = False
+        self._task: asyncio.Task[None] | None = None
+        self._handoff: float | None = None  # delay of the flush job to enqueue at the end, if any
+
+    def poke(self) -> None:
+        """New rows are committed: push them (now, or after the pass under way)."""
+        self._wanted = True
+        if self._handoff is None and (self._task is None or self._task.done()):
+            self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while self._wanted:
+            self._wanted = False
+            try:
+                result = await outbox.flush_account(self._pc, self._account_id)
+            except Exception as exc:
+                log.warning("sync.push_failed", account_id=self._account_id, error=repr(exc))
+                self._handoff = 0.0
+                return
+            if result.busy or result.blocked is not None or result.retry_in is not None:
+                self._handoff = result.retry_in or 0.0
+                return
+
+    async def drain(self) -> None:
+        """Push what is committed, then hand what is left (if anything) to a flush job."""
+        self.poke()
+        if self._task is not None:
+            await self._task
+        if self._handoff is not None:
+            await enqueue.flush_outbox(self._pc.queue, self._account_id, delay=self._handoff)
+
+    def cancel(self) -> None:
+        """Stop pushing (the slice is being torn down): the sweeper finds the rows left pending."""
+        if self._task is not None:
+            self._task.cancel()
+
+
 async def run_full_sync_slice(pc: ProcessContext, run_id: str) -> str:
-    """Advance a run for up to SLICE_SECONDS; returns its status afterwards."""
-    # A slice must end well inside the job timeout, or arq would cancel it mid-page.
+    """Advance a run for up to SLICE_SECONDS; returns its status afterwards.
+
+    A fetcher task pages Kommo at the pace of the rate limiter while this coroutine commits the pages behind
+    it, one transaction per page and strictly in page order, so the checkpoint cursor only moves forward and
+    a killed worker resumes after the last committed page without skipping any.
+    """
+    # A slice stops fetching well inside the job timeout, or arq would cancel it mid-page; the pages already
+    # fetched are still committed (at most FETCH_CONCURRENCY + QUEUE_PAGES of them).
     deadline = time.monotonic() + min(SLICE_SECONDS, 0.6 * pc.settings.worker_job_timeout)
     async with pc.db.session_scope() as session:
         run = await session.get(SyncRun, run_id)
@@ -76,34 +198,50 @@ async def run_full_sync_slice(pc: ProcessContext, run_id: str) -> str:
         cursor = int(run.cursor or 0)
         run.updated_at = utcnow()
         client = await kommo_client_for(session, pc, account_id)
-    prefetch: asyncio.Task[_Page] | None = asyncio.create_task(_fetch(client, cursor + 1))
+    pages: asyncio.Queue[_Item] = asyncio.Queue(maxsize=QUEUE_PAGES)
+    fetcher = asyncio.create_task(_fetch_pages(client, cursor + 1, deadline, pages))
+    pusher = _Pusher(pc, account_id)
+    status = "running"
     try:
-        while prefetch is not None:
-            fetched = await prefetch
-            prefetch = None
-            following = fetched.page.next_page
-            if following is not None and time.monotonic() < deadline:
-                prefetch = asyncio.create_task(_fetch(client, following))
-            await _commit_page(pc, run_id, account_id, fetched)
-            if following is None:
-                await _finish(pc, run_id, account_id, client)
-                return "done"
-            if prefetch is None:
+        while True:
+            item = await pages.get()
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, _SliceEnd):
                 break  # slice used up: continue in a new job from the checkpoint
+            queued = await _commit_page(pc, run_id, account_id, item)
+            if queued is None:
+                status = "stopped"  # the run was ended elsewhere (failed, or finished by another job)
+                break
+            if queued:
+                pusher.poke()
+            if item.page.next_page is None:
+                await _finish(pc, run_id, account_id, client)
+                status = "done"
+                break
     except BaseException:
-        if prefetch is not None:
-            prefetch.cancel()
+        pusher.cancel()
         raise
-    await enqueue.full_sync(pc.queue, run_id)
-    return "running"
+    finally:
+        # Cancel-safe: whatever ends this slice (error, arq's timeout, shutdown) stops the fetcher and its
+        # requests; uncommitted pages are simply fetched again by the next slice.
+        fetcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await fetcher
+    await pusher.drain()
+    if status == "running":
+        await enqueue.full_sync(pc.queue, run_id)
+    return status
 
 
-async def _commit_page(pc: ProcessContext, run_id: str, account_id: int, fetched: _Page) -> None:
+async def _commit_page(pc: ProcessContext, run_id: str, account_id: int, fetched: _Page) -> int | None:
+    """Apply one page and move the cursor to it, in one transaction; returns how many addresses it queued
+    for a push, or None when the run is no longer running."""
     async with pc.db.session_scope() as session:
         await repo.account_lock(session, account_id)
         run = await session.get(SyncRun, run_id)
         if run is None or run.status != "running":
-            return
+            return None
         applied = await service.apply_contacts(
             session, account_id, fetched.page.contacts, authoritative=True, run_id=run_id
         )
@@ -113,8 +251,6 @@ async def _commit_page(pc: ProcessContext, run_id: str, account_id: int, fetched
         run.pushed += rec.queued
         run.cursor = fetched.number
         run.updated_at = utcnow()
-        if rec.queued:
-            after_commit(session, lambda: enqueue.flush_outbox(pc.queue, account_id, delay=0))
     log.info(
         "sync.page",
         run_id=run_id,
@@ -122,6 +258,7 @@ async def _commit_page(pc: ProcessContext, run_id: str, account_id: int, fetched
         page=fetched.number,
         contacts=len(fetched.page.contacts),
     )
+    return rec.queued
 
 
 async def _finish(pc: ProcessContext, run_id: str, account_id: int, client: KommoClient) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import and_, delete, func, or_, select, tuple_, update
+from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import dialect
@@ -30,6 +30,17 @@ _T = TypeVar("_T")
 def _chunks(items: Sequence[_T], size: int = CHUNK) -> Iterable[Sequence[_T]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+async def _execute_many(session: AsyncSession, stmt: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """Run one parameterised statement for many rows (DBAPI executemany).
+
+    The statement carries no values of its own, so SQLAlchemy compiles it once and serves it from its cache;
+    asyncpg prepares it once and pipelines the rows. A multi-row ``.values([...])`` instead builds a new
+    statement with one bind parameter per cell every call, and compiling those dominated the full sync.
+    """
+    for chunk in _chunks(rows):
+        await session.execute(stmt, list(chunk))
 
 
 async def account_lock(session: AsyncSession, account_id: int, *, wait: bool = True) -> bool:
@@ -146,30 +157,28 @@ async def replace_addresses(
                 tuple_(ContactAddress.kommo_id, ContactAddress.email).in_(chunk),
             )
         )
-    for rows in _chunks(additions):
-        await session.execute(
-            dialect.insert(session, ContactAddress).values(list(rows)).on_conflict_do_nothing()
-        )
+    if additions:
+        stmt = dialect.insert(session, ContactAddress.__table__).on_conflict_do_nothing()
+        await _execute_many(session, stmt, additions)
 
 
 async def upsert_contacts(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
-    for chunk in _chunks(rows):
-        stmt = dialect.insert(session, Contact).values(list(chunk))
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["account_id", "kommo_id"],
-            set_={
-                "name": stmt.excluded.name,
-                "emails": stmt.excluded.emails,
-                "tags": stmt.excluded.tags,
-                "kommo_updated_at": stmt.excluded.kommo_updated_at,
-                "deleted_at": stmt.excluded.deleted_at,
-                "seen_run_id": stmt.excluded.seen_run_id,
-                "updated_at": stmt.excluded.updated_at,
-            },
-        )
-        await session.execute(stmt)
+    stmt = dialect.insert(session, Contact.__table__)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["account_id", "kommo_id"],
+        set_={
+            "name": stmt.excluded.name,
+            "emails": stmt.excluded.emails,
+            "tags": stmt.excluded.tags,
+            "kommo_updated_at": stmt.excluded.kommo_updated_at,
+            "deleted_at": stmt.excluded.deleted_at,
+            "seen_run_id": stmt.excluded.seen_run_id,
+            "updated_at": stmt.excluded.updated_at,
+        },
+    )
+    await _execute_many(session, stmt, rows)
 
 
 async def mark_seen(session: AsyncSession, account_id: int, ids: Sequence[int], run_id: str) -> None:
@@ -263,13 +272,14 @@ async def upsert_owners(session: AsyncSession, account_id: int, owners: dict[str
         {"account_id": account_id, "email": e, "kommo_id": k, "consent": "subscribed", "updated_at": utcnow()}
         for e, k in sorted(owners.items())
     ]
-    for chunk in _chunks(rows):
-        stmt = dialect.insert(session, ContactEmail).values(list(chunk))
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["account_id", "email"],
-            set_={"kommo_id": stmt.excluded.kommo_id, "updated_at": stmt.excluded.updated_at},
-        )
-        await session.execute(stmt)
+    if not rows:
+        return
+    stmt = dialect.insert(session, ContactEmail.__table__)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["account_id", "email"],
+        set_={"kommo_id": stmt.excluded.kommo_id, "updated_at": stmt.excluded.updated_at},
+    )
+    await _execute_many(session, stmt, rows)
 
 
 async def mark_unsubscribed(session: AsyncSession, account_id: int, email: str) -> bool:
@@ -348,12 +358,12 @@ async def add_outbox(
         }
         for email, payload, h in items
     ]
-    for chunk in _chunks(rows):
-        await session.execute(
-            dialect.insert(session, Outbox)
-            .values(list(chunk))
-            .on_conflict_do_nothing(index_elements=["account_id", "email"])
-        )
+    if not rows:
+        return
+    stmt = dialect.insert(session, Outbox.__table__).on_conflict_do_nothing(
+        index_elements=["account_id", "email"]
+    )
+    await _execute_many(session, stmt, rows)
 
 
 async def cancel_outbox(session: AsyncSession, account_id: int, emails: Sequence[str], reason: str) -> None:
@@ -376,6 +386,72 @@ async def claim_outbox(session: AsyncSession, account_id: int, limit: int) -> li
         .limit(limit)
     )
     return list((await session.execute(dialect.skip_locked(session, stmt))).scalars())
+
+
+@dataclass(frozen=True, slots=True)
+class DueRow:
+    """The columns of a due outbox row a push needs (plain values: no ORM objects to track and flush)."""
+
+    id: int
+    email: str
+    payload: dict[str, Any]
+    payload_hash: str
+    attempts: int
+    updated_at: datetime
+
+
+async def claim_due(session: AsyncSession, account_id: int, limit: int) -> list[DueRow]:
+    """Due pending rows, oldest first, locked until the transaction ends (rows another flusher holds are
+    skipped)."""
+    stmt = (
+        select(
+            Outbox.id, Outbox.email, Outbox.payload, Outbox.payload_hash, Outbox.attempts, Outbox.updated_at
+        )
+        .where(
+            Outbox.account_id == account_id, Outbox.status == "pending", Outbox.next_attempt_at <= utcnow()
+        )
+        .order_by(Outbox.id)
+        .limit(limit)
+    )
+    return [DueRow(*row) for row in (await session.execute(dialect.skip_locked(session, stmt))).all()]
+
+
+async def mark_pushed(session: AsyncSession, ids: Sequence[int], at: datetime) -> None:
+    """The email platform accepted these rows as queued: what it holds is now their payload."""
+    table = cast(Table, Outbox.__table__)
+    for chunk in _chunks(list(ids)):
+        await session.execute(
+            update(table)
+            .where(table.c.id.in_(chunk))
+            .values(
+                status="done",
+                pushed_hash=table.c.payload_hash,
+                pushed_at=at,
+                last_error=None,
+                reject_code=None,
+                updated_at=at,
+            )
+        )
+
+
+_OUTBOX_ROW_UPDATE_KEYS = ("status", "attempts", "next_attempt_at", "last_error", "reject_code")
+
+
+async def update_outbox_rows(session: AsyncSession, changes: Sequence[dict[str, Any]]) -> None:
+    """Per-row outcomes: each dict holds ``id`` and every key of ``_OUTBOX_ROW_UPDATE_KEYS``."""
+    if not changes:
+        return
+    table = cast(Table, Outbox.__table__)  # Core, not the ORM's bulk-update-by-primary-key mode
+    stmt = (
+        update(table)
+        .where(table.c.id == bindparam("row_id"))
+        .values({key: bindparam(f"new_{key}") for key in _OUTBOX_ROW_UPDATE_KEYS} | {"updated_at": utcnow()})
+    )
+    rows = [
+        {"row_id": change["id"], **{f"new_{key}": change[key] for key in _OUTBOX_ROW_UPDATE_KEYS}}
+        for change in changes
+    ]
+    await _execute_many(session, stmt, rows)
 
 
 async def accounts_with_due_outbox(session: AsyncSession) -> list[int]:

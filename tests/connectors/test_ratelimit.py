@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from app.connectors.ratelimit import SlidingWindow, TokenBucket
 
 
@@ -48,3 +50,26 @@ async def test_pause_holds_every_caller() -> None:
     start = time.monotonic()
     await limiter.acquire()
     assert time.monotonic() - start >= 0.29
+
+
+async def test_guard_spaces_each_call_beyond_the_window_at_the_full_limit() -> None:
+    """The absolute guard: call n+limit is granted at least window + guard after call n, and no later."""
+    limiter = SlidingWindow(7, 0.2, margin=0.0, guard=0.05)
+    stamps: list[float] = []
+
+    async def call() -> None:
+        await limiter.acquire()
+        stamps.append(time.monotonic())
+
+    start = time.monotonic()
+    await asyncio.gather(*(call() for _ in range(21)))
+    elapsed = time.monotonic() - start
+    stamps.sort()
+    assert all(b - a >= 0.25 - 1e-3 for a, b in zip(stamps, stamps[7:], strict=False))
+    assert _max_in_window(stamps, 0.25 - 1e-3) <= 7
+    assert 0.49 <= elapsed < 0.8  # 21 calls: the full 7 per window, two waits of 0.25 s
+
+
+def test_negative_allowances_are_refused() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        SlidingWindow(7, 1.0, guard=-0.1)
