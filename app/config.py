@@ -61,7 +61,7 @@ class Settings(BaseSettings):
 
     # Tuning (defaults follow PERFORMANCE.md; all optional).
     max_body_bytes: int = Field(1_048_576, description="Request body cap in bytes (413 above)")
-    db_pool_size: int = Field(10, description="Database connection pool size per process")
+    db_pool_size: int = Field(20, description="Database connections per process (kept open; no overflow)")
     kommo_rate_per_second: float = Field(7.0, description="Client-side budget per Kommo integration")
     unisender_calls_per_minute: float = Field(1200.0, description="Client-side budget per Unisender key")
     unsubscribe_tag: str = Field("unsubscribed", description="Kommo tag set on contacts who unsubscribed")

@@ -67,9 +67,12 @@ class ProcessContext:
         await self.db.dispose()
 
 
-async def build_context(settings: Settings) -> ProcessContext:
+async def build_context(settings: Settings, *, pre_ping: bool = True) -> ProcessContext:
+    """``pre_ping=False`` for the API: its hot path retries a dead connection itself (``run_autocommit``)."""
     cipher = configure_encryption(settings.encryption_keys())
-    engine = create_engine(settings.resolved_database_url(), pool_size=settings.db_pool_size)
+    engine = create_engine(
+        settings.resolved_database_url(), pool_size=settings.db_pool_size, pre_ping=pre_ping
+    )
     return ProcessContext(
         settings=settings,
         db=Database(engine),

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI
 
+from app.accounts.webhook_auth import WebhookAuth
 from app.api.router import api_router
 from app.config import Settings, get_settings
 from app.context import ProcessContext, build_context
@@ -16,6 +17,8 @@ from app.errors import BodySizeLimitMiddleware, install_error_handlers
 from app.logging import configure_logging
 from app.metrics import MetricsMiddleware
 from app.middleware import RequestIdMiddleware
+from app.sync.ingest import WebhookIntake
+from app.worker.enqueue import WakeUps
 
 log = structlog.get_logger(__name__)
 
@@ -32,17 +35,20 @@ def create_app(settings: Settings | None = None, *, auto_migrate: bool | None = 
             settings.state_dir.mkdir(parents=True, exist_ok=True)
         if migrate:
             await upgrade_async(settings.resolved_database_url())
-        ctx = await build_context(settings)
+        ctx = await build_context(settings, pre_ping=False)
         try:
             await check_schema_current(ctx.db.engine, settings.resolved_database_url())
         except Exception:
             await ctx.close()
             raise
+        wakeups = WakeUps(ctx.queue)
         app.state.ctx = ctx
+        app.state.intake = WebhookIntake(pc=ctx, auth=WebhookAuth(), wakeups=wakeups)
         log.info("api.started", env=settings.env.value, embedded=settings.embedded)
         try:
             yield
         finally:
+            await wakeups.close()
             await ctx.close()
             log.info("api.stopped")
 

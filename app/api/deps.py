@@ -11,9 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.context import ProcessContext
 from app.errors import Unauthorized
+from app.sync.ingest import WebhookIntake
 
 
-def get_context(request: Request) -> ProcessContext:
+# Dependencies are ``async def`` even when they do not await: FastAPI runs plain ``def`` ones in a thread.
+async def get_context(request: Request) -> ProcessContext:
     ctx: ProcessContext = request.app.state.ctx
     return ctx
 
@@ -34,7 +36,15 @@ async def get_session(ctx: ContextDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
-def require_admin(request: Request, ctx: ContextDep) -> None:
+async def get_intake(request: Request) -> WebhookIntake:
+    intake: WebhookIntake = request.app.state.intake
+    return intake
+
+
+IntakeDep = Annotated[WebhookIntake, Depends(get_intake)]
+
+
+async def require_admin(request: Request, ctx: ContextDep) -> None:
     """Operator endpoints: ``Authorization: Bearer <ADMIN_TOKEN>``, compared in constant time."""
     header = request.headers.get("authorization", "")
     scheme, _, presented = header.partition(" ")

@@ -94,7 +94,7 @@ async def _authorize_account(
     """Operator bearer token, or the account's own webhook token (``?token=`` or ``X-Widget-Token``)."""
     if request.headers.get("authorization"):
         try:
-            require_admin(request, ctx)
+            await require_admin(request, ctx)
             return
         except Unauthorized:
             if token is None:

@@ -10,20 +10,30 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from app.db.dialect import release_local_locks
 
 log = structlog.get_logger(__name__)
 
 AfterCommit = Callable[[], Awaitable[Any]]
+_T = TypeVar("_T")
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 20, pre_ping: bool = True) -> AsyncEngine:
+    """The process's engine. ``pre_ping`` costs a round trip per checkout; without it, the first statement
+    on a connection broken by a PostgreSQL restart fails, and SQLAlchemy then recycles the whole pool."""
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
@@ -39,8 +49,10 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(
         url,
         pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_pre_ping=True,  # PostgreSQL restarts must not poison the pool
+        # No overflow: overflow connections are closed when returned, so a burst above the pool size would
+        # open (and TLS-negotiate) a new PostgreSQL connection per request; waiting for a pooled one is cheaper.
+        max_overflow=0,
+        pool_pre_ping=pre_ping,
         pool_timeout=10,
     )
 
@@ -69,6 +81,29 @@ class Database:
             release_local_locks(session)
             await session.close()
         await run_after_commit(session)
+
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """A connection on which each statement commits by itself: for units of work of one statement."""
+        async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+
+    async def run_autocommit(self, work: Callable[[AsyncConnection], Awaitable[_T]]) -> _T:
+        """Run ``work`` on an autocommit connection, once more on a fresh one if the connection was dead.
+
+        ``work`` must be safe to repeat (webhook intake is: its insert is idempotent by dedupe key). The retry
+        makes a PostgreSQL restart invisible to callers once the server is back, without a ping per checkout.
+        """
+        try:
+            async with self.autocommit() as conn:
+                return await work(conn)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            log.info("db.reconnect", error=type(exc.orig).__name__)
+        async with self.autocommit() as conn:
+            return await work(conn)
 
     async def dispose(self) -> None:
         await self.engine.dispose()

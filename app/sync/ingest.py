@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import metrics
+from app.accounts.webhook_auth import WebhookAuth
 from app.connectors.kommo.exceptions import KommoWebhookParseError
 from app.connectors.kommo.webhooks import parse_webhook
 from app.connectors.unisender.exceptions import UnisenderHookParseError
@@ -15,8 +17,10 @@ from app.connectors.unisender.hooks import parse_hook, verify_hook_auth
 from app.context import ProcessContext
 from app.db.session import after_commit
 from app.errors import BadRequest, Unauthorized
+from app.sync import inbox
 from app.sync import repository as repo
 from app.worker import enqueue
+from app.worker.enqueue import WakeUps
 
 
 def _refuse_nul(body: bytes) -> None:
@@ -33,34 +37,45 @@ def _dedupe_key(source: str, account_id: int, body: bytes, *, unique: bool) -> s
     return hashlib.sha256(f"{source}:{account_id}:{salt}:".encode() + body).hexdigest()
 
 
-async def accept_kommo_webhook(
-    session: AsyncSession, pc: ProcessContext, account_id: int, body: bytes
-) -> bool:
-    """Parse-check and store a Kommo body; True when new. The caller has verified the token."""
-    _refuse_nul(body)
-    try:
-        batch = parse_webhook(body)
-    except KommoWebhookParseError as exc:
-        metrics.WEBHOOKS.labels("kommo", "unparsable").inc()
-        raise BadRequest(f"Unparsable Kommo webhook body: {exc}", code="invalid_webhook_body") from exc
-    if batch.account_id is not None and batch.account_id != account_id:
-        metrics.WEBHOOKS.labels("kommo", "wrong_account").inc()
-        raise BadRequest("account[id] in the body does not match the URL's account", code="account_mismatch")
-    has_deletions = any(e.contact is None for e in batch.events)
-    event_id = await repo.insert_event(
-        session,
-        account_id=account_id,
-        source="kommo",
-        dedupe_key=_dedupe_key("kommo", account_id, body, unique=has_deletions),
-        body=body.decode("utf-8", errors="replace"),
-    )
-    if event_id is None:
-        metrics.WEBHOOKS.labels("kommo", "duplicate").inc()
-        return False
-    metrics.WEBHOOKS.labels("kommo", "accepted").inc()
-    if batch.events:
-        after_commit(session, lambda: enqueue.process_events(pc.queue, account_id, "kommo"))
-    return True
+@dataclass(frozen=True, slots=True)
+class WebhookIntake:
+    """What webhook intake needs, built once per API process: the hot path touches no ORM session."""
+
+    pc: ProcessContext
+    auth: WebhookAuth
+    wakeups: WakeUps
+
+    async def accept_kommo(self, account_id: int, token: str | None, body: bytes) -> bool:
+        """Verify, parse-check and store a Kommo body; True when new. One INSERT is the whole unit of work."""
+        db = self.pc.db
+        await self.auth.verify(db, account_id, token)
+        _refuse_nul(body)
+        try:
+            batch = parse_webhook(body)
+        except KommoWebhookParseError as exc:
+            metrics.WEBHOOKS.labels("kommo", "unparsable").inc()
+            raise BadRequest(f"Unparsable Kommo webhook body: {exc}", code="invalid_webhook_body") from exc
+        if batch.account_id is not None and batch.account_id != account_id:
+            metrics.WEBHOOKS.labels("kommo", "wrong_account").inc()
+            raise BadRequest(
+                "account[id] in the body does not match the URL's account", code="account_mismatch"
+            )
+        has_deletions = any(e.contact is None for e in batch.events)
+        dedupe_key = _dedupe_key("kommo", account_id, body, unique=has_deletions)
+        text = body.decode("utf-8", errors="replace")
+        event_id = await db.run_autocommit(
+            lambda conn: inbox.store_event(
+                conn, account_id=account_id, source="kommo", dedupe_key=dedupe_key, body=text
+            )
+        )
+        if event_id is None:
+            metrics.WEBHOOKS.labels("kommo", "duplicate").inc()
+            return False
+        metrics.WEBHOOKS.labels("kommo", "accepted").inc()
+        if batch.events:
+            # After the commit (autocommit: the insert has committed when it returns).
+            self.wakeups.poke("process_events", account_id, "kommo")
+        return True
 
 
 async def accept_unisender_hook(

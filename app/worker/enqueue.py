@@ -6,6 +6,8 @@ coalesce (each drains everything pending for its account under a per-account loc
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from typing import Any
 
@@ -16,6 +18,8 @@ log = structlog.get_logger(__name__)
 
 # Coalescing window for pushes: changes arriving within it share one importContacts call.
 FLUSH_DELAY_SECONDS = 0.4
+# Coalescing window for wake-ups sent by webhook intake (see WakeUps).
+WAKE_WINDOW_SECONDS = 0.02
 
 
 async def _enqueue(
@@ -46,3 +50,43 @@ async def full_sync(queue: ArqRedis, run_id: str, *, delay: float | None = None)
 
 async def tag_unsubscribes(queue: ArqRedis, account_id: int) -> None:
     await _enqueue(queue, "tag_unsubscribes", account_id, job_id=_uid(f"tag:{account_id}"))
+
+
+class WakeUps:
+    """Coalesces wake-up jobs: a burst of webhooks for one account sends one job per window, not one each.
+
+    Webhook intake commits the event first and pokes afterwards, so a poke lost with the process (or with
+    Redis) only delays the work until the sweeper finds the pending rows. Sending happens off the request
+    path: an answered webhook never waits on Redis.
+    """
+
+    def __init__(self, queue: ArqRedis, *, window: float = WAKE_WINDOW_SECONDS) -> None:
+        self._queue = queue
+        self._window = window
+        self._pending: dict[tuple[str, tuple[Any, ...]], None] = {}
+        self._sender: asyncio.Task[None] | None = None
+
+    def poke(self, function: str, *args: Any) -> None:
+        """Ask for ``function(*args)`` to run soon; repeated pokes within the window send one job."""
+        self._pending[(function, args)] = None
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send_loop())
+
+    async def _send_loop(self) -> None:
+        # Ends as soon as nothing is pending; the next poke starts a new loop.
+        while self._pending:
+            await asyncio.sleep(self._window)
+            await self._send_pending()
+
+    async def _send_pending(self) -> None:
+        batch, self._pending = self._pending, {}
+        for function, args in batch:
+            await _enqueue(self._queue, function, *args, job_id=_uid(":".join([function, *map(str, args)])))
+
+    async def close(self) -> None:
+        """Send what is pending now (shutdown): the sweeper would find it anyway, this is just sooner."""
+        if self._sender is not None and not self._sender.done():
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+        await self._send_pending()

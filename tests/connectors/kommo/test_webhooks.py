@@ -317,3 +317,61 @@ def test_generated_bodies_round_trip(contacts: list[dict[str, object]]) -> None:
         )
     assert batch.account_id == 42
     assert got == expected
+
+
+# The form decoder and key splitter are hand-written for speed: they must agree with the slow, obvious versions.
+
+_FORM_TEXT = st.text(alphabet=st.sampled_from(list("ab[]=&+%20AFzé0")), max_size=60)
+
+
+@given(_FORM_TEXT)
+@settings(max_examples=400, deadline=None)
+def test_form_decoder_matches_parse_qsl(text: str) -> None:
+    from urllib.parse import parse_qsl
+
+    from app.connectors.kommo.webhooks import _decode
+
+    try:
+        expected: list[tuple[str, str]] | None = parse_qsl(
+            text, keep_blank_values=True, encoding="utf-8", errors="strict"
+        )
+    except UnicodeDecodeError:
+        expected = None
+    if expected is None:
+        with pytest.raises(KommoWebhookParseError):
+            _decode(text)
+    else:
+        assert _decode(text) == expected
+
+
+def _split_key_slowly(key: str) -> list[str] | None:
+    root, bracket, rest = key.partition("[")
+    if not root or "]" in root:
+        return None
+    segments = [root]
+    if not bracket:
+        return segments
+    rest = "[" + rest
+    while rest:
+        if not rest.startswith("["):
+            return None
+        close = rest.find("]")
+        if close < 0:
+            return None
+        segment = rest[1:close]
+        if not segment or "[" in segment:
+            return None
+        segments.append(segment)
+        rest = rest[close + 1 :]
+    return segments
+
+
+@given(st.text(alphabet=st.sampled_from(list("ab[]0")), min_size=1, max_size=30))
+@settings(max_examples=400, deadline=None)
+def test_split_key_matches_the_obvious_reading(key: str) -> None:
+    expected = _split_key_slowly(key)
+    if expected is None or len(expected) - 1 > MAX_DEPTH:
+        with pytest.raises(KommoWebhookParseError):
+            split_key(key)
+    else:
+        assert split_key(key) == expected

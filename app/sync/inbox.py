@@ -1,0 +1,97 @@
+"""SQL of webhook intake: the two statements a webhook costs (the token hash read, the event insert).
+
+Intake runs on an autocommit connection (``Database.autocommit``), not an ORM session: each statement is its
+own unit of work, so storing a body is one round trip, like a bare driver call. The statements are built
+once per dialect so SQLAlchemy's compiled cache always hits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+from sqlalchemy import Insert, Select, bindparam, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.db.base import utcnow
+from app.db.models import Integration, WebhookEvent
+
+_TOKEN_HASH: Select[Any] = select(Integration.webhook_token_hash).where(
+    Integration.account_id == bindparam("account_id")
+)
+
+
+def _insert_event(insert: Any) -> Insert:
+    stmt: Insert = (
+        insert(WebhookEvent)
+        .values(
+            account_id=bindparam("account_id"),
+            source=bindparam("source"),
+            dedupe_key=bindparam("dedupe_key"),
+            body=bindparam("body"),
+            status="pending",
+            attempts=0,
+            received_at=bindparam("received_at"),
+        )
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(WebhookEvent.id)
+    )
+    return stmt
+
+
+_INSERT_EVENT = {"postgresql": _insert_event(postgresql.insert), "sqlite": _insert_event(sqlite.insert)}
+
+# The same statement as PostgreSQL text, run on the driver connection: it skips SQLAlchemy's per-statement
+# work (parameter processing, result wrapping), which costs about as much as the round trip itself here.
+# tests/sync/test_inbox.py checks that both forms store identical rows.
+_PG_INSERT_EVENT = (
+    "INSERT INTO webhook_event (account_id, source, dedupe_key, body, status, attempts, received_at)"
+    " VALUES ($1, $2, $3, $4, 'pending', 0, $5)"
+    " ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
+)
+
+
+async def _store_event_pg(conn: AsyncConnection, args: tuple[Any, ...]) -> int | None:
+    raw = await conn.get_raw_connection()
+    driver: Any = raw.driver_connection  # asyncpg.Connection, in autocommit mode (no transaction to manage)
+    try:
+        event_id = await driver.fetchval(_PG_INSERT_EVENT, *args)
+    except Exception as exc:
+        # Outside SQLAlchemy's execute, so classify as it would: a broken connection is discarded and reported
+        # as OperationalError (503, and ``run_autocommit`` retries once on a fresh connection).
+        sqlstate = str(getattr(exc, "sqlstate", "") or "")
+        lost = isinstance(exc, OSError | asyncpg.InterfaceError | asyncpg.PostgresConnectionError) or (
+            sqlstate.startswith(("08", "57P"))
+        )
+        await conn.invalidate()
+        error = OperationalError if lost else DBAPIError
+        raise error(_PG_INSERT_EVENT, None, exc, connection_invalidated=True) from exc
+    return None if event_id is None else int(event_id)
+
+
+async def webhook_token_hash(conn: AsyncConnection, account_id: int) -> str | None:
+    """The stored hash of the account's webhook token; None for an unknown account."""
+    value = (await conn.execute(_TOKEN_HASH, {"account_id": account_id})).scalar_one_or_none()
+    return None if value is None else str(value)
+
+
+async def store_event(
+    conn: AsyncConnection, *, account_id: int, source: str, dedupe_key: str, body: str
+) -> int | None:
+    """Store a raw webhook body; None when the same delivery was stored before."""
+    if conn.dialect.name == "postgresql":
+        return await _store_event_pg(conn, (account_id, source, dedupe_key, body, utcnow()))
+    result = await conn.execute(
+        _INSERT_EVENT[conn.dialect.name],
+        {
+            "account_id": account_id,
+            "source": source,
+            "dedupe_key": dedupe_key,
+            "body": body,
+            "received_at": utcnow(),
+        },
+    )
+    value: int | None = result.scalar_one_or_none()
+    return value

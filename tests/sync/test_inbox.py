@@ -1,0 +1,169 @@
+"""Webhook intake's own pieces: the inbox statements on both dialects, the token-hash cache, coalesced wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from arq.connections import ArqRedis
+
+from app.accounts.webhook_auth import WebhookAuth
+from app.config import Settings
+from app.context import ProcessContext
+from app.db.session import Database, create_engine
+from app.errors import Unauthorized
+from app.security.tokens import hash_token
+from app.sync import inbox
+from app.worker.enqueue import WakeUps
+from tests.conftest import raw_sql
+
+COLUMNS = "account_id, source, dedupe_key, body, status, attempts, last_error, handled_at"
+
+
+async def _store(db: Database, key: str) -> int | None:
+    return await db.run_autocommit(
+        lambda conn: inbox.store_event(conn, account_id=7, source="kommo", dedupe_key=key, body="a=1&b=ü")
+    )
+
+
+async def test_postgres_fast_insert_stores_what_the_orm_statement_stores(ctx: ProcessContext) -> None:
+    """The PostgreSQL path runs hand-written SQL on the driver; SQLite runs the SQLAlchemy statement."""
+    first = await _store(ctx.db, "k1")
+    assert isinstance(first, int)
+    assert await _store(ctx.db, "k1") is None  # the same delivery again: not stored twice
+    url = ctx.settings.database_url
+    assert url
+    [pg_row] = await raw_sql(url, f"SELECT {COLUMNS}, received_at FROM webhook_event WHERE id = $1", first)
+
+    async with ctx.db.session_scope() as session:
+        conn = await session.connection()
+        compiled = inbox._INSERT_EVENT["postgresql"]
+        result = await conn.execute(
+            compiled,
+            {
+                "account_id": 7,
+                "source": "kommo",
+                "dedupe_key": "k2",
+                "body": "a=1&b=ü",
+                "received_at": pg_row[8],
+            },
+        )
+        orm_id = result.scalar_one()
+    [orm_row] = await raw_sql(url, f"SELECT {COLUMNS}, received_at FROM webhook_event WHERE id = $1", orm_id)
+    assert dict(pg_row) | {"dedupe_key": "k2"} == dict(orm_row)
+
+
+async def test_sqlite_insert_and_dedupe(tmp_path: Any) -> None:
+    from app.db.schema import upgrade_async
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/intake.db"
+    await upgrade_async(url)
+    db = Database(create_engine(url))
+    try:
+        first = await _store(db, "k1")
+        assert isinstance(first, int)
+        assert await _store(db, "k1") is None
+        assert await _store(db, "k2") == first + 1
+    finally:
+        await db.dispose()
+
+
+async def test_run_autocommit_retries_once_on_a_dead_connection(ctx: ProcessContext) -> None:
+    """A connection killed behind the pool's back (a PostgreSQL restart) costs a retry, not an error."""
+    db = Database(create_engine(ctx.settings.resolved_database_url(), pool_size=1, pre_ping=False))
+    try:
+        async with db.autocommit() as conn:
+            pid = (await conn.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one()
+        url = ctx.settings.database_url
+        assert url
+        await raw_sql(url, "SELECT pg_terminate_backend($1)", pid)
+        await asyncio.sleep(0.2)
+        assert isinstance(await _store(db, "after-restart"), int)
+        async with db.autocommit() as conn:
+            assert (await conn.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one() != pid
+    finally:
+        await db.dispose()
+
+
+async def test_token_hash_cache(ctx: ProcessContext, settings: Settings) -> None:
+    url = settings.database_url
+    assert url
+    await raw_sql(
+        url,
+        "INSERT INTO integration (account_id, subdomain, client_id, client_secret, redirect_uri, webhook_token,"
+        " webhook_token_hash, status, created_at, updated_at) VALUES (42, 'acme', 'c', 'x', 'http://x', 'x', $1,"
+        " 'connected', now(), now())",
+        hash_token("right"),
+    )
+    auth = WebhookAuth(ttl=60)
+    await auth.verify(ctx.db, 42, "right")
+    for bad in ("wrong", None, ""):
+        with pytest.raises(Unauthorized):
+            await auth.verify(ctx.db, 42, bad)
+    with pytest.raises(Unauthorized):
+        await auth.verify(ctx.db, 43, "right")  # unknown account: the same answer
+
+    # Rotated in the database: the cached hash holds until forgotten (or the TTL ends), then the new one rules.
+    await raw_sql(
+        url, "UPDATE integration SET webhook_token_hash = $1 WHERE account_id = 42", hash_token("new")
+    )
+    await auth.verify(ctx.db, 42, "right")
+    auth.forget(42)
+    await auth.verify(ctx.db, 42, "new")
+    with pytest.raises(Unauthorized):
+        await auth.verify(ctx.db, 42, "right")
+
+    short = WebhookAuth(ttl=0.05, max_entries=2)
+    await short.verify(ctx.db, 42, "new")
+    await raw_sql(
+        url, "UPDATE integration SET webhook_token_hash = $1 WHERE account_id = 42", hash_token("newer")
+    )
+    await asyncio.sleep(0.1)
+    await short.verify(ctx.db, 42, "newer")
+    for account_id in (1, 2, 3):
+        with pytest.raises(Unauthorized):
+            await short.verify(ctx.db, account_id, "x")
+    assert len(short._hashes) == 2  # bounded: random account ids cannot grow it
+
+
+class _RecordingQueue:
+    def __init__(self) -> None:
+        self.jobs: list[tuple[str, tuple[Any, ...], str]] = []
+
+    async def enqueue_job(self, function: str, *args: Any, _job_id: str, _defer_by: float | None) -> None:
+        self.jobs.append((function, args, _job_id))
+
+
+async def test_wakeups_coalesce_a_burst_into_one_job_per_target() -> None:
+    queue = _RecordingQueue()
+    wakeups = WakeUps(queue, window=0.05)  # type: ignore[arg-type]
+    for _ in range(100):
+        wakeups.poke("process_events", 1, "kommo")
+        wakeups.poke("process_events", 2, "kommo")
+    await asyncio.sleep(0.2)
+    assert sorted((f, a) for f, a, _ in queue.jobs) == [
+        ("process_events", (1, "kommo")),
+        ("process_events", (2, "kommo")),
+    ]
+    assert len({job_id for _, _, job_id in queue.jobs}) == 2  # unique ids: never swallowed by an old job key
+    wakeups.poke("process_events", 1, "kommo")  # a later poke sends again
+    await wakeups.close()  # shutdown sends what is pending at once
+    assert len(queue.jobs) == 3
+
+
+async def test_wakeups_survive_a_redis_failure(ctx: ProcessContext) -> None:
+    class _Broken:
+        async def enqueue_job(self, *args: Any, **kwargs: Any) -> None:
+            raise ConnectionError("redis down")
+
+    wakeups = WakeUps(_Broken(), window=0.01)  # type: ignore[arg-type]
+    wakeups.poke("process_events", 1, "kommo")
+    await asyncio.sleep(0.05)
+    await wakeups.close()  # logged, not raised: the sweeper finds the pending rows
+    real = WakeUps(ctx.queue, window=0.01)
+    real.poke("process_events", 9, "kommo")
+    await asyncio.sleep(0.1)
+    queued = await ctx.queue.queued_jobs()
+    assert [(j.function, j.args) for j in queued] == [("process_events", (9, "kommo"))]
+    assert isinstance(ctx.queue, ArqRedis)
