@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from weakref import WeakKeyDictionary
 
 import structlog
 from sqlalchemy.exc import IntegrityError
@@ -82,9 +82,12 @@ RECENT_REJECTIONS = 20
 WEBHOOKS_FAILED = "Kommo webhook registration failed"
 _MAX_ERROR = 500
 
-# SQLite (embedded mode) has no advisory locks; it runs in one process, so an in-process lock gives the same
-# single-flight refresh there.
-_LOCAL_REFRESH_LOCKS: dict[int, asyncio.Lock] = {}
+# Per-account refresh locks of this process, in front of the PostgreSQL advisory lock: concurrent callers in
+# one process queue here without a pooled connection, so at most one of them holds a connection while it waits
+# for another process's refresh (50 callers each holding one, plus one each for the advisory wait, drained a
+# pool of 10 + 10). SQLite (embedded mode, one process) has no advisory locks: this lock alone is its single
+# flight. Keyed by event loop, because an asyncio.Lock belongs to the loop that first waits on it.
+_REFRESH_LOCKS: WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, asyncio.Lock]] = WeakKeyDictionary()
 
 
 class AccountNotReady(AppError):
@@ -541,8 +544,17 @@ async def verify_webhook_token(session: AsyncSession, account_id: int, token: st
     return integration
 
 
-async def kommo_client_for(session: AsyncSession, pc: ProcessContext, account_id: int) -> KommoClient:
-    """A Kommo client for the account, refreshing the access token first when it expires within 5 minutes."""
+@dataclass(frozen=True, slots=True)
+class _KommoAccess:
+    """What a Kommo client needs, read in one place (no ORM rows outlive the session that read them)."""
+
+    subdomain: str
+    client_id: str
+    access_token: str
+    expires_at: datetime
+
+
+async def _read_access(session: AsyncSession, account_id: int) -> _KommoAccess:
     integration = await repo.get_integration(session, account_id)
     if integration is None:
         raise NotFound(f"No integration for account {account_id}.")
@@ -550,32 +562,55 @@ async def kommo_client_for(session: AsyncSession, pc: ProcessContext, account_id
     token = await repo.get_token(session, account_id)
     if token is None:
         raise _not_ready("kommo_not_connected", account_id)
-    if _aware(token.expires_at) <= utcnow() + timedelta(seconds=TOKEN_MIN_VALID_SECONDS):
-        await refresh_kommo_token(pc, account_id, min_valid_seconds=TOKEN_MIN_VALID_SECONDS)
-        # A fresh session: the caller's may hold an older snapshot (SQLite) of the token row.
-        async with pc.db.session_scope() as fresh:
-            token = await repo.get_token(fresh, account_id)
-        if token is None:
-            raise _not_ready("kommo_not_connected", account_id)
-    return KommoClient(
-        pc.kommo_http,
-        base_url=pc.settings.kommo_url_for(integration.subdomain),
-        access_token=token.access_token,
-        limiter=pc.kommo_limiter(integration.client_id),
+    return _KommoAccess(
+        integration.subdomain, integration.client_id, token.access_token, _aware(token.expires_at)
     )
 
 
-def _refresh_guard(pc: ProcessContext, account_id: int) -> AbstractAsyncContextManager[object]:
-    if pc.db.dialect == "postgresql":
-        return nullcontext()
-    return _LOCAL_REFRESH_LOCKS.setdefault(account_id, asyncio.Lock())
+async def kommo_client_for(session: AsyncSession, pc: ProcessContext, account_id: int) -> KommoClient:
+    """A Kommo client for the account, refreshing the access token first when it expires within 5 minutes.
+
+    A caller whose session is already in a transaction (it holds a connection anyway) is read through it; any
+    other caller through a short session of its own, so that it holds no pooled connection while it waits for
+    a refresh. The refresh itself always runs in its own committed transaction (``refresh_kommo_token``).
+    """
+    if session.in_transaction():
+        access = await _read_access(session, account_id)
+    else:
+        async with pc.db.session_scope() as own:
+            access = await _read_access(own, account_id)
+    if access.expires_at <= utcnow() + timedelta(seconds=TOKEN_MIN_VALID_SECONDS):
+        outcome = await _refresh(
+            pc, account_id, min_valid_seconds=TOKEN_MIN_VALID_SECONDS, force=False, idle_before=None
+        )
+        access = outcome.access
+    return KommoClient(
+        pc.kommo_http,
+        base_url=pc.settings.kommo_url_for(access.subdomain),
+        access_token=access.access_token,
+        limiter=pc.kommo_limiter(access.client_id),
+    )
+
+
+def _refresh_lock(account_id: int) -> asyncio.Lock:
+    locks = _REFRESH_LOCKS.setdefault(asyncio.get_running_loop(), {})
+    return locks.setdefault(account_id, asyncio.Lock())
 
 
 async def refresh_kommo_token(
     pc: ProcessContext, account_id: int, *, min_valid_seconds: int = 300, force: bool = False
 ) -> bool:
     """Refresh the account's Kommo tokens if they expire within ``min_valid_seconds`` (single-flight, commits)."""
-    return await _refresh(pc, account_id, min_valid_seconds=min_valid_seconds, force=force, idle_before=None)
+    outcome = await _refresh(
+        pc, account_id, min_valid_seconds=min_valid_seconds, force=force, idle_before=None
+    )
+    return outcome.refreshed
+
+
+@dataclass(frozen=True, slots=True)
+class _Refreshed:
+    refreshed: bool  # False: the token was fresh enough (typically: another caller had just refreshed it)
+    access: _KommoAccess  # the token as stored once the lock was held
 
 
 async def _refresh(
@@ -585,10 +620,11 @@ async def _refresh(
     min_valid_seconds: int,
     force: bool,
     idle_before: datetime | None,
-) -> bool:
+) -> _Refreshed:
     failure: AccountNotReady | None = None
-    async with _refresh_guard(pc, account_id), pc.db.session_scope() as session:
-        # Every process serialises here; whoever comes second re-reads the row and finds it fresh.
+    # First this process's callers queue (no connection held), then the one in front takes a connection and
+    # the advisory lock, which serialises the processes; whoever comes second re-reads the row, finds it fresh.
+    async with _refresh_lock(account_id), pc.db.session_scope() as session:
         await repo.advisory_xact_lock(session, f"kommo-refresh:{account_id}")
         integration = await repo.get_integration(session, account_id)
         if integration is None:
@@ -600,9 +636,12 @@ async def _refresh(
         now = utcnow()
         due = _aware(token.expires_at) <= now + timedelta(seconds=min_valid_seconds)
         idle = idle_before is not None and _aware(token.refreshed_at) < idle_before
+        current = _KommoAccess(
+            integration.subdomain, integration.client_id, token.access_token, _aware(token.expires_at)
+        )
         if not (force or due or idle):
             TOKEN_REFRESH.labels("not_needed").inc()
-            return False
+            return _Refreshed(False, current)
         try:
             tokens = await _oauth_for(pc, integration, integration.subdomain).refresh(token.refresh_token)
         except KommoAuthError as exc:  # includes KommoInvalidGrant
@@ -619,18 +658,22 @@ async def _refresh(
             log.warning("accounts.kommo_refresh_failed", account_id=account_id, error=type(exc).__name__)
             raise
         else:
+            expires_at = now + timedelta(seconds=tokens.expires_in)
             await repo.save_token(
                 session,
                 account_id=account_id,
                 access_token=tokens.access_token,
                 refresh_token=tokens.refresh_token,
-                expires_at=now + timedelta(seconds=tokens.expires_in),
+                expires_at=expires_at,
+            )
+            current = _KommoAccess(
+                integration.subdomain, integration.client_id, tokens.access_token, expires_at
             )
             TOKEN_REFRESH.labels("refreshed").inc()
             log.info("accounts.kommo_token_refreshed", account_id=account_id, expires_in=tokens.expires_in)
     if failure is not None:
         raise failure  # after the commit: needs_reauth is recorded
-    return True
+    return _Refreshed(True, current)
 
 
 async def unisender_client_for(
@@ -661,9 +704,10 @@ async def refresh_expiring_tokens(
     refreshed = 0
     for account_id in due:
         try:
-            if await _refresh(
+            outcome = await _refresh(
                 pc, account_id, min_valid_seconds=within_seconds, force=False, idle_before=idle_before
-            ):
+            )
+            if outcome.refreshed:
                 refreshed += 1
         except (AppError, KommoError) as exc:
             # One account's trouble must not stop the others; the next tick retries transient failures.

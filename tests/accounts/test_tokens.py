@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from app.accounts import service
 from app.accounts.service import AccountNotReady
+from app.connectors.kommo import KommoClient
 from app.context import ProcessContext, build_context
 from app.errors import Unauthorized
 from tests.accounts.conftest import Installed, connect, kommo_stats
@@ -89,6 +92,52 @@ async def test_kommo_client_for_refreshes_an_expiring_token(stack: Stack) -> Non
             await service.kommo_client_for(session, pc, inst.account_id)
         assert await service.refresh_kommo_token(pc, inst.account_id) is False
     assert (await kommo_stats(stack))["refresh_count"] == before + 1
+
+
+async def test_fifty_concurrent_callers_one_refresh_no_pool_timeout(stack: Stack) -> None:
+    """50 callers in one process need Kommo as the token expires: one refresh, all succeed, the pool
+    (10 + 10 overflow) is never exhausted. Before the in-process queue each caller held its own session's
+    connection and a second one waiting on the advisory lock: 25 such callers ran the pool dry (timeout)."""
+    inst = await connect(stack)
+    await _advance_kommo(stack, 86_400 + 60)
+    await _expire_locally(stack, inst.account_id)
+    # A slow token endpoint: every caller arrives while the one refresh is still in flight.
+    r = await stack.kommo.post("/_sandbox/faults", json={"latency_ms": 300})
+    assert r.status_code == 200, r.text
+    before = await kommo_stats(stack)
+    stored_before = await _stored_tokens(stack, inst.account_id)
+
+    async with worker_context(stack) as pc:
+
+        async def caller(i: int) -> KommoClient:
+            async with pc.db.session_scope() as session:
+                if i % 5 == 0:
+                    # Some callers are mid-transaction already (they hold a connection, as a job does).
+                    await raw_session_work(session)
+                return await service.kommo_client_for(session, pc, inst.account_id)
+
+        started = asyncio.get_running_loop().time()
+        results = await asyncio.wait_for(
+            asyncio.gather(*(caller(i) for i in range(50)), return_exceptions=True), timeout=60
+        )
+        took = asyncio.get_running_loop().time() - started
+        failures = [r for r in results if isinstance(r, BaseException)]
+        assert not failures, failures[:3]
+        after = await kommo_stats(stack)
+        assert after["refresh_count"] == before["refresh_count"] + 1
+        assert after["token_errors"] == before["token_errors"]
+        assert await _stored_tokens(stack, inst.account_id) != stored_before
+        assert took < 9, took  # under the pool timeout (10 s): nobody queued for a connection that long
+        # Kommo's clock is past the old token's expiry: a client works only with the refreshed token (the first
+        # caller, one that was mid-transaction, and the last).
+        for i in (0, 5, 49):
+            client = results[i]
+            assert isinstance(client, KommoClient)
+            assert (await client.get_account()).id == inst.account_id
+
+
+async def raw_session_work(session: Any) -> None:
+    await session.execute(text("SELECT 1"))
 
 
 async def test_revoked_refresh_token_means_needs_reauth(stack: Stack) -> None:

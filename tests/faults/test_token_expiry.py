@@ -1,5 +1,6 @@
 """The Kommo access token expires during a full sync while two workers need it: exactly one refresh reaches
-Kommo (refresh tokens are single-use), no invalid_grant, and the sync finishes exactly."""
+Kommo (refresh tokens are single-use), no invalid_grant, and the sync finishes exactly; 50 more callers in two
+other processes need Kommo at the same moment without running their pools dry."""
 
 from __future__ import annotations
 
@@ -54,9 +55,9 @@ async def test_token_expires_mid_full_sync_single_refresh(
                 client = await kommo_client_for(session, contexts[i % 2], account.account_id)
             return client.access_token if hasattr(client, "access_token") else str(i)
 
-        await asyncio.gather(
-            *(need_kommo(i) for i in range(16))
-        )  # 8 per process: each holds 2 pooled connections
+        # 25 callers per process: before the in-process refresh queue, 25 exhausted a process's pool (each held
+        # its session's connection plus one waiting on the advisory lock); now they queue without one.
+        await asyncio.gather(*(need_kommo(i) for i in range(50)))
         await wait_quiet(stack, account, within=90)
         run = (await stack.api.get(f"/sync/runs/{run_id}", headers=stack.admin_headers)).json()
         assert run["status"] == "done", run
