@@ -57,6 +57,9 @@ def create_app(settings: Settings | None = None, *, auto_migrate: bool | None = 
         version="0.1.0",
         summary="Mirrors Kommo contacts into Unisender and brings unsubscribes back.",
         lifespan=lifespan,
+        # We export Prometheus metrics and structured logs ourselves; FastAPI's native OpenTelemetry hooks
+        # would otherwise look up the global providers (environment reads) on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
     app.include_router(api_router)

@@ -16,6 +16,7 @@ import asyncio
 import itertools
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -110,84 +111,126 @@ def body_factory() -> Callable[[], bytes]:
 # --- runs -----------------------------------------------------------------------------------------------
 
 
-async def _levels(
-    port: int, path: str, make: Callable[[], bytes], levels: list[int], seconds: float
-) -> dict[int, LoadResult]:
-    def req() -> bytes:
-        return post_request("127.0.0.1", port, path, make(), FORM)
-
-    await closed_loop("127.0.0.1", port, req, 8, 1.0)  # warm-up
-    out: dict[int, LoadResult] = {}
-    for c in levels:
-        out[c] = await closed_loop("127.0.0.1", port, req, c, seconds)
-    return out
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc): the server's cost, whatever else runs."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def run(seconds: float, levels: list[int], open_seconds: float) -> dict[str, Any]:
-    """Measure baseline and app one after the other on the same server setup; returns the figures."""
+@dataclass
+class Side:
+    """One server under test: where to send, and what it cost."""
+
+    port: int
+    path: str
+    pid: int
+    runs: dict[int, list[LoadResult]] = field(default_factory=dict)
+    cpu: dict[int, float] = field(default_factory=dict)
+
+    async def measure(self, make: Callable[[], bytes], c: int, seconds: float) -> None:
+        port, path = self.port, self.path
+        before = _cpu_seconds(self.pid)
+        result = await closed_loop(
+            "127.0.0.1", port, lambda: post_request("127.0.0.1", port, path, make(), FORM), c, seconds
+        )
+        self.cpu[c] = self.cpu.get(c, 0.0) + _cpu_seconds(self.pid) - before
+        self.runs.setdefault(c, []).append(result)
+
+    def merged(self, c: int) -> LoadResult:
+        runs = self.runs[c]
+        return LoadResult(
+            requests=sum(r.requests for r in runs),
+            errors=sum(r.errors for r in runs),
+            seconds=sum(r.seconds for r in runs),
+            latencies=[x for r in runs for x in r.latencies],
+        )
+
+    def cpu_us(self, c: int) -> float:
+        return self.cpu[c] / max(1, self.merged(c).requests) * 1e6
+
+
+async def _register(cfg: ServiceConfig) -> str:
+    """Create the integration through the API; returns the webhook path with its token."""
+    async with httpx.AsyncClient(base_url=cfg.public_url, timeout=10) as api:
+        r = await api.post(
+            "/integration",
+            headers={"Authorization": f"Bearer {cfg.admin_token}"},
+            json={
+                "account_id": ACCOUNT_ID,
+                "subdomain": "benchacme",
+                "client_id": "00000000-0000-4000-8000-000000000001",
+                "client_secret": "x" * 64,
+                "redirect_uri": f"{cfg.public_url}/auth/callback",
+            },
+        )
+        r.raise_for_status()
+        url = urlsplit(r.json()["webhook_url"])
+        return f"{url.path}?token={parse_qs(url.query)['token'][0]}"
+
+
+async def run(seconds: float, levels: list[int], open_seconds: float, rounds: int) -> dict[str, Any]:
+    """Both servers run at once (same core); each level alternates short runs of each, ``rounds`` times, so
+    a noisy neighbour hurts both sides alike. Returns the figures."""
     pin_self(1)
     make = body_factory()
-    results: dict[str, Any] = {"machine": machine()}
+    results: dict[str, Any] = {"machine": machine(), "rounds": rounds}
     async with fresh_database() as dsn:
-        # Baseline first: its table lives in the same fresh database.
         conn = await asyncpg.connect(dsn)
         await conn.execute(
             "CREATE TABLE bench_raw (id bigserial PRIMARY KEY, body text NOT NULL,"
             " received_at timestamptz NOT NULL DEFAULT now())"
         )
         await conn.close()
-        port = free_port()
-        env = {**os.environ, "BENCH_BASELINE_DSN": dsn}
-        async with uvicorn_process("bench.ingest:baseline_app", port, env, cpu=0, probe="/"):
-            base = await _levels(port, "/ingest", make, levels, seconds)
-            base_peak = max(r.rps for r in base.values())
-            base_open = await open_loop(
-                "127.0.0.1",
-                port,
-                lambda: post_request("127.0.0.1", port, "/ingest", make(), FORM),
-                0.7 * base_peak,
-                open_seconds,
-            )
         await flush_redis()
-        port = free_port()
-        cfg = ServiceConfig(dsn=dsn, public_url=f"http://127.0.0.1:{port}")
+        base_port, app_port = free_port(), free_port()
+        cfg = ServiceConfig(dsn=dsn, public_url=f"http://127.0.0.1:{app_port}")
         await asyncio.to_thread(migrate, cfg)
-        async with uvicorn_process("app.main:create_app", port, cfg.env(), factory=True, cpu=0):
+        base_env = {**os.environ, "BENCH_BASELINE_DSN": dsn}
+        async with (
+            uvicorn_process("bench.ingest:baseline_app", base_port, base_env, cpu=0, probe="/") as base_proc,
+            uvicorn_process("app.main:create_app", app_port, cfg.env(), factory=True, cpu=0) as app_proc,
+        ):
+            path = await _register(cfg)
             async with httpx.AsyncClient(base_url=cfg.public_url, timeout=10) as api:
-                r = await api.post(
-                    "/integration",
-                    headers={"Authorization": f"Bearer {cfg.admin_token}"},
-                    json={
-                        "account_id": ACCOUNT_ID,
-                        "subdomain": "benchacme",
-                        "client_id": "00000000-0000-4000-8000-000000000001",
-                        "client_secret": "x" * 64,
-                        "redirect_uri": f"{cfg.public_url}/auth/callback",
-                    },
-                )
-                r.raise_for_status()
-                url = urlsplit(r.json()["webhook_url"])
-                path = f"{url.path}?token={parse_qs(url.query)['token'][0]}"
                 check = await api.post(path, content=make(), headers={"content-type": FORM})
                 assert check.status_code == 200, check.text
                 assert check.json()["status"] == "accepted", check.text
-            app = await _levels(port, path, make, levels, seconds)
-            app_peak = max(r.rps for r in app.values())
-            app_open = await open_loop(
-                "127.0.0.1",
-                port,
-                lambda: post_request("127.0.0.1", port, path, make(), FORM),
-                0.7 * app_peak,
-                open_seconds,
-            )
+            base = Side(base_port, "/ingest", base_proc.pid)
+            app = Side(app_port, path, app_proc.pid)
+            for side in (base, app):  # warm-up (connection pools, statement caches)
+                await closed_loop(
+                    "127.0.0.1",
+                    side.port,
+                    lambda side=side: post_request("127.0.0.1", side.port, side.path, make(), FORM),
+                    8,
+                    1.0,
+                )
+            for c in levels:
+                for _ in range(rounds):
+                    for side in (base, app):
+                        await side.measure(make, c, seconds / rounds)
+            base_peak = max(base.merged(c).rps for c in levels)
+            app_peak = max(app.merged(c).rps for c in levels)
+            opened = {}
+            for name, side, peak in (("base", base, base_peak), ("app", app, app_peak)):
+                port, spath = side.port, side.path
+                opened[name] = await open_loop(
+                    "127.0.0.1",
+                    port,
+                    lambda port=port, spath=spath: post_request("127.0.0.1", port, spath, make(), FORM),
+                    0.7 * peak,
+                    open_seconds,
+                )
         conn = await asyncpg.connect(dsn)
         stored = await conn.fetchval("SELECT count(*) FROM webhook_event")
         await conn.close()
     results.update(
         base=base,
         app=app,
-        base_open=base_open,
-        app_open=app_open,
+        levels=levels,
+        base_open=opened["base"],
+        app_open=opened["app"],
         stored=stored,
         base_peak=base_peak,
         app_peak=app_peak,
@@ -196,16 +239,19 @@ async def run(seconds: float, levels: list[int], open_seconds: float) -> dict[st
 
 
 def report(res: dict[str, Any]) -> None:
-    print(f"# ingest — {res['machine']}")
+    base: Side = res["base"]
+    app: Side = res["app"]
+    print(f"# ingest — {res['machine']} ({res['rounds']} interleaved rounds per level)")
     print(
-        f"{'c':>4} | {'baseline rps':>12} {'p50 ms':>7} {'p99 ms':>7} | {'app rps':>8} {'p50 ms':>7} "
-        f"{'p99 ms':>7} {'errors':>6} | ratio"
+        f"{'c':>4} | {'baseline rps':>12} {'p50 ms':>7} {'p99 ms':>7} {'cpu µs/req':>10} | {'app rps':>8} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'cpu µs/req':>10} {'errors':>6} | ratio  cpu ratio"
     )
-    for c, b in res["base"].items():
-        a = res["app"][c]
+    for c in res["levels"]:
+        b, a = base.merged(c), app.merged(c)
         print(
-            f"{c:>4} | {b.rps:12.0f} {b.p(50):7.1f} {b.p(99):7.1f} | {a.rps:8.0f} {a.p(50):7.1f} "
-            f"{a.p(99):7.1f} {a.errors:6d} | {a.rps / b.rps:.2f}"
+            f"{c:>4} | {b.rps:12.0f} {b.p(50):7.1f} {b.p(99):7.1f} {base.cpu_us(c):10.0f} | {a.rps:8.0f} "
+            f"{a.p(50):7.1f} {a.p(99):7.1f} {app.cpu_us(c):10.0f} {a.errors:6d} | {a.rps / b.rps:.2f}   "
+            f"{base.cpu_us(c) / app.cpu_us(c):.2f}"
         )
     ratio = res["app_peak"] / res["base_peak"]
     print(
@@ -230,9 +276,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=5.0, help="per concurrency level")
     p.add_argument("--levels", default="4,16,64")
     p.add_argument("--open-seconds", type=float, default=8.0)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved baseline/app runs per level")
     args = p.parse_args(argv)
     use_uvloop()
-    res = asyncio.run(run(args.seconds, [int(x) for x in args.levels.split(",")], args.open_seconds))
+    levels = [int(x) for x in args.levels.split(",")]
+    res = asyncio.run(run(args.seconds, levels, args.open_seconds, args.rounds))
     report(res)
 
 

@@ -8,9 +8,10 @@ from app.api import accounts, contacts, health, integration, sync, webhooks
 from app.errors import ERROR_RESPONSES
 
 api_router = APIRouter(responses=ERROR_RESPONSES)
+# Webhooks first: routes are matched in order, and they are by far the most frequent requests.
+api_router.include_router(webhooks.router)
 api_router.include_router(health.router)
 api_router.include_router(integration.router)
 api_router.include_router(accounts.router)
-api_router.include_router(webhooks.router)
 api_router.include_router(sync.router)
 api_router.include_router(contacts.router)

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from app.api.deps import ContextDep, IntakeDep, SessionDep
 from app.sync import ingest
+from app.sync.ingest import WebhookIntake
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
@@ -30,14 +31,30 @@ def _ack(accepted: bool) -> Response:
     return Response(template.body, media_type="application/json")
 
 
+_KOMMO_PARAMETERS = [
+    {"name": "account_id", "in": "path", "required": True, "schema": {"type": "integer"}},
+    {"name": "token", "in": "query", "required": False, "schema": {"type": "string"}},
+]
+
+
 @router.post(
-    "/kommo/{account_id}",
+    "/kommo/{account_id:int}",
     summary="Kommo contact webhooks (form-encoded)",
     responses={200: {"model": WebhookAck}},
+    # The endpoint reads its parameters itself (the hottest path skips FastAPI's dependency solving), so
+    # they are declared here for the OpenAPI document.
+    openapi_extra={
+        "parameters": _KOMMO_PARAMETERS,
+        "requestBody": {
+            "required": True,
+            "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object"}}},
+        },
+    },
 )
-async def kommo_webhook(
-    account_id: int, request: Request, intake: IntakeDep, token: str | None = Query(None)
-) -> Response:
+async def kommo_webhook(request: Request) -> Response:
+    intake: WebhookIntake = request.app.state.intake
+    account_id: int = request.path_params["account_id"]
+    token = request.query_params.get("token")
     return _ack(await intake.accept_kommo(account_id, token, await request.body()))
 
 
