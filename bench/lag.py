@@ -89,6 +89,7 @@ async def run(rate: float, seconds: float, contacts: int, concurrency: int) -> d
         calls = st.unisender_app.state.unisender.stats.calls.get("importContacts", 0) - calls_before
         deliveries = (await st.kommo.get("/_sandbox/deliveries", params={"limit": 100000})).json()
     failed = sum(1 for d in deliveries if not d.get("ok")) if isinstance(deliveries, list) else None
+    durations = [float(d["duration_ms"]) for d in deliveries] if isinstance(deliveries, list) else []
     return {
         "rate": rate,
         "offered": offered,
@@ -103,6 +104,9 @@ async def run(rate: float, seconds: float, contacts: int, concurrency: int) -> d
         "calls_per_1000": calls * 1000 / n,
         "delivery_concurrency": concurrency,
         "failed_deliveries": failed,
+        "delivery_p50_ms": pct(durations, 50),
+        "delivery_p99_ms": pct(durations, 99),
+        "deliveries": len(durations),
     }
 
 
@@ -120,6 +124,10 @@ def report(r: dict[str, Any]) -> None:
     print(
         f"importContacts calls: {r['calls']} = {r['calls_per_1000']:.1f} per 1,000 changes "
         f"(target ≤ 10: {verdict(r['calls_per_1000'] <= 10)})"
+    )
+    print(
+        f"webhook deliveries: {r['deliveries']}, POST duration p50 {r['delivery_p50_ms']:.1f} ms, "
+        f"p99 {r['delivery_p99_ms']:.1f} ms (the service's answer time as the Kommo sandbox saw it)"
     )
 
 

@@ -32,6 +32,9 @@ PG_ADMIN_DSN = os.environ.get("CONTACTSYNC_TEST_PG", "postgresql://postgres@127.
 REDIS_URL = os.environ.get("CONTACTSYNC_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 
 
+_CLIENT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=2.0)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--long", action="store_true", default=False, help="run the full-length fault tests")
 
@@ -135,7 +138,10 @@ async def ctx(settings: Settings, clean_db: str, clean_redis: None) -> AsyncIter
 async def api(settings: Settings, clean_db: str, clean_redis: None) -> AsyncIterator[httpx.AsyncClient]:
     """The service over real HTTP on a loopback port."""
     app = create_app(settings)
-    async with serve_in_background(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+    async with (
+        serve_in_background(app) as url,
+        httpx.AsyncClient(base_url=url, timeout=10, limits=_CLIENT_LIMITS) as client,
+    ):
         client.app = app  # type: ignore[attr-defined]
         yield client
 
@@ -211,7 +217,9 @@ async def stack(
         app = create_app(wired)
         async with (
             serve_in_background(app, port=api_port) as api_url,
-            httpx.AsyncClient(base_url=api_url, timeout=30) as api,
+            # Keep-alive shorter than uvicorn's 5 s: with equal timeouts the client may reuse a connection the
+            # server is closing at that instant (a ReadError that no real bug caused).
+            httpx.AsyncClient(base_url=api_url, timeout=30, limits=_CLIENT_LIMITS) as api,
             httpx.AsyncClient(base_url=kommo_url, timeout=30) as kommo,
             httpx.AsyncClient(base_url=unisender_url, timeout=30) as unisender,
         ):

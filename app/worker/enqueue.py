@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 import uuid
 from typing import Any
 
@@ -16,8 +18,9 @@ from arq.connections import ArqRedis
 
 log = structlog.get_logger(__name__)
 
-# Coalescing window for pushes: changes arriving within it share one importContacts call.
-FLUSH_DELAY_SECONDS = 0.4
+# Coalescing window for pushes of live changes: changes arriving within one share one importContacts call.
+# 0.5 s keeps a stream of 200 changes/s at ≤ 10 calls per 1,000 changes, and the added lag under 0.5 s.
+FLUSH_WINDOW_SECONDS = 0.5
 # Coalescing window for wake-ups sent by webhook intake (see WakeUps).
 WAKE_WINDOW_SECONDS = 0.02
 
@@ -40,7 +43,27 @@ async def process_events(queue: ArqRedis, account_id: int, source: str = "kommo"
     await _enqueue(queue, "process_events", account_id, source, job_id=_uid(f"events:{source}:{account_id}"))
 
 
-async def flush_outbox(queue: ArqRedis, account_id: int, *, delay: float = FLUSH_DELAY_SECONDS) -> None:
+async def flush_outbox(queue: ArqRedis, account_id: int, *, delay: float | None = None) -> None:
+    """Push the account's pending outbox rows.
+
+    Without ``delay`` (live changes), pushes coalesce into windows of ``FLUSH_WINDOW_SECONDS``: every change
+    of one window asks for the same job id, deferred to the window's end, so a steady stream costs at most
+    one importContacts call per window and account however many changes it carries (a change waits at most
+    one window). With ``delay`` (a full sync's batches, retries) the job is always sent, after that delay.
+    """
+    if delay is None:
+        now = time.time()
+        window = math.floor(now / FLUSH_WINDOW_SECONDS) + 1
+        # The id repeats within a window, so arq keeps one job; the worker keeps no results, so the next
+        # window's id is free again.
+        await _enqueue(
+            queue,
+            "flush_outbox",
+            account_id,
+            job_id=f"flush:{account_id}:w{window}",
+            defer=max(0.0, window * FLUSH_WINDOW_SECONDS - now),
+        )
+        return
     await _enqueue(queue, "flush_outbox", account_id, job_id=_uid(f"flush:{account_id}"), defer=delay)
 
 
