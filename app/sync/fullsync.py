@@ -37,9 +37,10 @@ SLICE_SECONDS = 40.0  # well inside the worker's job timeout
 # Page requests in flight at once: at 7 req/s one request may take up to ~0.28 s before latency, not the
 # rate limit, sets the pace (real Kommo pages take ~0.2-0.5 s).
 FETCH_CONCURRENCY = 2
-# Fetched pages waiting for their commit: lets a slow commit (a lock wait, a checkpoint) pass without
-# stalling the fetcher, while bounding memory and what a killed worker has to fetch again.
-QUEUE_PAGES = 2
+# Fetched pages waiting for their commit: one second of Kommo's budget, so the burst a fresh rate window
+# allows is taken at once even though commits are slower than fetches for a moment (a cold start, a lock
+# wait, an ANALYZE); bounded, because memory and what a killed worker fetches again grow with it.
+QUEUE_PAGES = 7
 VERIFY_CHUNK = 250
 RECONCILE_OVERLAP = 60  # seconds of updated_at re-read, for changes stamped while the last pass ran
 RECONCILE_MAX_PAGES = 40
@@ -201,6 +202,7 @@ async def run_full_sync_slice(pc: ProcessContext, run_id: str) -> str:
     pages: asyncio.Queue[_Item] = asyncio.Queue(maxsize=QUEUE_PAGES)
     fetcher = asyncio.create_task(_fetch_pages(client, cursor + 1, deadline, pages))
     pusher = _Pusher(pc, account_id)
+    analyzer: asyncio.Task[None] | None = None
     status = "running"
     try:
         while True:
@@ -215,6 +217,9 @@ async def run_full_sync_slice(pc: ProcessContext, run_id: str) -> str:
                 break
             if queued:
                 pusher.poke()
+            if item.number & (item.number - 1) == 0 and (analyzer is None or analyzer.done()):
+                # Pages 1, 2, 4, 8 …: the tables' statistics keep up with the account as it doubles.
+                analyzer = asyncio.create_task(_analyze(pc))
             if item.page.next_page is None:
                 await _finish(pc, run_id, account_id, client)
                 status = "done"
@@ -225,13 +230,24 @@ async def run_full_sync_slice(pc: ProcessContext, run_id: str) -> str:
     finally:
         # Cancel-safe: whatever ends this slice (error, arq's timeout, shutdown) stops the fetcher and its
         # requests; uncommitted pages are simply fetched again by the next slice.
-        fetcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await fetcher
+        for task in (fetcher, analyzer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
     await pusher.drain()
     if status == "running":
         await enqueue.full_sync(pc.queue, run_id)
     return status
+
+
+async def _analyze(pc: ProcessContext) -> None:
+    """Best effort: without fresh statistics lookups get slower, never wrong."""
+    try:
+        async with pc.db.session_scope() as session:
+            await repo.analyze_mirror(session)
+    except Exception as exc:
+        log.warning("sync.analyze_failed", error=repr(exc))
 
 
 async def _commit_page(pc: ProcessContext, run_id: str, account_id: int, fetched: _Page) -> int | None:

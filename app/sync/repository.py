@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, tuple_, update
+from sqlalchemy import Executable, Table, and_, bindparam, delete, func, or_, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import dialect
@@ -50,6 +50,54 @@ async def account_lock(session: AsyncSession, account_id: int, *, wait: bool = T
     at once for the same account could each miss the other's change.
     """
     return await dialect.xact_lock(session, f"mirror:{account_id}", wait=wait)
+
+
+# Key lookups on PostgreSQL: one index probe per key, whatever the statistics say.
+#
+# ``account_id = :a AND key IN (…300 keys…)`` is planned from the table's statistics. While a full sync fills
+# fresh (or not yet analysed) tables, or for an account that is new among many, PostgreSQL believes
+# ``account_id = :a`` matches a handful of rows, scans the account's rows through the index prefix and
+# filters the keys: a cost that grows with every page (measured: 100+ ms per lookup after 10k contacts).
+# A LATERAL subquery with equality on every column of an index is one probe per key in any state; its
+# ``OFFSET 0`` keeps the planner from flattening it back into a join planned from the same statistics.
+
+
+def _lateral(keys_sql: str, key: str, inner: str, *, lock: bool = False) -> str:
+    """``inner`` run once per element of the array parameter ``keys_sql`` (named ``q.{key}``)."""
+    fence = " OFFSET 0" + (" FOR UPDATE" if lock else "")
+    return f"SELECT r.* FROM unnest({keys_sql}) AS q({key}) CROSS JOIN LATERAL ({inner}{fence}) AS r"
+
+
+_PG_CONTACTS_BY_IDS = _lateral(
+    "CAST(:keys AS BIGINT[])",
+    "kommo_id",
+    "SELECT * FROM contact WHERE account_id = :account_id AND kommo_id = q.kommo_id",
+)
+_PG_ADDRESSES_OF = _lateral(
+    "CAST(:keys AS BIGINT[])",
+    "kommo_id",
+    "SELECT kommo_id, email FROM contact_address WHERE account_id = :account_id AND kommo_id = q.kommo_id",
+)
+_PG_LIVE_HOLDERS = _lateral(
+    "CAST(:keys AS TEXT[])",
+    "email",
+    "SELECT a.email, c.kommo_id, c.name, c.kommo_updated_at FROM contact_address a"
+    " JOIN contact c ON c.account_id = a.account_id AND c.kommo_id = a.kommo_id"
+    " WHERE a.account_id = :account_id AND a.email = q.email AND c.deleted_at IS NULL",
+)
+_PG_CONSENT_ROWS = _lateral(
+    "CAST(:keys AS TEXT[])",
+    "email",
+    "SELECT * FROM contact_email WHERE account_id = :account_id AND email = q.email",
+)
+# Keys come sorted and the nested loop follows the array, so rows are locked in email order (no deadlock
+# between two transactions locking overlapping sets).
+_PG_LOCK_OUTBOX = _lateral(
+    "CAST(:keys AS TEXT[])",
+    "email",
+    "SELECT * FROM outbox WHERE account_id = :account_id AND email = q.email",
+    lock=True,
+)
 
 
 # --- inbox -------------------------------------------------------------------------------------------------
@@ -121,8 +169,14 @@ async def prune_events(session: AsyncSession, older_than: datetime) -> int:
 async def contacts_by_ids(session: AsyncSession, account_id: int, ids: Iterable[int]) -> dict[int, Contact]:
     out: dict[int, Contact] = {}
     id_list = sorted(set(ids))
+    pg = dialect.is_postgres(session)
     for chunk in _chunks(id_list):
-        stmt = select(Contact).where(Contact.account_id == account_id, Contact.kommo_id.in_(chunk))
+        if pg:
+            stmt = select(Contact).from_statement(
+                text(_PG_CONTACTS_BY_IDS).bindparams(account_id=account_id, keys=list(chunk))
+            )
+        else:
+            stmt = select(Contact).where(Contact.account_id == account_id, Contact.kommo_id.in_(chunk))
         for c in (await session.execute(stmt)).scalars():
             out[c.kommo_id] = c
     return out
@@ -131,10 +185,15 @@ async def contacts_by_ids(session: AsyncSession, account_id: int, ids: Iterable[
 async def addresses_of(session: AsyncSession, account_id: int, ids: Iterable[int]) -> dict[int, set[str]]:
     out: dict[int, set[str]] = {}
     id_list = sorted(set(ids))
+    pg = dialect.is_postgres(session)
     for chunk in _chunks(id_list):
-        stmt = select(ContactAddress.kommo_id, ContactAddress.email).where(
-            ContactAddress.account_id == account_id, ContactAddress.kommo_id.in_(chunk)
-        )
+        stmt: Executable
+        if pg:
+            stmt = text(_PG_ADDRESSES_OF).bindparams(account_id=account_id, keys=list(chunk))
+        else:
+            stmt = select(ContactAddress.kommo_id, ContactAddress.email).where(
+                ContactAddress.account_id == account_id, ContactAddress.kommo_id.in_(chunk)
+            )
         for kid, email in (await session.execute(stmt)).all():
             out.setdefault(int(kid), set()).add(str(email))
     return out
@@ -209,22 +268,27 @@ class Owner:
 async def live_owners(session: AsyncSession, account_id: int, emails: Sequence[str]) -> dict[str, Owner]:
     """Per address, the most recently updated live contact holding it (ties: the higher Kommo id)."""
     best: dict[str, Owner] = {}
+    pg = dialect.is_postgres(session)
     for chunk in _chunks(list(emails)):
-        stmt = (
-            select(ContactAddress.email, Contact.kommo_id, Contact.name, Contact.kommo_updated_at)
-            .join(
-                Contact,
-                and_(
-                    Contact.account_id == ContactAddress.account_id,
-                    Contact.kommo_id == ContactAddress.kommo_id,
-                ),
+        stmt: Executable
+        if pg:
+            stmt = text(_PG_LIVE_HOLDERS).bindparams(account_id=account_id, keys=list(chunk))
+        else:
+            stmt = (
+                select(ContactAddress.email, Contact.kommo_id, Contact.name, Contact.kommo_updated_at)
+                .join(
+                    Contact,
+                    and_(
+                        Contact.account_id == ContactAddress.account_id,
+                        Contact.kommo_id == ContactAddress.kommo_id,
+                    ),
+                )
+                .where(
+                    ContactAddress.account_id == account_id,
+                    ContactAddress.email.in_(chunk),
+                    Contact.deleted_at.is_(None),
+                )
             )
-            .where(
-                ContactAddress.account_id == account_id,
-                ContactAddress.email.in_(chunk),
-                Contact.deleted_at.is_(None),
-            )
-        )
         for email, kid, name, upd in (await session.execute(stmt)).all():
             cand = Owner(int(kid), str(name or ""), int(upd or 0))
             cur = best.get(email)
@@ -258,10 +322,16 @@ async def consent_rows(
     session: AsyncSession, account_id: int, emails: Sequence[str]
 ) -> dict[str, ContactEmail]:
     out: dict[str, ContactEmail] = {}
+    pg = dialect.is_postgres(session)
     for chunk in _chunks(list(emails)):
-        stmt = select(ContactEmail).where(
-            ContactEmail.account_id == account_id, ContactEmail.email.in_(chunk)
-        )
+        if pg:
+            stmt = select(ContactEmail).from_statement(
+                text(_PG_CONSENT_ROWS).bindparams(account_id=account_id, keys=list(chunk))
+            )
+        else:
+            stmt = select(ContactEmail).where(
+                ContactEmail.account_id == account_id, ContactEmail.email.in_(chunk)
+            )
         for row in (await session.execute(stmt)).scalars():
             out[row.email] = row
     return out
@@ -327,14 +397,18 @@ async def accounts_with_untagged_unsubscribes(session: AsyncSession) -> list[int
 async def lock_outbox(session: AsyncSession, account_id: int, emails: Sequence[str]) -> dict[str, Outbox]:
     """The outbox rows of these addresses, locked: a flush holding one finishes first, so what we read is current."""
     out: dict[str, Outbox] = {}
+    pg = dialect.is_postgres(session)
     for chunk in _chunks(sorted(set(emails))):
-        stmt = (
-            select(Outbox)
-            .where(Outbox.account_id == account_id, Outbox.email.in_(chunk))
-            .order_by(Outbox.email)
-        )
-        if dialect.is_postgres(session):
-            stmt = stmt.with_for_update()
+        if pg:
+            stmt = select(Outbox).from_statement(
+                text(_PG_LOCK_OUTBOX).bindparams(account_id=account_id, keys=list(chunk))
+            )
+        else:
+            stmt = (
+                select(Outbox)
+                .where(Outbox.account_id == account_id, Outbox.email.in_(chunk))
+                .order_by(Outbox.email)
+            )
         for row in (await session.execute(stmt)).scalars():
             out[row.email] = row
     return out
@@ -516,6 +590,20 @@ async def list_runs(session: AsyncSession, account_id: int | None, limit: int = 
     if account_id is not None:
         stmt = stmt.where(SyncRun.account_id == account_id)
     return list((await session.execute(stmt)).scalars())
+
+
+_MIRROR_TABLES = ("contact", "contact_address", "contact_email", "outbox")
+
+
+async def analyze_mirror(session: AsyncSession) -> None:
+    """Refresh PostgreSQL's statistics of the mirror tables (a no-op on SQLite).
+
+    A full sync grows these tables faster than autovacuum re-analyses them (it looks once a minute, after
+    10 % growth); with statistics from when an account had a few rows, PostgreSQL plans key lookups as scans
+    of the whole account, which get slower with every page. ANALYZE samples a bounded number of rows.
+    """
+    if dialect.is_postgres(session):
+        await session.execute(text(f"ANALYZE {', '.join(_MIRROR_TABLES)}"))
 
 
 def ago(seconds: float) -> datetime:

@@ -83,7 +83,8 @@ async def apply_contacts(
     await repo.replace_addresses(session, account_id, address_changes)
     if run_id is not None:
         # Versions we skipped as not newer were still seen live by this run.
-        skipped = [cid for cid in latest if cid not in {r["kommo_id"] for r in rows}]
+        applied = {r["kommo_id"] for r in rows}
+        skipped = [cid for cid in latest if cid not in applied]
         await repo.mark_seen(session, account_id, skipped, run_id)
     return result
 
