@@ -17,7 +17,7 @@ from app.errors import BodySizeLimitMiddleware, install_error_handlers
 from app.logging import configure_logging
 from app.metrics import MetricsMiddleware
 from app.middleware import RequestIdMiddleware
-from app.sync.ingest import WebhookIntake
+from app.sync.ingest import InboxWriter, WebhookIntake
 from app.worker.enqueue import WakeUps
 
 log = structlog.get_logger(__name__)
@@ -43,11 +43,13 @@ def create_app(settings: Settings | None = None, *, auto_migrate: bool | None = 
             raise
         wakeups = WakeUps(ctx.queue)
         app.state.ctx = ctx
-        app.state.intake = WebhookIntake(pc=ctx, auth=WebhookAuth(), wakeups=wakeups)
+        writer = InboxWriter(ctx)
+        app.state.intake = WebhookIntake(pc=ctx, auth=WebhookAuth(), wakeups=wakeups, writer=writer)
         log.info("api.started", env=settings.env.value, embedded=settings.embedded)
         try:
             yield
         finally:
+            await writer.close()
             await wakeups.close()
             await ctx.close()
             log.info("api.stopped")

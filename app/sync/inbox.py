@@ -7,6 +7,8 @@ once per dialect so SQLAlchemy's compiled cache always hits.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -53,11 +55,55 @@ _PG_INSERT_EVENT = (
 )
 
 
-async def _store_event_pg(conn: AsyncConnection, args: tuple[Any, ...]) -> int | None:
+# Many bodies in one statement (group commit), one array per column: the statement text never changes, so
+# it is prepared once per connection whatever the batch size.
+_PG_INSERT_EVENTS = (
+    "INSERT INTO webhook_event (account_id, source, dedupe_key, body, status, attempts, received_at)"
+    " SELECT a, s, k, b, 'pending', 0, r"
+    " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) AS t(a, s, k, b, r)"
+    " ON CONFLICT (dedupe_key) DO NOTHING RETURNING dedupe_key, id"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    account_id: int
+    source: str
+    dedupe_key: str
+    body: str
+
+
+async def store_events(conn: AsyncConnection, events: Sequence[NewEvent]) -> dict[str, int]:
+    """Store many raw bodies in one statement; returns the ids of those stored now, by dedupe key (a key
+    stored before, or twice in ``events``, is stored once)."""
+    if not events:
+        return {}
+    if conn.dialect.name == "postgresql":
+        now = utcnow()
+        columns = (
+            [e.account_id for e in events],
+            [e.source for e in events],
+            [e.dedupe_key for e in events],
+            [e.body for e in events],
+            [now] * len(events),
+        )
+        rows = await _run_pg(conn, "fetch", _PG_INSERT_EVENTS, columns)
+        return {str(row[0]): int(row[1]) for row in rows}
+    stored: dict[str, int] = {}
+    for e in events:  # SQLite (embedded, one process): one statement per body is plenty
+        event_id = await store_event(
+            conn, account_id=e.account_id, source=e.source, dedupe_key=e.dedupe_key, body=e.body
+        )
+        if event_id is not None:
+            stored[e.dedupe_key] = event_id
+    return stored
+
+
+async def _run_pg(conn: AsyncConnection, method: str, sql: str, args: Sequence[Any]) -> Any:
     raw = await conn.get_raw_connection()
     driver: Any = raw.driver_connection  # asyncpg.Connection, in autocommit mode (no transaction to manage)
     try:
-        event_id = await driver.fetchval(_PG_INSERT_EVENT, *args)
+        return await getattr(driver, method)(sql, *args)
     except Exception as exc:
         # Outside SQLAlchemy's execute, so classify as it would: a broken connection is discarded and reported
         # as OperationalError (503, and ``run_autocommit`` retries once on a fresh connection).
@@ -67,7 +113,11 @@ async def _store_event_pg(conn: AsyncConnection, args: tuple[Any, ...]) -> int |
         )
         await conn.invalidate()
         error = OperationalError if lost else DBAPIError
-        raise error(_PG_INSERT_EVENT, None, exc, connection_invalidated=True) from exc
+        raise error(sql, None, exc, connection_invalidated=True) from exc
+
+
+async def _store_event_pg(conn: AsyncConnection, args: tuple[Any, ...]) -> int | None:
+    event_id = await _run_pg(conn, "fetchval", _PG_INSERT_EVENT, args)
     return None if event_id is None else int(event_id)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from dataclasses import dataclass
@@ -37,6 +38,74 @@ def _dedupe_key(source: str, account_id: int, body: bytes, *, unique: bool) -> s
     return hashlib.sha256(f"{source}:{account_id}:{salt}:".encode() + body).hexdigest()
 
 
+class InboxWriter:
+    """Group commit for webhook intake: bodies that arrive while a write is in flight go into the next one.
+
+    Every caller still waits until its own row has committed (a webhook is acknowledged only once durable),
+    but under load one INSERT and one commit serve many requests: the round trip, the pool checkout and the
+    commit's WAL flush are paid per batch, not per webhook. At low load a batch is one body, as before.
+    """
+
+    def __init__(self, pc: ProcessContext, *, max_batch: int = 256) -> None:
+        self._pc = pc
+        self._max_batch = max_batch
+        self._waiting: list[tuple[inbox.NewEvent, asyncio.Future[bool]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def store(self, event: inbox.NewEvent) -> bool:
+        """Store one body; True when it is new, False when the same delivery was stored before."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool] = loop.create_future()
+        self._waiting.append((event, done))
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._write_loop())
+        return await done
+
+    async def close(self) -> None:
+        """Finish what is queued (shutdown)."""
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
+
+    async def _write_loop(self) -> None:
+        # Ends as soon as nothing waits; the next store() starts a new loop.
+        batch: list[tuple[inbox.NewEvent, asyncio.Future[bool]]] = []
+        try:
+            while self._waiting:
+                batch = self._waiting[: self._max_batch]
+                del self._waiting[: self._max_batch]
+                await self._write(batch)
+                batch = []
+        except BaseException as exc:
+            # Cancelled (shutdown) or a bug: nobody may wait forever for an answer.
+            for _, done in batch + self._waiting:
+                if not done.done():
+                    done.set_exception(
+                        exc if isinstance(exc, Exception) else ConnectionError("shutting down")
+                    )
+            self._waiting.clear()
+            raise
+
+    async def _write(self, batch: list[tuple[inbox.NewEvent, asyncio.Future[bool]]]) -> None:
+        unique: dict[str, inbox.NewEvent] = {}
+        for event, _ in batch:
+            unique.setdefault(event.dedupe_key, event)
+        rows = list(unique.values())
+        try:
+            stored = await self._pc.db.run_autocommit(lambda conn: inbox.store_events(conn, rows))
+        except Exception as exc:
+            for _, done in batch:
+                if not done.done():  # a caller that went away (client disconnect) wants no answer
+                    done.set_exception(exc)
+            return
+        claimed: set[str] = set()
+        for event, done in batch:
+            # The same body twice in one batch: the first is new, the second a duplicate, as if sequential.
+            new = event.dedupe_key in stored and event.dedupe_key not in claimed
+            claimed.add(event.dedupe_key)
+            if not done.done():
+                done.set_result(new)
+
+
 @dataclass(frozen=True, slots=True)
 class WebhookIntake:
     """What webhook intake needs, built once per API process: the hot path touches no ORM session."""
@@ -44,9 +113,10 @@ class WebhookIntake:
     pc: ProcessContext
     auth: WebhookAuth
     wakeups: WakeUps
+    writer: InboxWriter
 
     async def accept_kommo(self, account_id: int, token: str | None, body: bytes) -> bool:
-        """Verify, parse-check and store a Kommo body; True when new. One INSERT is the whole unit of work."""
+        """Verify, parse-check and store a Kommo body; True when new. Its INSERT is the whole unit of work."""
         db = self.pc.db
         await self.auth.verify(db, account_id, token)
         _refuse_nul(body)
@@ -63,12 +133,10 @@ class WebhookIntake:
         has_deletions = any(e.contact is None for e in batch.events)
         dedupe_key = _dedupe_key("kommo", account_id, body, unique=has_deletions)
         text = body.decode("utf-8", errors="replace")
-        event_id = await db.run_autocommit(
-            lambda conn: inbox.store_event(
-                conn, account_id=account_id, source="kommo", dedupe_key=dedupe_key, body=text
-            )
+        new = await self.writer.store(
+            inbox.NewEvent(account_id=account_id, source="kommo", dedupe_key=dedupe_key, body=text)
         )
-        if event_id is None:
+        if not new:
             metrics.WEBHOOKS.labels("kommo", "duplicate").inc()
             return False
         metrics.WEBHOOKS.labels("kommo", "accepted").inc()

@@ -15,6 +15,7 @@ from app.db.session import Database, create_engine
 from app.errors import Unauthorized
 from app.security.tokens import hash_token
 from app.sync import inbox
+from app.sync.ingest import InboxWriter
 from app.worker.enqueue import WakeUps
 from tests.conftest import raw_sql
 
@@ -164,6 +165,69 @@ async def test_wakeups_survive_a_redis_failure(ctx: ProcessContext) -> None:
     real = WakeUps(ctx.queue, window=0.01)
     real.poke("process_events", 9, "kommo")
     await asyncio.sleep(0.1)
-    queued = await ctx.queue.queued_jobs()
-    assert [(j.function, j.args) for j in queued] == [("process_events", (9, "kommo"))]
+    queued = [(j.function, j.args) for j in await ctx.queue.queued_jobs()]
+    assert ("process_events", (9, "kommo")) in queued
     assert isinstance(ctx.queue, ArqRedis)
+
+
+async def test_store_events_in_one_statement(ctx: ProcessContext) -> None:
+    rows = [inbox.NewEvent(7, "kommo", key, f"body {key}") for key in ("a", "b", "a", "c")]
+    first = await ctx.db.run_autocommit(lambda conn: inbox.store_events(conn, rows))
+    assert sorted(first) == ["a", "b", "c"]
+    again = await ctx.db.run_autocommit(
+        lambda conn: inbox.store_events(conn, [inbox.NewEvent(7, "kommo", k, "x") for k in ("b", "d")])
+    )
+    assert list(again) == ["d"]
+    url = ctx.settings.database_url
+    assert url
+    stored = await raw_sql(url, "SELECT dedupe_key, body, status FROM webhook_event ORDER BY id")
+    assert [tuple(r) for r in stored] == [
+        ("a", "body a", "pending"),
+        ("b", "body b", "pending"),
+        ("c", "body c", "pending"),
+        ("d", "x", "pending"),
+    ]
+
+
+class _CountingWriter(InboxWriter):
+    writes = 0
+
+    async def _write(self, batch: Any) -> None:
+        self.writes += 1
+        await super()._write(batch)
+
+
+async def test_group_commit_answers_each_caller_once_its_row_is_stored(ctx: ProcessContext) -> None:
+    writer = _CountingWriter(ctx, max_batch=64)
+    keys = [f"k{i % 150}" for i in range(300)]  # every key twice
+    results = await asyncio.gather(*(writer.store(inbox.NewEvent(7, "kommo", k, k)) for k in keys))
+    new_per_key: dict[str, int] = {}
+    for key, new in zip(keys, results, strict=True):
+        new_per_key[key] = new_per_key.get(key, 0) + int(new)
+    assert set(new_per_key.values()) == {1}  # exactly one caller per body is told "new"
+    url = ctx.settings.database_url
+    assert url
+    assert (await raw_sql(url, "SELECT count(*) AS n FROM webhook_event"))[0]["n"] == 150
+    assert 300 / 64 <= writer.writes < 300  # batched: far fewer statements than requests
+    await writer.close()
+
+
+async def test_group_commit_failure_reaches_every_waiting_caller(settings: Settings) -> None:
+    from app.serving import free_port
+
+    dead = ProcessContext.__new__(ProcessContext)
+    dead.db = Database(
+        create_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x", pre_ping=False)
+    )
+    writer = InboxWriter(dead)
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                *(writer.store(inbox.NewEvent(7, "kommo", f"k{i}", "b")) for i in range(20)),
+                return_exceptions=True,
+            ),
+            timeout=30,
+        )
+        assert all(isinstance(r, OSError | ConnectionError) or "connect" in repr(r).lower() for r in results)
+    finally:
+        await dead.db.dispose()
