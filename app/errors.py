@@ -123,9 +123,7 @@ _HTTP_CODES = {
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(request: Request, exc: AppError) -> JSONResponse:
-        if exc.status_code >= 500:
-            log.warning("request.failed", error=exc.error_code, detail=exc.message)
-        return JSONResponse(exc.body(), status_code=exc.status_code)
+        return render_app_error(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -143,49 +141,61 @@ def install_error_handlers(app: FastAPI) -> None:
             {"error": code, "detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
         )
 
-    async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
-        # The database (or another dependency) is unreachable: a 503 tells Kommo to retry the delivery later,
-        # and nothing was stored, so nothing is lost.
+    async def _any(request: Request, exc: Exception) -> JSONResponse:
+        return render_exception(exc)
+
+    for exc_type in (*_UNAVAILABLE, sa_exc.DBAPIError, Exception):
+        app.add_exception_handler(exc_type, _any)
+
+
+# The database (or another dependency) is unreachable.
+_UNAVAILABLE: tuple[type[Exception], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    ConnectionError,
+    OSError,
+)
+
+
+def render_app_error(exc: AppError) -> JSONResponse:
+    if exc.status_code >= 500:
+        log.warning("request.failed", error=exc.error_code, detail=exc.message)
+    return JSONResponse(exc.body(), status_code=exc.status_code)
+
+
+def render_exception(exc: Exception) -> JSONResponse:
+    """The envelope for any exception, as the app's handlers send it (also used by paths served before the
+    router, such as the Kommo webhook fast path)."""
+    if isinstance(exc, AppError):
+        return render_app_error(exc)
+    if isinstance(exc, _UNAVAILABLE):
+        # A 503 tells Kommo to retry the delivery later, and nothing was stored, so nothing is lost.
         log.warning("request.dependency_unavailable", error=type(exc).__name__)
         response = error_response(
             503, "service_unavailable", "A dependency (database) is unavailable; retry shortly."
         )
         response.headers["Retry-After"] = "5"
         return response
-
-    for exc_type in (
-        sa_exc.OperationalError,
-        sa_exc.InterfaceError,
-        sa_exc.TimeoutError,
-        ConnectionError,
-        OSError,
-    ):
-        app.add_exception_handler(exc_type, _unavailable)
-
-    @app.exception_handler(sa_exc.DBAPIError)
-    async def _database_error(request: Request, exc: sa_exc.DBAPIError) -> JSONResponse:
+    if isinstance(exc, sa_exc.DBAPIError):
         # PostgreSQL's class 22 ("data exception") and asyncpg's own argument checks mean the request carried a
         # value the database cannot hold (an id beyond int64, a NUL byte): the client's fault, nothing stored.
         orig = getattr(exc, "orig", None)
         sqlstate = str(
             getattr(orig, "sqlstate", "") or getattr(getattr(orig, "__cause__", None), "sqlstate", "") or ""
         )
-        text = str(exc)
         if (
             isinstance(exc, sa_exc.DataError)
             or sqlstate.startswith("22")
-            or "invalid input for query argument" in text
+            or "invalid input for query argument" in str(exc)
         ):
             return error_response(
                 400, "invalid_value", "A value in the request is out of range or not storable."
             )
-        log.exception("request.database_error")
+        log.error("request.database_error", exc_info=exc)
         return error_response(500, "internal_error", "An unexpected error occurred; it has been logged.")
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("request.unhandled_error")
-        return error_response(500, "internal_error", "An unexpected error occurred; it has been logged.")
+    log.error("request.unhandled_error", exc_info=exc)
+    return error_response(500, "internal_error", "An unexpected error occurred; it has been logged.")
 
 
 class BodySizeLimitMiddleware:

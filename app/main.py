@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from app.accounts.webhook_auth import WebhookAuth
 from app.api.router import api_router
+from app.api.webhooks import KommoWebhookFastPath
 from app.config import Settings, get_settings
 from app.context import ProcessContext, build_context
 from app.db.schema import check_schema_current, upgrade_async
@@ -65,7 +66,8 @@ def create_app(settings: Settings | None = None, *, auto_migrate: bool | None = 
     )
     install_error_handlers(app)
     app.include_router(api_router)
-    # Outermost first in the list of calls below is innermost at run time: body cap, then metrics, then ids.
+    # The first call below is the innermost at run time: Kommo webhook fast path, body cap, metrics, ids.
+    app.add_middleware(KommoWebhookFastPath)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)

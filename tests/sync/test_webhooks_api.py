@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from tests.conftest import Stack, raw_sql
@@ -70,3 +71,53 @@ async def test_unknown_account_gets_the_same_401_as_a_wrong_token(stack: Stack) 
     )
     assert r.status_code == 401
     assert r.json()["error"] == "invalid_token"
+
+
+async def test_fast_path_keeps_the_edge_behaviour(stack: Stack) -> None:
+    """The Kommo webhook is served before the router: request ids, metrics and the body cap still apply."""
+    account = await connect_account(stack, subdomain="acme")
+    url = f"/webhooks/kommo/{account.account_id}"
+    body = GOOD.format(acc=account.account_id).encode()
+    r = await stack.api.post(
+        url, params={"token": account.webhook_token}, content=body, headers={"X-Request-ID": "req-42"}
+    )
+    assert (r.status_code, r.json(), r.headers["x-request-id"]) == (200, {"status": "accepted"}, "req-42")
+    assert r.headers["content-type"] == "application/json"
+    metrics = (await stack.api.get("/metrics")).text
+    assert 'route="/webhooks/kommo/{account_id:int}"' in metrics
+    big = b"a=" + b"x" * (stack.settings.max_body_bytes + 1)
+    r = await stack.api.post(url, params={"token": account.webhook_token}, content=big)
+    assert (r.status_code, r.json()["error"]) == (413, "payload_too_large")
+    # Not digits (also non-ASCII digits): not the fast path's; the router answers as for any unknown path.
+    for path in ("/webhooks/kommo/abc", "/webhooks/kommo/١٢", "/webhooks/kommo/"):
+        r = await stack.api.post(path, params={"token": account.webhook_token}, content=body)
+        assert r.status_code == 404, (path, r.text)
+        assert r.json()["error"] == "not_found"
+    r = await stack.api.get(url, params={"token": account.webhook_token})
+    assert r.status_code == 405
+    assert await _stored(stack) == 1
+
+
+async def test_documented_route_answers_like_the_fast_path(stack: Stack) -> None:
+    """Without the fast path the FastAPI route (the one in the OpenAPI document) serves the same answers."""
+    from app.api.webhooks import KommoWebhookFastPath
+    from app.main import create_app
+    from app.serving import serve_in_background
+
+    account = await connect_account(stack, subdomain="acme")
+    app = create_app(stack.settings)
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not KommoWebhookFastPath]
+    body = GOOD.format(acc=account.account_id).encode()
+    async with serve_in_background(app) as base, httpx.AsyncClient(base_url=base) as client:
+        url = f"/webhooks/kommo/{account.account_id}"
+        answers = [
+            await client.post(url, params={"token": account.webhook_token}, content=body),
+            await client.post(url, params={"token": account.webhook_token}, content=body),
+            await client.post(url, params={"token": "wrong"}, content=body),
+        ]
+    assert [(r.status_code, r.json()) for r in answers] == [
+        (200, {"status": "accepted"}),
+        (200, {"status": "duplicate"}),
+        (401, {"error": "invalid_token", "detail": "Missing or invalid webhook token."}),
+    ]
+    assert await _stored(stack) == 1
