@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 import pytest
 
-from app.connectors.ratelimit import SlidingWindow, TokenBucket
+from app.connectors.ratelimit import RoundTripWindow, SlidingWindow, TokenBucket
 
 
 def _max_in_window(stamps: list[float], window: float) -> int:
@@ -73,3 +74,77 @@ async def test_guard_spaces_each_call_beyond_the_window_at_the_full_limit() -> N
 def test_negative_allowances_are_refused() -> None:
     with pytest.raises(ValueError, match="negative"):
         SlidingWindow(7, 1.0, guard=-0.1)
+
+
+async def _arrivals(limiter: RoundTripWindow | SlidingWindow, outbound: list[float]) -> list[float]:
+    """Calls one after another, each in its own task (as full-sync fetches are); call i takes outbound[i]
+    seconds to reach the provider, and its answer comes back at once. Returns the provider's arrival times."""
+    arrivals: list[float] = []
+
+    async def call(delay: float) -> None:
+        await limiter.acquire()
+        await asyncio.sleep(delay)
+        arrivals.append(time.monotonic())
+
+    for delay in outbound:
+        await asyncio.create_task(call(delay))
+    return arrivals
+
+
+async def test_a_late_arrival_pushes_a_fixed_window_over_the_limit_but_not_the_round_trip_window() -> None:
+    # The first call is delayed 60 ms on its way, the others not: with grant times only, call 8 lands less
+    # than a window after call 1 did.
+    outbound = [0.06] + [0.0] * 7
+    naive = await _arrivals(SlidingWindow(7, 0.2, margin=0.0), outbound)
+    assert _max_in_window(naive, 0.2) == 8
+    safe = await _arrivals(RoundTripWindow(7, 0.2), outbound)
+    assert _max_in_window(safe, 0.2) <= 7
+
+
+async def test_round_trip_window_runs_at_the_limit_with_random_delays() -> None:
+    rng = random.Random(7)
+    limiter = RoundTripWindow(7, 0.2)
+    arrivals: list[float] = []
+
+    async def call() -> None:
+        await limiter.acquire()
+        await asyncio.sleep(rng.uniform(0, 0.03))  # on the way
+        arrivals.append(time.monotonic())
+        await asyncio.sleep(rng.uniform(0, 0.03))  # the answer on its way back
+
+    async def fetcher(calls: int) -> None:
+        for _ in range(calls):
+            await asyncio.create_task(call())
+
+    start = time.monotonic()
+    await asyncio.gather(*(fetcher(10) for _ in range(3)))
+    elapsed = time.monotonic() - start
+    arrivals.sort()
+    assert _max_in_window(arrivals, 0.2) <= 7
+    # 30 calls at 7 per window: four waits of one window plus a round trip (≤ 60 ms) each.
+    assert 0.8 <= elapsed < 1.4
+
+
+async def test_a_task_asking_again_has_returned_and_a_silent_one_holds_its_slot_at_most_cap() -> None:
+    limiter = RoundTripWindow(1, 0.1, cap=0.2)
+
+    async def sequential() -> None:
+        for _ in range(3):  # one task, sequential calls: each one frees the slot as it asks for the next
+            await limiter.acquire()
+
+    start = time.monotonic()
+    await asyncio.create_task(sequential())
+    assert 0.19 <= time.monotonic() - start < 0.3
+    await asyncio.sleep(0.11)  # the task ended with its last call: that slot is free a window later
+
+    async def silent() -> None:
+        await limiter.acquire()
+        await asyncio.sleep(1.0)  # keeps working after its call: nobody knows when the call returned
+
+    holder = asyncio.create_task(silent())
+    await asyncio.sleep(0.15)
+    start = time.monotonic()
+    await asyncio.create_task(limiter.acquire())
+    holder.cancel()
+    # The holder's grant counts until cap (0.2 s) plus the window (0.1 s) after it was made, not 1 s.
+    assert 0.1 <= time.monotonic() - start < 0.25
