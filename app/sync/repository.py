@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -50,6 +51,76 @@ async def account_lock(session: AsyncSession, account_id: int, *, wait: bool = T
     at once for the same account could each miss the other's change.
     """
     return await dialect.xact_lock(session, f"mirror:{account_id}", wait=wait)
+
+
+# Bulk inserts on PostgreSQL: one array per column, ``INSERT … SELECT … FROM unnest(…)``. One statement and
+# one bind parameter per column, whatever the number of rows: less work for SQLAlchemy (no per-row parameter
+# processing) and for PostgreSQL (one execution instead of one per row) than executemany (PERFORMANCE.md §1.3).
+# Column types: PostgreSQL array types, "JSON" for JSON columns (sent as text and cast).
+_Columns = tuple[tuple[str, str], ...]
+
+
+def _unnest_insert(table: str, columns: _Columns, tail: str) -> str:
+    names = ", ".join(name for name, _ in columns)
+    arrays = ", ".join(f"CAST(:{name} AS {'TEXT' if kind == 'JSON' else kind}[])" for name, kind in columns)
+    values = ", ".join(f"CAST(u.{name} AS JSON)" if kind == "JSON" else f"u.{name}" for name, kind in columns)
+    return f"INSERT INTO {table} ({names}) SELECT {values} FROM unnest({arrays}) AS u({names}) {tail}"
+
+
+async def _insert_unnest(
+    session: AsyncSession, sql: str, columns: _Columns, rows: Sequence[dict[str, Any]]
+) -> None:
+    for chunk in _chunks(rows):
+        params = {
+            name: [json.dumps(row[name]) if kind == "JSON" else row[name] for row in chunk]
+            for name, kind in columns
+        }
+        await session.execute(text(sql), params)
+
+
+_CONTACT_COLUMNS: _Columns = (
+    ("account_id", "BIGINT"),
+    ("kommo_id", "BIGINT"),
+    ("name", "TEXT"),
+    ("emails", "JSON"),
+    ("tags", "JSON"),
+    ("kommo_updated_at", "BIGINT"),
+    ("deleted_at", "TIMESTAMPTZ"),
+    ("seen_run_id", "TEXT"),
+    ("updated_at", "TIMESTAMPTZ"),
+)
+_PG_UPSERT_CONTACTS = _unnest_insert(
+    "contact",
+    _CONTACT_COLUMNS,
+    "ON CONFLICT (account_id, kommo_id) DO UPDATE SET "
+    + ", ".join(f"{name} = EXCLUDED.{name}" for name, _ in _CONTACT_COLUMNS[2:]),
+)
+_ADDRESS_COLUMNS: _Columns = (("account_id", "BIGINT"), ("kommo_id", "BIGINT"), ("email", "TEXT"))
+_PG_ADD_ADDRESSES = _unnest_insert("contact_address", _ADDRESS_COLUMNS, "ON CONFLICT DO NOTHING")
+_OWNER_COLUMNS: _Columns = (
+    ("account_id", "BIGINT"),
+    ("email", "TEXT"),
+    ("kommo_id", "BIGINT"),
+    ("consent", "TEXT"),
+    ("updated_at", "TIMESTAMPTZ"),
+)
+_PG_UPSERT_OWNERS = _unnest_insert(
+    "contact_email",
+    _OWNER_COLUMNS,
+    "ON CONFLICT (account_id, email) DO UPDATE SET kommo_id = EXCLUDED.kommo_id, updated_at = EXCLUDED.updated_at",
+)
+_OUTBOX_COLUMNS: _Columns = (
+    ("account_id", "BIGINT"),
+    ("email", "TEXT"),
+    ("payload", "JSON"),
+    ("payload_hash", "TEXT"),
+    ("status", "TEXT"),
+    ("attempts", "INTEGER"),
+    ("next_attempt_at", "TIMESTAMPTZ"),
+    ("created_at", "TIMESTAMPTZ"),
+    ("updated_at", "TIMESTAMPTZ"),
+)
+_PG_ADD_OUTBOX = _unnest_insert("outbox", _OUTBOX_COLUMNS, "ON CONFLICT (account_id, email) DO NOTHING")
 
 
 # Key lookups on PostgreSQL: one index probe per key, whatever the statistics say.
@@ -216,13 +287,20 @@ async def replace_addresses(
                 tuple_(ContactAddress.kommo_id, ContactAddress.email).in_(chunk),
             )
         )
-    if additions:
-        stmt = dialect.insert(session, ContactAddress.__table__).on_conflict_do_nothing()
-        await _execute_many(session, stmt, additions)
+    if not additions:
+        return
+    if dialect.is_postgres(session):
+        await _insert_unnest(session, _PG_ADD_ADDRESSES, _ADDRESS_COLUMNS, additions)
+        return
+    stmt = dialect.insert(session, ContactAddress.__table__).on_conflict_do_nothing()
+    await _execute_many(session, stmt, additions)
 
 
 async def upsert_contacts(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     if not rows:
+        return
+    if dialect.is_postgres(session):
+        await _insert_unnest(session, _PG_UPSERT_CONTACTS, _CONTACT_COLUMNS, rows)
         return
     stmt = dialect.insert(session, Contact.__table__)
     stmt = stmt.on_conflict_do_update(
@@ -338,11 +416,15 @@ async def consent_rows(
 
 
 async def upsert_owners(session: AsyncSession, account_id: int, owners: dict[str, int | None]) -> None:
+    now = utcnow()
     rows = [
-        {"account_id": account_id, "email": e, "kommo_id": k, "consent": "subscribed", "updated_at": utcnow()}
+        {"account_id": account_id, "email": e, "kommo_id": k, "consent": "subscribed", "updated_at": now}
         for e, k in sorted(owners.items())
     ]
     if not rows:
+        return
+    if dialect.is_postgres(session):
+        await _insert_unnest(session, _PG_UPSERT_OWNERS, _OWNER_COLUMNS, rows)
         return
     stmt = dialect.insert(session, ContactEmail.__table__)
     stmt = stmt.on_conflict_do_update(
@@ -433,6 +515,9 @@ async def add_outbox(
         for email, payload, h in items
     ]
     if not rows:
+        return
+    if dialect.is_postgres(session):
+        await _insert_unnest(session, _PG_ADD_OUTBOX, _OUTBOX_COLUMNS, rows)
         return
     stmt = dialect.insert(session, Outbox.__table__).on_conflict_do_nothing(
         index_elements=["account_id", "email"]
