@@ -270,6 +270,12 @@ def proc_status(pid: int, key: str) -> int:
     raise KeyError(key)
 
 
+def proc_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, from ``/proc/<pid>/stat``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # --- the whole stack ------------------------------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from bench.common import VENV_BIN, bench_stack, machine, proc_status, use_uvloop, verdict
+from bench.common import VENV_BIN, bench_stack, machine, proc_cpu_seconds, proc_status, use_uvloop, verdict
 
 
 async def run_sync(
@@ -64,6 +64,7 @@ async def run_sync(
             )
             await asyncio.sleep(1.0)
         try:
+            cpu0 = proc_cpu_seconds(wpid)
             t0 = time.monotonic()
             r = await st.api.post("/sync/contacts", headers=st.admin_headers, json={"id": account.account_id})
             assert r.status_code == 202, r.text
@@ -82,6 +83,7 @@ async def run_sync(
                     raise RuntimeError(f"full sync of {contacts} not done within {within} s: {dict(row)}")
                 await asyncio.sleep(0.05)
             wall = time.monotonic() - t0
+            worker_cpu = proc_cpu_seconds(wpid) - cpu0
             pushed = await conn.fetchval("SELECT count(*) FROM outbox WHERE status='done'")
         finally:
             await conn.close()
@@ -116,6 +118,7 @@ async def run_sync(
         "worker_rss_before_kb": rss_before,
         "worker_peak_rss_kb": peak_rss,
         "worker_hwm_kb": hwm,
+        "worker_cpu_s": worker_cpu,
     }
 
 
@@ -124,7 +127,7 @@ def report(results: list[dict[str, Any]]) -> None:
     print(
         f"{'contacts':>8} {'scale':>5} | {'wall s':>7} {'floor s':>7} {'ratio':>6} | {'pages':>5} "
         f"{'GET list':>8} {'kommo':>6} {'max/1s':>6} {'429':>4} | {'addrs':>7} {'pushed':>7} "
-        f"{'imports':>7} {'429':>4} | verdict"
+        f"{'imports':>7} {'429':>4} | {'cpu s':>6} | verdict"
     )
     for r in results:
         ok = r["ratio"] <= 1.10 and r["max_calls_in_1s"] <= 7 * r["scale"] and not r["kommo_429"]
@@ -133,7 +136,7 @@ def report(results: list[dict[str, Any]]) -> None:
             f"{r['contacts']:>8} {r['scale']:>5g} | {r['wall']:7.2f} {r['floor']:7.2f} {r['ratio']:6.2f} | "
             f"{r['pages']:>5} {r['kommo_list_calls']:>8} {r['kommo_calls']:>6} {r['max_calls_in_1s']:>6} "
             f"{r['kommo_429']:>4} | {r['addresses']:>7} {r['pushed']:>7} {r['imports']:>7} "
-            f"{r['unisender_429']:>4} | {verdict(ok)} (≤ 1.10, max/1s ≤ {7 * r['scale']:g}, no 429)"
+            f"{r['unisender_429']:>4} | {r['worker_cpu_s']:6.2f} | {verdict(ok)} (≤ 1.10, max/1s ≤ {7 * r['scale']:g}, no 429)"
         )
 
 
