@@ -44,8 +44,12 @@ class FlushResult:
     blocked: str | None = None  # why nothing can be pushed now (not connected, bad key)
 
 
-async def flush_account(pc: ProcessContext, account_id: int) -> FlushResult:
+async def flush_account(pc: ProcessContext, account_id: int, *, drain: bool = True) -> FlushResult:
     """Push due outbox rows of one account until none is left (bounded); one flusher per account at a time.
+
+    ``drain=False`` (flush jobs of live changes) stops after a batch that was not full: the rows that became
+    due meanwhile have a job of their own for the next coalescing window, and pushing them now would spend
+    an importContacts call on a handful of rows.
 
     Rows are read as plain values and written back with a few set-based UPDATEs: a push of 500 rows must cost
     far less than the 1/20 s Unisender's limit allows per call, and ORM objects (500 loaded, 500 flushed
@@ -175,6 +179,8 @@ async def flush_account(pc: ProcessContext, account_id: int) -> FlushResult:
                 rejected=len(refused),
                 duration_s=round(time.monotonic() - started, 3),
             )
+        if not drain and len(rows) < BATCH_ROWS:
+            break
     return result
 
 

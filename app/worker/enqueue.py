@@ -21,8 +21,9 @@ log = structlog.get_logger(__name__)
 # Coalescing window for pushes of live changes: changes arriving within one share one importContacts call.
 # 0.5 s keeps a stream of 200 changes/s at ≤ 10 calls per 1,000 changes, and the added lag under 0.5 s.
 FLUSH_WINDOW_SECONDS = 0.5
-# Coalescing window for wake-ups sent by webhook intake (see WakeUps).
-WAKE_WINDOW_SECONDS = 0.02
+# Coalescing window for wake-ups sent by webhook intake (see WakeUps): at most 10 jobs/s per account and
+# process, whatever the webhook rate; each job drains everything pending.
+WAKE_WINDOW_SECONDS = 0.1
 
 
 async def _enqueue(

@@ -19,7 +19,9 @@ from app.worker import enqueue
 
 log = structlog.get_logger(__name__)
 
-BUSY_RETRIES = 20
+# Looks again while another job holds the account (each a Retry; arq's max_tries is 25).
+EVENTS_BUSY_RETRIES = 4  # the holder drains every pending event, ours included
+FLUSH_BUSY_RETRIES = 20  # a live-change flush stops after a partial batch, so ours must outlast it
 
 
 def process_context(ctx: dict[str, Any]) -> ProcessContext:
@@ -37,10 +39,15 @@ def _retry_after(ctx: dict[str, Any], exc: TransientError) -> Retry:
     return Retry(defer=delay)
 
 
-def _busy(ctx: dict[str, Any]) -> None:
-    """Another job holds this account's lock: look again shortly (it may have finished its last pass)."""
-    if int(ctx.get("job_try", 1)) < BUSY_RETRIES:
-        raise Retry(defer=0.1 + random.random() * 0.2)
+def _busy(ctx: dict[str, Any], retries: int) -> None:
+    """Another job holds this account's lock: look again shortly, up to ``retries`` times.
+
+    An events job's holder drains until nothing is pending, so it takes our work too unless it was already
+    past its last look when our rows committed; a look after it has finished covers that. Retrying more would
+    only spin (a burst of webhooks wakes many jobs), and the sweeper re-finds anything left after 5 s.
+    """
+    if int(ctx.get("job_try", 1)) < retries:
+        raise Retry(defer=0.2 + random.random() * 0.3)
 
 
 async def ping(ctx: dict[str, Any], value: str = "pong") -> str:
@@ -68,7 +75,7 @@ async def process_events(ctx: dict[str, Any], account_id: int, source: str = "ko
         await _record_account_error(pc, account_id, exc)
         return 0
     if busy:
-        _busy(ctx)
+        _busy(ctx, EVENTS_BUSY_RETRIES)
     metrics.JOBS.labels("process_events", "ok").inc()
     return handled
 
@@ -76,9 +83,9 @@ async def process_events(ctx: dict[str, Any], account_id: int, source: str = "ko
 async def flush_outbox(ctx: dict[str, Any], account_id: int) -> int:
     pc = process_context(ctx)
     structlog.contextvars.bind_contextvars(account_id=account_id)
-    result = await outbox.flush_account(pc, account_id)
+    result = await outbox.flush_account(pc, account_id, drain=False)
     if result.busy:
-        _busy(ctx)
+        _busy(ctx, FLUSH_BUSY_RETRIES)
     elif result.retry_in is not None:
         await enqueue.flush_outbox(pc.queue, account_id, delay=result.retry_in)
     metrics.JOBS.labels("flush_outbox", "ok").inc()

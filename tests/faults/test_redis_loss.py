@@ -45,6 +45,7 @@ async def test_flushall_and_redis_restart_mid_stream(
         await stack.kommo.post("/_sandbox/deliveries/drain", json={"timeout": 30})
         stranded = await pending_counts(stack)
         assert stranded["ev"] > 0, stranded
+        await asyncio.sleep(0.5)  # the API's coalesced wake-ups (100 ms windows) have reached Redis
         assert private_redis.cli("FLUSHALL") == "OK"
         assert private_redis.cli("DBSIZE") == "0"
         worker.start()
