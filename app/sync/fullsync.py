@@ -131,8 +131,9 @@ def _consume(task: asyncio.Task[_Page]) -> None:
 class _Pusher:
     """Pushes the outbox of the account while the slice commits pages, in this job rather than in one
     arq flush job per page: no queue round trips, no jobs retrying against each other's flush lock, and the
-    rows of the last page go out as soon as it is committed. When it cannot (another flusher holds the
-    account, or Unisender asked us to wait), a flush job takes over, with its own retry and backoff.
+    rows of the last page go out as soon as it is committed. Another flusher holding the account (e.g. a
+    job the sweeper started) pushes our rows too; the next page tries again. When Unisender asks us to wait
+    (or the account cannot push), a flush job takes over at the end, with its own retry and backoff.
     """
 
     def __init__(self, pc: ProcessContext, account_id: int) -> None:
@@ -140,6 +141,7 @@ class _Pusher:
         self._account_id = account_id
         self._wanted = False
         self._task: asyncio.Task[None] | None = None
+        self._busy = False  # the last pass found another flusher at work
         self._handoff: float | None = None  # delay of the flush job to enqueue at the end, if any
 
     def poke(self) -> None:
@@ -157,17 +159,18 @@ class _Pusher:
                 log.warning("sync.push_failed", account_id=self._account_id, error=repr(exc))
                 self._handoff = 0.0
                 return
-            if result.busy or result.blocked is not None or result.retry_in is not None:
+            if result.blocked is not None or result.retry_in is not None:
                 self._handoff = result.retry_in or 0.0
                 return
+            self._busy = result.busy
 
     async def drain(self) -> None:
-        """Push what is committed, then hand what is left (if anything) to a flush job."""
+        """Push what is committed, then hand what may be left to a flush job."""
         self.poke()
         if self._task is not None:
             await self._task
-        if self._handoff is not None:
-            await enqueue.flush_outbox(self._pc.queue, self._account_id, delay=self._handoff)
+        if self._handoff is not None or self._busy:
+            await enqueue.flush_outbox(self._pc.queue, self._account_id, delay=self._handoff or 0.0)
 
     def cancel(self) -> None:
         """Stop pushing (the slice is being torn down): the sweeper finds the rows left pending."""
