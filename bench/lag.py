@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import subprocess
 import time
 from typing import Any
 
-from bench.common import bench_stack, machine, pct, use_uvloop, verdict
+from bench.common import VENV_BIN, bench_stack, machine, pct, proc_cpu_seconds, use_uvloop, verdict
 
 
 class TimedLedger(list):  # type: ignore[type-arg]
@@ -34,7 +36,9 @@ class TimedLedger(list):  # type: ignore[type-arg]
             self.seen.append(time.monotonic() - t0)
 
 
-async def run(rate: float, seconds: float, contacts: int, concurrency: int) -> dict[str, Any]:
+async def run(
+    rate: float, seconds: float, contacts: int, concurrency: int, profile: str | None = None
+) -> dict[str, Any]:
     """One stack; seed, full-sync, then a steady stream of renames; returns lag figures and call counts."""
     from app.sandbox.kommo import KommoSandboxConfig
     from app.sync.mapping import contact_emails
@@ -67,6 +71,18 @@ async def run(rate: float, seconds: float, contacts: int, concurrency: int) -> d
         ledger.extend(uacc.ledger)
         uacc.ledger = ledger
         calls_before = st.unisender_app.state.unisender.stats.calls.get("importContacts", 0)
+        assert bs.worker_proc is not None
+        pids = {"api": bs.api_proc.pid, "worker": bs.worker_proc.pid, "bench (sandboxes)": os.getpid()}
+        cpu_before = {k: proc_cpu_seconds(p) for k, p in pids.items()}
+        spy = None
+        if profile:
+            # py-spy (pip install py-spy) samples the worker during the stream: raw folded stacks.
+            args = ["record", "-p", str(pids["worker"]), "-f", "raw", "-o", profile, "-r", "100"]
+            spy = subprocess.Popen(  # noqa: ASYNC220 (start-up only)
+                [str(VENV_BIN / "py-spy"), *args, "-d", str(int(seconds) + 2)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         n = int(rate * seconds)
         t_start = time.monotonic()
         for i in range(n):
@@ -86,6 +102,9 @@ async def run(rate: float, seconds: float, contacts: int, concurrency: int) -> d
         deadline = time.monotonic() + 60
         while waiting and time.monotonic() < deadline:  # noqa: ASYNC110 (bounded poll of sandbox state)
             await asyncio.sleep(0.05)
+        cpu = {k: proc_cpu_seconds(p) - cpu_before[k] for k, p in pids.items()}
+        if spy is not None:
+            await asyncio.to_thread(spy.wait, 30)
         calls = st.unisender_app.state.unisender.stats.calls.get("importContacts", 0) - calls_before
         deliveries = (await st.kommo.get("/_sandbox/deliveries", params={"limit": 100000})).json()
         server = _webhook_timing((await st.api.get("/metrics")).text)
@@ -108,6 +127,7 @@ async def run(rate: float, seconds: float, contacts: int, concurrency: int) -> d
         "delivery_p50_ms": pct(durations, 50),
         "delivery_p99_ms": pct(durations, 99),
         "deliveries": len(durations),
+        "cpu_ms_per_change": {k: v / n * 1000 for k, v in cpu.items()},
         "server_mean_ms": server[0],
         "server_within_5ms": server[1],
     }
@@ -150,6 +170,8 @@ def report(r: dict[str, Any]) -> None:
         f"p99 {r['delivery_p99_ms']:.1f} ms as the Kommo sandbox saw it; as the service measured it: mean "
         f"{r['server_mean_ms']:.1f} ms, {r['server_within_5ms']:.0%} within 5 ms"
     )
+    shares = ", ".join(f"{k} {v:.2f}" for k, v in r["cpu_ms_per_change"].items())
+    print(f"CPU ms per change (stream until the last change was seen): {shares}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -161,9 +183,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--contacts", type=int, default=2000)
     p.add_argument("--delivery-concurrency", type=int, default=4, help="Kommo sandbox bodies in flight")
+    p.add_argument("--profile", help="py-spy raw output file: the worker during the stream")
     args = p.parse_args(argv)
     use_uvloop()
-    report(asyncio.run(run(args.rate, args.seconds, args.contacts, args.delivery_concurrency)))
+    report(
+        asyncio.run(
+            run(args.rate, args.seconds, args.contacts, args.delivery_concurrency, profile=args.profile)
+        )
+    )
 
 
 if __name__ == "__main__":

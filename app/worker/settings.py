@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import socket
@@ -18,9 +19,11 @@ from typing import Any
 
 import arq.worker
 import structlog
+from arq import Retry
 from arq.cron import CronJob, cron
 from arq.worker import Function, Worker, func
 from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError
 
 from app.config import Settings
 from app.context import ProcessContext, build_context
@@ -34,13 +37,31 @@ log = structlog.get_logger(__name__)
 TaskFn = Callable[..., Coroutine[Any, Any, Any]]
 
 
+def _reconnecting(fn: TaskFn) -> TaskFn:
+    """The worker's pool does not ping each connection before use (a round trip per transaction, most of
+    a small job's cost), so the first statement on a connection that a PostgreSQL restart broke fails.
+    SQLAlchemy then recycles the whole pool; the job runs again a moment later."""
+
+    @functools.wraps(fn)
+    async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(ctx, *args, **kwargs)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            log.warning("job.db_reconnect", function=fn.__name__, error=type(exc.orig).__name__)
+            raise Retry(defer=0.5 + random.random()) from exc
+
+    return run
+
+
 def functions(settings: Settings) -> list[Function]:
     return [
         func(tasks.ping, name="ping"),
-        func(tasks.process_events, name="process_events"),
-        func(tasks.flush_outbox, name="flush_outbox"),
-        func(tasks.full_sync, name="full_sync"),
-        func(tasks.tag_unsubscribes, name="tag_unsubscribes"),
+        func(_reconnecting(tasks.process_events), name="process_events"),
+        func(_reconnecting(tasks.flush_outbox), name="flush_outbox"),
+        func(_reconnecting(tasks.full_sync), name="full_sync"),
+        func(_reconnecting(tasks.tag_unsubscribes), name="tag_unsubscribes"),
     ]
 
 
@@ -106,7 +127,7 @@ async def run_worker_forever(settings: Settings, *, stop: asyncio.Event | None =
     configure_logging(fmt=settings.effective_log_format, level=settings.log_level)
     if settings.embedded:
         arq.worker.log_redis_info = _skip_redis_info  # type: ignore[attr-defined]
-    pc = await build_context(settings)
+    pc = await build_context(settings, pre_ping=False)
     await check_schema_current(pc.db.engine, settings.resolved_database_url())
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     log.info("worker.started", worker_id=worker_id, embedded=settings.embedded)

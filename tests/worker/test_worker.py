@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from app.context import ProcessContext
 from app.queue import QUEUE_NAME
 from app.worker.settings import build_worker
@@ -19,3 +21,27 @@ async def test_ping_job_runs_on_a_burst_worker(ctx: ProcessContext) -> None:
     assert not await ctx.queue.exists("arq:job:ping-1")
     again = await ctx.queue.enqueue_job("ping", "hello", _job_id="ping-1")
     assert again is not None, "a finished job's result key must not block re-enqueueing"
+
+
+async def test_jobs_retry_when_their_database_connection_was_lost() -> None:
+    """Without pre-ping, a connection broken by a PostgreSQL restart fails one statement: the job retries."""
+    from arq import Retry
+    from sqlalchemy.exc import DBAPIError
+
+    from app.worker.settings import _reconnecting
+
+    async def lost(ctx: dict[str, object]) -> None:
+        raise DBAPIError("SELECT 1", None, ConnectionResetError("gone"), connection_invalidated=True)
+
+    async def bad_sql(ctx: dict[str, object]) -> None:
+        raise DBAPIError("SELECT x", None, ValueError("syntax"))
+
+    async def fine(ctx: dict[str, object], value: int) -> int:
+        return value
+
+    with pytest.raises(Retry):
+        await _reconnecting(lost)({})
+    with pytest.raises(DBAPIError):
+        await _reconnecting(bad_sql)({})
+    assert await _reconnecting(fine)({}, 7) == 7
+    assert _reconnecting(fine).__name__ == "fine"  # arq names jobs after the function
