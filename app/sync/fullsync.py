@@ -164,11 +164,19 @@ class _Pusher:
                 return
             self._busy = result.busy
 
-    async def drain(self) -> None:
-        """Push what is committed, then hand what may be left to a flush job."""
+    async def drain(self, within: float) -> None:
+        """Push what is committed, for at most ``within`` seconds (the job's timeout must not cut the slice
+        short: its continuation is enqueued after this), then hand what may be left to a flush job."""
         self.poke()
         if self._task is not None:
-            await self._task
+            done, _ = await asyncio.wait({self._task}, timeout=max(0.0, within))
+            if not done:
+                # A backlog (the pusher fell behind the pages): a flush job pushes the rest. A batch cut off
+                # mid-import is sent again; importing the same rows twice is harmless.
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+                self._handoff = 0.0
         if self._handoff is not None or self._busy:
             await enqueue.flush_outbox(self._pc.queue, self._account_id, delay=self._handoff or 0.0)
 
@@ -186,8 +194,11 @@ async def run_full_sync_slice(pc: ProcessContext, run_id: str) -> str:
     a killed worker resumes after the last committed page without skipping any.
     """
     # A slice stops fetching well inside the job timeout, or arq would cancel it mid-page; the pages already
-    # fetched are still committed (at most FETCH_CONCURRENCY + QUEUE_PAGES of them).
-    deadline = time.monotonic() + min(SLICE_SECONDS, 0.6 * pc.settings.worker_job_timeout)
+    # fetched are still committed (at most FETCH_CONCURRENCY + QUEUE_PAGES of them), and the pushes under way
+    # get until 0.85 × the timeout, so the continuation is always enqueued.
+    started = time.monotonic()
+    deadline = started + min(SLICE_SECONDS, 0.6 * pc.settings.worker_job_timeout)
+    push_deadline = started + 0.85 * pc.settings.worker_job_timeout
     async with pc.db.session_scope() as session:
         run = await session.get(SyncRun, run_id)
         if run is None or run.status in ("done", "failed"):
@@ -238,7 +249,7 @@ async def run_full_sync_slice(pc: ProcessContext, run_id: str) -> str:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-    await pusher.drain()
+    await pusher.drain(within=push_deadline - time.monotonic())
     if status == "running":
         await enqueue.full_sync(pc.queue, run_id)
     return status
