@@ -42,6 +42,7 @@ class FlushResult:
     retry_in: float | None = None  # set when rows wait for a retry
     busy: bool = False
     blocked: str | None = None  # why nothing can be pushed now (not connected, bad key)
+    more: bool = False  # stopped at MAX_BATCHES after full batches: rows are probably still due
 
 
 async def flush_account(pc: ProcessContext, account_id: int, *, drain: bool = True) -> FlushResult:
@@ -180,7 +181,8 @@ async def flush_account(pc: ProcessContext, account_id: int, *, drain: bool = Tr
                 duration_s=round(time.monotonic() - started, 3),
             )
         if not drain and len(rows) < BATCH_ROWS:
-            break
+            return result
+    result.more = True
     return result
 
 

@@ -88,6 +88,9 @@ async def flush_outbox(ctx: dict[str, Any], account_id: int) -> int:
         _busy(ctx, FLUSH_BUSY_RETRIES)
     elif result.retry_in is not None:
         await enqueue.flush_outbox(pc.queue, account_id, delay=result.retry_in)
+    elif result.more:
+        # A backlog (e.g. after a large sync): go on in a fresh job now rather than at the next sweep.
+        await enqueue.flush_outbox(pc.queue, account_id, delay=0)
     metrics.JOBS.labels("flush_outbox", "ok").inc()
     return result.pushed
 
