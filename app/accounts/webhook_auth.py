@@ -3,8 +3,9 @@
 Kommo signs nothing: a webhook is authenticated by the unguessable token in its URL, compared in constant
 time with the stored hash. Reading that hash on every delivery would cost a database round trip per webhook,
 so each process keeps it for ``ttl`` seconds. A rotated token therefore keeps working in other processes for
-at most ``ttl`` seconds (the rotating process forgets it at once); unknown accounts are cached too, so a
-flood of requests for random accounts cannot turn into a flood of queries.
+at most ``ttl`` seconds (the rotating process forgets it at once). Unknown accounts are cached too, for a
+second, so a flood of requests for random accounts cannot turn into a flood of queries, while an account
+created a moment ago (its webhooks start right after the OAuth callback) is not refused for long.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from app.security.tokens import token_matches
 from app.sync import inbox
 
 DEFAULT_TTL_SECONDS = 5.0
+UNKNOWN_TTL_SECONDS = 1.0
 MAX_ENTRIES = 10_000
 
 
 class WebhookAuth:
     def __init__(self, *, ttl: float = DEFAULT_TTL_SECONDS, max_entries: int = MAX_ENTRIES) -> None:
         self._ttl = ttl
+        self._unknown_ttl = min(ttl, UNKNOWN_TTL_SECONDS)
         self._max_entries = max_entries
         # account id → (token hash or None for an unknown account, monotonic expiry)
         self._hashes: OrderedDict[int, tuple[str | None, float]] = OrderedDict()
@@ -47,7 +50,7 @@ class WebhookAuth:
         if cached is not None and cached[1] > now:
             return cached[0]
         stored = await db.run_autocommit(lambda conn: inbox.webhook_token_hash(conn, account_id))
-        self._hashes[account_id] = (stored, now + self._ttl)
+        self._hashes[account_id] = (stored, now + (self._ttl if stored is not None else self._unknown_ttl))
         self._hashes.move_to_end(account_id)
         while len(self._hashes) > self._max_entries:
             self._hashes.popitem(last=False)

@@ -128,6 +128,26 @@ async def test_token_hash_cache(ctx: ProcessContext, settings: Settings) -> None
     assert len(short._hashes) == 2  # bounded: random account ids cannot grow it
 
 
+async def test_an_account_created_after_a_refusal_is_accepted_within_a_second(ctx: ProcessContext) -> None:
+    """Unknown accounts are cached for a second only: webhooks start right after the integration is created."""
+    url = ctx.settings.database_url
+    assert url
+    auth = WebhookAuth(ttl=60)
+    with pytest.raises(Unauthorized):
+        await auth.verify(ctx.db, 77, "tok")
+    await raw_sql(
+        url,
+        "INSERT INTO integration (account_id, subdomain, client_id, client_secret, redirect_uri, webhook_token,"
+        " webhook_token_hash, status, created_at, updated_at) VALUES (77, 'acme', 'c', 'x', 'http://x', 'x', $1,"
+        " 'connected', now(), now())",
+        hash_token("tok"),
+    )
+    with pytest.raises(Unauthorized):
+        await auth.verify(ctx.db, 77, "tok")  # still the cached refusal
+    await asyncio.sleep(1.1)
+    await auth.verify(ctx.db, 77, "tok")
+
+
 class _RecordingQueue:
     def __init__(self) -> None:
         self.jobs: list[tuple[str, tuple[Any, ...], str]] = []
