@@ -45,18 +45,10 @@ def _insert_event(insert: Any) -> Insert:
 
 _INSERT_EVENT = {"postgresql": _insert_event(postgresql.insert), "sqlite": _insert_event(sqlite.insert)}
 
-# The same statement as PostgreSQL text, run on the driver connection: it skips SQLAlchemy's per-statement
-# work (parameter processing, result wrapping), which costs about as much as the round trip itself here.
-# tests/sync/test_inbox.py checks that both forms store identical rows.
-_PG_INSERT_EVENT = (
-    "INSERT INTO webhook_event (account_id, source, dedupe_key, body, status, attempts, received_at)"
-    " VALUES ($1, $2, $3, $4, 'pending', 0, $5)"
-    " ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
-)
-
-
 # Many bodies in one statement (group commit), one array per column: the statement text never changes, so
-# it is prepared once per connection whatever the batch size.
+# it is prepared once per connection whatever the batch size. It runs on the driver connection, skipping
+# SQLAlchemy's per-statement work, which costs about as much as the round trip itself here; SQLite runs the
+# SQLAlchemy statement above (tests/sync/test_inbox.py checks that both store identical rows).
 _PG_INSERT_EVENTS = (
     "INSERT INTO webhook_event (account_id, source, dedupe_key, body, status, attempts, received_at)"
     " SELECT a, s, k, b, 'pending', 0, r"
@@ -87,23 +79,32 @@ async def store_events(conn: AsyncConnection, events: Sequence[NewEvent]) -> dic
             [e.body for e in events],
             [now] * len(events),
         )
-        rows = await _run_pg(conn, "fetch", _PG_INSERT_EVENTS, columns)
+        rows = await _fetch_pg(conn, _PG_INSERT_EVENTS, columns)
         return {str(row[0]): int(row[1]) for row in rows}
     stored: dict[str, int] = {}
     for e in events:  # SQLite (embedded, one process): one statement per body is plenty
-        event_id = await store_event(
-            conn, account_id=e.account_id, source=e.source, dedupe_key=e.dedupe_key, body=e.body
+        result = await conn.execute(
+            _INSERT_EVENT[conn.dialect.name],
+            {
+                "account_id": e.account_id,
+                "source": e.source,
+                "dedupe_key": e.dedupe_key,
+                "body": e.body,
+                "received_at": utcnow(),
+            },
         )
-        if event_id is not None:
-            stored[e.dedupe_key] = event_id
+        event_id = result.scalar_one_or_none()
+        if event_id is not None and e.dedupe_key not in stored:
+            stored[e.dedupe_key] = int(event_id)
     return stored
 
 
-async def _run_pg(conn: AsyncConnection, method: str, sql: str, args: Sequence[Any]) -> Any:
+async def _fetch_pg(conn: AsyncConnection, sql: str, args: Sequence[Any]) -> list[Any]:
     raw = await conn.get_raw_connection()
     driver: Any = raw.driver_connection  # asyncpg.Connection, in autocommit mode (no transaction to manage)
     try:
-        return await getattr(driver, method)(sql, *args)
+        rows: list[Any] = await driver.fetch(sql, *args)
+        return rows
     except Exception as exc:
         # Outside SQLAlchemy's execute, so classify as it would: a broken connection is discarded and reported
         # as OperationalError (503, and ``run_autocommit`` retries once on a fresh connection).
@@ -116,11 +117,6 @@ async def _run_pg(conn: AsyncConnection, method: str, sql: str, args: Sequence[A
         raise error(sql, None, exc, connection_invalidated=True) from exc
 
 
-async def _store_event_pg(conn: AsyncConnection, args: tuple[Any, ...]) -> int | None:
-    event_id = await _run_pg(conn, "fetchval", _PG_INSERT_EVENT, args)
-    return None if event_id is None else int(event_id)
-
-
 async def webhook_token_hash(conn: AsyncConnection, account_id: int) -> str | None:
     """The stored hash of the account's webhook token; None for an unknown account."""
     value = (await conn.execute(_TOKEN_HASH, {"account_id": account_id})).scalar_one_or_none()
@@ -130,18 +126,6 @@ async def webhook_token_hash(conn: AsyncConnection, account_id: int) -> str | No
 async def store_event(
     conn: AsyncConnection, *, account_id: int, source: str, dedupe_key: str, body: str
 ) -> int | None:
-    """Store a raw webhook body; None when the same delivery was stored before."""
-    if conn.dialect.name == "postgresql":
-        return await _store_event_pg(conn, (account_id, source, dedupe_key, body, utcnow()))
-    result = await conn.execute(
-        _INSERT_EVENT[conn.dialect.name],
-        {
-            "account_id": account_id,
-            "source": source,
-            "dedupe_key": dedupe_key,
-            "body": body,
-            "received_at": utcnow(),
-        },
-    )
-    value: int | None = result.scalar_one_or_none()
-    return value
+    """Store one raw webhook body; None when the same delivery was stored before."""
+    stored = await store_events(conn, [NewEvent(account_id, source, dedupe_key, body)])
+    return stored.get(dedupe_key)
