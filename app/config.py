@@ -12,6 +12,8 @@ from cryptography.fernet import Fernet
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.logging import register_secret
+
 # Values that must never reach production: the README and compose file show some of them as examples.
 PLACEHOLDER_SECRETS = frozenset(
     {"", "changethis", "change-me", "changeme", "secret", "dev-admin-token", "admin"}
@@ -94,6 +96,16 @@ class Settings(BaseSettings):
                 problems.append(f"CONTACTSYNC_SECRET_KEYS: {exc}")
         if problems:
             raise ConfigError(f"configuration invalid for env={self.env.value}: " + "; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _redact_own_secrets_in_logs(self) -> Settings:
+        # An exception message or a stdlib log line may quote the admin token or a key verbatim; nothing
+        # about the raw value marks it as secret, so the log redactor is told about it up front.
+        register_secret(self.admin_token.get_secret_value(), pinned=True)
+        if self.secret_keys is not None:
+            for key in self.secret_keys.get_secret_value().split(","):
+                register_secret(key.strip(), pinned=True)
         return self
 
     @property

@@ -50,6 +50,8 @@ _cipher: Cipher | None = None
 def configure_encryption(keys: list[bytes]) -> Cipher:
     """Install the process-wide cipher used by ``EncryptedString`` columns."""
     global _cipher
+    for key in keys:  # e.g. the development key generated into a file, which no setting names
+        register_secret(key.decode("ascii", "replace"), pinned=True)
     _cipher = Cipher(keys)
     return _cipher
 
@@ -77,6 +79,9 @@ class EncryptedString(TypeDecorator[str]):
             return None
         if not isinstance(value, str):
             raise TypeError("EncryptedString columns take str values")
+        # A secret is often written before it is ever read back (an API key being connected): redact it
+        # in logs from now on, as reading it does.
+        register_secret(value)
         return get_cipher().encrypt(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
