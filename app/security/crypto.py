@@ -28,7 +28,9 @@ class Cipher:
     def __init__(self, keys: list[bytes]) -> None:
         if not keys:
             raise ValueError("at least one key is required")
-        self._multi = MultiFernet([Fernet(k) for k in keys])
+        fernets = [Fernet(k) for k in keys]
+        self._primary = fernets[0]
+        self._multi = MultiFernet(fernets)
 
     def encrypt(self, plaintext: str) -> str:
         return self._multi.encrypt(plaintext.encode()).decode("ascii")
@@ -40,8 +42,20 @@ class Cipher:
             raise DecryptionError("stored value cannot be decrypted with the configured keys") from exc
         return value
 
+    def is_current(self, token: str) -> bool:
+        """Whether ``token`` is encrypted under the first key (the one new values get)."""
+        try:
+            self._primary.decrypt(token.encode("ascii"))
+        except (InvalidToken, UnicodeError):
+            return False
+        return True
+
     def rotate(self, token: str) -> str:
-        return self._multi.rotate(token.encode("ascii")).decode("ascii")
+        """The same plaintext re-encrypted under the first key (its original timestamp kept)."""
+        try:
+            return self._multi.rotate(token.encode("ascii")).decode("ascii")
+        except (InvalidToken, UnicodeError) as exc:
+            raise DecryptionError("stored value cannot be decrypted with the configured keys") from exc
 
 
 _cipher: Cipher | None = None
