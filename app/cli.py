@@ -132,6 +132,24 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def cmd_rotate_keys(args: argparse.Namespace) -> int:
+    from app.security.rotation import run_rotate_keys
+
+    settings = _settings()
+    return asyncio.run(
+        run_rotate_keys(
+            settings, batch_size=args.batch_size, dry_run=args.dry_run, max_batches=args.max_batches
+        )
+    )
+
+
 SANDBOXES = {
     "kommo": ("app.sandbox.kommo", "create_kommo_sandbox"),
     "unisender": ("app.sandbox.unisender", "create_unisender_sandbox"),
@@ -195,6 +213,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("revision", nargs="?", default="head", help="target revision (default: head)")
     p.add_argument("--downgrade", metavar="REV", help="downgrade to REV instead (e.g. base)")
     p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser(
+        "rotate-keys",
+        help="re-encrypt every stored secret under the first key of CONTACTSYNC_SECRET_KEYS (safe to re-run)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="count the values to re-encrypt; write nothing")
+    p.add_argument("--batch-size", type=_positive, default=500, help="rows per transaction (default: 500)")
+    p.add_argument(
+        "--max-batches",
+        type=_positive,
+        default=None,
+        help="stop after this many batches (run again to continue)",
+    )
+    p.set_defaults(func=cmd_rotate_keys)
 
     p = sub.add_parser("sandbox", help="run a simulator of Kommo or Unisender for integration tests")
     p.add_argument("provider", choices=["kommo", "unisender"])

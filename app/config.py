@@ -12,10 +12,13 @@ from cryptography.fernet import Fernet
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Values that must never reach production: the README and compose file show some of them as examples.
-PLACEHOLDER_SECRETS = frozenset(
-    {"", "changethis", "change-me", "changeme", "secret", "dev-admin-token", "admin"}
+from app.logging import register_secret
+from app.security.strength import (
+    GENERATE_KEY,
+    admin_token_problem,
+    secret_key_problems,
 )
+
 DEV_ADMIN_TOKEN = "dev-admin-token"
 DEFAULT_STATE_DIR = Path(".contactsync")
 
@@ -81,19 +84,32 @@ class Settings(BaseSettings):
             problems.append("CONTACTSYNC_DATABASE_URL is required")
         if not self.redis_url:
             problems.append("CONTACTSYNC_REDIS_URL is required")
-        admin = self.admin_token.get_secret_value()
-        if admin.lower() in PLACEHOLDER_SECRETS or len(admin) < 16:
-            problems.append("CONTACTSYNC_ADMIN_TOKEN must be set to a random value of at least 16 characters")
+        # Outside development, published examples and guessable values are refused (app/security/strength.py).
+        admin_problem = admin_token_problem(self.admin_token.get_secret_value())
+        if admin_problem:
+            problems.append(admin_problem)
         keys = self.secret_keys.get_secret_value() if self.secret_keys else ""
-        if not keys.strip() or keys.strip().lower() in PLACEHOLDER_SECRETS:
-            problems.append("CONTACTSYNC_SECRET_KEYS must hold at least one Fernet key")
+        if not keys.strip():
+            problems.append(
+                f"CONTACTSYNC_SECRET_KEYS must hold at least one Fernet key; generate: {GENERATE_KEY}"
+            )
         else:
             try:
-                parse_fernet_keys(keys)
+                problems.extend(secret_key_problems(parse_fernet_keys(keys)))
             except ValueError as exc:
                 problems.append(f"CONTACTSYNC_SECRET_KEYS: {exc}")
         if problems:
             raise ConfigError(f"configuration invalid for env={self.env.value}: " + "; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _redact_own_secrets_in_logs(self) -> Settings:
+        # An exception message or a stdlib log line may quote the admin token or a key verbatim; nothing
+        # about the raw value marks it as secret, so the log redactor is told about it up front.
+        register_secret(self.admin_token.get_secret_value(), pinned=True)
+        if self.secret_keys is not None:
+            for key in self.secret_keys.get_secret_value().split(","):
+                register_secret(key.strip(), pinned=True)
         return self
 
     @property

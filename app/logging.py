@@ -39,30 +39,39 @@ _VALUE_PATTERNS = [
     re.compile(r"\bdef50200[0-9a-f]{16,}\b"),  # Kommo refresh tokens / codes
 ]
 
+# Secrets seen at run time (decrypted tokens, API keys): a bounded cache, emptied when full.
 _known_secrets: set[str] = set()
+# The process's own configuration secrets (admin token, encryption keys): few, and never evicted.
+_pinned_secrets: set[str] = set()
 _known_lock = threading.Lock()
 _MAX_KNOWN = 10_000
 
 
-def register_secret(value: str | None) -> None:
-    """Remember a secret value (decrypted token, API key) so any log line containing it is redacted."""
+def register_secret(value: str | None, *, pinned: bool = False) -> None:
+    """Remember a secret value so any log line containing it is redacted.
+
+    ``pinned`` is for configuration secrets, which must stay redacted however many tokens are seen later.
+    """
     if not value or len(value) < 6:
         return
     with _known_lock:
+        if pinned:
+            _pinned_secrets.add(value)
+            return
         if len(_known_secrets) >= _MAX_KNOWN:
             _known_secrets.clear()
         _known_secrets.add(value)
 
 
 def redact_text(text: str) -> str:
+    # Known values before patterns, and the longest first, so that neither a pattern nor a shorter secret
+    # inside a longer one can mask part of a secret and leave the rest readable.
+    with _known_lock:
+        known = [*_pinned_secrets, *_known_secrets]
+    for secret in sorted((s for s in known if s in text), key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
     for pattern in _VALUE_PATTERNS:
         text = pattern.sub(_mask_match, text)
-    if _known_secrets:
-        with _known_lock:
-            known = list(_known_secrets)
-        for secret in known:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
     return text
 
 
@@ -90,9 +99,15 @@ def _redact_value(key: str | None, value: Any, depth: int = 0) -> Any:
     return value
 
 
+# Left for the exception formatter: stringifying ``exc_info`` here would lose its traceback.
+_FORMATTED_LATER = frozenset({"exc_info"})
+
+
 def redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: mask secret-named keys and secret-looking values anywhere in the event."""
     for key in list(event_dict.keys()):
+        if key in _FORMATTED_LATER:
+            continue
         event_dict[key] = _redact_value(key if key != "event" else None, event_dict[key])
     return event_dict
 
@@ -100,10 +115,11 @@ def redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mut
 def _redact_rendered_exception(
     _: Any, __: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    # Tracebacks are rendered late; scrub them after rendering too.
-    exc = event_dict.get("exception")
-    if isinstance(exc, str):
-        event_dict["exception"] = redact_text(exc)
+    # Tracebacks and stacks are text only once formatted, after ``redact_secrets`` ran: scrub them here.
+    for key in ("exception", "stack"):
+        text = event_dict.get(key)
+        if isinstance(text, str):
+            event_dict[key] = redact_text(text)
     return event_dict
 
 
@@ -133,10 +149,14 @@ def configure_logging(*, fmt: str = "console", level: str = "INFO", force: bool 
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
-        final: list[Any] = [structlog.processors.format_exc_info, _redact_rendered_exception, renderer]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-        final = [renderer]
+        # The console renderer would draw exc_info itself, with rich and its table of local variables when
+        # rich is installed (tokens, keys and ciphertexts in every frame). Both renderers get the exception
+        # already formatted as a plain traceback (no locals) and redacted; plain_traceback is only a fallback.
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
+    final = [structlog.processors.format_exc_info, _redact_rendered_exception, renderer]
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

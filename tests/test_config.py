@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import base64
+import secrets
+from collections.abc import Callable
+
 import pytest
 from cryptography.fernet import Fernet
 from pydantic import SecretStr
@@ -15,8 +19,12 @@ GOOD = {
     "env": Environment.PRODUCTION,
     "database_url": "postgresql+asyncpg://u@db/x",
     "redis_url": "redis://r:6379/0",
-    "admin_token": SecretStr("a" * 32),
+    "admin_token": SecretStr(secrets.token_urlsafe(32)),
 }
+
+
+def key_of(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode()
 
 
 @pytest.mark.usefixtures("fresh_env")
@@ -33,6 +41,81 @@ class TestProductionSecrets:
                 **{**GOOD, "admin_token": SecretStr(token)},
                 secret_keys=SecretStr(Fernet.generate_key().decode()),
             )
+
+    @pytest.mark.parametrize(
+        "token",
+        [
+            "a" * 16,
+            "a" * 64,
+            "abababababababababababab",
+            "passwordpassword",
+            "0123456789abcde",  # 15 characters
+            "abcdabcdabcdabcdabcd",  # 4 distinct characters
+            "qwertyuiopasdf",  # one class, too short
+            "compose-local-admin-token-replace-me",
+            "my-admin-token-CHANGEME-2026",
+        ],
+    )
+    def test_low_entropy_or_published_admin_token_is_refused_naming_the_rule(self, token: str) -> None:
+        with pytest.raises(ConfigError) as info:
+            make(
+                **{**GOOD, "admin_token": SecretStr(token)},
+                secret_keys=SecretStr(Fernet.generate_key().decode()),
+            )
+        message = str(info.value)
+        assert "CONTACTSYNC_ADMIN_TOKEN" in message
+        assert "secrets.token_urlsafe" in message  # says how to make a good one
+        assert token not in message
+
+    def test_the_entropy_rule_is_stated_in_the_message(self) -> None:
+        with pytest.raises(
+            ConfigError, match=r"8 distinct characters and 64 bits of estimated entropy \(length × log2"
+        ):
+            make(
+                **{**GOOD, "admin_token": SecretStr("a" * 40)},
+                secret_keys=SecretStr(Fernet.generate_key().decode()),
+            )
+
+    @pytest.mark.parametrize(
+        "generate",
+        [lambda: secrets.token_urlsafe(12), lambda: secrets.token_urlsafe(32), lambda: secrets.token_hex(16)],
+    )
+    def test_generated_admin_tokens_are_accepted(self, generate: Callable[[], str]) -> None:
+        for _ in range(300):
+            make(
+                **{**GOOD, "admin_token": SecretStr(generate())},
+                secret_keys=SecretStr(Fernet.generate_key().decode()),
+            )
+
+    @pytest.mark.parametrize(
+        ("raw", "why"),
+        [
+            (b"\x00" * 32, "not random"),
+            (b"A" * 32, "not random"),
+            (bytes(range(8)) * 4, "not random"),
+            (base64.urlsafe_b64decode("8Ty2sUo0JYbqkVbUGDN1ObhZLQdQXXqH3qbEGjDD8rE="), "published example"),
+        ],
+        ids=["zero-bytes", "one-letter", "repeating-pattern", "compose-fallback"],
+    )
+    def test_low_entropy_or_published_fernet_key_is_refused_naming_the_key(
+        self, raw: bytes, why: str
+    ) -> None:
+        good = Fernet.generate_key().decode()
+        with pytest.raises(ConfigError) as info:
+            make(**GOOD, secret_keys=SecretStr(f"{good},{key_of(raw)}"))
+        message = str(info.value)
+        assert "CONTACTSYNC_SECRET_KEYS: key #2" in message
+        assert why in message
+        assert key_of(raw) not in message
+        assert "key #1" not in message
+
+    def test_development_accepts_the_trial_values(self) -> None:
+        s = make(
+            env=Environment.DEVELOPMENT,
+            admin_token=SecretStr("compose-local-admin-token-replace-me"),
+            secret_keys=SecretStr(key_of(b"\x00" * 32)),
+        )
+        assert s.admin_token.get_secret_value() == "compose-local-admin-token-replace-me"
 
     def test_missing_secret_keys_are_refused(self) -> None:
         with pytest.raises(ConfigError, match="CONTACTSYNC_SECRET_KEYS"):

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from cryptography.fernet import Fernet
 
 from app.cli import build_parser
-from app.config import Settings
+from app.config import ConfigError, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,26 +48,88 @@ def test_compose_commands_are_real_cli_commands(compose: dict[str, object]) -> N
         parser.parse_args(command[1:])  # SystemExit on an unknown command or flag
 
 
-def test_compose_environment_names_are_settings_and_valid_for_production(
+def _compose_env(
+    compose: dict[str, object], service: str, outer: dict[str, str] | None = None
+) -> dict[str, str]:
+    """A service's environment as compose resolves it: ``${VAR:-default}`` takes VAR from ``outer`` if set."""
+    outer = outer or {}
+    env = _services(compose)[service]["environment"]
+    assert isinstance(env, dict)
+    return {
+        key: re.sub(r"\$\{([A-Z_]+):-([^}]*)\}", lambda m: outer.get(m.group(1)) or m.group(2), str(value))
+        for key, value in env.items()
+    }
+
+
+def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for key in list(os.environ):
+        if key.startswith("CONTACTSYNC_") and not key.startswith("CONTACTSYNC_TEST_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_compose_environment_names_are_settings_and_a_plain_up_is_a_valid_trial(
     compose: dict[str, object], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fields = {f"CONTACTSYNC_{name.upper()}" for name in Settings.model_fields}
-    for key in list(__import__("os").environ):
-        if key.startswith("CONTACTSYNC_") and not key.startswith("CONTACTSYNC_TEST_"):
-            monkeypatch.delenv(key)
     for name in ("migrate", "api", "worker"):
-        env = _services(compose)[name]["environment"]
-        assert isinstance(env, dict)
+        env = _compose_env(compose, name)
         unknown = set(env) - fields
         assert not unknown, f"{name}: unknown settings {unknown}"
-        for key, value in env.items():
-            # Resolve ${VAR:-default} the way compose does when VAR is unset.
-            monkeypatch.setenv(key, re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value)))
-        settings = Settings(_env_file=None)  # type: ignore[call-arg]  # raises if production rules fail
-        assert settings.env.value == "production"
+        settings = _settings_from(env, monkeypatch)
+        # Development: the public fallback secrets are allowed for a local trial, nowhere else.
+        assert settings.env.value == "development"
         assert settings.database_url
         assert "@postgres:" in settings.database_url
         assert settings.redis_url == "redis://redis:6379/0"
+        assert settings.effective_log_format == "json"
+
+
+def test_compose_in_production_refuses_its_fallback_secrets_naming_them(
+    compose: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("migrate", "api", "worker"):
+        env = _compose_env(compose, name, {"CONTACTSYNC_ENV": "production"})
+        with pytest.raises(ConfigError) as info:
+            _settings_from(env, monkeypatch)
+        message = str(info.value)
+        assert "CONTACTSYNC_ADMIN_TOKEN is a published example" in message
+        assert "CONTACTSYNC_SECRET_KEYS: key #1 is a published example key" in message
+        for variable in ("CONTACTSYNC_ADMIN_TOKEN", "CONTACTSYNC_SECRET_KEYS"):
+            assert env[variable] not in message
+
+
+def test_compose_in_production_starts_with_real_secrets(
+    compose: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outer = {
+        "CONTACTSYNC_ENV": "production",
+        "CONTACTSYNC_SECRET_KEYS": Fernet.generate_key().decode(),
+        "CONTACTSYNC_ADMIN_TOKEN": secrets.token_urlsafe(32),
+    }
+    settings = _settings_from(_compose_env(compose, "api", outer), monkeypatch)
+    assert settings.env.value == "production"
+    assert settings.admin_token.get_secret_value() == outer["CONTACTSYNC_ADMIN_TOKEN"]
+
+
+def test_compose_production_with_fallbacks_fails_fast_from_the_command_line(
+    compose: dict[str, object], tmp_path: Path
+) -> None:
+    env = _compose_env(compose, "worker", {"CONTACTSYNC_ENV": "production"})
+    r = subprocess.run(
+        [sys.executable, "-m", "app.cli", "worker"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **env},
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "configuration error" in r.stderr
+    assert "CONTACTSYNC_ADMIN_TOKEN" in r.stderr
+    assert "CONTACTSYNC_SECRET_KEYS" in r.stderr
 
 
 def test_dockerfile_is_multistage_non_root_and_runs_the_cli() -> None:

@@ -28,7 +28,9 @@ class Cipher:
     def __init__(self, keys: list[bytes]) -> None:
         if not keys:
             raise ValueError("at least one key is required")
-        self._multi = MultiFernet([Fernet(k) for k in keys])
+        fernets = [Fernet(k) for k in keys]
+        self._primary = fernets[0]
+        self._multi = MultiFernet(fernets)
 
     def encrypt(self, plaintext: str) -> str:
         return self._multi.encrypt(plaintext.encode()).decode("ascii")
@@ -40,8 +42,20 @@ class Cipher:
             raise DecryptionError("stored value cannot be decrypted with the configured keys") from exc
         return value
 
+    def is_current(self, token: str) -> bool:
+        """Whether ``token`` is encrypted under the first key (the one new values get)."""
+        try:
+            self._primary.decrypt(token.encode("ascii"))
+        except (InvalidToken, UnicodeError):
+            return False
+        return True
+
     def rotate(self, token: str) -> str:
-        return self._multi.rotate(token.encode("ascii")).decode("ascii")
+        """The same plaintext re-encrypted under the first key (its original timestamp kept)."""
+        try:
+            return self._multi.rotate(token.encode("ascii")).decode("ascii")
+        except (InvalidToken, UnicodeError) as exc:
+            raise DecryptionError("stored value cannot be decrypted with the configured keys") from exc
 
 
 _cipher: Cipher | None = None
@@ -50,6 +64,8 @@ _cipher: Cipher | None = None
 def configure_encryption(keys: list[bytes]) -> Cipher:
     """Install the process-wide cipher used by ``EncryptedString`` columns."""
     global _cipher
+    for key in keys:  # e.g. the development key generated into a file, which no setting names
+        register_secret(key.decode("ascii", "replace"), pinned=True)
     _cipher = Cipher(keys)
     return _cipher
 
@@ -77,6 +93,9 @@ class EncryptedString(TypeDecorator[str]):
             return None
         if not isinstance(value, str):
             raise TypeError("EncryptedString columns take str values")
+        # A secret is often written before it is ever read back (an API key being connected): redact it
+        # in logs from now on, as reading it does.
+        register_secret(value)
         return get_cipher().encrypt(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> str | None:

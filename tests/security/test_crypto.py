@@ -24,6 +24,19 @@ class TestCipher:
         with pytest.raises(DecryptionError):
             Cipher([old]).decrypt(rewritten)
 
+    def test_is_current_tells_values_under_the_first_key(self) -> None:
+        old, new = Fernet.generate_key(), Fernet.generate_key()
+        both = Cipher([new, old])
+        assert not both.is_current(Cipher([old]).encrypt("v"))
+        assert both.is_current(both.encrypt("v"))
+        assert both.is_current(both.rotate(Cipher([old]).encrypt("v")))
+        assert not both.is_current("not a token")
+
+    def test_rotating_a_value_no_key_opens_fails_clearly(self) -> None:
+        stored = Cipher([Fernet.generate_key()]).encrypt("x")
+        with pytest.raises(DecryptionError):
+            Cipher([Fernet.generate_key()]).rotate(stored)
+
     def test_wrong_key_fails_clearly(self) -> None:
         stored = Cipher([Fernet.generate_key()]).encrypt("x")
         with pytest.raises(DecryptionError):
