@@ -172,10 +172,11 @@ async def accept_unisender_hook(
         else:
             outcome = "accepted" if row.status == "pending" else "unrecognised"
         metrics.UNISENDER_HOOK_EVENTS.labels(event, outcome).inc()
-    metrics.WEBHOOKS.labels("unisender", "accepted" if stored else "duplicate").inc()
+    new = bool(stored) or not rows  # a delivery with no events has nothing to repeat
+    metrics.WEBHOOKS.labels("unisender", "accepted" if new else "duplicate").inc()
     if any(row.status == "pending" and row.dedupe_key in stored for row in rows):
         after_commit(session, lambda: enqueue.process_events(pc.queue, account_id, "unisender"))
-    return bool(stored)
+    return new
 
 
 def _unisender_key(account_id: int, identity: str) -> str:

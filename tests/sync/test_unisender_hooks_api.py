@@ -192,6 +192,13 @@ async def test_a_signed_body_that_is_not_json_is_kept_and_acknowledged(stack: St
     assert row["body"].endswith("[\ufffd")
 
 
+async def test_a_delivery_without_events_is_acknowledged(stack: Stack) -> None:
+    account = await connect_account(stack, api_key=FIXTURE_KEY)
+    r = await post(stack, account, sign('{"auth":"' + "#" * 32 + '","events_by_user":[]}', FIXTURE_KEY))
+    assert (r.status_code, r.json()["status"]) == (200, "accepted")
+    assert await rows(stack) == []
+
+
 async def test_before_a_key_is_connected_the_url_token_is_enough(stack: Stack) -> None:
     account = await connect_account(stack, api_key=FIXTURE_KEY)
     assert stack.settings.database_url
