@@ -17,6 +17,13 @@ HTTP_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0),
 )
 WEBHOOKS = Counter("contactsync_webhook_requests_total", "Inbound webhooks", ["provider", "outcome"])
+# Per event of a Unisender hook delivery. event: email_status|subscribe|unsubscribe|campaign_status|unknown;
+# outcome: accepted (stored for processing), unrecognised (stored, never processed), duplicate (stored before).
+UNISENDER_HOOK_EVENTS = Counter(
+    "contactsync_unisender_hook_events_total",
+    "Events in Unisender hook deliveries",
+    ["event", "outcome"],
+)
 JOBS = Counter("contactsync_jobs_total", "Worker jobs run", ["function", "result"])
 PROVIDER_REQUESTS = Counter(
     "contactsync_provider_requests_total", "Calls to third-party APIs", ["provider", "method", "status"]

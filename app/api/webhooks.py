@@ -120,7 +120,7 @@ async def _read_body(receive: Receive) -> bytes | None:
 
 @router.post(
     "/unisender/{account_id}",
-    summary="Unisender event hook (unsubscribes)",
+    summary="Unisender event hook (every layout; unsubscribes take effect, other events are kept)",
     responses={200: {"model": WebhookAck}},
 )
 async def unisender_webhook(

@@ -147,7 +147,7 @@ class WebhookEvent(Base):
     source: Mapped[str] = mapped_column(String(16))  # kommo|unisender
     dedupe_key: Mapped[str] = mapped_column(String(64), unique=True)
     body: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|done|failed
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|done|failed|unrecognised
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)

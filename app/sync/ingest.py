@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from dataclasses import dataclass
 
+import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import metrics
@@ -14,7 +16,7 @@ from app.accounts.webhook_auth import WebhookAuth
 from app.connectors.kommo.exceptions import KommoWebhookParseError
 from app.connectors.kommo.webhooks import parse_webhook
 from app.connectors.unisender.exceptions import UnisenderHookParseError
-from app.connectors.unisender.hooks import parse_hook, verify_hook_auth
+from app.connectors.unisender.hooks import HOOK_EVENT_NAMES, read_delivery, verify_hook_auth
 from app.context import ProcessContext
 from app.db.session import after_commit
 from app.errors import BadRequest, Unauthorized
@@ -22,6 +24,8 @@ from app.sync import inbox
 from app.sync import repository as repo
 from app.worker import enqueue
 from app.worker.enqueue import WakeUps
+
+log = structlog.get_logger(__name__)
 
 
 def _refuse_nul(body: bytes) -> None:
@@ -149,29 +153,73 @@ class WebhookIntake:
 async def accept_unisender_hook(
     session: AsyncSession, pc: ProcessContext, account_id: int, body: bytes
 ) -> bool:
-    _refuse_nul(body)
-    try:
-        events = parse_hook(body)
-    except UnisenderHookParseError as exc:
-        metrics.WEBHOOKS.labels("unisender", "unparsable").inc()
-        raise BadRequest(f"Unparsable Unisender hook body: {exc}", code="invalid_webhook_body") from exc
+    """Verify and store a Unisender hook delivery, one inbox row per event; True when anything was new.
+
+    Any authenticated body is answered 200 and kept, even one we cannot read: a 4xx makes Unisender
+    redeliver the same bytes for a day and then stop the hook, after which no unsubscribe would reach us.
+    """
     esp = await repo.get_esp(session, account_id)
     if esp is not None and not verify_hook_auth(body, esp.api_key):
         metrics.WEBHOOKS.labels("unisender", "bad_auth").inc()
         raise Unauthorized(
             "The hook's auth signature does not match this account's key.", code="invalid_signature"
         )
-    event_id = await repo.insert_event(
-        session,
-        account_id=account_id,
-        source="unisender",
-        dedupe_key=_dedupe_key("unisender", account_id, body, unique=False),
-        body=body.decode("utf-8", errors="replace"),
-    )
-    if event_id is None:
-        metrics.WEBHOOKS.labels("unisender", "duplicate").inc()
-        return False
-    metrics.WEBHOOKS.labels("unisender", "accepted").inc()
-    if events:
+    rows, labels = _unisender_rows(account_id, body)
+    stored = await repo.insert_events(session, rows)
+    for row, event in zip(rows, labels, strict=True):
+        if row.dedupe_key not in stored:
+            outcome = "duplicate"
+        else:
+            outcome = "accepted" if row.status == "pending" else "unrecognised"
+        metrics.UNISENDER_HOOK_EVENTS.labels(event, outcome).inc()
+    new = bool(stored) or not rows  # a delivery with no events has nothing to repeat
+    metrics.WEBHOOKS.labels("unisender", "accepted" if new else "duplicate").inc()
+    if any(row.status == "pending" and row.dedupe_key in stored for row in rows):
         after_commit(session, lambda: enqueue.process_events(pc.queue, account_id, "unisender"))
-    return True
+    return new
+
+
+def _unisender_key(account_id: int, identity: str) -> str:
+    return hashlib.sha256(f"unisender:{account_id}:{identity}".encode()).hexdigest()
+
+
+def _unisender_rows(account_id: int, body: bytes) -> tuple[list[repo.InboxRow], list[str]]:
+    """The inbox rows of a delivery, each with its metric label (the event name, or ``unknown``).
+
+    Each event is deduplicated on its own identity, so a redelivery (new ``auth``, a ``retry_count``) or the
+    same event in another delivery adds nothing. A body in no readable layout is kept whole.
+    """
+    try:
+        delivery = read_delivery(body)
+    except UnisenderHookParseError as exc:
+        return _unreadable_body(account_id, body, str(exc), hashlib.sha256(body).hexdigest())
+    if delivery.layout == "unknown":
+        return _unreadable_body(account_id, body, delivery.problem or "", delivery.identity)
+    rows: list[repo.InboxRow] = []
+    labels: list[str] = []
+    for event in delivery.events:
+        stored = json.dumps(event.raw, ensure_ascii=True, separators=(",", ":"))
+        status = "pending" if event.recognised else "unrecognised"
+        key = _unisender_key(account_id, event.identity())
+        rows.append(repo.InboxRow(account_id, "unisender", key, stored, status, event.problem))
+        labels.append(event.name if event.name in HOOK_EVENT_NAMES else "unknown")
+    unrecognised = sum(1 for row in rows if row.status == "unrecognised")
+    if unrecognised or not rows:
+        log.warning(
+            "unisender_hook.unrecognised_events",
+            account_id=account_id,
+            layout=delivery.layout,
+            events=len(rows),
+            unrecognised=unrecognised,
+        )
+    return rows, labels
+
+
+def _unreadable_body(
+    account_id: int, body: bytes, problem: str, identity: str
+) -> tuple[list[repo.InboxRow], list[str]]:
+    log.warning("unisender_hook.unreadable", account_id=account_id, problem=problem, bytes=len(body))
+    # PostgreSQL text cannot hold NUL; the rest of the body is kept as sent.
+    text = body.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+    key = _unisender_key(account_id, identity)
+    return [repo.InboxRow(account_id, "unisender", key, text, "unrecognised", problem)], ["unknown"]

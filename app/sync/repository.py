@@ -174,25 +174,48 @@ _PG_LOCK_OUTBOX = _lateral(
 # --- inbox -------------------------------------------------------------------------------------------------
 
 
-async def insert_event(
-    session: AsyncSession, *, account_id: int, source: str, dedupe_key: str, body: str
-) -> int | None:
-    """Store a raw webhook body; None when the same delivery was stored before."""
-    stmt = (
-        dialect.insert(session, WebhookEvent)
-        .values(
-            account_id=account_id,
-            source=source,
-            dedupe_key=dedupe_key,
-            body=body,
-            status="pending",
-            attempts=0,
-            received_at=utcnow(),
+@dataclass(frozen=True, slots=True)
+class InboxRow:
+    """A webhook event to store; ``status`` is ``pending`` (to process) or ``unrecognised`` (kept as is)."""
+
+    account_id: int
+    source: str
+    dedupe_key: str
+    body: str
+    status: str = "pending"
+    last_error: str | None = None
+
+
+async def insert_events(session: AsyncSession, rows: Sequence[InboxRow]) -> set[str]:
+    """Store webhook events; returns the dedupe keys stored now (a key stored before is skipped)."""
+    unique: dict[str, InboxRow] = {}
+    for row in rows:
+        unique.setdefault(row.dedupe_key, row)  # the same event twice in one delivery is stored once
+    now = utcnow()
+    stored: set[str] = set()
+    for chunk in _chunks(list(unique.values())):
+        stmt = (
+            dialect.insert(session, WebhookEvent)
+            .values(
+                [
+                    {
+                        "account_id": row.account_id,
+                        "source": row.source,
+                        "dedupe_key": row.dedupe_key,
+                        "body": row.body,
+                        "status": row.status,
+                        "attempts": 0,
+                        "last_error": row.last_error,
+                        "received_at": now,
+                    }
+                    for row in chunk
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(WebhookEvent.dedupe_key)
         )
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(WebhookEvent.id)
-    )
-    return (await session.execute(stmt)).scalar_one_or_none()
+        stored.update(str(key) for key in (await session.execute(stmt)).scalars())
+    return stored
 
 
 async def pending_events(

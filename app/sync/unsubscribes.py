@@ -6,7 +6,7 @@ import structlog
 
 from app.accounts.service import kommo_client_for
 from app.connectors.unisender.exceptions import UnisenderHookParseError
-from app.connectors.unisender.hooks import parse_hook
+from app.connectors.unisender.hooks import read_delivery
 from app.context import ProcessContext
 from app.db.base import utcnow
 from app.db.session import after_commit
@@ -17,7 +17,8 @@ log = structlog.get_logger(__name__)
 
 
 async def process_unisender_events(pc: ProcessContext, account_id: int) -> tuple[int, bool]:
-    """Record every pending unsubscribe of the account; returns (events handled, busy)."""
+    """Handle the account's pending Unisender events: record unsubscribes, mark the rest done; returns
+    (events handled, busy)."""
     handled = 0
     for _ in range(20):
         async with pc.db.session_scope() as session:
@@ -30,14 +31,19 @@ async def process_unisender_events(pc: ProcessContext, account_id: int) -> tuple
             for ev in events:
                 ev.attempts += 1
                 try:
-                    parsed = parse_hook(ev.body.encode())
+                    # One stored event (or, for rows stored before events were split, a whole delivery).
+                    items = read_delivery(ev.body.encode()).events
                 except UnisenderHookParseError as exc:
                     ev.status, ev.last_error, ev.handled_at = "failed", f"unparsable body: {exc}", utcnow()
                     continue
-                for item in parsed:
-                    if item.event_name != "unsubscribe":
-                        continue  # a re-subscription is the contact's own business; we never re-subscribe
-                    if await repo.mark_unsubscribed(session, account_id, item.email):
+                for item in items:
+                    # Only unsubscribes have an effect. Subscribes are the contact's own business (we never
+                    # re-subscribe anyone); delivery and campaign statuses are kept for later use.
+                    if (
+                        item.unsubscribes
+                        and item.email is not None
+                        and await repo.mark_unsubscribed(session, account_id, item.email)
+                    ):
                         new_unsubscribes.append(item.email)
                 ev.status, ev.handled_at = "done", utcnow()
             await repo.cancel_outbox(session, account_id, new_unsubscribes, "unsubscribed")

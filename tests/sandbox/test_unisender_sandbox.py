@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -578,9 +579,7 @@ def receiver_app(receiver: Receiver, delay: float = 0.0) -> FastAPI:
 
 
 def verify(raw: bytes, api_key: str) -> bool:
-    """The receiver side of UNISENDER_HOOK_FORMAT.md: swap the digest for the key, md5, compare."""
-    import json
-
+    """The receiver's check: put the key in place of the auth value in the raw bytes, md5, compare."""
     digest = json.loads(raw)["auth"]
     restored = raw.replace(digest.encode(), api_key.encode(), 1)
     return hmac.compare_digest(hashlib.md5(restored).hexdigest(), digest)
@@ -595,8 +594,6 @@ async def wait_for(predicate: Any, seconds: float = 3.0) -> None:
 
 
 async def test_unsubscribe_events_are_delivered_signed(sandbox: Sandbox, key: str) -> None:
-    import json
-
     receiver = Receiver("", [], [])
     async with serve_in_background(receiver_app(receiver, delay=0.5)) as hook_base:
         hook_url = f"{hook_base}/hook"
@@ -634,28 +631,114 @@ async def test_unsubscribe_events_are_delivered_signed(sandbox: Sandbox, key: st
         decoded = [json.loads(body) for body in receiver.bodies]
         assert all(verify(body, key) for body in receiver.bodies)
         assert not verify(receiver.bodies[0], key + "x")
-        events = sorted(
-            (d["events_by_user"][0]["events"][0]["event_data"] for d in decoded),
-            key=lambda e: str(e["list_id"]),
-        )
         login = (await sandbox.http.get(f"/_sandbox/accounts/{key}")).json()["login"]
+        # The classic batched layout, exactly: auth first, one user entry with the login, events in order.
+        assert all(list(d) == ["auth", "events_by_user"] for d in decoded)
+        assert all([list(u) for u in d["events_by_user"]] == [["login", "events"]] for d in decoded)
         assert all(d["events_by_user"][0]["login"] == login for d in decoded)
-        assert all(d["events_by_user"][0]["events"][0]["event_name"] == "unsubscribe" for d in decoded)
-        assert {(e["email"], e["list_id"], e["source"]) for e in events} == {
-            ("h1@example.com", list_id, "link"),
-            ("h2@example.com", list_id, "api"),
-            ("h1@example.com", None, "api"),
-        }
-        assert all(e["status"] == "unsubscribed" for e in events)
-        assert all("retry_count" not in d for d in decoded)
+        events = [e for d in decoded for e in d["events_by_user"][0]["events"]]
+        assert all(list(e) == ["event_name", "event_time", "event_data"] for e in events)
+        assert all(e["event_name"] == "unsubscribe" for e in events)
+        # One event per list, {"email", "list_id"}: the link and the API call per list, the account-wide
+        # import status for each list of the address.
+        assert sorted((e["event_data"]["email"], e["event_data"]["list_id"]) for e in events) == [
+            ("h1@example.com", list_id),
+            ("h1@example.com", list_id),
+            ("h2@example.com", list_id),
+        ]
+        assert all(set(e["event_data"]) == {"email", "list_id"} for e in events)
         await wait_for(lambda: sum(d["api_key"] == key for d in sandbox.state.deliveries) == 3)
         deliveries = (await sandbox.http.get("/_sandbox/deliveries", params={"api_key": key})).json()
         assert [d["delivered"] for d in deliveries["deliveries"]] == [True, True, True]
 
 
-async def test_failed_delivery_is_retried_with_retry_count(sandbox: Sandbox, key: str) -> None:
-    import json
+async def test_bodies_are_serialized_like_php_json_encode(sandbox: Sandbox, key: str) -> None:
+    receiver = Receiver("", [], [])
+    async with serve_in_background(receiver_app(receiver)) as hook_base:
+        await call(sandbox, "setHook", key, {"hook_url": f"{hook_base}/hook", "events[email_status]": "*"})
+        data = {"email": "эмма@пример.рф", "status": "ok_link_visited", "url": "https://example.com/a b"}
+        r = await sandbox.http.post(
+            f"/_sandbox/accounts/{key}/hook-events",
+            json={"events": [{"event_name": "email_status", "event_data": data}]},
+        )
+        assert r.json() == {"events": 1}
+        await wait_for(lambda: len(receiver.bodies) == 1)
+    (body,) = receiver.bodies
+    assert body.startswith(b'{"auth":"')
+    assert body.isascii()  # non-ASCII as \uXXXX
+    assert b"\\u044d\\u043c" in body
+    assert b'"url":"https:\\/\\/example.com\\/a b"' in body  # slashes escaped, no spaces added
+    assert b'": ' not in body  # compact: no space after ":" or ","
+    assert b'", "' not in body
+    assert verify(body, key)
+    assert json.loads(body)["events_by_user"][0]["events"][0]["event_data"] == data
 
+
+async def test_single_event_hooks_get_one_flat_body_per_event(sandbox: Sandbox, key: str) -> None:
+    receiver = Receiver("", [], [])
+    async with serve_in_background(receiver_app(receiver)) as hook_base:
+        args = {"hook_url": f"{hook_base}/hook", "events[unsubscribe]": "*", "single_event": "1"}
+        assert (await call(sandbox, "setHook", key, args)) == {"result": {}}
+        lists = [await new_list(sandbox, key, "A"), await new_list(sandbox, key, "B")]
+        cols = ["email", "email_list_ids"]
+        await call(
+            sandbox, "importContacts", key, import_body(cols, [["f@example.com", f"{lists[0]},{lists[1]}"]])
+        )
+        await call(sandbox, "unsubscribe", key, {"contact_type": "email", "contact": "f@example.com"})
+        await wait_for(lambda: len(receiver.bodies) == 2)
+    decoded = [json.loads(body) for body in receiver.bodies]
+    login = sandbox.state.accounts[key].login
+    assert all(list(d) == ["auth", "login", "event_name", "event_time", "email", "list_id"] for d in decoded)
+    assert sorted((d["login"], d["event_name"], d["email"], d["list_id"]) for d in decoded) == [
+        (login, "unsubscribe", "f@example.com", lists[0]),
+        (login, "unsubscribe", "f@example.com", lists[1]),
+    ]
+    assert all(verify(body, key) for body in receiver.bodies)
+
+
+async def test_set_hook_map_form_status_filter_and_remove_hook(sandbox: Sandbox, key: str) -> None:
+    receiver = Receiver("", [], [])
+    async with serve_in_background(receiver_app(receiver)) as hook_base:
+        url = f"{hook_base}/hook"
+        args = {
+            "hook_url": url,
+            "event_format": "json_post",
+            "events[email_status]": "ok_unsubscribed",
+            "events[campaign_status]": "*",
+            "single_event": "0",
+            "max_parallel": "5",
+            "status": "active",
+        }
+        assert (await call(sandbox, "setHook", key, args)) == {"result": {}}
+        (hook,) = (await sandbox.http.get(f"/_sandbox/accounts/{key}/hooks")).json()["hooks"]
+        assert hook["events"] == {"email_status": "ok_unsubscribed", "campaign_status": "*"}
+        events = [
+            {"event_name": "email_status", "event_data": {"email": "a@example.com", "status": "ok_read"}},
+            {
+                "event_name": "email_status",
+                "event_data": {"email": "a@example.com", "status": "ok_unsubscribed"},
+            },
+            {"event_name": "campaign_status", "event_data": {"campaign_id": 5, "status": "completed"}},
+            {"event_name": "unsubscribe", "event_data": {"email": "a@example.com", "list_id": 1}},
+        ]
+        await sandbox.http.post(f"/_sandbox/accounts/{key}/hook-events", json={"events": events})
+        await wait_for(lambda: len(receiver.bodies) == 1)
+        delivered = json.loads(receiver.bodies[0])["events_by_user"][0]["events"]
+        assert [e["event_data"].get("status") for e in delivered] == ["ok_unsubscribed", "completed"]
+
+        assert (await call(sandbox, "removeHook", key, {"hook_url": url})) == {"result": {}}
+        assert (await call(sandbox, "removeHook", key, {"hook_url": url})) == {"result": {}}  # idempotent
+        assert (await sandbox.http.get(f"/_sandbox/accounts/{key}/hooks")).json()["hooks"] == []
+        await sandbox.http.post(f"/_sandbox/accounts/{key}/hook-events", json={"events": events})
+        assert sandbox.app.state.unisender_hooks.pending == 0  # nothing scheduled for a removed hook
+    assert len(receiver.bodies) == 1
+    bad = await sandbox.http.post(
+        f"/_sandbox/accounts/{key}/hook-events", json={"events": [{"event_name": "bounce", "event_data": {}}]}
+    )
+    assert bad.status_code == 400
+
+
+async def test_failed_delivery_is_retried_with_retry_count(sandbox: Sandbox, key: str) -> None:
     receiver = Receiver("", [], [500])
     async with serve_in_background(receiver_app(receiver)) as hook_base:
         hook_url = f"{hook_base}/hook"
@@ -665,11 +748,14 @@ async def test_failed_delivery_is_retried_with_retry_count(sandbox: Sandbox, key
         await wait_for(lambda: len(receiver.bodies) == 2)
         await wait_for(lambda: sum(d["api_key"] == key for d in sandbox.state.deliveries) == 2)
         first, second = (json.loads(b) for b in receiver.bodies)
-        assert "retry_count" not in first
+        assert list(first) == ["auth", "events_by_user"]  # the first attempt has no retry_count
+        assert list(second) == ["auth", "events_by_user", "retry_count"]
         assert second["retry_count"] == 1
         assert verify(receiver.bodies[1], key)
+        assert second["auth"] != first["auth"]
         assert second["events_by_user"] == first["events_by_user"]
-        assert first["events_by_user"][0]["events"][0]["event_data"]["list_id"] is None
+        # The address is in no list: its account-wide unsubscribe is one event without a list.
+        assert first["events_by_user"][0]["events"][0]["event_data"] == {"email": "r@example.com"}
         rows = (await sandbox.http.get("/_sandbox/deliveries", params={"api_key": key})).json()["deliveries"]
         assert [(r["status_code"], r["delivered"]) for r in rows] == [(500, False), (200, True)]
     stored = await contact(sandbox, key, "r@example.com")

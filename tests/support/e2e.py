@@ -24,9 +24,10 @@ class Account:
 
 
 async def connect_account(
-    stack: Stack, *, subdomain: str = "acme", seed: int = 0, contacts: int = 0
+    stack: Stack, *, subdomain: str = "acme", seed: int = 0, contacts: int = 0, api_key: str | None = None
 ) -> Account:
-    """Create a Kommo account (optionally seeded), register the integration, do OAuth, connect Unisender."""
+    """Create a Kommo account (optionally seeded), register the integration, do OAuth, connect Unisender
+    (with a new Unisender account, whose key is ``api_key`` when given)."""
     k, api = stack.kommo, stack.api
     acc = (
         await k.post("/_sandbox/accounts", json={"subdomain": subdomain, "name": subdomain.title()})
@@ -60,7 +61,8 @@ async def connect_account(
     ).json()
     r = await api.get(grant["redirect_url"].replace(stack.settings.public_url, ""))
     assert r.status_code == 200, r.text
-    key = (await stack.unisender.post("/_sandbox/accounts", json={"login": subdomain})).json()["api_key"]
+    unisender_account = {"login": subdomain, "api_key": api_key}
+    key = (await stack.unisender.post("/_sandbox/accounts", json=unisender_account)).json()["api_key"]
     r = await api.post(
         f"/integration/{acc['id']}/unisender", headers=stack.admin_headers, json={"api_key": key}
     )

@@ -69,6 +69,30 @@ async def test_sqlite_insert_and_dedupe(tmp_path: Any) -> None:
         await db.dispose()
 
 
+async def test_insert_events_on_sqlite_keeps_statuses_and_dedupes(tmp_path: Any) -> None:
+    """The Unisender intake's many-row insert also runs on the embedded SQLite database."""
+    from app.db.schema import upgrade_async
+    from app.sync import repository as repo
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/events.db"
+    await upgrade_async(url)
+    db = Database(create_engine(url))
+    rows = [
+        repo.InboxRow(7, "unisender", "a", '{"event_name":"unsubscribe"}'),
+        repo.InboxRow(7, "unisender", "b", '{"event_name":"x"}', "unrecognised", "unknown event name"),
+        repo.InboxRow(7, "unisender", "a", "the same event twice in one delivery"),
+    ]
+    try:
+        async with db.session_scope() as session:
+            assert await repo.insert_events(session, rows) == {"a", "b"}
+        async with db.session_scope() as session:
+            assert await repo.insert_events(session, rows) == set()
+            stored = await repo.pending_events(session, 7, "unisender", 10)
+            assert [(e.dedupe_key, e.body) for e in stored] == [("a", '{"event_name":"unsubscribe"}')]
+    finally:
+        await db.dispose()
+
+
 async def test_run_autocommit_retries_once_on_a_dead_connection(ctx: ProcessContext) -> None:
     """A connection killed behind the pool's back (a PostgreSQL restart) costs a retry, not an error."""
     db = Database(create_engine(ctx.settings.resolved_database_url(), pool_size=1, pre_ping=False))

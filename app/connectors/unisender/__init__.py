@@ -11,10 +11,12 @@ from app.connectors.unisender.exceptions import (
     UnisenderRequestError,
     UnisenderTransientError,
 )
-from app.connectors.unisender.hooks import UnsubscribeEvent, parse_hook, verify_hook_auth
+from app.connectors.unisender.hooks import HookDelivery, HookEvent, read_delivery, verify_hook_auth
 
 __all__ = [
     "MAX_IMPORT_ROWS",
+    "HookDelivery",
+    "HookEvent",
     "UnisenderAccessDenied",
     "UnisenderAuthError",
     "UnisenderClient",
@@ -24,7 +26,6 @@ __all__ = [
     "UnisenderRateLimited",
     "UnisenderRequestError",
     "UnisenderTransientError",
-    "UnsubscribeEvent",
-    "parse_hook",
+    "read_delivery",
     "verify_hook_auth",
 ]

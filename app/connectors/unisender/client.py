@@ -23,6 +23,7 @@ from app.connectors.unisender.exceptions import (
     error_from_envelope,
     error_from_status,
 )
+from app.connectors.unisender.hooks import HOOK_EVENT_NAMES
 from app.connectors.unisender.schemas import (
     ContactResult,
     CreatedId,
@@ -34,6 +35,9 @@ from app.connectors.unisender.schemas import (
 log = structlog.get_logger(__name__)
 
 MAX_IMPORT_ROWS = 500  # documented hard limit per importContacts call
+# Concurrent hook deliveries we let Unisender make: well within the API workers' capacity, while a burst of
+# unsubscribes after a campaign still arrives in parallel.
+HOOK_MAX_PARALLEL = 5
 
 _FORM = "application/x-www-form-urlencoded"
 _ModelT = TypeVar("_ModelT", bound=pydantic.BaseModel)
@@ -366,17 +370,28 @@ class UnisenderClient:
             params.append(("public_name", public_name))
         return self._parse("createField", CreatedId, await self.call("createField", params)).id
 
-    async def set_unsubscribe_hook(self, url: str) -> None:
-        """Register (or re-activate) ``url`` for unsubscribe events, delivered as JSON POSTs."""
+    async def set_unsubscribe_hook(self, url: str, *, max_parallel: int = HOOK_MAX_PARALLEL) -> None:
+        """Register (or replace, or re-activate) the account's event hook at ``url``: every status of
+        ``email_status``, ``subscribe``, ``unsubscribe`` and ``campaign_status``, batched JSON POSTs.
+
+        Unsubscribes are what the sync acts on; the other events are registered so they are kept for later
+        use. ``status=active`` also revives a hook Unisender stopped after a day of failed deliveries.
+        """
         await self.call(
             "setHook",
             [
                 ("hook_url", url),
-                ("events[]", "unsubscribe"),
                 ("event_format", "json_post"),
-                ("status", "active"),  # also revives a hook Unisender stopped after failed deliveries
+                *((f"events[{name}]", "*") for name in HOOK_EVENT_NAMES),
+                ("single_event", "0"),
+                ("max_parallel", str(max_parallel)),
+                ("status", "active"),
             ],
         )
+
+    async def remove_hook(self, url: str) -> None:
+        """Delete the hook registered at ``url`` (e.g. before registering a new URL)."""
+        await self.call("removeHook", [("hook_url", url)])
 
 
 def _contact_params(email: str, list_ids: Sequence[int] | None) -> Params:

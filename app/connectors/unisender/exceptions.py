@@ -57,7 +57,7 @@ class UnisenderNotFound(UnisenderError, NotFoundError):
 
 
 class UnisenderHookParseError(UnisenderError, RequestError):
-    """A hook delivery body that is not in the agreed format (or exceeds the caps)."""
+    """A hook delivery body that is not JSON at all (or exceeds the size cap)."""
 
 
 def _clean_message(raw: object) -> str:

@@ -1,14 +1,25 @@
-"""Unisender hook deliveries: verify the ``auth`` md5 and parse unsubscribe/subscribe events.
+"""Unisender event-hook deliveries: check ``auth`` and read every layout Unisender posts into one event model.
 
-Format fixed for this project (the real payload is undocumented)::
+Layouts (examples in tests/fixtures/unisender/):
 
-    {"auth": "<md5 hex>", "events_by_user": [{"login": "...", "events": [
-      {"event_name": "unsubscribe", "event_time": "2026-11-23 10:00:00",
-       "event_data": {"email": "ann@example.com", "list_id": 101,
-                      "status": "unsubscribed", "source": "link"}}]}]}
+- batched (``single_event=0``)::
 
-``auth`` is the md5 hex of the body serialised with ``"auth"`` set to the api_key; a retried delivery adds a
-top-level ``retry_count``, covered by the same md5.
+    {"auth": "<md5>", "events_by_user": [{"login": "acme", "events": [
+      {"event_name": "email_status", "event_time": "2017-06-19 10:38:22",
+       "event_data": {"email": "a@example.org", "status": "ok_delivered", ...}}]}]}
+
+  Unisender Go's flavour names the account with ``user_id``/``project_id`` instead of ``login`` and puts
+  ``event_time`` inside ``event_data``.
+- flat (``single_event=1``): one event per request, ``event_name``, ``event_time`` and the event's fields
+  (``email``, ``list_id``, ``status``…) at the top level.
+
+A redelivery carries a top-level ``retry_count``. ``auth`` is the md5 hex of the raw body in which the auth
+value is replaced by the account's API key.
+
+Reading is tolerant on purpose: any 4xx makes Unisender redeliver for a day and then stop the hook, after
+which no unsubscribe reaches us. So nothing in a JSON body is an error here: an event that cannot be read
+(unknown name, missing address…) comes back as an *unrecognised* event, kept with the reason, and a body in
+no known layout comes back with no events and a ``problem``.
 """
 
 from __future__ import annotations
@@ -19,140 +30,278 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from app.connectors.unisender.exceptions import UnisenderHookParseError
 
 MAX_HOOK_BODY_BYTES = 1_048_576
-MAX_HOOK_EVENTS = 1_000
-HOOK_EVENT_NAMES = frozenset({"unsubscribe", "subscribe"})
+MAX_HOOK_EVENTS = 5_000
 MAX_EMAIL_LENGTH = 254
 
+# The events our hook registers for (a status filter of "*" = every status).
+HOOK_EVENT_NAMES = ("email_status", "subscribe", "unsubscribe", "campaign_status")
+# email_status values that mean the address no longer takes mail from this account: the recipient clicked
+# "unsubscribe" in a letter, or a letter was not sent because the address had unsubscribed earlier.
+UNSUBSCRIBED_STATUSES = frozenset({"ok_unsubscribed", "err_unsubscribed"})
+
+_ENVELOPE_KEYS = frozenset({"auth", "retry_count"})  # differ between attempts of one delivery
 _MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
+# Only for bodies that are not JSON: where the sender put the auth value.
+_AUTH_IN_TEXT = re.compile(rb'"auth"\s*:\s*"([0-9a-fA-F]{32})"')
+_MAX_ID = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
-class UnsubscribeEvent:
-    """One contact event of a hook delivery (``event_name`` is ``unsubscribe`` or ``subscribe``)."""
+class HookEvent:
+    """One event of a delivery, whatever its layout."""
 
-    email: str  # lower-cased
-    list_id: int | None  # None: account-wide
-    event_name: str
-    event_time: datetime  # UTC, timezone-aware
-    status: str | None = None
-    source: str | None = None
-    login: str | None = None
+    name: str  # event_name as sent ("" when missing)
+    time: datetime | None  # UTC; None when missing or unreadable
+    email: str | None  # lower-cased; None when missing or not an address
+    list_ids: tuple[int, ...]
+    status: str | None
+    campaign_id: int | None
+    raw: dict[str, Any]  # the event as received (flat layout: the body without auth and retry_count)
+    problem: str | None = None  # why the event is unrecognised; None for a recognised event
+
+    @property
+    def recognised(self) -> bool:
+        return self.problem is None
+
+    @property
+    def unsubscribes(self) -> bool:
+        """True when the event means the address unsubscribed."""
+        if not self.recognised:
+            return False
+        return self.name == "unsubscribe" or (
+            self.name == "email_status" and self.status in UNSUBSCRIBED_STATUSES
+        )
+
+    def identity(self) -> str:
+        """What makes two deliveries carry the same event: Unisender gives events no id, and a redelivery
+        differs from the first attempt in ``auth`` and ``retry_count`` only. Without a readable time the
+        event's own JSON is all there is to compare."""
+        if self.recognised and self.time is not None:
+            parts: list[Any] = [
+                self.name,
+                self.time.isoformat(),
+                self.email,
+                self.status,
+                list(self.list_ids),
+                self.campaign_id,
+            ]
+        else:
+            parts = ["raw", self.raw]
+        return _canonical(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class HookDelivery:
+    """A whole POST: its layout, its events in order, and the redelivery counter if any."""
+
+    layout: Literal["batched", "flat", "unknown"]
+    events: tuple[HookEvent, ...]
+    retry_count: int | None
+    identity: str  # the body without auth and retry_count, canonical JSON
+    problem: str | None = None  # why the layout is unknown
 
 
 def verify_hook_auth(raw_body: bytes, api_key: str) -> bool:
-    """True when the body's ``auth`` is md5(body with auth replaced by ``api_key``); constant-time compare."""
+    """True when ``auth`` is md5(raw body with its auth value replaced by ``api_key``); constant-time compare.
+
+    Works on the bytes as received (a re-serialized body would hash differently); a body that is not JSON
+    is checked too, so a signed but garbled delivery can still be told from a forged one.
+    """
     if not api_key or len(raw_body) > MAX_HOOK_BODY_BYTES:
         return False
     body = bytes(raw_body)
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError):
+    auth = _auth_value(body)
+    if auth is None:
         return False
-    auth = payload.get("auth") if isinstance(payload, dict) else None
-    if not isinstance(auth, str) or not _MD5_HEX.fullmatch(auth):
-        return False
-    # Byte-wise replace of the first occurrence, exactly as the sender built the signed body.
+    # Byte-wise replacement of the first occurrence: auth is the first key, so this is the auth value.
     signed = body.replace(auth.encode("ascii"), api_key.encode("utf-8"), 1)
     expected = hashlib.md5(signed, usedforsecurity=False).hexdigest()
     return hmac.compare_digest(expected.encode("ascii"), auth.lower().encode("ascii"))
 
 
-def parse_hook(raw_body: bytes) -> list[UnsubscribeEvent]:
-    """Parse a delivery into contact events; other event kinds are skipped, malformed input raises."""
+def read_delivery(raw_body: bytes) -> HookDelivery:
+    """Read a delivery in any layout; raises UnisenderHookParseError only for a body that is not JSON."""
+    payload = _load(raw_body)
+    if not isinstance(payload, dict):
+        return HookDelivery("unknown", (), None, _canonical(payload), "the body is not a JSON object")
+    rest = {k: v for k, v in payload.items() if k not in _ENVELOPE_KEYS}
+    identity = _canonical(rest)
+    retry_count = _positive_int(payload.get("retry_count"), allow_zero=True)
+    if "events_by_user" in payload:
+        items = _batched_items(payload["events_by_user"])
+        if len(items) > MAX_HOOK_EVENTS:
+            problem = f"more than {MAX_HOOK_EVENTS} events"
+            return HookDelivery("unknown", (), retry_count, identity, problem)
+        events = tuple(parse_event(item) for item in items)
+        return HookDelivery("batched", events, retry_count, identity)
+    if "event_name" in payload:
+        return HookDelivery("flat", (parse_event(rest),), retry_count, identity)
+    return HookDelivery("unknown", (), retry_count, identity, "neither events_by_user nor event_name")
+
+
+def parse_event(item: Any) -> HookEvent:
+    """One event in the batched (``event_data``) or flat (fields at the top level) form."""
+    raw: dict[str, Any] = item if isinstance(item, dict) else {"value": item}
+    name = raw.get("event_name")
+    if not isinstance(name, str) or not name:
+        return _unrecognised(raw, "", "no event_name")
+    data = raw.get("event_data", raw)
+    if not isinstance(data, dict):
+        return _unrecognised(raw, name, "event_data is not an object")
+    when = raw.get("event_time")
+    event = HookEvent(
+        name=name,
+        time=_time(data.get("event_time") if when is None else when),  # Go: inside event_data
+        email=_email(data.get("email")),
+        list_ids=_list_ids(data),
+        status=_text(data.get("status")),
+        campaign_id=_positive_int(data.get("campaign_id")),
+        raw=raw,
+    )
+    problem = _missing(event)
+    if problem is None:
+        return event
+    return HookEvent(
+        event.name, event.time, event.email, event.list_ids, event.status, event.campaign_id, raw, problem
+    )
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------
+
+
+def _load(raw_body: bytes) -> Any:
     if not isinstance(raw_body, bytes | bytearray | memoryview):
         raise UnisenderHookParseError("hook body must be bytes")
     if len(raw_body) > MAX_HOOK_BODY_BYTES:
         raise UnisenderHookParseError(f"hook body exceeds {MAX_HOOK_BODY_BYTES} bytes")
     try:
-        payload = json.loads(bytes(raw_body))
+        return json.loads(bytes(raw_body))
     except (ValueError, RecursionError) as exc:  # ValueError covers bad JSON and bad UTF-8
         raise UnisenderHookParseError("hook body is not valid JSON") from exc
-    if not isinstance(payload, dict):
-        raise UnisenderHookParseError("hook body must be a JSON object")
-    users = payload.get("events_by_user")
-    if not isinstance(users, list):
-        raise UnisenderHookParseError("hook body needs an events_by_user array")
-
-    events: list[UnsubscribeEvent] = []
-    seen = 0
-    for u, user in enumerate(users):
-        if not isinstance(user, dict):
-            raise UnisenderHookParseError(f"events_by_user[{u}] must be an object")
-        login = user.get("login")
-        if login is not None and not isinstance(login, str):
-            raise UnisenderHookParseError(f"events_by_user[{u}].login must be a string")
-        user_events = user.get("events")
-        if not isinstance(user_events, list):
-            raise UnisenderHookParseError(f"events_by_user[{u}].events must be an array")
-        seen += len(user_events) or 1  # empty users still cost work: count them against the cap
-        if seen > MAX_HOOK_EVENTS:
-            raise UnisenderHookParseError(f"hook body carries more than {MAX_HOOK_EVENTS} events")
-        for e, raw_event in enumerate(user_events):
-            event = _parse_event(raw_event, f"events_by_user[{u}].events[{e}]", login)
-            if event is not None:
-                events.append(event)
-    return events
 
 
-def _parse_event(raw: Any, where: str, login: str | None) -> UnsubscribeEvent | None:
-    if not isinstance(raw, dict):
-        raise UnisenderHookParseError(f"{where} must be an object")
-    name = raw.get("event_name")
-    if not isinstance(name, str):
-        raise UnisenderHookParseError(f"{where}.event_name must be a string")
-    if name not in HOOK_EVENT_NAMES:
-        return None  # other event classes (delivery, campaign status…) are not ours to handle
-    data = raw.get("event_data")
-    if not isinstance(data, dict):
-        raise UnisenderHookParseError(f"{where}.event_data must be an object")
-    return UnsubscribeEvent(
-        email=_email(data.get("email"), where),
-        list_id=_list_id(data.get("list_id"), where),
-        event_name=name,
-        event_time=_event_time(raw.get("event_time"), where),
-        status=_optional_text(data.get("status"), f"{where}.event_data.status"),
-        source=_optional_text(data.get("source"), f"{where}.event_data.source"),
-        login=login,
-    )
+def _auth_value(body: bytes) -> str | None:
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        found = _AUTH_IN_TEXT.search(body)
+        return found.group(1).decode("ascii") if found else None
+    auth = payload.get("auth") if isinstance(payload, dict) else None
+    return auth if isinstance(auth, str) and _MD5_HEX.fullmatch(auth) else None
 
 
-def _email(value: Any, where: str) -> str:
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=True, separators=(",", ":"), default=str)
+
+
+def _values(container: Any) -> list[Any] | None:
+    # PHP's json_encode writes an array whose keys are not 0..n-1 as an object: read both.
+    if isinstance(container, list):
+        return container
+    if isinstance(container, dict):
+        return list(container.values())
+    return None
+
+
+def _batched_items(users: Any) -> list[Any]:
+    """Every event of every ``events_by_user`` entry, in order; what is not an entry with events is kept
+    as an item of its own (it becomes an unrecognised event)."""
+    entries = _values(users)
+    if entries is None:
+        return [{"events_by_user": users}]
+    items: list[Any] = []
+    for entry in entries:
+        events = _values(entry.get("events")) if isinstance(entry, dict) else None
+        if events is None:
+            items.append({"events_by_user_entry": entry})
+        else:
+            items.extend(events)
+        if len(items) > MAX_HOOK_EVENTS:
+            break
+    return items
+
+
+def _unrecognised(raw: dict[str, Any], name: str, problem: str) -> HookEvent:
+    return HookEvent(name, None, None, (), None, None, raw, problem)
+
+
+def _missing(event: HookEvent) -> str | None:
+    if event.name not in HOOK_EVENT_NAMES:
+        return "unknown event name"
+    if event.name in ("subscribe", "unsubscribe", "email_status") and event.email is None:
+        return "no valid email"
+    if event.name in ("email_status", "campaign_status") and event.status is None:
+        return "no status"
+    return None
+
+
+def _email(value: Any) -> str | None:
     if not isinstance(value, str):
-        raise UnisenderHookParseError(f"{where}.event_data.email must be a string")
+        return None
     email = value.strip().lower()
     local, at, domain = email.rpartition("@")
     if not at or not local or not domain or len(email) > MAX_EMAIL_LENGTH or any(c.isspace() for c in email):
-        raise UnisenderHookParseError(f"{where}.event_data.email is not an address")
+        return None
     return email
 
 
-def _list_id(value: Any, where: str) -> int | None:
-    if value is None:
+def _text(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _positive_int(value: Any, *, allow_zero: bool = False) -> int | None:
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool):
         return None
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str):
+        value = value.strip()
+        if not (value.isascii() and value.isdecimal() and len(value) <= 18):
+            return None
+        value = int(value)
+    if isinstance(value, int) and low <= value <= _MAX_ID:
         return value
-    if isinstance(value, str) and value.isascii() and value.isdecimal() and 0 < len(value) <= 18:
-        return int(value)
-    raise UnisenderHookParseError(f"{where}.event_data.list_id must be a positive integer or null")
+    return None
 
 
-def _event_time(value: Any, where: str) -> datetime:
-    if not isinstance(value, str) or len(value) > 40:
-        raise UnisenderHookParseError(f"{where}.event_time must be a 'YYYY-MM-DD hh:mm:ss' string")
+def _list_ids(data: dict[str, Any]) -> tuple[int, ...]:
+    """``list_id`` (one) and ``list_ids`` (an array, or a comma-separated string); unreadable ids are
+    dropped, not fatal: the list only narrows what an event is about."""
+    found: list[Any] = [data.get("list_id")]
+    many = data.get("list_ids")
+    if isinstance(many, str):
+        found.extend(many.split(","))
+    else:
+        found.extend(_values(many) or [])
+    ids: list[int] = []
+    for value in found:
+        list_id = _positive_int(value)
+        if list_id is not None and list_id not in ids:
+            ids.append(list_id)
+    return tuple(ids)
+
+
+def _time(value: Any) -> datetime | None:
+    """``YYYY-MM-DD hh:mm:ss`` in UTC (an explicit offset is honoured), or Unix seconds."""
     try:
-        parsed = datetime.fromisoformat(value)
-        # Unisender's times are UTC without an offset; honour an explicit offset if one ever appears.
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-    except (ValueError, OverflowError) as exc:
-        raise UnisenderHookParseError(f"{where}.event_time is not a valid time") from exc
-
-
-def _optional_text(value: Any, where: str) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    raise UnisenderHookParseError(f"{where} must be a string or null")
+        if isinstance(value, str) and 0 < len(value) <= 40:
+            text = value.strip()
+            if not text.isdecimal():
+                parsed = datetime.fromisoformat(text)
+                return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+            value = int(text)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return datetime.fromtimestamp(value, UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+    return None

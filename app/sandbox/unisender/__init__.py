@@ -16,7 +16,7 @@ Public API (every answer HTTP 200, ``{"result": ...}`` or ``{"error": msg, "code
   double_optin/force_import on importContacts, ...) are accepted and ignored.
   Methods: importContacts, getContact, isContactInLists, getContactCount, getTotalContactsCount, subscribe,
   exclude, unsubscribe, getLists, createList, updateList, deleteList, getFields, createField, updateField,
-  deleteField, getTags, deleteTag, setHook, exportContacts (legacy synchronous: offset, limit ≤ 1000 →
+  deleteField, getTags, deleteTag, setHook, removeHook, exportContacts (legacy synchronous: offset, limit ≤ 1000 →
   {field_names, data}), async/exportContacts (notify_url required; returns {task_uuid, status: "new"}; no
   notification is POSTed, its payload being UNCONFIRMED) and async/getTaskResult ("completed" from the first
   poll, file_to_download = a CSV served by the control API: header row of field names, one row per contact).
@@ -31,13 +31,16 @@ Control API (JSON; errors are HTTP 4xx with ``{"detail": ...}``)
   GET    /_sandbox/accounts/{key}/contacts/{email} → {"person_id", "email", "phone", "status", "availability",
                                                       "added_at", "fields", "tags", "lists": {id: {status, added_at}}}
   POST   /_sandbox/accounts/{key}/contacts/{email}/unsubscribe  {"list_id"?: int|null}: the contact clicks the
-         unsubscribe link (null = account-wide status) → {"changed", "contact"}; emits a hook event (source "link")
+         unsubscribe link (null = account-wide status), "campaign_id"?: in that campaign's letter → {"changed",
+         "contact"}; emits the hook events
   POST   /_sandbox/accounts/{key}/contacts/{email}/activate     {"list_id"?}: the contact re-activates itself
   GET    /_sandbox/accounts/{key}/ledger           ?email&offset&limit → {"total", "entries"}: every row
          importContacts accepted: {seq, call, index, at, email, phone, op (upsert|delete), outcome, data}
   GET    /_sandbox/accounts/{key}/ledger/summary   → rows, addresses_imported_more_than_once,
          consecutive_identical_rows (same data imported twice in a row), addresses_with_differing_data, examples
   GET    /_sandbox/accounts/{key}/hooks            → {"hooks": [...]}
+  POST   /_sandbox/accounts/{key}/hook-events      {"events": [{"event_name", "event_data", "event_time"?}]}: the
+         account's hooks deliver these (known event names only) → {"events": n}
   GET    /_sandbox/deliveries                      ?api_key&hook_url&offset → {"pending", "deliveries": [{seq,
          api_key, hook_url, retry_count, at, status_code, error, delivered, events, body}]}
   POST   /_sandbox/faults                          {"rate": 0..1, "kinds": [retry_later|http_500|http_502|http_503|
@@ -47,16 +50,21 @@ Control API (JSON; errors are HTTP 4xx with ``{"detail": ...}``)
   GET    /_sandbox/stats                           → {"calls": {method: n}, "total_calls", "errors": {code: n},
                                                       "faults", "by_account": {key: {method: n}}}
 
-Hooks: ``setHook(hook_url, events[]=unsubscribe|subscribe, event_format=json_post, max_parallel, single_event,
-status)``; events are POSTed after the call answered, in background tasks, in the format of
-UNISENDER_HOOK_FORMAT.md (simulator-specific: ``auth`` = md5 of the body serialised with the api_key in its place;
-retries add ``retry_count``; ``hook_timeout_seconds`` 3, ``hook_retry_interval_seconds`` 600 and
-``hook_max_retries`` 144 configurable; exhausted → hook ``stopped``). One call's events share one body unless
-``single_event=1``. Unsubscribes come from the ``unsubscribe`` method (per list), importContacts
-``email_status=unsubscribed`` (account-wide, list_id null) or ``email_unsubscribed_list_ids`` (per list), and the
-control endpoint (source "link"); API-made ones (source "api") can be muted with ``notify_api_unsubscribes=False``.
-Only transitions are events: a contact or membership created already unsubscribed notifies nobody.
-``subscribe`` events come from the subscribe method and the activate control endpoint.
+Hooks: ``setHook(hook_url, events[]=NAME`` or ``events[NAME]=*|status,status…, event_format=json_post,
+max_parallel, single_event, status)`` for email_status, subscribe, unsubscribe, campaign_status;
+``removeHook(hook_url)`` (an unknown URL is not an error). Events are POSTed after the call answered, in
+background tasks, in the classic layouts (see ``hooks.py``): batched ``{"auth", "events_by_user": [{"login",
+"events": [{"event_name", "event_time", "event_data"}]}]}`` (one body per call) or, with ``single_event=1``,
+one flat body per event; PHP ``json_encode`` serialization; ``auth`` = md5 of the body with the API key in
+place of the auth value (``hook_unsigned`` drops it); resends carry a top-level ``retry_count``;
+``hook_timeout_seconds`` 3, ``hook_retry_interval_seconds`` 600 and ``hook_max_retries`` 144 configurable;
+exhausted → hook ``stopped``. subscribe/unsubscribe ``event_data`` is ``{"email", "list_id"}``, one event per
+list (an account-wide unsubscribe: one per list of the address). Unsubscribes come from the ``unsubscribe``
+method, importContacts ``email_status=unsubscribed`` or ``email_unsubscribed_list_ids``, and the control
+endpoint (with ``campaign_id`` also an ``email_status`` ``ok_unsubscribed``); API-made ones can be muted with
+``notify_api_unsubscribes=False``. Only transitions are events: a contact or membership created already
+unsubscribed notifies nobody. ``subscribe`` events come from the subscribe method and the activate control
+endpoint; any known event can be injected with ``POST /_sandbox/accounts/{key}/hook-events``.
 
 Simulator choices where the spec says UNCONFIRMED (config field in brackets where switchable)
 - importContacts: >500 rows, no email/phone column, unknown or duplicate column name, non-array field_names/data,

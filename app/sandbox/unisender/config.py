@@ -67,6 +67,8 @@ class UnisenderSandboxConfig:
     hook_timeout_seconds: float = 3.0
     hook_retry_interval_seconds: float = 600.0
     hook_max_retries: int = 144
+    # Post hook bodies without "auth" (a receiver must refuse them once it knows the key).
+    hook_unsigned: bool = False
     # Whether unsubscribes made through the API (unsubscribe, importContacts) are also notified.
     notify_api_unsubscribes: bool = True
     # Faults: how long a "hang" lasts (> the real 30 s deadline by default) and whether the call is

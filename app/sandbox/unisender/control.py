@@ -9,7 +9,13 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 
-from app.sandbox.unisender.hooks import HookDispatcher
+from app.sandbox.unisender.hooks import (
+    HOOK_EVENTS,
+    HookDispatcher,
+    account_unsubscribe_events,
+    event,
+    list_events,
+)
 from app.sandbox.unisender.limits import FAULT_KINDS, FaultPlan
 from app.sandbox.unisender.state import Account, Contact, Membership, SandboxState
 
@@ -33,9 +39,23 @@ class AccessIn(BaseModel):
 
 
 class ContactActionIn(BaseModel):
-    """Body of the simulated contact actions; ``list_id`` null = account-wide."""
+    """Body of the simulated contact actions; ``list_id`` null = account-wide. ``campaign_id``: the click
+    happened in a letter of that campaign (the unsubscribe also yields the letter's ``email_status``)."""
 
     list_id: int | None = None
+    campaign_id: int | None = None
+
+
+class HookEventIn(BaseModel):
+    """One event for ``POST /_sandbox/accounts/{api_key}/hook-events`` (time: now when omitted)."""
+
+    event_name: str
+    event_data: dict[str, Any]
+    event_time: str | None = None
+
+
+class HookEventsIn(BaseModel):
+    events: list[HookEventIn] = Field(min_length=1, max_length=1000)
 
 
 class FaultsIn(BaseModel):
@@ -164,7 +184,6 @@ async def contact_unsubscribes(
     account = _account(request, api_key)
     contact = _contact(account, email)
     list_id = body.list_id if body else None
-    event_status = "unsubscribed"
     changed = False
     if list_id is None:
         changed = contact.status != "unsubscribed"
@@ -176,18 +195,17 @@ async def contact_unsubscribes(
         changed = membership.status != "unsubscribed"
         membership.status = "unsubscribed"
     if changed:
-        event = {
-            "event_name": "unsubscribe",
-            "event_time": state.now(),
-            "event_data": {
-                "email": contact.email,
-                "list_id": list_id,
-                "status": event_status,
-                "source": "link",
-            },
-        }
+        now = state.now()
+        if list_id is None:
+            events = account_unsubscribe_events(contact, now)
+        else:
+            events = list_events("unsubscribe", now, contact.email, [list_id])
+        if body is not None and body.campaign_id is not None:
+            status = {"status": "ok_unsubscribed", "status_group": "unsubscribed_group"}
+            data = {"email": contact.email, **status, "campaign_id": body.campaign_id}
+            events.append(event("email_status", now, data))
         dispatcher: HookDispatcher = request.app.state.unisender_hooks
-        dispatcher.emit(account, [event])
+        dispatcher.emit(account, events)
     return {"changed": changed, "contact": account.contact_json(contact)}
 
 
@@ -213,14 +231,24 @@ async def contact_activates(
             contact.lists[list_id] = Membership(status="active", added_at=state.now())
         else:
             current.status = "active"
-    event = {
-        "event_name": "subscribe",
-        "event_time": state.now(),
-        "event_data": {"email": contact.email, "list_id": list_id, "status": "active", "source": "link"},
-    }
+    lists = sorted(contact.lists) if list_id is None else [list_id]
     dispatcher: HookDispatcher = request.app.state.unisender_hooks
-    dispatcher.emit(account, [event])
+    dispatcher.emit(account, list_events("subscribe", state.now(), contact.email, lists))
     return {"contact": account.contact_json(contact)}
+
+
+@router.post("/accounts/{api_key}/hook-events")
+async def hook_events(request: Request, api_key: str, body: HookEventsIn) -> dict[str, Any]:
+    """Make the account's hooks deliver these events (e.g. an ``email_status`` of a campaign letter)."""
+    account = _account(request, api_key)
+    unknown = sorted({e.event_name for e in body.events} - HOOK_EVENTS)
+    if unknown:
+        raise HTTPException(400, f"unknown event names: {unknown}; known: {sorted(HOOK_EVENTS)}")
+    now = _state(request).now()
+    events = [event(e.event_name, e.event_time or now, e.event_data) for e in body.events]
+    dispatcher: HookDispatcher = request.app.state.unisender_hooks
+    dispatcher.emit(account, events)
+    return {"events": len(events)}
 
 
 @router.get("/accounts/{api_key}/ledger")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from app.sandbox.unisender.hooks import HOOK_EVENTS, account_unsubscribe_events, list_events
 from app.sandbox.unisender.phpform import PhpParams, PhpValue
 from app.sandbox.unisender.state import (
     SYSTEM_FIELDS,
@@ -28,7 +29,6 @@ AVAILABILITIES = frozenset(
     {"available", "unreachable", "temp_unreachable", "mailbox_full", "spam_rejected", "spam_folder"}
 )
 FIELD_TYPES = frozenset({"string", "text", "number", "date", "bool"})
-HOOK_EVENTS = frozenset({"unsubscribe", "subscribe"})
 HOOK_FORMATS = frozenset({"json_post"})
 
 _LABEL = r"[^\W_](?:[\w-]{0,61}[^\W_])?"
@@ -81,17 +81,13 @@ class Call:
         if not self.now:
             self.now = self.state.now()
 
-    def event(self, name: str, email: str | None, list_id: int | None, status: str, source: str) -> None:
-        """Record a hook event (delivered after the call answered)."""
-        if email is None:
-            return
-        self.events.append(
-            {
-                "event_name": name,
-                "event_time": self.now,
-                "event_data": {"email": email, "list_id": list_id, "status": status, "source": source},
-            }
-        )
+    def list_event(self, name: str, contact: Contact, list_id: int) -> None:
+        """Record a ``subscribe``/``unsubscribe`` event for one list (delivered after the call answered)."""
+        self.events.extend(list_events(name, self.now, contact.email, [list_id]))
+
+    def account_unsubscribe(self, contact: Contact) -> None:
+        """Record an account-wide unsubscribe: one ``unsubscribe`` event per list of the address."""
+        self.events.extend(account_unsubscribe_events(contact, self.now))
 
 
 # --- parameter helpers ----------------------------------------------------------------------------------
@@ -513,7 +509,7 @@ def _import_row(
         elif status and status != contact.status:
             contact.status = status
             if status == "unsubscribed" and cfg.notify_api_unsubscribes:
-                call.event("unsubscribe", contact.email, None, "unsubscribed", "api")
+                call.account_unsubscribe(contact)
         if phone_status and contact.phone_status in cfg.mutable_statuses:
             contact.phone_status = phone_status
     if availability:
@@ -555,7 +551,7 @@ def _import_row(
         join_list(account, contact, list_id, "unsubscribed", current.added_at if current else now)
         # Only a transition is an event: a membership created already unsubscribed notifies nobody.
         if current is not None and cfg.notify_api_unsubscribes:
-            call.event("unsubscribe", contact.email, list_id, "unsubscribed", "api")
+            call.list_event("unsubscribe", contact, list_id)
     for list_id in excl_ids:
         leave_list(account, contact, list_id)
     return outcome
@@ -706,7 +702,7 @@ def unsubscribe(call: Call) -> dict[str, Any]:
         if membership.status != "unsubscribed":
             membership.status = "unsubscribed"
             if call.state.config.notify_api_unsubscribes:
-                call.event("unsubscribe", contact.email, list_id, "unsubscribed", "api")
+                call.list_event("unsubscribe", contact, list_id)
     return {}
 
 
@@ -788,7 +784,7 @@ def subscribe(call: Call) -> dict[str, Any]:
             continue  # existing memberships keep their status: an unsubscribe is never undone here
         join_list(account, contact, list_id, "invited" if needs_letter else "active", now)
         if not needs_letter:
-            call.event("subscribe", contact.email, list_id, "active", "api")
+            call.list_event("subscribe", contact, list_id)
     return {"person_id": contact.person_id}
 
 
@@ -959,18 +955,22 @@ def delete_tag(call: Call) -> dict[str, Any]:
 
 
 def set_hook(call: Call) -> dict[str, Any]:
-    """setHook: register (or replace, keyed by URL) an event hook."""
-    url = (p_str(call, "hook_url", required=True) or "").strip()
-    if not re.match(r"^https?://[^\s/]+", url):
-        raise invalid_arg(f'Invalid hook_url "{url}"')
+    """setHook: register (or replace, keyed by URL) an event hook.
+
+    ``events`` comes as a list (``events[]=unsubscribe``) or as a map of event → status filter
+    (``events[unsubscribe]=*``); both are accepted.
+    """
+    url = _hook_url(call)
     events_arr = p_array(call, "events", required=True)
     assert events_arr is not None
-    events: list[str] = []
-    for value in events_arr.values():
-        if isinstance(value, dict) or value not in HOOK_EVENTS:
-            raise invalid_arg(f'Unknown event "{value}"')
-        if value not in events:
-            events.append(value)
+    events: dict[str, str] = {}
+    for key, value in events_arr.items():
+        if isinstance(value, dict):
+            raise invalid_arg(f'Invalid filter for event "{key}"')
+        name, statuses = (value, "*") if key.isdigit() else (key, value)
+        if name not in HOOK_EVENTS:
+            raise invalid_arg(f'Unknown event "{name}"')
+        events[name] = statuses or "*"
     if not events:
         raise invalid_arg('Missing required argument "events"')
     event_format = p_str(call, "event_format") or "json_post"
@@ -993,6 +993,20 @@ def set_hook(call: Call) -> dict[str, Any]:
         status=status,
     )
     return {}
+
+
+def remove_hook(call: Call) -> dict[str, Any]:
+    """removeHook: delete the hook at ``hook_url``; an unknown URL is not an error (its answer is
+    undocumented; removing twice is harmless)."""
+    call.account.hooks.pop(_hook_url(call), None)
+    return {}
+
+
+def _hook_url(call: Call) -> str:
+    url = (p_str(call, "hook_url", required=True) or "").strip()
+    if not re.match(r"^https?://[^\s/]+", url):
+        raise invalid_arg(f'Invalid hook_url "{url}"')
+    return url
 
 
 # --- exportContacts -----------------------------------------------------------------------------------
@@ -1164,6 +1178,7 @@ METHODS: dict[str, Callable[[Call], Any]] = {
     "getTags": get_tags,
     "deleteTag": delete_tag,
     "setHook": set_hook,
+    "removeHook": remove_hook,
     "exportContacts": export_contacts,
     "async/exportContacts": export_contacts_async,
     "async/getTaskResult": get_task_result,

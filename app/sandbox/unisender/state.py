@@ -93,7 +93,7 @@ class Hook:
     """A registered event hook (identified by its URL)."""
 
     url: str
-    events: list[str]
+    events: dict[str, str]  # event name → status filter ("*": every status)
     event_format: str
     max_parallel: int
     single_event: bool

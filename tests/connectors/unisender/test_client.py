@@ -456,6 +456,7 @@ async def test_lists_fields_and_hook_calls() -> None:
         "getFields": ok([{"id": 1, "name": "Name", "public_name": "Имя", "type": "string", "is_visible": 1}]),
         "createField": ok({"id": 12}),
         "setHook": ok({}),
+        "removeHook": ok({}),
         "exclude": ok({}),
         "unsubscribe": ok({}),
     }
@@ -467,6 +468,7 @@ async def test_lists_fields_and_hook_calls() -> None:
         fields = await client.get_fields()
         assert await client.create_field("city", "string", public_name="Город") == 12
         await client.set_unsubscribe_hook("https://hooks.example.com/unisender/1?token=t")
+        await client.remove_hook("https://hooks.example.com/unisender/1?token=old")
         await client.exclude("A@x.io", [1, 2])
         await client.unsubscribe("a@x.io")
         await client.exclude("a@x.io", [])  # empty selection: no call, never "all lists"
@@ -479,6 +481,7 @@ async def test_lists_fields_and_hook_calls() -> None:
         "/ru/api/getFields",
         "/ru/api/createField",
         "/ru/api/setHook",
+        "/ru/api/removeHook",
         "/ru/api/exclude",
         "/ru/api/unsubscribe",
     ]
@@ -488,12 +491,18 @@ async def test_lists_fields_and_hook_calls() -> None:
     assert forms[3] == [("name", "city"), ("type", "string"), ("public_name", "Город")]
     assert forms[4] == [
         ("hook_url", "https://hooks.example.com/unisender/1?token=t"),
-        ("events[]", "unsubscribe"),
         ("event_format", "json_post"),
+        ("events[email_status]", "*"),
+        ("events[subscribe]", "*"),
+        ("events[unsubscribe]", "*"),
+        ("events[campaign_status]", "*"),
+        ("single_event", "0"),
+        ("max_parallel", "5"),
         ("status", "active"),
     ]
-    assert forms[5] == [("contact_type", "email"), ("contact", "A@x.io"), ("list_ids", "1,2")]
-    assert forms[6] == [("contact_type", "email"), ("contact", "a@x.io")]
+    assert forms[5] == [("hook_url", "https://hooks.example.com/unisender/1?token=old")]
+    assert forms[6] == [("contact_type", "email"), ("contact", "A@x.io"), ("list_ids", "1,2")]
+    assert forms[7] == [("contact_type", "email"), ("contact", "a@x.io")]
 
 
 async def test_check_credentials_raises_auth_error_on_invalid_key() -> None:

@@ -19,6 +19,7 @@ from app.connectors.base import ImportRow, RowOutcome
 from app.connectors.errors import RateLimitedError, TransientError
 from app.connectors.ratelimit import RateLimiter, TokenBucket, Unlimited
 from app.connectors.unisender import (
+    HookEvent,
     UnisenderAccessDenied,
     UnisenderAuthError,
     UnisenderClient,
@@ -26,8 +27,7 @@ from app.connectors.unisender import (
     UnisenderRateLimited,
     UnisenderRequestError,
     UnisenderTransientError,
-    UnsubscribeEvent,
-    parse_hook,
+    read_delivery,
     verify_hook_auth,
 )
 from app.serving import serve_in_background
@@ -225,9 +225,9 @@ async def test_list_and_field_creation(env: Env) -> None:
 # --- hooks -----------------------------------------------------------------------------------------------------
 
 
-def make_receiver(api_key: str) -> tuple[FastAPI, list[UnsubscribeEvent], list[int]]:
+def make_receiver(api_key: str) -> tuple[FastAPI, list[HookEvent], list[int]]:
     """A stand-in for our webhook endpoint: verify auth, parse, answer 200 (or 401 on a bad signature)."""
-    received: list[UnsubscribeEvent] = []
+    received: list[HookEvent] = []
     statuses: list[int] = []
     app = FastAPI()
 
@@ -237,7 +237,7 @@ def make_receiver(api_key: str) -> tuple[FastAPI, list[UnsubscribeEvent], list[i
         if not verify_hook_auth(body, api_key):
             statuses.append(401)
             return Response(status_code=401)
-        received.extend(parse_hook(body))
+        received.extend(read_delivery(body).events)
         statuses.append(200)
         return Response(status_code=200)
 
@@ -253,9 +253,10 @@ async def test_hook_registration_and_unsubscribe_delivery(env: Env) -> None:
         hook_url = f"{hook_base}/webhooks/unisender"
         await client.set_unsubscribe_hook(hook_url)
         hooks = (await env.control("GET", f"/accounts/{API_KEY}/hooks"))["hooks"]
-        assert [(h["hook_url"], h["events"], h["event_format"], h["status"]) for h in hooks] == [
-            (hook_url, ["unsubscribe"], "json_post", "active")
-        ]
+        every = {"email_status": "*", "subscribe": "*", "unsubscribe": "*", "campaign_status": "*"}
+        assert [
+            (h["hook_url"], h["events"], h["event_format"], h["single_event"], h["status"]) for h in hooks
+        ] == [(hook_url, every, "json_post", 0, "active")]
 
         # The contact clicks the unsubscribe link of one list.
         await env.control(
@@ -268,16 +269,24 @@ async def test_hook_registration_and_unsubscribe_delivery(env: Env) -> None:
         await wait_for(delivered)
 
     (event,) = received
-    assert (event.email, event.list_id, event.event_name, event.source) == (
+    assert (event.email, event.list_ids, event.name, event.unsubscribes) == (
         "ann@example.com",
-        list_id,
+        (list_id,),
         "unsubscribe",
-        "link",
+        True,
     )
-    assert event.login == LOGIN
     assert statuses == [200]
     deliveries = (await env.control("GET", "/deliveries"))["deliveries"]
     assert [(d["delivered"], d["status_code"]) for d in deliveries] == [(True, 200)]
+
+
+async def test_remove_hook_stops_deliveries(env: Env) -> None:
+    client = env.client()
+    url = "http://127.0.0.1:9/webhooks/unisender"
+    await client.set_unsubscribe_hook(url)
+    await client.remove_hook(url)
+    await client.remove_hook(url)  # removing an absent hook is harmless
+    assert (await env.control("GET", f"/accounts/{API_KEY}/hooks"))["hooks"] == []
 
 
 async def test_hook_with_wrong_key_is_refused_by_the_receiver() -> None:
