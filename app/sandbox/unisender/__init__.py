@@ -16,7 +16,7 @@ Public API (every answer HTTP 200, ``{"result": ...}`` or ``{"error": msg, "code
   double_optin/force_import on importContacts, ...) are accepted and ignored.
   Methods: importContacts, getContact, isContactInLists, getContactCount, getTotalContactsCount, subscribe,
   exclude, unsubscribe, getLists, createList, updateList, deleteList, getFields, createField, updateField,
-  deleteField, getTags, deleteTag, setHook, exportContacts (legacy synchronous: offset, limit ≤ 1000 →
+  deleteField, getTags, deleteTag, setHook, removeHook, exportContacts (legacy synchronous: offset, limit ≤ 1000 →
   {field_names, data}), async/exportContacts (notify_url required; returns {task_uuid, status: "new"}; no
   notification is POSTed, its payload being UNCONFIRMED) and async/getTaskResult ("completed" from the first
   poll, file_to_download = a CSV served by the control API: header row of field names, one row per contact).
@@ -48,7 +48,7 @@ Control API (JSON; errors are HTTP 4xx with ``{"detail": ...}``)
                                                       "faults", "by_account": {key: {method: n}}}
 
 Hooks: ``setHook(hook_url, events[]=unsubscribe|subscribe, event_format=json_post, max_parallel, single_event,
-status)``; events are POSTed after the call answered, in background tasks, in the format of
+status)``, ``removeHook(hook_url)`` (an unknown URL is no error); events are POSTed after the call answered, in background tasks, in the format of
 UNISENDER_HOOK_FORMAT.md (simulator-specific: ``auth`` = md5 of the body serialised with the api_key in its place;
 retries add ``retry_count``; ``hook_timeout_seconds`` 3, ``hook_retry_interval_seconds`` 600 and
 ``hook_max_retries`` 144 configurable; exhausted → hook ``stopped``). One call's events share one body unless

@@ -995,6 +995,13 @@ def set_hook(call: Call) -> dict[str, Any]:
     return {}
 
 
+def remove_hook(call: Call) -> dict[str, Any]:
+    """removeHook: unregister the hook at ``hook_url``; an unknown URL is not an error (idempotent)."""
+    url = (p_str(call, "hook_url", required=True) or "").strip()
+    call.account.hooks.pop(url, None)
+    return {}
+
+
 # --- exportContacts -----------------------------------------------------------------------------------
 
 EXPORT_SYSTEM_FIELDS = (
@@ -1164,6 +1171,7 @@ METHODS: dict[str, Callable[[Call], Any]] = {
     "getTags": get_tags,
     "deleteTag": delete_tag,
     "setHook": set_hook,
+    "removeHook": remove_hook,
     "exportContacts": export_contacts,
     "async/exportContacts": export_contacts_async,
     "async/getTaskResult": get_task_result,
