@@ -378,6 +378,10 @@ class UnisenderClient:
             ],
         )
 
+    async def remove_hook(self, url: str) -> None:
+        """Unregister the hook at ``url`` (a URL whose token was rotated away)."""
+        await self.call("removeHook", [("hook_url", url)])
+
 
 def _contact_params(email: str, list_ids: Sequence[int] | None) -> Params:
     params: Params = [("contact_type", "email"), ("contact", email)]
