@@ -64,7 +64,7 @@ class WebhookAuth:
         self._unknown_ttl = min(ttl, UNKNOWN_TTL_SECONDS)
         self._max_entries = max_entries
         # account id → (token hash, identity) or None for an unknown account, and the monotonic expiry
-        self._entries: OrderedDict[int, tuple[tuple[str, WebhookIdentity] | None, float]] = OrderedDict()
+        self._hashes: OrderedDict[int, tuple[tuple[str, WebhookIdentity] | None, float]] = OrderedDict()
 
     async def verify(self, db: Database, account_id: int, token: str | None) -> WebhookIdentity:
         """The account's identity if ``token`` is its webhook token; raise 401 ``invalid_token`` otherwise.
@@ -78,17 +78,17 @@ class WebhookAuth:
 
     def forget(self, account_id: int) -> None:
         """Drop the cached hash (the token was rotated or the integration removed in this process)."""
-        self._entries.pop(account_id, None)
+        self._hashes.pop(account_id, None)
 
     async def _entry(self, db: Database, account_id: int) -> tuple[str, WebhookIdentity] | None:
         now = time.monotonic()
-        cached = self._entries.get(account_id)
+        cached = self._hashes.get(account_id)
         if cached is not None and cached[1] > now:
             return cached[0]
         row = await db.run_autocommit(lambda conn: repo.webhook_identity(conn, account_id))
         entry = None if row is None else (row[0], WebhookIdentity(row[1], row[2]))
-        self._entries[account_id] = (entry, now + (self._ttl if entry is not None else self._unknown_ttl))
-        self._entries.move_to_end(account_id)
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+        self._hashes[account_id] = (entry, now + (self._ttl if entry is not None else self._unknown_ttl))
+        self._hashes.move_to_end(account_id)
+        while len(self._hashes) > self._max_entries:
+            self._hashes.popitem(last=False)
         return entry
