@@ -150,6 +150,31 @@ def cmd_rotate_keys(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_rotate_token(args: argparse.Namespace) -> int:
+    from app.accounts.service import rotate_webhook_token
+    from app.context import build_context
+    from app.errors import AppError
+    from app.logging import configure_logging
+
+    settings = _settings()
+    configure_logging(fmt=settings.effective_log_format, level=settings.log_level)  # stderr, redacted
+
+    async def main() -> int:
+        pc = await build_context(settings)
+        try:
+            out = await rotate_webhook_token(pc, args.account_id)
+        except AppError as exc:
+            print(f"contactsync: {exc.message}", file=sys.stderr)
+            return 1
+        finally:
+            await pc.close()
+        print(out.model_dump_json(indent=2))
+        # Running API processes cache token hashes for up to 5 s: the old token may pass there until then.
+        return 3 if False in (out.kommo_webhooks_registered, out.unisender_hook_registered) else 0
+
+    return asyncio.run(main())
+
+
 SANDBOXES = {
     "kommo": ("app.sandbox.kommo", "create_kommo_sandbox"),
     "unisender": ("app.sandbox.unisender", "create_unisender_sandbox"),
@@ -227,6 +252,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this many batches (run again to continue)",
     )
     p.set_defaults(func=cmd_rotate_keys)
+
+    p = sub.add_parser(
+        "rotate-token",
+        help="issue a new webhook token for an account and re-register Kommo's and Unisender's hooks",
+        description="Issue a new webhook token for ACCOUNT: the old one is refused at once here and within 5 s "
+        "by running API processes (their token cache); Kommo's webhooks and Unisender's unsubscribe hook are "
+        "moved to the new URL. Prints the new webhook URL. Exit 3 when a re-registration failed (see "
+        "last_error in GET /accounts/ACCOUNT; Kommo's webhooks are retried by the worker's webhook cron).",
+    )
+    p.add_argument("account_id", metavar="ACCOUNT", type=int, help="Kommo account id")
+    p.set_defaults(func=cmd_rotate_token)
 
     p = sub.add_parser("sandbox", help="run a simulator of Kommo or Unisender for integration tests")
     p.add_argument("provider", choices=["kommo", "unisender"])

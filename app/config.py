@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from enum import StrEnum
 from functools import lru_cache
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography.fernet import Fernet
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.logging import register_secret
@@ -21,6 +22,7 @@ from app.security.strength import (
 
 DEV_ADMIN_TOKEN = "dev-admin-token"
 DEFAULT_STATE_DIR = Path(".contactsync")
+_DOMAIN_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+")
 
 
 class Environment(StrEnum):
@@ -53,7 +55,13 @@ class Settings(BaseSettings):
         "http://127.0.0.1:8000", description="Where Kommo and Unisender reach this service"
     )
     kommo_base_url: str = Field(
-        "https://{subdomain}.kommo.com", description="Kommo API base, a template with {subdomain}"
+        "https://{host}",
+        description="Kommo API base, a template with {host}: the account's host from the OAuth redirect "
+        "(acme.kommo.com, acme.amocrm.ru); tests point it at the sandbox, e.g. http://127.0.0.1:8001/{host}",
+    )
+    kommo_account_domains: str = Field(
+        "kommo.com,amocrm.ru,amocrm.com",
+        description="Comma-separated domains whose {subdomain}.{domain} hosts are accepted as Kommo accounts",
     )
     kommo_auth_url: str = Field("https://www.kommo.com/oauth", description="Kommo's OAuth consent page")
     unisender_base_url: str = Field("https://api.unisender.com", description="Unisender API base")
@@ -67,6 +75,12 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(20, description="Database connections per process (kept open; no overflow)")
     kommo_rate_per_second: float = Field(7.0, description="Client-side budget per Kommo integration")
     unisender_calls_per_minute: float = Field(1200.0, description="Client-side budget per Unisender key")
+    oauth_exchanges_per_account: int = Field(
+        5, ge=1, description="OAuth code exchanges per account per minute (per API process); 429 page above"
+    )
+    oauth_exchanges_per_minute: int = Field(
+        60, ge=1, description="OAuth code exchanges per minute over all accounts (per API process)"
+    )
     unsubscribe_tag: str = Field("unsubscribed", description="Kommo tag set on contacts who unsubscribed")
     state_dir: Path = Field(
         DEFAULT_STATE_DIR, description="Embedded mode's data directory (SQLite file, dev key)"
@@ -74,6 +88,26 @@ class Settings(BaseSettings):
     worker_max_jobs: int = Field(50, description="Concurrent jobs per worker process")
     worker_poll_delay: float = Field(0.05, description="Seconds between queue polls")
     worker_job_timeout: int = Field(60, description="Seconds before a job is considered dead and re-run")
+
+    @field_validator("kommo_base_url")
+    @classmethod
+    def _host_template(cls, value: str) -> str:
+        # Without {host} every account would be called on one domain: amocrm.ru accounts on the wrong host.
+        if "{host}" not in value:
+            raise ValueError("must contain {host} (the account host, e.g. https://{host})")
+        try:
+            value.format(host="acme.kommo.com", subdomain="acme")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"only {{host}} and {{subdomain}} may appear in braces ({exc!r})") from None
+        return value
+
+    @field_validator("kommo_account_domains")
+    @classmethod
+    def _domains(cls, value: str) -> str:
+        domains = [d.strip().lower() for d in value.split(",") if d.strip()]
+        if not domains or not all(_DOMAIN_RE.fullmatch(d) for d in domains):
+            raise ValueError("must be comma-separated domains such as kommo.com,amocrm.ru")
+        return ",".join(domains)
 
     @model_validator(mode="after")
     def _enforce_production_secrets(self) -> Settings:
@@ -141,8 +175,13 @@ class Settings(BaseSettings):
             path.chmod(0o600)
         return [path.read_bytes().strip()]
 
-    def kommo_url_for(self, subdomain: str) -> str:
-        return self.kommo_base_url.format(subdomain=subdomain).rstrip("/")
+    @property
+    def account_domains(self) -> tuple[str, ...]:
+        return tuple(self.kommo_account_domains.split(","))
+
+    def kommo_url_for(self, host: str) -> str:
+        """The API base of the account on ``host`` (``acme.amocrm.ru``)."""
+        return self.kommo_base_url.format(host=host, subdomain=host.split(".", 1)[0]).rstrip("/")
 
 
 def parse_fernet_keys(raw: str) -> list[bytes]:

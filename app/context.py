@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import httpx
 from arq.connections import ArqRedis
 
+from app.accounts.throttle import AttemptWindow
 from app.config import Settings
 from app.connectors.ratelimit import RateLimiter, RoundTripWindow, SlidingWindow
 from app.db.session import Database, create_engine
@@ -39,6 +40,8 @@ class ProcessContext:
     # Per-credential client-side budgets (keyed by Kommo client_id / Unisender key hash) so every job of this
     # process shares one bucket per upstream credential.
     limiters: dict[str, RateLimiter] = field(default_factory=dict)
+    # Attempts that unauthenticated requests can trigger (OAuth code exchanges), capped per key.
+    attempts: AttemptWindow = field(default_factory=AttemptWindow)
 
     def kommo_limiter(self, client_id: str) -> RateLimiter:
         key = f"kommo:{client_id}"

@@ -49,7 +49,7 @@ async def run_demo(*, port: int = 8000, contacts: int = 300, edits: int = 0, see
             redis_url=None,
             state_dir=DEMO_DIR,
             public_url=f"http://127.0.0.1:{port}",
-            kommo_base_url=kommo_url + "/{subdomain}",
+            kommo_base_url=kommo_url + "/{host}",
             kommo_auth_url=kommo_url + "/oauth",
             unisender_base_url=unisender_url,
             log_format="console",
@@ -110,7 +110,8 @@ async def _scenario(
         },
     )
     r.raise_for_status()
-    r = await api.get("/auth", params={"id": account["id"]}, follow_redirects=False)
+    auth_url = r.json()["auth_url"]  # the signed connect link: /auth refuses any other
+    r = await api.get(auth_url.replace(api_url, ""), follow_redirects=False)
     state = parse_qs(urlsplit(r.headers["location"]).query)["state"][0]
     grant = (
         await kommo.post(

@@ -209,7 +209,7 @@ async def stack(
         wired = settings.model_copy(
             update={
                 "public_url": f"http://127.0.0.1:{api_port}",
-                "kommo_base_url": kommo_url + "/{subdomain}",
+                "kommo_base_url": kommo_url + "/{host}",
                 "kommo_auth_url": kommo_url + "/oauth",
                 "unisender_base_url": unisender_url,
             }

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 from cryptography.fernet import Fernet
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from app.config import ConfigError, Environment, Settings
 
@@ -139,11 +139,38 @@ class TestProductionSecrets:
 @pytest.mark.usefixtures("fresh_env")
 class TestEnvironment:
     def test_reads_prefixed_variables(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setenv("CONTACTSYNC_KOMMO_BASE_URL", "http://127.0.0.1:9/{subdomain}")
+        monkeypatch.setenv("CONTACTSYNC_KOMMO_BASE_URL", "http://127.0.0.1:9/{host}")
+        monkeypatch.setenv("CONTACTSYNC_KOMMO_ACCOUNT_DOMAINS", " Kommo.com, amocrm.ru ")
         monkeypatch.setenv("CONTACTSYNC_LOG_LEVEL", "DEBUG")
         s = make()
-        assert s.kommo_url_for("acme") == "http://127.0.0.1:9/acme"
+        assert s.kommo_url_for("acme.amocrm.ru") == "http://127.0.0.1:9/acme.amocrm.ru"
+        assert s.account_domains == ("kommo.com", "amocrm.ru")
         assert s.log_level == "DEBUG"
+
+    def test_kommo_hosts_default_to_the_account_host(self) -> None:
+        s = make()
+        assert s.kommo_url_for("etesttask.amocrm.ru") == "https://etesttask.amocrm.ru"
+        assert s.account_domains == ("kommo.com", "amocrm.ru", "amocrm.com")
+        assert make(kommo_base_url="http://sim/{subdomain}/{host}/").kommo_url_for("a.kommo.com") == (
+            "http://sim/a/a.kommo.com"
+        )
+
+    @pytest.mark.parametrize(
+        ("template", "message"),
+        [
+            # Without {host}, every account would be called on one domain (amocrm.ru ones on the wrong host).
+            ("https://{subdomain}.kommo.com", "must contain {host}"),
+            ("https://{host}/{account}", "only {host} and {subdomain}"),
+        ],
+    )
+    def test_kommo_base_url_must_name_the_host(self, template: str, message: str) -> None:
+        with pytest.raises(ValidationError, match=message):
+            make(kommo_base_url=template)
+
+    @pytest.mark.parametrize("domains", ["", " , ", "kommo", "kommo.com,https://x.io", "*.kommo.com"])
+    def test_account_domains_must_be_domains(self, domains: str) -> None:
+        with pytest.raises(ValidationError, match="comma-separated domains"):
+            make(kommo_account_domains=domains)
 
     def test_development_defaults_are_embedded_with_a_persistent_dev_key(self, tmp_path: object) -> None:
         from pathlib import Path

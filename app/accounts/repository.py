@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import bindparam, delete, func, or_, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import defer
 
 from app.db.base import utcnow
@@ -58,6 +58,18 @@ async def get_integration_public(session: AsyncSession, account_id: int) -> Inte
         .where(Integration.account_id == account_id)
     )
     return (await session.execute(stmt)).scalar_one_or_none()
+
+
+_WEBHOOK_IDENTITY = select(
+    Integration.webhook_token_hash, Integration.subdomain, Integration.kommo_host
+).where(Integration.account_id == bindparam("account_id"))
+
+
+async def webhook_identity(conn: AsyncConnection, account_id: int) -> tuple[str, str, str | None] | None:
+    """``(webhook_token_hash, subdomain, kommo_host)`` of the account, read on an autocommit connection (the
+    webhook intake's one read per cache miss); None for an unknown account."""
+    row = (await conn.execute(_WEBHOOK_IDENTITY, {"account_id": account_id})).one_or_none()
+    return None if row is None else (row[0], row[1], row[2])
 
 
 async def find_integrations_by_client(
@@ -159,30 +171,21 @@ async def tokens_due_for_refresh(
 # --- oauth state --------------------------------------------------------------------------------------------
 
 
-async def add_oauth_state(session: AsyncSession, *, nonce: str, account_id: int) -> None:
-    session.add(OAuthStateRow(nonce=nonce, account_id=account_id, created_at=utcnow()))
-    await session.flush()
-
-
-async def consume_oauth_state(
-    session: AsyncSession, *, nonce: str, account_id: int, issued_after: datetime
-) -> bool:
-    """Mark an unused, unexpired nonce used; False when it is unknown, spent or too old (atomic: one winner)."""
+async def claim_oauth_state(session: AsyncSession, *, nonce: str, account_id: int) -> bool:
+    """Record that this state completed a connection; False when it already did (one winner, even when two
+    callbacks race: the second waits on the key until the first commits or rolls back)."""
+    now = utcnow()
     stmt = (
-        update(OAuthStateRow)
-        .where(
-            OAuthStateRow.nonce == nonce,
-            OAuthStateRow.account_id == account_id,
-            OAuthStateRow.used_at.is_(None),
-            OAuthStateRow.created_at > issued_after,
-        )
-        .values(used_at=utcnow())
+        insert(session, OAuthStateRow)
+        .values(nonce=nonce, account_id=account_id, created_at=now, used_at=now)
+        .on_conflict_do_nothing(index_elements=[OAuthStateRow.nonce])
+        .returning(OAuthStateRow.nonce)
     )
-    result = await session.execute(stmt)
-    return bool(getattr(result, "rowcount", 0))
+    return (await session.execute(stmt)).scalar_one_or_none() is not None
 
 
 async def prune_oauth_states(session: AsyncSession, *, older_than: datetime) -> int:
+    """Forget used states older than ``older_than`` (an index range scan on ``created_at``)."""
     result = await session.execute(delete(OAuthStateRow).where(OAuthStateRow.created_at < older_than))
     return int(getattr(result, "rowcount", 0) or 0)
 

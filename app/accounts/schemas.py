@@ -45,7 +45,7 @@ class IntegrationOut(BaseModel):
 
 
 class UnisenderIn(BaseModel):
-    """``POST /integration/{account_id}/unisender``."""
+    """``POST /integration/{account_id}/unisender`` and ``POST /widget/key``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -58,6 +58,18 @@ class UnisenderOut(BaseModel):
     provider: Literal["unisender"] = "unisender"
     list_id: int
     hook_url_registered: bool
+
+
+class RotatedTokenOut(BaseModel):
+    account_id: int
+    webhook_url: str = Field(description="Kommo's webhook URL with the new token (the old one is refused)")
+    kommo_webhooks_registered: bool | None = Field(
+        description="Kommo's webhooks now point at the new URL (the old destination was deleted); false: "
+        "Kommo failed, the webhook cron registers them later; null: Kommo is not connected"
+    )
+    unisender_hook_registered: bool | None = Field(
+        description="Unisender's unsubscribe hook moved to the new URL; null: no Unisender key connected"
+    )
 
 
 class DisableOut(BaseModel):
@@ -94,6 +106,9 @@ class RejectionView(BaseModel):
 class AccountView(BaseModel):
     account_id: int
     subdomain: str
+    host: str | None = Field(
+        description="The account's host (acme.kommo.com, acme.amocrm.ru); null until connected"
+    )
     status: str
     kommo: KommoView
     unisender: UnisenderView

@@ -26,16 +26,21 @@ from app.accounts.schemas import (
     KommoView,
     OutboxView,
     RejectionView,
+    RotatedTokenOut,
     UnisenderIn,
     UnisenderOut,
     UnisenderView,
 )
+from app.accounts.webhook_auth import WebhookAuth
 from app.connectors.kommo import (
+    AccountHost,
     KommoAuthError,
     KommoClient,
     KommoError,
     KommoOAuth,
-    subdomain_from_referer,
+    authorize_url,
+    parse_account_host,
+    split_host,
     verify_disable_signature,
 )
 from app.connectors.unisender.client import UnisenderClient
@@ -52,6 +57,7 @@ from app.errors import (
     AppError,
     BadRequest,
     Conflict,
+    Forbidden,
     NotFound,
     Unauthorized,
     Unprocessable,
@@ -60,16 +66,22 @@ from app.errors import (
 from app.metrics import TOKEN_REFRESH
 from app.security.tokens import (
     InvalidState,
+    connect_link_valid,
     hash_token,
     make_state,
     new_webhook_token,
     read_state,
-    token_matches,
+    sign_connect_link,
 )
+from app.security.widget_jwt import InvalidWidgetToken, unverified_account_id, verify_widget_token
 
 log = structlog.get_logger(__name__)
 
 STATE_MAX_AGE_SECONDS = 600
+# Used states are kept a while longer than they stay valid, then pruned (on the next successful connection).
+STATE_KEEP_SECONDS = 3600
+EXCHANGE_WINDOW_SECONDS = 60.0
+MAX_ACCOUNT_ID = 2**63 - 1
 TOKEN_MIN_VALID_SECONDS = 300
 KOMMO_WEBHOOK_EVENTS: tuple[str, ...] = (
     "add_contact",
@@ -102,6 +114,26 @@ class OAuthCallbackError(BadRequest):
     """Kommo's redirect cannot complete the connection; the message is shown to the person who clicked."""
 
 
+class OAuthThrottled(AppError):
+    """Too many code exchanges for the account (or in total) within a minute; ``retry_after`` seconds."""
+
+    code = "too_many_attempts"
+    status_code = 429
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(
+            "Too many connection attempts for this Kommo account. Wait a minute, then start again from the "
+            "connect link."
+        )
+        self.retry_after = max(1, int(retry_after + 0.999))
+
+
+class InvalidConnectLink(NotFound):
+    """``/auth`` without a valid link: one answer for unknown accounts, bad and missing signatures alike."""
+
+    code = "invalid_link"
+
+
 # --- small helpers ------------------------------------------------------------------------------------------
 
 
@@ -119,8 +151,9 @@ def _public(pc: ProcessContext) -> str:
 
 
 def auth_url_for(pc: ProcessContext, account_id: int) -> str:
-    """The link an account owner follows to connect Kommo."""
-    return f"{_public(pc)}/auth?id={account_id}"
+    """The link an account owner follows to connect Kommo (signed: ``/auth`` refuses any other)."""
+    sig = sign_connect_link(pc.settings.encryption_keys(), account_id)
+    return f"{_public(pc)}/auth?id={account_id}&sig={sig}"
 
 
 def kommo_webhook_url(pc: ProcessContext, account_id: int, token: str) -> str:
@@ -133,14 +166,15 @@ def unisender_hook_url(pc: ProcessContext, account_id: int, token: str) -> str:
     return f"{_public(pc)}/webhooks/unisender/{account_id}?token={token}"
 
 
-def _oauth_for(pc: ProcessContext, integration: Integration, subdomain: str) -> KommoOAuth:
+def _oauth_for(pc: ProcessContext, integration: Integration, host: str) -> KommoOAuth:
     return KommoOAuth(
         pc.kommo_http,
         auth_url=pc.settings.kommo_auth_url,
-        base_url=pc.settings.kommo_url_for(subdomain),
+        base_url=pc.settings.kommo_url_for(host),
         client_id=integration.client_id,
         client_secret=integration.client_secret,
         redirect_uri=integration.redirect_uri,
+        limiter=pc.kommo_limiter(integration.client_id),
     )
 
 
@@ -213,6 +247,9 @@ async def save_integration(
             integration.webhooks_registered_at = None
         if integration.subdomain != data.subdomain:
             integration.webhooks_registered_at = None
+            if integration.kommo_host is not None:
+                # The account was renamed: same platform, new subdomain (the next OAuth redirect confirms it).
+                integration.kommo_host = f"{data.subdomain}.{integration.kommo_host.split('.', 1)[1]}"
         integration.subdomain = data.subdomain
         integration.client_id = data.client_id
         integration.client_secret = data.client_secret
@@ -232,14 +269,27 @@ async def save_integration(
 # --- OAuth --------------------------------------------------------------------------------------------------
 
 
-async def start_oauth(*, session: AsyncSession, pc: ProcessContext, account_id: int) -> str:
-    """Issue a signed single-use state and return Kommo's consent URL carrying it."""
-    integration = await _require_integration(session, account_id)
-    state, raw = make_state(pc.cipher, account_id)
-    await repo.prune_oauth_states(session, older_than=repo.older_than(86_400))
-    await repo.add_oauth_state(session, nonce=state.nonce, account_id=account_id)
+async def start_oauth(*, session: AsyncSession, pc: ProcessContext, account_id: int, sig: str | None) -> str:
+    """Check the signed connect link and return Kommo's consent URL with a fresh state; writes nothing.
+
+    The state is self-contained (encrypted, authenticated, timestamped), so this public endpoint stores
+    nothing; single use is recorded when a callback succeeds. Without a valid signature the answer is the
+    same whether the account exists or not, and the database is not read.
+    """
+    if not connect_link_valid(pc.settings.encryption_keys(), account_id, sig):
+        raise _invalid_link()
+    integration = await repo.get_integration_public(session, account_id)
+    if integration is None:
+        raise _invalid_link()  # a link signed for an integration that was removed since
+    _state, raw = make_state(pc.cipher, account_id)
     log.info("accounts.oauth_started", account_id=account_id)
-    return _oauth_for(pc, integration, integration.subdomain).authorize_url(raw)
+    return authorize_url(pc.settings.kommo_auth_url, client_id=integration.client_id, state=raw)
+
+
+def _invalid_link() -> InvalidConnectLink:
+    return InvalidConnectLink(
+        "This connect link is not valid. Ask the operator for the account's current link."
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,8 +311,9 @@ def _same(a: str | None, b: str) -> bool:
 async def complete_oauth(*, session: AsyncSession, pc: ProcessContext, params: CallbackParams) -> int:
     """Check Kommo's redirect, exchange the code and store the tokens; return the connected account id.
 
-    Raises ``OAuthCallbackError`` before anything is stored; the caller's transaction then rolls back, so a
-    failed exchange leaves the state unused (the owner may retry the same link).
+    Raises ``OAuthCallbackError`` (or ``OAuthThrottled``) before anything is stored; the caller's transaction
+    then rolls back, so a failed exchange leaves the state unused (the owner may retry the same link). Code
+    exchanges send our client secret to Kommo, so they are capped per account and per process.
     """
     if params.error:
         raise OAuthCallbackError(
@@ -272,72 +323,41 @@ async def complete_oauth(*, session: AsyncSession, pc: ProcessContext, params: C
     if not params.code:
         raise OAuthCallbackError("Kommo's redirect carries no authorization code.", code="missing_code")
     try:
-        subdomain = subdomain_from_referer(params.referer or "")
+        host = parse_account_host(params.referer or "", domains=pc.settings.account_domains)
     except ValueError:
         raise OAuthCallbackError(
-            "Kommo's redirect does not name a Kommo account (referer).", code="bad_referer"
+            "Kommo's redirect does not name a Kommo account host (referer).", code="bad_referer"
         ) from None
 
     if params.state:
-        try:
-            state = read_state(pc.cipher, params.state, max_age_seconds=STATE_MAX_AGE_SECONDS)
-        except InvalidState:
-            raise OAuthCallbackError(
-                "This authorization link is invalid or has expired (links are valid for 10 minutes). "
-                "Start again from the connect link.",
-                code="invalid_state",
-            ) from None
-        integration = await repo.get_integration(session, state.account_id)
-        if integration is None:
-            raise OAuthCallbackError("This authorization link is not valid.", code="invalid_state")
-        if not _same(params.client_id, integration.client_id):
-            raise OAuthCallbackError(
-                "The redirect comes from a different Kommo integration.", code="client_mismatch"
-            )
-        fresh = await repo.consume_oauth_state(
-            session,
-            nonce=state.nonce,
-            account_id=state.account_id,
-            issued_after=repo.older_than(STATE_MAX_AGE_SECONDS),
-        )
-        if not fresh:
-            raise OAuthCallbackError(
-                "This authorization link was already used. Start again from the connect link.",
-                code="state_used",
-            )
+        integration = await _integration_for_state(session, pc, params)
     elif params.from_widget:
-        # Widget installs carry no state (spec §1.2): accept only an integration we know by client and account.
-        candidates = await repo.find_integrations_by_client(
-            session, (params.client_id or "").strip(), subdomain
-        )
-        if len(candidates) != 1:
-            raise OAuthCallbackError(
-                "No integration is configured for this Kommo integration and account.",
-                code="unknown_integration",
-            )
-        integration = candidates[0]
+        integration = await _integration_for_widget(session, params, host)
     else:
         raise OAuthCallbackError("Kommo's redirect carries no state.", code="missing_state")
-
     account_id = integration.account_id
-    oauth = _oauth_for(pc, integration, subdomain)
+    _count_exchange(pc, account_id)
+
+    oauth = _oauth_for(pc, integration, host.host)
     try:
         tokens = await oauth.exchange_code(params.code)
         # The code is only proof for *some* account: make sure it is the one this integration is for.
         client = KommoClient(
             pc.kommo_http,
-            base_url=pc.settings.kommo_url_for(subdomain),
+            base_url=pc.settings.kommo_url_for(host.host),
             access_token=tokens.access_token,
             limiter=pc.kommo_limiter(integration.client_id),
         )
         account = await client.get_account()
     except KommoError as exc:
         log.info("accounts.oauth_exchange_failed", account_id=account_id, error=type(exc).__name__)
-        raise OAuthCallbackError(
-            "Kommo did not accept the authorization code (it may have expired or been used). "
-            "Start again from the connect link.",
-            code="exchange_failed",
-        ) from None
+        if params.state:
+            raise OAuthCallbackError(
+                "Kommo did not accept the authorization code (it may have expired or been used). "
+                "Start again from the connect link.",
+                code="exchange_failed",
+            ) from None
+        raise _widget_install_failed() from None
     if account.id != account_id:
         raise OAuthCallbackError(
             f"The Kommo account that granted access (id {account.id}) is not account {account_id}.",
@@ -351,17 +371,88 @@ async def complete_oauth(*, session: AsyncSession, pc: ProcessContext, params: C
         refresh_token=tokens.refresh_token,
         expires_at=now + timedelta(seconds=tokens.expires_in),
     )
-    if integration.subdomain != subdomain or integration.status != "connected":
+    if integration.kommo_host != host.host or integration.status != "connected":
         integration.webhooks_registered_at = None  # a new installation: register again
-    integration.subdomain = subdomain
+    integration.subdomain = host.subdomain
+    integration.kommo_host = host.host
     integration.status = "connected"
     integration.disabled_at = None
     integration.last_error = None
     integration.last_error_at = None
     integration.updated_at = now
+    await repo.prune_oauth_states(session, older_than=repo.older_than(STATE_KEEP_SECONDS))
     await session.flush()
-    log.info("accounts.kommo_connected", account_id=account_id)
+    log.info("accounts.kommo_connected", account_id=account_id, host=host.host)
     return account_id
+
+
+async def _integration_for_state(
+    session: AsyncSession, pc: ProcessContext, params: CallbackParams
+) -> Integration:
+    """The integration a state was issued for, once the state is checked and claimed (single use)."""
+    try:
+        state = read_state(pc.cipher, params.state or "", max_age_seconds=STATE_MAX_AGE_SECONDS)
+    except InvalidState:
+        raise OAuthCallbackError(
+            "This authorization link is invalid or has expired (links are valid for 10 minutes). "
+            "Start again from the connect link.",
+            code="invalid_state",
+        ) from None
+    integration = await repo.get_integration(session, state.account_id)
+    if integration is None:
+        raise OAuthCallbackError("This authorization link is not valid.", code="invalid_state")
+    if not _same(params.client_id, integration.client_id):
+        raise OAuthCallbackError(
+            "The redirect comes from a different Kommo integration.", code="client_mismatch"
+        )
+    # Claimed in the caller's transaction: a failed exchange rolls the claim back with everything else.
+    if not await repo.claim_oauth_state(session, nonce=state.nonce, account_id=state.account_id):
+        raise OAuthCallbackError(
+            "This authorization link was already used. Start again from the connect link.",
+            code="state_used",
+        )
+    return integration
+
+
+async def _integration_for_widget(
+    session: AsyncSession, params: CallbackParams, host: AccountHost
+) -> Integration:
+    """Widget installs carry no state: accept only an integration we know by client id and account host.
+
+    Kommo ignores the answer to this redirect, so every refusal reads the same (whether an integration
+    exists for that client and account is nobody else's business).
+    """
+    known = await repo.find_integrations_by_client(session, (params.client_id or "").strip(), host.subdomain)
+    candidates = [i for i in known if i.kommo_host is None or _same_host(i.kommo_host, host)]
+    if len(candidates) != 1:
+        raise _widget_install_failed()
+    return candidates[0]
+
+
+def _same_host(stored: str, host: AccountHost) -> bool:
+    known = split_host(stored)
+    return known is not None and known.same_account(host)
+
+
+def _widget_install_failed() -> OAuthCallbackError:
+    return OAuthCallbackError(
+        "The widget installation could not connect Kommo. Open the connect link to connect the account.",
+        code="widget_install_failed",
+    )
+
+
+def _count_exchange(pc: ProcessContext, account_id: int) -> None:
+    """Count a code exchange against the account's and the process's caps; ``OAuthThrottled`` when full."""
+    wait = pc.attempts.try_acquire(
+        {
+            f"oauth-exchange:{account_id}": pc.settings.oauth_exchanges_per_account,
+            "oauth-exchange:*": pc.settings.oauth_exchanges_per_minute,
+        },
+        window=EXCHANGE_WINDOW_SECONDS,
+    )
+    if wait is not None:
+        log.warning("accounts.oauth_exchange_throttled", account_id=account_id, retry_after=round(wait, 1))
+        raise OAuthThrottled(wait)
 
 
 async def _sync_kommo_webhooks(pc: ProcessContext, account_id: int, *, only_if_missing: bool) -> bool:
@@ -378,7 +469,9 @@ async def _sync_kommo_webhooks(pc: ProcessContext, account_id: int, *, only_if_m
             return False
         try:
             client = await kommo_client_for(session, pc, account_id)
-            await client.register_webhook(kommo_webhook_url(pc, account_id, token), KOMMO_WEBHOOK_EVENTS)
+            destination = kommo_webhook_url(pc, account_id, token)
+            await client.register_webhook(destination, KOMMO_WEBHOOK_EVENTS)
+            await _drop_stale_webhooks(pc, client, account_id, keep=destination)
         except (KommoError, AccountNotReady) as exc:
             log.warning(
                 "accounts.kommo_webhooks_failed",
@@ -401,6 +494,16 @@ async def _sync_kommo_webhooks(pc: ProcessContext, account_id: int, *, only_if_m
         await session.flush()
         log.info("accounts.kommo_webhooks_registered", account_id=account_id)
         return True
+
+
+async def _drop_stale_webhooks(pc: ProcessContext, client: KommoClient, account_id: int, keep: str) -> None:
+    """Delete the account's webhooks at Kommo that point at us with a token rotated away since: they could
+    only be refused from now on. A failure leaves registration to be retried, which tries this again."""
+    ours = kommo_webhook_url(pc, account_id, "")
+    for hook in await client.list_webhooks():
+        if hook.destination.startswith(ours) and hook.destination != keep:
+            await client.delete_webhook(hook.destination)
+            log.info("accounts.kommo_stale_webhook_deleted", account_id=account_id)
 
 
 async def register_kommo_webhooks(pc: ProcessContext, account_id: int) -> bool:
@@ -529,26 +632,114 @@ async def connect_unisender(
     )
 
 
-# --- for the sync engine ------------------------------------------------------------------------------------
+async def widget_account(*, session: AsyncSession, token: str | None, account_id: int | None = None) -> int:
+    """The account a Kommo widget token (``X-Auth-Token``) was issued to, for a change to that account.
 
-
-async def verify_webhook_token(session: AsyncSession, account_id: int, token: str | None) -> Integration:
-    """The account whose webhook token this is, or 401 ``invalid_token`` (unknown account: the same answer).
-
-    The returned row has ``client_secret`` and ``webhook_token`` deferred (not loaded, not decrypted).
+    The token must verify with the client secret of the account's integration (401 ``invalid_token``
+    otherwise, also for an unknown account); it must be for ``account_id`` when one is given (403
+    ``wrong_account``) and for one of the account's administrators (403 ``not_account_admin``): whoever
+    sets the Unisender key receives every contact's address.
     """
-    integration = await repo.get_integration_public(session, account_id)
-    stored = integration.webhook_token_hash if integration is not None else None
-    if not token_matches(token, stored) or integration is None:
-        raise Unauthorized("Missing or invalid webhook token.", code="invalid_token")
-    return integration
+    lookup = account_id if account_id is not None else unverified_account_id(token or "")
+    integration = None
+    if token and lookup is not None and 0 < lookup <= MAX_ACCOUNT_ID:
+        integration = await repo.get_integration(session, lookup)
+    if integration is None or token is None:
+        raise Unauthorized("Missing or invalid widget token (X-Auth-Token).", code="invalid_token")
+    try:
+        claims = verify_widget_token(
+            token,
+            secret=integration.client_secret,
+            client_id=integration.client_id,
+            redirect_uri=integration.redirect_uri,
+        )
+    except InvalidWidgetToken as exc:
+        log.info("accounts.widget_token_refused", account_id=lookup, reason=str(exc))
+        raise Unauthorized("Missing or invalid widget token (X-Auth-Token).", code="invalid_token") from None
+    if claims.account_id != integration.account_id:
+        raise Forbidden("This widget token was issued for another Kommo account.", code="wrong_account")
+    if not claims.is_admin:
+        raise Forbidden(
+            "Only an administrator of the Kommo account can set its Unisender key.", code="not_account_admin"
+        )
+    return claims.account_id
+
+
+# --- webhook token rotation ---------------------------------------------------------------------------------
+
+
+async def rotate_webhook_token(
+    pc: ProcessContext, account_id: int, *, auth: WebhookAuth | None = None
+) -> RotatedTokenOut:
+    """Issue a new webhook token, then point Kommo's webhooks and Unisender's hook at the new URLs.
+
+    The new token is committed first, so the old one is refused from that moment: at once by ``auth`` (this
+    process's intake cache) and by other processes once their cache entry expires (5 s). Re-registration
+    follows in its own transactions; what failed is reported and recorded in ``last_error``, and Kommo's
+    webhooks are registered again by the webhook cron (which also deletes the old destination).
+    """
+    async with pc.db.session_scope() as session:
+        integration = await repo.get_integration(session, account_id, for_update=True)
+        if integration is None:
+            raise NotFound(f"No integration for account {account_id}.")
+        old = integration.webhook_token
+        new = new_webhook_token()
+        integration.webhook_token_hash = hash_token(new)
+        integration.webhook_token = new
+        integration.webhooks_registered_at = None
+        integration.updated_at = utcnow()
+        connected = integration.status == "connected"
+        has_unisender = await repo.get_esp_account(session, account_id) is not None
+    if auth is not None:
+        auth.forget(account_id)
+    log.info("accounts.webhook_token_rotated", account_id=account_id)
+    kommo = await register_kommo_webhooks(pc, account_id) if connected else None
+    unisender = await _rehook_unisender(pc, account_id, new=new, old=old) if has_unisender else None
+    return RotatedTokenOut(
+        account_id=account_id,
+        webhook_url=kommo_webhook_url(pc, account_id, new),
+        kommo_webhooks_registered=kommo,
+        unisender_hook_registered=unisender,
+    )
+
+
+async def _rehook_unisender(pc: ProcessContext, account_id: int, *, new: str, old: str | None) -> bool:
+    """Register the unsubscribe hook under the new URL and remove the old one (own transaction)."""
+    async with pc.db.session_scope() as session:
+        try:
+            client, esp = await unisender_client_for(session, pc, account_id)
+        except AppError as exc:
+            log.warning("accounts.unisender_rehook_skipped", account_id=account_id, code=exc.error_code)
+            return False
+        now = utcnow()
+        try:
+            await client.set_unsubscribe_hook(unisender_hook_url(pc, account_id, new))
+        except UnisenderError as exc:
+            log.warning("accounts.unisender_hook_failed", account_id=account_id, code=exc.code)
+            esp.hook_registered_at = None
+            esp.last_error, esp.last_error_at = _short(f"unisender_hook_not_registered: {exc}"), now
+            return False
+        esp.hook_registered_at = now
+        esp.last_error, esp.last_error_at = None, None
+        if old:
+            try:
+                await client.remove_hook(unisender_hook_url(pc, account_id, old))
+            except UnisenderError as exc:
+                # The new hook works; the old URL is refused by us, and Unisender stops a failing hook.
+                log.warning("accounts.unisender_old_hook_kept", account_id=account_id, code=exc.code)
+                esp.last_error = _short(f"unisender_old_hook_not_removed: {exc}")
+                esp.last_error_at = now
+        return True
+
+
+# --- for the sync engine ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class _KommoAccess:
     """What a Kommo client needs, read in one place (no ORM rows outlive the session that read them)."""
 
-    subdomain: str
+    host: str
     client_id: str
     access_token: str
     expires_at: datetime
@@ -560,10 +751,10 @@ async def _read_access(session: AsyncSession, account_id: int) -> _KommoAccess:
         raise NotFound(f"No integration for account {account_id}.")
     _check_kommo_status(integration)
     token = await repo.get_token(session, account_id)
-    if token is None:
+    if token is None or integration.kommo_host is None:
         raise _not_ready("kommo_not_connected", account_id)
     return _KommoAccess(
-        integration.subdomain, integration.client_id, token.access_token, _aware(token.expires_at)
+        integration.kommo_host, integration.client_id, token.access_token, _aware(token.expires_at)
     )
 
 
@@ -586,7 +777,7 @@ async def kommo_client_for(session: AsyncSession, pc: ProcessContext, account_id
         access = outcome.access
     return KommoClient(
         pc.kommo_http,
-        base_url=pc.settings.kommo_url_for(access.subdomain),
+        base_url=pc.settings.kommo_url_for(access.host),
         access_token=access.access_token,
         limiter=pc.kommo_limiter(access.client_id),
     )
@@ -631,19 +822,18 @@ async def _refresh(
             raise NotFound(f"No integration for account {account_id}.")
         _check_kommo_status(integration)
         token = await repo.get_token(session, account_id)
-        if token is None:
+        host = integration.kommo_host
+        if token is None or host is None:
             raise _not_ready("kommo_not_connected", account_id)
         now = utcnow()
         due = _aware(token.expires_at) <= now + timedelta(seconds=min_valid_seconds)
         idle = idle_before is not None and _aware(token.refreshed_at) < idle_before
-        current = _KommoAccess(
-            integration.subdomain, integration.client_id, token.access_token, _aware(token.expires_at)
-        )
+        current = _KommoAccess(host, integration.client_id, token.access_token, _aware(token.expires_at))
         if not (force or due or idle):
             TOKEN_REFRESH.labels("not_needed").inc()
             return _Refreshed(False, current)
         try:
-            tokens = await _oauth_for(pc, integration, integration.subdomain).refresh(token.refresh_token)
+            tokens = await _oauth_for(pc, integration, host).refresh(token.refresh_token)
         except KommoAuthError as exc:  # includes KommoInvalidGrant
             TOKEN_REFRESH.labels("invalid_grant").inc()
             log.warning("accounts.kommo_refresh_rejected", account_id=account_id, error=type(exc).__name__)
@@ -666,9 +856,7 @@ async def _refresh(
                 refresh_token=tokens.refresh_token,
                 expires_at=expires_at,
             )
-            current = _KommoAccess(
-                integration.subdomain, integration.client_id, tokens.access_token, expires_at
-            )
+            current = _KommoAccess(host, integration.client_id, tokens.access_token, expires_at)
             TOKEN_REFRESH.labels("refreshed").inc()
             log.info("accounts.kommo_token_refreshed", account_id=account_id, expires_in=tokens.expires_in)
     if failure is not None:
@@ -751,6 +939,7 @@ async def _views(session: AsyncSession, integrations: list[Integration]) -> list
             AccountView(
                 account_id=aid,
                 subdomain=integ.subdomain,
+                host=integ.kommo_host,
                 status=integ.status,
                 kommo=KommoView(
                     connected=connected,
@@ -778,7 +967,9 @@ async def _views(session: AsyncSession, integrations: list[Integration]) -> list
 __all__ = [
     "AccountNotReady",
     "CallbackParams",
+    "InvalidConnectLink",
     "OAuthCallbackError",
+    "OAuthThrottled",
     "complete_oauth",
     "connect_unisender",
     "connected_account_ids",
@@ -790,8 +981,9 @@ __all__ = [
     "refresh_expiring_tokens",
     "refresh_kommo_token",
     "register_kommo_webhooks",
+    "rotate_webhook_token",
     "save_integration",
     "start_oauth",
     "unisender_client_for",
-    "verify_webhook_token",
+    "widget_account",
 ]

@@ -1,4 +1,5 @@
-"""Integration setup: create/update, the Kommo OAuth dance, the Unisender key, Kommo's uninstall hook."""
+"""Integration setup: create/update, the Kommo OAuth dance, the Unisender key, token rotation, Kommo's
+uninstall hook."""
 
 from __future__ import annotations
 
@@ -8,8 +9,16 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from app.accounts import service
-from app.accounts.schemas import DisableOut, IntegrationIn, IntegrationOut, UnisenderIn, UnisenderOut
-from app.api.deps import AdminDep, ContextDep, SessionDep, require_admin
+from app.accounts.schemas import (
+    DisableOut,
+    IntegrationIn,
+    IntegrationOut,
+    RotatedTokenOut,
+    UnisenderIn,
+    UnisenderOut,
+)
+from app.api.deps import AdminDep, ContextDep, IntakeDep, SessionDep, require_admin
+from app.db.session import after_commit
 from app.errors import Unauthorized
 
 router = APIRouter(tags=["integration"])
@@ -24,10 +33,15 @@ router = APIRouter(tags=["integration"])
     summary="Create (201) or update (200) an account's Kommo integration",
 )
 async def save_integration(
-    body: IntegrationIn, response: Response, ctx: ContextDep, session: SessionDep
+    body: IntegrationIn, response: Response, ctx: ContextDep, session: SessionDep, intake: IntakeDep
 ) -> IntegrationOut:
     out, created = await service.save_integration(session=session, pc=ctx, data=body)
     response.status_code = 201 if created else 200
+
+    async def forget() -> None:  # webhooks are checked against the account's subdomain and host
+        intake.auth.forget(body.account_id)
+
+    after_commit(session, forget)
     return out
 
 
@@ -36,30 +50,41 @@ async def save_integration(
     status_code=302,
     response_class=RedirectResponse,
     responses={302: {"description": "To Kommo's consent page"}},
-    summary="Start connecting Kommo: redirects to Kommo's consent page",
+    summary="Start connecting Kommo (the signed link from POST /integration): redirects to Kommo's consent page",
 )
-async def auth(ctx: ContextDep, session: SessionDep, id: int = Query(gt=0)) -> RedirectResponse:
-    url = await service.start_oauth(session=session, pc=ctx, account_id=id)
+async def auth(
+    ctx: ContextDep,
+    session: SessionDep,
+    id: int = Query(gt=0),
+    sig: str = Query("", max_length=128, description="The link's signature, as POST /integration gave it"),
+) -> RedirectResponse:
+    url = await service.start_oauth(session=session, pc=ctx, account_id=id, sig=sig)
     return RedirectResponse(url, status_code=302)
 
 
-def _page(title: str, message: str, status_code: int) -> HTMLResponse:
+def _page(title: str, message: str, status_code: int, headers: dict[str, str] | None = None) -> HTMLResponse:
     body = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
         f"<body><h1>{html.escape(title)}</h1><p>{html.escape(message)}</p></body></html>"
     )
-    return HTMLResponse(body, status_code=status_code, headers={"Cache-Control": "no-store"})
+    return HTMLResponse(
+        body, status_code=status_code, headers={"Cache-Control": "no-store", **(headers or {})}
+    )
 
 
 @router.get(
     "/auth/callback",
     response_class=HTMLResponse,
     # The person who clicked reads a page, also when the connection is refused.
-    responses={400: {"content": {"text/html": {}}, "description": "Not connected: the page says why"}},
+    responses={
+        400: {"content": {"text/html": {}}, "description": "Not connected: the page says why"},
+        429: {"content": {"text/html": {}}, "description": "Too many attempts for the account: retry later"},
+    },
     summary="Kommo's OAuth redirect",
 )
 async def auth_callback(
     ctx: ContextDep,
+    intake: IntakeDep,
     code: str | None = None,
     state: str | None = None,
     referer: str | None = None,
@@ -81,6 +106,9 @@ async def auth_callback(
             account_id = await service.complete_oauth(session=session, pc=ctx, params=params)
     except service.OAuthCallbackError as exc:
         return _page("Kommo was not connected", exc.message, 400)
+    except service.OAuthThrottled as exc:
+        return _page("Kommo was not connected", exc.message, 429, {"Retry-After": str(exc.retry_after)})
+    intake.auth.forget(account_id)  # the redirect may have named a new host for the account's webhooks
     registered = await service.register_kommo_webhooks(ctx, account_id)
     note = "" if registered else " Contact webhooks could not be registered yet; they will be retried."
     return _page(
@@ -88,31 +116,30 @@ async def auth_callback(
     )
 
 
-async def _authorize_account(
-    request: Request, ctx: ContextDep, session: SessionDep, account_id: int, token: str | None
-) -> None:
-    """Operator bearer token, or the account's own webhook token (``?token=`` or ``X-Widget-Token``)."""
-    if request.headers.get("authorization"):
-        try:
-            await require_admin(request, ctx)
-            return
-        except Unauthorized:
-            if token is None:
-                raise
-    await service.verify_webhook_token(session, account_id, token)
-
-
 async def _account_access(
     request: Request,
     ctx: ContextDep,
     session: SessionDep,
     account_id: int,
-    token: str | None = None,
-    x_widget_token: str | None = Header(None),
+    x_auth_token: str | None = Header(
+        None,
+        description="Kommo's widget token (the widget's $authorizedAjax sends it), for that account only",
+    ),
 ) -> None:
-    # A dependency, so it runs before the body is validated: without credentials the answer is 401, never a
-    # 422 describing the body (found by the schemathesis fault test).
-    await _authorize_account(request, ctx, session, account_id, token or x_widget_token)
+    """Operator bearer token, or a Kommo widget token issued for this account's integration and account.
+
+    A dependency, so it runs before the body is validated: without credentials the answer is 401, never a
+    422 describing the body (found by the schemathesis fault test). The webhook token is not accepted: it
+    sits in URLs stored at Kommo and Unisender, and must not be able to replace the Unisender key.
+    """
+    if request.headers.get("authorization") or x_auth_token is None:
+        try:
+            await require_admin(request, ctx)
+            return
+        except Unauthorized:
+            if x_auth_token is None:
+                raise
+    await service.widget_account(session=session, token=x_auth_token, account_id=account_id)
 
 
 @router.post(
@@ -125,6 +152,17 @@ async def connect_unisender(
     account_id: int, body: UnisenderIn, ctx: ContextDep, session: SessionDep
 ) -> UnisenderOut:
     return await service.connect_unisender(session=session, pc=ctx, account_id=account_id, data=body)
+
+
+@router.post(
+    "/integration/{account_id}/rotate-token",
+    response_model=RotatedTokenOut,
+    dependencies=[AdminDep],
+    summary="Issue a new webhook token (the old one is refused at once) and re-register Kommo's and "
+    "Unisender's hooks under it",
+)
+async def rotate_token(account_id: int, ctx: ContextDep, intake: IntakeDep) -> RotatedTokenOut:
+    return await service.rotate_webhook_token(ctx, account_id, auth=intake.auth)
 
 
 @router.get("/kommo/disable", response_model=DisableOut, summary="Kommo's uninstall hook (signed)")

@@ -82,7 +82,8 @@ async def start_sync(body: SyncRequest, ctx: ContextDep, session: SessionDep) ->
         raise NotFound(f"Account {body.id} is not registered.", code="unknown_account")
     if integ.status != "connected":
         raise Unprocessable(
-            f"Account {body.id} is {integ.status}: connect Kommo first (GET /auth?id={body.id}).",
+            f"Account {body.id} is {integ.status}: connect Kommo first "
+            "(open the auth_url that POST /integration returns).",
             code="kommo_not_connected",
         )
     run, created = await fullsync.start_run(session, body.id)

@@ -65,6 +65,7 @@ class CrmWebhookBatch:
     account_id: int | None
     subdomain: str | None
     events: list[CrmContactEvent] = field(default_factory=list)
+    account_link: str | None = None  # the account's own URL as the body names it (https://acme.kommo.com)
 
 
 class CrmClient(Protocol):

@@ -28,6 +28,9 @@ class Integration(Base):
 
     account_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     subdomain: Mapped[str] = mapped_column(String(255))
+    # The account's host as Kommo's OAuth redirect named it (acme.kommo.com, acme.amocrm.ru): every Kommo call
+    # for the account goes there. None until the account is connected.
+    kommo_host: Mapped[str | None] = mapped_column(String(255))
     client_id: Mapped[str] = mapped_column(String(255))
     client_secret: Mapped[str] = mapped_column(EncryptedString())
     redirect_uri: Mapped[str] = mapped_column(Text)
@@ -81,9 +84,12 @@ class EspAccount(Base):
 
 
 class OAuthStateRow(Base):
-    """Issued OAuth ``state`` nonces: single use."""
+    """OAuth ``state`` nonces that completed a connection (single use). Only a successful code exchange
+    writes a row, so unauthenticated requests cannot grow the table; rows are pruned once their state has
+    expired anyway."""
 
     __tablename__ = "oauth_state"
+    __table_args__ = (Index("ix_oauth_state_created_at", "created_at"),)
 
     nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
     account_id: Mapped[int] = mapped_column(BigInteger)

@@ -1,4 +1,4 @@
-"""Per-account webhook tokens and signed, expiring OAuth ``state`` values."""
+"""Per-account webhook tokens, signed connect links and signed, expiring OAuth ``state`` values."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from app.security.crypto import Cipher, DecryptionError
@@ -27,6 +28,30 @@ def token_matches(candidate: str | None, stored_hash: str | None) -> bool:
         hmac.compare_digest(hash_token(candidate or ""), "0" * 64)
         return False
     return hmac.compare_digest(hash_token(candidate), stored_hash)
+
+
+_LINK_PURPOSE = b"contactsync connect link v1"
+
+
+def _link_mac(key: bytes, account_id: int) -> str:
+    # A key of its own, derived from the encryption key, so a MAC never doubles as anything else.
+    link_key = hmac.new(key, _LINK_PURPOSE, hashlib.sha256).digest()
+    return hmac.new(link_key, str(account_id).encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def sign_connect_link(keys: Sequence[bytes], account_id: int) -> str:
+    """The ``sig`` of an account's connect link (``/auth?id=…&sig=…``), made with the first key."""
+    return _link_mac(keys[0], account_id)
+
+
+def connect_link_valid(keys: Sequence[bytes], account_id: int, sig: str | None) -> bool:
+    """True when ``sig`` was made by any configured key (links survive a key rotation). Every key is tried,
+    so a wrong signature costs the same whatever the account."""
+    presented = (sig or "").encode()
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(presented, _link_mac(key, account_id).encode())
+    return ok
 
 
 @dataclass(frozen=True, slots=True)

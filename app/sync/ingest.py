@@ -122,7 +122,7 @@ class WebhookIntake:
     async def accept_kommo(self, account_id: int, token: str | None, body: bytes) -> bool:
         """Verify, parse-check and store a Kommo body; True when new. Its INSERT is the whole unit of work."""
         db = self.pc.db
-        await self.auth.verify(db, account_id, token)
+        identity = await self.auth.verify(db, account_id, token)
         _refuse_nul(body)
         try:
             batch = parse_webhook(body)
@@ -134,6 +134,11 @@ class WebhookIntake:
             raise BadRequest(
                 "account[id] in the body does not match the URL's account", code="account_mismatch"
             )
+        try:
+            identity.check_account(batch)
+        except BadRequest:
+            metrics.WEBHOOKS.labels("kommo", "wrong_account").inc()
+            raise
         has_deletions = any(e.contact is None for e in batch.events)
         dedupe_key = _dedupe_key("kommo", account_id, body, unique=has_deletions)
         text = body.decode("utf-8", errors="replace")

@@ -20,6 +20,7 @@ class Installed:
     client_secret: str
     webhook_url: str
     auth_url: str
+    redirect_uri: str
 
     @property
     def webhook_token(self) -> str:
@@ -38,11 +39,17 @@ def integration_body(**overrides: Any) -> dict[str, Any]:
     return body
 
 
-async def install(stack: Stack, *, account_id: int = 32720107, subdomain: str = "acme") -> Installed:
-    """Create the account and integration in the Kommo sandbox and the integration in the service."""
+async def install(
+    stack: Stack, *, account_id: int = 32720107, subdomain: str = "acme", create_account: bool = True
+) -> Installed:
+    """Create the account (unless ``create_account`` is False: the test made it) and integration in the Kommo
+    sandbox and the integration in the service."""
     api_url = str(stack.api.base_url).rstrip("/")
-    r = await stack.kommo.post("/_sandbox/accounts", json={"subdomain": subdomain, "id": account_id})
-    assert r.status_code == 201, r.text
+    if create_account:
+        r = await stack.kommo.post("/_sandbox/accounts", json={"subdomain": subdomain, "id": account_id})
+        assert r.status_code == 201, r.text
+    else:
+        account_id = stack.kommo_app.state.kommo.accounts[subdomain].id
     r = await stack.kommo.post(
         "/_sandbox/integrations",
         json={"redirect_uri": f"{api_url}/auth/callback", "disable_hook_url": f"{api_url}/kommo/disable"},
@@ -69,12 +76,13 @@ async def install(stack: Stack, *, account_id: int = 32720107, subdomain: str = 
         client_secret=integ["client_secret"],
         webhook_url=out["webhook_url"],
         auth_url=out["auth_url"],
+        redirect_uri=integ["redirect_uri"],
     )
 
 
-async def start_auth(stack: Stack, account_id: int) -> str:
-    """GET /auth?id= and return the state from Kommo's consent URL it redirects to."""
-    r = await stack.api.get("/auth", params={"id": account_id})
+async def start_auth(stack: Stack, inst: Installed) -> str:
+    """Follow the signed connect link (GET /auth?id=&sig=) and return the state from Kommo's consent URL."""
+    r = await stack.api.get(inst.auth_url.removeprefix(stack.settings.public_url))
     assert r.status_code == 302, r.text
     location = r.headers["location"]
     assert location.startswith(stack.settings.kommo_auth_url)
@@ -101,7 +109,7 @@ async def follow(stack: Stack, redirect_url: str) -> httpx.Response:
 async def connect(stack: Stack, **kwargs: Any) -> Installed:
     """install() then the whole OAuth dance; asserts the callback said connected."""
     inst = await install(stack, **kwargs)
-    state = await start_auth(stack, inst.account_id)
+    state = await start_auth(stack, inst)
     r = await follow(stack, await consent(stack, inst, state))
     assert r.status_code == 200, r.text
     return inst

@@ -17,7 +17,7 @@ async def test_create_then_update_keeps_token_and_hides_secret(stack: Stack) -> 
     assert set(created) == {"account_id", "status", "auth_url", "webhook_url"}
     assert created["status"] == "pending"
     public = stack.settings.public_url
-    assert created["auth_url"] == f"{public}/auth?id={body['account_id']}"
+    assert created["auth_url"].startswith(f"{public}/auth?id={body['account_id']}&sig=")
     assert created["webhook_url"].startswith(f"{public}/webhooks/kommo/{body['account_id']}?token=")
     assert body["client_secret"] not in r.text
     token = created["webhook_url"].split("token=", 1)[1]
@@ -159,6 +159,7 @@ async def test_accounts_views(stack: Stack) -> None:
     assert set(v) == {
         "account_id",
         "subdomain",
+        "host",
         "status",
         "kommo",
         "unisender",
@@ -171,6 +172,7 @@ async def test_accounts_views(stack: Stack) -> None:
     }
     assert v["status"] == "connected"
     assert v["subdomain"] == "beta"
+    assert (v["host"], p["host"]) == ("beta.kommo.com", None)  # the redirect's referer; unknown before it
     assert v["kommo"]["connected"] is True
     assert v["kommo"]["webhooks_registered"] is True
     assert v["kommo"]["token_expires_at"] is not None

@@ -29,15 +29,20 @@ async def _status(stack: Stack, account_id: int) -> str:
     return str(rows[0]["status"])
 
 
+def _nonce(secret_keys: str, state: str) -> str:
+    blob = Fernet(secret_keys.split(",")[0].encode()).decrypt(state.encode())
+    return str(json.loads(blob)["n"])
+
+
 async def test_full_dance_connects_stores_encrypted_tokens_and_registers_webhooks(stack: Stack) -> None:
     inst = await install(stack)
-    r = await stack.api.get("/auth", params={"id": inst.account_id})
+    r = await stack.api.get(inst.auth_url.removeprefix(stack.settings.public_url))
     assert r.status_code == 302
     location = urlsplit(r.headers["location"])
     query = parse_qs(location.query)
     assert query["client_id"] == [inst.client_id]
     state = query["state"][0]
-    assert [used for _, used in await _state_rows(stack)] == [False]
+    assert await _state_rows(stack) == []  # the public /auth writes nothing; the state is self-contained
 
     redirect = await consent(stack, inst, state)
     r = await follow(stack, redirect)
@@ -71,7 +76,7 @@ async def test_full_dance_connects_stores_encrypted_tokens_and_registers_webhook
 
 async def test_replayed_state_is_refused_and_changes_nothing(stack: Stack) -> None:
     inst = await install(stack)
-    state = await start_auth(stack, inst.account_id)
+    state = await start_auth(stack, inst)
     redirect = await consent(stack, inst, state)
     assert (await follow(stack, redirect)).status_code == 200
     before = await _token_rows(stack)
@@ -87,11 +92,11 @@ async def test_replayed_state_is_refused_and_changes_nothing(stack: Stack) -> No
     assert (await kommo_stats(stack))["grants"] == grants_before  # no code was exchanged
 
 
-async def test_forged_state_is_refused_and_nothing_is_consumed(stack: Stack) -> None:
+async def test_forged_state_is_refused_and_nothing_is_consumed(stack: Stack, secret_keys: str) -> None:
     inst = await install(stack)
-    state = await start_auth(stack, inst.account_id)
+    state = await start_auth(stack, inst)
     # A tampered copy of a real state, and a state made with another key for the same account and nonce.
-    nonce = (await _state_rows(stack))[0][0]
+    nonce = _nonce(secret_keys, state)
     other_key = Fernet(Fernet.generate_key())
     forged = other_key.encrypt(json.dumps({"a": inst.account_id, "n": nonce}).encode()).decode()
     tampered = state[:-4] + ("AAAA" if not state.endswith("AAAA") else "BBBB")
@@ -100,27 +105,27 @@ async def test_forged_state_is_refused_and_nothing_is_consumed(stack: Stack) -> 
         assert r.status_code == 400, bad
         assert "invalid or has expired" in r.text
     assert await _token_rows(stack) == []
-    assert await _state_rows(stack) == [(nonce, False)]
+    assert await _state_rows(stack) == []
     assert await _status(stack, inst.account_id) == "pending"
-    # The genuine state still works afterwards.
+    # The genuine state still works afterwards, and is then spent.
     assert (await follow(stack, await consent(stack, inst, state))).status_code == 200
+    assert await _state_rows(stack) == [(nonce, True)]
 
 
 async def test_expired_state_is_refused(stack: Stack, secret_keys: str) -> None:
     inst = await install(stack)
-    await start_auth(stack, inst.account_id)
-    nonce = (await _state_rows(stack))[0][0]
+    nonce = _nonce(secret_keys, await start_auth(stack, inst))
     blob = json.dumps({"a": inst.account_id, "n": nonce}, separators=(",", ":")).encode()
     old = Fernet(secret_keys.split(",")[0].encode()).encrypt_at_time(blob, int(time.time()) - 601).decode()
     r = await follow(stack, await consent(stack, inst, old))
     assert r.status_code == 400
     assert await _token_rows(stack) == []
-    assert await _state_rows(stack) == [(nonce, False)]
+    assert await _state_rows(stack) == []
 
 
 async def test_denied_consent_is_a_400_page(stack: Stack) -> None:
     inst = await install(stack)
-    state = await start_auth(stack, inst.account_id)
+    state = await start_auth(stack, inst)
     r = await follow(stack, await consent(stack, inst, state, deny=True))
     assert r.status_code == 400
     assert "declined" in r.text
@@ -130,7 +135,7 @@ async def test_denied_consent_is_a_400_page(stack: Stack) -> None:
 
 async def test_failed_exchange_or_wrong_client_stores_nothing(stack: Stack) -> None:
     inst = await install(stack)
-    state = await start_auth(stack, inst.account_id)
+    state = await start_auth(stack, inst)
     redirect = await consent(stack, inst, state)
     parts = urlsplit(redirect)
     query = {k: v[0] for k, v in parse_qs(parts.query).items()}
@@ -147,14 +152,14 @@ async def test_failed_exchange_or_wrong_client_stores_nothing(stack: Stack) -> N
     assert r.status_code == 400
     assert await _token_rows(stack) == []
     # Nothing was consumed: the genuine redirect still completes.
-    assert [used for _, used in await _state_rows(stack)] == [False]
+    assert await _state_rows(stack) == []
     assert (await follow(stack, redirect)).status_code == 200
 
 
 async def test_code_for_another_account_is_refused(stack: Stack) -> None:
     inst = await install(stack)
     await stack.kommo.post("/_sandbox/accounts", json={"subdomain": "other", "id": 999})
-    state = await start_auth(stack, inst.account_id)
+    state = await start_auth(stack, inst)
     r = await stack.kommo.post(
         "/_sandbox/authorize", json={"client_id": inst.client_id, "subdomain": "other", "state": state}
     )
@@ -162,15 +167,6 @@ async def test_code_for_another_account_is_refused(stack: Stack) -> None:
     assert resp.status_code == 400
     assert "not account" in resp.text
     assert await _token_rows(stack) == []
-
-
-async def test_auth_unknown_account_is_404_envelope(stack: Stack) -> None:
-    r = await stack.api.get("/auth", params={"id": 424242})
-    assert r.status_code == 404
-    assert r.json()["error"] == "not_found"
-    r = await stack.api.get("/auth", params={"id": "x"})
-    assert r.status_code == 422
-    assert r.json()["error"] == "validation_error"
 
 
 async def test_widget_install_without_state(stack: Stack) -> None:

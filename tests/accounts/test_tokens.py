@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from app.accounts import service
 from app.accounts.service import AccountNotReady
+from app.accounts.webhook_auth import WebhookAuth
 from app.connectors.kommo import KommoClient
 from app.context import ProcessContext, build_context
 from app.errors import Unauthorized
@@ -174,7 +175,7 @@ async def test_revoked_refresh_token_means_needs_reauth(stack: Stack) -> None:
     # Re-authorising fixes it.
     from tests.accounts.conftest import consent, follow, start_auth
 
-    state = await start_auth(stack, inst.account_id)
+    state = await start_auth(stack, inst)
     assert (await follow(stack, await consent(stack, inst, state))).status_code == 200
     rows = await raw_sql(
         url, "SELECT status, last_error FROM integration WHERE account_id = $1", inst.account_id
@@ -212,10 +213,10 @@ async def test_unisender_client_for(stack: Stack) -> None:
 
 async def test_verify_webhook_token(stack: Stack) -> None:
     inst = await connect(stack)
-    async with worker_context(stack) as pc, pc.db.session_scope() as session:
-        integ = await service.verify_webhook_token(session, inst.account_id, inst.webhook_token)
-        assert integ.account_id == inst.account_id
-        assert integ.status == "connected"
+    async with worker_context(stack) as pc:
+        auth = WebhookAuth()
+        identity = await auth.verify(pc.db, inst.account_id, inst.webhook_token)
+        assert (identity.subdomain, identity.host) == (inst.subdomain, f"{inst.subdomain}.kommo.com")
         for account_id, token in (
             (inst.account_id, None),
             (inst.account_id, ""),
@@ -223,7 +224,7 @@ async def test_verify_webhook_token(stack: Stack) -> None:
             (inst.account_id + 1, inst.webhook_token),
         ):
             with pytest.raises(Unauthorized) as caught:
-                await service.verify_webhook_token(session, account_id, token)
+                await auth.verify(pc.db, account_id, token)
             assert caught.value.error_code == "invalid_token"
 
 
@@ -238,7 +239,7 @@ async def test_failed_webhook_registration_is_recorded_and_ensure_repairs_it(sta
     from tests.accounts.conftest import consent, follow, install, start_auth
 
     inst = await install(stack)
-    state = await start_auth(stack, inst.account_id)
+    state = await start_auth(stack, inst)
     redirect = await consent(stack, inst, state)
     # One API call per second for this integration: the account check passes, the webhook POST gets a 429.
     assert (await stack.kommo.patch("/_sandbox/config", json={"rate_limit_rps": 1})).status_code == 200

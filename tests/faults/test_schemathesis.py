@@ -44,12 +44,14 @@ from tests.support.e2e import Account, connect_account
 
 pytestmark = pytest.mark.slow
 
-# Reachable without the admin token by design: Kommo's redirect and uninstall hook, the OAuth start link and
-# the probes. Everything else in the document is an operator endpoint.
+# Reachable without the admin token by design: Kommo's redirect and uninstall hook, the OAuth start link (its
+# own signature), the widget's key endpoint (Kommo's widget token) and the probes. Everything else in the
+# document is an operator endpoint.
 PUBLIC = {
     ("GET", "/auth"),
     ("GET", "/auth/callback"),
     ("GET", "/kommo/disable"),
+    ("POST", "/widget/key"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
 }

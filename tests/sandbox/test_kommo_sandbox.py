@@ -989,3 +989,158 @@ async def test_user_fields_have_no_code(sandbox: Sandbox, receiver: Receiver) ->
     form = dict(receiver.forms()[0])
     assert form["contacts[add][0][custom_fields][0][values][0][value]"] == "Recife"
     assert "contacts[add][0][custom_fields][0][code]" not in form
+
+
+# --- account hosts (§12), the widget-install redirect and the widget token (§13.6) ---------------------------------
+
+
+async def test_amocrm_ru_account_lives_on_its_own_host_only(sandbox: Sandbox, receiver: Receiver) -> None:
+    integ = await sandbox.control("POST", "/integrations", {"redirect_uri": REDIRECT}, 201)
+    ru = await sandbox.control("POST", "/accounts", {"subdomain": "etesttask", "domain": "amocrm.ru"}, 201)
+    await sandbox.control("POST", "/accounts", {"subdomain": "acme"}, 201)
+    assert ru["host"] == "etesttask.amocrm.ru"
+    await sandbox.control("POST", "/accounts", {"subdomain": "x", "domain": "evil.com"}, 400)
+
+    granted = await sandbox.control(
+        "POST", "/authorize", {"client_id": integ["client_id"], "subdomain": "etesttask"}
+    )
+    q = parse_qs(urlsplit(granted["redirect_url"]).query)
+    assert (q["referer"], q["platform"]) == (["etesttask.amocrm.ru"], ["1"])
+    kommo = await sandbox.control(
+        "POST", "/authorize", {"client_id": integ["client_id"], "subdomain": "acme"}
+    )
+    q_kommo = parse_qs(urlsplit(kommo["redirect_url"]).query)
+    assert (q_kommo["referer"], q_kommo["platform"]) == (["acme.kommo.com"], ["2"])
+
+    # The token endpoint and the API answer for the account only under its own host.
+    for wrong in ("etesttask", "etesttask.kommo.com", "etesttask.amocrm.com"):
+        resp = await exchange_code(sandbox, wrong, integ, granted["code"])
+        assert resp.status_code == 404, wrong
+        assert (
+            resp.json()["detail"]
+            == f"Cannot POST https://{wrong.split('.')[0]}.{wrong.partition('.')[2] or 'kommo.com'}/oauth2/access_token"
+        )
+    resp = await exchange_code(sandbox, "etesttask.amocrm.ru", integ, granted["code"])
+    assert resp.status_code == 200, resp.text
+    assert jwt_claims(resp.json()["access_token"])["base_domain"] == "amocrm.ru"
+    auth = {"Authorization": f"Bearer {resp.json()['access_token']}"}
+    me = await sandbox.http.get("/etesttask.amocrm.ru/api/v4/account", headers=auth)
+    assert (me.status_code, me.json()["id"]) == (200, ru["id"])
+    other = await sandbox.http.get("/etesttask.kommo.com/api/v4/account", headers=auth)
+    assert_problem(
+        other,
+        404,
+        {
+            "title": "Not Found",
+            "type": "https://httpstatus.es/404",
+            "status": 404,
+            "detail": "Cannot GET https://etesttask.kommo.com/api/v4/account",
+        },
+    )
+    stats = await sandbox.control("GET", "/stats")
+    assert stats["by_host"]["etesttask.amocrm.ru"] == {
+        "POST /oauth2/access_token": 1,
+        "GET /api/v4/account": 1,
+    }
+    assert stats["by_account"]["etesttask"]["GET /api/v4/account"] == 2
+
+    # A Kommo account answers under kommo.com, its former name amocrm.com and the short form; not amocrm.ru.
+    inst = await install(sandbox, "acme")
+    for segment, status in (
+        ("acme", 200),
+        ("acme.kommo.com", 200),
+        ("acme.amocrm.com", 200),
+        ("acme.amocrm.ru", 404),
+    ):
+        resp = await sandbox.http.get(f"/{segment}/api/v4/account", headers=inst.auth)
+        assert resp.status_code == status, segment
+
+    # Deliveries name the account's host.
+    resp = await sandbox.http.post(
+        "/etesttask.amocrm.ru/api/v4/webhooks",
+        headers=auth,
+        json={"destination": receiver.url, "settings": ["add_contact"], "sort": 10},
+    )
+    assert resp.status_code == 200, resp.text
+    created = await sandbox.http.post(
+        "/etesttask.amocrm.ru/api/v4/contacts", headers=auth, json=[{"name": "Ann"}]
+    )
+    assert created.status_code == 200
+    assert created.json()["_links"]["self"]["href"].endswith("/etesttask.amocrm.ru/api/v4/contacts")
+    await drain(sandbox)
+    form = dict(receiver.forms()[0])
+    assert (form["account[subdomain]"], form["account[_links][self]"]) == (
+        "etesttask",
+        "https://etesttask.amocrm.ru",
+    )
+
+
+async def test_install_widget_sends_the_stateless_redirect_once(sandbox: Sandbox, receiver: Receiver) -> None:
+    integ = await sandbox.control("POST", "/integrations", {"redirect_uri": receiver.url}, 201)
+    await sandbox.control("POST", "/accounts", {"subdomain": "etesttask", "domain": "amocrm.ru"}, 201)
+    sent = await sandbox.control(
+        "POST", "/install_widget", {"client_id": integ["client_id"], "subdomain": "etesttask"}
+    )
+    assert sent["status"] == 200
+    assert sent["error"] is None
+    assert len(receiver.requests) == 1
+    method_query, _headers, _body = receiver.requests[0]
+    method, _, query = method_query.partition(" ")
+    assert method == "GET"
+    assert parse_qsl(query) == [
+        ("code", sent["code"]),
+        ("referer", "etesttask.amocrm.ru"),
+        ("platform", "1"),
+        ("client_id", integ["client_id"]),
+        ("from_widget", "1"),
+    ]
+    # A failing receiver is not retried: Kommo sends it once and ignores the answer.
+    receiver.fail_next = 1
+    sent = await sandbox.control(
+        "POST", "/install_widget", {"client_id": integ["client_id"], "subdomain": "etesttask"}
+    )
+    assert sent["status"] == 500
+    assert len(receiver.requests) == 2
+
+
+async def test_widget_token_is_hs256_with_the_client_secret(sandbox: Sandbox) -> None:
+    integ = await sandbox.control(
+        "POST", "/integrations", {"redirect_uri": "https://sync.example.com:8443/auth/callback"}, 201
+    )
+    acct = await sandbox.control("POST", "/accounts", {"subdomain": "acme"}, 201)
+    out = await sandbox.control(
+        "POST", "/widget_token", {"client_id": integ["client_id"], "subdomain": "acme"}
+    )
+    header_b64, claims_b64, sig_b64 = out["token"].split(".")
+    header = json.loads(base64.urlsafe_b64decode(header_b64 + "=" * (-len(header_b64) % 4)))
+    assert header == {"typ": "JWT", "alg": "HS256"}
+    expected = hmac.new(
+        integ["client_secret"].encode(), f"{header_b64}.{claims_b64}".encode(), hashlib.sha256
+    )
+    assert base64.urlsafe_b64decode(sig_b64 + "=" * (-len(sig_b64) % 4)) == expected.digest()
+    claims = jwt_claims(out["token"])
+    assert claims == out["claims"]
+    assert claims["aud"] == "https://sync.example.com"  # scheme://host of the redirect URI
+    assert claims["iss"] == "https://acme.kommo.com"
+    assert (claims["account_id"], claims["subdomain"], claims["client_uuid"]) == (
+        acct["id"],
+        "acme",
+        integ["client_id"],
+    )
+    assert claims["exp"] - claims["iat"] == 1800
+    assert claims["is_admin"] is True
+    # Bad tokens on demand.
+    bad = await sandbox.control(
+        "POST",
+        "/widget_token",
+        {"client_id": integ["client_id"], "subdomain": "acme", "claims": {"aud": "x"}, "alg": "none"},
+    )
+    assert bad["token"].endswith(".")
+    assert jwt_claims_unsigned(bad["token"])["aud"] == "x"
+    await sandbox.control("POST", "/widget_token", {"client_id": "nope", "subdomain": "acme"}, 404)
+
+
+def jwt_claims_unsigned(token: str) -> dict[str, Any]:
+    claims = token.split(".")[1]
+    decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))
+    return decoded

@@ -24,14 +24,19 @@ class Account:
 
 
 async def connect_account(
-    stack: Stack, *, subdomain: str = "acme", seed: int = 0, contacts: int = 0, api_key: str | None = None
+    stack: Stack,
+    *,
+    subdomain: str = "acme",
+    seed: int = 0,
+    contacts: int = 0,
+    api_key: str | None = None,
+    domain: str | None = None,
 ) -> Account:
-    """Create a Kommo account (optionally seeded), register the integration, do OAuth, connect Unisender
-    (with a new Unisender account, whose key is ``api_key`` when given)."""
+    """Create a Kommo account (optionally seeded; on ``domain``, default kommo.com), register the integration,
+    do OAuth, connect Unisender (with a new Unisender account, whose key is ``api_key`` when given)."""
     k, api = stack.kommo, stack.api
-    acc = (
-        await k.post("/_sandbox/accounts", json={"subdomain": subdomain, "name": subdomain.title()})
-    ).json()
+    body = {"subdomain": subdomain, "name": subdomain.title()} | ({"domain": domain} if domain else {})
+    acc = (await k.post("/_sandbox/accounts", json=body)).json()
     if contacts:
         r = await k.post(f"/_sandbox/accounts/{subdomain}/seed", json={"count": contacts, "seed": seed})
         assert r.status_code in (200, 201), r.text
@@ -50,7 +55,7 @@ async def connect_account(
     )
     assert r.status_code == 201, r.text
     webhook_token = parse_qs(urlsplit(r.json()["webhook_url"]).query)["token"][0]
-    r = await api.get("/auth", params={"id": acc["id"]}, follow_redirects=False)
+    r = await api.get(r.json()["auth_url"].replace(stack.settings.public_url, ""), follow_redirects=False)
     assert r.status_code == 302, r.text
     state = parse_qs(urlsplit(r.headers["location"]).query)["state"][0]
     grant = (

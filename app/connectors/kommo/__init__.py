@@ -16,16 +16,25 @@ from app.connectors.kommo.exceptions import (
     KommoWebhookParseError,
     from_response,
 )
+from app.connectors.kommo.hosts import (
+    KOMMO_DOMAINS,
+    AccountHost,
+    host_of_link,
+    parse_account_host,
+    split_host,
+)
 from app.connectors.kommo.oauth import (
     KommoOAuth,
+    authorize_url,
     disable_signature,
-    subdomain_from_referer,
     verify_disable_signature,
 )
 from app.connectors.kommo.schemas import KommoAccount, KommoContact, KommoWebhook
 from app.connectors.kommo.webhooks import parse_webhook
 
 __all__ = [
+    "KOMMO_DOMAINS",
+    "AccountHost",
     "KommoAccount",
     "KommoAuthError",
     "KommoClient",
@@ -43,9 +52,12 @@ __all__ = [
     "KommoValidationIssue",
     "KommoWebhook",
     "KommoWebhookParseError",
+    "authorize_url",
     "disable_signature",
     "from_response",
+    "host_of_link",
+    "parse_account_host",
     "parse_webhook",
-    "subdomain_from_referer",
+    "split_host",
     "verify_disable_signature",
 ]

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import httpx
 import pydantic
@@ -16,16 +14,19 @@ import structlog
 from app.connectors.base import CrmOAuth, OAuthTokens
 from app.connectors.kommo.exceptions import KommoError, KommoTransientError, from_response
 from app.connectors.kommo.schemas import KommoTokenResponse
+from app.connectors.ratelimit import RateLimiter
 
 log = structlog.get_logger(__name__)
 
 TOKEN_PATH = "/oauth2/access_token"
-KOMMO_DOMAINS: tuple[str, ...] = ("kommo.com", "amocrm.com", "amocrm.ru")
-_SUBDOMAIN_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
 class KommoOAuth:
-    """The authorization-code flow of one Kommo integration against one account's base URL."""
+    """The authorization-code flow of one Kommo integration against one account's base URL.
+
+    With a ``limiter``, every token call waits for it first: token calls count against the integration's
+    Kommo budget like API calls.
+    """
 
     def __init__(
         self,
@@ -36,8 +37,10 @@ class KommoOAuth:
         client_id: str,
         client_secret: str,
         redirect_uri: str,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._http = http
+        self._limiter = limiter
         self._auth_url = auth_url
         self._token_url = base_url.rstrip("/") + TOKEN_PATH
         self._client_id = client_id
@@ -46,9 +49,7 @@ class KommoOAuth:
 
     def authorize_url(self, state: str) -> str:
         """Where to send the user to grant access (``mode=post_message``: the redirect opens in the popup)."""
-        query = urlencode({"client_id": self._client_id, "state": state, "mode": "post_message"})
-        separator = "&" if "?" in self._auth_url else "?"
-        return f"{self._auth_url}{separator}{query}"
+        return authorize_url(self._auth_url, client_id=self._client_id, state=state)
 
     async def exchange_code(self, code: str) -> OAuthTokens:
         """Trade an authorization code (single use, 20 min) for a token pair."""
@@ -65,8 +66,10 @@ class KommoOAuth:
             **grant,
             "redirect_uri": self._redirect_uri,
         }
+        if self._limiter is not None:
+            await self._limiter.acquire()
         try:
-            # JSON, the body shape of Kommo's token-endpoint docs (spec §1.3).
+            # JSON, the body shape of Kommo's token-endpoint docs.
             response = await self._http.post(
                 self._token_url, json=body, headers={"Accept": "application/json"}
             )
@@ -96,6 +99,13 @@ class KommoOAuth:
         return parsed.to_tokens()
 
 
+def authorize_url(auth_url: str, *, client_id: str, state: str) -> str:
+    """Kommo's consent page for the integration ``client_id``, carrying ``state`` back to the redirect."""
+    query = urlencode({"client_id": client_id, "state": state, "mode": "post_message"})
+    separator = "&" if "?" in auth_url else "?"
+    return f"{auth_url}{separator}{query}"
+
+
 def disable_signature(account_id: int | str, *, client_id: str, client_secret: str) -> str:
     """Hex HMAC-SHA256 of ``{client_id}|{account_id}`` keyed by ``client_secret`` (the disable hook)."""
     message = f"{client_id}|{account_id}".encode()
@@ -112,24 +122,6 @@ def verify_disable_signature(
     uuid_ok = hmac.compare_digest(client_uuid.strip().lower().encode(), client_id.strip().lower().encode())
     signature_ok = hmac.compare_digest(signature.strip().lower().encode(), expected.encode())
     return uuid_ok and signature_ok
-
-
-def subdomain_from_referer(referer: str, *, domains: Sequence[str] = KOMMO_DOMAINS) -> str:
-    """``acme.kommo.com`` → ``acme``; raise ``ValueError`` unless it is one account host on a Kommo domain.
-
-    The referer comes from a query string anyone can forge, so it is never used as a host: callers build the
-    base URL from the returned subdomain and their own template.
-    """
-    raw = referer.strip()
-    host = urlsplit(raw).hostname if "://" in raw else raw.split("/", 1)[0].split(":", 1)[0]
-    host = (host or "").lower().rstrip(".")
-    for domain in domains:
-        suffix = "." + domain.lower()
-        if host.endswith(suffix):
-            subdomain = host[: -len(suffix)]
-            if _SUBDOMAIN_RE.fullmatch(subdomain) and subdomain != "www":
-                return subdomain
-    raise ValueError("referer is not a Kommo account host")
 
 
 if TYPE_CHECKING:

@@ -292,10 +292,14 @@ def parse_webhook(body: bytes | str | Iterable[tuple[str, str]]) -> CrmWebhookBa
 
     account_id: int | None = None
     subdomain: str | None = None
+    account_link: str | None = None
     account = _group(tree.get("account"), "account")
     if account is not None:
         account_id = _optional_int(account, "id", "account")
         subdomain = _leaf(account, "subdomain", "account") or None
+        links = _group(account.get("_links"), "account[_links]")
+        if links is not None:
+            account_link = _leaf(links, "self", "account[_links]") or None
 
     events: list[CrmContactEvent] = []
     contacts = _group(tree.get("contacts"), "contacts")
@@ -316,4 +320,6 @@ def parse_webhook(body: bytes | str | Iterable[tuple[str, str]]) -> CrmWebhookBa
             event = _event(action, item, item_what)
             if event is not None:
                 events.append(event)
-    return CrmWebhookBatch(account_id=account_id, subdomain=subdomain, events=events)
+    return CrmWebhookBatch(
+        account_id=account_id, subdomain=subdomain, events=events, account_link=account_link
+    )

@@ -8,16 +8,21 @@ Usage::
     app = create_kommo_sandbox(KommoSandboxConfig(webhook_retry_delays=(0.05,)))
     state = app.state.kommo          # KommoSandboxState: call its methods directly in-process
     async with serve_in_background(app) as url:   # app.serving
-        KOMMO_BASE_URL = url + "/{subdomain}"
+        KOMMO_BASE_URL = url + "/{host}"
 
 Hosts
 -----
-Real Kommo serves each account on its own host, ``https://{subdomain}.kommo.com``; the sandbox serves one
-account per path prefix instead: ``https://acme.kommo.com/api/v4/contacts`` is ``{sandbox}/acme/api/v4/contacts``
-and the token endpoint is ``{sandbox}/acme/oauth2/access_token``. So ``KOMMO_BASE_URL`` =
-``http://127.0.0.1:PORT/{subdomain}``. ``www.kommo.com/oauth`` (consent) is ``{sandbox}/oauth``. HAL links
-(``_links.self/next/prev``) point at the sandbox so a client can follow them; the webhook ``account[_links][self]``
-and the OAuth ``referer`` keep the real form (``{subdomain}.kommo.com``).
+Real Kommo serves each account on its own host: ``{sub}.kommo.com`` (Kommo; also under its former name
+``{sub}.amocrm.com``) or ``{sub}.amocrm.ru`` (amoCRM, a separate platform) (§12). The sandbox serves each account
+under a path prefix naming its host instead: ``https://acme.kommo.com/api/v4/contacts`` is
+``{sandbox}/acme.kommo.com/api/v4/contacts`` and the token endpoint ``{sandbox}/acme.kommo.com/oauth2/access_token``.
+So ``KOMMO_BASE_URL`` = ``http://127.0.0.1:PORT/{host}``. An account answers only under its own platform's hosts:
+one created with ``domain: "amocrm.ru"`` is reachable as ``/acme.amocrm.ru/...`` and nowhere else (404 otherwise),
+a Kommo one as ``/acme.kommo.com/...`` and ``/acme.amocrm.com/...``. The short form ``/acme/...`` means
+``acme.{base_domain}`` (kept for older setups). Subdomains are unique across platforms in the sandbox.
+``www.kommo.com/oauth`` (consent) is ``{sandbox}/oauth``. HAL links (``_links.self/next/prev``) point at the
+sandbox so a client can follow them; the webhook ``account[_links][self]`` and the OAuth ``referer`` keep the
+real form (``https://{host}``, ``{host}``).
 
 Kommo API (every success ``application/hal+json``, every error ``application/problem+json`` with the bodies of
 §5; every response carries ``X-Request-Id``)
@@ -92,11 +97,21 @@ Control API (JSON; no auth; errors ``{"error": message}`` with 400/404/409)
 - ``POST /_sandbox/integrations`` ``{redirect_uri, client_id?, client_secret?, disable_hook_url?, name?}`` → 201
   ``{client_id, client_secret, redirect_uri, disable_hook_url, name}`` (client_id a UUID unless given).
   ``GET /_sandbox/integrations``.
-- ``POST /_sandbox/accounts`` ``{subdomain, name?, id?}`` → 201 ``{id, subdomain, name, contacts, deleted_contacts}``.
+- ``POST /_sandbox/accounts`` ``{subdomain, name?, id?, domain?}`` (domain ``kommo.com`` (default: base_domain),
+  ``amocrm.ru`` or ``amocrm.com``) → 201 ``{id, subdomain, host, name, contacts, deleted_contacts}``.
   ``GET /_sandbox/accounts``.
 - ``POST /_sandbox/authorize`` ``{client_id, subdomain, state?, deny?}`` → ``{redirect_url, code}``: the redirect the
-  consent page's Allow (or Deny) button produces: ``{redirect_uri}?code=&state=&referer={sub}.kommo.com&client_id=
-  &platform=2`` (state omitted if not given) or ``?error=access_denied&client_id=&state=``. Codes live 20 min.
+  consent page's Allow (or Deny) button produces: ``{redirect_uri}?code=&state=&referer={host}&client_id=
+  &platform=`` (``platform=1`` for amocrm.ru accounts, else ``platform``; state omitted if not given) or
+  ``?error=access_denied&client_id=&state=``. Codes live 20 min.
+- ``POST /_sandbox/install_widget`` ``{client_id, subdomain}`` → ``{url, code, status, error, elapsed_ms}``: Kommo's
+  widget-install redirect (§12.2), sent by the sandbox itself: ``GET {redirect_uri}?code=&referer={host}&platform=
+  &client_id=&from_widget=1``, no state, once, ``widget_install_timeout`` (3 s), the answer ignored (reported).
+- ``POST /_sandbox/widget_token`` ``{client_id, subdomain, is_admin?, claims?, secret?, alg?}`` → ``{token, claims}``:
+  a disposable widget JWT (§13.6: HS256 keyed by the client secret; ``iss`` https://{host}, ``aud`` scheme://host of
+  the redirect URI, ``jti``, ``iat``/``nbf``, ``exp`` (+``widget_token_ttl``), ``account_id``, ``subdomain``,
+  ``client_uuid``, ``user_id``, ``is_admin``). ``claims`` override claims, ``secret`` the key, ``alg: "none"`` leaves
+  it unsigned: for tests of bad tokens.
 - ``POST /_sandbox/tokens`` ``{client_id, subdomain, long_lived_ttl?}`` → a token response without the OAuth dance
   (with ``long_lived_ttl``: a long-lived access token, no refresh token).
 - ``POST /_sandbox/uninstall`` ``{client_id, subdomain}`` → revokes the installation's tokens and calls
@@ -116,7 +131,7 @@ Control API (JSON; no auth; errors ``{"error": message}`` with 400/404/409)
   (POST sets the given keys; DELETE clears faults and the rate-limit windows and blocks).
 - ``GET /_sandbox/clock``, ``POST /_sandbox/clock/advance`` ``{seconds}`` → ``{now, offset}``.
 - ``GET|DELETE /_sandbox/stats`` → ``{calls: {"GET /api/v4/contacts": n, ...}, responses: {"... 200": n},
-  by_account, grants, token_errors, refresh_count, rate_limited, blocked, faults, max_calls_in_1s: {client_id: n},
+  by_account (by subdomain), by_host (by the host called, token endpoint included), grants, token_errors, refresh_count, rate_limited, blocked, faults, max_calls_in_1s: {client_id: n},
   total_calls}``.
 - ``GET|DELETE /_sandbox/deliveries[?webhook_id=&limit=]`` → delivery attempts ``{body_id, webhook_id,
   destination, attempt, status, error, ok, duplicate, at, duration_ms, contacts, body}``.
@@ -169,6 +184,7 @@ class _RequestId:
 def create_kommo_sandbox(config: KommoSandboxConfig | None = None) -> FastAPI:
     """A fresh sandbox app; its state is ``app.state.kommo`` (:class:`KommoSandboxState`)."""
     from .api import router as api_router
+    from .api import where
     from .control import router as control_router
 
     state = KommoSandboxState(config)
@@ -192,7 +208,7 @@ def create_kommo_sandbox(config: KommoSandboxConfig | None = None) -> FastAPI:
             return r.problem(405, f"Method {request.method} is not allowed")
         path = request.url.path
         parts = path.split("/", 2)
-        host = f"https://{parts[1]}.{state.config.base_domain}" if len(parts) > 2 else "https://www.kommo.com"
+        host = f"https://{where(state, parts[1])[1]}" if len(parts) > 2 else "https://www.kommo.com"
         rest = "/" + parts[2] if len(parts) > 2 else path
         return r.problem(exc.status_code, f"Cannot {request.method} {host}{rest}")
 

@@ -1,4 +1,6 @@
-"""Kommo API v4 routes served under ``/{subdomain}/...``: token endpoint, account, contacts, custom fields, webhooks."""
+"""Kommo API v4 routes served under ``/{host}/...`` (or ``/{subdomain}/...`` for accounts on the base domain):
+token endpoint, account, contacts, custom fields, webhooks. The route parameter ``subdomain`` is that path
+segment, a host or a bare subdomain (``KommoSandboxState.account_for_host``)."""
 
 from __future__ import annotations
 
@@ -31,8 +33,15 @@ def kommo(request: Request) -> KommoSandboxState:
 
 
 def base_url(request: Request, subdomain: str) -> str:
-    """Where this account's API lives on the sandbox (the real host form is https://{subdomain}.kommo.com)."""
+    """Where this account's API lives on the sandbox, under the segment it was called with (the real form is
+    https://{host})."""
     return f"{str(request.base_url).rstrip('/')}/{subdomain}"
+
+
+def where(state: KommoSandboxState, segment: str) -> tuple[str, str]:
+    """``(subdomain, host)`` a path segment names, for stats and error messages (known account or not)."""
+    subdomain, dot, domain = segment.lower().partition(".")
+    return subdomain, f"{subdomain}.{domain if dot else state.config.base_domain}"
 
 
 Handler = Callable[[Account, AccessToken], Awaitable[Response] | Response]
@@ -43,25 +52,26 @@ async def guarded(request: Request, subdomain: str, endpoint: str, handler: Hand
     state = kommo(request)
     resp = await _guard(request, state, subdomain)
     if isinstance(resp, Response):
-        state.stats.record(endpoint, resp.status_code, subdomain)
+        state.stats.record(endpoint, resp.status_code, *where(state, subdomain))
         return resp
     account, token = resp
     result = handler(account, token)
     out = await result if isinstance(result, Awaitable) else result
-    state.stats.record(endpoint, out.status_code, subdomain)
+    state.stats.record(endpoint, out.status_code, *where(state, subdomain))
     return out
 
 
 async def _guard(
     request: Request, state: KommoSandboxState, subdomain: str
 ) -> Response | tuple[Account, AccessToken]:
-    account = state.accounts.get(subdomain)
-    if account is None:
+    found = state.account_for_host(subdomain)
+    if found is None:
         return r.problem(
             404,
-            f"Cannot {request.method} https://{subdomain}.{state.config.base_domain}"
+            f"Cannot {request.method} https://{where(state, subdomain)[1]}"
             f"{request.url.path.removeprefix('/' + subdomain)}",
         )
+    account = found[0]
     auth = request.headers.get("authorization", "")
     scheme, _, value = auth.partition(" ")
     token = state.oauth.access.get(value.strip()) if scheme.lower() == "bearer" else None
@@ -136,7 +146,7 @@ async def access_token(subdomain: str, request: Request) -> Response:
     state = kommo(request)
     endpoint = "POST /oauth2/access_token"
     resp, grant = await _token(request, state, subdomain)
-    state.stats.record(endpoint, resp.status_code, subdomain)
+    state.stats.record(endpoint, resp.status_code, *where(state, subdomain))
     if resp.status_code == 200:
         state.stats.grants[grant] += 1
     else:
@@ -145,11 +155,10 @@ async def access_token(subdomain: str, request: Request) -> Response:
 
 
 async def _token(request: Request, state: KommoSandboxState, subdomain: str) -> tuple[Response, str]:
-    account = state.accounts.get(subdomain)
-    if account is None:
-        return r.problem(
-            404, f"Cannot POST https://{subdomain}.{state.config.base_domain}/oauth2/access_token"
-        ), ""
+    found = state.account_for_host(subdomain)
+    if found is None:
+        return r.problem(404, f"Cannot POST https://{where(state, subdomain)[1]}/oauth2/access_token"), ""
+    account = found[0]
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     raw = await request.body()
     body: dict[str, Any]
@@ -233,7 +242,7 @@ async def _token(request: Request, state: KommoSandboxState, subdomain: str) -> 
         now=now,
         access_ttl=cfg.access_token_ttl,
         refresh_ttl=cfg.refresh_token_ttl,
-        base_domain=cfg.base_domain,
+        base_domain=account.domain or cfg.base_domain,
         grant_type=grant,
         parent=parent,
     )
@@ -417,7 +426,9 @@ async def get_contact(subdomain: str, cid: str, request: Request) -> Response:
         return r.hal(contact_json(account, contact, base_url(request, subdomain), with_))
 
     if _parse_id(cid) is None:
-        return r.problem(404, f"Cannot GET https://{subdomain}.kommo.com/api/v4/contacts/{cid}")
+        return r.problem(
+            404, f"Cannot GET https://{where(kommo(request), subdomain)[1]}/api/v4/contacts/{cid}"
+        )
     return await guarded(request, subdomain, "GET /api/v4/contacts/{id}", handler)
 
 
@@ -513,7 +524,9 @@ async def update_contact(subdomain: str, cid: str, request: Request) -> Response
         return update_response(request, kommo(request), account, subdomain, [{**data, "id": int(cid)}])
 
     if _parse_id(cid) is None:
-        return r.problem(404, f"Cannot PATCH https://{subdomain}.kommo.com/api/v4/contacts/{cid}")
+        return r.problem(
+            404, f"Cannot PATCH https://{where(kommo(request), subdomain)[1]}/api/v4/contacts/{cid}"
+        )
     return await guarded(request, subdomain, "PATCH /api/v4/contacts/{id}", handler)
 
 

@@ -15,8 +15,12 @@ class KommoSandboxConfig:
     # False (default): a refresh token is single-use; reusing a spent one answers 401 "Token has been revoked".
     # True: the documented grace model, R1 stays valid until R2 (its successor) is redeemed.
     refresh_grace: bool = False
-    platform: str = "2"  # `platform` query param on the consent redirect (UNCONFIRMED value; 2 = kommo)
-    base_domain: str = "kommo.com"  # referer = {subdomain}.{base_domain}
+    platform: str = (
+        "2"  # `platform` on the redirect for Kommo accounts (UNCONFIRMED; amocrm.ru accounts: "1")
+    )
+    base_domain: str = "kommo.com"  # where accounts live unless created with another `domain`
+    widget_install_timeout: float = 3.0  # Kommo waits this long for the widget-install redirect [K-pub]
+    widget_token_ttl: int = 1800  # disposable widget JWT lifetime (30 min)
     # --- contacts API ------------------------------------------------------------------------------------
     default_limit: int = 50  # UNCONFIRMED (a captured self link reads limit=50)
     max_limit: int = 250
@@ -68,7 +72,11 @@ class KommoSandboxConfig:
             elif isinstance(current, bool) or isinstance(value, bool):
                 if not (isinstance(current, bool) and isinstance(value, bool)):
                     raise ValueError(f"{name} must be a boolean")
-            elif isinstance(current, float) or name in ("duplicate_rate", "webhook_timeout"):
+            elif isinstance(current, float) or name in (
+                "duplicate_rate",
+                "webhook_timeout",
+                "widget_install_timeout",
+            ):
                 if not isinstance(value, int | float):
                     raise ValueError(f"{name} must be a number")
                 value = float(value)

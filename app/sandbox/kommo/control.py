@@ -63,16 +63,17 @@ async def summary(request: Request) -> JSONResponse:
         {
             "config": state.config.as_dict(),
             "integrations": [i.as_dict() for i in state.oauth.integrations.values()],
-            "accounts": [_account_dict(a) for a in state.accounts.values()],
+            "accounts": [_account_dict(a, state.config.base_domain) for a in state.accounts.values()],
             "clock": {"now": state.clock.now(), "offset": state.clock.offset},
         }
     )
 
 
-def _account_dict(a: Any) -> dict[str, Any]:
+def _account_dict(a: Any, base_domain: str) -> dict[str, Any]:
     return {
         "id": a.id,
         "subdomain": a.subdomain,
+        "host": a.host(base_domain),
         "name": a.name,
         "contacts": len(a.live_ids),
         "deleted_contacts": len(a.contacts) - len(a.live_ids),
@@ -120,15 +121,20 @@ async def list_integrations(request: Request) -> JSONResponse:
 @router.post("/_sandbox/accounts")
 async def create_account(request: Request) -> JSONResponse:
     body = await _body(request)
-    acct = kommo(request).create_account(
-        _str_arg(body, "subdomain"), _str_arg(body, "name", required=False), _int_arg(body, "id")
+    state = kommo(request)
+    acct = state.create_account(
+        _str_arg(body, "subdomain"),
+        _str_arg(body, "name", required=False),
+        _int_arg(body, "id"),
+        _str_arg(body, "domain", required=False),
     )
-    return JSONResponse(_account_dict(acct), status_code=201)
+    return JSONResponse(_account_dict(acct, state.config.base_domain), status_code=201)
 
 
 @router.get("/_sandbox/accounts")
 async def list_accounts(request: Request) -> JSONResponse:
-    return JSONResponse([_account_dict(a) for a in kommo(request).accounts.values()])
+    state = kommo(request)
+    return JSONResponse([_account_dict(a, state.config.base_domain) for a in state.accounts.values()])
 
 
 @router.post("/_sandbox/authorize")
@@ -145,6 +151,38 @@ async def authorize(request: Request) -> JSONResponse:
     )
     code = parse_qs(urlsplit(url).query).get("code", [None])[0]
     return JSONResponse({"redirect_url": url, "code": code})
+
+
+@router.post("/_sandbox/install_widget")
+async def install_widget(request: Request) -> JSONResponse:
+    body = await _body(request)
+    return JSONResponse(
+        await kommo(request).install_widget(_str_arg(body, "client_id"), _str_arg(body, "subdomain"))
+    )
+
+
+@router.post("/_sandbox/widget_token")
+async def widget_token(request: Request) -> JSONResponse:
+    body = await _body(request)
+    is_admin = body.get("is_admin", True)
+    claims = body.get("claims")
+    alg = body.get("alg", "HS256")
+    if not isinstance(is_admin, bool):
+        raise SandboxError("is_admin must be a boolean")
+    if claims is not None and not isinstance(claims, dict):
+        raise SandboxError("claims must be an object")
+    if not isinstance(alg, str):
+        raise SandboxError("alg must be a string")
+    return JSONResponse(
+        kommo(request).widget_token(
+            _str_arg(body, "client_id"),
+            _str_arg(body, "subdomain"),
+            is_admin=is_admin,
+            claims=claims,
+            secret=_str_arg(body, "secret", required=False),
+            alg=alg,
+        )
+    )
 
 
 @router.post("/_sandbox/tokens")
@@ -394,7 +432,8 @@ def _consent(request: Request, subdomain: str | None) -> Response:
         return HTMLResponse(
             "<!doctype html><title>Kommo</title><p>Integration not found</p>", status_code=404
         )
-    accounts = [state.accounts[subdomain]] if subdomain in state.accounts else list(state.accounts.values())
+    found = state.account_for_host(subdomain) if subdomain is not None else None
+    accounts = [found[0]] if found is not None else list(state.accounts.values())
     e = html.escape
     hidden = (
         f'<input type="hidden" name="client_id" value="{e(client_id)}">'
@@ -406,7 +445,7 @@ def _consent(request: Request, subdomain: str | None) -> Response:
     rows = "".join(
         f'<li><form method="post" action="{e(action)}">{hidden}'
         f'<input type="hidden" name="subdomain" value="{e(a.subdomain)}">'
-        f"<b>{e(a.name)}</b> ({e(a.subdomain)}.{e(state.config.base_domain)}) "
+        f"<b>{e(a.name)}</b> ({e(state.host_of(a))}) "
         f'<button name="decision" value="allow">Allow</button> '
         f'<button name="decision" value="deny">Deny</button></form></li>'
         for a in accounts

@@ -33,7 +33,8 @@ class Clock:
 class Stats:
     calls: Counter[str] = field(default_factory=Counter)  # "GET /api/v4/contacts" -> n (every call received)
     responses: Counter[str] = field(default_factory=Counter)  # "GET /api/v4/contacts 200" -> n
-    by_account: dict[str, Counter[str]] = field(default_factory=dict)
+    by_account: dict[str, Counter[str]] = field(default_factory=dict)  # by subdomain
+    by_host: dict[str, Counter[str]] = field(default_factory=dict)  # by the host the call was made on
     grants: Counter[str] = field(default_factory=Counter)  # successful token grants by grant_type
     token_errors: Counter[str] = field(default_factory=Counter)  # failed token requests by grant_type
     rate_limited: int = 0
@@ -41,17 +42,20 @@ class Stats:
     faults: Counter[str] = field(default_factory=Counter)
     max_calls_in_1s: dict[str, int] = field(default_factory=dict)  # per client_id, accepted API calls
 
-    def record(self, endpoint: str, status: int, subdomain: str | None) -> None:
+    def record(self, endpoint: str, status: int, subdomain: str | None, host: str | None = None) -> None:
         self.calls[endpoint] += 1
         self.responses[f"{endpoint} {status}"] += 1
         if subdomain is not None:
             self.by_account.setdefault(subdomain, Counter())[endpoint] += 1
+        if host is not None:
+            self.by_host.setdefault(host, Counter())[endpoint] += 1
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "calls": dict(self.calls),
             "responses": dict(self.responses),
             "by_account": {k: dict(v) for k, v in self.by_account.items()},
+            "by_host": {k: dict(v) for k, v in self.by_host.items()},
             "grants": dict(self.grants),
             "token_errors": dict(self.token_errors),
             "refresh_count": self.grants.get("refresh_token", 0),

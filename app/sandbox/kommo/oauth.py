@@ -157,6 +157,21 @@ class OAuthStore:
         return f"{signing_input}.{_b64(sig)}"
 
 
+def widget_jwt(claims: dict[str, Any], secret: str, *, alg: str = "HS256") -> str:
+    """A disposable widget token (the ``X-Auth-Token`` of ``$authorizedAjax``): HS256 keyed by the
+    integration's client secret [L DisposableTokenModel]. ``alg="none"`` makes an unsigned one (for tests of
+    receivers that must refuse it)."""
+    header = {"typ": "JWT", "alg": alg}
+    signing_input = (
+        f"{_b64(json.dumps(header, separators=(',', ':')).encode())}."
+        f"{_b64(json.dumps(claims, separators=(',', ':')).encode())}"
+    )
+    if alg == "none":
+        return f"{signing_input}."
+    sig = hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64(sig)}"
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 

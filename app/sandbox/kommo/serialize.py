@@ -177,7 +177,7 @@ def account_pairs(account: Account, base_domain: str) -> list[tuple[str, str]]:
     return [
         ("account[subdomain]", account.subdomain),
         ("account[id]", str(account.id)),
-        ("account[_links][self]", f"https://{account.subdomain}.{base_domain}"),
+        ("account[_links][self]", f"https://{account.host(base_domain)}"),
     ]
 
 

@@ -6,18 +6,27 @@ In-process tests and the demo may call these methods directly; HTTP routes are t
 from __future__ import annotations
 
 import itertools
+import time
+import uuid
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 
 from .config import KommoSandboxConfig
 from .limits import Clock, Faults, RateLimiter, Stats
-from .oauth import OAuthStore, disable_hook_signature
+from .oauth import OAuthStore, disable_hook_signature, widget_jwt
 from .store import Account, Contact, ContactChanges, parse_contact_item
 from .webhooks import Dispatcher, Webhook
 
 ValidationErrors = list[dict[str, Any]]
+ACCOUNT_DOMAINS = ("kommo.com", "amocrm.ru", "amocrm.com")
+# amocrm.com is Kommo's former global domain: its accounts answer under both names [K-rb].
+_SAME_PLATFORM = {"amocrm.com": "kommo.com"}
+
+
+def _platform(domain: str) -> str:
+    return _SAME_PLATFORM.get(domain, domain)
 
 
 class SandboxError(Exception):
@@ -59,10 +68,16 @@ class KommoSandboxState:
 
     # --- accounts and integrations -----------------------------------------------------------------------------
     def create_account(
-        self, subdomain: str, name: str | None = None, account_id: int | None = None
+        self,
+        subdomain: str,
+        name: str | None = None,
+        account_id: int | None = None,
+        domain: str | None = None,
     ) -> Account:
         if not subdomain or not subdomain.replace("-", "").isalnum() or not subdomain.isascii():
             raise SandboxError("subdomain must be ASCII letters, digits and '-'")
+        if domain is not None and domain not in ACCOUNT_DOMAINS:
+            raise SandboxError(f"domain must be one of {', '.join(ACCOUNT_DOMAINS)}")
         if subdomain in self.accounts:
             raise SandboxError(f"account {subdomain!r} exists", 409)
         if account_id is None:
@@ -78,10 +93,25 @@ class KommoSandboxState:
             self.clock.now(),
             field_offset=100_000 * len(self.accounts),
             current_user_id=11_087_123 + len(self.accounts),
+            domain=domain,
         )
         self.accounts[subdomain] = account
         self.accounts_by_id[account_id] = account
         return account
+
+    def account_for_host(self, segment: str) -> tuple[Account, str] | None:
+        """The account served under a path segment, and its host as called: a host (``acme.amocrm.ru``), or
+        a bare subdomain as the short form of ``{subdomain}.{base_domain}``. An account answers only on its
+        own platform's hosts (an amocrm.ru account is not reachable as ``acme`` or ``acme.kommo.com``)."""
+        subdomain, dot, domain = segment.lower().partition(".")
+        domain = domain if dot else self.config.base_domain
+        account = self.accounts.get(subdomain)
+        if account is None or _platform(domain) != _platform(account.domain or self.config.base_domain):
+            return None
+        return account, f"{subdomain}.{domain}"
+
+    def host_of(self, account: Account) -> str:
+        return account.host(self.config.base_domain)
 
     def account(self, subdomain: str) -> Account:
         acct = self.accounts.get(subdomain)
@@ -127,13 +157,81 @@ class KommoSandboxState:
                 params["state"] = state
             params.update(
                 {
-                    "referer": f"{subdomain}.{self.config.base_domain}",
+                    "referer": self.host_of(account),
                     "client_id": client_id,
-                    "platform": self.config.platform,
+                    "platform": self._platform(account),
                 }
             )
         sep = "&" if "?" in integ.redirect_uri else "?"
         return f"{integ.redirect_uri}{sep}{urlencode(params)}"
+
+    def _platform(self, account: Account) -> str:
+        # A 2025 capture of an amocrm.ru redirect carries platform=1; Kommo's value is configurable.
+        return "1" if (account.domain or self.config.base_domain) == "amocrm.ru" else self.config.platform
+
+    async def install_widget(self, client_id: str, subdomain: str) -> dict[str, Any]:
+        """Kommo's widget-install redirect [K-pub]: ``GET {redirect_uri}?code=&referer=&platform=&client_id=
+        &from_widget=1``, no state; sent once, waits ``widget_install_timeout`` (3 s), ignores the answer
+        (reported here for tests)."""
+        integ = self.oauth.integrations.get(client_id)
+        if integ is None:
+            raise SandboxError(f"no integration {client_id}", 404)
+        account = self.account(subdomain)
+        code = self.oauth.new_code(client_id, account.id, self.clock.now(), self.config.code_ttl)
+        params = {
+            "code": code.code,
+            "referer": self.host_of(account),
+            "platform": self._platform(account),
+            "client_id": client_id,
+            "from_widget": "1",
+        }
+        sep = "&" if "?" in integ.redirect_uri else "?"
+        url = f"{integ.redirect_uri}{sep}{urlencode(params)}"
+        result: dict[str, Any] = {"url": url, "code": code.code, "status": None, "error": None}
+        started = time.monotonic()
+        try:
+            resp = await self.dispatcher.client.get(url, timeout=self.config.widget_install_timeout)
+            result["status"] = resp.status_code
+        except httpx.HTTPError as exc:
+            result["error"] = f"{type(exc).__name__}: {exc}"
+        result["elapsed_ms"] = round((time.monotonic() - started) * 1000, 1)
+        return result
+
+    def widget_token(
+        self,
+        client_id: str,
+        subdomain: str,
+        *,
+        is_admin: bool = True,
+        claims: dict[str, Any] | None = None,
+        secret: str | None = None,
+        alg: str = "HS256",
+    ) -> dict[str, Any]:
+        """A disposable widget JWT as ``$authorizedAjax`` sends it [K-1t]: ``aud`` = scheme://host of the
+        integration's redirect URI, 30 min. ``claims`` override any claim, ``secret`` the signing key, ``alg``
+        the header (``none``: unsigned), so tests can make every kind of bad token."""
+        integ = self.oauth.integrations.get(client_id)
+        if integ is None:
+            raise SandboxError(f"no integration {client_id}", 404)
+        account = self.account(subdomain)
+        now = self.clock.now()
+        redirect = urlsplit(integ.redirect_uri)
+        body: dict[str, Any] = {
+            "iss": f"https://{self.host_of(account)}",
+            "aud": f"{redirect.scheme}://{redirect.hostname}",
+            "jti": str(uuid.uuid4()),
+            "iat": now,
+            "nbf": now,
+            "exp": now + self.config.widget_token_ttl,
+            "account_id": account.id,
+            "subdomain": account.subdomain,
+            "client_uuid": client_id,
+            "user_id": account.current_user_id,
+            "is_admin": is_admin,
+        }
+        body.update(claims or {})
+        token = widget_jwt(body, integ.client_secret if secret is None else secret, alg=alg)
+        return {"token": token, "claims": body}
 
     def issue_tokens(
         self, client_id: str, subdomain: str, *, long_lived_ttl: int | None = None
@@ -150,7 +248,7 @@ class KommoSandboxState:
             now=now,
             access_ttl=ttl,
             refresh_ttl=self.config.refresh_token_ttl,
-            base_domain=self.config.base_domain,
+            base_domain=account.domain or self.config.base_domain,
             grant_type="" if long_lived_ttl else "authorization_code",
             with_refresh=long_lived_ttl is None,
         )

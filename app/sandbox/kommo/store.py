@@ -209,9 +209,11 @@ class Account:
         created_at: int,
         field_offset: int,
         current_user_id: int,
+        domain: str | None = None,
     ) -> None:
         self.id = account_id
         self.subdomain = subdomain
+        self.domain = domain  # kommo.com, amocrm.ru or amocrm.com; None: the configured base_domain
         self.name = name
         self.created_at = created_at
         self.current_user_id = current_user_id
@@ -221,6 +223,10 @@ class Account:
         self.contacts: dict[int, Contact] = {}
         self.live_ids: list[int] = []  # sorted ascending
         self._by_updated: list[tuple[int, int]] | None = None  # sorted (updated_at, id) of live contacts
+
+    def host(self, base_domain: str) -> str:
+        """``{subdomain}.{domain}``: where the account lives (``base_domain`` unless created elsewhere)."""
+        return f"{self.subdomain}.{self.domain or base_domain}"
 
     # --- fields --------------------------------------------------------------------------------------------
     def field_by_code(self, code: str) -> FieldDef | None:

@@ -35,10 +35,10 @@ from app.connectors.kommo.exceptions import (
     KommoTransientError,
     KommoValidationError,
 )
+from app.connectors.kommo.hosts import AccountHost, host_of_link, parse_account_host
 from app.connectors.kommo.oauth import (
     KommoOAuth,
     disable_signature,
-    subdomain_from_referer,
     verify_disable_signature,
 )
 
@@ -546,14 +546,15 @@ def test_disable_signature() -> None:
 @pytest.mark.parametrize(
     ("referer", "expected"),
     [
-        ("acme.kommo.com", "acme"),
-        ("https://Acme.kommo.com/", "acme"),
-        ("acme.amocrm.ru", "acme"),
-        ("my-shop.amocrm.com:443", "my-shop"),
+        ("acme.kommo.com", AccountHost("acme", "kommo.com")),
+        ("Acme.Kommo.com", AccountHost("acme", "kommo.com")),
+        ("etesttask.amocrm.ru", AccountHost("etesttask", "amocrm.ru")),
+        ("my-shop.amocrm.com", AccountHost("my-shop", "amocrm.com")),
     ],
 )
-def test_subdomain_from_referer(referer: str, expected: str) -> None:
-    assert subdomain_from_referer(referer) == expected
+def test_parse_account_host(referer: str, expected: AccountHost) -> None:
+    assert parse_account_host(referer) == expected
+    assert parse_account_host(referer).host == referer.lower()
 
 
 @pytest.mark.parametrize(
@@ -567,8 +568,35 @@ def test_subdomain_from_referer(referer: str, expected: str) -> None:
         "",
         "-x.kommo.com",
         "acme.evilkommo.com",
+        # Only a bare host, as Kommo sends it: no scheme, port, path, user info, whitespace or trailing dot.
+        "https://acme.kommo.com",
+        "acme.kommo.com:443",
+        "acme.kommo.com/",
+        "acme.kommo.com/x",
+        "user@acme.kommo.com",
+        "acme.kommo.com@evil.com",
+        " acme.kommo.com",
+        "acme.kommo.com.",
+        "acme.kommo.com\n",
+        "\uff41cme.kommo.com",
     ],
 )
-def test_subdomain_from_referer_rejects(referer: str) -> None:
+def test_parse_account_host_rejects(referer: str) -> None:
     with pytest.raises(ValueError, match="Kommo account host"):
-        subdomain_from_referer(referer)
+        parse_account_host(referer)
+
+
+def test_parse_account_host_uses_the_allow_list() -> None:
+    assert parse_account_host("acme.amocrm.ru", domains=["amocrm.ru"]).domain == "amocrm.ru"
+    with pytest.raises(ValueError, match="Kommo account host"):
+        parse_account_host("acme.kommo.com", domains=["amocrm.ru"])
+
+
+def test_same_account_across_kommo_and_its_former_domain_only() -> None:
+    kommo = AccountHost("acme", "kommo.com")
+    assert kommo.same_account(AccountHost("acme", "amocrm.com"))
+    assert not kommo.same_account(AccountHost("acme", "amocrm.ru"))
+    assert not kommo.same_account(AccountHost("other", "kommo.com"))
+    assert host_of_link("https://acme.amocrm.ru") == AccountHost("acme", "amocrm.ru")
+    assert host_of_link("https://acme.kommo.com/") == AccountHost("acme", "kommo.com")
+    assert host_of_link("not a link") is None

@@ -26,7 +26,8 @@ from app.connectors.kommo.exceptions import (
     KommoTransientError,
     KommoValidationError,
 )
-from app.connectors.kommo.oauth import KommoOAuth, subdomain_from_referer, verify_disable_signature
+from app.connectors.kommo.hosts import parse_account_host
+from app.connectors.kommo.oauth import KommoOAuth, verify_disable_signature
 from app.connectors.kommo.webhooks import parse_webhook
 from app.connectors.ratelimit import RateLimiter, RoundTripWindow, TokenBucket, Unlimited
 from app.sandbox.kommo import create_kommo_sandbox
@@ -188,7 +189,7 @@ async def test_oauth_exchange_then_refresh(sandbox: Sandbox) -> None:
     )
     query = parse_qs(urlsplit(granted["redirect_url"]).query)
     assert query["state"] == ["csrf-1"]
-    assert subdomain_from_referer(query["referer"][0]) == SUBDOMAIN
+    assert parse_account_host(query["referer"][0]).subdomain == SUBDOMAIN
     oauth = sandbox.oauth()
 
     first = await oauth.exchange_code(query["code"][0])
