@@ -14,8 +14,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from app.context import build_context
 from app.sync import events, fullsync
 from tests.conftest import Stack, raw_sql, running_worker
+from tests.faults.support import post_webhook
 from tests.support.e2e import Account, connect_account, unisender_contacts, wait_for, wait_quiet
 
 POISON = "Poison Pill"
@@ -145,6 +147,44 @@ async def test_an_event_that_cannot_be_applied_fails_after_n_attempts_and_the_re
         [failure] = view["recent_event_failures"]
         assert failure["attempts"] == events.MAX_EVENT_ATTEMPTS
         assert "test_poison" in failure["reason"]
+
+
+async def test_isolation_applies_the_good_events_of_a_failed_batch_in_one_job(stack: Stack) -> None:
+    """20 events in one batch, one of them poisonous: one drain applies the 19 others (halves of the batch, each
+    in its own transaction) and counts one attempt for the bad one only; each later drain counts one more,
+    until it is failed."""
+    account = await connect_account(stack)
+    url = _url(stack)
+    bodies = [
+        f"account[id]={account.account_id}&contacts[update][0][id]={100 + i}"
+        f"&contacts[update][0][name]={POISON if i == 13 else f'Name {i}'}"
+        f"&contacts[update][0][updated_at]={int(time.time()) - 60}"
+        for i in range(20)
+    ]
+    for body in bodies:
+        r = await post_webhook(stack.api, account, body)
+        assert r.status_code == 200, r.text
+    pc = await build_context(stack.settings)
+    try:
+        async with _poison_constraint(stack):
+            result = await events.process_kommo_events(pc, account.account_id)
+            assert (result.events, result.failed) == (19, 0)
+            rows = await raw_sql(url, "SELECT status, attempts, last_error FROM webhook_event ORDER BY id")
+            assert [r["status"] for r in rows] == ["done"] * 13 + ["pending"] + ["done"] * 6
+            assert rows[13]["attempts"] == 1
+            assert "test_poison" in rows[13]["last_error"]
+            for attempt in range(2, events.MAX_EVENT_ATTEMPTS + 1):
+                result = await events.process_kommo_events(pc, account.account_id)
+                [bad] = await raw_sql(
+                    url, "SELECT status, attempts FROM webhook_event WHERE status <> 'done'"
+                )
+                assert bad["attempts"] == attempt
+            assert bad["status"] == "failed"
+            assert result.failed == 1
+    finally:
+        await pc.close()
+    stored = await raw_sql(url, "SELECT count(*) AS n FROM contact")
+    assert stored[0]["n"] == 19
 
 
 # --- full sync ------------------------------------------------------------------------------------------------
