@@ -278,6 +278,50 @@ async def pending_event_counts(session: AsyncSession, account_ids: Sequence[int]
     return {row[0]: int(row[1]) for row in (await session.execute(stmt)).all()}
 
 
+async def failed_event_counts(session: AsyncSession, account_ids: Sequence[int]) -> dict[int, int]:
+    if not account_ids:
+        return {}
+    stmt = (
+        select(WebhookEvent.account_id, func.count())
+        .where(WebhookEvent.account_id.in_(account_ids), WebhookEvent.status == "failed")
+        .group_by(WebhookEvent.account_id)
+    )
+    return {row[0]: int(row[1]) for row in (await session.execute(stmt)).all()}
+
+
+async def recent_event_failures(
+    session: AsyncSession, account_ids: Sequence[int], *, limit: int = 10
+) -> dict[int, list[dict[str, Any]]]:
+    """The latest ``limit`` failed webhook events per account, with their reasons (not their bodies)."""
+    if not account_ids:
+        return {}
+    ranked = (
+        select(
+            WebhookEvent.account_id.label("account_id"),
+            WebhookEvent.id.label("event_id"),
+            WebhookEvent.attempts.label("attempts"),
+            WebhookEvent.last_error.label("reason"),
+            WebhookEvent.received_at.label("received_at"),
+            WebhookEvent.handled_at.label("failed_at"),
+            func.row_number()
+            .over(partition_by=WebhookEvent.account_id, order_by=WebhookEvent.id.desc())
+            .label("rn"),
+        )
+        .where(WebhookEvent.account_id.in_(account_ids), WebhookEvent.status == "failed")
+        .subquery()
+    )
+    columns = ("event_id", "attempts", "reason", "received_at", "failed_at")
+    stmt = (
+        select(ranked.c.account_id, *(ranked.c[name] for name in columns))
+        .where(ranked.c.rn <= limit)
+        .order_by(ranked.c.account_id, ranked.c.rn)
+    )
+    out: dict[int, list[dict[str, Any]]] = {}
+    for account_id, *values in (await session.execute(stmt)).all():
+        out.setdefault(account_id, []).append(dict(zip(columns, values, strict=True)))
+    return out
+
+
 async def recent_rejections(
     session: AsyncSession, account_ids: Sequence[int], *, limit: int = 20
 ) -> dict[int, list[dict[str, Any]]]:

@@ -103,6 +103,16 @@ class RejectionView(BaseModel):
     at: datetime
 
 
+class EventFailureView(BaseModel):
+    """A webhook event given up on after repeated failures (the account's other events went on)."""
+
+    event_id: int
+    attempts: int
+    reason: str | None
+    received_at: datetime
+    failed_at: datetime | None
+
+
 class AccountView(BaseModel):
     account_id: int
     subdomain: str
@@ -114,6 +124,8 @@ class AccountView(BaseModel):
     unisender: UnisenderView
     outbox: OutboxView
     events_pending: int
+    events_failed: int = 0
+    recent_event_failures: list[EventFailureView] = []
     last_event_at: datetime | None
     last_error: str | None
     last_error_at: datetime | None

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.accounts import repository as repo
 from app.accounts.schemas import (
     AccountView,
+    EventFailureView,
     IntegrationIn,
     IntegrationOut,
     KommoView,
@@ -925,6 +926,8 @@ async def _views(session: AsyncSession, integrations: list[Integration]) -> list
     esps = await repo.list_esp_accounts(session, ids)
     outbox = await repo.outbox_counts(session, ids)
     events = await repo.pending_event_counts(session, ids)
+    failed_events = await repo.failed_event_counts(session, ids)
+    event_failures = await repo.recent_event_failures(session, ids)
     rejections = await repo.recent_rejections(session, ids, limit=RECENT_REJECTIONS)
     views: list[AccountView] = []
     for integ in integrations:
@@ -955,6 +958,8 @@ async def _views(session: AsyncSession, integrations: list[Integration]) -> list
                 ),
                 outbox=OutboxView(**outbox.get(aid, {})),
                 events_pending=events.get(aid, 0),
+                events_failed=failed_events.get(aid, 0),
+                recent_event_failures=[EventFailureView(**f) for f in event_failures.get(aid, [])],
                 last_event_at=integ.last_event_at,
                 last_error=last_error,
                 last_error_at=last_error_at,

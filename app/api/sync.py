@@ -26,6 +26,12 @@ class SyncRequest(BaseModel):
     id: int = Field(gt=0, description="Kommo account id")
 
 
+class RunFailureOut(BaseModel):
+    kommo_id: int
+    reason: str
+    at: datetime
+
+
 class RunOut(BaseModel):
     run_id: str
     account_id: int
@@ -38,6 +44,10 @@ class RunOut(BaseModel):
     finished_at: datetime | None
     duration_s: float | None
     error: str | None
+    failures: list[RunFailureOut] = Field(
+        default_factory=list,
+        description=f"Contacts the run could not apply and went on without (the first {fullsync.SHOWN_FAILURES})",
+    )
 
 
 async def _run_out(session: Any, run: SyncRun) -> RunOut:
@@ -55,18 +65,26 @@ async def _run_out(session: Any, run: SyncRun) -> RunOut:
         rejected = int((await session.execute(stmt)).scalar_one())
     end = run.finished_at
     duration = (end - run.started_at).total_seconds() if end and run.started_at else None
+    failed, failures = await repo.sync_failures(session, run.id, fullsync.SHOWN_FAILURES)
     return RunOut(
         run_id=run.id,
         account_id=run.account_id,
         kind=run.kind,
         status=run.status,
         cursor=run.cursor,
-        counters={"fetched": run.fetched, "changed": run.changed, "pushed": run.pushed, "rejected": rejected},
+        counters={
+            "fetched": run.fetched,
+            "changed": run.changed,
+            "pushed": run.pushed,
+            "rejected": rejected,
+            "failed": failed,
+        },
         created_at=run.created_at,
         started_at=run.started_at,
         finished_at=run.finished_at,
         duration_s=duration,
         error=run.error,
+        failures=[RunFailureOut(kommo_id=f.kommo_id, reason=f.reason, at=f.at) for f in failures],
     )
 
 

@@ -200,10 +200,28 @@ class SyncRun(Base):
     pushed: Mapped[int] = mapped_column(Integer, default=0)
     rejected: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # The slice advancing the run (its job id) and until when it holds the run: renewed while the slice
+    # runs; an expired lease means the slice died, and the sweeper hands the run to a new job.
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None]
+    slice_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # in a row
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class SyncFailure(Base):
+    """A contact a full-sync run could not apply (the run went on without it)."""
+
+    __tablename__ = "sync_failure"
+
+    run_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("sync_run.id", ondelete="CASCADE"), primary_key=True
+    )
+    kommo_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class WorkerHeartbeat(Base):

@@ -8,12 +8,14 @@ Services and repositories only ``flush()``; they never commit.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import event
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -33,9 +35,13 @@ _T = TypeVar("_T")
 
 def create_engine(url: str, *, pool_size: int = 20, pre_ping: bool = True) -> AsyncEngine:
     """The process's engine. ``pre_ping`` costs a round trip per checkout; without it, the first statement
-    on a connection broken by a PostgreSQL restart fails, and SQLAlchemy then recycles the whole pool."""
+    on a connection broken by a PostgreSQL restart fails, and SQLAlchemy then recycles the whole pool.
+
+    ``hide_parameters``: a failing statement's exception text (which the worker's and the API's error logs
+    print) would otherwise list its bound values, i.e. contact names and addresses by the page."""
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
+        event.listen(engine.sync_engine, "handle_error", _hide_values)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
@@ -46,7 +52,7 @@ def create_engine(url: str, *, pool_size: int = 20, pre_ping: bool = True) -> As
             cur.close()
 
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=pool_size,
         # No overflow: overflow connections are closed when returned, so a burst above the pool size would
@@ -54,7 +60,44 @@ def create_engine(url: str, *, pool_size: int = 20, pre_ping: bool = True) -> As
         max_overflow=0,
         pool_pre_ping=pre_ping,
         pool_timeout=10,
+        hide_parameters=True,
     )
+    event.listen(engine.sync_engine, "handle_error", _hide_values)
+    return engine
+
+
+# asyncpg's own error for a value it cannot encode quotes the value: "invalid input for query argument $1:
+# 'Mary…' (…)". ``hide_parameters`` does not reach the driver's text.
+_ARGUMENT_ERROR = re.compile(r"invalid input for query argument (\$\d+)")
+
+
+def _hide_values(context: ExceptionContext) -> None:
+    """Keep bound values out of the driver's exceptions too (a logged traceback prints the whole chain):
+    PostgreSQL's DETAIL, which asyncpg appends to its message, shows the refused row or key ("Failing row
+    contains (…)", "Key (…)=(…) already exists"); and asyncpg's message for a value it cannot encode quotes
+    it, so that one is cut down to the argument's number and the reason's class. The wording kept is what
+    the API's error handler recognises as a refused value (400)."""
+    chain: list[BaseException] = []
+    exc: BaseException | None = context.original_exception
+    while exc is not None and len(chain) < 4:
+        chain.append(exc)
+        exc = exc.__cause__
+    root = chain[-1]  # the innermost error, e.g. the encoder's UnicodeEncodeError or OverflowError
+    reason = "not storable" if _ARGUMENT_ERROR.search(_message(root)) else type(root).__name__
+    if context.sqlalchemy_exception is not None:
+        chain.append(context.sqlalchemy_exception)
+    for item in chain:
+        if getattr(item, "detail", None):
+            item.detail = None  # type: ignore[attr-defined]
+        text = _message(item)
+        found = _ARGUMENT_ERROR.search(text)
+        if found is not None:
+            hidden = f"invalid input for query argument {found.group(1)} ({reason}; value not shown)"
+            item.args = (text[: found.start()] + hidden,)
+
+
+def _message(exc: BaseException) -> str:
+    return str(exc.args[0]) if exc.args else ""
 
 
 class Database:

@@ -1,11 +1,24 @@
-"""Inbox processing: turn stored webhook bodies into contact versions and desired address states."""
+"""Inbox processing: turn stored webhook bodies into contact versions and desired address states.
+
+Events are applied in batches, one transaction each. One bad event must never hold up the account's others,
+so when a batch fails for a reason the data may have caused (``isolation.isolatable``) its events are applied
+again in halves, each half in its own transaction, down to single events. A single event's attempt is counted
+in a short transaction of its own before it is applied, so the rollback of a failed apply cannot undo the
+count, and an event that kills its worker is counted too; after ``MAX_EVENT_ATTEMPTS`` it is marked ``failed``
+with its reason (shown on ``GET /accounts/{id}``). Until then it is retried by later jobs, alone, while the
+events after it are applied: versions carry Kommo's ``updated_at`` and deletions are verified at Kommo, so the
+order events are applied in does not change the result.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts.service import kommo_client_for
 from app.connectors.base import CrmAction, CrmContact
@@ -13,9 +26,11 @@ from app.connectors.kommo.exceptions import KommoWebhookParseError
 from app.connectors.kommo.webhooks import parse_webhook
 from app.context import ProcessContext
 from app.db.base import utcnow
+from app.db.models import WebhookEvent
 from app.db.session import after_commit
 from app.sync import repository as repo
 from app.sync import service
+from app.sync.isolation import describe, isolatable
 from app.worker import enqueue
 
 log = structlog.get_logger(__name__)
@@ -25,6 +40,9 @@ MAX_BATCHES = 50  # bounded: a continuation job (or the sweeper) goes on
 # Share of the worker's job timeout one job may spend draining, as for a full-sync slice: past the timeout
 # arq cancels the job, the batch in flight rolls back and the same work is done again later.
 DEADLINE_SHARE = 0.6
+MAX_EVENT_ATTEMPTS = 5  # tries of one event on its own; then it is "failed" with its reason
+# A webhook version stamped further ahead of our clock than this is not believed (see _apply).
+MAX_FUTURE_SKEW = 300
 
 
 @dataclass
@@ -35,6 +53,23 @@ class DrainResult:
     queued: int = 0
     busy: bool = False
     more: bool = False  # stopped at the deadline or the batch cap: events may be left for a continuation
+
+
+class _ApplyFailed(Exception):
+    """Applying these events failed for a reason they may have caused; nothing of it was committed."""
+
+    def __init__(self, ids: list[int], reason: str) -> None:
+        super().__init__(reason)
+        self.ids = ids
+        self.reason = reason
+
+
+@dataclass
+class _Step:
+    """What one transaction found: ``suspects`` are events that failed alone before and must be tried alone."""
+
+    empty: bool = False  # nothing pending (or the account is busy or disabled): stop
+    suspects: tuple[int, ...] = ()
 
 
 async def process_kommo_events(
@@ -49,75 +84,224 @@ async def process_kommo_events(
     if deadline is None:
         deadline = time.monotonic() + DEADLINE_SHARE * pc.settings.worker_job_timeout
     total = DrainResult()
+    set_aside: set[int] = set()  # failed alone in this job: left for a later job, so the others go on
     for batch_no in range(MAX_BATCHES):
         if batch_no and time.monotonic() >= deadline:
             # Checked between batches (each commits): the first always runs, so every job makes progress.
             total.more = True
             log.info("events.deadline", account_id=account_id, events=total.events, batches=batch_no)
             return total
-        async with pc.db.session_scope() as session:
-            if not await repo.account_lock(session, account_id, wait=False):
-                total.busy = True
+        try:
+            step = await _apply(pc, account_id, total, exclude=set_aside)
+        except _ApplyFailed as failed:
+            log.warning(
+                "events.batch_failed", account_id=account_id, events=len(failed.ids), reason=failed.reason
+            )
+            if not await _isolate(pc, account_id, failed.ids, total, set_aside, deadline):
+                total.more = True
                 return total
-            events = await repo.pending_events(session, account_id, "kommo", BATCH)
-            if not events:
+            continue
+        if step.empty:
+            return total
+        for event_id in step.suspects:
+            if time.monotonic() >= deadline:
+                total.more = True
                 return total
-            integ = await repo.get_integration(session, account_id)
-            if integ is None or integ.status == "disabled":
-                for ev in events:
-                    ev.status, ev.handled_at, ev.last_error = "done", utcnow(), "integration disabled"
-                return total
-            versions: list[CrmContact] = []
-            verify: set[int] = set()
-            for ev in events:
-                ev.attempts += 1
-                try:
-                    batch = parse_webhook(ev.body.encode())
-                except KommoWebhookParseError as exc:
-                    ev.status, ev.last_error, ev.handled_at = "failed", f"unparsable body: {exc}", utcnow()
-                    total.failed += 1
-                    continue
-                for item in batch.events:
-                    if item.action in (CrmAction.DELETE, CrmAction.RESTORE) or item.contact is None:
-                        # Deletions carry no timestamp and a restore may race one: ask Kommo what is true now.
-                        verify.add(item.contact_id)
-                    else:
-                        versions.append(item.contact)
-            # An add/update of a contact we hold as deleted may be a stale version: verify it too.
-            known = await repo.contacts_by_ids(session, account_id, {c.id for c in versions})
-            for c in versions:
-                row = known.get(c.id)
-                if row is not None and row.deleted_at is not None:
-                    verify.add(c.id)
-            versions = [c for c in versions if c.id not in verify]
-            applied = await service.apply_contacts(session, account_id, versions)
-            affected = set(applied.affected)
-            changed = applied.changed
-            if verify:
-                client = await kommo_client_for(session, pc, account_id)
-                live = await client.get_contacts(sorted(verify))
-                alive = await service.apply_contacts(session, account_id, live, authoritative=True)
-                gone = await service.delete_contacts(session, account_id, verify - {c.id for c in live})
-                affected |= alive.affected | gone.affected
-                changed += alive.changed + gone.changed
-            rec = await service.recompute(session, account_id, affected)
-            now = utcnow()
-            for ev in events:
-                if ev.status == "pending":
-                    ev.status, ev.handled_at, ev.last_error = "done", now, None
-            integ.last_event_at = now
-            total.events += len(events)
-            total.changed += changed
-            total.queued += rec.queued
-            if rec.queued:
-                after_commit(session, lambda: enqueue.flush_outbox(pc.queue, account_id))
-        log.info(
-            "events.applied",
-            account_id=account_id,
-            events=len(events),
-            changed=changed,
-            queued=rec.queued,
-            lag_s=round(time.time() - events[0].received_at.timestamp(), 3),
-        )
+            if not await _apply_alone(pc, account_id, event_id, total):
+                set_aside.add(event_id)
     total.more = True  # MAX_BATCHES full batches: there may be more
     return total
+
+
+async def _isolate(
+    pc: ProcessContext,
+    account_id: int,
+    ids: Sequence[int],
+    total: DrainResult,
+    set_aside: set[int],
+    deadline: float,
+) -> bool:
+    """Apply events that failed together in halves, each in its own transaction, down to single events;
+    False when the deadline stopped it (the rest stays pending for a continuation)."""
+    groups: list[Sequence[int]] = [ids[: len(ids) // 2], ids[len(ids) // 2 :]]
+    while groups:
+        if time.monotonic() >= deadline:
+            return False
+        group = groups.pop(0)
+        if not group:
+            continue
+        if len(group) == 1:
+            if not await _apply_alone(pc, account_id, group[0], total):
+                set_aside.add(group[0])
+            continue
+        try:
+            await _apply(pc, account_id, total, only=group)
+        except _ApplyFailed:
+            groups[:0] = [group[: len(group) // 2], group[len(group) // 2 :]]
+    return True
+
+
+async def _apply_alone(pc: ProcessContext, account_id: int, event_id: int, total: DrainResult) -> bool:
+    """Apply one event in its own transaction, after counting the attempt in another; False if it failed."""
+    async with pc.db.session_scope() as session:
+        counted = await repo.count_event_attempt(session, event_id)
+    if counted is None:
+        return True  # handled meanwhile (another job, or the account was disabled)
+    attempts, last_error = counted
+    if attempts > MAX_EVENT_ATTEMPTS:
+        # Every earlier attempt was counted, yet none recorded an outcome: the process died or the job was
+        # cancelled while applying it.
+        reason = f"gave up after {MAX_EVENT_ATTEMPTS} attempts: {last_error or 'no attempt finished'}"
+        await _record_failure(pc, event_id, reason, final=True)
+        total.failed += 1
+        log.error("events.event_failed", account_id=account_id, event_id=event_id, reason=reason)
+        return False
+    try:
+        await _apply(pc, account_id, total, only=[event_id], counted=True)
+    except _ApplyFailed as failed:
+        final = attempts >= MAX_EVENT_ATTEMPTS
+        await _record_failure(pc, event_id, failed.reason, final=final)
+        fields = {
+            "account_id": account_id,
+            "event_id": event_id,
+            "attempts": attempts,
+            "reason": failed.reason,
+        }
+        if final:
+            total.failed += 1
+            log.error("events.event_failed", **fields)
+        else:
+            log.warning("events.event_retry", **fields)
+        return False
+    except Exception:
+        # Kommo or PostgreSQL trouble, not the event's (the job is retried): this attempt does not count.
+        with contextlib.suppress(Exception):
+            async with pc.db.session_scope() as session:
+                await repo.count_event_attempt(session, event_id, undo=True)
+        raise
+    return True
+
+
+async def _record_failure(pc: ProcessContext, event_id: int, reason: str, *, final: bool) -> None:
+    async with pc.db.session_scope() as session:
+        await repo.record_event_failure(session, event_id, reason, final=final)
+
+
+async def _apply(
+    pc: ProcessContext,
+    account_id: int,
+    total: DrainResult,
+    *,
+    exclude: set[int] | None = None,
+    only: Sequence[int] | None = None,
+    counted: bool = False,
+) -> _Step:
+    """One transaction: the next batch of pending events (or the pending ones of ``only``), applied and
+    marked done. Events that failed alone before are not applied in a batch: they come back as suspects.
+    ``counted``: the attempt was already counted (a single event). Raises ``_ApplyFailed`` (rolled back) when applying fails for a reason the events may have caused."""
+    async with pc.db.session_scope() as session:
+        # A batch gives way to a job already draining the account; isolation waits for it (its batch is short).
+        if not await repo.account_lock(session, account_id, wait=only is not None):
+            total.busy = True
+            return _Step(empty=True)
+        if only is None:
+            events = await repo.pending_events(session, account_id, "kommo", BATCH, exclude=exclude)
+            if not events:
+                return _Step(empty=True)
+        else:
+            events = await repo.pending_events_by_ids(session, account_id, only)
+            if not events:
+                return _Step()
+        integ = await repo.get_integration(session, account_id)
+        if integ is None or integ.status == "disabled":
+            for ev in events:
+                ev.status, ev.handled_at, ev.last_error = "done", utcnow(), "integration disabled"
+            return _Step(empty=True)
+        suspects: tuple[int, ...] = ()
+        if only is None:
+            suspects = tuple(ev.id for ev in events if ev.last_error is not None)
+            events = [ev for ev in events if ev.last_error is None]
+        if not events:
+            return _Step(suspects=suspects)
+        ids = [ev.id for ev in events]
+        try:
+            changed, queued = await _apply_events(session, pc, account_id, events, total, counted=counted)
+        except Exception as exc:
+            if not isolatable(exc):
+                raise
+            raise _ApplyFailed(ids, describe(exc)) from exc
+        integ.last_event_at = utcnow()
+        total.events += len(events)
+        total.changed += changed
+        total.queued += queued
+        if queued:
+            after_commit(session, lambda: enqueue.flush_outbox(pc.queue, account_id))
+    log.info(
+        "events.applied",
+        account_id=account_id,
+        events=len(events),
+        changed=changed,
+        queued=queued,
+        lag_s=round(time.time() - events[0].received_at.timestamp(), 3),
+    )
+    return _Step(suspects=suspects)
+
+
+async def _apply_events(
+    session: AsyncSession,
+    pc: ProcessContext,
+    account_id: int,
+    events: list[WebhookEvent],
+    total: DrainResult,
+    *,
+    counted: bool,
+) -> tuple[int, int]:
+    """Apply the events' contact versions, verify what needs verifying at Kommo, recompute the touched
+    addresses and mark the events done; returns (contacts changed, addresses queued)."""
+    versions: list[CrmContact] = []
+    verify: set[int] = set()
+    # Refused rather than clamped: a clamped version would still carry the forger's content (an address
+    # injected into Unisender until the contact's next real edit). Its contact is verified instead: what Kommo
+    # holds is read and applied, so a genuine change whose clock ran ahead is not lost either.
+    horizon = int(time.time()) + MAX_FUTURE_SKEW
+    for ev in events:
+        if not counted:
+            ev.attempts += 1
+        try:
+            batch = parse_webhook(ev.body.encode())
+        except KommoWebhookParseError as exc:
+            ev.status, ev.last_error, ev.handled_at = "failed", f"unparsable body: {exc}", utcnow()
+            total.failed += 1
+            continue
+        for item in batch.events:
+            if item.action in (CrmAction.DELETE, CrmAction.RESTORE) or item.contact is None:
+                # Deletions carry no timestamp and a restore may race one: ask Kommo what is true now.
+                verify.add(item.contact_id)
+            elif item.contact.updated_at > horizon:
+                verify.add(item.contact_id)
+            else:
+                versions.append(item.contact)
+    # An add/update of a contact we hold as deleted may be a stale version: verify it too.
+    known = await repo.contacts_by_ids(session, account_id, {c.id for c in versions})
+    for c in versions:
+        row = known.get(c.id)
+        if row is not None and row.deleted_at is not None:
+            verify.add(c.id)
+    versions = [c for c in versions if c.id not in verify]
+    applied = await service.apply_contacts(session, account_id, versions)
+    affected = set(applied.affected)
+    changed = applied.changed
+    if verify:
+        client = await kommo_client_for(session, pc, account_id)
+        read_at = utcnow()
+        live = await client.get_contacts(sorted(verify))
+        alive = await service.apply_contacts(session, account_id, live, read_at=read_at)
+        gone = await service.delete_contacts(session, account_id, verify - {c.id for c in live})
+        affected |= alive.affected | gone.affected
+        changed += alive.changed + gone.changed
+    rec = await service.recompute(session, account_id, affected)
+    now = utcnow()
+    for ev in events:
+        if ev.status == "pending":
+            ev.status, ev.handled_at, ev.last_error = "done", now, None
+    return changed, rec.queued

@@ -20,6 +20,7 @@ from app.db.models import (
     EspAccount,
     Integration,
     Outbox,
+    SyncFailure,
     SyncRun,
     WebhookEvent,
 )
@@ -219,7 +220,7 @@ async def insert_events(session: AsyncSession, rows: Sequence[InboxRow]) -> set[
 
 
 async def pending_events(
-    session: AsyncSession, account_id: int, source: str, limit: int
+    session: AsyncSession, account_id: int, source: str, limit: int, *, exclude: Iterable[int] | None = None
 ) -> list[WebhookEvent]:
     stmt = (
         select(WebhookEvent)
@@ -231,7 +232,51 @@ async def pending_events(
         .order_by(WebhookEvent.id)
         .limit(limit)
     )
+    if exclude:
+        stmt = stmt.where(WebhookEvent.id.not_in(sorted(exclude)))
     return list((await session.execute(stmt)).scalars())
+
+
+async def pending_events_by_ids(
+    session: AsyncSession, account_id: int, ids: Sequence[int]
+) -> list[WebhookEvent]:
+    stmt = (
+        select(WebhookEvent)
+        .where(
+            WebhookEvent.account_id == account_id,
+            WebhookEvent.id.in_(list(ids)),
+            WebhookEvent.status == "pending",
+        )
+        .order_by(WebhookEvent.id)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def count_event_attempt(
+    session: AsyncSession, event_id: int, *, undo: bool = False
+) -> tuple[int, str | None] | None:
+    """Count (or, ``undo``, take back) an attempt of a pending event; returns its attempts and last error,
+    None when it is no longer pending. The caller commits this before applying the event."""
+    stmt = (
+        update(WebhookEvent)
+        .where(WebhookEvent.id == event_id, WebhookEvent.status == "pending")
+        .values(attempts=WebhookEvent.attempts + (-1 if undo else 1))
+        .returning(WebhookEvent.attempts, WebhookEvent.last_error)
+    )
+    row = (await session.execute(stmt)).one_or_none()
+    return None if row is None else (int(row[0]), row[1])
+
+
+async def record_event_failure(session: AsyncSession, event_id: int, reason: str, *, final: bool) -> None:
+    """Remember why a pending event failed; ``final`` gives up on it (status ``failed``)."""
+    values: dict[str, Any] = {"last_error": reason}
+    if final:
+        values |= {"status": "failed", "handled_at": utcnow()}
+    await session.execute(
+        update(WebhookEvent)
+        .where(WebhookEvent.id == event_id, WebhookEvent.status == "pending")
+        .values(**values)
+    )
 
 
 async def accounts_with_stale_events(session: AsyncSession, older_than: datetime) -> list[tuple[int, str]]:
@@ -688,9 +733,104 @@ async def active_run(session: AsyncSession, account_id: int, kind: str = "full")
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
-async def stale_runs(session: AsyncSession, older_than: datetime) -> list[SyncRun]:
-    stmt = select(SyncRun).where(SyncRun.status.in_(("pending", "running")), SyncRun.updated_at < older_than)
+async def orphaned_runs(session: AsyncSession, idle: float) -> list[SyncRun]:
+    """Unfinished runs no live job advances: their lease expired (the slice holding it died), or nobody has
+    held one for ``idle`` seconds (a continuation whose enqueue was lost)."""
+    now = utcnow()
+    stmt = select(SyncRun).where(
+        SyncRun.status.in_(("pending", "running")),
+        or_(
+            SyncRun.lease_expires_at < now,
+            and_(SyncRun.lease_expires_at.is_(None), SyncRun.updated_at < now - timedelta(seconds=idle)),
+        ),
+    )
     return list((await session.execute(stmt)).scalars())
+
+
+async def claim_run(session: AsyncSession, run_id: str, owner: str, until: datetime) -> bool:
+    """Take the run's lease for ``owner`` until ``until``: atomically, and only if nobody else holds a live one
+    (``owner`` may hold it already: a retried job keeps its id). False when another slice holds it or the run
+    is finished."""
+    now = utcnow()
+    result = await session.execute(
+        update(SyncRun)
+        .where(
+            SyncRun.id == run_id,
+            SyncRun.status.in_(("pending", "running")),
+            or_(SyncRun.lease_owner.is_(None), SyncRun.lease_owner == owner, SyncRun.lease_expires_at < now),
+        )
+        .values(lease_owner=owner, lease_expires_at=until, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def extend_lease(session: AsyncSession, run_id: str, owner: str, until: datetime) -> bool:
+    """Renew ``owner``'s lease (the run's ``updated_at`` too); False when it holds it no more."""
+    result = await session.execute(
+        update(SyncRun)
+        .where(SyncRun.id == run_id, SyncRun.lease_owner == owner, SyncRun.status.in_(("pending", "running")))
+        .values(lease_expires_at=until, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def release_lease(session: AsyncSession, run_id: str, owner: str) -> None:
+    await session.execute(
+        update(SyncRun)
+        .where(SyncRun.id == run_id, SyncRun.lease_owner == owner)
+        .values(lease_owner=None, lease_expires_at=None, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def held_run(session: AsyncSession, run_id: str, owner: str) -> SyncRun | None:
+    """The run, locked until the transaction ends, if it is running and ``owner`` holds its lease: a slice
+    that lost its lease (it stalled past the expiry and another took over) must not advance the run."""
+    # FOR UPDATE on PostgreSQL (SQLite serialises writers and renders none).
+    stmt = select(SyncRun).where(SyncRun.id == run_id).with_for_update()
+    run = (await session.execute(stmt.execution_options(populate_existing=True))).scalar_one_or_none()
+    if run is None or run.status != "running" or run.lease_owner != owner:
+        return None
+    return run
+
+
+async def count_slice_failure(session: AsyncSession, run_id: str, reason: str) -> int:
+    """Record that a slice of an unfinished run failed; returns the failures in a row (0: finished run)."""
+    stmt = (
+        update(SyncRun)
+        .where(SyncRun.id == run_id, SyncRun.status.in_(("pending", "running")))
+        .values(slice_failures=SyncRun.slice_failures + 1, error=reason, updated_at=utcnow())
+        .returning(SyncRun.slice_failures)
+    )
+    value = (await session.execute(stmt)).scalar_one_or_none()
+    return int(value or 0)
+
+
+async def record_sync_failure(session: AsyncSession, run_id: str, kommo_id: int, reason: str) -> None:
+    """A contact the run could not apply (once per run and contact: a page read again records it again)."""
+    stmt = dialect.insert(session, SyncFailure).values(
+        run_id=run_id, kommo_id=kommo_id, reason=reason, at=utcnow()
+    )
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["run_id", "kommo_id"], set_={"reason": reason, "at": utcnow()}
+        )
+    )
+
+
+async def sync_failures(session: AsyncSession, run_id: str, limit: int) -> tuple[int, list[SyncFailure]]:
+    """How many contacts the run could not apply, and the first ``limit`` of them by Kommo id."""
+    count = (
+        await session.execute(
+            select(func.count()).select_from(SyncFailure).where(SyncFailure.run_id == run_id)
+        )
+    ).scalar_one()
+    if not count:
+        return 0, []
+    stmt = select(SyncFailure).where(SyncFailure.run_id == run_id).order_by(SyncFailure.kommo_id).limit(limit)
+    return int(count), list((await session.execute(stmt)).scalars())
 
 
 async def list_runs(session: AsyncSession, account_id: int | None, limit: int = 50) -> list[SyncRun]:

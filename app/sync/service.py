@@ -1,8 +1,10 @@
 """The mirror's core: apply contact versions, then recompute the desired state of every touched address.
 
-Rules (DESIGN.md):
-- A contact version applies only if it is newer than the one we hold (Kommo ``updated_at``): out-of-order
-  and duplicate deliveries converge to the latest state.
+Rules:
+- A webhook's contact version applies only if it is newer than the one we hold (Kommo ``updated_at``): out-
+  of-order and duplicate deliveries converge to the latest state.
+- What is read live from Kommo's REST API (full sync, reconcile, verification) is the truth as of the read:
+  it replaces what we stored before it, whatever that version's timestamp (a forged one included).
 - An address's owner is the most recently updated live contact holding it; when no live contact holds it any
   more, it is deleted from the email platform. An unsubscribed address is never pushed again.
 - Unisender's state per address is remembered (``outbox.pushed_hash``): a change that leaves it unchanged sends
@@ -20,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.connectors.base import CrmContact
 from app.db.base import utcnow
+from app.db.models import Contact
 from app.sync import repository as repo
 from app.sync.mapping import DesiredAddress, contact_emails, payload_hash
 
@@ -35,11 +38,18 @@ async def apply_contacts(
     account_id: int,
     contacts: Iterable[CrmContact],
     *,
-    authoritative: bool = False,
+    read_at: datetime | None = None,
     run_id: str | None = None,
 ) -> ApplyResult:
-    """Upsert contact versions. ``authoritative``: read live from the CRM (full sync, verification), so a
-    locally deleted contact is live again; otherwise only strictly newer versions of live contacts apply."""
+    """Upsert contact versions.
+
+    Without ``read_at`` (webhook versions) only strictly newer versions of live contacts apply. With it, the
+    versions were read live from the CRM at ``read_at`` (full sync, reconcile, verification) and are the
+    truth as of then: they replace whatever we stored before that moment, whatever its timestamp, and revive
+    a contact we hold as deleted. A row written after ``read_at`` (a webhook applied while the page was on its
+    way) may hold a later change, so there only a newer version applies. Identical rows are never rewritten:
+    a full sync over an unchanged account only marks them seen.
+    """
     latest: dict[int, CrmContact] = {}
     for c in contacts:
         cur = latest.get(c.id)
@@ -55,12 +65,9 @@ async def apply_contacts(
     address_changes: dict[int, tuple[set[str], set[str]]] = {}
     for cid, c in latest.items():
         old = existing.get(cid)
-        if old is not None:
-            newer = c.updated_at > old.kommo_updated_at
-            revived = old.deleted_at is not None and authoritative and c.updated_at >= old.kommo_updated_at
-            if not newer and not revived:
-                continue
         new_emails = set(contact_emails(c.emails))
+        if old is not None and not _replaces(old, c, new_emails, read_at):
+            continue
         old_emails = held.get(cid, set())
         if new_emails != old_emails:
             address_changes[cid] = (old_emails - new_emails, new_emails - old_emails)
@@ -87,6 +94,22 @@ async def apply_contacts(
         skipped = [cid for cid in latest if cid not in applied]
         await repo.mark_seen(session, account_id, skipped, run_id)
     return result
+
+
+def _replaces(old: Contact, new: CrmContact, emails: set[str], read_at: datetime | None) -> bool:
+    """Whether ``new`` replaces the stored row ``old`` (see ``apply_contacts``)."""
+    if read_at is not None and old.updated_at < read_at:
+        same = (
+            old.deleted_at is None
+            and old.kommo_updated_at == new.updated_at
+            and old.name == new.name
+            and list(old.emails) == sorted(emails)
+            and list(old.tags) == list(new.tags)
+        )
+        return not same
+    newer = new.updated_at > old.kommo_updated_at
+    revived = read_at is not None and old.deleted_at is not None and new.updated_at >= old.kommo_updated_at
+    return newer or revived
 
 
 async def delete_contacts(

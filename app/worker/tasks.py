@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import random
+import uuid
 from typing import Any
 
 import structlog
 from arq import Retry
+from sqlalchemy.exc import DBAPIError
 
 from app import metrics
 from app.accounts.service import AccountNotReady, ensure_kommo_webhooks, refresh_expiring_tokens
@@ -15,6 +17,7 @@ from app.connectors.errors import PermanentError, TransientError
 from app.context import ProcessContext
 from app.sync import events, fullsync, outbox, unsubscribes
 from app.sync import repository as repo
+from app.sync.isolation import isolatable
 from app.worker import enqueue
 
 log = structlog.get_logger(__name__)
@@ -96,15 +99,34 @@ async def flush_outbox(ctx: dict[str, Any], account_id: int) -> int:
 
 
 async def full_sync(ctx: dict[str, Any], run_id: str) -> str:
+    """One slice of a full-sync run. The job's id names the slice in the run's lease: arq retries a job under
+    the same id, so a retry takes its own lease back while any other job finds the run held."""
     pc = process_context(ctx)
     structlog.contextvars.bind_contextvars(run_id=run_id)
+    owner = str(ctx.get("job_id") or f"slice:{uuid.uuid4().hex}")
     try:
-        return await fullsync.run_full_sync_slice(pc, run_id)
+        return await fullsync.run_full_sync_slice(pc, run_id, owner=owner)
     except TransientError as exc:
-        raise _retry_after(ctx, exc) from exc
+        retry = _retry_after(ctx, exc)
+        await fullsync.hold_for_retry(pc, run_id, owner, (retry.defer_score or 0) / 1000)
+        raise retry from exc
     except (AccountNotReady, PermanentError) as exc:
         await fullsync.fail_run(pc, run_id, f"{type(exc).__name__}: {exc}")
         return "failed"
+    except Exception as exc:
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            raise  # PostgreSQL restarted: the job is retried on a fresh connection (worker.settings)
+        if not isolatable(exc):
+            raise  # PostgreSQL unreachable or busy, not the run's fault: its lease expires, the sweeper goes on
+        return await _slice_failed(pc, run_id, owner, exc)
+
+
+async def _slice_failed(pc: ProcessContext, run_id: str, owner: str, exc: Exception) -> str:
+    """An unexpected failure must not leave the run "running" with no job: retry a few times, then fail it."""
+    delay = await fullsync.slice_failed(pc, run_id, owner, exc)
+    if delay is None:
+        return "failed"
+    raise Retry(defer=delay) from exc
 
 
 async def tag_unsubscribes(ctx: dict[str, Any], account_id: int) -> int:
@@ -138,7 +160,7 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     async with pc.db.session_scope() as session:
         stale_events = await repo.accounts_with_stale_events(session, repo.ago(5))
         due = await repo.accounts_with_due_outbox(session)
-        runs = await repo.stale_runs(session, repo.ago(90))
+        runs = await repo.orphaned_runs(session, idle=fullsync.LEASE_SECONDS)
         untagged = await repo.accounts_with_untagged_unsubscribes(session)
         metrics.EVENTS_PENDING.set(await repo.count_pending_events(session))
         metrics.OUTBOX_PENDING.set((await repo.outbox_counts(session)).get("pending", 0))

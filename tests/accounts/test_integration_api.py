@@ -165,6 +165,8 @@ async def test_accounts_views(stack: Stack) -> None:
         "unisender",
         "outbox",
         "events_pending",
+        "events_failed",
+        "recent_event_failures",
         "last_event_at",
         "last_error",
         "last_error_at",

@@ -150,3 +150,51 @@ async def test_kill9_during_full_sync_resumes_from_checkpoint(
         await assert_mirror_exact(stack, account)
     finally:
         worker.stop()
+
+
+@pytest.mark.timeout(240)
+async def test_kill9_with_the_default_job_timeout_resumes_within_30_s(stack: Stack, tmp_path: object) -> None:
+    """With the default WORKER_JOB_TIMEOUT (60 s) arq re-runs a killed job only after 70 s. The run's lease
+    expires at most ``LEASE_SECONDS`` after the dead slice last renewed it, and the sweeper (every 10 s) then
+    hands the run to a new job: from the kill to the next committed page takes at most about 22 s (lease
+    left ≤ 10 s, the next sweep ≤ 10 s, one page), measured 14-20 s, the restart of the worker included."""
+    contacts = 1500
+    pages = contacts // 250
+    account = await connect_account(stack, contacts=contacts, seed=31)
+    # About 1 s per Kommo call: the sync lasts a few seconds, so the kill lands mid-run.
+    r = await stack.kommo.post("/_sandbox/faults", json={"latency_ms": 1000})
+    assert r.status_code == 200, r.text
+    env = worker_env(stack.settings)
+    del env["CONTACTSYNC_WORKER_JOB_TIMEOUT"]  # the default, as deployed
+    assert Settings.model_fields["worker_job_timeout"].default == 60
+    worker = WorkerProcess(env, tmp_path, "default")  # type: ignore[arg-type]
+    worker.start()
+    try:
+        await wait_worker_ready(worker)
+        run_id = await _full_sync(stack, account)
+        deadline = time.monotonic() + 60
+        while int((await _run_row(stack, run_id))["cursor"] or 0) < 1:  # type: ignore[call-overload]
+            assert time.monotonic() < deadline, "no page committed within 60 s"
+            await asyncio.sleep(0.05)
+        worker.kill9()
+        killed_at = time.monotonic()
+        at_kill = await _run_row(stack, run_id)  # read after the kill: nothing can commit any more
+        assert at_kill["status"] == "running", at_kill
+        assert int(at_kill["cursor"] or 0) < pages - 1, at_kill  # type: ignore[call-overload]
+        worker.start()
+        while True:
+            row = await _run_row(stack, run_id)
+            if int(row["cursor"] or 0) > int(at_kill["cursor"] or 0) or row["status"] == "done":  # type: ignore[call-overload]
+                break
+            assert time.monotonic() - killed_at < 60, f"no page committed within 60 s of the kill: {row}"
+            await asyncio.sleep(0.05)
+        recovered = time.monotonic() - killed_at
+        print(f"kill -9 to the next committed page: {recovered:.1f} s")  # noqa: T201 - the measured figure
+        assert recovered <= 30, recovered
+        await wait_quiet(stack, account, within=60)
+        row = await _run_row(stack, run_id)
+        assert row["status"] == "done", row
+        assert row["fetched"] == contacts, row  # every page committed exactly once
+        await assert_mirror_exact(stack, account)
+    finally:
+        worker.stop()

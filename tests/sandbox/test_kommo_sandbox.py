@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -686,7 +687,7 @@ async def test_webhook_delivers_php_form_bodies(sandbox: Sandbox, receiver: Rece
     await drain(sandbox)
     assert len(receiver.requests) == 2
     _m, headers, _b = receiver.requests[0]
-    assert headers["user-agent"] == "amoCRM-WebHook-client/1.0"
+    assert headers["user-agent"] == "amoCRM-Webhooks/3.0"
     assert headers["content-type"] == "application/x-www-form-urlencoded"
     add, update = (dict(f) for f in receiver.forms())
     assert add["account[subdomain]"] == "acme"
@@ -720,6 +721,82 @@ async def test_webhook_delivers_php_form_bodies(sandbox: Sandbox, receiver: Rece
         "updated_at"
     ]
     assert update["contacts[update][0][updated_at]"] == str(updated_at)
+
+
+async def test_deliveries_carry_current_headers_and_a_new_request_id_per_attempt(
+    sandbox: Sandbox, receiver: Receiver
+) -> None:
+    """Current Kommo deliveries: amoCRM-Webhooks/3.0, X-Amocrm-Requestid (a UUID v4), Accept-Encoding: gzip,
+    the form content type, and nothing of the 2016 set (Accept: */*, Connection: close)."""
+    inst = await install(sandbox)
+    await subscribe(sandbox, inst, receiver.url)
+    receiver.fail_next = 1
+    await sandbox.http.post("/acme/api/v4/contacts", headers=inst.auth, json=[{"name": "h"}])
+    await drain(sandbox)
+    assert len(receiver.requests) == 2  # one failed attempt, one retry
+    ids = []
+    for _m, headers, _body in receiver.requests:
+        assert headers["user-agent"] == "amoCRM-Webhooks/3.0"
+        assert headers["accept-encoding"] == "gzip"
+        assert headers["content-type"] == "application/x-www-form-urlencoded"
+        assert "accept" not in headers
+        assert headers.get("connection", "keep-alive") != "close"
+        request_id = uuid.UUID(headers["x-amocrm-requestid"])
+        assert request_id.version == 4
+        ids.append(str(request_id))
+    assert ids[0] != ids[1]
+    log = await sandbox.control("GET", "/deliveries")
+    assert [e["request_id"] for e in log] == ids
+
+
+async def test_webhook_tags_in_captured_layout(sandbox: Sandbox, receiver: Receiver) -> None:
+    """``contacts[update][0][tags][0][id]`` / ``[name]`` after the custom fields; body order account block
+    first: subdomain, id, _links.self, then the entity groups."""
+    inst = await install(sandbox)
+    await subscribe(sandbox, inst, receiver.url, ["update_contact"])
+    created = await sandbox.http.post(
+        "/acme/api/v4/contacts", headers=inst.auth, json=[contact_with_phone_and_email()]
+    )
+    cid = created.json()["_embedded"]["contacts"][0]["id"]
+    await sandbox.http.patch(
+        f"/acme/api/v4/contacts/{cid}",
+        headers=inst.auth,
+        json={"_embedded": {"tags": [{"name": "vip"}, {"name": "повторное обращение"}]}},
+    )
+    await drain(sandbox)
+    [form] = receiver.forms()
+    keys = [k for k, _v in form]
+    assert keys[:3] == ["account[subdomain]", "account[id]", "account[_links][self]"]
+    assert dict(form)["account[_links][self]"] == "https://acme.kommo.com"
+    tags = (await sandbox.http.get(f"/acme/api/v4/contacts/{cid}", headers=inst.auth)).json()["_embedded"][
+        "tags"
+    ]
+    p = "contacts[update][0]"
+    expected = []
+    for j, tag in enumerate(tags):
+        expected += [(f"{p}[tags][{j}][id]", str(tag["id"])), (f"{p}[tags][{j}][name]", tag["name"])]
+    assert [kv for kv in form if "[tags]" in kv[0]] == expected
+    assert {t["name"] for t in tags} == {"vip", "повторное обращение"}
+    assert keys.index(f"{p}[tags][0][id]") > keys.index(f"{p}[custom_fields][1][code]")
+    assert keys.index(f"{p}[tags][1][name]") < keys.index(f"{p}[updated_at]")
+
+
+async def test_control_characters_in_a_name_are_held_and_served(sandbox: Sandbox, receiver: Receiver) -> None:
+    """Kommo keeps what users and integrations type, NUL included: REST serves it as JSON escapes, webhooks
+    percent-encode it (so our side can be tested against such contacts end to end)."""
+    inst = await install(sandbox)
+    await subscribe(sandbox, inst, receiver.url, ["add_contact"])
+    name = "Null\x00Byte\x07Bell\x85Nel"
+    created = await sandbox.http.post("/acme/api/v4/contacts", headers=inst.auth, json=[{"name": name}])
+    assert created.status_code == 200, created.text
+    cid = created.json()["_embedded"]["contacts"][0]["id"]
+    one = await sandbox.http.get(f"/acme/api/v4/contacts/{cid}", headers=inst.auth)
+    assert b"\\u0000" in one.content
+    assert one.json()["name"] == name
+    await drain(sandbox)
+    [(_m, _h, body)] = receiver.requests
+    assert b"Null%00Byte%07Bell%C2%85Nel" in body
+    assert dict(receiver.forms()[0])["contacts[add][0][name]"] == name
 
 
 async def test_batch_window_coalesces_changes(sandbox: Sandbox, receiver: Receiver) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.connectors.base import CrmContact, OAuthTokens
+from app.connectors.kommo.text import clean_text
 
 EMAIL_FIELD_CODE = "EMAIL"
 
@@ -92,31 +93,33 @@ class KommoContact(KommoModel):
     _names = field_validator("name", "first_name", "last_name", mode="before")(_null_to_empty)
 
     def emails(self) -> list[str]:
-        """All email values of the contact, in Kommo's order, blanks skipped, exact duplicates once."""
+        """All email values of the contact (cleaned), in Kommo's order, blanks skipped, exact duplicates once."""
         found: list[str] = []
         for field in self.custom_fields_values or ():
             if not field.is_email():
                 continue
             for item in field.values:
                 if isinstance(item.value, str):
-                    email = item.value.strip()
+                    email = clean_text(item.value).strip()
                     if email and email not in found:
                         found.append(email)
         return found
 
     def tag_names(self) -> list[str]:
-        """Names of the contact's tags."""
-        return [tag.name for tag in self.embedded.tags]
+        """Names of the contact's tags (cleaned)."""
+        return [clean_text(tag.name) for tag in self.embedded.tags]
 
     def to_crm_contact(self) -> CrmContact:
-        """The provider-neutral view used by the sync engine."""
+        """The provider-neutral view used by the sync engine; its text is cleaned of control characters here,
+        at the boundary (``text.clean_text``): here rather than in field validators, because a full sync maps
+        every contact of an account and a plain call per field is the cheapest place."""
         return CrmContact(
             id=self.id,
-            name=self.name,
+            name=clean_text(self.name),
             updated_at=self.updated_at,
             emails=tuple(self.emails()),
-            first_name=self.first_name,
-            last_name=self.last_name,
+            first_name=clean_text(self.first_name),
+            last_name=clean_text(self.last_name),
             tags=tuple(self.tag_names()),
             deleted=self.is_deleted,
         )

@@ -4,7 +4,8 @@ Kommo posts ``application/x-www-form-urlencoded`` bodies such as
 ``contacts[add][0][custom_fields][1][values][0][value]=john@example.com``. The body comes from the internet
 unsigned, so the parser is strict and bounded: every key is checked, the number of keys, the key depth and
 the number of contacts are capped, the tree is built with loops (no recursion), and anything malformed raises
-``KommoWebhookParseError`` (the API answers 400, never 500).
+``KommoWebhookParseError`` (the API answers 400, never 500). Every value is cleaned of control characters
+(``text.clean_text``) as the tree is built, so nothing downstream sees a NUL.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import structlog
 
 from app.connectors.base import CrmAction, CrmContact, CrmContactEvent, CrmWebhookBatch
 from app.connectors.kommo.exceptions import KommoWebhookParseError
+from app.connectors.kommo.text import clean_text
 
 log = structlog.get_logger(__name__)
 
@@ -122,7 +124,8 @@ def _unquote_key(text: str) -> str:
 
 
 def build_tree(pairs: Iterable[tuple[str, str]]) -> dict[str, Node]:
-    """Fold bracket keys into a nested dict; a path may not be both a leaf and a branch, nor repeat."""
+    """Fold bracket keys into a nested dict of cleaned values; a path may not be both a leaf and a branch, nor
+    repeat."""
     root: dict[str, Node] = {}
     for count, (key, value) in enumerate(pairs, start=1):
         if count > MAX_KEYS:
@@ -148,7 +151,7 @@ def build_tree(pairs: Iterable[tuple[str, str]]) -> dict[str, Node]:
                 "duplicate key" if isinstance(existing, str) else "key used both as a value and as a group",
                 key=key[:80],
             )
-        node[last] = value
+        node[last] = clean_text(value)
     return root
 
 

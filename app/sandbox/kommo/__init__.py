@@ -70,7 +70,9 @@ Webhooks (§4.2, §4.3): each contact create/update (API or control), delete and
 no public delete/restore) is sent to every enabled webhook whose settings include ``{action}_contact``, as
 ``application/x-www-form-urlencoded`` PHP bracket keys, all values strings, account block first
 (``account_block_first``), ``[enum]`` = enum id, ``[code]`` after ``[values]``, delete = id + type only,
-``User-Agent: amoCRM-WebHook-client/1.0``. Delivery runs in background tasks; 2 s timeout; 100–299 = success;
+tags as ``[tags][i][id]``/``[tags][i][name]``, and the headers of current deliveries: ``User-Agent:
+amoCRM-Webhooks/3.0``, ``X-Amocrm-Requestid`` (a new UUID v4 per attempt, in the delivery log), ``Accept-Encoding:
+gzip``. Delivery runs in background tasks; 2 s timeout; 100–299 = success;
 retries after ``webhook_retry_delays`` (default 5, 30, 120, 600 s); a webhook is disabled after more than
 ``webhook_disable_failures`` (100) failed attempts within 2 h (sandbox clock), the last one failed.
 ``batch_window_ms`` > 0 coalesces the changes of a window into one body (several contacts and actions).

@@ -165,6 +165,10 @@ def webhook_contact_pairs(account: Account, action: str, index: int, c: Contact)
         if fdef.code is not None:
             pairs.append((f"{fp}[code]", fdef.code))
         k += 1
+    # Tags as in captured deliveries: ``…[tags][0][id]=80147``, ``…[tags][0][name]=…``.
+    for j, tag_id in enumerate(t for t in c.tags if t in account.tags):
+        pairs.append((f"{p}[tags][{j}][id]", str(tag_id)))
+        pairs.append((f"{p}[tags][{j}][name]", account.tags[tag_id].name))
     pairs += [
         (f"{p}[created_at]", str(c.created_at)),
         (f"{p}[updated_at]", str(c.updated_at)),

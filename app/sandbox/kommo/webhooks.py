@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import random
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -41,7 +42,8 @@ KNOWN_SETTINGS = frozenset(
     "add_unsorted",
     "delete_unsorted",
 }
-USER_AGENT = "amoCRM-WebHook-client/1.0"
+# What current deliveries carry (2023 and 2025 captures); "amoCRM-WebHook-client/1.0" was the 2016 agent.
+USER_AGENT = "amoCRM-Webhooks/3.0"
 MAX_WEBHOOKS = 100
 
 
@@ -120,6 +122,9 @@ class Dispatcher:
     def client(self) -> httpx.AsyncClient:
         if self._client is None or self._client.is_closed:
             self._client = httpx.AsyncClient(follow_redirects=False)
+            # Only the headers Kommo sends (set per request): not httpx's own Accept and Connection defaults.
+            for name in ("Accept", "Connection"):
+                del self._client.headers[name]
         return self._client
 
     # --- emitting --------------------------------------------------------------------------------------------
@@ -211,15 +216,16 @@ class Dispatcher:
         started = time.monotonic()
         status: int | None = None
         error: str | None = None
+        request_id = str(uuid.uuid4())  # a new id per attempt (whether retries reuse it is unconfirmed)
         try:
             resp = await self.client.post(
                 hook.destination,
                 content=body.payload,
                 headers={
-                    "Content-Type": "application/x-www-form-urlencoded",
                     "User-Agent": USER_AGENT,
-                    "Accept": "*/*",
-                    "Connection": "close",
+                    "X-Amocrm-Requestid": request_id,
+                    "Accept-Encoding": "gzip",
+                    "Content-Type": "application/x-www-form-urlencoded",
                 },
                 timeout=cfg.webhook_timeout,
             )
@@ -229,7 +235,9 @@ class Dispatcher:
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"
         ok = status is not None and 100 <= status <= 299
-        self._log(hook, body, attempt, status, error, time.monotonic() - started, ok=ok)
+        self._log(
+            hook, body, attempt, status, error, time.monotonic() - started, ok=ok, request_id=request_id
+        )
         if ok:
             self._done()
             return
@@ -263,6 +271,7 @@ class Dispatcher:
         seconds: float,
         *,
         ok: bool,
+        request_id: str | None = None,
     ) -> None:
         self.log.append(
             {
@@ -270,6 +279,7 @@ class Dispatcher:
                 "webhook_id": hook.id,
                 "destination": hook.destination,
                 "attempt": attempt,
+                "request_id": request_id,
                 "status": status,
                 "error": error,
                 "ok": ok,

@@ -161,6 +161,23 @@ async def test_list_contacts_without_next_link_or_with_204_ends() -> None:
     assert await client.list_contacts(page=7) == ContactPage(contacts=[], next_page=None)
 
 
+async def test_contact_text_is_cleaned_of_control_characters_and_lone_surrogates() -> None:
+    """JSON can carry what PostgreSQL cannot store (\\u0000) or UTF-8 cannot encode (a lone \\ud800): the
+    client maps contacts without them; tab, LF and CR stay."""
+    raw = contact_json(1, email="a\u0000b@x.com")
+    raw.update(name="Mary\u0000\u0007\u0085\ud800 Ann\t\n", first_name="M\u0000", last_name="\u001bA")
+    raw["_embedded"]["tags"] = [{"id": 1, "name": "v\u0000ip"}]
+    body = json.dumps(page_json([raw], page=1, has_next=False))  # \ud800 travels as a JSON escape
+    client, _ = make_client(
+        lambda r: httpx.Response(200, content=body.encode(), headers={"Content-Type": "application/hal+json"})
+    )
+    [contact] = (await client.list_contacts()).contacts
+    assert contact.name == "Mary Ann\t\n"
+    assert (contact.first_name, contact.last_name) == ("M", "A")
+    assert contact.emails == ("ab@x.com",)
+    assert contact.tags == ("vip",)
+
+
 async def test_iter_contacts_follows_pages_until_204() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         page = int(request.url.params["page"])

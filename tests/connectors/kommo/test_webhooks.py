@@ -101,6 +101,70 @@ def test_every_contact_and_every_action_of_one_body() -> None:
     ]
 
 
+def test_current_delivery_layout_with_tags() -> None:
+    """A body as current deliveries lay it out: the account block first (subdomain, id, _links.self), an
+    always-present old_responsible_user_id, and tags as ``[tags][i][id]`` / ``[tags][i][name]``."""
+    batch = parse_webhook(load_body("contact_update_tags.txt"))
+
+    assert (batch.account_id, batch.subdomain) == (31254530, "etesttask")
+    [event] = batch.events
+    assert (event.action, event.contact_id, event.updated_at) == (CrmAction.UPDATE, 17611273, 1726590000)
+    assert event.contact is not None
+    assert event.contact.emails == ("john@example.com",)
+    assert event.contact.tags == ("повторное обращение", "vip")
+
+
+def test_bodies_the_kommo_sandbox_sends_parse_to_what_it_holds() -> None:
+    """The sandbox's serializer (what our end-to-end tests receive) and the parser agree on every field we read."""
+    from app.sandbox.kommo.serialize import account_pairs, form_encode, webhook_contact_pairs
+    from app.sandbox.kommo.store import Account, Contact, Tag
+
+    account = Account(31254530, "etesttask", "E", 1726000000, 0, 11087123)
+    email = account.field_by_code("EMAIL")
+    assert email is not None
+    account.tags = {80147: Tag(80147, "повторное обращение"), 80148: Tag(80148, "vip")}
+    contact = Contact(
+        17611273,
+        name="Tab\tand\x00NUL",
+        first_name="",
+        last_name="",
+        responsible_user_id=11087123,
+        created_by=11087123,
+        updated_by=11087123,
+        created_at=1726573127,
+        updated_at=1726590000,
+        fields=[(email.id, [("john@example.com", None)])],
+        tags=[80147, 80148],
+    )
+    pairs = account_pairs(account, "amocrm.ru") + webhook_contact_pairs(account, "update", 0, contact)
+    batch = parse_webhook(form_encode(pairs))
+
+    assert (batch.account_id, batch.subdomain) == (31254530, "etesttask")
+    [event] = batch.events
+    assert event.contact is not None
+    assert (event.contact.name, event.contact.updated_at) == ("Tab\tandNUL", 1726590000)
+    assert event.contact.emails == ("john@example.com",)
+    assert event.contact.tags == ("повторное обращение", "vip")
+
+
+def test_control_characters_are_removed_from_every_value() -> None:
+    """NUL (which PostgreSQL cannot store) and the other C0/C1 controls go; tab, LF and CR stay."""
+    body = (
+        "contacts[update][0][id]=5&contacts[update][0][updated_at]=100"
+        "&contacts[update][0][name]=Mary%00%01%1F%7F%C2%80%C2%9F+Ann%09%0A%0D"
+        "&contacts[update][0][first_name]=M%00"
+        "&contacts[update][0][custom_fields][0][code]=EMAIL"
+        "&contacts[update][0][custom_fields][0][values][0][value]=ma%00ry@example.com"
+        "&contacts[update][0][tags][0][name]=v%00ip"
+    )
+    [event] = parse_webhook(body.encode()).events
+    assert event.contact is not None
+    assert event.contact.name == "Mary Ann\t\n\r"
+    assert event.contact.first_name == "M"
+    assert event.contact.emails == ("mary@example.com",)
+    assert event.contact.tags == ("vip",)
+
+
 def test_company_and_note_yield_no_events() -> None:
     batch = parse_webhook(load_body("company_and_note.txt"))
 
