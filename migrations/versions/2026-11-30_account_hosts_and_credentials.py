@@ -4,7 +4,7 @@
 Kommo call for the account goes there. Rows written before it existed were always called on kommo.com.
 ``oauth_state`` now holds one row per successful code exchange (single use of the state), pruned by age.
 
-Revision ID: h3accounts
+Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-30 10:00:00
 """
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "h3accounts"
+revision: str = "0002"
 down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

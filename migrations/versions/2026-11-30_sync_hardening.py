@@ -1,8 +1,8 @@
 """Sync hardening: a lease on each full-sync run (owner + expiry) so an orphaned run is resumed quickly, a count
 of a run's consecutive failed slices, and the contacts a run could not apply.
 
-Revision ID: h1sync
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-11-30 10:00:00
 """
 
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "h1sync"
-down_revision: str | None = "0001"
+revision: str = "0003"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
