@@ -1,18 +1,231 @@
-"""Run an ASGI app with uvicorn inside the current event loop, on a loopback port.
+"""Serving over HTTP with uvicorn: the connection limits uvicorn lacks, and one way to build its config.
 
-Used by the demo (sandboxes beside the service in one process), by tests and by benchmarks: everything talks
-real HTTP over loopback, never through an in-memory transport.
+uvicorn's httptools protocol has no limit on the size of a request's line and headers (httptools buffers a
+header until it ends: five connections sending 100 MB headers took the API from 128 to 696 MB) and no
+deadline for them (a client that sends one byte every few seconds, or none at all, holds its connection
+forever). ``BoundedHttpToolsProtocol`` adds both at the protocol level, before any ASGI code runs, and keeps
+httptools' speed (h11 bounds headers but parses in Python, on the busiest path of the service). Request
+bodies are bounded in size and time by ``app.middleware.BodyGuardMiddleware``, where the app can answer.
+
+``serve_in_background`` runs an app inside the current event loop on a loopback port: the demo (sandboxes
+beside the service in one process), tests and benchmarks talk real HTTP, never an in-memory transport.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+import structlog
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from app.config import Settings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    max_header_bytes: int = 16_384
+    header_timeout: float = 10.0
+    keep_alive_timeout: float = 5.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HttpLimits:
+        return cls(
+            max_header_bytes=settings.http_max_header_bytes,
+            header_timeout=settings.http_header_timeout,
+            keep_alive_timeout=settings.http_keep_alive_timeout,
+        )
+
+
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback to stop parsing; uvicorn then calls ``send_400_response``."""
+
+
+# How long a connection answered before its request fully arrived keeps reading (and discarding) after the
+# answer, so the client can read the answer (see ``_LingeringClose``).
+LINGER_SECONDS = 2.0
+
+
+class _LingeringClose:
+    """The transport as uvicorn sees it, whose ``close()`` lingers while the client is still sending.
+
+    Closing a socket with unread data in it makes the kernel send a reset, and a reset makes the client's
+    kernel drop what it had not read yet: a client still sending a body would never see the 413 or 408
+    that explains why. So the write side is closed first (the client reads the answer, then end of stream),
+    what still arrives is discarded, and the socket is closed when the client closes or ``LINGER_SECONDS``
+    pass (the usual lingering close of HTTP servers).
+    """
+
+    def __init__(self, transport: asyncio.Transport, protocol: BoundedHttpToolsProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self._closing = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self._closing or self._transport.is_closing()
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        transport = self._transport
+        if transport.is_closing() or not self._protocol.receiving or not transport.can_write_eof():
+            transport.close()
+            return
+        self._protocol.lingering = True
+        transport.write_eof()
+        transport.resume_reading()
+        self._protocol.loop.call_later(LINGER_SECONDS, transport.close)
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a size cap (431) and a deadline (408) on each request's head.
+
+    The head is counted twice: while it is incomplete, by the bytes fed to the parser since it began (so
+    what httptools buffers stays bounded; the chunk that starts a head is not counted, which lets a head
+    overshoot by at most one read); once complete, exactly. The deadline runs from the connection's start
+    or the request's first byte; a connection that sent nothing by then is closed without an answer.
+    Idle keep-alive connections are closed by uvicorn's own ``timeout_keep_alive``. A connection closed
+    while its request is still arriving closes lingering (``_LingeringClose``).
+    """
+
+    max_header_bytes: ClassVar[int] = 16_384
+    header_timeout: ClassVar[float] = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.receiving = False  # a request has begun and not fully arrived
+        self.lingering = False  # answered and closing: what arrives now is discarded
+        super().connection_made(_LingeringClose(transport, self))  # type: ignore[arg-type]
+        self._heads = 0  # requests begun on this connection
+        self._head_bytes = 0
+        self._in_head = True  # waiting for, or reading, a request's line and headers
+        self._refusal: tuple[int, str, str] | None = None
+        self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(
+            self.header_timeout, self._head_timed_out
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return
+        heads = self._heads
+        super().data_received(data)
+        if self._in_head and heads == self._heads and self._heads and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_header_bytes:
+                self._refuse(*self._too_large())
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.receiving = True
+        self._heads += 1
+        self._head_bytes = 0
+        self._in_head = True
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._stop_head_timer()
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.max_header_bytes:
+            self._refusal = self._too_large()
+            raise _HeadTooLarge
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self.receiving = False
+        super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        if self._refusal is None:
+            super().send_400_response(msg)
+        else:
+            self._refuse(*self._refusal)
+
+    def _too_large(self) -> tuple[int, str, str]:
+        return (
+            431,
+            "headers_too_large",
+            f"The request line and headers exceed the limit of {self.max_header_bytes} bytes.",
+        )
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self._in_head or self.transport.is_closing():
+            return
+        if self._heads == 0:
+            self.transport.close()  # not a byte was sent: nobody to answer
+            return
+        self._refuse(
+            408,
+            "request_timeout",
+            f"The request line and headers did not arrive within {self.header_timeout:g} s.",
+        )
+
+    def _refuse(self, status: int, code: str, detail: str) -> None:
+        self._stop_head_timer()
+        log.warning("http.refused", status=status, error=code, client=self.client and self.client[0])
+        if self.cycle is None or self.cycle.response_complete:
+            body = json.dumps({"error": code, "detail": detail}).encode()
+            self.transport.write(
+                b"".join(
+                    [
+                        STATUS_LINE[status],
+                        b"content-type: application/json\r\n",
+                        b"x-content-type-options: nosniff\r\n",
+                        b"content-length: %d\r\n" % len(body),
+                        b"connection: close\r\n\r\n",
+                        body,
+                    ]
+                )
+            )
+        # else: an earlier request on this connection is still being answered; closing is all we can do.
+        self.transport.close()
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+
+def bounded_protocol(limits: HttpLimits) -> type[BoundedHttpToolsProtocol]:
+    """The protocol class with ``limits`` (uvicorn instantiates the class itself, once per connection)."""
+    return type(
+        "BoundedHttpToolsProtocol",
+        (BoundedHttpToolsProtocol,),
+        {"max_header_bytes": limits.max_header_bytes, "header_timeout": limits.header_timeout},
+    )
+
+
+def uvicorn_config(
+    app: ASGIApp, *, host: str, port: int, limits: HttpLimits, **options: Any
+) -> uvicorn.Config:
+    """How every server of ours is configured: the bounded protocol, no access log (we log ourselves)."""
+    options.setdefault("access_log", False)
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=bounded_protocol(limits),
+        timeout_keep_alive=limits.keep_alive_timeout,  # type: ignore[arg-type]  # a float works
+        **options,
+    )
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -23,12 +236,23 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @asynccontextmanager
 async def serve_in_background(
-    app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+    app: ASGIApp,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    log_level: str = "warning",
+    limits: HttpLimits | None = None,
 ) -> AsyncIterator[str]:
     """Start ``app`` on ``host:port`` (0 = a free port) and yield its base URL; stop it on exit."""
     port = port or free_port(host)
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on", loop="none"
+    config = uvicorn_config(
+        app,
+        host=host,
+        port=port,
+        limits=limits or HttpLimits(),
+        log_level=log_level,
+        lifespan="on",
+        loop="none",
     )
     server = uvicorn.Server(config)
 

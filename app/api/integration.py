@@ -10,9 +10,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from app.accounts import service
 from app.accounts.schemas import DisableOut, IntegrationIn, IntegrationOut, UnisenderIn, UnisenderOut
 from app.api.deps import AdminDep, ContextDep, SessionDep, require_admin
+from app.api.routing import AppRoute
 from app.errors import Unauthorized
 
-router = APIRouter(tags=["integration"])
+router = APIRouter(tags=["integration"], route_class=AppRoute)
 
 
 @router.post(

@@ -7,6 +7,7 @@ once per dialect so SQLAlchemy's compiled cache always hits.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -105,6 +106,12 @@ async def _fetch_pg(conn: AsyncConnection, sql: str, args: Sequence[Any]) -> lis
     try:
         rows: list[Any] = await driver.fetch(sql, *args)
         return rows
+    except (TimeoutError, asyncio.CancelledError):
+        # No answer within the driver's deadline, or our caller's deadline cancelled us (webhook intake):
+        # the statement is still in flight, so the connection is discarded, not pooled half-used. A timeout
+        # is not a dead connection, so it is not retried at once (the database is slow or unreachable).
+        await conn.invalidate()
+        raise
     except Exception as exc:
         # Outside SQLAlchemy's execute, so classify as it would: a broken connection is discarded and reported
         # as OperationalError (503, and ``run_autocommit`` retries once on a fresh connection).

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,7 +19,7 @@ from app.connectors.unisender.exceptions import UnisenderHookParseError
 from app.connectors.unisender.hooks import parse_hook, verify_hook_auth
 from app.context import ProcessContext
 from app.db.session import after_commit
-from app.errors import BadRequest, Unauthorized
+from app.errors import BadRequest, ServiceUnavailable, Unauthorized
 from app.sync import inbox
 from app.sync import repository as repo
 from app.worker import enqueue
@@ -44,11 +46,16 @@ class InboxWriter:
     Every caller still waits until its own row has committed (a webhook is acknowledged only once durable),
     but under load one INSERT and one commit serve many requests: the round trip, the pool checkout and the
     commit's WAL flush are paid per batch, not per webhook. At low load a batch is one body, as before.
+
+    Each write has ``deadline`` seconds: a database that stops answering fails the batch (its callers answer
+    503) instead of holding every later webhook behind it. A caller that gives up before its body was taken
+    into a write withdraws it, so nothing it did not acknowledge is stored later.
     """
 
-    def __init__(self, pc: ProcessContext, *, max_batch: int = 256) -> None:
+    def __init__(self, pc: ProcessContext, *, max_batch: int = 256, deadline: float = 1.0) -> None:
         self._pc = pc
         self._max_batch = max_batch
+        self._deadline = deadline
         self._waiting: list[tuple[inbox.NewEvent, asyncio.Future[bool]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -56,10 +63,16 @@ class InboxWriter:
         """Store one body; True when it is new, False when the same delivery was stored before."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[bool] = loop.create_future()
-        self._waiting.append((event, done))
+        entry = (event, done)
+        self._waiting.append(entry)
         if self._writer is None or self._writer.done():
             self._writer = loop.create_task(self._write_loop())
-        return await done
+        try:
+            # Shielded: a caller that gives up (its deadline) must not cancel a write shared with others.
+            return await asyncio.shield(done)
+        finally:
+            if not done.done() and entry in self._waiting:
+                self._waiting.remove(entry)
 
     async def close(self) -> None:
         """Finish what is queued (shutdown)."""
@@ -91,7 +104,8 @@ class InboxWriter:
             unique.setdefault(event.dedupe_key, event)
         rows = list(unique.values())
         try:
-            stored = await self._pc.db.run_autocommit(lambda conn: inbox.store_events(conn, rows))
+            async with asyncio.timeout(self._deadline):
+                stored = await self._pc.db.run_autocommit(lambda conn: inbox.store_events(conn, rows))
         except Exception as exc:
             for _, done in batch:
                 if not done.done():  # a caller that went away (client disconnect) wants no answer
@@ -106,19 +120,59 @@ class InboxWriter:
                 done.set_result(new)
 
 
+ReadBody = Callable[[], Awaitable[bytes | None]]
+
+
+class _Budget:
+    """The database time one webhook may spend, over its steps (token check, store); reading the body from
+    the client is not counted (the body deadline bounds that)."""
+
+    def __init__(self, seconds: float, provider: str) -> None:
+        self.left = seconds
+        self.total = seconds
+        self.provider = provider
+
+    @asynccontextmanager
+    async def spend(self) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        try:
+            async with asyncio.timeout(self.left):
+                yield
+        except TimeoutError:
+            # Not acknowledged, so the sender retries: Kommo gives up on a webhook after 2 s and counts it as
+            # failed, so it must hear "later" well before that rather than wait for the database.
+            metrics.WEBHOOKS.labels(self.provider, "db_timeout").inc()
+            raise ServiceUnavailable(
+                f"The database did not answer within {self.total:g} s; retry shortly."
+            ) from None
+        finally:
+            self.left -= loop.time() - start
+
+
 @dataclass(frozen=True, slots=True)
 class WebhookIntake:
-    """What webhook intake needs, built once per API process: the hot path touches no ORM session."""
+    """What webhook intake needs, built once per API process: the hot path touches no ORM session.
+
+    Each webhook is authenticated from its URL before a byte of its body is read (a caller without the
+    token costs no body read), and its database work has ``deadline`` seconds in all.
+    """
 
     pc: ProcessContext
     auth: WebhookAuth
     wakeups: WakeUps
     writer: InboxWriter
+    deadline: float = 1.0
 
-    async def accept_kommo(self, account_id: int, token: str | None, body: bytes) -> bool:
-        """Verify, parse-check and store a Kommo body; True when new. Its INSERT is the whole unit of work."""
-        db = self.pc.db
-        await self.auth.verify(db, account_id, token)
+    async def accept_kommo(self, account_id: int, token: str | None, read_body: ReadBody) -> bool | None:
+        """Verify, read, parse-check and store a Kommo body; True when new, None when the client went away.
+        Its INSERT is the whole unit of work."""
+        budget = _Budget(self.deadline, "kommo")
+        async with budget.spend():
+            await self.auth.verify(self.pc.db, account_id, token)
+        body = await read_body()
+        if body is None:
+            return None
         _refuse_nul(body)
         try:
             batch = parse_webhook(body)
@@ -133,9 +187,10 @@ class WebhookIntake:
         has_deletions = any(e.contact is None for e in batch.events)
         dedupe_key = _dedupe_key("kommo", account_id, body, unique=has_deletions)
         text = body.decode("utf-8", errors="replace")
-        new = await self.writer.store(
-            inbox.NewEvent(account_id=account_id, source="kommo", dedupe_key=dedupe_key, body=text)
-        )
+        async with budget.spend():
+            new = await self.writer.store(
+                inbox.NewEvent(account_id=account_id, source="kommo", dedupe_key=dedupe_key, body=text)
+            )
         if not new:
             metrics.WEBHOOKS.labels("kommo", "duplicate").inc()
             return False
@@ -144,6 +199,17 @@ class WebhookIntake:
             # After the commit (autocommit: the insert has committed when it returns).
             self.wakeups.poke("process_events", account_id, "kommo")
         return True
+
+    async def accept_unisender(self, account_id: int, token: str | None, read_body: ReadBody) -> bool | None:
+        """Verify, read and store a Unisender hook (unsubscribes); True when new, None when the client left."""
+        budget = _Budget(self.deadline, "unisender")
+        async with budget.spend():
+            await self.auth.verify(self.pc.db, account_id, token)
+        body = await read_body()
+        if body is None:
+            return None
+        async with budget.spend(), self.pc.db.session_scope() as session:
+            return await accept_unisender_hook(session, self.pc, account_id, body)
 
 
 async def accept_unisender_hook(
