@@ -40,6 +40,11 @@ def _dedupe_key(source: str, account_id: int, body: bytes, *, unique: bool) -> s
     return hashlib.sha256(f"{source}:{account_id}:{salt}:".encode() + body).hexdigest()
 
 
+def _outcome_unread(done: asyncio.Future[bool]) -> None:
+    if not done.cancelled():
+        done.exception()  # retrieved, so asyncio does not report it as lost
+
+
 class InboxWriter:
     """Group commit for webhook intake: bodies that arrive while a write is in flight go into the next one.
 
@@ -71,8 +76,11 @@ class InboxWriter:
             # Shielded: a caller that gives up (its deadline) must not cancel a write shared with others.
             return await asyncio.shield(done)
         finally:
-            if not done.done() and entry in self._waiting:
-                self._waiting.remove(entry)
+            if not done.done():
+                if entry in self._waiting:
+                    self._waiting.remove(entry)  # not taken into a write: it never will be
+                else:
+                    done.add_done_callback(_outcome_unread)  # being written; nobody reads how it went
 
     async def close(self) -> None:
         """Finish what is queued (shutdown)."""
