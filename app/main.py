@@ -74,15 +74,10 @@ def create_app(settings: Settings | None = None, *, auto_migrate: bool | None = 
     )
     install_error_handlers(app)
     app.include_router(api_router)
-    # The first call below is the innermost at run time: Kommo webhook fast path, body limits, metrics,
-    # security headers, ids.
+    # The first call below is the innermost at run time: Kommo webhook fast path, body cap, metrics,
+    # security headers, ids. (Limits on request heads and deadlines are the server's: app.serving.)
     app.add_middleware(KommoWebhookFastPath)
-    app.add_middleware(
-        BodyGuardMiddleware,
-        max_bytes=settings.max_body_bytes,
-        timeout=settings.http_body_timeout,
-        min_rate=settings.http_body_min_rate,
-    )
+    app.add_middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(
         SecurityHeadersMiddleware,

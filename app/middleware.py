@@ -1,11 +1,10 @@
-"""ASGI middlewares around every request: request id, request body limits, security headers.
+"""ASGI middlewares around every request: request id, request body cap, security headers.
 
 Request id: taken from ``X-Request-ID`` when sane, else generated; bound to logs and echoed back.
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
 import uuid
 
@@ -51,24 +50,18 @@ class RequestIdMiddleware:
 
 
 class BodyGuardMiddleware:
-    """Request bodies: at most ``max_bytes`` (413), arriving in time (408); an early answer closes.
-
-    The cap holds by Content-Length and while streaming (a chunked body has none). The deadline counts from
-    the request's start: ``timeout`` seconds for the whole body, more for a large one while it keeps arriving
-    at ``min_rate`` bytes/s (so a client trickling a body cannot hold a connection and a task for ever, and a
-    slow but steady upload of a large body still gets through). Both are raised from inside ``receive`` as
-    ``BodyRefused``, which the app's handlers render; if the app does not, this middleware answers.
+    """Request bodies: at most ``max_bytes`` (413), by Content-Length or while streaming (a chunked body has
+    none), raised from inside ``receive`` as ``BodyRefused``, which the app's handlers render; if the app does
+    not, this middleware answers. (Their deadline is the connection's: ``app.serving``.)
 
     An answer sent before the body was read (401 on a bad webhook token, 413, 408) carries
     ``Connection: close``: the unread rest of the body must not be parsed as the next request, and a client
     that keeps sending must not keep the connection.
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, timeout: float, min_rate: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.timeout = timeout
-        self.min_rate = min_rate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,24 +80,13 @@ class BodyGuardMiddleware:
                     return
             elif name == b"transfer-encoding":
                 chunked = True
-        loop = asyncio.get_running_loop()
-        started_at = loop.time()
         received = 0
         body_done = not chunked and not declared  # nothing to read
         answered = False
 
         async def guarded_receive() -> Message:
             nonlocal received, body_done
-            if body_done:
-                return await receive()  # e.g. waiting for a disconnect: no body deadline applies
-            allowed = max(self.timeout, received / self.min_rate)
-            try:
-                async with asyncio.timeout_at(started_at + allowed):
-                    message = await receive()
-            except TimeoutError:
-                raise BodyRefused(
-                    408, "request_timeout", f"The request body did not arrive within {allowed:g} s."
-                ) from None
+            message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:

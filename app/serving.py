@@ -3,9 +3,10 @@
 uvicorn's httptools protocol has no limit on the size of a request's line and headers (httptools buffers a
 header until it ends: five connections sending 100 MB headers took the API from 128 to 696 MB) and no
 deadline for them (a client that sends one byte every few seconds, or none at all, holds its connection
-forever). ``BoundedHttpToolsProtocol`` adds both at the protocol level, before any ASGI code runs, and keeps
-httptools' speed (h11 bounds headers but parses in Python, on the busiest path of the service). Request
-bodies are bounded in size and time by ``app.middleware.BodyGuardMiddleware``, where the app can answer.
+forever), nor for bodies. ``BoundedHttpToolsProtocol`` adds them at the protocol level, where they cost
+nothing for a request that arrives in one read, and keeps httptools' speed (h11 bounds headers but parses
+in Python, on the busiest path of the service). The body size cap is ``app.middleware.BodyGuardMiddleware``.
+Apps must be served through ``uvicorn_config`` for these limits to apply.
 
 ``serve_in_background`` runs an app inside the current event loop on a loopback port: the demo (sandboxes
 beside the service in one process), tests and benchmarks talk real HTTP, never an in-memory transport.
@@ -24,9 +25,10 @@ from typing import Any, ClassVar
 import structlog
 import uvicorn
 from starlette.types import ASGIApp
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from app.config import Settings
+from app.errors import BodyRefused
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +37,8 @@ log = structlog.get_logger(__name__)
 class HttpLimits:
     max_header_bytes: int = 16_384
     header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    body_min_rate: int = 32_768
     keep_alive_timeout: float = 5.0
 
     @classmethod
@@ -42,6 +46,8 @@ class HttpLimits:
         return cls(
             max_header_bytes=settings.http_max_header_bytes,
             header_timeout=settings.http_header_timeout,
+            body_timeout=settings.http_body_timeout,
+            body_min_rate=settings.http_body_min_rate,
             keep_alive_timeout=settings.http_keep_alive_timeout,
         )
 
@@ -69,6 +75,7 @@ class _LingeringClose:
         self._transport = transport
         self._protocol = protocol
         self._closing = False
+        self.write = transport.write  # the one method called per response: no __getattr__ on the way
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
@@ -91,18 +98,28 @@ class _LingeringClose:
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a size cap (431) and a deadline (408) on each request's head.
+    """uvicorn's httptools protocol with the limits it lacks: on each request's head a size cap (431) and a
+    deadline (408), on its body a deadline (408), and a lingering close (``_LingeringClose``).
 
     The head is counted twice: while it is incomplete, by the bytes fed to the parser since it began (so
     what httptools buffers stays bounded; the chunk that starts a head is not counted, which lets a head
-    overshoot by at most one read); once complete, exactly. The deadline runs from the connection's start
-    or the request's first byte; a connection that sent nothing by then is closed without an answer.
-    Idle keep-alive connections are closed by uvicorn's own ``timeout_keep_alive``. A connection closed
-    while its request is still arriving closes lingering (``_LingeringClose``).
+    overshoot by at most one read); once complete, exactly. Its deadline runs from the connection's start
+    or the request's first read; a connection that sent nothing by then is closed without an answer.
+
+    A body gets ``body_timeout`` seconds from the end of its head, more while it keeps arriving at
+    ``body_min_rate`` bytes/s (a slow but steady upload of a large body gets through; a trickle does not).
+    When it runs out, the app's next ``receive`` raises ``BodyRefused`` (408), which the app renders, and if
+    the app has answered already the connection is closed. Idle keep-alive connections are closed by
+    uvicorn's own ``timeout_keep_alive``.
+
+    A timer is armed only when a read leaves a head or body incomplete: a request that arrives in one read,
+    as nearly every webhook does, costs none.
     """
 
     max_header_bytes: ClassVar[int] = 16_384
     header_timeout: ClassVar[float] = 10.0
+    body_timeout: ClassVar[float] = 10.0
+    body_min_rate: ClassVar[int] = 32_768
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.receiving = False  # a request has begun and not fully arrived
@@ -111,13 +128,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._heads = 0  # requests begun on this connection
         self._head_bytes = 0
         self._in_head = True  # waiting for, or reading, a request's line and headers
+        self._body_bytes = 0
+        self._phase_started = self.loop.time()  # when the current head or body began
         self._refusal: tuple[int, str, str] | None = None
-        self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(
-            self.header_timeout, self._head_timed_out
+        self._timer: asyncio.TimerHandle | None = self.loop.call_at(
+            self._phase_started + self.header_timeout, self._head_timed_out
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_head_timer()
+        self._stop_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -125,10 +144,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         heads = self._heads
         super().data_received(data)
-        if self._in_head and heads == self._heads and self._heads and not self.transport.is_closing():
-            self._head_bytes += len(data)
-            if self._head_bytes > self.max_header_bytes:
-                self._refuse(*self._too_large())
+        if not self.receiving or self.transport.is_closing():
+            return
+        if self._in_head:
+            if heads == self._heads:
+                self._head_bytes += len(data)
+                if self._head_bytes > self.max_header_bytes:
+                    self._refuse(*self._too_large())
+                    return
+            if self._timer is None:
+                self._timer = self.loop.call_at(
+                    self._phase_started + self.header_timeout, self._head_timed_out
+                )
+        elif self._timer is None:
+            self._arm_body_deadline()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -136,20 +165,26 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._heads += 1
         self._head_bytes = 0
         self._in_head = True
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+        self._phase_started = self.loop.time()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._stop_head_timer()
+        self._stop_timer()
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if size > self.max_header_bytes:
             self._refusal = self._too_large()
             raise _HeadTooLarge
+        self._body_bytes = 0
+        self._phase_started = self.loop.time()
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         self.receiving = False
+        self._stop_timer()
         super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
@@ -166,7 +201,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         )
 
     def _head_timed_out(self) -> None:
-        self._head_timer = None
+        self._timer = None
         if not self._in_head or self.transport.is_closing():
             return
         if self._heads == 0:
@@ -178,8 +213,30 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             f"The request line and headers did not arrive within {self.header_timeout:g} s.",
         )
 
+    def _arm_body_deadline(self) -> None:
+        cycle = self.cycle
+        if getattr(cycle, "body_deadline", None) is None:
+            # Its ASGI task has not run yet (tasks start after this read), so the app gets this receive.
+            cycle.body_deadline = _BodyDeadline(cycle)  # type: ignore[attr-defined]
+        allowed = max(self.body_timeout, self._body_bytes / self.body_min_rate)
+        self._timer = self.loop.call_at(self._phase_started + allowed, self._body_timed_out)
+
+    def _body_timed_out(self) -> None:
+        self._timer = None
+        if not self.receiving or self._in_head or self.transport.is_closing():
+            return
+        allowed = max(self.body_timeout, self._body_bytes / self.body_min_rate)
+        if self.loop.time() < self._phase_started + allowed:
+            self._arm_body_deadline()  # it kept arriving at the minimum rate: more time
+            return
+        cycle = self.cycle
+        if cycle.response_started:
+            self.transport.close()  # answered already (without the body): stop waiting for it
+            return
+        cycle.body_deadline.expire(allowed)  # type: ignore[attr-defined]
+
     def _refuse(self, status: int, code: str, detail: str) -> None:
-        self._stop_head_timer()
+        self._stop_timer()
         log.warning("http.refused", status=status, error=code, client=self.client and self.client[0])
         if self.cycle is None or self.cycle.response_complete:
             body = json.dumps({"error": code, "detail": detail}).encode()
@@ -198,10 +255,33 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # else: an earlier request on this connection is still being answered; closing is all we can do.
         self.transport.close()
 
-    def _stop_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class _BodyDeadline:
+    """Installed as a request's ``receive`` once its body is late to arrive: after ``expire`` the app's
+    next ``receive`` raises 408 instead of waiting for the rest (the app renders it like any error)."""
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self._cycle = cycle
+        self._receive = cycle.receive
+        self._allowed: float | None = None
+        cycle.receive = self  # type: ignore[method-assign]
+
+    def expire(self, allowed: float) -> None:
+        self._allowed = allowed
+        self._cycle.message_event.set()  # wakes a receive that is waiting
+
+    async def __call__(self) -> Any:
+        message = await self._receive()
+        if self._allowed is not None and message["type"] == "http.request" and message["more_body"]:
+            raise BodyRefused(
+                408, "request_timeout", f"The request body did not arrive within {self._allowed:g} s."
+            )
+        return message
 
 
 def bounded_protocol(limits: HttpLimits) -> type[BoundedHttpToolsProtocol]:
@@ -209,7 +289,12 @@ def bounded_protocol(limits: HttpLimits) -> type[BoundedHttpToolsProtocol]:
     return type(
         "BoundedHttpToolsProtocol",
         (BoundedHttpToolsProtocol,),
-        {"max_header_bytes": limits.max_header_bytes, "header_timeout": limits.header_timeout},
+        {
+            "max_header_bytes": limits.max_header_bytes,
+            "header_timeout": limits.header_timeout,
+            "body_timeout": limits.body_timeout,
+            "body_min_rate": limits.body_min_rate,
+        },
     )
 
 

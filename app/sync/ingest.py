@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -40,9 +40,9 @@ def _dedupe_key(source: str, account_id: int, body: bytes, *, unique: bool) -> s
     return hashlib.sha256(f"{source}:{account_id}:{salt}:".encode() + body).hexdigest()
 
 
-def _outcome_unread(done: asyncio.Future[bool]) -> None:
-    if not done.cancelled():
-        done.exception()  # retrieved, so asyncio does not report it as lost
+def _give_up(done: asyncio.Future[bool]) -> None:
+    if not done.done():
+        done.set_exception(TimeoutError())
 
 
 class InboxWriter:
@@ -52,9 +52,10 @@ class InboxWriter:
     but under load one INSERT and one commit serve many requests: the round trip, the pool checkout and the
     commit's WAL flush are paid per batch, not per webhook. At low load a batch is one body, as before.
 
-    Each write has ``deadline`` seconds: a database that stops answering fails the batch (its callers answer
-    503) instead of holding every later webhook behind it. A caller that gives up before its body was taken
-    into a write withdraws it, so nothing it did not acknowledge is stored later.
+    Each write's statement has ``deadline`` seconds (the driver's own timer): a connection that stops
+    answering fails the batch (its callers answer 503) and is discarded, instead of holding every later
+    webhook behind it. A caller that gives up before its body was taken into a write withdraws it, so nothing
+    it did not acknowledge is stored later.
     """
 
     def __init__(self, pc: ProcessContext, *, max_batch: int = 256, deadline: float = 1.0) -> None:
@@ -64,23 +65,27 @@ class InboxWriter:
         self._waiting: list[tuple[inbox.NewEvent, asyncio.Future[bool]]] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def store(self, event: inbox.NewEvent) -> bool:
-        """Store one body; True when it is new, False when the same delivery was stored before."""
+    async def store(self, event: inbox.NewEvent, *, until: float | None = None) -> bool:
+        """Store one body; True when it is new, False when the same delivery was stored before. Raises
+        TimeoutError at ``until`` (event loop time) if its write has not answered by then."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[bool] = loop.create_future()
         entry = (event, done)
         self._waiting.append(entry)
         if self._writer is None or self._writer.done():
             self._writer = loop.create_task(self._write_loop())
+        # A timer on this caller's own future, not a cancellation: the write may be shared with others.
+        timer = None if until is None else loop.call_at(until, _give_up, done)
         try:
-            # Shielded: a caller that gives up (its deadline) must not cancel a write shared with others.
-            return await asyncio.shield(done)
+            return await done
+        except (TimeoutError, asyncio.CancelledError):
+            with contextlib.suppress(ValueError):
+                self._waiting.remove(entry)  # not taken into a write yet: it never will be
+            done.cancel()  # taken: its outcome has no reader (a no-op when the timer already failed it)
+            raise
         finally:
-            if not done.done():
-                if entry in self._waiting:
-                    self._waiting.remove(entry)  # not taken into a write: it never will be
-                else:
-                    done.add_done_callback(_outcome_unread)  # being written; nobody reads how it went
+            if timer is not None:
+                timer.cancel()
 
     async def close(self) -> None:
         """Finish what is queued (shutdown)."""
@@ -112,8 +117,9 @@ class InboxWriter:
             unique.setdefault(event.dedupe_key, event)
         rows = list(unique.values())
         try:
-            async with asyncio.timeout(self._deadline):
-                stored = await self._pc.db.run_autocommit(lambda conn: inbox.store_events(conn, rows))
+            stored = await self._pc.db.run_autocommit(
+                lambda conn: inbox.store_events(conn, rows, deadline=self._deadline)
+            )
         except Exception as exc:
             for _, done in batch:
                 if not done.done():  # a caller that went away (client disconnect) wants no answer
@@ -131,39 +137,15 @@ class InboxWriter:
 ReadBody = Callable[[], Awaitable[bytes | None]]
 
 
-class _Budget:
-    """The database time one webhook may spend, over its steps (token check, store); reading the body from
-    the client is not counted (the body deadline bounds that)."""
-
-    def __init__(self, seconds: float, provider: str) -> None:
-        self.left = seconds
-        self.total = seconds
-        self.provider = provider
-
-    @asynccontextmanager
-    async def spend(self) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        try:
-            async with asyncio.timeout(self.left):
-                yield
-        except TimeoutError:
-            # Not acknowledged, so the sender retries: Kommo gives up on a webhook after 2 s and counts it as
-            # failed, so it must hear "later" well before that rather than wait for the database.
-            metrics.WEBHOOKS.labels(self.provider, "db_timeout").inc()
-            raise ServiceUnavailable(
-                f"The database did not answer within {self.total:g} s; retry shortly."
-            ) from None
-        finally:
-            self.left -= loop.time() - start
-
-
 @dataclass(frozen=True, slots=True)
 class WebhookIntake:
     """What webhook intake needs, built once per API process: the hot path touches no ORM session.
 
     Each webhook is authenticated from its URL before a byte of its body is read (a caller without the
-    token costs no body read), and its database work has ``deadline`` seconds in all.
+    token costs no body read), and its database work (token check, store) has ``deadline`` seconds in all:
+    past that it is answered 503 and not acknowledged, so the sender retries. Kommo gives up on a delivery
+    after 2 s and counts it as failed, so it must hear "later" well before then, not wait for a database
+    that stopped answering. Reading the body is not counted (the body deadline bounds that).
     """
 
     pc: ProcessContext
@@ -175,12 +157,37 @@ class WebhookIntake:
     async def accept_kommo(self, account_id: int, token: str | None, read_body: ReadBody) -> bool | None:
         """Verify, read, parse-check and store a Kommo body; True when new, None when the client went away.
         Its INSERT is the whole unit of work."""
-        budget = _Budget(self.deadline, "kommo")
-        async with budget.spend():
-            await self.auth.verify(self.pc.db, account_id, token)
-        body = await read_body()
-        if body is None:
-            return None
+        return await self._accept("kommo", account_id, token, read_body, self._store_kommo)
+
+    async def accept_unisender(self, account_id: int, token: str | None, read_body: ReadBody) -> bool | None:
+        """Verify, read and store a Unisender hook (unsubscribes); True when new, None when the client left."""
+        return await self._accept("unisender", account_id, token, read_body, self._store_unisender)
+
+    async def _accept(
+        self,
+        provider: str,
+        account_id: int,
+        token: str | None,
+        read_body: ReadBody,
+        store: Callable[[int, bytes, float], Awaitable[bool]],
+    ) -> bool | None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with asyncio.timeout(self.deadline):
+                await self.auth.verify(self.pc.db, account_id, token)
+            spent = loop.time() - started
+            body = await read_body()
+            if body is None:
+                return None
+            return await store(account_id, body, loop.time() + self.deadline - spent)
+        except TimeoutError:
+            metrics.WEBHOOKS.labels(provider, "db_timeout").inc()
+            raise ServiceUnavailable(
+                f"The database did not answer within {self.deadline:g} s; retry shortly."
+            ) from None
+
+    async def _store_kommo(self, account_id: int, body: bytes, until: float) -> bool:
         _refuse_nul(body)
         try:
             batch = parse_webhook(body)
@@ -195,10 +202,10 @@ class WebhookIntake:
         has_deletions = any(e.contact is None for e in batch.events)
         dedupe_key = _dedupe_key("kommo", account_id, body, unique=has_deletions)
         text = body.decode("utf-8", errors="replace")
-        async with budget.spend():
-            new = await self.writer.store(
-                inbox.NewEvent(account_id=account_id, source="kommo", dedupe_key=dedupe_key, body=text)
-            )
+        new = await self.writer.store(
+            inbox.NewEvent(account_id=account_id, source="kommo", dedupe_key=dedupe_key, body=text),
+            until=until,
+        )
         if not new:
             metrics.WEBHOOKS.labels("kommo", "duplicate").inc()
             return False
@@ -208,15 +215,8 @@ class WebhookIntake:
             self.wakeups.poke("process_events", account_id, "kommo")
         return True
 
-    async def accept_unisender(self, account_id: int, token: str | None, read_body: ReadBody) -> bool | None:
-        """Verify, read and store a Unisender hook (unsubscribes); True when new, None when the client left."""
-        budget = _Budget(self.deadline, "unisender")
-        async with budget.spend():
-            await self.auth.verify(self.pc.db, account_id, token)
-        body = await read_body()
-        if body is None:
-            return None
-        async with budget.spend(), self.pc.db.session_scope() as session:
+    async def _store_unisender(self, account_id: int, body: bytes, until: float) -> bool:
+        async with asyncio.timeout_at(until), self.pc.db.session_scope() as session:
             return await accept_unisender_hook(session, self.pc, account_id, body)
 
 

@@ -41,7 +41,7 @@ async def test_streamed_body_over_the_cap_is_refused_while_reading() -> None:
     async def echo(request: Request) -> dict[str, int]:
         return {"size": len(await request.body())}
 
-    app = BodyGuardMiddleware(inner, max_bytes=1000, timeout=10, min_rate=1000)
+    app = BodyGuardMiddleware(inner, max_bytes=1000)
 
     async def chunks():  # no Content-Length: the cap must hold while streaming
         for _ in range(10):

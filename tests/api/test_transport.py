@@ -44,9 +44,10 @@ class Served:
 async def serve(
     settings: Settings, limits: HttpLimits | None = None, **changes: Any
 ) -> AsyncIterator[Served]:
-    app = create_app(settings.model_copy(update=changes))
+    changed = settings.model_copy(update=changes)
+    app = create_app(changed)
     async with (
-        serve_in_background(app, limits=limits) as url,
+        serve_in_background(app, limits=limits or HttpLimits.from_settings(changed)) as url,
         httpx.AsyncClient(base_url=url, timeout=10) as client,
     ):
         host, port = url.removeprefix("http://").split(":")
