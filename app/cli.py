@@ -52,28 +52,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.embedded:
         return asyncio.run(_serve_embedded(settings, args.host, args.port))
     from app.main import create_app
+    from app.serving import HttpLimits, uvicorn_config
 
-    uvicorn.run(
+    config = uvicorn_config(
         create_app(settings),
         host=args.host,
         port=args.port,
+        limits=HttpLimits.from_settings(settings),
         log_config=None,
-        access_log=False,
         proxy_headers=True,
         limit_concurrency=args.limit_concurrency,
         timeout_graceful_shutdown=10,
     )
-    return 0
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    return 0 if server.started else 3  # uvicorn's own exit status for an app that failed to start
 
 
 async def _serve_embedded(settings: Settings, host: str, port: int) -> int:
     import uvicorn
 
     from app.main import create_app
+    from app.serving import HttpLimits, uvicorn_config
     from app.worker.settings import run_worker_forever
 
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False))
+    config = uvicorn_config(
+        app, host=host, port=port, limits=HttpLimits.from_settings(settings), log_config=None
+    )
+    server = uvicorn.Server(config)
     stop = asyncio.Event()
     worker = asyncio.create_task(_after_api_start(server, run_worker_forever(settings, stop=stop)))
     try:

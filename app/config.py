@@ -109,6 +109,38 @@ class Settings(BaseSettings):
             raise ValueError("must be comma-separated domains such as kommo.com,amocrm.ru")
         return ",".join(domains)
 
+    # Transport limits and deadlines: slow or hostile clients and a silent database must not hold the service.
+    http_max_header_bytes: int = Field(
+        16_384, gt=0, description="Request line + headers cap in bytes (431 and the connection closed above)"
+    )
+    http_header_timeout: float = Field(
+        10.0, gt=0, description="Seconds for a request's line and headers to arrive (408 and closed after)"
+    )
+    http_body_timeout: float = Field(
+        10.0, gt=0, description="Seconds for a request body to arrive (408 and closed after); see the rate"
+    )
+    http_body_min_rate: int = Field(
+        32_768, gt=0, description="Bytes/s: a body still arriving at this rate gets more than the timeout"
+    )
+    http_keep_alive_timeout: float = Field(
+        5.0, gt=0, description="Seconds an idle keep-alive connection stays"
+    )
+    docs_enabled: bool | None = Field(
+        None, description="Serve /docs, /redoc and /openapi.json; default: yes, except in production"
+    )
+    db_connect_timeout: float = Field(
+        5.0, gt=0, description="Seconds to open a database connection (TCP, TLS, authentication)"
+    )
+    db_statement_timeout: float = Field(
+        10.0,
+        ge=0,
+        description="PostgreSQL statement_timeout in seconds; the client gives up 1 s later (0 = neither)",
+    )
+    db_pool_timeout: float = Field(5.0, gt=0, description="Seconds to wait for a free pooled connection")
+    webhook_deadline: float = Field(
+        1.0, gt=0, description="Seconds of database work per webhook before it is answered 503 (retry)"
+    )
+
     @model_validator(mode="after")
     def _enforce_production_secrets(self) -> Settings:
         if self.env is Environment.DEVELOPMENT:
@@ -155,6 +187,12 @@ class Settings(BaseSettings):
         if self.log_format:
             return self.log_format
         return "console" if self.env is Environment.DEVELOPMENT else "json"
+
+    @property
+    def serve_docs(self) -> bool:
+        if self.docs_enabled is not None:
+            return self.docs_enabled
+        return self.env is not Environment.PRODUCTION
 
     def sqlite_url(self) -> str:
         return f"sqlite+aiosqlite:///{(self.state_dir / 'contactsync.db').resolve()}"

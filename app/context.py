@@ -10,7 +10,7 @@ from arq.connections import ArqRedis
 from app.accounts.throttle import AttemptWindow
 from app.config import Settings
 from app.connectors.ratelimit import RateLimiter, RoundTripWindow, SlidingWindow
-from app.db.session import Database, create_engine
+from app.db.session import Database, DbTimeouts, create_engine
 from app.queue import create_queue
 from app.security.crypto import Cipher, configure_encryption
 
@@ -70,7 +70,14 @@ async def build_context(settings: Settings, *, pre_ping: bool = True) -> Process
     """``pre_ping=False`` for the API: its hot path retries a dead connection itself (``run_autocommit``)."""
     cipher = configure_encryption(settings.encryption_keys())
     engine = create_engine(
-        settings.resolved_database_url(), pool_size=settings.db_pool_size, pre_ping=pre_ping
+        settings.resolved_database_url(),
+        pool_size=settings.db_pool_size,
+        pre_ping=pre_ping,
+        timeouts=DbTimeouts(
+            connect=settings.db_connect_timeout,
+            statement=settings.db_statement_timeout,
+            pool=settings.db_pool_timeout,
+        ),
     )
     return ProcessContext(
         settings=settings,

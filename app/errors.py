@@ -11,7 +11,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.db.session import is_timeout
 
 log = structlog.get_logger(__name__)
 
@@ -61,14 +62,21 @@ class Conflict(AppError):
     status_code = 409
 
 
-class PayloadTooLarge(AppError):
-    code = "payload_too_large"
-    status_code = 413
-
-
 class Unprocessable(AppError):
     code = "validation_error"
     status_code = 422
+
+
+class BodyRefused(StarletteHTTPException):
+    """The request body broke a transport limit (413 too large, 408 too slow), raised from inside ``receive``.
+
+    An ``HTTPException`` because FastAPI turns any other exception raised while it reads a body into a 400;
+    this one it lets through to the handler below, which renders the envelope.
+    """
+
+    def __init__(self, status_code: int, code: str, detail: str) -> None:
+        super().__init__(status_code, detail)
+        self.code = code
 
 
 class UpstreamError(AppError):
@@ -115,9 +123,12 @@ _HTTP_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
+
+RETRY_AFTER_SECONDS = "5"
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -136,10 +147,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return JSONResponse(
-            {"error": code, "detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
-        )
+        return render_http_exception(exc)
 
     async def _any(request: Request, exc: Exception) -> JSONResponse:
         return render_exception(exc)
@@ -161,7 +169,24 @@ _UNAVAILABLE: tuple[type[Exception], ...] = (
 def render_app_error(exc: AppError) -> JSONResponse:
     if exc.status_code >= 500:
         log.warning("request.failed", error=exc.error_code, detail=exc.message)
-    return JSONResponse(exc.body(), status_code=exc.status_code)
+    response = JSONResponse(exc.body(), status_code=exc.status_code)
+    if exc.status_code == 503:
+        response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+    return response
+
+
+def render_http_exception(exc: StarletteHTTPException) -> JSONResponse:
+    code = exc.code if isinstance(exc, BodyRefused) else _HTTP_CODES.get(exc.status_code, "http_error")
+    return JSONResponse(
+        {"error": code, "detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+    )
+
+
+def _unavailable(detail: str) -> JSONResponse:
+    # A 503 tells Kommo to retry the delivery later, and nothing was acknowledged, so nothing is lost.
+    response = error_response(503, "service_unavailable", detail)
+    response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+    return response
 
 
 def render_exception(exc: Exception) -> JSONResponse:
@@ -169,14 +194,14 @@ def render_exception(exc: Exception) -> JSONResponse:
     router, such as the Kommo webhook fast path)."""
     if isinstance(exc, AppError):
         return render_app_error(exc)
+    if isinstance(exc, StarletteHTTPException):
+        return render_http_exception(exc)
+    if is_timeout(exc):
+        log.warning("request.dependency_timeout", error=type(exc).__name__)
+        return _unavailable("The database did not answer in time; retry shortly.")
     if isinstance(exc, _UNAVAILABLE):
-        # A 503 tells Kommo to retry the delivery later, and nothing was stored, so nothing is lost.
         log.warning("request.dependency_unavailable", error=type(exc).__name__)
-        response = error_response(
-            503, "service_unavailable", "A dependency (database) is unavailable; retry shortly."
-        )
-        response.headers["Retry-After"] = "5"
-        return response
+        return _unavailable("A dependency (database) is unavailable; retry shortly.")
     if isinstance(exc, sa_exc.DBAPIError):
         # PostgreSQL's class 22 ("data exception") and asyncpg's own argument checks mean the request carried a
         # value the database cannot hold (an id beyond int64, a NUL byte): the client's fault, nothing stored.
@@ -196,57 +221,3 @@ def render_exception(exc: Exception) -> JSONResponse:
         return error_response(500, "internal_error", "An unexpected error occurred; it has been logged.")
     log.error("request.unhandled_error", exc_info=exc)
     return error_response(500, "internal_error", "An unexpected error occurred; it has been logged.")
-
-
-class BodySizeLimitMiddleware:
-    """Refuse request bodies above ``max_bytes`` with 413, by Content-Length or while streaming."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = -1
-                if declared < 0 or declared > self.max_bytes:
-                    await self._reject(send)
-                    return
-        received = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    # An AppError, so the app's own handler answers 413 when the endpoint is reading.
-                    raise PayloadTooLarge(f"Request body exceeds the limit of {self.max_bytes} bytes.")
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except PayloadTooLarge:
-            if started:
-                raise
-            await self._reject(send)
-
-    async def _reject(self, send: Send) -> None:
-        response = error_response(
-            413, "payload_too_large", f"Request body exceeds the limit of {self.max_bytes} bytes."
-        )
-        await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
-        await send({"type": "http.response.body", "body": response.body})

@@ -14,10 +14,10 @@ from app.api.webhooks import KommoWebhookFastPath
 from app.config import Settings, get_settings
 from app.context import ProcessContext, build_context
 from app.db.schema import check_schema_current, upgrade_async
-from app.errors import BodySizeLimitMiddleware, install_error_handlers
+from app.errors import install_error_handlers
 from app.logging import configure_logging
 from app.metrics import MetricsMiddleware
-from app.middleware import RequestIdMiddleware
+from app.middleware import BodyGuardMiddleware, RequestIdMiddleware, SecurityHeadersMiddleware
 from app.sync.ingest import InboxWriter, WebhookIntake
 from app.worker.enqueue import WakeUps
 
@@ -44,8 +44,10 @@ def create_app(settings: Settings | None = None, *, auto_migrate: bool | None = 
             raise
         wakeups = WakeUps(ctx.queue)
         app.state.ctx = ctx
-        writer = InboxWriter(ctx)
-        app.state.intake = WebhookIntake(pc=ctx, auth=WebhookAuth(), wakeups=wakeups, writer=writer)
+        writer = InboxWriter(ctx, deadline=settings.webhook_deadline)
+        app.state.intake = WebhookIntake(
+            pc=ctx, auth=WebhookAuth(), wakeups=wakeups, writer=writer, deadline=settings.webhook_deadline
+        )
         log.info("api.started", env=settings.env.value, embedded=settings.embedded)
         try:
             yield
@@ -55,7 +57,13 @@ def create_app(settings: Settings | None = None, *, auto_migrate: bool | None = 
             await ctx.close()
             log.info("api.stopped")
 
+    docs = settings.serve_docs
     app = FastAPI(
+        # The API documentation tells an attacker every operation and parameter: off in production unless
+        # CONTACTSYNC_DOCS_ENABLED says otherwise.
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
         title="contactsync",
         version="0.1.0",
         summary="Mirrors Kommo contacts into Unisender and brings unsubscribes back.",
@@ -66,10 +74,15 @@ def create_app(settings: Settings | None = None, *, auto_migrate: bool | None = 
     )
     install_error_handlers(app)
     app.include_router(api_router)
-    # The first call below is the innermost at run time: Kommo webhook fast path, body cap, metrics, ids.
+    # The first call below is the innermost at run time: Kommo webhook fast path, body cap, metrics,
+    # security headers, ids. (Limits on request heads and deadlines are the server's: app.serving.)
     app.add_middleware(KommoWebhookFastPath)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
+    app.add_middleware(
+        SecurityHeadersMiddleware,
+        docs_paths=frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"} if docs else ()),
+    )
     app.add_middleware(RequestIdMiddleware)
     return app
 

@@ -45,6 +45,11 @@ def render() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST
 
 
+# The status label of a request whose client went away before it was answered (nginx's convention): not a
+# failure of ours, so never counted as a 500.
+CLIENT_CLOSED = "499"
+
+
 class MetricsMiddleware:
     """Count requests and time them, labelled by the route template (not the raw path)."""
 
@@ -57,18 +62,31 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        started = False
+        client_closed = False
+
+        async def receive_wrapper() -> Message:
+            nonlocal client_closed
+            message = await receive()
+            if message["type"] == "http.disconnect" and not started:
+                client_closed = True
+            return message
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started = True
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive_wrapper, send_wrapper)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "GET")
-            HTTP_REQUESTS.labels(method, template, str(status)).inc()
+            # Whatever the app did after the client left (an error answer sent into the void, or none) is
+            # not what the client saw.
+            label = CLIENT_CLOSED if client_closed else str(status)
+            HTTP_REQUESTS.labels(method, template, label).inc()
             HTTP_DURATION.labels(method, template).observe(time.perf_counter() - start)

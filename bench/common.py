@@ -230,6 +230,28 @@ async def uvicorn_process(
 
 
 @asynccontextmanager
+async def service_process(
+    port: int, env: dict[str, str], *, cpu: int | None = None
+) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """``contactsync serve`` on ``port``: the service as deployed (uvloop, httptools with the service's
+    connection limits, no access log). BENCH_APP_DIR as for ``uvicorn_process`` (first on PYTHONPATH)."""
+    scratch = os.environ.get("BENCH_APP_DIR")
+    if scratch:
+        env = {**env, "PYTHONPATH": os.pathsep.join([scratch, env.get("PYTHONPATH", str(ROOT))])}
+    proc = subprocess.Popen(  # noqa: ASYNC220 (start-up only)
+        [str(VENV_BIN / "contactsync"), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        preexec_fn=_pin(cpu),
+    )
+    try:
+        await _wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+        yield proc
+    finally:
+        await stop_process(proc)
+
+
+@asynccontextmanager
 async def worker_process(
     cfg: ServiceConfig, *, cpu: int | None = None
 ) -> AsyncIterator[subprocess.Popen[bytes]]:
@@ -323,7 +345,7 @@ async def bench_stack(
         )
         await asyncio.to_thread(migrate, cfg)
         async with (
-            uvicorn_process("app.main:create_app", port, cfg.env(), factory=True, cpu=api_cpu) as api_proc,
+            service_process(port, cfg.env(), cpu=api_cpu) as api_proc,
             httpx.AsyncClient(base_url=cfg.public_url, timeout=30) as api,
             httpx.AsyncClient(base_url=kommo_url, timeout=30) as kommo,
             httpx.AsyncClient(base_url=unisender_url, timeout=30) as unisender,

@@ -1,6 +1,7 @@
 """Webhook ingest throughput and latency: the real app against a bare asyncpg INSERT baseline, same server.
 
-Both run as one uvicorn process (httptools + uvloop, no access log) pinned to core 0; this load generator runs
+Each runs as one process on uvloop + httptools, no access log, pinned to core 0: the baseline under plain
+uvicorn, the app as ``contactsync serve`` (as deployed, with its connection limits); this load generator runs
 on core 1 (PostgreSQL floats). Bodies are real one-contact Kommo ``contacts[update]`` forms produced by the
 Kommo sandbox's serializer, each with a unique ``updated_at`` so delivery dedupe never short-circuits.
 
@@ -35,6 +36,7 @@ from bench.common import (
     open_loop,
     pin_self,
     post_request,
+    service_process,
     use_uvloop,
     uvicorn_process,
     verdict,
@@ -189,7 +191,7 @@ async def run(seconds: float, levels: list[int], open_seconds: float, rounds: in
         base_env = {**os.environ, "BENCH_BASELINE_DSN": dsn}
         async with (
             uvicorn_process("bench.ingest:baseline_app", base_port, base_env, cpu=0, probe="/") as base_proc,
-            uvicorn_process("app.main:create_app", app_port, cfg.env(), factory=True, cpu=0) as app_proc,
+            service_process(app_port, cfg.env(), cpu=0) as app_proc,
         ):
             path = await _register(cfg)
             async with httpx.AsyncClient(base_url=cfg.public_url, timeout=10) as api:

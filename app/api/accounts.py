@@ -7,8 +7,9 @@ from fastapi import APIRouter
 from app.accounts import service
 from app.accounts.schemas import AccountView
 from app.api.deps import AdminDep, SessionDep
+from app.api.routing import AppRoute
 
-router = APIRouter(tags=["accounts"], dependencies=[AdminDep])
+router = APIRouter(tags=["accounts"], dependencies=[AdminDep], route_class=AppRoute)
 
 
 @router.get("/accounts", response_model=list[AccountView], summary="Every account's state")

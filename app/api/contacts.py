@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.accounts.service import kommo_client_for, unisender_client_for
 from app.api.deps import AdminDep, ContextDep, SessionDep
+from app.api.routing import AppRoute
 from app.connectors.errors import AuthError, ConnectorError
 from app.db.session import after_commit
 from app.errors import NotFound, Unprocessable, UpstreamError
@@ -16,7 +17,7 @@ from app.sync import repository as repo
 from app.sync.mapping import DesiredAddress, normalize_email, payload_hash
 from app.worker import enqueue
 
-router = APIRouter(tags=["contacts"], dependencies=[AdminDep])
+router = APIRouter(tags=["contacts"], dependencies=[AdminDep], route_class=AppRoute)
 
 
 def _upstream(provider: str, exc: ConnectorError) -> UpstreamError:

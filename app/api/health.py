@@ -11,9 +11,10 @@ from sqlalchemy import text
 
 from app import metrics
 from app.api.deps import ContextDep
+from app.api.routing import AppRoute
 from app.db.schema import check_schema_current
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=AppRoute)
 
 PROBE_TIMEOUT = 1.0
 

@@ -18,10 +18,11 @@ from app.accounts.schemas import (
     UnisenderOut,
 )
 from app.api.deps import AdminDep, ContextDep, IntakeDep, SessionDep, require_admin
+from app.api.routing import AppRoute
 from app.db.session import after_commit
 from app.errors import Unauthorized
 
-router = APIRouter(tags=["integration"])
+router = APIRouter(tags=["integration"], route_class=AppRoute)
 
 
 @router.post(

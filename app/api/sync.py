@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
 from app.api.deps import AdminDep, ContextDep, SessionDep
+from app.api.routing import AppRoute
 from app.db.models import Outbox, SyncRun
 from app.db.session import after_commit
 from app.errors import NotFound, Unprocessable
@@ -18,7 +19,7 @@ from app.sync import fullsync
 from app.sync import repository as repo
 from app.worker import enqueue
 
-router = APIRouter(tags=["sync"], dependencies=[AdminDep])
+router = APIRouter(tags=["sync"], dependencies=[AdminDep], route_class=AppRoute)
 
 
 class SyncRequest(BaseModel):

@@ -9,14 +9,16 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.deps import ContextDep, IntakeDep, SessionDep
-from app.errors import PayloadTooLarge, render_exception
+from app.api.deps import IntakeDep
+from app.api.routing import AppRoute
+from app.errors import BodyRefused, render_exception
 from app.sync import ingest
 from app.sync.ingest import WebhookIntake
 
-router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+router = APIRouter(prefix="/webhooks", tags=["webhooks"], route_class=AppRoute)
 
 
 class WebhookAck(BaseModel):
@@ -56,7 +58,22 @@ async def kommo_webhook(request: Request) -> Response:
     intake: WebhookIntake = request.app.state.intake
     account_id: int = request.path_params["account_id"]
     token = request.query_params.get("token")
-    return _ack(await intake.accept_kommo(account_id, token, await request.body()))
+    return _answer(await intake.accept_kommo(account_id, token, _body_reader(request)))
+
+
+def _body_reader(request: Request) -> ingest.ReadBody:
+    async def read() -> bytes | None:
+        try:
+            return await request.body()
+        except ClientDisconnect:
+            return None
+
+    return read
+
+
+def _answer(accepted: bool | None) -> Response:
+    # None: the client went away before its body arrived; whatever is sent is not read (metrics count 499).
+    return _ack(bool(accepted))
 
 
 _KOMMO_PREFIX = "/webhooks/kommo/"
@@ -95,27 +112,27 @@ class KommoWebhookFastPath:
         scope["route"] = _KOMMO_ROUTE
         intake: WebhookIntake = scope["app"].state.intake
         token = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [None])[-1]
+
+        async def read_body() -> bytes | None:
+            chunks: list[bytes] = []
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return None
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+
         try:
-            body = await _read_body(receive)
-            if body is None:
+            accepted = await intake.accept_kommo(int(tail), token, read_body)
+            if accepted is None:
                 return  # the client went away: nobody to answer, nothing stored
-            response = _ack(await intake.accept_kommo(int(tail), token, body))
-        except PayloadTooLarge:
-            raise  # BodySizeLimitMiddleware answers 413
+            response = _ack(accepted)
+        except BodyRefused:
+            raise  # BodyGuardMiddleware answers 413 / 408
         except Exception as exc:
             response = render_exception(exc)
         await response(scope, receive, send)
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 @router.post(
@@ -124,12 +141,7 @@ async def _read_body(receive: Receive) -> bytes | None:
     responses={200: {"model": WebhookAck}},
 )
 async def unisender_webhook(
-    account_id: int,
-    request: Request,
-    ctx: ContextDep,
-    intake: IntakeDep,
-    session: SessionDep,
-    token: str | None = Query(None),
+    account_id: int, request: Request, intake: IntakeDep, token: str | None = Query(None)
 ) -> Response:
-    await intake.auth.verify(ctx.db, account_id, token)
-    return _ack(await ingest.accept_unisender_hook(session, ctx, account_id, await request.body()))
+    # Owns its transaction (not SessionDep): the whole of its database work is under the intake deadline.
+    return _answer(await intake.accept_unisender(account_id, token, _body_reader(request)))

@@ -11,12 +11,14 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import event
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -33,12 +35,27 @@ AfterCommit = Callable[[], Awaitable[Any]]
 _T = TypeVar("_T")
 
 
-def create_engine(url: str, *, pool_size: int = 20, pre_ping: bool = True) -> AsyncEngine:
+@dataclass(frozen=True, slots=True)
+class DbTimeouts:
+    """Deadlines on every database path, so a database that stops answering (a network partition: the
+    connections stay open, nothing comes back) fails callers in seconds instead of holding them for the whole
+    outage. ``statement`` is PostgreSQL's own ``statement_timeout``; the client gives up one second later,
+    for the case where the server's answer, even its cancellation error, never arrives. 0 disables both."""
+
+    connect: float = 5.0
+    statement: float = 10.0
+    pool: float = 5.0
+
+
+def create_engine(
+    url: str, *, pool_size: int = 20, pre_ping: bool = True, timeouts: DbTimeouts | None = None
+) -> AsyncEngine:
     """The process's engine. ``pre_ping`` costs a round trip per checkout; without it, the first statement
     on a connection broken by a PostgreSQL restart fails, and SQLAlchemy then recycles the whole pool.
 
     ``hide_parameters``: a failing statement's exception text (which the worker's and the API's error logs
     print) would otherwise list its bound values, i.e. contact names and addresses by the page."""
+    timeouts = timeouts or DbTimeouts()
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine.sync_engine, "handle_error", _hide_values)
@@ -52,6 +69,10 @@ def create_engine(url: str, *, pool_size: int = 20, pre_ping: bool = True) -> As
             cur.close()
 
         return engine
+    connect_args: dict[str, Any] = {"timeout": timeouts.connect}
+    if timeouts.statement > 0:
+        connect_args["command_timeout"] = timeouts.statement + 1.0
+        connect_args["server_settings"] = {"statement_timeout": str(int(timeouts.statement * 1000))}
     engine = create_async_engine(
         url,
         pool_size=pool_size,
@@ -59,10 +80,13 @@ def create_engine(url: str, *, pool_size: int = 20, pre_ping: bool = True) -> As
         # open (and TLS-negotiate) a new PostgreSQL connection per request; waiting for a pooled one is cheaper.
         max_overflow=0,
         pool_pre_ping=pre_ping,
-        pool_timeout=10,
+        pool_timeout=timeouts.pool,
+        connect_args=connect_args,
         hide_parameters=True,
     )
     event.listen(engine.sync_engine, "handle_error", _hide_values)
+    event.listen(engine.sync_engine, "handle_error", _discard_timed_out_connection)
+    event.listen(engine.sync_engine, "invalidate", _abort_invalidated)
     return engine
 
 
@@ -98,6 +122,39 @@ def _hide_values(context: ExceptionContext) -> None:
 
 def _message(exc: BaseException) -> str:
     return str(exc.args[0]) if exc.args else ""
+
+
+def _discard_timed_out_connection(context: ExceptionContext) -> None:
+    # The driver's own deadline passed: the connection is mid-statement (asyncpg is still trying to cancel it),
+    # so it is discarded like a broken one rather than returned to the pool. Only this one: the others may
+    # be fine (a slow statement), and if they are not, their own deadlines will discard them.
+    if isinstance(context.original_exception, TimeoutError):
+        context.is_disconnect = True
+        context.invalidate_pool_on_disconnect = False
+
+
+def _abort_invalidated(dbapi_connection: Any, record: Any, exception: BaseException | None) -> None:
+    # An invalidated connection is never used again, so it is closed at once: SQLAlchemy would close it
+    # gracefully, and asyncpg first waits for the cancellation of whatever ran on it and for the server's
+    # goodbye, which under a network partition never come (seconds per connection, in the caller's time).
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    terminate = getattr(driver, "terminate", None)
+    if terminate is not None:
+        terminate()
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """A database deadline passed: ours (connect, statement, pool wait) or PostgreSQL's statement_timeout
+    (SQLSTATE 57014). The database is slow or unreachable; the request may be retried."""
+    if isinstance(exc, TimeoutError | SATimeoutError):
+        return True
+    if isinstance(exc, DBAPIError):
+        orig = exc.orig
+        sqlstate = getattr(orig, "sqlstate", None) or getattr(
+            getattr(orig, "__cause__", None), "sqlstate", None
+        )
+        return sqlstate == "57014"
+    return False
 
 
 class Database:

@@ -7,6 +7,7 @@ once per dialect so SQLAlchemy's compiled cache always hits.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,9 +66,12 @@ class NewEvent:
     body: str
 
 
-async def store_events(conn: AsyncConnection, events: Sequence[NewEvent]) -> dict[str, int]:
+async def store_events(
+    conn: AsyncConnection, events: Sequence[NewEvent], *, deadline: float | None = None
+) -> dict[str, int]:
     """Store many raw bodies in one statement; returns the ids of those stored now, by dedupe key (a key
-    stored before, or twice in ``events``, is stored once)."""
+    stored before, or twice in ``events``, is stored once). ``deadline``: seconds for the statement on
+    PostgreSQL, by the driver's own timer (TimeoutError after; the engine's statement timeout when None)."""
     if not events:
         return {}
     if conn.dialect.name == "postgresql":
@@ -79,7 +83,7 @@ async def store_events(conn: AsyncConnection, events: Sequence[NewEvent]) -> dic
             [e.body for e in events],
             [now] * len(events),
         )
-        rows = await _fetch_pg(conn, _PG_INSERT_EVENTS, columns)
+        rows = await _fetch_pg(conn, _PG_INSERT_EVENTS, columns, deadline)
         return {str(row[0]): int(row[1]) for row in rows}
     stored: dict[str, int] = {}
     for e in events:  # SQLite (embedded, one process): one statement per body is plenty
@@ -99,12 +103,20 @@ async def store_events(conn: AsyncConnection, events: Sequence[NewEvent]) -> dic
     return stored
 
 
-async def _fetch_pg(conn: AsyncConnection, sql: str, args: Sequence[Any]) -> list[Any]:
+async def _fetch_pg(
+    conn: AsyncConnection, sql: str, args: Sequence[Any], deadline: float | None = None
+) -> list[Any]:
     raw = await conn.get_raw_connection()
     driver: Any = raw.driver_connection  # asyncpg.Connection, in autocommit mode (no transaction to manage)
     try:
-        rows: list[Any] = await driver.fetch(sql, *args)
+        rows: list[Any] = await driver.fetch(sql, *args, timeout=deadline)
         return rows
+    except (TimeoutError, asyncio.CancelledError):
+        # No answer within the driver's deadline, or our caller's deadline cancelled us (webhook intake):
+        # the statement is still in flight, so the connection is discarded, not pooled half-used. A timeout
+        # is not a dead connection, so it is not retried at once (the database is slow or unreachable).
+        await conn.invalidate()
+        raise
     except Exception as exc:
         # Outside SQLAlchemy's execute, so classify as it would: a broken connection is discarded and reported
         # as OperationalError (503, and ``run_autocommit`` retries once on a fresh connection).

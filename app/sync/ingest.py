@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import metrics
-from app.accounts.webhook_auth import WebhookAuth
+from app.accounts.webhook_auth import WebhookAuth, WebhookIdentity
 from app.connectors.kommo.exceptions import KommoWebhookParseError
 from app.connectors.kommo.webhooks import parse_webhook
 from app.connectors.unisender.exceptions import UnisenderHookParseError
 from app.connectors.unisender.hooks import HOOK_EVENT_NAMES, read_delivery, verify_hook_auth
 from app.context import ProcessContext
 from app.db.session import after_commit
-from app.errors import BadRequest, Unauthorized
+from app.errors import BadRequest, ServiceUnavailable, Unauthorized
 from app.sync import inbox
 from app.sync import repository as repo
 from app.worker import enqueue
@@ -42,28 +44,52 @@ def _dedupe_key(source: str, account_id: int, body: bytes, *, unique: bool) -> s
     return hashlib.sha256(f"{source}:{account_id}:{salt}:".encode() + body).hexdigest()
 
 
+def _give_up(done: asyncio.Future[bool]) -> None:
+    if not done.done():
+        done.set_exception(TimeoutError())
+
+
 class InboxWriter:
     """Group commit for webhook intake: bodies that arrive while a write is in flight go into the next one.
 
     Every caller still waits until its own row has committed (a webhook is acknowledged only once durable),
     but under load one INSERT and one commit serve many requests: the round trip, the pool checkout and the
     commit's WAL flush are paid per batch, not per webhook. At low load a batch is one body, as before.
+
+    Each write's statement has ``deadline`` seconds (the driver's own timer): a connection that stops
+    answering fails the batch (its callers answer 503) and is discarded, instead of holding every later
+    webhook behind it. A caller that gives up before its body was taken into a write withdraws it, so nothing
+    it did not acknowledge is stored later.
     """
 
-    def __init__(self, pc: ProcessContext, *, max_batch: int = 256) -> None:
+    def __init__(self, pc: ProcessContext, *, max_batch: int = 256, deadline: float = 1.0) -> None:
         self._pc = pc
         self._max_batch = max_batch
+        self._deadline = deadline
         self._waiting: list[tuple[inbox.NewEvent, asyncio.Future[bool]]] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def store(self, event: inbox.NewEvent) -> bool:
-        """Store one body; True when it is new, False when the same delivery was stored before."""
+    async def store(self, event: inbox.NewEvent, *, until: float | None = None) -> bool:
+        """Store one body; True when it is new, False when the same delivery was stored before. Raises
+        TimeoutError at ``until`` (event loop time) if its write has not answered by then."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[bool] = loop.create_future()
-        self._waiting.append((event, done))
+        entry = (event, done)
+        self._waiting.append(entry)
         if self._writer is None or self._writer.done():
             self._writer = loop.create_task(self._write_loop())
-        return await done
+        # A timer on this caller's own future, not a cancellation: the write may be shared with others.
+        timer = None if until is None else loop.call_at(until, _give_up, done)
+        try:
+            return await done
+        except (TimeoutError, asyncio.CancelledError):
+            with contextlib.suppress(ValueError):
+                self._waiting.remove(entry)  # not taken into a write yet: it never will be
+            done.cancel()  # taken: its outcome has no reader (a no-op when the timer already failed it)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     async def close(self) -> None:
         """Finish what is queued (shutdown)."""
@@ -95,7 +121,9 @@ class InboxWriter:
             unique.setdefault(event.dedupe_key, event)
         rows = list(unique.values())
         try:
-            stored = await self._pc.db.run_autocommit(lambda conn: inbox.store_events(conn, rows))
+            stored = await self._pc.db.run_autocommit(
+                lambda conn: inbox.store_events(conn, rows, deadline=self._deadline)
+            )
         except Exception as exc:
             for _, done in batch:
                 if not done.done():  # a caller that went away (client disconnect) wants no answer
@@ -110,19 +138,62 @@ class InboxWriter:
                 done.set_result(new)
 
 
+ReadBody = Callable[[], Awaitable[bytes | None]]
+
+
 @dataclass(frozen=True, slots=True)
 class WebhookIntake:
-    """What webhook intake needs, built once per API process: the hot path touches no ORM session."""
+    """What webhook intake needs, built once per API process: the hot path touches no ORM session.
+
+    Each webhook is authenticated from its URL before a byte of its body is read (a caller without the
+    token costs no body read), and its database work (token check, store) has ``deadline`` seconds in all:
+    past that it is answered 503 and not acknowledged, so the sender retries. Kommo gives up on a delivery
+    after 2 s and counts it as failed, so it must hear "later" well before then, not wait for a database
+    that stopped answering. Reading the body is not counted (the body deadline bounds that).
+    """
 
     pc: ProcessContext
     auth: WebhookAuth
     wakeups: WakeUps
     writer: InboxWriter
+    deadline: float = 1.0
 
-    async def accept_kommo(self, account_id: int, token: str | None, body: bytes) -> bool:
-        """Verify, parse-check and store a Kommo body; True when new. Its INSERT is the whole unit of work."""
-        db = self.pc.db
-        identity = await self.auth.verify(db, account_id, token)
+    async def accept_kommo(self, account_id: int, token: str | None, read_body: ReadBody) -> bool | None:
+        """Verify, read, parse-check and store a Kommo body; True when new, None when the client went away.
+        Its INSERT is the whole unit of work."""
+        return await self._accept("kommo", account_id, token, read_body, self._store_kommo)
+
+    async def accept_unisender(self, account_id: int, token: str | None, read_body: ReadBody) -> bool | None:
+        """Verify, read and store a Unisender hook (unsubscribes); True when new, None when the client left."""
+        return await self._accept("unisender", account_id, token, read_body, self._store_unisender)
+
+    async def _accept(
+        self,
+        provider: str,
+        account_id: int,
+        token: str | None,
+        read_body: ReadBody,
+        store: Callable[[int, WebhookIdentity, bytes, float], Awaitable[bool]],
+    ) -> bool | None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with asyncio.timeout(self.deadline):
+                identity = await self.auth.verify(self.pc.db, account_id, token)
+            spent = loop.time() - started
+            body = await read_body()
+            if body is None:
+                return None
+            return await store(account_id, identity, body, loop.time() + self.deadline - spent)
+        except TimeoutError:
+            metrics.WEBHOOKS.labels(provider, "db_timeout").inc()
+            raise ServiceUnavailable(
+                f"The database did not answer within {self.deadline:g} s; retry shortly."
+            ) from None
+
+    async def _store_kommo(
+        self, account_id: int, identity: WebhookIdentity, body: bytes, until: float
+    ) -> bool:
         _refuse_nul(body)
         try:
             batch = parse_webhook(body)
@@ -143,7 +214,8 @@ class WebhookIntake:
         dedupe_key = _dedupe_key("kommo", account_id, body, unique=has_deletions)
         text = body.decode("utf-8", errors="replace")
         new = await self.writer.store(
-            inbox.NewEvent(account_id=account_id, source="kommo", dedupe_key=dedupe_key, body=text)
+            inbox.NewEvent(account_id=account_id, source="kommo", dedupe_key=dedupe_key, body=text),
+            until=until,
         )
         if not new:
             metrics.WEBHOOKS.labels("kommo", "duplicate").inc()
@@ -153,6 +225,12 @@ class WebhookIntake:
             # After the commit (autocommit: the insert has committed when it returns).
             self.wakeups.poke("process_events", account_id, "kommo")
         return True
+
+    async def _store_unisender(
+        self, account_id: int, identity: WebhookIdentity, body: bytes, until: float
+    ) -> bool:
+        async with asyncio.timeout_at(until), self.pc.db.session_scope() as session:
+            return await accept_unisender_hook(session, self.pc, account_id, body)
 
 
 async def accept_unisender_hook(

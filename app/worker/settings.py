@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from app.config import Settings
 from app.context import ProcessContext, build_context
 from app.db.schema import check_schema_current
+from app.db.session import is_timeout
 from app.logging import configure_logging
 from app.queue import QUEUE_NAME, create_queue
 from app.worker import tasks
@@ -42,17 +43,29 @@ TaskFn = Callable[..., Coroutine[Any, Any, Any]]
 def _reconnecting(fn: TaskFn) -> TaskFn:
     """The worker's pool does not ping each connection before use (a round trip per transaction, most of
     a small job's cost), so the first statement on a connection that a PostgreSQL restart broke fails.
-    SQLAlchemy then recycles the whole pool; the job runs again a moment later."""
+    SQLAlchemy then recycles the whole pool; the job runs again a moment later.
+
+    A database that does not answer in time (connect, statement or pool-wait deadline, see
+    ``app.db.session.DbTimeouts``) fails the job at once too, and it runs again with a growing delay: a job
+    never waits out a whole outage, and many jobs do not hammer a database that is struggling."""
 
     @functools.wraps(fn)
     async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         try:
             return await fn(ctx, *args, **kwargs)
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
+        except Exception as exc:
+            invalidated = isinstance(exc, DBAPIError) and exc.connection_invalidated
+            if not invalidated and not is_timeout(exc):
                 raise
-            log.warning("job.db_reconnect", function=fn.__name__, error=type(exc.orig).__name__)
-            raise Retry(defer=0.5 + random.random()) from exc
+            attempt = int(ctx.get("job_try", 1))
+            delay = min(30.0, 0.5 * 2 ** (attempt - 1)) * (1 + random.random())
+            log.warning(
+                "job.db_unavailable",
+                function=fn.__name__,
+                error=type(getattr(exc, "orig", None) or exc).__name__,
+                retry_in=round(delay, 2),
+            )
+            raise Retry(defer=delay) from exc
 
     return run
 

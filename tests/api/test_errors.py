@@ -5,8 +5,9 @@ import pytest
 from fastapi import FastAPI, Request
 
 from app.config import Settings
-from app.errors import BodySizeLimitMiddleware, install_error_handlers
+from app.errors import install_error_handlers
 from app.main import create_app
+from app.middleware import BodyGuardMiddleware
 from app.serving import serve_in_background
 
 
@@ -40,7 +41,7 @@ async def test_streamed_body_over_the_cap_is_refused_while_reading() -> None:
     async def echo(request: Request) -> dict[str, int]:
         return {"size": len(await request.body())}
 
-    app = BodySizeLimitMiddleware(inner, max_bytes=1000)
+    app = BodyGuardMiddleware(inner, max_bytes=1000)
 
     async def chunks():  # no Content-Length: the cap must hold while streaming
         for _ in range(10):

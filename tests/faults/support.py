@@ -200,7 +200,14 @@ def start_private_redis(workdir: Path) -> PrivateRedis:
 
 
 class CuttableProxy:
-    """Forwards 127.0.0.1:<port> to a target; ``cut()`` drops every connection and refuses new ones."""
+    """Forwards 127.0.0.1:<port> to a target.
+
+    ``cut()`` drops every connection and refuses new ones (the server is down: callers learn at once).
+    ``freeze()`` is a silent network (a partition): connections are accepted and held, and nothing is
+    forwarded either way, on new or existing connections, until ``thaw()``. Then held connections go on
+    where they were (a client that gave up in the meantime has closed its end, and the close reaches the
+    server then); new ones reach the target only once thawed.
+    """
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
@@ -208,6 +215,8 @@ class CuttableProxy:
         self.up = True
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -217,27 +226,34 @@ class CuttableProxy:
         with contextlib.suppress(Exception):
             while True:
                 data = await reader.read(65536)
+                await self._flowing.wait()
                 if not data:
                     break
                 writer.write(data)
                 await writer.drain()
+        await self._flowing.wait()
         with contextlib.suppress(Exception):
             writer.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self.up:
-            writer.close()
-            return
+        self._writers.add(writer)
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            return
-        self._writers |= {writer, up_writer}
-        try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+            await self._flowing.wait()  # frozen: accepted, held, not forwarded
+            if not self.up:
+                writer.close()
+                return
+            try:
+                up_reader, up_writer = await asyncio.open_connection(*self.target)
+            except OSError:
+                writer.close()
+                return
+            self._writers.add(up_writer)
+            try:
+                await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+            finally:
+                self._writers.discard(up_writer)
         finally:
-            self._writers -= {writer, up_writer}
+            self._writers.discard(writer)
 
     def cut(self) -> None:
         self.up = False
@@ -249,8 +265,15 @@ class CuttableProxy:
     def restore(self) -> None:
         self.up = True
 
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
     async def close(self) -> None:
         self.cut()
+        self.thaw()  # held pipes and connections see the cut and end
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
