@@ -311,14 +311,16 @@ def email_values(emails: Iterable[str]) -> list[dict[str, object]]:
     return [{"field_code": "EMAIL", "values": [{"value": e, "enum_code": "WORK"} for e in emails]}]
 
 
-async def edit_stream(stack: Stack, account: Account, n: int, rng: random.Random) -> None:
+async def edit_stream(
+    stack: Stack, account: Account, n: int, rng: random.Random, *, spare: frozenset[int] = frozenset()
+) -> None:
     """``n`` changes through the Kommo sandbox's control API (each fires Kommo's webhooks): renames, address
-    additions and removals, creations, deletions and restores."""
+    additions and removals, creations, deletions and restores; the contacts in ``spare`` are left alone."""
     base = f"/_sandbox/accounts/{account.subdomain}/contacts"
     deleted: list[int] = []
     for i in range(n):
         live = await kommo_contacts(stack, account)
-        cid = rng.choice(sorted(live))
+        cid = rng.choice(sorted(set(live) - spare))
         kind = rng.choice(["rename", "rename", "add", "remove", "create", "delete", "restore"])
         emails = list(live[cid]["emails"])  # type: ignore[call-overload]
         if kind == "restore" and not deleted:

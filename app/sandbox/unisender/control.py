@@ -40,10 +40,13 @@ class AccessIn(BaseModel):
 
 class ContactActionIn(BaseModel):
     """Body of the simulated contact actions; ``list_id`` null = account-wide. ``campaign_id``: the click
-    happened in a letter of that campaign (the unsubscribe also yields the letter's ``email_status``)."""
+    happened in a letter of that campaign (the unsubscribe also yields the letter's ``email_status``).
+    ``notify`` false: the state changes but no hook is called (a test then delivers the events itself, e.g.
+    in another documented layout)."""
 
     list_id: int | None = None
     campaign_id: int | None = None
+    notify: bool = True
 
 
 class HookEventIn(BaseModel):
@@ -194,7 +197,7 @@ async def contact_unsubscribes(
             raise HTTPException(404, f"contact is not in list {list_id}")
         changed = membership.status != "unsubscribed"
         membership.status = "unsubscribed"
-    if changed:
+    if changed and (body is None or body.notify):
         now = state.now()
         if list_id is None:
             events = account_unsubscribe_events(contact, now)
