@@ -184,8 +184,8 @@ def cmd_rotate_token(args: argparse.Namespace) -> int:
 
 
 SANDBOXES = {
-    "kommo": ("app.sandbox.kommo", "create_kommo_sandbox"),
-    "unisender": ("app.sandbox.unisender", "create_unisender_sandbox"),
+    "kommo": ("sandbox.kommo", "create_kommo_sandbox"),
+    "unisender": ("sandbox.unisender", "create_unisender_sandbox"),
 }
 
 

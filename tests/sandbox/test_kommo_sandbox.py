@@ -22,8 +22,8 @@ import pytest
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
-from app.sandbox.kommo import KommoSandboxConfig, KommoSandboxState, create_kommo_sandbox, seed_contacts
 from app.serving import serve_in_background
+from sandbox.kommo import KommoSandboxConfig, KommoSandboxState, create_kommo_sandbox, seed_contacts
 
 REDIRECT = "https://integration.example.com/oauth/callback"
 PROBLEM = "application/problem+json"

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from app.sandbox.unisender.hooks import HOOK_EVENTS, account_unsubscribe_events, list_events
-from app.sandbox.unisender.phpform import PhpParams, PhpValue
-from app.sandbox.unisender.state import (
+from sandbox.unisender.hooks import HOOK_EVENTS, account_unsubscribe_events, list_events
+from sandbox.unisender.phpform import PhpParams, PhpValue
+from sandbox.unisender.state import (
     SYSTEM_FIELDS,
     Account,
     Contact,

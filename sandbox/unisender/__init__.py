@@ -101,11 +101,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.sandbox.unisender.api import router as api_router
-from app.sandbox.unisender.config import UnisenderSandboxConfig
-from app.sandbox.unisender.control import router as control_router
-from app.sandbox.unisender.hooks import HookDispatcher, signed_body
-from app.sandbox.unisender.state import Account, Contact, SandboxState
+from sandbox.unisender.api import router as api_router
+from sandbox.unisender.config import UnisenderSandboxConfig
+from sandbox.unisender.control import router as control_router
+from sandbox.unisender.hooks import HookDispatcher, signed_body
+from sandbox.unisender.state import Account, Contact, SandboxState
 
 __all__ = [
     "Account",
