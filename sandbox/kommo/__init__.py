@@ -157,8 +157,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import responses as r
 from .config import KommoSandboxConfig
+from .errors import SandboxError
 from .seed import seed_contacts
-from .state import KommoSandboxState, SandboxError
+from .state import KommoSandboxState
 
 __all__ = ["KommoSandboxConfig", "KommoSandboxState", "create_kommo_sandbox", "seed_contacts"]
 
@@ -187,6 +188,7 @@ def create_kommo_sandbox(config: KommoSandboxConfig | None = None) -> FastAPI:
     """A fresh sandbox app; its state is ``app.state.kommo`` (:class:`KommoSandboxState`)."""
     from .api import router as api_router
     from .api import where
+    from .consent import router as consent_router
     from .control import router as control_router
 
     state = KommoSandboxState(config)
@@ -201,6 +203,7 @@ def create_kommo_sandbox(config: KommoSandboxConfig | None = None) -> FastAPI:
     app = FastAPI(title="Kommo sandbox", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.kommo = state
     app.include_router(control_router)
+    app.include_router(consent_router)
     app.include_router(api_router)
     app.add_middleware(_RequestId)
 
