@@ -63,7 +63,7 @@ class InstallFlows:
         )
 
     async def install_widget(self, client_id: str, subdomain: str) -> dict[str, Any]:
-        """Kommo's widget-install redirect [K-pub]: ``GET {redirect_uri}?code=&referer=&platform=&client_id=
+        """Kommo's widget-install redirect (its public-integration docs): ``GET {redirect_uri}?code=&referer=&platform=&client_id=
         &from_widget=1``, no state; sent once, waits ``widget_install_timeout`` (3 s), ignores the answer
         (reported here for tests)."""
         integ = self.sandbox.oauth.integrations.get(client_id)
@@ -104,7 +104,7 @@ class InstallFlows:
         secret: str | None = None,
         alg: str = "HS256",
     ) -> dict[str, Any]:
-        """A disposable widget JWT as ``$authorizedAjax`` sends it [K-1t]: ``aud`` = scheme://host of the
+        """A disposable widget JWT as ``$authorizedAjax`` sends it (Kommo's one-time-token docs): ``aud`` = scheme://host of the
         integration's redirect URI, 30 min. ``claims`` override any claim, ``secret`` the signing key, ``alg``
         the header (``none``: unsigned), so tests can make every kind of bad token."""
         integ = self.sandbox.oauth.integrations.get(client_id)

@@ -20,7 +20,7 @@ from .webhooks import Dispatcher, Webhook
 
 ValidationErrors = list[dict[str, Any]]
 ACCOUNT_DOMAINS = ("kommo.com", "amocrm.ru", "amocrm.com")
-# amocrm.com is Kommo's former global domain: its accounts answer under both names [K-rb].
+# amocrm.com is Kommo's former global domain: its accounts answer under both names (Kommo's rebranding notes).
 _SAME_PLATFORM = {"amocrm.com": "kommo.com"}
 
 
@@ -285,7 +285,8 @@ class KommoSandboxState:
         now = self.clock.now()
         hooks = self.webhooks.setdefault(account.id, [])
         for hook in hooks:
-            if hook.destination == destination:  # re-saving updates settings and re-enables [K-wh]
+            # Re-saving a destination updates its settings and re-enables it (Kommo's webhook docs).
+            if hook.destination == destination:
                 hook.settings, hook.sort, hook.updated_at, hook.disabled = list(settings), sort, now, False
                 hook.failures.clear()
                 return hook

@@ -68,7 +68,7 @@ TEXT_TYPES = {"text", "textarea", "url", "streetaddress"}
 ENUM_TYPES = {"select", "radiobutton", "multiselect", "multitext"}
 DATE_TYPES = {"date", "birthday", "date_time"}
 
-# Predefined multitext fields. Ids of the first account match the spec §4.2 example (PHONE 771906, EMAIL
+# Predefined multitext fields. Ids of the first account match the webhook example of Kommo's docs (PHONE 771906, EMAIL
 # 771908, PHONE/WORK 552476, EMAIL/WORK 552488); later accounts get the same layout shifted by 100000 per
 # account, so a client that caches field ids across accounts is caught.
 PHONE_ENUMS = ("WORK", "WORKDD", "MOB", "FAX", "HOME", "OTHER")

@@ -1,4 +1,4 @@
-"""The Unisender sandbox answers like the real classic API (spec: shared/specs/unisender-api.md), over loopback HTTP."""
+"""The Unisender sandbox answers like the real classic API (as its public docs describe it), over loopback HTTP."""
 
 from __future__ import annotations
 
