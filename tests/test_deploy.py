@@ -178,16 +178,22 @@ def test_production_without_secrets_fails_fast_with_a_clear_message(tmp_path: Pa
 
 # --- The production image carries app only; the simulators stay in the checkout ------------------------------
 
-# Hides the sandbox package from a subprocess, as the production image does (it is absent there).
-HIDE_SANDBOX = """
+
+def _hide(package: str) -> str:
+    """Code that makes ``package`` unimportable in a subprocess, as if it were not installed."""
+    return f"""
 import sys
-class HideSandbox:
+class Hide:
     def find_spec(self, name, path=None, target=None):
-        if name == "sandbox" or name.startswith("sandbox."):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        if name == {package!r} or name.startswith({package + "."!r}):
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
         return None
-sys.meta_path.insert(0, HideSandbox())
+sys.meta_path.insert(0, Hide())
 """
+
+
+# The production image has no sandbox package at all.
+HIDE_SANDBOX = _hide("sandbox")
 
 
 def _dockerfile_copies() -> list[tuple[str, list[str]]]:
@@ -268,6 +274,27 @@ def test_app_imports_every_module_without_the_sandboxes(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "imported app." in r.stdout
+
+
+def test_the_sandboxes_import_nothing_from_app(tmp_path: Path) -> None:
+    """The simulators are written from the providers' docs on their own: every module imports with app hidden."""
+    code = _hide("app") + (
+        "import importlib, pkgutil, sandbox\n"
+        "names = [m.name for m in pkgutil.walk_packages(sandbox.__path__, 'sandbox.')]\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
+        "print(len(names), 'modules')\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout.split()[0]) > 20, r.stdout
 
 
 @pytest.mark.parametrize("argv", [["sandbox", "kommo"], ["sandbox", "unisender"], ["demo", "--edits", "1"]])
