@@ -4,6 +4,8 @@ FROM python:3.11-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+# Only what the product needs: the simulators in sandbox/ stay out of the context (.dockerignore) and of
+# /src, so `pip install .` finds the app package alone.
 COPY pyproject.toml README.md ./
 COPY app ./app
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install --upgrade pip && /opt/venv/bin/pip install .

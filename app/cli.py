@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 from pydantic import ValidationError
 
@@ -184,9 +185,26 @@ def cmd_rotate_token(args: argparse.Namespace) -> int:
 
 
 SANDBOXES = {
-    "kommo": ("app.sandbox.kommo", "create_kommo_sandbox"),
-    "unisender": ("app.sandbox.unisender", "create_unisender_sandbox"),
+    "kommo": ("sandbox.kommo", "create_kommo_sandbox"),
+    "unisender": ("sandbox.unisender", "create_unisender_sandbox"),
 }
+NO_SANDBOXES = "contactsync: the sandboxes are not installed in this image; run from a source checkout"
+
+
+def _import_sandbox(module_name: str) -> ModuleType:
+    """Import a simulator by name, or exit 2 where the ``sandbox`` package is absent.
+
+    The sandboxes are their own top-level package: a source checkout installs it, the production image leaves
+    it out, and product code never imports it, so only this function (for `sandbox` and `demo`) and the tests do.
+    """
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # Only the package itself missing; a missing dependency inside it is a real error and stays one.
+        if exc.name is None or not f"{module_name}.".startswith(f"{exc.name}."):
+            raise
+        print(NO_SANDBOXES, file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -195,9 +213,8 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     from app.logging import configure_logging
 
     configure_logging(fmt="console", level="INFO")
-    # Imported by name: product code never imports the sandboxes; only this command and the tests do.
     module_name, factory_name = SANDBOXES[args.provider]
-    app = getattr(importlib.import_module(module_name), factory_name)()
+    app = getattr(_import_sandbox(module_name), factory_name)()
     print(
         f"contactsync: {args.provider} sandbox on http://{args.host}:{args.port} (control API under /_sandbox)"
     )
@@ -206,6 +223,8 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    for module_name, _ in SANDBOXES.values():
+        _import_sandbox(module_name)
     from app.demo import run_demo
 
     try:

@@ -32,9 +32,9 @@ def _say(text: str) -> None:
 
 async def run_demo(*, port: int = 8000, contacts: int = 300, edits: int = 0, seed: int = 1) -> int:
     from app.main import create_app
-    from app.sandbox.kommo import KommoSandboxConfig, create_kommo_sandbox
-    from app.sandbox.unisender import create_unisender_sandbox
     from app.worker.settings import run_worker_forever
+    from sandbox.kommo import KommoSandboxConfig, create_kommo_sandbox
+    from sandbox.unisender import create_unisender_sandbox
 
     shutil.rmtree(DEMO_DIR, ignore_errors=True)  # every demo starts from an empty database
     configure_logging(fmt="console", level="WARNING", force=True)

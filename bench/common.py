@@ -323,8 +323,8 @@ async def bench_stack(
     worker_cpu: int | None = None,
 ) -> AsyncIterator[BenchStack]:
     """Both sandboxes (in-process, real HTTP), a migrated fresh database, the API and a worker."""
-    from app.sandbox.kommo import create_kommo_sandbox
-    from app.sandbox.unisender import create_unisender_sandbox
+    from sandbox.kommo import create_kommo_sandbox
+    from sandbox.unisender import create_unisender_sandbox
     from tests.conftest import Stack
 
     await flush_redis()

@@ -30,8 +30,8 @@ async def run_sync(
     contacts: int, scale: float, *, within: float = 600.0, profile: str | None = None
 ) -> dict[str, Any]:
     """One fresh stack, ``contacts`` seeded, one full sync; returns timings, calls, 429s and worker memory."""
-    from app.sandbox.kommo import KommoSandboxConfig
-    from app.sandbox.unisender import UnisenderSandboxConfig
+    from sandbox.kommo import KommoSandboxConfig
+    from sandbox.unisender import UnisenderSandboxConfig
     from tests.support.e2e import connect_account, expected_unisender, kommo_contacts
 
     kommo_rps = 7 * scale

@@ -94,8 +94,8 @@ async def baseline_app(scope: dict[str, Any], receive: Callable[..., Any], send:
 
 def body_factory() -> Callable[[], bytes]:
     """A real one-contact ``contacts[update]`` body (≈ 0.8 kB) with a fresh ``updated_at`` per call."""
-    from app.sandbox.kommo import KommoSandboxState, seed_contacts
-    from app.sandbox.kommo.serialize import account_pairs, form_encode, webhook_contact_pairs
+    from sandbox.kommo import KommoSandboxState, seed_contacts
+    from sandbox.kommo.serialize import account_pairs, form_encode, webhook_contact_pairs
 
     state = KommoSandboxState()
     account = state.create_account("benchacme", account_id=ACCOUNT_ID)

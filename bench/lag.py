@@ -40,8 +40,8 @@ async def run(
     rate: float, seconds: float, contacts: int, concurrency: int, profile: str | None = None
 ) -> dict[str, Any]:
     """One stack; seed, full-sync, then a steady stream of renames; returns lag figures and call counts."""
-    from app.sandbox.kommo import KommoSandboxConfig
     from app.sync.mapping import contact_emails
+    from sandbox.kommo import KommoSandboxConfig
     from tests.support.e2e import connect_account, wait_quiet
 
     kcfg = KommoSandboxConfig(webhook_retry_delays=(0.2, 0.5, 1.0), delivery_concurrency=concurrency)

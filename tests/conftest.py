@@ -195,8 +195,8 @@ async def stack(
     settings: Settings, clean_db: str, clean_redis: None, admin_token: str
 ) -> AsyncIterator[Stack]:
     """Kommo and Unisender sandboxes plus the service, all on loopback ports, wired together by settings."""
-    from app.sandbox.kommo import KommoSandboxConfig, create_kommo_sandbox
-    from app.sandbox.unisender import create_unisender_sandbox
+    from sandbox.kommo import KommoSandboxConfig, create_kommo_sandbox
+    from sandbox.unisender import create_unisender_sandbox
 
     # retry_after 2 s instead of Kommo's 300: a stray 429 under CI load must not stall a test for minutes.
     kommo_app = create_kommo_sandbox(KommoSandboxConfig(webhook_retry_delays=(0.2, 0.5, 1.0), retry_after=2))

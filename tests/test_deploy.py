@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -173,3 +174,141 @@ def test_production_without_secrets_fails_fast_with_a_clear_message(tmp_path: Pa
     assert r.returncode == 2
     assert "configuration error" in r.stderr
     assert "CONTACTSYNC_SECRET_KEYS" in r.stderr
+
+
+# --- The production image carries app only; the simulators stay in the checkout ------------------------------
+
+
+def _hide(package: str) -> str:
+    """Code that makes ``package`` unimportable in a subprocess, as if it were not installed."""
+    return f"""
+import sys
+class Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name == {package!r} or name.startswith({package + "."!r}):
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+sys.meta_path.insert(0, Hide())
+"""
+
+
+# The production image has no sandbox package at all.
+HIDE_SANDBOX = _hide("sandbox")
+
+
+def _dockerfile_copies() -> list[tuple[str, list[str]]]:
+    """(stage name, sources) of every COPY from the build context, in order; ``--from`` copies are skipped."""
+    copies: list[tuple[str, list[str]]] = []
+    stage = ""
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if m := re.match(r"FROM \S+(?: AS (\S+))?", line):
+            stage = m.group(1) or "final"
+        elif line.startswith("COPY ") and "--from=" not in line:
+            words = [w for w in line.split()[1:] if not w.startswith("--")]
+            copies.append((stage, words[:-1]))
+    return copies
+
+
+def _build_context() -> set[str]:
+    """Top-level names of the checkout that `docker build .` sends (.dockerignore applied)."""
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    return {path.name for path in ROOT.iterdir() if path.name not in ignored}
+
+
+def _packages_found(where: Path) -> list[str]:
+    """The packages `pip install .` puts in the wheel from ``where``: setuptools' find with our include."""
+    import tomllib
+
+    from setuptools import find_namespace_packages
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"][
+        "include"
+    ]
+    return sorted(find_namespace_packages(where=str(where), include=include))
+
+
+def test_a_checkout_installs_both_app_and_the_sandboxes() -> None:
+    found = _packages_found(ROOT)
+    assert {"app", "sandbox", "sandbox.kommo", "sandbox.unisender"} <= set(found), found
+
+
+def test_the_image_build_steps_leave_the_sandboxes_out(tmp_path: Path) -> None:
+    context = _build_context()
+    assert "sandbox" not in context, ".dockerignore must keep the simulators out of the build context"
+    copies = _dockerfile_copies()
+    assert copies
+    for _, sources in copies:
+        for source in sources:
+            assert source in context, f"COPY {source}: not in the build context"
+            assert not source.startswith(("sandbox", ".")), f"COPY {source} would bring the simulators"
+    # Replay the build stage's COPY steps, then see what its `pip install .` would package.
+    src = tmp_path / "src"
+    src.mkdir()
+    for _, sources in (c for c in copies if c[0] == "build"):
+        for source in sources:
+            origin = ROOT / source
+            if origin.is_dir():
+                shutil.copytree(origin, src / source, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy(origin, src / source)
+    found = _packages_found(src)
+    assert "app" in found
+    assert [p for p in found if not (p == "app" or p.startswith("app."))] == []
+    # The final stage adds only the venv built above and these files: no sandbox there either.
+    final = {source for stage, sources in copies if stage == "final" for source in sources}
+    assert final == {"alembic.ini", "migrations", "app"}
+
+
+def test_app_imports_every_module_without_the_sandboxes(tmp_path: Path) -> None:
+    code = HIDE_SANDBOX + (
+        "import importlib, pkgutil, app\n"
+        "for m in pkgutil.walk_packages(app.__path__, 'app.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "assert not [n for n in sys.modules if n.split('.')[0] == 'sandbox']\n"
+        "print('imported', m.name)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "imported app." in r.stdout
+
+
+def test_the_sandboxes_import_nothing_from_app(tmp_path: Path) -> None:
+    """The simulators are written from the providers' docs on their own: every module imports with app hidden."""
+    code = _hide("app") + (
+        "import importlib, pkgutil, sandbox\n"
+        "names = [m.name for m in pkgutil.walk_packages(sandbox.__path__, 'sandbox.')]\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
+        "print(len(names), 'modules')\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout.split()[0]) > 20, r.stdout
+
+
+@pytest.mark.parametrize("argv", [["sandbox", "kommo"], ["sandbox", "unisender"], ["demo", "--edits", "1"]])
+def test_sandbox_and_demo_without_the_sandboxes_exit_2_with_a_clear_message(
+    argv: list[str], tmp_path: Path
+) -> None:
+    code = HIDE_SANDBOX + "from app.cli import main\nraise SystemExit(main(sys.argv[1:]))\n"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    r = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60
+    )
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.strip() == (
+        "contactsync: the sandboxes are not installed in this image; run from a source checkout"
+    )
+    assert r.stdout == ""
+    assert not (tmp_path / ".contactsync").exists()  # the demo stopped before creating anything

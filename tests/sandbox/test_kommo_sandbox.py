@@ -1,6 +1,6 @@
-"""The Kommo sandbox answers like Kommo API v4 (spec: shared/specs/kommo-api.md), over loopback HTTP.
+"""The Kommo sandbox answers like Kommo API v4 (as its public docs describe it), over loopback HTTP.
 
-Raw httpx only: nothing from app.connectors, so the sandbox is checked against the spec, not against our client.
+Raw httpx only: nothing from app.connectors, so the sandbox is checked against the docs, not against our client.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import pytest
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
-from app.sandbox.kommo import KommoSandboxConfig, KommoSandboxState, create_kommo_sandbox, seed_contacts
 from app.serving import serve_in_background
+from sandbox.kommo import KommoSandboxConfig, KommoSandboxState, create_kommo_sandbox, seed_contacts
 
 REDIRECT = "https://integration.example.com/oauth/callback"
 PROBLEM = "application/problem+json"
@@ -1068,7 +1068,7 @@ async def test_user_fields_have_no_code(sandbox: Sandbox, receiver: Receiver) ->
     assert "contacts[add][0][custom_fields][0][code]" not in form
 
 
-# --- account hosts (§12), the widget-install redirect and the widget token (§13.6) ---------------------------------
+# --- account hosts, the widget-install redirect and the widget token ------------------------------------------------
 
 
 async def test_amocrm_ru_account_lives_on_its_own_host_only(sandbox: Sandbox, receiver: Receiver) -> None:

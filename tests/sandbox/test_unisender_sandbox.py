@@ -1,4 +1,4 @@
-"""The Unisender sandbox answers like the real classic API (spec: shared/specs/unisender-api.md), over loopback HTTP."""
+"""The Unisender sandbox answers like the real classic API (as its public docs describe it), over loopback HTTP."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
 
-from app.sandbox.unisender import SandboxState, UnisenderSandboxConfig, create_unisender_sandbox
-from app.sandbox.unisender.phpform import build_params, decode_urlencoded
 from app.serving import serve_in_background
+from sandbox.unisender import SandboxState, UnisenderSandboxConfig, create_unisender_sandbox
+from sandbox.unisender.phpform import build_params, decode_urlencoded
 
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 

@@ -30,8 +30,8 @@ from app.connectors.kommo.hosts import parse_account_host
 from app.connectors.kommo.oauth import KommoOAuth, verify_disable_signature
 from app.connectors.kommo.webhooks import parse_webhook
 from app.connectors.ratelimit import RateLimiter, RoundTripWindow, TokenBucket, Unlimited
-from app.sandbox.kommo import create_kommo_sandbox
 from app.serving import serve_in_background
+from sandbox.kommo import create_kommo_sandbox
 
 SUBDOMAIN = "acme"
 REDIRECT_URI = "https://contactsync.example/auth/kommo/callback"

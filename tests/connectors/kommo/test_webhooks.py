@@ -116,8 +116,8 @@ def test_current_delivery_layout_with_tags() -> None:
 
 def test_bodies_the_kommo_sandbox_sends_parse_to_what_it_holds() -> None:
     """The sandbox's serializer (what our end-to-end tests receive) and the parser agree on every field we read."""
-    from app.sandbox.kommo.serialize import account_pairs, form_encode, webhook_contact_pairs
-    from app.sandbox.kommo.store import Account, Contact, Tag
+    from sandbox.kommo.serialize import account_pairs, form_encode, webhook_contact_pairs
+    from sandbox.kommo.store import Account, Contact, Tag
 
     account = Account(31254530, "etesttask", "E", 1726000000, 0, 11087123)
     email = account.field_by_code("EMAIL")

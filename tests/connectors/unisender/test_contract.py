@@ -1,6 +1,6 @@
 """Contract tests: UnisenderClient against the Unisender sandbox over real HTTP on loopback.
 
-The sandbox (app.sandbox.unisender) is written from the same spec by another hand and shares no code with the
+The sandbox (sandbox.unisender) is written from the same spec by another hand and shares no code with the
 client, so a wire-format mistake on our side shows up here as a failing call.
 """
 
@@ -32,7 +32,7 @@ from app.connectors.unisender import (
 )
 from app.serving import serve_in_background
 
-sandbox = pytest.importorskip("app.sandbox.unisender", reason="Unisender sandbox not available")
+sandbox = pytest.importorskip("sandbox.unisender", reason="Unisender sandbox not available")
 
 API_KEY = "contract-key-1"
 LOGIN = "acme"

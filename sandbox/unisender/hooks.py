@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import structlog
 
-from app.sandbox.unisender.state import Account, Contact, Hook, SandboxState
+from sandbox.unisender.state import Account, Contact, Hook, SandboxState
 
 log = structlog.get_logger(__name__)
 

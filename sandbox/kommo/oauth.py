@@ -1,6 +1,6 @@
 """Integrations, authorization codes, access and refresh tokens.
 
-Access tokens are JWT-shaped (base64url header.claims.signature, claims as in spec §1.3 with a real ``exp``);
+Access tokens are JWT-shaped (base64url header.claims.signature, claims as in Kommo's tokens with a real ``exp``);
 the signature is an HMAC over a per-sandbox key, although the header says RS256 like Kommo's: clients read the
 claims unverified and must not rely on verifying them. Refresh tokens look like Kommo's (``def50200`` + hex).
 """
@@ -159,8 +159,8 @@ class OAuthStore:
 
 def widget_jwt(claims: dict[str, Any], secret: str, *, alg: str = "HS256") -> str:
     """A disposable widget token (the ``X-Auth-Token`` of ``$authorizedAjax``): HS256 keyed by the
-    integration's client secret [L DisposableTokenModel]. ``alg="none"`` makes an unsigned one (for tests of
-    receivers that must refuse it)."""
+    integration's client secret, as the official amocrm-api-php library's DisposableTokenModel reads it.
+    ``alg="none"`` makes an unsigned one (for tests of receivers that must refuse it)."""
     header = {"typ": "JWT", "alg": alg}
     signing_input = (
         f"{_b64(json.dumps(header, separators=(',', ':')).encode())}."
@@ -177,5 +177,5 @@ def _b64(data: bytes) -> str:
 
 
 def disable_hook_signature(client_id: str, client_secret: str, account_id: int) -> str:
-    """hex(HMAC-SHA256(key=client_secret, msg="{client_id}|{account_id}")) [K-oauth]."""
+    """hex(HMAC-SHA256(key=client_secret, msg="{client_id}|{account_id}")), as Kommo's OAuth docs give it."""
     return hmac.new(client_secret.encode(), f"{client_id}|{account_id}".encode(), hashlib.sha256).hexdigest()

@@ -9,15 +9,15 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 
-from app.sandbox.unisender.hooks import (
+from sandbox.unisender.hooks import (
     HOOK_EVENTS,
     HookDispatcher,
     account_unsubscribe_events,
     event,
     list_events,
 )
-from app.sandbox.unisender.limits import FAULT_KINDS, FaultPlan
-from app.sandbox.unisender.state import Account, Contact, Membership, SandboxState
+from sandbox.unisender.limits import FAULT_KINDS, FaultPlan
+from sandbox.unisender.state import Account, Contact, Membership, SandboxState
 
 router = APIRouter(prefix="/_sandbox")
 

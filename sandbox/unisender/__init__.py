@@ -1,4 +1,4 @@
-"""Unisender sandbox: a faithful in-memory simulator of Unisender's classic API (spec: shared/specs/unisender-api.md).
+"""Unisender sandbox: a faithful in-memory simulator of Unisender's classic API, written from its public docs.
 
 ``create_unisender_sandbox(config)`` returns a FastAPI app; its state is ``app.state.unisender``
 (:class:`SandboxState`: ``accounts[api_key]`` with ``contacts_by_email``, ``lists``, ``fields``, ``ledger``...),
@@ -18,7 +18,7 @@ Public API (every answer HTTP 200, ``{"result": ...}`` or ``{"error": msg, "code
   exclude, unsubscribe, getLists, createList, updateList, deleteList, getFields, createField, updateField,
   deleteField, getTags, deleteTag, setHook, removeHook, exportContacts (legacy synchronous: offset, limit ≤ 1000 →
   {field_names, data}), async/exportContacts (notify_url required; returns {task_uuid, status: "new"}; no
-  notification is POSTed, its payload being UNCONFIRMED) and async/getTaskResult ("completed" from the first
+  notification is POSTed, its payload being undocumented) and async/getTaskResult ("completed" from the first
   poll, file_to_download = a CSV served by the control API: header row of field names, one row per contact).
 
 Control API (JSON; errors are HTTP 4xx with ``{"detail": ...}``)
@@ -66,7 +66,7 @@ endpoint (with ``campaign_id`` also an ``email_status`` ``ok_unsubscribed``); AP
 unsubscribed notifies nobody. ``subscribe`` events come from the subscribe method and the activate control
 endpoint; any known event can be injected with ``POST /_sandbox/accounts/{key}/hook-events``.
 
-Simulator choices where the spec says UNCONFIRMED (config field in brackets where switchable)
+Simulator choices where Unisender's docs are silent (config field in brackets where switchable)
 - importContacts: >500 rows, no email/phone column, unknown or duplicate column name, non-array field_names/data,
   empty data → ``invalid_arg`` for the whole call [max_import_rows]. Per-row problems skip the row with a log
   entry ``{"index": "<row key>" (string) [log_index_as_string], "code", "message"}``; codes are placeholders
@@ -101,11 +101,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.sandbox.unisender.api import router as api_router
-from app.sandbox.unisender.config import UnisenderSandboxConfig
-from app.sandbox.unisender.control import router as control_router
-from app.sandbox.unisender.hooks import HookDispatcher, signed_body
-from app.sandbox.unisender.state import Account, Contact, SandboxState
+from sandbox.unisender.api import router as api_router
+from sandbox.unisender.config import UnisenderSandboxConfig
+from sandbox.unisender.control import router as control_router
+from sandbox.unisender.hooks import HookDispatcher, signed_body
+from sandbox.unisender.state import Account, Contact, SandboxState
 
 __all__ = [
     "Account",

@@ -1,7 +1,7 @@
 """Kommo (amoCRM) API v4 sandbox: an in-memory simulator of the parts of Kommo contactsync uses.
 
-Written from ``shared/specs/kommo-api.md`` (section numbers below refer to it), independently of
-``app.connectors`` (no shared code). Product code never imports this package.
+Written from Kommo's public developer docs and published request captures, independently of ``app.connectors``
+(no shared code). Product code never imports this package.
 
 Usage::
 
@@ -13,7 +13,7 @@ Usage::
 Hosts
 -----
 Real Kommo serves each account on its own host: ``{sub}.kommo.com`` (Kommo; also under its former name
-``{sub}.amocrm.com``) or ``{sub}.amocrm.ru`` (amoCRM, a separate platform) (§12). The sandbox serves each account
+``{sub}.amocrm.com``) or ``{sub}.amocrm.ru`` (amoCRM, a separate platform since 2022). The sandbox serves each account
 under a path prefix naming its host instead: ``https://acme.kommo.com/api/v4/contacts`` is
 ``{sandbox}/acme.kommo.com/api/v4/contacts`` and the token endpoint ``{sandbox}/acme.kommo.com/oauth2/access_token``.
 So ``KOMMO_BASE_URL`` = ``http://127.0.0.1:PORT/{host}``. An account answers only under its own platform's hosts:
@@ -24,11 +24,12 @@ a Kommo one as ``/acme.kommo.com/...`` and ``/acme.amocrm.com/...``. The short f
 sandbox so a client can follow them; the webhook ``account[_links][self]`` and the OAuth ``referer`` keep the
 real form (``https://{host}``, ``{host}``).
 
-Kommo API (every success ``application/hal+json``, every error ``application/problem+json`` with the bodies of
-§5; every response carries ``X-Request-Id``)
+Kommo API (every success ``application/hal+json``, every error ``application/problem+json`` with Kommo's error
+bodies, ``responses.py``; every response carries ``X-Request-Id``)
 ----------------------------------------------------------------------------------------------------------
 - ``POST /{sub}/oauth2/access_token``: JSON, form or multipart body; ``authorization_code`` (needs
-  ``redirect_uri``) and ``refresh_token`` grants; answers §1.3 (``application/json``). Errors are
+  ``redirect_uri``) and ``refresh_token`` grants; answers ``{token_type, expires_in, server_time, access_token,
+  refresh_token}`` (``application/json``). Errors are
   OAuthProblemJson: unknown/bad code → 400 (hints "Cannot decrypt the authorization code", "...has been
   revoked", "...has expired"); bad client id/secret → 401 "Некорректный клиент"; spent/revoked refresh token →
   401 ``"hint":"Token has been revoked"``; unknown → 401 "Cannot decrypt the refresh token"; expired → 401.
@@ -52,21 +53,21 @@ Kommo API (every success ``application/hal+json``, every error ``application/pro
   ``updated_at`` of a changed contact becomes max(now, previous + 1) (or a larger explicit ``updated_at``),
   so each version of a contact has a distinct, increasing ``updated_at``.
 - ``GET /{sub}/api/v4/contacts/custom_fields``: PHONE (enums WORK, WORKDD, MOB, FAX, HOME, OTHER) and EMAIL
-  (WORK, PRIV, OTHER), multitext, predefined. First account: PHONE 771906, EMAIL 771908, enum ids as in the §4.2
-  example (PHONE/WORK 552476, EMAIL/WORK 552488, step 2); each further account shifts all ids by 100000.
-- ``POST|GET|DELETE /{sub}/api/v4/webhooks`` (§4.1): POST answers 200 with the webhook object (re-posting a
+  (WORK, PRIV, OTHER), multitext, predefined. First account: PHONE 771906, EMAIL 771908, enum ids as in the webhook
+  example of Kommo's docs (PHONE/WORK 552476, EMAIL/WORK 552488, step 2); each further account shifts all ids by 100000.
+- ``POST|GET|DELETE /{sub}/api/v4/webhooks``: POST answers 200 with the webhook object (re-posting a
   destination updates its settings and re-enables it); bad URL → the captured 400 "Invalid URL"; unknown setting →
   400; GET answers 204 when there are none; DELETE answers 204.
 Any other path → 404 ``"Cannot GET https://{sub}.kommo.com/..."``; wrong method → 405; missing, unknown,
 expired or revoked token, or a token of another account → 401 "Invalid user name or password".
 
-Limits and faults (§5): per integration (client_id of the token) a sliding 1-s window of ``rate_limit_rps``
+Limits and faults: per integration (client_id of the token) a sliding 1-s window of ``rate_limit_rps``
 (7) accepted calls; beyond → 429 with ``retry_after`` (``retry_after``=300; optional ``Retry-After`` header).
 After ``block_after_429s`` consecutive 429s (default None = never) every call answers 403 for ``block_seconds``.
 Injected faults (``/_sandbox/faults``) apply to API calls and the token endpoint, after auth and the rate limit:
 latency (+ seeded jitter), then a burst of N 429s, then a seeded 5xx rate (body ``ErrInternalServer``).
 
-Webhooks (§4.2, §4.3): each contact create/update (API or control), delete and restore (control only: v4 has
+Webhooks: each contact create/update (API or control), delete and restore (control only: v4 has
 no public delete/restore) is sent to every enabled webhook whose settings include ``{action}_contact``, as
 ``application/x-www-form-urlencoded`` PHP bracket keys, all values strings, account block first
 (``account_block_first``), ``[enum]`` = enum id, ``[code]`` after ``[values]``, delete = id + type only,
@@ -79,14 +80,14 @@ retries after ``webhook_retry_delays`` (default 5, 30, 120, 600 s); a webhook is
 ``duplicate_rate`` sends some bodies twice; ``reorder`` shuffles the changes collected in a window (in
 ``reorder_window_ms`` when not batching). Both use ``webhook_seed``. Seeding fires no webhooks by default.
 
-UNCONFIRMED points and the choice made (config option where cheap)
-------------------------------------------------------------------
+Where Kommo's docs are silent, and the choice made (config option where cheap)
+------------------------------------------------------------------------------
 default limit 50 (``default_limit``); limit > 250 → 422 (``over_limit``); refresh tokens single-use, reuse → 401
 revoked (``refresh_grace=True`` = documented grace: R1 valid until R2 is redeemed); old access tokens stay valid
 after a refresh; codes single-use; ``platform=2`` (``platform``); webhook POST answers 200; retry schedule
-(``webhook_retry_delays``); no ``Retry-After`` header (``retry_after_header``); 403 block body uses the §5 shape;
-``is_deleted`` omitted from contacts; page past the end → 204; a PATCH that changes nothing still bumps
-``updated_at`` and fires ``update_contact`` (``noop_patch_bumps``); contacts carry PHONE and EMAIL only (no
+(``webhook_retry_delays``); no ``Retry-After`` header (``retry_after_header``); 403 block body has the
+problem+json shape of the other errors; ``is_deleted`` omitted from contacts; page past the end → 204; a PATCH
+that changes nothing still bumps ``updated_at`` and fires ``update_contact`` (``noop_patch_bumps``); contacts carry PHONE and EMAIL only (no
 POSITION); custom-field values must have the field's JSON type (strings for multitext, no numbers); ``request_id``
 must be a string; page/limit < 1 or non-numeric → 400 validation-errors; the token response is
 ``application/json``; the consent page's ``mode`` is accepted and ignored (always a redirect); webhook bodies
@@ -107,10 +108,10 @@ Control API (JSON; no auth; errors ``{"error": message}`` with 400/404/409)
   &platform=`` (``platform=1`` for amocrm.ru accounts, else ``platform``; state omitted if not given) or
   ``?error=access_denied&client_id=&state=``. Codes live 20 min.
 - ``POST /_sandbox/install_widget`` ``{client_id, subdomain}`` → ``{url, code, status, error, elapsed_ms}``: Kommo's
-  widget-install redirect (§12.2), sent by the sandbox itself: ``GET {redirect_uri}?code=&referer={host}&platform=
+  widget-install redirect, sent by the sandbox itself: ``GET {redirect_uri}?code=&referer={host}&platform=
   &client_id=&from_widget=1``, no state, once, ``widget_install_timeout`` (3 s), the answer ignored (reported).
 - ``POST /_sandbox/widget_token`` ``{client_id, subdomain, is_admin?, claims?, secret?, alg?}`` → ``{token, claims}``:
-  a disposable widget JWT (§13.6: HS256 keyed by the client secret; ``iss`` https://{host}, ``aud`` scheme://host of
+  a disposable widget JWT (HS256 keyed by the client secret; ``iss`` https://{host}, ``aud`` scheme://host of
   the redirect URI, ``jti``, ``iat``/``nbf``, ``exp`` (+``widget_token_ttl``), ``account_id``, ``subdomain``,
   ``client_uuid``, ``user_id``, ``is_admin``). ``claims`` override claims, ``secret`` the key, ``alg: "none"`` leaves
   it unsigned: for tests of bad tokens.
@@ -157,8 +158,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import responses as r
 from .config import KommoSandboxConfig
+from .errors import SandboxError
 from .seed import seed_contacts
-from .state import KommoSandboxState, SandboxError
+from .state import KommoSandboxState
 
 __all__ = ["KommoSandboxConfig", "KommoSandboxState", "create_kommo_sandbox", "seed_contacts"]
 
@@ -187,6 +189,7 @@ def create_kommo_sandbox(config: KommoSandboxConfig | None = None) -> FastAPI:
     """A fresh sandbox app; its state is ``app.state.kommo`` (:class:`KommoSandboxState`)."""
     from .api import router as api_router
     from .api import where
+    from .consent import router as consent_router
     from .control import router as control_router
 
     state = KommoSandboxState(config)
@@ -201,6 +204,7 @@ def create_kommo_sandbox(config: KommoSandboxConfig | None = None) -> FastAPI:
     app = FastAPI(title="Kommo sandbox", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.kommo = state
     app.include_router(control_router)
+    app.include_router(consent_router)
     app.include_router(api_router)
     app.add_middleware(_RequestId)
 

@@ -1,4 +1,5 @@
-"""Settings of the Unisender sandbox; every UNCONFIRMED behaviour that was cheap to make switchable is here."""
+"""Settings of the Unisender sandbox; every behaviour Unisender's docs leave open that was cheap to make
+switchable is here."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ def _utcnow() -> datetime:
 
 
 def _default_log_codes() -> dict[str, str]:
-    # Per-row importContacts log codes are UNCONFIRMED (spec §2): simulator-specific placeholders.
+    # Unisender's docs do not list the per-row importContacts log codes: these are the simulator's placeholders.
     return {
         "invalid_email": "invalid_email",
         "invalid_phone": "invalid_phone",
@@ -27,13 +28,13 @@ def _default_log_codes() -> dict[str, str]:
 
 
 def _default_method_limits() -> dict[str, int]:
-    # Per-method budgets from spec §7 (per api_key, same window as the general limit).
+    # Per-method budgets from Unisender's method pages (per api_key, same window as the general limit).
     return {"subscribe": 300, "async/exportContacts": 20, "sendEmail": 60}
 
 
 @dataclass(kw_only=True)
 class UnisenderSandboxConfig:
-    """Knobs of the simulator; the defaults follow the spec (or its suggestion where it says UNCONFIRMED)."""
+    """Knobs of the simulator; the defaults follow Unisender's docs, or our choice where the docs are silent."""
 
     # api_key -> login, created at start-up and after every reset.
     accounts: dict[str, str] = field(default_factory=dict)
@@ -49,13 +50,15 @@ class UnisenderSandboxConfig:
     reject_role_addresses: bool = True
     role_local_parts: frozenset[str] = frozenset({"info", "sales", "no-reply", "all"})
     log_codes: dict[str, str] = field(default_factory=_default_log_codes)
-    log_index_as_string: bool = True  # [W-dx] saw "index":"2" from production; docs say integer
-    # Statuses an existing address may be moved away from by importContacts (spec §2).
+    # The docs say integer; a public Go client run against the live API decodes a string ("index":"2").
+    log_index_as_string: bool = True
+    # Statuses an existing address may be moved away from by importContacts (Unisender's docs: only from
+    # active or inactive).
     mutable_statuses: frozenset[str] = frozenset({"active", "inactive"})
     # A refused status change is logged; by default the rest of the row still applies (a warning). True skips
     # the whole row instead (counted in "invalid"), for clients that read every log entry as a rejection.
     status_change_denied_skips_row: bool = False
-    # Method names are matched exactly (camelCase); case-insensitivity is UNCONFIRMED.
+    # Method names are matched exactly (camelCase); the docs do not say whether case matters.
     method_names_case_sensitive: bool = True
     # createField: Latin letters, digits, '_' (some doc versions also allow '-').
     field_name_allow_hyphen: bool = False

@@ -10,10 +10,10 @@ import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from app.sandbox.unisender.hooks import HookDispatcher
-from app.sandbox.unisender.methods import METHODS, ApiError, Call
-from app.sandbox.unisender.phpform import build_params, decode_urlencoded
-from app.sandbox.unisender.state import SandboxState
+from sandbox.unisender.hooks import HookDispatcher
+from sandbox.unisender.methods import METHODS, ApiError, Call
+from sandbox.unisender.phpform import build_params, decode_urlencoded
+from sandbox.unisender.state import SandboxState
 
 log = structlog.get_logger(__name__)
 

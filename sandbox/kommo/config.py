@@ -9,26 +9,26 @@ from typing import Any, Literal
 @dataclass(slots=True)
 class KommoSandboxConfig:
     # --- OAuth -------------------------------------------------------------------------------------------
-    access_token_ttl: int = 86_400  # 24 h [K-oauth]
-    refresh_token_ttl: int = 90 * 86_400  # "3 months" unused [K-oauth]
-    code_ttl: int = 20 * 60  # authorization code lives 20 min [K-oauth]
+    access_token_ttl: int = 86_400  # 24 h (Kommo's OAuth docs)
+    refresh_token_ttl: int = 90 * 86_400  # revoked after 3 months unused (Kommo's OAuth docs)
+    code_ttl: int = 20 * 60  # authorization code lives 20 min (Kommo's OAuth docs)
     # False (default): a refresh token is single-use; reusing a spent one answers 401 "Token has been revoked".
     # True: the documented grace model, R1 stays valid until R2 (its successor) is redeemed.
     refresh_grace: bool = False
     platform: str = (
-        "2"  # `platform` on the redirect for Kommo accounts (UNCONFIRMED; amocrm.ru accounts: "1")
+        "2"  # `platform` on the redirect for Kommo accounts (undocumented; an amocrm.ru capture has "1")
     )
     base_domain: str = "kommo.com"  # where accounts live unless created with another `domain`
-    widget_install_timeout: float = 3.0  # Kommo waits this long for the widget-install redirect [K-pub]
+    widget_install_timeout: float = 3.0  # Kommo waits this long for the widget-install redirect (its docs)
     widget_token_ttl: int = 1800  # disposable widget JWT lifetime (30 min)
     # --- contacts API ------------------------------------------------------------------------------------
-    default_limit: int = 50  # UNCONFIRMED (a captured self link reads limit=50)
+    default_limit: int = 50  # undocumented; a captured self link reads limit=50
     max_limit: int = 250
     over_limit: Literal["reject", "clamp"] = "reject"  # limit > 250: 422 "Limit of 250 per page", or clamp
     max_batch: int = 250  # items per POST/PATCH
     noop_patch_bumps: bool = True  # a PATCH that changes nothing still bumps updated_at and fires a webhook
     # --- webhooks ----------------------------------------------------------------------------------------
-    webhook_timeout: float = 2.0  # [K-wh]
+    webhook_timeout: float = 2.0  # Kommo's webhook docs: 2 s to answer
     webhook_retry_delays: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)  # retries after a failed attempt
     webhook_disable_failures: int = 100  # disabled when > this many failures in 2 h and the last one failed
     webhook_disable_window: int = 7200
@@ -44,8 +44,8 @@ class KommoSandboxConfig:
     )
     # --- limits ------------------------------------------------------------------------------------------
     rate_limit_rps: int | None = 7  # per integration, sliding 1-s window; None disables
-    retry_after: int = 300  # `retry_after` in the 429 body [K-codes]
-    retry_after_header: bool = False  # also send a Retry-After header (UNCONFIRMED)
+    retry_after: int = 300  # `retry_after` in the 429 body (Kommo's status-code docs)
+    retry_after_header: bool = False  # also send a Retry-After header (the docs do not say Kommo does)
     block_after_429s: int | None = None  # consecutive 429s that escalate to a 403 block; None = never
     block_seconds: int = 3600
     disable_hook_timeout: float = 3.0

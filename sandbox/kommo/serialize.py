@@ -1,5 +1,5 @@
-"""Wire shapes: contact JSON (spec §3.1), custom-field definitions (§3.6), account (§2) and the PHP-style
-form body of outgoing webhooks (§4.2). Written here from the spec, independently of ``app.connectors``."""
+"""Wire shapes: contact JSON, custom-field definitions, the account, and the PHP-style form body of outgoing
+webhooks. Written here from Kommo's docs and published captures, independently of ``app.connectors``."""
 
 from __future__ import annotations
 
@@ -127,7 +127,8 @@ def _str(value: Any) -> str:
 
 
 def webhook_contact_pairs(account: Account, action: str, index: int, c: Contact) -> list[tuple[str, str]]:
-    """Flattened ``contacts[{action}][{index}][...]`` pairs for one contact, keys and order as spec §4.2."""
+    """Flattened ``contacts[{action}][{index}][...]`` pairs for one contact, keys and order as in the webhook
+    example of Kommo's docs."""
     p = f"contacts[{action}][{index}]"
     if action == "delete":
         return [(f"{p}[id]", str(c.id)), (f"{p}[type]", "contact")]
@@ -149,12 +150,13 @@ def webhook_contact_pairs(account: Account, action: str, index: int, c: Contact)
         fp = f"{p}[custom_fields][{k}]"
         pairs.append((f"{fp}[id]", str(fdef.id)))
         pairs.append((f"{fp}[name]", fdef.name))
-        if fdef.type == "radiobutton":  # an object, not a list [K-wh]
+        if fdef.type == "radiobutton":  # an object, not a list (Kommo's webhook docs)
             value, enum_id = vals[0]
             pairs.append((f"{fp}[values][value]", _str(value)))
             if enum_id is not None:
                 pairs.append((f"{fp}[values][enum]", str(enum_id)))
-        elif fdef.type in ("date", "birthday", "date_time"):  # bare values [K-wh]
+        elif fdef.type in ("date", "birthday", "date_time"):
+            # Bare values, without a [value] key (Kommo's webhook docs).
             for j, (value, _e) in enumerate(vals):
                 pairs.append((f"{fp}[values][{j}]", _str(value)))
         else:

@@ -1,4 +1,5 @@
-"""The sandbox's whole state (``app.state.kommo``): accounts, OAuth, contacts, webhooks, limits, stats.
+"""The sandbox's whole state (``app.state.kommo``): accounts, OAuth, contacts, webhooks, limits, stats; the
+installation flows a Kommo user goes through are ``installs`` (``installs.py``).
 
 In-process tests and the demo may call these methods directly; HTTP routes are thin wrappers around them.
 """
@@ -6,22 +7,20 @@ In-process tests and the demo may call these methods directly; HTTP routes are t
 from __future__ import annotations
 
 import itertools
-import time
-import uuid
 from typing import Any
-from urllib.parse import urlencode, urlsplit
-
-import httpx
 
 from .config import KommoSandboxConfig
+from .errors import SandboxError
+from .installs import InstallFlows
 from .limits import Clock, Faults, RateLimiter, Stats
-from .oauth import OAuthStore, disable_hook_signature, widget_jwt
-from .store import Account, Contact, ContactChanges, parse_contact_item
+from .oauth import OAuthStore
+from .payload import ContactChanges, parse_contact_item
+from .store import Account, Contact
 from .webhooks import Dispatcher, Webhook
 
 ValidationErrors = list[dict[str, Any]]
 ACCOUNT_DOMAINS = ("kommo.com", "amocrm.ru", "amocrm.com")
-# amocrm.com is Kommo's former global domain: its accounts answer under both names [K-rb].
+# amocrm.com is Kommo's former global domain: its accounts answer under both names (Kommo's rebranding notes).
 _SAME_PLATFORM = {"amocrm.com": "kommo.com"}
 
 
@@ -29,18 +28,11 @@ def _platform(domain: str) -> str:
     return _SAME_PLATFORM.get(domain, domain)
 
 
-class SandboxError(Exception):
-    """A control-API misuse (unknown account or integration, bad argument): answered 400/404 JSON."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 class KommoSandboxState:
     def __init__(self, config: KommoSandboxConfig | None = None) -> None:
         self.config = config or KommoSandboxConfig()
         self.clock = Clock()
+        self.installs = InstallFlows(self)
         self._init_data()
 
     def _init_data(self) -> None:
@@ -137,163 +129,6 @@ class KommoSandboxState:
             disable_hook_url=disable_hook_url,
             name=name,
         )
-
-    def authorize(
-        self, client_id: str, subdomain: str, state: str | None = None, *, deny: bool = False
-    ) -> str:
-        """The redirect URL the consent page would send the user to (Allow, or Deny with ``deny``)."""
-        integ = self.oauth.integrations.get(client_id)
-        if integ is None:
-            raise SandboxError(f"no integration {client_id}", 404)
-        account = self.account(subdomain)
-        if deny:
-            params = {"error": "access_denied", "client_id": client_id}
-            if state is not None:
-                params["state"] = state
-        else:
-            code = self.oauth.new_code(client_id, account.id, self.clock.now(), self.config.code_ttl)
-            params = {"code": code.code}
-            if state is not None:
-                params["state"] = state
-            params.update(
-                {
-                    "referer": self.host_of(account),
-                    "client_id": client_id,
-                    "platform": self._platform(account),
-                }
-            )
-        sep = "&" if "?" in integ.redirect_uri else "?"
-        return f"{integ.redirect_uri}{sep}{urlencode(params)}"
-
-    def _platform(self, account: Account) -> str:
-        # A 2025 capture of an amocrm.ru redirect carries platform=1; Kommo's value is configurable.
-        return "1" if (account.domain or self.config.base_domain) == "amocrm.ru" else self.config.platform
-
-    async def install_widget(self, client_id: str, subdomain: str) -> dict[str, Any]:
-        """Kommo's widget-install redirect [K-pub]: ``GET {redirect_uri}?code=&referer=&platform=&client_id=
-        &from_widget=1``, no state; sent once, waits ``widget_install_timeout`` (3 s), ignores the answer
-        (reported here for tests)."""
-        integ = self.oauth.integrations.get(client_id)
-        if integ is None:
-            raise SandboxError(f"no integration {client_id}", 404)
-        account = self.account(subdomain)
-        code = self.oauth.new_code(client_id, account.id, self.clock.now(), self.config.code_ttl)
-        params = {
-            "code": code.code,
-            "referer": self.host_of(account),
-            "platform": self._platform(account),
-            "client_id": client_id,
-            "from_widget": "1",
-        }
-        sep = "&" if "?" in integ.redirect_uri else "?"
-        url = f"{integ.redirect_uri}{sep}{urlencode(params)}"
-        result: dict[str, Any] = {"url": url, "code": code.code, "status": None, "error": None}
-        started = time.monotonic()
-        try:
-            resp = await self.dispatcher.client.get(url, timeout=self.config.widget_install_timeout)
-            result["status"] = resp.status_code
-        except httpx.HTTPError as exc:
-            result["error"] = f"{type(exc).__name__}: {exc}"
-        result["elapsed_ms"] = round((time.monotonic() - started) * 1000, 1)
-        return result
-
-    def widget_token(
-        self,
-        client_id: str,
-        subdomain: str,
-        *,
-        is_admin: bool = True,
-        claims: dict[str, Any] | None = None,
-        secret: str | None = None,
-        alg: str = "HS256",
-    ) -> dict[str, Any]:
-        """A disposable widget JWT as ``$authorizedAjax`` sends it [K-1t]: ``aud`` = scheme://host of the
-        integration's redirect URI, 30 min. ``claims`` override any claim, ``secret`` the signing key, ``alg``
-        the header (``none``: unsigned), so tests can make every kind of bad token."""
-        integ = self.oauth.integrations.get(client_id)
-        if integ is None:
-            raise SandboxError(f"no integration {client_id}", 404)
-        account = self.account(subdomain)
-        now = self.clock.now()
-        redirect = urlsplit(integ.redirect_uri)
-        body: dict[str, Any] = {
-            "iss": f"https://{self.host_of(account)}",
-            "aud": f"{redirect.scheme}://{redirect.hostname}",
-            "jti": str(uuid.uuid4()),
-            "iat": now,
-            "nbf": now,
-            "exp": now + self.config.widget_token_ttl,
-            "account_id": account.id,
-            "subdomain": account.subdomain,
-            "client_uuid": client_id,
-            "user_id": account.current_user_id,
-            "is_admin": is_admin,
-        }
-        body.update(claims or {})
-        token = widget_jwt(body, integ.client_secret if secret is None else secret, alg=alg)
-        return {"token": token, "claims": body}
-
-    def issue_tokens(
-        self, client_id: str, subdomain: str, *, long_lived_ttl: int | None = None
-    ) -> dict[str, Any]:
-        """Tokens without the OAuth dance (as if a code had been exchanged), or a long-lived token (no refresh)."""
-        if client_id not in self.oauth.integrations:
-            raise SandboxError(f"no integration {client_id}", 404)
-        account = self.account(subdomain)
-        now = self.clock.now()
-        ttl = long_lived_ttl or self.config.access_token_ttl
-        access, refresh = self.oauth.issue(
-            client_id,
-            account.id,
-            now=now,
-            access_ttl=ttl,
-            refresh_ttl=self.config.refresh_token_ttl,
-            base_domain=account.domain or self.config.base_domain,
-            grant_type="" if long_lived_ttl else "authorization_code",
-            with_refresh=long_lived_ttl is None,
-        )
-        out: dict[str, Any] = {
-            "token_type": "Bearer",
-            "expires_in": ttl,
-            "server_time": now,
-            "access_token": access.token,
-        }
-        if refresh is not None:
-            out["refresh_token"] = refresh.token
-        return out
-
-    async def uninstall(self, client_id: str, subdomain: str) -> dict[str, Any]:
-        """Revoke the installation's tokens and call the integration's disable hook (if it has one)."""
-        integ = self.oauth.integrations.get(client_id)
-        if integ is None:
-            raise SandboxError(f"no integration {client_id}", 404)
-        account = self.account(subdomain)
-        revoked = self.oauth.revoke_installation(client_id, account.id)
-        result: dict[str, Any] = {
-            "revoked_tokens": revoked,
-            "hook_url": None,
-            "hook_status": None,
-            "hook_error": None,
-        }
-        if integ.disable_hook_url:
-            params = {
-                "client_uuid": client_id,
-                "account_id": str(account.id),
-                "signature": disable_hook_signature(client_id, integ.client_secret, account.id),
-            }
-            sep = "&" if "?" in integ.disable_hook_url else "?"
-            url = f"{integ.disable_hook_url}{sep}{urlencode(params)}"
-            result["hook_url"] = url
-            try:
-                resp = await self.dispatcher.client.get(
-                    url,
-                    headers={"User-Agent": "amoService-oAuth-Code-Sender/1.0"},
-                    timeout=self.config.disable_hook_timeout,
-                )
-                result["hook_status"] = resp.status_code
-            except httpx.HTTPError as exc:
-                result["hook_error"] = f"{type(exc).__name__}: {exc}"
-        return result
 
     # --- contacts ---------------------------------------------------------------------------------------------
     def next_contact_id(self) -> int:
@@ -450,7 +285,8 @@ class KommoSandboxState:
         now = self.clock.now()
         hooks = self.webhooks.setdefault(account.id, [])
         for hook in hooks:
-            if hook.destination == destination:  # re-saving updates settings and re-enables [K-wh]
+            # Re-saving a destination updates its settings and re-enables it (Kommo's webhook docs).
+            if hook.destination == destination:
                 hook.settings, hook.sort, hook.updated_at, hook.disabled = list(settings), sort, now, False
                 hook.failures.clear()
                 return hook

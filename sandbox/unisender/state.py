@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from app.sandbox.unisender.config import UnisenderSandboxConfig
-from app.sandbox.unisender.limits import FaultPlan, SlidingWindow
+from sandbox.unisender.config import UnisenderSandboxConfig
+from sandbox.unisender.limits import FaultPlan, SlidingWindow
 
 SYSTEM_FIELDS = frozenset(
     {

@@ -1,4 +1,4 @@
-"""Response helpers: HAL success bodies and the problem+json error bodies of spec §5, verbatim."""
+"""Response helpers: HAL success bodies and Kommo's problem+json error bodies, verbatim as captured."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def no_content() -> Response:
 
 
 def problem(status: int, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> Response:
-    """``{"title","type","status","detail"}`` as Kommo's REST errors (spec §5)."""
+    """``{"title","type","status","detail"}`` as Kommo's REST errors."""
     body: dict[str, Any] = {
         "title": _TITLES.get(status, "Error"),
         "type": f"https://httpstatus.es/{status}",

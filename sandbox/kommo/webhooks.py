@@ -1,4 +1,4 @@
-"""Webhook registry and delivery (spec §4).
+"""Webhook registry and delivery, as Kommo's webhook docs describe them.
 
 Each change of a contact becomes an event; events go to every enabled webhook of the account whose settings
 include ``{action}_contact``. Delivery runs in background asyncio tasks, never inside the API request that
@@ -246,7 +246,8 @@ class Dispatcher:
         while hook.failures and hook.failures[0] <= now - cfg.webhook_disable_window:
             hook.failures.popleft()
         if len(hook.failures) > cfg.webhook_disable_failures:
-            hook.disabled = True  # > N invalid answers in the window and the latest is invalid [K-wh]
+            # Kommo's webhook docs: > N invalid answers in the window and the latest one invalid.
+            hook.disabled = True
         delays = cfg.webhook_retry_delays
         if attempt <= len(delays) and not hook.disabled:
             self._spawn(self._retry_later(hook, body, attempt + 1, delays[attempt - 1]))

@@ -1,0 +1,128 @@
+"""What every Kommo API route shares: the account a path segment names, Bearer auth, rate limit and block,
+injected faults, JSON bodies and Kommo's validation-error shape."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import Request
+from starlette.responses import Response
+
+from .. import responses as r
+from ..oauth import AccessToken
+from ..state import KommoSandboxState
+from ..store import Account
+
+
+def kommo(request: Request) -> KommoSandboxState:
+    state: KommoSandboxState = request.app.state.kommo
+    return state
+
+
+def base_url(request: Request, subdomain: str) -> str:
+    """Where this account's API lives on the sandbox, under the segment it was called with (the real form is
+    https://{host})."""
+    return f"{str(request.base_url).rstrip('/')}/{subdomain}"
+
+
+def where(state: KommoSandboxState, segment: str) -> tuple[str, str]:
+    """``(subdomain, host)`` a path segment names, for stats and error messages (known account or not)."""
+    subdomain, dot, domain = segment.lower().partition(".")
+    return subdomain, f"{subdomain}.{domain if dot else state.config.base_domain}"
+
+
+Handler = Callable[[Account, AccessToken], Awaitable[Response] | Response]
+
+
+async def guarded(request: Request, subdomain: str, endpoint: str, handler: Handler) -> Response:
+    """Account lookup, Bearer auth, rate limit / block, injected faults; then ``handler``; then stats."""
+    state = kommo(request)
+    resp = await _guard(request, state, subdomain)
+    if isinstance(resp, Response):
+        state.stats.record(endpoint, resp.status_code, *where(state, subdomain))
+        return resp
+    account, token = resp
+    result = handler(account, token)
+    out = await result if isinstance(result, Awaitable) else result
+    state.stats.record(endpoint, out.status_code, *where(state, subdomain))
+    return out
+
+
+async def _guard(
+    request: Request, state: KommoSandboxState, subdomain: str
+) -> Response | tuple[Account, AccessToken]:
+    found = state.account_for_host(subdomain)
+    if found is None:
+        return r.problem(
+            404,
+            f"Cannot {request.method} https://{where(state, subdomain)[1]}"
+            f"{request.url.path.removeprefix('/' + subdomain)}",
+        )
+    account = found[0]
+    auth = request.headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    token = state.oauth.access.get(value.strip()) if scheme.lower() == "bearer" else None
+    if (
+        token is None
+        or token.revoked
+        or token.account_id != account.id
+        or token.expires_at <= state.clock.now()
+    ):
+        return r.unauthorized()
+    verdict = state.limiter.check(token.client_id, state.config, state.stats)
+    if verdict == 403:
+        state.stats.blocked += 1
+        return r.problem(403, "Access denied")
+    if verdict == 429:
+        state.stats.rate_limited += 1
+        return r.too_many_requests(state.config.retry_after, state.config.retry_after_header)
+    fault = await apply_faults(state)
+    return fault if fault is not None else (account, token)
+
+
+async def apply_faults(state: KommoSandboxState) -> Response | None:
+    faults = state.faults
+    delay = faults.delay()
+    if delay:
+        state.stats.faults["latency"] += 1
+        await asyncio.sleep(delay)
+    if faults.burst_429 > 0:
+        faults.burst_429 -= 1
+        state.stats.faults["burst_429"] += 1
+        return r.too_many_requests(state.config.retry_after, state.config.retry_after_header)
+    if faults.error_rate and faults.rng.random() < faults.error_rate:
+        state.stats.faults["error"] += 1
+        return r.internal_error(faults.error_status)
+    return None
+
+
+async def read_json(request: Request) -> Any | Response:
+    raw = await request.body()
+    if not raw.strip():
+        return r.blank_request()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return r.problem(400, "Syntax error, malformed JSON")
+    if data in ([], {}, None):
+        return r.blank_request()
+    return data
+
+
+def q_error(path: str, detail: str, code: str = "InvalidType") -> Response:
+    return r.validation_failed(
+        [{"request_id": "0", "errors": [{"code": code, "path": path, "detail": detail}]}]
+    )
+
+
+def positive_int(raw: str | None, default: int) -> int | None:
+    if raw is None or raw == "":
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        return None
+    return v if v >= 1 else None
