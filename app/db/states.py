@@ -1,0 +1,71 @@
+"""The states rows move through, one enum per table; stored as their string values.
+
+``StrEnum`` members are ``str``: they compare equal to the stored text and bind as plain strings, so SQL and
+JSON see exactly the values below.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class IntegrationStatus(StrEnum):
+    """``integration.status``: where the account's Kommo connection stands."""
+
+    PENDING = "pending"  # registered, Kommo not connected yet (or the integration's client changed)
+    CONNECTED = "connected"
+    NEEDS_REAUTH = "needs_reauth"  # Kommo refused the refresh token: the owner must connect again
+    DISABLED = "disabled"  # uninstalled in Kommo
+
+
+class EventSource(StrEnum):
+    """``webhook_event.source``: which provider posted the event."""
+
+    KOMMO = "kommo"
+    UNISENDER = "unisender"
+
+
+class EventStatus(StrEnum):
+    """``webhook_event.status``."""
+
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"  # could not be applied after its attempts; kept with its reason
+    UNRECOGNISED = "unrecognised"  # a delivery we keep but cannot read (unknown event or layout)
+
+
+class OutboxStatus(StrEnum):
+    """``outbox.status``: the desired state of one address in the email platform."""
+
+    PENDING = "pending"
+    DONE = "done"  # the platform holds this payload
+    REJECTED = "rejected"  # refused by the platform for this row, with its reason; not retried blindly
+    CANCELLED = "cancelled"  # no longer wanted (e.g. the address unsubscribed)
+    DEAD = "dead"  # attempts exhausted
+
+
+class Consent(StrEnum):
+    """``contact_email.consent``."""
+
+    SUBSCRIBED = "subscribed"
+    UNSUBSCRIBED = "unsubscribed"
+
+
+class RunKind(StrEnum):
+    """``sync_run.kind``."""
+
+    FULL = "full"
+    RECONCILE = "reconcile"
+
+
+class RunStatus(StrEnum):
+    """``sync_run.status``."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+    @classmethod
+    def active(cls) -> tuple[RunStatus, ...]:
+        return (cls.PENDING, cls.RUNNING)
