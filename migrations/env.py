@@ -25,7 +25,7 @@ def _url() -> str:
         return url
     from app.config import get_settings
 
-    return get_settings().resolved_database_url()
+    return get_settings().require_database_url()
 
 
 def _run(connection: Connection) -> None:

@@ -176,9 +176,9 @@ async def run_rotate_keys(
         out(
             "rotate-keys: one key configured; values under another key cannot be read (they are listed below)"
         )
-    db = Database(create_engine(settings.resolved_database_url(), pool_size=1))
+    db = Database(create_engine(settings.require_database_url(), pool_size=1))
     try:
-        await check_schema_current(db.engine, settings.resolved_database_url())
+        await check_schema_current(db.engine, settings.require_database_url())
         report = await rotate_keys(
             db,
             Cipher(keys),

@@ -95,7 +95,7 @@ async def test_insert_events_on_sqlite_keeps_statuses_and_dedupes(tmp_path: Any)
 
 async def test_run_autocommit_retries_once_on_a_dead_connection(ctx: ProcessContext) -> None:
     """A connection killed behind the pool's back (a PostgreSQL restart) costs a retry, not an error."""
-    db = Database(create_engine(ctx.settings.resolved_database_url(), pool_size=1, pre_ping=False))
+    db = Database(create_engine(ctx.settings.require_database_url(), pool_size=1, pre_ping=False))
     try:
         async with db.autocommit() as conn:
             pid = (await conn.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one()
