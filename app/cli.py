@@ -9,8 +9,10 @@ import importlib
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Iterator, Sequence
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -20,8 +22,9 @@ DESCRIPTION = """\
 contactsync mirrors Kommo CRM contacts into Unisender and brings unsubscribes back.
 
 Configuration comes from CONTACTSYNC_* environment variables (see README). With no
-CONTACTSYNC_DATABASE_URL / CONTACTSYNC_REDIS_URL, use `demo` or `serve --embedded`: everything
-runs in one process on a local SQLite file and an in-process Redis stand-in.
+CONTACTSYNC_DATABASE_URL / CONTACTSYNC_REDIS_URL, use `demo` or `serve --embedded`: they start a
+PostgreSQL and a Redis server of their own (the `embedded` extra), with data under .contactsync/,
+and run the API and the worker in one process; the servers stop when it ends.
 """
 
 
@@ -33,25 +36,87 @@ def _settings(**overrides: object) -> Settings:
         raise SystemExit(2) from exc
 
 
+@contextlib.contextmanager
+def _embedded(state_dir: Path, *, fresh: bool = False, migrate: bool = True) -> Iterator[tuple[str, str]]:
+    """Start the embedded PostgreSQL and Redis of ``state_dir`` (migrated to head unless ``migrate=False``)
+    and yield their URLs ``(database_url, redis_url)``; stop them when the block exits, however it exits."""
+    from app.db.schema import upgrade
+    from app.localservers import LocalServerError, embedded_servers
+
+    # SIGTERM and SIGHUP end the run as Ctrl-C does (a KeyboardInterrupt here; inside the event loop, the
+    # API server or ``_run_cancellable`` handles them); either way this block exits and stops the servers.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.default_int_handler)
+    with contextlib.ExitStack() as stack:
+        try:
+            servers = stack.enter_context(embedded_servers(state_dir, fresh_database=fresh))
+        except LocalServerError as exc:
+            print(f"contactsync: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        print(
+            f"contactsync: PostgreSQL on 127.0.0.1:{servers.postgres.port} (data in "
+            f"{state_dir / 'postgres'}) and Redis on 127.0.0.1:{servers.redis.port}, stopped on exit",
+            file=sys.stderr,
+        )
+        if migrate:
+            upgrade(servers.database_url, "head")
+        yield servers.database_url, servers.redis_url
+
+
+def _run_cancellable(main: Coroutine[Any, Any, int]) -> int:
+    """``asyncio.run(main)``, where SIGTERM and SIGHUP cancel ``main`` as Ctrl-C does (its ``finally``
+    blocks run: API and worker stop in order). 0 when it was cancelled."""
+
+    async def run() -> int:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, task.cancel)
+        return await main
+
+    try:
+        return asyncio.run(run())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        return 0
+
+
+@contextlib.contextmanager
+def _with_database(settings: Settings) -> Iterator[Settings]:
+    """``settings`` as they are when they name a database; else pointed at the embedded servers."""
+    if settings.database_url:
+        yield settings
+        return
+    with _embedded(settings.state_dir) as (database_url, redis_url):
+        yield settings.model_copy(update={"database_url": database_url, "redis_url": redis_url})
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = _settings()
-    if not settings.embedded and args.embedded:
+    if args.embedded and (settings.database_url or settings.redis_url):
         print(
-            "contactsync: --embedded ignores CONTACTSYNC_DATABASE_URL; unset it to run embedded",
+            "contactsync: --embedded runs its own PostgreSQL and Redis; unset CONTACTSYNC_DATABASE_URL and "
+            "CONTACTSYNC_REDIS_URL to run embedded",
             file=sys.stderr,
         )
         return 2
-    if settings.embedded and not args.embedded:
+    if not args.embedded and not (settings.database_url and settings.redis_url):
         print(
-            "contactsync: CONTACTSYNC_DATABASE_URL is not set. Set it (and CONTACTSYNC_REDIS_URL) to run against "
-            "PostgreSQL and Redis, or pass --embedded to run API and worker in one process on a local SQLite file.",
+            "contactsync: CONTACTSYNC_DATABASE_URL and CONTACTSYNC_REDIS_URL must both be set to run against "
+            "your PostgreSQL and Redis; or pass --embedded to start local ones (the embedded extra) and run "
+            "API and worker in one process.",
             file=sys.stderr,
         )
         return 2
     if args.embedded:
-        return asyncio.run(_serve_embedded(settings, args.host, args.port))
+        try:
+            with _embedded(settings.state_dir) as (database_url, redis_url):
+                embedded = settings.model_copy(update={"database_url": database_url, "redis_url": redis_url})
+                return asyncio.run(_serve_embedded(embedded, args.host, args.port))
+        except KeyboardInterrupt:
+            return 0
     from app.main import create_app
     from app.serving import HttpLimits, uvicorn_config
 
@@ -72,42 +137,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _serve_embedded(settings: Settings, host: str, port: int) -> int:
-    import uvicorn
-
     from app.main import create_app
-    from app.serving import HttpLimits, uvicorn_config
+    from app.serving import HttpLimits, StoppableServer, uvicorn_config
     from app.worker.settings import run_worker_forever
 
-    app = create_app(settings)
     config = uvicorn_config(
-        app, host=host, port=port, limits=HttpLimits.from_settings(settings), log_config=None
+        create_app(settings), host=host, port=port, limits=HttpLimits.from_settings(settings), log_config=None
     )
-    server = uvicorn.Server(config)
+    server = StoppableServer(config)
     stop = asyncio.Event()
-    worker = asyncio.create_task(_after_api_start(server, run_worker_forever(settings, stop=stop)))
+    worker = asyncio.create_task(run_worker_forever(settings, stop=stop))
     try:
         await server.serve()
     finally:
         stop.set()
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(worker, timeout=15)
-    return 0
-
-
-async def _after_api_start(server: object, coro: object) -> None:
-    # The API's lifespan migrates the SQLite file; the worker checks the schema, so it starts second.
-    for _ in range(600):
-        if getattr(server, "started", False) or getattr(server, "should_exit", False):
-            break
-        await asyncio.sleep(0.05)
-    await coro  # type: ignore[misc]
+    return 0 if server.started else 3
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from app.worker.settings import run_worker_forever
 
     settings = _settings()
-    if settings.embedded:
+    if not (settings.database_url and settings.redis_url):
         print(
             "contactsync: the worker needs CONTACTSYNC_DATABASE_URL and CONTACTSYNC_REDIS_URL "
             "(embedded mode runs its worker inside `serve --embedded`)",
@@ -130,13 +183,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from app.db.schema import downgrade, upgrade
 
     settings = _settings()
-    if settings.embedded:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-    url = settings.resolved_database_url()
-    if args.downgrade:
-        downgrade(url, args.downgrade)
-    else:
-        upgrade(url, args.revision)
+    with contextlib.ExitStack() as stack:
+        url = settings.database_url
+        if not url:  # the embedded database of `serve --embedded`
+            url, _ = stack.enter_context(_embedded(settings.state_dir, migrate=False))
+        if args.downgrade:
+            downgrade(url, args.downgrade)
+        else:
+            upgrade(url, args.revision)
     print(f"contactsync: database migrated to {args.downgrade or args.revision}")
     return 0
 
@@ -151,12 +205,12 @@ def _positive(text: str) -> int:
 def cmd_rotate_keys(args: argparse.Namespace) -> int:
     from app.security.rotation import run_rotate_keys
 
-    settings = _settings()
-    return asyncio.run(
-        run_rotate_keys(
-            settings, batch_size=args.batch_size, dry_run=args.dry_run, max_batches=args.max_batches
+    with _with_database(_settings()) as settings:
+        return asyncio.run(
+            run_rotate_keys(
+                settings, batch_size=args.batch_size, dry_run=args.dry_run, max_batches=args.max_batches
+            )
         )
-    )
 
 
 def cmd_rotate_token(args: argparse.Namespace) -> int:
@@ -165,10 +219,10 @@ def cmd_rotate_token(args: argparse.Namespace) -> int:
     from app.errors import AppError
     from app.logging import configure_logging
 
-    settings = _settings()
-    configure_logging(fmt=settings.effective_log_format, level=settings.log_level)  # stderr, redacted
+    base = _settings()
+    configure_logging(fmt=base.effective_log_format, level=base.log_level)  # stderr, redacted
 
-    async def main() -> int:
+    async def main(settings: Settings) -> int:
         pc = await build_context(settings)
         try:
             out = await rotate_webhook_token(pc, args.account_id)
@@ -181,7 +235,8 @@ def cmd_rotate_token(args: argparse.Namespace) -> int:
         # Running API processes cache token hashes for up to 5 s: the old token may pass there until then.
         return 3 if False in (out.kommo_webhooks_registered, out.unisender_hook_registered) else 0
 
-    return asyncio.run(main())
+    with _with_database(base) as settings:
+        return asyncio.run(main(settings))
 
 
 SANDBOXES = {
@@ -225,13 +280,21 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     for module_name, _ in SANDBOXES.values():
         _import_sandbox(module_name)
-    from app.demo import run_demo
+    from app.demo import DEMO_DIR, run_demo
 
     try:
-        code: int = asyncio.run(run_demo(port=args.port, contacts=args.contacts, edits=args.edits))
+        with _embedded(DEMO_DIR, fresh=True) as (database_url, redis_url):
+            return _run_cancellable(
+                run_demo(
+                    database_url=database_url,
+                    redis_url=redis_url,
+                    port=args.port,
+                    contacts=args.contacts,
+                    edits=args.edits,
+                )
+            )
     except KeyboardInterrupt:
-        code = 0
-    return code
+        return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--embedded",
         action="store_true",
-        help="run API and worker in one process on a local SQLite file and an in-process Redis stand-in",
+        help="start a local PostgreSQL and Redis (data in CONTACTSYNC_STATE_DIR, default .contactsync/) and "
+        "run API and worker in one process",
     )
     p.add_argument(
         "--limit-concurrency",

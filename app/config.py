@@ -41,9 +41,12 @@ class Settings(BaseSettings):
     env: Environment = Field(Environment.DEVELOPMENT, description="development | test | production")
     database_url: str | None = Field(
         None,
-        description="SQLAlchemy async URL, e.g. postgresql+asyncpg://user@host/db; unset = embedded SQLite",
+        description="SQLAlchemy async URL, e.g. postgresql+asyncpg://user@host/db; unset = the embedded "
+        "PostgreSQL of `serve --embedded` (data in state_dir)",
     )
-    redis_url: str | None = Field(None, description="redis://host:6379/0; unset = embedded in-process Redis")
+    redis_url: str | None = Field(
+        None, description="redis://host:6379/0; unset = the embedded Redis of `serve --embedded`"
+    )
     secret_keys: SecretStr | None = Field(
         None,
         description="Comma-separated Fernet keys for encryption at rest; the first encrypts, all decrypt",
@@ -83,7 +86,7 @@ class Settings(BaseSettings):
     )
     unsubscribe_tag: str = Field("unsubscribed", description="Kommo tag set on contacts who unsubscribed")
     state_dir: Path = Field(
-        DEFAULT_STATE_DIR, description="Embedded mode's data directory (SQLite file, dev key)"
+        DEFAULT_STATE_DIR, description="Embedded mode's data directory (PostgreSQL data, dev key)"
     )
     worker_max_jobs: int = Field(50, description="Concurrent jobs per worker process")
     worker_poll_delay: float = Field(0.05, description="Seconds between queue polls")
@@ -179,10 +182,6 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def embedded(self) -> bool:
-        return not self.database_url
-
-    @property
     def effective_log_format(self) -> str:
         if self.log_format:
             return self.log_format
@@ -194,11 +193,19 @@ class Settings(BaseSettings):
             return self.docs_enabled
         return self.env is not Environment.PRODUCTION
 
-    def sqlite_url(self) -> str:
-        return f"sqlite+aiosqlite:///{(self.state_dir / 'contactsync.db').resolve()}"
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise ConfigError(
+                "CONTACTSYNC_DATABASE_URL is not set (`contactsync serve --embedded` runs its own PostgreSQL)"
+            )
+        return self.database_url
 
-    def resolved_database_url(self) -> str:
-        return self.database_url or self.sqlite_url()
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise ConfigError(
+                "CONTACTSYNC_REDIS_URL is not set (`contactsync serve --embedded` runs its own Redis)"
+            )
+        return self.redis_url
 
     def encryption_keys(self) -> list[bytes]:
         """The Fernet keys; in development without keys, one generated once and kept in ``state_dir``."""

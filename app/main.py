@@ -13,7 +13,7 @@ from app.api.router import api_router
 from app.api.webhooks import KommoWebhookFastPath
 from app.config import Settings, get_settings
 from app.context import ProcessContext, build_context
-from app.db.schema import check_schema_current, upgrade_async
+from app.db.schema import check_schema_current
 from app.errors import install_error_handlers
 from app.logging import configure_logging
 from app.metrics import MetricsMiddleware
@@ -24,21 +24,17 @@ from app.worker.enqueue import WakeUps
 log = structlog.get_logger(__name__)
 
 
-def create_app(settings: Settings | None = None, *, auto_migrate: bool | None = None) -> FastAPI:
-    """Build the API. ``auto_migrate`` defaults to True in embedded mode (a local file nobody else migrates)."""
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API. The schema must be at head (``contactsync migrate``; ``serve --embedded`` migrates its
+    own database before it starts)."""
     settings = settings or get_settings()
     configure_logging(fmt=settings.effective_log_format, level=settings.log_level)
-    migrate = settings.embedded if auto_migrate is None else auto_migrate
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.embedded:
-            settings.state_dir.mkdir(parents=True, exist_ok=True)
-        if migrate:
-            await upgrade_async(settings.resolved_database_url())
         ctx = await build_context(settings, pre_ping=False)
         try:
-            await check_schema_current(ctx.db.engine, settings.resolved_database_url())
+            await check_schema_current(ctx.db.engine, settings.require_database_url())
         except Exception:
             await ctx.close()
             raise
@@ -48,7 +44,7 @@ def create_app(settings: Settings | None = None, *, auto_migrate: bool | None = 
         app.state.intake = WebhookIntake(
             pc=ctx, auth=WebhookAuth(), wakeups=wakeups, writer=writer, deadline=settings.webhook_deadline
         )
-        log.info("api.started", env=settings.env.value, embedded=settings.embedded)
+        log.info("api.started", env=settings.env.value)
         try:
             yield
         finally:

@@ -1,4 +1,4 @@
-"""The arq connection: real Redis in production, an in-process stand-in in embedded mode.
+"""The arq connection.
 
 Redis is only a wake-up signal here: every job's input lives in PostgreSQL, so losing Redis loses nothing
 (the sweeper re-enqueues pending work from the tables).
@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import fakeredis
 import redis.asyncio as aioredis
 from arq.connections import ArqRedis, RedisSettings
 
 QUEUE_NAME = "contactsync:queue"
-
-_embedded_server: fakeredis.FakeServer | None = None
 
 
 def redis_settings(url: str) -> RedisSettings:
@@ -25,25 +22,11 @@ def redis_settings(url: str) -> RedisSettings:
     return settings
 
 
-def embedded_server() -> fakeredis.FakeServer:
-    """The process-wide in-memory Redis used by embedded mode (API and worker share it)."""
-    global _embedded_server
-    if _embedded_server is None:
-        _embedded_server = fakeredis.FakeServer()
-    return _embedded_server
-
-
-async def create_queue(redis_url: str | None) -> ArqRedis:
-    if redis_url:
-        # Connect lazily: the API must start (and keep accepting webhooks into PostgreSQL) while Redis is
-        # down; arq's create_pool would retry and then fail start-up instead.
-        real_pool: aioredis.ConnectionPool = aioredis.ConnectionPool.from_url(
-            redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
-        )
-        return ArqRedis(connection_pool=real_pool, default_queue_name=QUEUE_NAME)
-    pool: aioredis.ConnectionPool = aioredis.ConnectionPool(
-        connection_class=fakeredis.FakeAsyncRedisConnection,
-        server=embedded_server(),
+async def create_queue(redis_url: str) -> ArqRedis:
+    # Connect lazily: the API must start (and keep accepting webhooks into PostgreSQL) while Redis is down;
+    # arq's create_pool would retry and then fail start-up instead.
+    pool: aioredis.ConnectionPool = aioredis.ConnectionPool.from_url(
+        redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
     )
     return ArqRedis(connection_pool=pool, default_queue_name=QUEUE_NAME)
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -319,6 +320,35 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+class _InProcessServer(uvicorn.Server):
+    """A server beside other work in this process. uvicorn's own signal handlers would stop it at Ctrl-C
+    while that work still uses it (the demo's scenario then failed with connection errors); here the
+    signal is the program's: asyncio cancels it, and leaving ``serve_in_background`` stops the server."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class StoppableServer(uvicorn.Server):
+    """A server that is the program: SIGINT, SIGTERM and SIGHUP stop it gracefully (a second SIGINT at
+    once), and ``serve()`` then returns, so what the program holds (``serve --embedded``'s worker and
+    database servers) is released in order. uvicorn's own handling raises the signal again after the
+    shutdown, which ends the process before that."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        for sig in signals:
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+
 @asynccontextmanager
 async def serve_in_background(
     app: ASGIApp,
@@ -339,7 +369,7 @@ async def serve_in_background(
         lifespan="on",
         loop="none",
     )
-    server = uvicorn.Server(config)
+    server = _InProcessServer(config)
 
     async def serve() -> None:
         try:

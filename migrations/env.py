@@ -25,14 +25,13 @@ def _url() -> str:
         return url
     from app.config import get_settings
 
-    return get_settings().resolved_database_url()
+    return get_settings().require_database_url()
 
 
 def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
-        render_as_batch=connection.dialect.name == "sqlite",  # SQLite needs table rebuilds to ALTER
         compare_type=True,
     )
     with context.begin_transaction():

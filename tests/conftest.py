@@ -237,7 +237,7 @@ async def stack(
 @asynccontextmanager
 async def running_worker(settings: Settings) -> AsyncIterator[ProcessContext]:
     """A real arq worker on real Redis, in this event loop, until the block ends."""
-    from app.worker.settings import build_worker
+    from app.worker.settings import build_worker, cancel_and_wait
 
     pc = await build_context(settings)
     worker = build_worker(pc, handle_signals=False)
@@ -245,9 +245,8 @@ async def running_worker(settings: Settings) -> AsyncIterator[ProcessContext]:
     try:
         yield pc
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        # Not a single cancel(): one can be lost on Python 3.11, and the test then hung until its timeout.
+        await cancel_and_wait(task)
         with contextlib.suppress(Exception):
             await worker.close()
         await pc.close()

@@ -31,7 +31,8 @@ def key_of(raw: bytes) -> str:
 class TestProductionSecrets:
     def test_valid_configuration_is_accepted(self) -> None:
         s = make(**GOOD, secret_keys=SecretStr(Fernet.generate_key().decode()))
-        assert s.embedded is False
+        assert s.require_database_url() == GOOD["database_url"]
+        assert s.require_redis_url() == GOOD["redis_url"]
         assert s.effective_log_format == "json"
 
     @pytest.mark.parametrize("token", ["changethis", "dev-admin-token", "short"])
@@ -177,8 +178,11 @@ class TestEnvironment:
 
         state = Path(str(tmp_path)) / "st"
         s = make(state_dir=state)
-        assert s.embedded
-        assert s.resolved_database_url().startswith("sqlite+aiosqlite:///")
+        # No URLs: only `serve --embedded`/`demo` (which fill them with their own servers') can run.
+        with pytest.raises(ConfigError, match="serve --embedded"):
+            s.require_database_url()
+        with pytest.raises(ConfigError, match="serve --embedded"):
+            s.require_redis_url()
         first = s.encryption_keys()
         assert make(state_dir=state).encryption_keys() == first  # same key on restart
         assert (state / "dev-secret.key").stat().st_mode & 0o077 == 0

@@ -1,15 +1,18 @@
-"""The README's first command: the demo runs the whole product on the embedded default (SQLite + in-process
-Redis) against both sandboxes, and each live edit shows up in Unisender."""
+"""The README's first command: the demo runs the whole product on the embedded default (a PostgreSQL and a
+Redis of its own, from the embedded extra) against both sandboxes, each live edit shows up in Unisender, and
+both servers are gone when it ends."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from app.localservers import port_answers
 from app.serving import free_port
 
 pytestmark = pytest.mark.slow
@@ -33,4 +36,8 @@ def test_demo_mirrors_live_edits_on_the_embedded_default(tmp_path: Path) -> None
     assert "Full sync done" in out, out
     assert "fetched 120 contacts" in out, out
     assert out.count("→ Unisender:") == 3, out
-    assert (tmp_path / ".contactsync" / "demo" / "contactsync.db").exists()
+    assert (tmp_path / ".contactsync" / "demo" / "postgres" / "pgdata" / "PG_VERSION").exists()
+    servers = re.search(r"PostgreSQL on 127\.0\.0\.1:(\d+) .* Redis on 127\.0\.0\.1:(\d+)", r.stderr)
+    assert servers, r.stderr
+    for port in servers.groups():
+        assert not port_answers("127.0.0.1", int(port)), f"a server still answers on {port} after the demo"

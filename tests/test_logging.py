@@ -105,9 +105,9 @@ def secrets_in_play() -> dict[str, str]:
     configure_encryption([key])
     unisender_key = secrets.token_hex(16)
     column = EncryptedString()
-    stored = column.process_bind_param(unisender_key, sqlite_dialect())
+    stored = column.process_bind_param(unisender_key, postgresql_dialect())
     assert stored is not None
-    assert column.process_result_value(stored, sqlite_dialect()) == unisender_key
+    assert column.process_result_value(stored, postgresql_dialect()) == unisender_key
     return {
         "admin": admin,
         "ciphertext": Cipher([key]).encrypt("anything"),
@@ -119,10 +119,10 @@ def secrets_in_play() -> dict[str, str]:
     }
 
 
-def sqlite_dialect() -> Any:
-    from sqlalchemy.dialects import sqlite
+def postgresql_dialect() -> Any:
+    from sqlalchemy.dialects import postgresql
 
-    return sqlite.dialect()
+    return postgresql.dialect()
 
 
 def _fail_with_secrets_in_frame(found: dict[str, str]) -> None:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, or_, select, text
+from sqlalchemy import bindparam, delete, func, or_, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import defer
 
 from app.db.base import utcnow
-from app.db.dialect import insert, is_postgres
 from app.db.models import (
     EspAccount,
     Integration,
@@ -22,18 +21,6 @@ from app.db.models import (
     WebhookEvent,
 )
 
-
-def advisory_lock_key(key: str) -> int:
-    """A stable signed 64-bit key for ``pg_advisory_xact_lock`` (same in every process and release)."""
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
-
-
-async def advisory_xact_lock(session: AsyncSession, key: str) -> None:
-    """Take a transaction-scoped PostgreSQL advisory lock on ``key``; a no-op on SQLite (one writer anyway)."""
-    if is_postgres(session):
-        await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": advisory_lock_key(key)})
-
-
 # --- integration --------------------------------------------------------------------------------------------
 
 
@@ -41,7 +28,7 @@ async def get_integration(
     session: AsyncSession, account_id: int, *, for_update: bool = False
 ) -> Integration | None:
     stmt = select(Integration).where(Integration.account_id == account_id)
-    if for_update and is_postgres(session):
+    if for_update:
         stmt = stmt.with_for_update()
     result = await session.execute(stmt.execution_options(populate_existing=True))
     return result.scalar_one_or_none()
@@ -127,7 +114,7 @@ async def save_token(
 ) -> None:
     """Insert or replace the token pair (both values pass through the encrypted column type)."""
     now = utcnow()
-    stmt = insert(session, KommoToken).values(
+    stmt = insert(KommoToken).values(
         account_id=account_id,
         access_token=access_token,
         refresh_token=refresh_token,
@@ -176,7 +163,7 @@ async def claim_oauth_state(session: AsyncSession, *, nonce: str, account_id: in
     callbacks race: the second waits on the key until the first commits or rolls back)."""
     now = utcnow()
     stmt = (
-        insert(session, OAuthStateRow)
+        insert(OAuthStateRow)
         .values(nonce=nonce, account_id=account_id, created_at=now, used_at=now)
         .on_conflict_do_nothing(index_elements=[OAuthStateRow.nonce])
         .returning(OAuthStateRow.nonce)

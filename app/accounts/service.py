@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import hmac
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from weakref import WeakKeyDictionary
 
 import structlog
@@ -53,6 +53,7 @@ from app.connectors.unisender.exceptions import (
 )
 from app.context import ProcessContext
 from app.db.base import utcnow
+from app.db.locks import xact_lock
 from app.db.models import EspAccount, Integration
 from app.errors import (
     AppError,
@@ -98,8 +99,7 @@ _MAX_ERROR = 500
 # Per-account refresh locks of this process, in front of the PostgreSQL advisory lock: concurrent callers in
 # one process queue here without a pooled connection, so at most one of them holds a connection while it waits
 # for another process's refresh (50 callers each holding one, plus one each for the advisory wait, drained a
-# pool of 10 + 10). SQLite (embedded mode, one process) has no advisory locks: this lock alone is its single
-# flight. Keyed by event loop, because an asyncio.Lock belongs to the loop that first waits on it.
+# pool of 10 + 10). Keyed by event loop, because an asyncio.Lock belongs to the loop that first waits on it.
 _REFRESH_LOCKS: WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, asyncio.Lock]] = WeakKeyDictionary()
 
 
@@ -136,11 +136,6 @@ class InvalidConnectLink(NotFound):
 
 
 # --- small helpers ------------------------------------------------------------------------------------------
-
-
-def _aware(value: datetime) -> datetime:
-    # SQLite returns naive datetimes for timezone-aware columns; everything we store is UTC.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _short(message: object) -> str:
@@ -754,9 +749,7 @@ async def _read_access(session: AsyncSession, account_id: int) -> _KommoAccess:
     token = await repo.get_token(session, account_id)
     if token is None or integration.kommo_host is None:
         raise _not_ready("kommo_not_connected", account_id)
-    return _KommoAccess(
-        integration.kommo_host, integration.client_id, token.access_token, _aware(token.expires_at)
-    )
+    return _KommoAccess(integration.kommo_host, integration.client_id, token.access_token, token.expires_at)
 
 
 async def kommo_client_for(session: AsyncSession, pc: ProcessContext, account_id: int) -> KommoClient:
@@ -817,7 +810,7 @@ async def _refresh(
     # First this process's callers queue (no connection held), then the one in front takes a connection and
     # the advisory lock, which serialises the processes; whoever comes second re-reads the row, finds it fresh.
     async with _refresh_lock(account_id), pc.db.session_scope() as session:
-        await repo.advisory_xact_lock(session, f"kommo-refresh:{account_id}")
+        await xact_lock(session, f"kommo-refresh:{account_id}")
         integration = await repo.get_integration(session, account_id)
         if integration is None:
             raise NotFound(f"No integration for account {account_id}.")
@@ -827,9 +820,9 @@ async def _refresh(
         if token is None or host is None:
             raise _not_ready("kommo_not_connected", account_id)
         now = utcnow()
-        due = _aware(token.expires_at) <= now + timedelta(seconds=min_valid_seconds)
-        idle = idle_before is not None and _aware(token.refreshed_at) < idle_before
-        current = _KommoAccess(host, integration.client_id, token.access_token, _aware(token.expires_at))
+        due = token.expires_at <= now + timedelta(seconds=min_valid_seconds)
+        idle = idle_before is not None and token.refreshed_at < idle_before
+        current = _KommoAccess(host, integration.client_id, token.access_token, token.expires_at)
         if not (force or due or idle):
             TOKEN_REFRESH.labels("not_needed").inc()
             return _Refreshed(False, current)
@@ -946,7 +939,7 @@ async def _views(session: AsyncSession, integrations: list[Integration]) -> list
                 status=integ.status,
                 kommo=KommoView(
                     connected=connected,
-                    token_expires_at=_aware(expires_at) if expires_at is not None else None,
+                    token_expires_at=expires_at,
                     needs_reauth=integ.status == "needs_reauth",
                     webhooks_registered=connected and integ.webhooks_registered_at is not None,
                 ),

@@ -17,7 +17,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db.base import Base, BigIntPK, utcnow
+from app.db.base import Base, utcnow
 from app.security.crypto import EncryptedString
 
 
@@ -103,7 +103,7 @@ class Contact(Base):
     __tablename__ = "contact"
     __table_args__ = (UniqueConstraint("account_id", "kommo_id"),)
 
-    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     account_id: Mapped[int] = mapped_column(BigInteger)
     kommo_id: Mapped[int] = mapped_column(BigInteger)
     name: Mapped[str] = mapped_column(Text, default="")
@@ -132,7 +132,7 @@ class ContactEmail(Base):
     __tablename__ = "contact_email"
     __table_args__ = (UniqueConstraint("account_id", "email"),)
 
-    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     account_id: Mapped[int] = mapped_column(BigInteger)
     email: Mapped[str] = mapped_column(String(320))
     kommo_id: Mapped[int | None] = mapped_column(BigInteger)
@@ -148,7 +148,7 @@ class WebhookEvent(Base):
     __tablename__ = "webhook_event"
     __table_args__ = (Index("ix_webhook_event_status_received_at", "status", "received_at"),)
 
-    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     account_id: Mapped[int] = mapped_column(BigInteger)
     source: Mapped[str] = mapped_column(String(16))  # kommo|unisender
     dedupe_key: Mapped[str] = mapped_column(String(64), unique=True)
@@ -169,7 +169,7 @@ class Outbox(Base):
         Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
     )
 
-    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     account_id: Mapped[int] = mapped_column(BigInteger)
     email: Mapped[str] = mapped_column(String(320))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)

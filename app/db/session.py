@@ -27,8 +27,6 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from app.db.dialect import release_local_locks
-
 log = structlog.get_logger(__name__)
 
 AfterCommit = Callable[[], Awaitable[Any]]
@@ -56,19 +54,6 @@ def create_engine(
     ``hide_parameters``: a failing statement's exception text (which the worker's and the API's error logs
     print) would otherwise list its bound values, i.e. contact names and addresses by the page."""
     timeouts = timeouts or DbTimeouts()
-    if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
-        event.listen(engine.sync_engine, "handle_error", _hide_values)
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-
-        return engine
     connect_args: dict[str, Any] = {"timeout": timeouts.connect}
     if timeouts.statement > 0:
         connect_args["command_timeout"] = timeouts.statement + 1.0
@@ -162,10 +147,6 @@ class Database:
         self.engine = engine
         self.sessionmaker = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
-    @property
-    def dialect(self) -> str:
-        return self.engine.dialect.name
-
     @asynccontextmanager
     async def session_scope(self) -> AsyncIterator[AsyncSession]:
         """A session whose transaction commits on success and rolls back on error; after-commit hooks run last."""
@@ -178,7 +159,6 @@ class Database:
             session.info.pop("after_commit", None)
             raise
         finally:
-            release_local_locks(session)
             await session.close()
         await run_after_commit(session)
 

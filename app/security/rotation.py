@@ -136,7 +136,7 @@ async def rotate_keys(
                 stmt = select(*pk, *(_raw(c) for c in columns)).order_by(*pk).limit(batch_size)
                 if last is not None:
                     stmt = stmt.where(_after(pk, last))
-                if not dry_run and db.dialect == "postgresql":
+                if not dry_run:
                     # Held until the batch commits: a concurrent write of one of these rows waits for us, and
                     # we read the value it replaces only after it committed (never rotate a stale one).
                     stmt = stmt.with_for_update()
@@ -176,9 +176,9 @@ async def run_rotate_keys(
         out(
             "rotate-keys: one key configured; values under another key cannot be read (they are listed below)"
         )
-    db = Database(create_engine(settings.resolved_database_url(), pool_size=1))
+    db = Database(create_engine(settings.require_database_url(), pool_size=1))
     try:
-        await check_schema_current(db.engine, settings.resolved_database_url())
+        await check_schema_current(db.engine, settings.require_database_url())
         report = await rotate_keys(
             db,
             Cipher(keys),

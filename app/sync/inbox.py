@@ -2,7 +2,7 @@
 
 Intake runs on an autocommit connection (``Database.autocommit``), not an ORM session: each statement is its
 own unit of work, so storing a body is one round trip, like a bare driver call. The statements are built
-once per dialect so SQLAlchemy's compiled cache always hits.
+once so SQLAlchemy's compiled cache always hits.
 """
 
 from __future__ import annotations
@@ -13,43 +13,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
-from sqlalchemy import Insert, Select, bindparam, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db.base import utcnow
-from app.db.models import Integration, WebhookEvent
+from app.db.models import Integration
 
 _TOKEN_HASH: Select[Any] = select(Integration.webhook_token_hash).where(
     Integration.account_id == bindparam("account_id")
 )
 
 
-def _insert_event(insert: Any) -> Insert:
-    stmt: Insert = (
-        insert(WebhookEvent)
-        .values(
-            account_id=bindparam("account_id"),
-            source=bindparam("source"),
-            dedupe_key=bindparam("dedupe_key"),
-            body=bindparam("body"),
-            status="pending",
-            attempts=0,
-            received_at=bindparam("received_at"),
-        )
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(WebhookEvent.id)
-    )
-    return stmt
-
-
-_INSERT_EVENT = {"postgresql": _insert_event(postgresql.insert), "sqlite": _insert_event(sqlite.insert)}
-
 # Many bodies in one statement (group commit), one array per column: the statement text never changes, so
 # it is prepared once per connection whatever the batch size. It runs on the driver connection, skipping
-# SQLAlchemy's per-statement work, which costs about as much as the round trip itself here; SQLite runs the
-# SQLAlchemy statement above (tests/sync/test_inbox.py checks that both store identical rows).
+# SQLAlchemy's per-statement work, which costs about as much as the round trip itself here
+# (tests/sync/test_inbox.py checks that it stores what the model's own INSERT stores).
 _PG_INSERT_EVENTS = (
     "INSERT INTO webhook_event (account_id, source, dedupe_key, body, status, attempts, received_at)"
     " SELECT a, s, k, b, 'pending', 0, r"
@@ -74,33 +53,16 @@ async def store_events(
     PostgreSQL, by the driver's own timer (TimeoutError after; the engine's statement timeout when None)."""
     if not events:
         return {}
-    if conn.dialect.name == "postgresql":
-        now = utcnow()
-        columns = (
-            [e.account_id for e in events],
-            [e.source for e in events],
-            [e.dedupe_key for e in events],
-            [e.body for e in events],
-            [now] * len(events),
-        )
-        rows = await _fetch_pg(conn, _PG_INSERT_EVENTS, columns, deadline)
-        return {str(row[0]): int(row[1]) for row in rows}
-    stored: dict[str, int] = {}
-    for e in events:  # SQLite (embedded, one process): one statement per body is plenty
-        result = await conn.execute(
-            _INSERT_EVENT[conn.dialect.name],
-            {
-                "account_id": e.account_id,
-                "source": e.source,
-                "dedupe_key": e.dedupe_key,
-                "body": e.body,
-                "received_at": utcnow(),
-            },
-        )
-        event_id = result.scalar_one_or_none()
-        if event_id is not None and e.dedupe_key not in stored:
-            stored[e.dedupe_key] = int(event_id)
-    return stored
+    now = utcnow()
+    columns = (
+        [e.account_id for e in events],
+        [e.source for e in events],
+        [e.dedupe_key for e in events],
+        [e.body for e in events],
+        [now] * len(events),
+    )
+    rows = await _fetch_pg(conn, _PG_INSERT_EVENTS, columns, deadline)
+    return {str(row[0]): int(row[1]) for row in rows}
 
 
 async def _fetch_pg(

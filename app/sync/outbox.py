@@ -15,8 +15,8 @@ from app.accounts.service import AccountNotReady, unisender_client_for
 from app.connectors.base import ImportRow, RowOutcome
 from app.connectors.errors import AuthError, ConnectorError, ForbiddenError, TransientError
 from app.context import ProcessContext
-from app.db import dialect
 from app.db.base import utcnow
+from app.db.locks import xact_lock
 from app.sync import repository as repo
 
 log = structlog.get_logger(__name__)
@@ -59,7 +59,7 @@ async def flush_account(pc: ProcessContext, account_id: int, *, drain: bool = Tr
     result = FlushResult()
     for _ in range(MAX_BATCHES):
         async with pc.db.session_scope() as session:
-            if not await dialect.xact_lock(session, f"flush:{account_id}", wait=False):
+            if not await xact_lock(session, f"flush:{account_id}", wait=False):
                 result.busy = True
                 return result
             rows = await repo.claim_due(session, account_id, BATCH_ROWS)

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Executable, Table, and_, bindparam, delete, func, or_, select, text, tuple_, update
+from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import dialect
 from app.db.base import utcnow
+from app.db.locks import xact_lock
 from app.db.models import (
     Contact,
     ContactAddress,
@@ -51,7 +52,7 @@ async def account_lock(session: AsyncSession, account_id: int, *, wait: bool = T
     Recomputing an address's desired state reads every contact that holds it; two transactions doing that
     at once for the same account could each miss the other's change.
     """
-    return await dialect.xact_lock(session, f"mirror:{account_id}", wait=wait)
+    return await xact_lock(session, f"mirror:{account_id}", wait=wait)
 
 
 # Bulk inserts on PostgreSQL: one array per column, ``INSERT … SELECT … FROM unnest(…)``. One statement and
@@ -196,7 +197,7 @@ async def insert_events(session: AsyncSession, rows: Sequence[InboxRow]) -> set[
     stored: set[str] = set()
     for chunk in _chunks(list(unique.values())):
         stmt = (
-            dialect.insert(session, WebhookEvent)
+            insert(WebhookEvent)
             .values(
                 [
                     {
@@ -308,14 +309,10 @@ async def prune_events(session: AsyncSession, older_than: datetime) -> int:
 async def contacts_by_ids(session: AsyncSession, account_id: int, ids: Iterable[int]) -> dict[int, Contact]:
     out: dict[int, Contact] = {}
     id_list = sorted(set(ids))
-    pg = dialect.is_postgres(session)
     for chunk in _chunks(id_list):
-        if pg:
-            stmt = select(Contact).from_statement(
-                text(_PG_CONTACTS_BY_IDS).bindparams(account_id=account_id, keys=list(chunk))
-            )
-        else:
-            stmt = select(Contact).where(Contact.account_id == account_id, Contact.kommo_id.in_(chunk))
+        stmt = select(Contact).from_statement(
+            text(_PG_CONTACTS_BY_IDS).bindparams(account_id=account_id, keys=list(chunk))
+        )
         for c in (await session.execute(stmt)).scalars():
             out[c.kommo_id] = c
     return out
@@ -324,15 +321,8 @@ async def contacts_by_ids(session: AsyncSession, account_id: int, ids: Iterable[
 async def addresses_of(session: AsyncSession, account_id: int, ids: Iterable[int]) -> dict[int, set[str]]:
     out: dict[int, set[str]] = {}
     id_list = sorted(set(ids))
-    pg = dialect.is_postgres(session)
     for chunk in _chunks(id_list):
-        stmt: Executable
-        if pg:
-            stmt = text(_PG_ADDRESSES_OF).bindparams(account_id=account_id, keys=list(chunk))
-        else:
-            stmt = select(ContactAddress.kommo_id, ContactAddress.email).where(
-                ContactAddress.account_id == account_id, ContactAddress.kommo_id.in_(chunk)
-            )
+        stmt = text(_PG_ADDRESSES_OF).bindparams(account_id=account_id, keys=list(chunk))
         for kid, email in (await session.execute(stmt)).all():
             out.setdefault(int(kid), set()).add(str(email))
     return out
@@ -355,35 +345,13 @@ async def replace_addresses(
                 tuple_(ContactAddress.kommo_id, ContactAddress.email).in_(chunk),
             )
         )
-    if not additions:
-        return
-    if dialect.is_postgres(session):
+    if additions:
         await _insert_unnest(session, _PG_ADD_ADDRESSES, _ADDRESS_COLUMNS, additions)
-        return
-    stmt = dialect.insert(session, ContactAddress.__table__).on_conflict_do_nothing()
-    await _execute_many(session, stmt, additions)
 
 
 async def upsert_contacts(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    if dialect.is_postgres(session):
+    if rows:
         await _insert_unnest(session, _PG_UPSERT_CONTACTS, _CONTACT_COLUMNS, rows)
-        return
-    stmt = dialect.insert(session, Contact.__table__)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["account_id", "kommo_id"],
-        set_={
-            "name": stmt.excluded.name,
-            "emails": stmt.excluded.emails,
-            "tags": stmt.excluded.tags,
-            "kommo_updated_at": stmt.excluded.kommo_updated_at,
-            "deleted_at": stmt.excluded.deleted_at,
-            "seen_run_id": stmt.excluded.seen_run_id,
-            "updated_at": stmt.excluded.updated_at,
-        },
-    )
-    await _execute_many(session, stmt, rows)
 
 
 async def mark_seen(session: AsyncSession, account_id: int, ids: Sequence[int], run_id: str) -> None:
@@ -414,27 +382,8 @@ class Owner:
 async def live_owners(session: AsyncSession, account_id: int, emails: Sequence[str]) -> dict[str, Owner]:
     """Per address, the most recently updated live contact holding it (ties: the higher Kommo id)."""
     best: dict[str, Owner] = {}
-    pg = dialect.is_postgres(session)
     for chunk in _chunks(list(emails)):
-        stmt: Executable
-        if pg:
-            stmt = text(_PG_LIVE_HOLDERS).bindparams(account_id=account_id, keys=list(chunk))
-        else:
-            stmt = (
-                select(ContactAddress.email, Contact.kommo_id, Contact.name, Contact.kommo_updated_at)
-                .join(
-                    Contact,
-                    and_(
-                        Contact.account_id == ContactAddress.account_id,
-                        Contact.kommo_id == ContactAddress.kommo_id,
-                    ),
-                )
-                .where(
-                    ContactAddress.account_id == account_id,
-                    ContactAddress.email.in_(chunk),
-                    Contact.deleted_at.is_(None),
-                )
-            )
+        stmt = text(_PG_LIVE_HOLDERS).bindparams(account_id=account_id, keys=list(chunk))
         for email, kid, name, upd in (await session.execute(stmt)).all():
             cand = Owner(int(kid), str(name or ""), int(upd or 0))
             cur = best.get(email)
@@ -468,16 +417,10 @@ async def consent_rows(
     session: AsyncSession, account_id: int, emails: Sequence[str]
 ) -> dict[str, ContactEmail]:
     out: dict[str, ContactEmail] = {}
-    pg = dialect.is_postgres(session)
     for chunk in _chunks(list(emails)):
-        if pg:
-            stmt = select(ContactEmail).from_statement(
-                text(_PG_CONSENT_ROWS).bindparams(account_id=account_id, keys=list(chunk))
-            )
-        else:
-            stmt = select(ContactEmail).where(
-                ContactEmail.account_id == account_id, ContactEmail.email.in_(chunk)
-            )
+        stmt = select(ContactEmail).from_statement(
+            text(_PG_CONSENT_ROWS).bindparams(account_id=account_id, keys=list(chunk))
+        )
         for row in (await session.execute(stmt)).scalars():
             out[row.email] = row
     return out
@@ -489,23 +432,14 @@ async def upsert_owners(session: AsyncSession, account_id: int, owners: dict[str
         {"account_id": account_id, "email": e, "kommo_id": k, "consent": "subscribed", "updated_at": now}
         for e, k in sorted(owners.items())
     ]
-    if not rows:
-        return
-    if dialect.is_postgres(session):
+    if rows:
         await _insert_unnest(session, _PG_UPSERT_OWNERS, _OWNER_COLUMNS, rows)
-        return
-    stmt = dialect.insert(session, ContactEmail.__table__)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["account_id", "email"],
-        set_={"kommo_id": stmt.excluded.kommo_id, "updated_at": stmt.excluded.updated_at},
-    )
-    await _execute_many(session, stmt, rows)
 
 
 async def mark_unsubscribed(session: AsyncSession, account_id: int, email: str) -> bool:
     """Record an unsubscribe; True when it is new."""
     now = utcnow()
-    stmt = dialect.insert(session, ContactEmail).values(
+    stmt = insert(ContactEmail).values(
         account_id=account_id, email=email, consent="unsubscribed", unsubscribed_at=now, updated_at=now
     )
     stmt = stmt.on_conflict_do_update(
@@ -547,18 +481,10 @@ async def accounts_with_untagged_unsubscribes(session: AsyncSession) -> list[int
 async def lock_outbox(session: AsyncSession, account_id: int, emails: Sequence[str]) -> dict[str, Outbox]:
     """The outbox rows of these addresses, locked: a flush holding one finishes first, so what we read is current."""
     out: dict[str, Outbox] = {}
-    pg = dialect.is_postgres(session)
     for chunk in _chunks(sorted(set(emails))):
-        if pg:
-            stmt = select(Outbox).from_statement(
-                text(_PG_LOCK_OUTBOX).bindparams(account_id=account_id, keys=list(chunk))
-            )
-        else:
-            stmt = (
-                select(Outbox)
-                .where(Outbox.account_id == account_id, Outbox.email.in_(chunk))
-                .order_by(Outbox.email)
-            )
+        stmt = select(Outbox).from_statement(
+            text(_PG_LOCK_OUTBOX).bindparams(account_id=account_id, keys=list(chunk))
+        )
         for row in (await session.execute(stmt)).scalars():
             out[row.email] = row
     return out
@@ -582,15 +508,8 @@ async def add_outbox(
         }
         for email, payload, h in items
     ]
-    if not rows:
-        return
-    if dialect.is_postgres(session):
+    if rows:
         await _insert_unnest(session, _PG_ADD_OUTBOX, _OUTBOX_COLUMNS, rows)
-        return
-    stmt = dialect.insert(session, Outbox.__table__).on_conflict_do_nothing(
-        index_elements=["account_id", "email"]
-    )
-    await _execute_many(session, stmt, rows)
 
 
 async def cancel_outbox(session: AsyncSession, account_id: int, emails: Sequence[str], reason: str) -> None:
@@ -612,7 +531,7 @@ async def claim_outbox(session: AsyncSession, account_id: int, limit: int) -> li
         .order_by(Outbox.id)
         .limit(limit)
     )
-    return list((await session.execute(dialect.skip_locked(session, stmt))).scalars())
+    return list((await session.execute(stmt.with_for_update(skip_locked=True))).scalars())
 
 
 @dataclass(frozen=True, slots=True)
@@ -640,7 +559,7 @@ async def claim_due(session: AsyncSession, account_id: int, limit: int) -> list[
         .order_by(Outbox.id)
         .limit(limit)
     )
-    return [DueRow(*row) for row in (await session.execute(dialect.skip_locked(session, stmt))).all()]
+    return [DueRow(*row) for row in (await session.execute(stmt.with_for_update(skip_locked=True))).all()]
 
 
 async def mark_pushed(session: AsyncSession, ids: Sequence[int], at: datetime) -> None:
@@ -788,7 +707,6 @@ async def release_lease(session: AsyncSession, run_id: str, owner: str) -> None:
 async def held_run(session: AsyncSession, run_id: str, owner: str) -> SyncRun | None:
     """The run, locked until the transaction ends, if it is running and ``owner`` holds its lease: a slice
     that lost its lease (it stalled past the expiry and another took over) must not advance the run."""
-    # FOR UPDATE on PostgreSQL (SQLite serialises writers and renders none).
     stmt = select(SyncRun).where(SyncRun.id == run_id).with_for_update()
     run = (await session.execute(stmt.execution_options(populate_existing=True))).scalar_one_or_none()
     if run is None or run.status != "running" or run.lease_owner != owner:
@@ -810,9 +728,7 @@ async def count_slice_failure(session: AsyncSession, run_id: str, reason: str) -
 
 async def record_sync_failure(session: AsyncSession, run_id: str, kommo_id: int, reason: str) -> None:
     """A contact the run could not apply (once per run and contact: a page read again records it again)."""
-    stmt = dialect.insert(session, SyncFailure).values(
-        run_id=run_id, kommo_id=kommo_id, reason=reason, at=utcnow()
-    )
+    stmt = insert(SyncFailure).values(run_id=run_id, kommo_id=kommo_id, reason=reason, at=utcnow())
     await session.execute(
         stmt.on_conflict_do_update(
             index_elements=["run_id", "kommo_id"], set_={"reason": reason, "at": utcnow()}
@@ -844,14 +760,13 @@ _MIRROR_TABLES = ("contact", "contact_address", "contact_email", "outbox")
 
 
 async def analyze_mirror(session: AsyncSession) -> None:
-    """Refresh PostgreSQL's statistics of the mirror tables (a no-op on SQLite).
+    """Refresh PostgreSQL's statistics of the mirror tables.
 
     A full sync grows these tables faster than autovacuum re-analyses them (it looks once a minute, after
     10 % growth); with statistics from when an account had a few rows, PostgreSQL plans key lookups as scans
     of the whole account, which get slower with every page. ANALYZE samples a bounded number of rows.
     """
-    if dialect.is_postgres(session):
-        await session.execute(text(f"ANALYZE {', '.join(_MIRROR_TABLES)}"))
+    await session.execute(text(f"ANALYZE {', '.join(_MIRROR_TABLES)}"))
 
 
 def ago(seconds: float) -> datetime:

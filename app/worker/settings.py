@@ -19,7 +19,6 @@ import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import arq.worker
 import structlog
 from arq import Retry
 from arq.cron import CronJob, cron
@@ -132,20 +131,13 @@ def build_worker(
     )
 
 
-async def _skip_redis_info(*_: Any, **__: Any) -> None:
-    # The embedded Redis stand-in lacks INFO, which arq only calls to log the server version.
-    return None
-
-
 async def run_worker_forever(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Run the worker; when Redis goes away, rebuild it with backoff instead of exiting."""
     configure_logging(fmt=settings.effective_log_format, level=settings.log_level)
-    if settings.embedded:
-        arq.worker.log_redis_info = _skip_redis_info  # type: ignore[attr-defined]
     pc = await build_context(settings, pre_ping=False)
-    await check_schema_current(pc.db.engine, settings.resolved_database_url())
+    await check_schema_current(pc.db.engine, settings.require_database_url())
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
-    log.info("worker.started", worker_id=worker_id, embedded=settings.embedded)
+    log.info("worker.started", worker_id=worker_id)
     stop = stop or asyncio.Event()
     delay = 0.5
     try:
@@ -155,9 +147,7 @@ async def run_worker_forever(settings: Settings, *, stop: asyncio.Event | None =
             stopper = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait({run, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if stopper in done:
-                run.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await run
+                await cancel_and_wait(run)
                 await worker.close()
                 break
             stopper.cancel()
@@ -182,11 +172,25 @@ async def run_worker_forever(settings: Settings, *, stop: asyncio.Event | None =
         log.info("worker.stopped", worker_id=worker_id)
 
 
+async def cancel_and_wait(task: asyncio.Task[Any], *, every: float = 0.5) -> None:
+    """Cancel ``task`` and wait until it has ended, cancelling it again while it goes on.
+
+    One cancellation can be lost: on Python 3.11, ``asyncio.wait_for`` returns its inner result instead of
+    raising when the cancellation arrives just as the inner operation completes, and redis-py wraps every
+    command it sends in one. arq's loop then simply polls on, and a worker told to stop (SIGTERM,
+    ``serve --embedded`` ending) kept running until it was killed."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=every)
+    if not task.cancelled():
+        task.exception()  # retrieved: it ended on its own, and the caller is stopping anyway
+
+
 async def _reconnect(settings: Settings, stop: asyncio.Event) -> Any:
     delay = 0.5
     while True:
         try:
-            queue = await create_queue(settings.redis_url)
+            queue = await create_queue(settings.require_redis_url())
             await queue.ping()
             return queue
         except Exception as exc:

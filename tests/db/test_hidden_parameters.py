@@ -56,7 +56,7 @@ async def test_no_parameter_value_in_the_log_of_a_failing_statement(
     settings: Settings, capsys: pytest.CaptureFixture[str], sql: str, value: object
 ) -> None:
     configure_logging(fmt="json", level="INFO", force=True)
-    db = Database(create_engine(settings.resolved_database_url(), pool_size=1))
+    db = Database(create_engine(settings.require_database_url(), pool_size=1))
     try:
         exc = await _failure(db, sql, value)
     finally:

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import redis
 
 from app.config import Settings
+from app.localservers import LocalServer, start_redis
 from app.serving import free_port
 from tests.conftest import Stack, raw_sql
 from tests.support.e2e import (
@@ -141,43 +143,23 @@ async def wait_worker_ready(worker: WorkerProcess, *, within: float = 20.0) -> N
 
 @dataclass
 class PrivateRedis:
-    """``redis-server`` on its own port without persistence, so FLUSHALL and restarts touch nobody else."""
+    """A Redis server on its own port without persistence, so FLUSHALL and restarts touch nobody else. The
+    server binary is the embedded extra's (app/localservers.py): nothing needs to be installed on the system."""
 
     port: int
     workdir: Path
-    proc: subprocess.Popen[bytes] | None = None
+    server: LocalServer | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return None if self.server is None else self.server.process
+
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            ok = subprocess.run(
-                ["redis-cli", "-p", str(self.port), "ping"], capture_output=True, timeout=5
-            ).stdout.strip()
-            if ok == b"PONG":
-                return
-            time.sleep(0.05)
-        raise RuntimeError("private redis-server did not start")
+        self.server = start_redis(self.workdir, port=self.port)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -185,9 +167,14 @@ class PrivateRedis:
             self.proc.wait(timeout=10)
 
     def cli(self, *args: str) -> str:
-        return subprocess.run(
-            ["redis-cli", "-p", str(self.port), *args], capture_output=True, timeout=10, text=True
-        ).stdout.strip()
+        """Run one command; its reply as redis-cli prints it ("OK", "0", …)."""
+        with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10) as client:
+            reply = client.execute_command(*args)
+        if reply is True:
+            return "OK"
+        if isinstance(reply, bytes):
+            return reply.decode()
+        return "" if reply is None else str(reply)
 
 
 def start_private_redis(workdir: Path) -> PrivateRedis:

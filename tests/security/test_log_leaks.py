@@ -41,7 +41,7 @@ async def _failing_endpoint(request: Request) -> None:
     async with ctx.db.session_scope() as session:
         esp = (await session.execute(select(EspAccount))).scalar_one()
         api_key = esp.api_key
-    stored = await raw_sql(ctx.settings.resolved_database_url(), "SELECT api_key FROM esp_account")
+    stored = await raw_sql(ctx.settings.require_database_url(), "SELECT api_key FROM esp_account")
     ciphertext = stored[0]["api_key"]
     raise RuntimeError(f"Unisender refused key {api_key} (stored as {ciphertext})")
 

@@ -260,25 +260,51 @@ async def test_unreadable_values_are_reported_and_left_alone(
     assert stored[0]["api_key"] == foreign
 
 
-async def test_embedded_sqlite_database_rotates_too(tmp_path: Path, new_key: bytes) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'contactsync.db'}"
-    await upgrade_async(url)
-    db = Database(create_engine(url))
-    try:
-        old = Fernet.generate_key()
-        configure_encryption([old])
-        await seed(db)
-        first = await rotate_keys(db, Cipher([new_key, old]), Base.metadata, batch_size=4, max_batches=1)
-        rest = await rotate_keys(db, Cipher([new_key, old]), Base.metadata, batch_size=4)
-        assert first.rotated + rest.rotated == TOTAL
-        configure_encryption([new_key])
-        async with db.session_scope() as session:
-            keys = (
-                await session.execute(select(EspAccount.api_key).order_by(EspAccount.account_id))
-            ).scalars()
-            assert list(keys) == [f"api_key-{i}" for i in range(1, ACCOUNTS + 1)]
-    finally:
-        await db.dispose()
+async def test_without_a_database_url_the_command_rotates_the_embedded_database(
+    tmp_path: Path, new_key: bytes
+) -> None:
+    """No CONTACTSYNC_DATABASE_URL: rotate-keys works on the database of `serve --embedded` in the state dir
+    (its own PostgreSQL, started and stopped by the command)."""
+    from app.localservers import embedded_servers
+
+    state = tmp_path / "state"
+    old = Fernet.generate_key()
+    with embedded_servers(state) as servers:
+        await upgrade_async(servers.database_url)
+        db = Database(create_engine(servers.database_url))
+        try:
+            configure_encryption([old])
+            await seed(db)
+        finally:
+            await db.dispose()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(ROOT),
+        "CONTACTSYNC_STATE_DIR": str(state),
+        "CONTACTSYNC_SECRET_KEYS": f"{new_key.decode()},{old.decode()}",
+    }
+    r = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "app.cli", "rotate-keys", "--batch-size", "4"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"rotate-keys: done: {TOTAL} values re-encrypted" in r.stdout
+    with embedded_servers(state) as servers:
+        db = Database(create_engine(servers.database_url))
+        try:
+            configure_encryption([new_key])
+            async with db.session_scope() as session:
+                keys = (
+                    await session.execute(select(EspAccount.api_key).order_by(EspAccount.account_id))
+                ).scalars()
+                assert list(keys) == [f"api_key-{i}" for i in range(1, ACCOUNTS + 1)]
+        finally:
+            await db.dispose()
 
 
 def _cli(settings: Settings, keys: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -45,3 +45,23 @@ async def test_jobs_retry_when_their_database_connection_was_lost() -> None:
         await _reconnecting(bad_sql)({})
     assert await _reconnecting(fine)({}, 7) == 7
     assert _reconnecting(fine).__name__ == "fine"  # arq names jobs after the function
+
+
+async def test_a_stopped_worker_ends_even_when_a_cancellation_is_lost() -> None:
+    """redis-py sends every command through ``asyncio.wait_for``; on Python 3.11 a cancellation that arrives
+    just as the send completes is lost there, and arq's loop polls on: a worker told to stop kept running
+    until it was killed. Cancelled at each step of such a loop, the task ends every time."""
+    import asyncio
+
+    from app.worker.settings import cancel_and_wait
+
+    async def polls() -> None:
+        while True:
+            await asyncio.wait_for(asyncio.sleep(0), timeout=5)
+
+    for steps in range(8):
+        task = asyncio.create_task(polls())
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        await asyncio.wait_for(cancel_and_wait(task, every=0.05), timeout=5)
+        assert task.cancelled()

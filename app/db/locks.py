@@ -1,0 +1,26 @@
+"""Named locks held until the end of the current transaction: PostgreSQL advisory locks, shared by every
+process of the service (API, workers, CLI commands)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit key for ``pg_advisory_xact_lock`` (the same in every process and release)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+async def xact_lock(session: AsyncSession, name: str, *, wait: bool = True) -> bool:
+    """Take the lock ``name`` until the session's transaction ends; with ``wait=False``, return False at once
+    when another transaction holds it."""
+    if wait:
+        await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(name)})
+        return True
+    got = (
+        await session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": lock_key(name)})
+    ).scalar()
+    return bool(got)
