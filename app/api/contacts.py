@@ -7,13 +7,15 @@ from typing import Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.accounts import repository as accounts_repo
 from app.accounts.service import kommo_client_for, unisender_client_for
 from app.api.deps import AdminDep, ContextDep, SessionDep
 from app.api.routing import AppRoute
 from app.connectors.errors import AuthError, ConnectorError
+from app.db.locks import account_lock
 from app.db.session import after_commit
 from app.errors import NotFound, Unprocessable, UpstreamError
-from app.sync import repository as repo
+from app.sync import consent_repo, contacts_repo, outbox_repo
 from app.sync.mapping import DesiredAddress, normalize_email, payload_hash
 from app.worker import enqueue
 
@@ -36,7 +38,7 @@ async def kommo_contacts(
     page: int = Query(1, ge=1, le=100_000),
     limit: int = Query(50, ge=1, le=250),
 ) -> dict[str, Any]:
-    if await repo.get_integration(session, id) is None:
+    if await accounts_repo.get_integration(session, id) is None:
         raise NotFound(f"Account {id} is not registered.", code="unknown_account")
     client = await kommo_client_for(session, ctx, id)
     try:
@@ -71,7 +73,7 @@ async def unisender_contact(
     address = normalize_email(email or z or "")
     if address is None:
         raise Unprocessable("Give a valid address in email= (or z=).", code="invalid_email")
-    if await repo.get_integration(session, id) is None:
+    if await accounts_repo.get_integration(session, id) is None:
         raise NotFound(f"Account {id} is not registered.", code="unknown_account")
     client, _ = await unisender_client_for(session, ctx, id)
     try:
@@ -80,7 +82,7 @@ async def unisender_contact(
         raise _upstream("unisender", exc) from exc
     if contact is None:
         raise NotFound(f"Unisender holds no contact {address}.", code="contact_not_found")
-    consent = (await repo.consent_rows(session, id, [address])).get(address)
+    consent = (await consent_repo.consent_rows(session, id, [address])).get(address)
     return {
         "email": contact.email,
         "status": contact.status,
@@ -103,7 +105,7 @@ class PushRequest(BaseModel):
     summary="Add or delete addresses in Unisender (through the outbox)",
 )
 async def push_contacts(body: PushRequest, ctx: ContextDep, session: SessionDep) -> dict[str, Any]:
-    if await repo.get_integration(session, body.id) is None:
+    if await accounts_repo.get_integration(session, body.id) is None:
         raise NotFound(f"Account {body.id} is not registered.", code="unknown_account")
     invalid = [e for e in body.emails if normalize_email(e) is None]
     if invalid:
@@ -111,15 +113,15 @@ async def push_contacts(body: PushRequest, ctx: ContextDep, session: SessionDep)
             f"Invalid addresses: {', '.join(invalid[:5])}", code="invalid_email", extra={"invalid": invalid}
         )
     emails = sorted({normalize_email(e) or "" for e in body.emails})
-    await repo.account_lock(session, body.id)
-    consent = await repo.consent_rows(session, body.id, emails)
+    await account_lock(session, body.id)
+    consent = await consent_repo.consent_rows(session, body.id, emails)
     skipped = [e for e in emails if e in consent and consent[e].consent == "unsubscribed" and not body.delete]
     wanted = [e for e in emails if e not in skipped]
-    owners = await repo.live_owners(session, body.id, wanted)
-    esp = await repo.get_esp(session, body.id)
+    owners = await contacts_repo.live_owners(session, body.id, wanted)
+    esp = await accounts_repo.get_esp_account(session, body.id)
     list_id = esp.list_id if esp else None
-    rows = await repo.lock_outbox(session, body.id, wanted)
-    fresh: list[tuple[str, dict[str, object], str]] = []
+    rows = await outbox_repo.lock_outbox(session, body.id, wanted)
+    fresh: list[outbox_repo.NewRow] = []
     for e in wanted:
         desired = DesiredAddress(
             email=e, delete=bool(body.delete), name=owners[e].name if e in owners else ""
@@ -128,11 +130,11 @@ async def push_contacts(body: PushRequest, ctx: ContextDep, session: SessionDep)
         h = payload_hash(payload, list_id)
         row = rows.get(e)
         if row is None:
-            fresh.append((e, payload, h))
+            fresh.append(outbox_repo.NewRow(e, payload, h))
         else:
             row.payload, row.payload_hash, row.status, row.attempts = payload, h, "pending", 0
             row.last_error = row.reject_code = None
-    await repo.add_outbox(session, body.id, fresh)
+    await outbox_repo.add_outbox(session, body.id, fresh)
     await session.flush()
     account_id = body.id
     after_commit(session, lambda: enqueue.flush_outbox(ctx.queue, account_id, delay=0))

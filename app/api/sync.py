@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
 
+from app.accounts import repository as accounts_repo
 from app.api.deps import AdminDep, ContextDep, SessionDep
 from app.api.routing import AppRoute
-from app.db.models import Outbox, SyncRun
 from app.db.session import after_commit
 from app.errors import NotFound, Unprocessable
-from app.sync import fullsync
-from app.sync import repository as repo
+from app.sync import fullsync, runs_repo
 from app.worker import enqueue
 
 router = APIRouter(tags=["sync"], dependencies=[AdminDep], route_class=AppRoute)
@@ -51,22 +48,10 @@ class RunOut(BaseModel):
     )
 
 
-async def _run_out(session: Any, run: SyncRun) -> RunOut:
-    rejected = 0
-    if run.started_at is not None:
-        stmt = (
-            select(func.count())
-            .select_from(Outbox)
-            .where(
-                Outbox.account_id == run.account_id,
-                Outbox.status == "rejected",
-                Outbox.updated_at >= run.started_at,
-            )
-        )
-        rejected = int((await session.execute(stmt)).scalar_one())
+def _run_out(view: runs_repo.RunView) -> RunOut:
+    run = view.run
     end = run.finished_at
     duration = (end - run.started_at).total_seconds() if end and run.started_at else None
-    failed, failures = await repo.sync_failures(session, run.id, fullsync.SHOWN_FAILURES)
     return RunOut(
         run_id=run.id,
         account_id=run.account_id,
@@ -77,15 +62,15 @@ async def _run_out(session: Any, run: SyncRun) -> RunOut:
             "fetched": run.fetched,
             "changed": run.changed,
             "pushed": run.pushed,
-            "rejected": rejected,
-            "failed": failed,
+            "rejected": view.rejected,
+            "failed": view.failed,
         },
         created_at=run.created_at,
         started_at=run.started_at,
         finished_at=run.finished_at,
         duration_s=duration,
         error=run.error,
-        failures=[RunFailureOut(kommo_id=f.kommo_id, reason=f.reason, at=f.at) for f in failures],
+        failures=[RunFailureOut(kommo_id=f.kommo_id, reason=f.reason, at=f.at) for f in view.failures],
     )
 
 
@@ -96,7 +81,7 @@ async def _run_out(session: Any, run: SyncRun) -> RunOut:
     summary="Start a full sync (or return the running one)",
 )
 async def start_sync(body: SyncRequest, ctx: ContextDep, session: SessionDep) -> JSONResponse:
-    integ = await repo.get_integration(session, body.id)
+    integ = await accounts_repo.get_integration(session, body.id)
     if integ is None:
         raise NotFound(f"Account {body.id} is not registered.", code="unknown_account")
     if integ.status != "connected":
@@ -116,15 +101,15 @@ async def start_sync(body: SyncRequest, ctx: ContextDep, session: SessionDep) ->
 
 @router.get("/sync/runs/{run_id}", summary="One sync run: status, counters, cursor, timings, error")
 async def get_run(run_id: str, session: SessionDep) -> RunOut:
-    run = await session.get(SyncRun, run_id)
-    if run is None:
+    views = await runs_repo.run_views(session, run_id=run_id, failures=fullsync.SHOWN_FAILURES)
+    if not views:
         raise NotFound(f"No sync run {run_id}.", code="unknown_run")
-    return await _run_out(session, run)
+    return _run_out(views[0])
 
 
 @router.get("/sync/runs", summary="Recent sync runs, newest first")
 async def list_runs(
     session: SessionDep, account_id: int | None = Query(None, gt=0)
 ) -> dict[str, list[RunOut]]:
-    runs = await repo.list_runs(session, account_id)
-    return {"runs": [await _run_out(session, r) for r in runs]}
+    views = await runs_repo.run_views(session, account_id=account_id, failures=fullsync.SHOWN_FAILURES)
+    return {"runs": [_run_out(view) for view in views]}

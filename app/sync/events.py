@@ -20,16 +20,18 @@ from dataclasses import dataclass
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.accounts import repository as accounts_repo
 from app.accounts.service import kommo_client_for
 from app.connectors.base import CrmAction, CrmContact
 from app.connectors.kommo.exceptions import KommoWebhookParseError
 from app.connectors.kommo.webhooks import parse_webhook
 from app.context import ProcessContext
 from app.db.base import utcnow
+from app.db.locks import account_lock
 from app.db.models import WebhookEvent
 from app.db.session import after_commit
-from app.sync import repository as repo
-from app.sync import service
+from app.db.states import EventSource
+from app.sync import contacts_repo, inbox_repo, service
 from app.sync.isolation import describe, isolatable
 from app.worker import enqueue
 
@@ -144,7 +146,7 @@ async def _isolate(
 async def _apply_alone(pc: ProcessContext, account_id: int, event_id: int, total: DrainResult) -> bool:
     """Apply one event in its own transaction, after counting the attempt in another; False if it failed."""
     async with pc.db.session_scope() as session:
-        counted = await repo.count_event_attempt(session, event_id)
+        counted = await inbox_repo.count_event_attempt(session, event_id)
     if counted is None:
         return True  # handled meanwhile (another job, or the account was disabled)
     attempts, last_error = counted
@@ -177,14 +179,14 @@ async def _apply_alone(pc: ProcessContext, account_id: int, event_id: int, total
         # Kommo or PostgreSQL trouble, not the event's (the job is retried): this attempt does not count.
         with contextlib.suppress(Exception):
             async with pc.db.session_scope() as session:
-                await repo.count_event_attempt(session, event_id, undo=True)
+                await inbox_repo.count_event_attempt(session, event_id, undo=True)
         raise
     return True
 
 
 async def _record_failure(pc: ProcessContext, event_id: int, reason: str, *, final: bool) -> None:
     async with pc.db.session_scope() as session:
-        await repo.record_event_failure(session, event_id, reason, final=final)
+        await inbox_repo.record_event_failure(session, event_id, reason, final=final)
 
 
 async def _apply(
@@ -201,18 +203,20 @@ async def _apply(
     ``counted``: the attempt was already counted (a single event). Raises ``_ApplyFailed`` (rolled back) when applying fails for a reason the events may have caused."""
     async with pc.db.session_scope() as session:
         # A batch gives way to a job already draining the account; isolation waits for it (its batch is short).
-        if not await repo.account_lock(session, account_id, wait=only is not None):
+        if not await account_lock(session, account_id, wait=only is not None):
             total.busy = True
             return _Step(empty=True)
         if only is None:
-            events = await repo.pending_events(session, account_id, "kommo", BATCH, exclude=exclude)
+            events = await inbox_repo.pending_events(
+                session, account_id, EventSource.KOMMO, BATCH, exclude=exclude
+            )
             if not events:
                 return _Step(empty=True)
         else:
-            events = await repo.pending_events_by_ids(session, account_id, only)
+            events = await inbox_repo.pending_events_by_ids(session, account_id, only)
             if not events:
                 return _Step()
-        integ = await repo.get_integration(session, account_id)
+        integ = await accounts_repo.get_integration(session, account_id)
         if integ is None or integ.status == "disabled":
             for ev in events:
                 ev.status, ev.handled_at, ev.last_error = "done", utcnow(), "integration disabled"
@@ -282,7 +286,7 @@ async def _apply_events(
             else:
                 versions.append(item.contact)
     # An add/update of a contact we hold as deleted may be a stale version: verify it too.
-    known = await repo.contacts_by_ids(session, account_id, {c.id for c in versions})
+    known = await contacts_repo.contacts_by_ids(session, account_id, {c.id for c in versions})
     for c in versions:
         row = known.get(c.id)
         if row is not None and row.deleted_at is not None:

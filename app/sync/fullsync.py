@@ -32,15 +32,16 @@ from datetime import datetime, timedelta
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.accounts import repository as accounts_repo
 from app.accounts.service import kommo_client_for
 from app.connectors.base import ContactPage, CrmContact
 from app.connectors.kommo.client import KommoClient
 from app.context import ProcessContext
 from app.db.base import utcnow
+from app.db.locks import account_lock
 from app.db.models import SyncRun
 from app.db.session import after_commit
-from app.sync import outbox, service
-from app.sync import repository as repo
+from app.sync import contacts_repo, outbox, runs_repo, service
 from app.sync.isolation import describe, isolatable
 from app.worker import enqueue
 
@@ -67,8 +68,8 @@ SHOWN_FAILURES = 100  # contacts a run could not apply, listed by GET /sync/runs
 
 async def start_run(session: AsyncSession, account_id: int) -> tuple[SyncRun, bool]:
     """Create a full-sync run, or return the one already running (False). The caller commits and enqueues."""
-    await repo.account_lock(session, account_id)
-    running = await repo.active_run(session, account_id)
+    await account_lock(session, account_id)
+    running = await runs_repo.active_run(session, account_id)
     if running is not None:
         return running, False
     run = SyncRun(id=str(uuid.uuid4()), account_id=account_id, kind="full", status="pending", cursor=0)
@@ -217,7 +218,7 @@ async def _keep_lease(pc: ProcessContext, run_id: str, owner: str) -> None:
         await asyncio.sleep(LEASE_SECONDS / 3)
         try:
             async with pc.db.session_scope() as session:
-                if not await repo.extend_lease(session, run_id, owner, _lease_until()):
+                if not await runs_repo.extend_lease(session, run_id, owner, _lease_until()):
                     return  # finished or taken over: the page commits notice and stop
         except Exception as exc:  # the next renewal (or a page commit) tries again
             log.warning("sync.lease_renewal_failed", run_id=run_id, error=type(exc).__name__)
@@ -244,12 +245,12 @@ async def run_full_sync_slice(pc: ProcessContext, run_id: str, *, owner: str | N
         if run is None or run.status in ("done", "failed"):
             return run.status if run else "missing"
         account_id = run.account_id
-        integ = await repo.get_integration(session, account_id)
+        integ = await accounts_repo.get_integration(session, account_id)
         if integ is None or integ.status == "disabled":
             run.status, run.error, run.finished_at = "failed", "integration disabled", utcnow()
             run.lease_owner = run.lease_expires_at = None
             return run.status
-        if not await repo.claim_run(session, run_id, owner, _lease_until()):
+        if not await runs_repo.claim_run(session, run_id, owner, _lease_until()):
             log.info("sync.leased", run_id=run_id)
             return "leased"
         await session.refresh(run)
@@ -267,7 +268,7 @@ async def run_full_sync_slice(pc: ProcessContext, run_id: str, *, owner: str | N
     if status == "running":
         # Handed over: the lease is released first, so the continuation can take the run at once.
         async with pc.db.session_scope() as session:
-            await repo.release_lease(session, run_id, owner)
+            await runs_repo.release_lease(session, run_id, owner)
         await enqueue.full_sync(pc.queue, run_id)
     return status
 
@@ -328,7 +329,7 @@ async def _analyze(pc: ProcessContext) -> None:
     """Best effort: without fresh statistics lookups get slower, never wrong."""
     try:
         async with pc.db.session_scope() as session:
-            await repo.analyze_mirror(session)
+            await contacts_repo.analyze_mirror(session)
     except Exception as exc:
         log.warning("sync.analyze_failed", error=repr(exc))
 
@@ -381,8 +382,8 @@ async def _apply_for_run(
     the run is no longer this slice's. Raises ``_ApplyFailed`` (rolled back) for failures the data may have
     caused."""
     async with pc.db.session_scope() as session:
-        await repo.account_lock(session, account_id)
-        run = await repo.held_run(session, run_id, owner)
+        await account_lock(session, account_id)
+        run = await runs_repo.held_run(session, run_id, owner)
         if run is None:
             return None
         try:
@@ -422,7 +423,7 @@ async def _apply_one_by_one(
             one = await _apply_for_run(pc, run_id, account_id, owner, [contact], read_at)
         except _ApplyFailed as failed:
             async with pc.db.session_scope() as session:
-                await repo.record_sync_failure(session, run_id, contact.id, failed.reason)
+                await runs_repo.record_sync_failure(session, run_id, contact.id, failed.reason)
             log.warning("sync.contact_failed", run_id=run_id, kommo_id=contact.id, reason=failed.reason)
             continue
         if one is None:
@@ -435,7 +436,7 @@ async def _finish(pc: ProcessContext, run_id: str, account_id: int, owner: str, 
     """Vanish detection: live contacts this run never saw are re-read from Kommo; the missing are deleted.
     Returns the run's status (``stopped`` if it is no longer this slice's)."""
     async with pc.db.session_scope() as session:
-        candidates = await repo.unseen_live_contacts(session, account_id, run_id)
+        candidates = await contacts_repo.unseen_live_contacts(session, account_id, run_id)
     vanished = 0
     for start in range(0, len(candidates), VERIFY_CHUNK):
         chunk = candidates[start : start + VERIFY_CHUNK]
@@ -455,7 +456,7 @@ async def _finish(pc: ProcessContext, run_id: str, account_id: int, owner: str, 
         if queued:
             await enqueue.flush_outbox(pc.queue, account_id, delay=0)
     async with pc.db.session_scope() as session:
-        run = await repo.held_run(session, run_id, owner)
+        run = await runs_repo.held_run(session, run_id, owner)
         if run is None:
             return "stopped"
         now = utcnow()
@@ -479,7 +480,7 @@ async def slice_failed(pc: ProcessContext, run_id: str, owner: str, exc: Excepti
     this was the ``MAX_SLICE_FAILURES``-th failure in a row and the run is now ``failed`` with the error."""
     reason = exc.reason if isinstance(exc, _ApplyFailed) else describe(exc)
     async with pc.db.session_scope() as session:
-        failures = await repo.count_slice_failure(session, run_id, reason)
+        failures = await runs_repo.count_slice_failure(session, run_id, reason)
     log.warning("sync.slice_failed", run_id=run_id, failures=failures, reason=reason)
     if failures == 0:
         return None  # the run had finished already
@@ -495,13 +496,13 @@ async def hold_for_retry(pc: ProcessContext, run_id: str, owner: str, delay: flo
     """Keep the slice's lease until its retry is due: the sweeper must not hand the run to another job before
     (after a rate limit, that would only draw another 429)."""
     async with pc.db.session_scope() as session:
-        await repo.extend_lease(session, run_id, owner, _lease_until(extra=delay))
+        await runs_repo.extend_lease(session, run_id, owner, _lease_until(extra=delay))
 
 
 async def reconcile_account(pc: ProcessContext, account_id: int) -> int:
     """Re-read contacts updated since the last pass (catches webhooks Kommo never delivered)."""
     async with pc.db.session_scope() as session:
-        integ = await repo.get_integration(session, account_id)
+        integ = await accounts_repo.get_integration(session, account_id)
         if integ is None or integ.status != "connected":
             return 0
         since = max(0, int(integ.reconcile_cursor or int(time.time()) - 3600) - RECONCILE_OVERLAP)
@@ -533,7 +534,7 @@ async def reconcile_account(pc: ProcessContext, account_id: int) -> int:
         newest = min(max([newest, *(c.updated_at for c in result.contacts)]), int(time.time()))
         page = result.next_page
     async with pc.db.session_scope() as session:
-        integ = await repo.get_integration(session, account_id)
+        integ = await accounts_repo.get_integration(session, account_id)
         if integ is not None:
             integ.reconcile_cursor, integ.reconciled_at = newest, utcnow()
     if changed:
@@ -545,7 +546,7 @@ async def _reconcile_apply(
     pc: ProcessContext, account_id: int, contacts: Sequence[CrmContact], read_at: datetime
 ) -> int:
     async with pc.db.session_scope() as session:
-        await repo.account_lock(session, account_id)
+        await account_lock(session, account_id)
         try:
             applied = await service.apply_contacts(session, account_id, contacts, read_at=read_at)
             rec = await service.recompute(session, account_id, applied.affected)

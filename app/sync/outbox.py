@@ -6,7 +6,6 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import structlog
 
@@ -16,8 +15,9 @@ from app.connectors.base import ImportRow, RowOutcome
 from app.connectors.errors import AuthError, ConnectorError, ForbiddenError, TransientError
 from app.context import ProcessContext
 from app.db.base import utcnow
-from app.db.locks import xact_lock
-from app.sync import repository as repo
+from app.db.locks import flush_lock
+from app.db.states import OutboxStatus
+from app.sync import outbox_repo
 
 log = structlog.get_logger(__name__)
 
@@ -59,10 +59,10 @@ async def flush_account(pc: ProcessContext, account_id: int, *, drain: bool = Tr
     result = FlushResult()
     for _ in range(MAX_BATCHES):
         async with pc.db.session_scope() as session:
-            if not await xact_lock(session, f"flush:{account_id}", wait=False):
+            if not await flush_lock(session, account_id):
                 result.busy = True
                 return result
-            rows = await repo.claim_due(session, account_id, BATCH_ROWS)
+            rows = await outbox_repo.claim_due(session, account_id, BATCH_ROWS)
             if not rows:
                 return result
             try:
@@ -70,7 +70,7 @@ async def flush_account(pc: ProcessContext, account_id: int, *, drain: bool = Tr
             except AccountNotReady as exc:
                 result.blocked = exc.error_code
                 # Wait for the account to be connected; checked again by the sweeper.
-                await repo.update_outbox_rows(
+                await outbox_repo.update_outbox_rows(
                     session,
                     [
                         _change(row, next_attempt_at=utcnow() + timedelta(seconds=60), last_error=exc.message)
@@ -99,13 +99,15 @@ async def flush_account(pc: ProcessContext, account_id: int, *, drain: bool = Tr
                 delay = backoff(max(row.attempts + 1 for row in rows), exc.retry_after)
                 error = f"{type(exc).__name__}: {exc.message}"[:500]
                 at = utcnow() + timedelta(seconds=delay)
-                await repo.update_outbox_rows(
+                await outbox_repo.update_outbox_rows(
                     session,
                     [
                         _change(
                             row,
                             attempts=row.attempts + 1,
-                            status="dead" if row.attempts + 1 >= MAX_ATTEMPTS else "pending",
+                            status=OutboxStatus.DEAD
+                            if row.attempts + 1 >= MAX_ATTEMPTS
+                            else OutboxStatus.PENDING,
                             next_attempt_at=at,
                             last_error=error,
                         )
@@ -127,7 +129,7 @@ async def flush_account(pc: ProcessContext, account_id: int, *, drain: bool = Tr
                     utcnow(),
                 )
                 at = utcnow() + timedelta(seconds=300)
-                await repo.update_outbox_rows(
+                await outbox_repo.update_outbox_rows(
                     session, [_change(row, next_attempt_at=at, last_error=esp.last_error) for row in rows]
                 )
                 result.blocked = exc.code or "unisender_auth"
@@ -136,13 +138,13 @@ async def flush_account(pc: ProcessContext, account_id: int, *, drain: bool = Tr
             except ConnectorError as exc:
                 # The request itself was refused (should not happen with a correct client): park the rows.
                 error = f"{type(exc).__name__}: {exc.message}"[:500]
-                await repo.update_outbox_rows(
+                await outbox_repo.update_outbox_rows(
                     session,
                     [
                         _change(
                             row,
                             attempts=row.attempts + 1,
-                            status="dead" if row.attempts + 1 >= 3 else "pending",
+                            status=OutboxStatus.DEAD if row.attempts + 1 >= 3 else OutboxStatus.PENDING,
                             next_attempt_at=utcnow() + timedelta(seconds=backoff(row.attempts + 1)),
                             last_error=error,
                         )
@@ -155,7 +157,7 @@ async def flush_account(pc: ProcessContext, account_id: int, *, drain: bool = Tr
             metrics.PROVIDER_REQUESTS.labels("unisender", "importContacts", "ok").inc()
             now = utcnow()
             accepted: list[int] = []
-            refused: list[dict[str, Any]] = []
+            refused: list[outbox_repo.RowChange] = []
             for row, outcome in zip(rows, outcomes, strict=True):
                 if outcome.outcome is RowOutcome.OK:
                     accepted.append(row.id)
@@ -164,13 +166,13 @@ async def flush_account(pc: ProcessContext, account_id: int, *, drain: bool = Tr
                     refused.append(
                         _change(
                             row,
-                            status="rejected",
+                            status=OutboxStatus.REJECTED,
                             reject_code=(outcome.code or "rejected")[:64],
                             last_error=(outcome.message or "rejected by Unisender")[:500],
                         )
                     )
-            await repo.mark_pushed(session, accepted, now)
-            await repo.update_outbox_rows(session, refused)
+            await outbox_repo.mark_pushed(session, accepted, now)
+            await outbox_repo.update_outbox_rows(session, refused)
             result.pushed += len(accepted)
             result.rejected += len(refused)
             log.info(
@@ -187,20 +189,20 @@ async def flush_account(pc: ProcessContext, account_id: int, *, drain: bool = Tr
 
 
 def _change(
-    row: repo.DueRow,
+    row: outbox_repo.DueRow,
     *,
-    status: str = "pending",
+    status: OutboxStatus = OutboxStatus.PENDING,
     attempts: int | None = None,
     next_attempt_at: datetime | None = None,
     last_error: str | None = None,
     reject_code: str | None = None,
-) -> dict[str, Any]:
-    """A row's new outcome columns for ``repo.update_outbox_rows`` (unchanged ones keep the row's value)."""
-    return {
-        "id": row.id,
-        "status": status,
-        "attempts": row.attempts if attempts is None else attempts,
-        "next_attempt_at": next_attempt_at if next_attempt_at is not None else utcnow(),
-        "last_error": last_error,
-        "reject_code": reject_code,
-    }
+) -> outbox_repo.RowChange:
+    """A row's new outcome columns (unchanged ones keep the row's value)."""
+    return outbox_repo.RowChange(
+        id=row.id,
+        status=status,
+        attempts=row.attempts if attempts is None else attempts,
+        next_attempt_at=next_attempt_at if next_attempt_at is not None else utcnow(),
+        last_error=last_error,
+        reject_code=reject_code,
+    )

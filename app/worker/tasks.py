@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -12,11 +13,13 @@ from arq import Retry
 from sqlalchemy.exc import DBAPIError
 
 from app import metrics
+from app.accounts import repository as accounts_repo
 from app.accounts.service import AccountNotReady, ensure_kommo_webhooks, refresh_expiring_tokens
 from app.connectors.errors import PermanentError, TransientError
 from app.context import ProcessContext
-from app.sync import events, fullsync, outbox, unsubscribes
-from app.sync import repository as repo
+from app.db.base import utcnow
+from app.db.states import OutboxStatus
+from app.sync import consent_repo, events, fullsync, inbox_repo, outbox, outbox_repo, runs_repo, unsubscribes
 from app.sync.isolation import isolatable
 from app.worker import enqueue
 
@@ -142,11 +145,9 @@ async def tag_unsubscribes(ctx: dict[str, Any], account_id: int) -> int:
 
 
 async def _record_account_error(pc: ProcessContext, account_id: int, exc: Exception) -> None:
-    from app.db.base import utcnow
-
     log.error("account.error", account_id=account_id, error=type(exc).__name__, detail=str(exc)[:300])
     async with pc.db.session_scope() as session:
-        integ = await repo.get_integration(session, account_id)
+        integ = await accounts_repo.get_integration(session, account_id)
         if integ is not None:
             integ.last_error, integ.last_error_at = f"{type(exc).__name__}: {exc}"[:1000], utcnow()
 
@@ -158,13 +159,14 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     """Re-enqueue work that PostgreSQL says is pending (covers a lost Redis or a killed worker)."""
     pc = process_context(ctx)
     async with pc.db.session_scope() as session:
-        stale_events = await repo.accounts_with_stale_events(session, repo.ago(5))
-        due = await repo.accounts_with_due_outbox(session)
-        runs = await repo.orphaned_runs(session, idle=fullsync.LEASE_SECONDS)
-        untagged = await repo.accounts_with_untagged_unsubscribes(session)
-        metrics.EVENTS_PENDING.set(await repo.count_pending_events(session))
-        metrics.OUTBOX_PENDING.set((await repo.outbox_counts(session)).get("pending", 0))
-        pruned = await repo.prune_events(session, repo.ago(7 * 86400))
+        stale_events = await inbox_repo.accounts_with_stale_events(session, _ago(5))
+        due = await outbox_repo.accounts_with_due_outbox(session)
+        runs = await runs_repo.orphaned_runs(session, idle=fullsync.LEASE_SECONDS)
+        untagged = await consent_repo.accounts_with_untagged_unsubscribes(session)
+        metrics.EVENTS_PENDING.set(await inbox_repo.count_pending_events(session))
+        pending = await outbox_repo.outbox_counts(session, statuses=(OutboxStatus.PENDING,))
+        metrics.OUTBOX_PENDING.set(sum(counts.get(OutboxStatus.PENDING, 0) for counts in pending.values()))
+        pruned = await inbox_repo.prune_events(session, _ago(7 * 86400))
     for account_id, source in stale_events:
         await enqueue.process_events(pc.queue, account_id, source)
     for account_id in due:
@@ -179,10 +181,14 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     return summary
 
 
+def _ago(seconds: float) -> datetime:
+    return utcnow() - timedelta(seconds=seconds)
+
+
 async def reconcile(ctx: dict[str, Any]) -> int:
     pc = process_context(ctx)
     async with pc.db.session_scope() as session:
-        accounts = await repo.connected_account_ids(session)
+        accounts = await accounts_repo.connected_account_ids(session)
     changed = 0
     for account_id in accounts:
         try:
