@@ -15,9 +15,9 @@ from app.connectors.errors import AuthError, ConnectorError
 from app.db.locks import account_lock
 from app.db.session import after_commit
 from app.errors import NotFound, Unprocessable, UpstreamError
+from app.queue import enqueue
 from app.sync import consent_repo, contacts_repo, outbox_repo
 from app.sync.mapping import DesiredAddress, normalize_email, payload_hash
-from app.worker import enqueue
 
 router = APIRouter(tags=["contacts"], dependencies=[AdminDep], route_class=AppRoute)
 

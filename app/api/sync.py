@@ -13,8 +13,8 @@ from app.api.deps import AdminDep, ContextDep, SessionDep
 from app.api.routing import AppRoute
 from app.db.session import after_commit
 from app.errors import NotFound, Unprocessable
+from app.queue import enqueue
 from app.sync import fullsync, runs_repo
-from app.worker import enqueue
 
 router = APIRouter(tags=["sync"], dependencies=[AdminDep], route_class=AppRoute)
 

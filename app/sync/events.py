@@ -31,9 +31,9 @@ from app.db.locks import account_lock
 from app.db.models import WebhookEvent
 from app.db.session import after_commit
 from app.db.states import EventSource
+from app.queue import enqueue
 from app.sync import contacts_repo, inbox_repo, service
 from app.sync.isolation import describe, isolatable
-from app.worker import enqueue
 
 log = structlog.get_logger(__name__)
 

@@ -41,9 +41,9 @@ from app.db.base import utcnow
 from app.db.locks import account_lock
 from app.db.models import SyncRun
 from app.db.session import after_commit
+from app.queue import enqueue
 from app.sync import contacts_repo, outbox, runs_repo, service
 from app.sync.isolation import describe, isolatable
-from app.worker import enqueue
 
 log = structlog.get_logger(__name__)
 

@@ -24,10 +24,10 @@ from app.context import ProcessContext
 from app.db.session import after_commit
 from app.db.states import EventSource, EventStatus
 from app.errors import BadRequest, ServiceUnavailable, Unauthorized
+from app.queue import enqueue
+from app.queue.enqueue import WakeUps
 from app.sync import inbox_repo
 from app.sync.inbox_repo import NewEvent
-from app.worker import enqueue
-from app.worker.enqueue import WakeUps
 
 log = structlog.get_logger(__name__)
 

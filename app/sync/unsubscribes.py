@@ -13,8 +13,8 @@ from app.db.base import utcnow
 from app.db.locks import account_lock
 from app.db.session import after_commit
 from app.db.states import EventSource
+from app.queue import enqueue
 from app.sync import consent_repo, contacts_repo, inbox_repo, outbox_repo
-from app.worker import enqueue
 
 log = structlog.get_logger(__name__)
 

@@ -19,9 +19,9 @@ from app.connectors.errors import PermanentError, TransientError
 from app.context import ProcessContext
 from app.db.base import utcnow
 from app.db.states import OutboxStatus
+from app.queue import enqueue
 from app.sync import consent_repo, events, fullsync, inbox_repo, outbox, outbox_repo, runs_repo, unsubscribes
 from app.sync.isolation import isolatable
-from app.worker import enqueue
 
 log = structlog.get_logger(__name__)
 

@@ -15,8 +15,8 @@ from app.connectors.base import CrmContact
 from app.context import ProcessContext, build_context
 from app.db.base import utcnow
 from app.db.locks import account_lock
+from app.queue import enqueue
 from app.sync import contacts_repo, service
-from app.worker import enqueue
 from tests.conftest import Stack, raw_sql, running_worker
 from tests.faults.support import assert_mirror_exact, post_webhook
 from tests.support.e2e import Account, connect_account, unisender_contacts, wait_quiet

@@ -16,11 +16,11 @@ from app.db.models import WebhookEvent
 from app.db.session import Database, create_engine
 from app.db.states import EventSource
 from app.errors import Unauthorized
+from app.queue.enqueue import WakeUps
 from app.security.tokens import hash_token
 from app.sync import inbox_repo
 from app.sync.inbox_repo import NewEvent
 from app.sync.ingest import InboxWriter
-from app.worker.enqueue import WakeUps
 from tests.conftest import raw_sql
 
 COLUMNS = "account_id, source, dedupe_key, body, status, attempts, last_error, handled_at"
