@@ -21,10 +21,8 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import repository as accounts_repo
-from app.accounts.service import kommo_client_for
 from app.connectors.base import CrmAction, CrmContact
-from app.connectors.kommo.exceptions import KommoWebhookParseError
-from app.connectors.kommo.webhooks import parse_webhook
+from app.connectors.errors import WebhookParseError
 from app.context import ProcessContext
 from app.db.base import utcnow
 from app.db.locks import account_lock
@@ -32,7 +30,7 @@ from app.db.models import WebhookEvent
 from app.db.session import after_commit
 from app.db.states import EventSource
 from app.queue import enqueue
-from app.sync import contacts_repo, inbox_repo, service
+from app.sync import contacts_repo, inbox_repo, providers, service
 from app.sync.isolation import describe, isolatable
 
 log = structlog.get_logger(__name__)
@@ -272,8 +270,8 @@ async def _apply_events(
         if not counted:
             ev.attempts += 1
         try:
-            batch = parse_webhook(ev.body.encode())
-        except KommoWebhookParseError as exc:
+            batch = providers.parse_crm_webhook(ev.body.encode())
+        except WebhookParseError as exc:
             ev.status, ev.last_error, ev.handled_at = "failed", f"unparsable body: {exc}", utcnow()
             total.failed += 1
             continue
@@ -296,7 +294,7 @@ async def _apply_events(
     affected = set(applied.affected)
     changed = applied.changed
     if verify:
-        client = await kommo_client_for(session, pc, account_id)
+        client = await providers.crm_client(session, pc, account_id)
         read_at = utcnow()
         live = await client.get_contacts(sorted(verify))
         alive = await service.apply_contacts(session, account_id, live, read_at=read_at)

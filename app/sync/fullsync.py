@@ -33,16 +33,14 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import repository as accounts_repo
-from app.accounts.service import kommo_client_for
-from app.connectors.base import ContactPage, CrmContact
-from app.connectors.kommo.client import KommoClient
+from app.connectors.base import ContactPage, CrmClient, CrmContact
 from app.context import ProcessContext
 from app.db.base import utcnow
 from app.db.locks import account_lock
 from app.db.models import SyncRun
 from app.db.session import after_commit
 from app.queue import enqueue
-from app.sync import contacts_repo, outbox, runs_repo, service
+from app.sync import contacts_repo, outbox, providers, runs_repo, service
 from app.sync.isolation import describe, isolatable
 
 log = structlog.get_logger(__name__)
@@ -95,12 +93,12 @@ class _SliceEnd:
 _Item = _Page | _SliceEnd | BaseException
 
 
-async def _fetch(client: KommoClient, number: int) -> _Page:
+async def _fetch(client: CrmClient, number: int) -> _Page:
     read_at = utcnow()
     return _Page(number, await client.list_contacts(page=number, limit=PAGE_SIZE), read_at)
 
 
-async def _fetch_pages(client: KommoClient, first: int, deadline: float, out: asyncio.Queue[_Item]) -> None:
+async def _fetch_pages(client: CrmClient, first: int, deadline: float, out: asyncio.Queue[_Item]) -> None:
     """Fetch pages ``first``, ``first + 1`` … into ``out`` in page order, up to FETCH_CONCURRENCY requests at
     once, until the last page (a page without a next one) or the deadline.
 
@@ -257,7 +255,7 @@ async def run_full_sync_slice(pc: ProcessContext, run_id: str, *, owner: str | N
         if run.status == "pending":
             run.status, run.started_at = "running", utcnow()
         cursor = int(run.cursor or 0)
-        client = await kommo_client_for(session, pc, account_id)
+        client = await providers.crm_client(session, pc, account_id)
     lease = asyncio.create_task(_keep_lease(pc, run_id, owner))
     try:
         status = await _advance(pc, run_id, account_id, owner, client, cursor, deadline, push_deadline)
@@ -278,7 +276,7 @@ async def _advance(
     run_id: str,
     account_id: int,
     owner: str,
-    client: KommoClient,
+    client: CrmClient,
     cursor: int,
     deadline: float,
     push_deadline: float,
@@ -432,7 +430,7 @@ async def _apply_one_by_one(
     return queued
 
 
-async def _finish(pc: ProcessContext, run_id: str, account_id: int, owner: str, client: KommoClient) -> str:
+async def _finish(pc: ProcessContext, run_id: str, account_id: int, owner: str, client: CrmClient) -> str:
     """Vanish detection: live contacts this run never saw are re-read from Kommo; the missing are deleted.
     Returns the run's status (``stopped`` if it is no longer this slice's)."""
     async with pc.db.session_scope() as session:
@@ -506,7 +504,7 @@ async def reconcile_account(pc: ProcessContext, account_id: int) -> int:
         if integ is None or integ.status != "connected":
             return 0
         since = max(0, int(integ.reconcile_cursor or int(time.time()) - 3600) - RECONCILE_OVERLAP)
-        client = await kommo_client_for(session, pc, account_id)
+        client = await providers.crm_client(session, pc, account_id)
     page: int | None = 1
     newest = since
     changed = 0

@@ -10,14 +10,20 @@ from datetime import datetime, timedelta
 import structlog
 
 from app import metrics
-from app.accounts.service import AccountNotReady, unisender_client_for
+from app.accounts.service import AccountNotReady
 from app.connectors.base import ImportRow, RowOutcome
-from app.connectors.errors import AuthError, ConnectorError, ForbiddenError, TransientError
+from app.connectors.errors import (
+    AuthError,
+    ConnectorError,
+    ForbiddenError,
+    RateLimitedError,
+    TransientError,
+)
 from app.context import ProcessContext
 from app.db.base import utcnow
 from app.db.locks import flush_lock
 from app.db.states import OutboxStatus
-from app.sync import outbox_repo
+from app.sync import outbox_repo, providers
 
 log = structlog.get_logger(__name__)
 
@@ -66,7 +72,7 @@ async def flush_account(pc: ProcessContext, account_id: int, *, drain: bool = Tr
             if not rows:
                 return result
             try:
-                client, esp = await unisender_client_for(session, pc, account_id)
+                client, esp = await providers.esp_client(session, pc, account_id)
             except AccountNotReady as exc:
                 result.blocked = exc.error_code
                 # Wait for the account to be connected; checked again by the sweeper.
@@ -92,9 +98,9 @@ async def flush_account(pc: ProcessContext, account_id: int, *, drain: bool = Tr
             try:
                 outcomes = await client.import_contacts(batch)
             except TransientError as exc:
-                metrics.PROVIDER_REQUESTS.labels("unisender", "importContacts", "retry").inc()
-                if exc.code and exc.code.startswith("api_call_limit"):
-                    metrics.PROVIDER_THROTTLED.labels("unisender").inc()
+                metrics.PROVIDER_REQUESTS.labels(providers.ESP_NAME, providers.ESP_IMPORT_CALL, "retry").inc()
+                if isinstance(exc, RateLimitedError):
+                    metrics.PROVIDER_THROTTLED.labels(providers.ESP_NAME).inc()
                 # One draw per batch: a maximum over many draws would lose the jitter and retry in lockstep.
                 delay = backoff(max(row.attempts + 1 for row in rows), exc.retry_after)
                 error = f"{type(exc).__name__}: {exc.message}"[:500]
@@ -154,7 +160,7 @@ async def flush_account(pc: ProcessContext, account_id: int, *, drain: bool = Tr
                 log.error("outbox.push_failed", account_id=account_id, rows=len(rows), error=exc.code)
                 return result
             result.calls += 1
-            metrics.PROVIDER_REQUESTS.labels("unisender", "importContacts", "ok").inc()
+            metrics.PROVIDER_REQUESTS.labels(providers.ESP_NAME, providers.ESP_IMPORT_CALL, "ok").inc()
             now = utcnow()
             accepted: list[int] = []
             refused: list[outbox_repo.RowChange] = []

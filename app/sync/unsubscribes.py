@@ -5,16 +5,14 @@ from __future__ import annotations
 import structlog
 
 from app.accounts import repository as accounts_repo
-from app.accounts.service import kommo_client_for
-from app.connectors.unisender.exceptions import UnisenderHookParseError
-from app.connectors.unisender.hooks import read_delivery
+from app.connectors.errors import WebhookParseError
 from app.context import ProcessContext
 from app.db.base import utcnow
 from app.db.locks import account_lock
 from app.db.session import after_commit
 from app.db.states import EventSource
 from app.queue import enqueue
-from app.sync import consent_repo, contacts_repo, inbox_repo, outbox_repo
+from app.sync import consent_repo, contacts_repo, inbox_repo, outbox_repo, providers
 
 log = structlog.get_logger(__name__)
 
@@ -35,8 +33,8 @@ async def process_unisender_events(pc: ProcessContext, account_id: int) -> tuple
                 ev.attempts += 1
                 try:
                     # One stored event (or, for rows stored before events were split, a whole delivery).
-                    items = read_delivery(ev.body.encode()).events
-                except UnisenderHookParseError as exc:
+                    items = providers.read_esp_hook(ev.body.encode()).events
+                except WebhookParseError as exc:
                     ev.status, ev.last_error, ev.handled_at = "failed", f"unparsable body: {exc}", utcnow()
                     continue
                 for item in items:
@@ -68,7 +66,7 @@ async def tag_unsubscribed_contacts(pc: ProcessContext, account_id: int) -> int:
         work = [
             (row.email, await contacts_repo.owners_holding(session, account_id, row.email)) for row in rows
         ]
-        client = await kommo_client_for(session, pc, account_id)
+        client = await providers.crm_client(session, pc, account_id)
     tag = pc.settings.unsubscribe_tag
     for email, owners in work:
         for kommo_id in owners:

@@ -34,6 +34,7 @@ from app.connectors.errors import (
     RateLimitedError,
     RequestError,
     TransientError,
+    WebhookParseError,
 )
 
 # Used when a 429 carries neither a ``retry_after`` body field nor a ``Retry-After`` header. Kommo's budget is
@@ -122,7 +123,7 @@ class KommoValidationError(KommoRequestError):
         self.errors: list[KommoValidationIssue] = list(errors or [])
 
 
-class KommoWebhookParseError(KommoError, RequestError):
+class KommoWebhookParseError(KommoError, WebhookParseError):
     """A webhook body that is malformed or exceeds our limits (answer 400, never 500)."""
 
 
