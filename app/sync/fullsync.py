@@ -40,6 +40,7 @@ from app.db.locks import account_lock
 from app.db.models import SyncRun
 from app.db.session import after_commit
 from app.queue import enqueue
+from app.retry import backoff
 from app.sync import contacts_repo, outbox, providers, runs_repo, service
 from app.sync.isolation import describe, isolatable
 
@@ -485,7 +486,7 @@ async def slice_failed(pc: ProcessContext, run_id: str, owner: str, exc: Excepti
     if failures >= MAX_SLICE_FAILURES:
         await fail_run(pc, run_id, f"gave up after {failures} failed attempts: {reason}")
         return None
-    delay = 2.0**failures
+    delay = backoff(failures, base=1.0, cap=60.0, jitter=0.0)  # 2 s, 4 s …
     await hold_for_retry(pc, run_id, owner, delay)
     return delay
 

@@ -20,6 +20,7 @@ from app.context import ProcessContext
 from app.db.base import utcnow
 from app.db.states import OutboxStatus
 from app.queue import enqueue
+from app.retry import backoff
 from app.sync import consent_repo, events, fullsync, inbox_repo, outbox, outbox_repo, runs_repo, unsubscribes
 from app.sync.isolation import isolatable
 
@@ -38,7 +39,7 @@ def process_context(ctx: dict[str, Any]) -> ProcessContext:
 def _retry_after(ctx: dict[str, Any], exc: TransientError) -> Retry:
     """Backoff with full jitter, at least what the provider asked for."""
     attempt = int(ctx.get("job_try", 1))
-    delay = max(random.uniform(0, min(120.0, 2.0**attempt)), exc.retry_after or 0.0)
+    delay = backoff(attempt, exc.retry_after, base=1.0, cap=120.0)
     log.warning(
         "job.retry", error=type(exc).__name__, code=exc.code, retry_in=round(delay, 2), attempt=attempt
     )

@@ -31,6 +31,7 @@ from app.connectors.unisender.schemas import (
     ImportResult,
     ListInfo,
 )
+from app.retry import parse_retry_after
 
 log = structlog.get_logger(__name__)
 
@@ -223,7 +224,7 @@ class UnisenderClient:
         is_error = envelope is not None and (envelope.get("error") is not None or bool(envelope.get("code")))
 
         if status != 200:
-            retry_after = _retry_after(response.headers.get("Retry-After"))
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
             if status >= 500 or status == 429 or not is_error:
                 raise error_from_status(
                     status,
@@ -399,16 +400,6 @@ def _contact_params(email: str, list_ids: Sequence[int] | None) -> Params:
     if list_ids:
         params.append(("list_ids", _ids(list_ids)))
     return params
-
-
-def _retry_after(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None  # an HTTP date: rare enough to fall back to the default
-    return seconds if seconds >= 0 else None
 
 
 def _bad_result(method: str, exc: pydantic.ValidationError) -> UnisenderTransientError:
