@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import secrets
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -239,10 +238,6 @@ def parse_fernet_keys(raw: str) -> list[bytes]:
         except (ValueError, TypeError) as exc:
             raise ValueError(f"key #{i + 1} is not a valid Fernet key (32 url-safe base64 bytes)") from exc
     return keys
-
-
-def new_token() -> str:
-    return secrets.token_urlsafe(32)
 
 
 @lru_cache

@@ -198,7 +198,6 @@ class SyncRun(Base):
     fetched: Mapped[int] = mapped_column(Integer, default=0)
     changed: Mapped[int] = mapped_column(Integer, default=0)
     pushed: Mapped[int] = mapped_column(Integer, default=0)
-    rejected: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     # The slice advancing the run (its job id) and until when it holds the run: renewed while the slice
     # runs; an expired lease means the slice died, and the sweeper hands the run to a new job.
@@ -222,12 +221,3 @@ class SyncFailure(Base):
     kommo_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     reason: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(default=utcnow)
-
-
-class WorkerHeartbeat(Base):
-    """Liveness of worker processes, written by the worker's health loop."""
-
-    __tablename__ = "worker_heartbeat"
-
-    worker_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    seen_at: Mapped[datetime] = mapped_column(default=utcnow)
