@@ -31,7 +31,7 @@ from app.db.session import after_commit
 from app.db.states import EventSource
 from app.queue import enqueue
 from app.sync import contacts_repo, inbox_repo, providers, service
-from app.sync.isolation import describe, isolatable
+from app.sync.isolation import ApplyFailed, isolating
 
 log = structlog.get_logger(__name__)
 
@@ -53,15 +53,6 @@ class DrainResult:
     queued: int = 0
     busy: bool = False
     more: bool = False  # stopped at the deadline or the batch cap: events may be left for a continuation
-
-
-class _ApplyFailed(Exception):
-    """Applying these events failed for a reason they may have caused; nothing of it was committed."""
-
-    def __init__(self, ids: list[int], reason: str) -> None:
-        super().__init__(reason)
-        self.ids = ids
-        self.reason = reason
 
 
 @dataclass
@@ -93,7 +84,7 @@ async def process_kommo_events(
             return total
         try:
             step = await _apply(pc, account_id, total, exclude=set_aside)
-        except _ApplyFailed as failed:
+        except ApplyFailed as failed:
             log.warning(
                 "events.batch_failed", account_id=account_id, events=len(failed.ids), reason=failed.reason
             )
@@ -136,7 +127,7 @@ async def _isolate(
             continue
         try:
             await _apply(pc, account_id, total, only=group)
-        except _ApplyFailed:
+        except ApplyFailed:
             groups[:0] = [group[: len(group) // 2], group[len(group) // 2 :]]
     return True
 
@@ -158,7 +149,7 @@ async def _apply_alone(pc: ProcessContext, account_id: int, event_id: int, total
         return False
     try:
         await _apply(pc, account_id, total, only=[event_id], counted=True)
-    except _ApplyFailed as failed:
+    except ApplyFailed as failed:
         final = attempts >= MAX_EVENT_ATTEMPTS
         await _record_failure(pc, event_id, failed.reason, final=final)
         fields = {
@@ -198,7 +189,7 @@ async def _apply(
 ) -> _Step:
     """One transaction: the next batch of pending events (or the pending ones of ``only``), applied and
     marked done. Events that failed alone before are not applied in a batch: they come back as suspects.
-    ``counted``: the attempt was already counted (a single event). Raises ``_ApplyFailed`` (rolled back) when applying fails for a reason the events may have caused."""
+    ``counted``: the attempt was already counted (a single event). Raises ``ApplyFailed`` (rolled back) when applying fails for a reason the events may have caused."""
     async with pc.db.session_scope() as session:
         # A batch gives way to a job already draining the account; isolation waits for it (its batch is short).
         if not await account_lock(session, account_id, wait=only is not None):
@@ -225,13 +216,8 @@ async def _apply(
             events = [ev for ev in events if ev.last_error is None]
         if not events:
             return _Step(suspects=suspects)
-        ids = [ev.id for ev in events]
-        try:
+        with isolating([ev.id for ev in events]):
             changed, queued = await _apply_events(session, pc, account_id, events, total, counted=counted)
-        except Exception as exc:
-            if not isolatable(exc):
-                raise
-            raise _ApplyFailed(ids, describe(exc)) from exc
         integ.last_event_at = utcnow()
         total.events += len(events)
         total.changed += changed

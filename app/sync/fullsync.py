@@ -1,10 +1,10 @@
-"""Full sync (every Kommo contact, with vanish detection) and incremental reconcile (missed webhooks).
+"""Full sync: every CRM contact applied as a live read, then vanish detection; the run's lifecycle and lease.
 
-A full sync runs as a chain of short jobs: each pages Kommo for up to ``SLICE_SECONDS``, committing contacts,
+A full sync runs as a chain of short jobs: each pages the CRM for up to ``SLICE_SECONDS``, committing contacts,
 desired states and the cursor after every page, then enqueues its continuation. A killed worker therefore
 loses only the pages fetched but not yet committed, and the run resumes from its checkpoint. A fetcher task
-pages Kommo at the rate limit while the pages are committed behind it (in order), and pushes to the email
-platform run concurrently in flush jobs.
+pages the CRM at the rate limit while the pages are committed behind it, in order, and the pushes to the email
+platform run meanwhile (``app.sync.pages``).
 
 A slice holds a lease on its run (owner + expiry, ``LEASE_SECONDS``), renewed while it runs and checked in
 every page's transaction: two jobs never advance one run at once, and the lease of a slice whose worker died
@@ -24,40 +24,28 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import repository as accounts_repo
-from app.connectors.base import ContactPage, CrmClient, CrmContact
+from app.connectors.base import CrmClient, CrmContact
 from app.context import ProcessContext
 from app.db.base import utcnow
 from app.db.locks import account_lock
 from app.db.models import SyncRun
-from app.db.session import after_commit
 from app.queue import enqueue
 from app.retry import backoff
-from app.sync import contacts_repo, outbox, providers, runs_repo, service
-from app.sync.isolation import describe, isolatable
+from app.sync import contacts_repo, providers, runs_repo, service
+from app.sync.isolation import ApplyFailed, describe, isolating
+from app.sync.pages import QUEUE_PAGES, Page, PageItem, Pusher, SliceEnd, fetch_pages
 
 log = structlog.get_logger(__name__)
 
-PAGE_SIZE = 250
 SLICE_SECONDS = 40.0  # well inside the worker's job timeout
-# Page requests in flight at once: at 7 req/s one request may take up to ~0.28 s before latency, not the
-# rate limit, sets the pace (real Kommo pages take ~0.2-0.5 s).
-FETCH_CONCURRENCY = 2
-# Fetched pages waiting for their commit: one second of Kommo's budget, so the burst a fresh rate window
-# allows is taken at once even though commits are slower than fetches for a moment (a cold start, a lock
-# wait, an ANALYZE); bounded, because memory and what a killed worker fetches again grow with it.
-QUEUE_PAGES = 7
 VERIFY_CHUNK = 250
-RECONCILE_OVERLAP = 60  # seconds of updated_at re-read, for changes stamped while the last pass ran
-RECONCILE_MAX_PAGES = 40
 # A slice's hold on its run: renewed every third of it (and by every committed page), so a live slice keeps
 # it through a slow page, and a dead one loses it at most this long after its last renewal.
 LEASE_SECONDS = 10.0
@@ -75,136 +63,6 @@ async def start_run(session: AsyncSession, account_id: int) -> tuple[SyncRun, bo
     session.add(run)
     await session.flush()
     return run, True
-
-
-@dataclass
-class _Page:
-    number: int
-    page: ContactPage
-    read_at: datetime  # when it was requested: what we stored before is older than what it says
-
-
-@dataclass
-class _SliceEnd:
-    """The fetcher stopped at the deadline; ``resume`` is the first page it did not hand over."""
-
-    resume: int
-
-
-_Item = _Page | _SliceEnd | BaseException
-
-
-async def _fetch(client: CrmClient, number: int) -> _Page:
-    read_at = utcnow()
-    return _Page(number, await client.list_contacts(page=number, limit=PAGE_SIZE), read_at)
-
-
-async def _fetch_pages(client: CrmClient, first: int, deadline: float, out: asyncio.Queue[_Item]) -> None:
-    """Fetch pages ``first``, ``first + 1`` … into ``out`` in page order, up to FETCH_CONCURRENCY requests at
-    once, until the last page (a page without a next one) or the deadline.
-
-    Kommo pages by number, so the following pages can be requested before the current one has arrived; that
-    keeps the rate limiter, not Kommo's latency, the pace. ``out`` is bounded: when the committer falls
-    behind, fetching waits, so memory and the pages re-read after a crash stay bounded. A fetch error is
-    handed over in order too, so the pages before it are still committed.
-    """
-    inflight: deque[asyncio.Task[_Page]] = deque()
-    number = first
-    try:
-        while True:
-            while len(inflight) < FETCH_CONCURRENCY and time.monotonic() < deadline:
-                inflight.append(asyncio.create_task(_fetch(client, number)))
-                number += 1
-            if not inflight:
-                await out.put(_SliceEnd(number))
-                return
-            task = inflight.popleft()
-            try:
-                fetched = await task
-            except Exception as exc:
-                await out.put(exc)
-                return
-            await out.put(fetched)
-            following = fetched.page.next_page
-            if following is None:
-                return  # the last page: anything requested after it is past the end
-            if following != fetched.number + 1:
-                # Not the numbering we speculated on: drop the guesses and follow the link.
-                _cancel_all(inflight)
-                number = following
-    finally:
-        _cancel_all(inflight)
-
-
-def _cancel_all(tasks: deque[asyncio.Task[_Page]]) -> None:
-    while tasks:
-        task = tasks.popleft()
-        task.cancel()
-        # A fetch that already failed must not be reported as "exception never retrieved".
-        task.add_done_callback(_consume)
-
-
-def _consume(task: asyncio.Task[_Page]) -> None:
-    if not task.cancelled():
-        task.exception()
-
-
-class _Pusher:
-    """Pushes the outbox of the account while the slice commits pages, in this job rather than in one
-    arq flush job per page: no queue round trips, no jobs retrying against each other's flush lock, and the
-    rows of the last page go out as soon as it is committed. Another flusher holding the account (e.g. a
-    job the sweeper started) pushes our rows too; the next page tries again. When Unisender asks us to wait
-    (or the account cannot push), a flush job takes over at the end, with its own retry and backoff.
-    """
-
-    def __init__(self, pc: ProcessContext, account_id: int) -> None:
-        self._pc = pc
-        self._account_id = account_id
-        self._wanted = False
-        self._task: asyncio.Task[None] | None = None
-        self._busy = False  # the last pass found another flusher at work
-        self._handoff: float | None = None  # delay of the flush job to enqueue at the end, if any
-
-    def poke(self) -> None:
-        """New rows are committed: push them (now, or after the pass under way)."""
-        self._wanted = True
-        if self._handoff is None and (self._task is None or self._task.done()):
-            self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while self._wanted:
-            self._wanted = False
-            try:
-                result = await outbox.flush_account(self._pc, self._account_id)
-            except Exception as exc:
-                log.warning("sync.push_failed", account_id=self._account_id, error=repr(exc))
-                self._handoff = 0.0
-                return
-            if result.blocked is not None or result.retry_in is not None:
-                self._handoff = result.retry_in or 0.0
-                return
-            self._busy = result.busy
-
-    async def drain(self, within: float) -> None:
-        """Push what is committed, for at most ``within`` seconds (the job's timeout must not cut the slice
-        short: its continuation is enqueued after this), then hand what may be left to a flush job."""
-        self.poke()
-        if self._task is not None:
-            done, _ = await asyncio.wait({self._task}, timeout=max(0.0, within))
-            if not done:
-                # A backlog (the pusher fell behind the pages): a flush job pushes the rest. A batch cut off
-                # mid-import is sent again; importing the same rows twice is harmless.
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-                self._handoff = 0.0
-        if self._handoff is not None or self._busy:
-            await enqueue.flush_outbox(self._pc.queue, self._account_id, delay=self._handoff or 0.0)
-
-    def cancel(self) -> None:
-        """Stop pushing (the slice is being torn down): the sweeper finds the rows left pending."""
-        if self._task is not None:
-            self._task.cancel()
 
 
 def _lease_until(extra: float = 0.0) -> datetime:
@@ -285,9 +143,9 @@ async def _advance(
     """The slice's work once it holds the run: fetch and commit pages from ``cursor + 1`` until the deadline
     or the last page, then push what was committed. Returns ``running`` (go on in a new slice), ``done`` or
     ``stopped`` (the run is no longer this slice's)."""
-    pages: asyncio.Queue[_Item] = asyncio.Queue(maxsize=QUEUE_PAGES)
-    fetcher = asyncio.create_task(_fetch_pages(client, cursor + 1, deadline, pages))
-    pusher = _Pusher(pc, account_id)
+    pages: asyncio.Queue[PageItem] = asyncio.Queue(maxsize=QUEUE_PAGES)
+    fetcher = asyncio.create_task(fetch_pages(client, cursor + 1, deadline, pages))
+    pusher = Pusher(pc, account_id)
     analyzer: asyncio.Task[None] | None = None
     status = "running"
     try:
@@ -295,7 +153,7 @@ async def _advance(
             item = await pages.get()
             if isinstance(item, BaseException):
                 raise item
-            if isinstance(item, _SliceEnd):
+            if isinstance(item, SliceEnd):
                 break  # slice used up: continue in a new job from the checkpoint
             queued = await _commit_page(pc, run_id, account_id, owner, item)
             if queued is None:
@@ -334,7 +192,7 @@ async def _analyze(pc: ProcessContext) -> None:
 
 
 async def _commit_page(
-    pc: ProcessContext, run_id: str, account_id: int, owner: str, fetched: _Page
+    pc: ProcessContext, run_id: str, account_id: int, owner: str, fetched: Page
 ) -> int | None:
     """Apply one page and move the cursor to it; returns how many addresses it queued for a push, or None
     when the run is no longer this slice's to advance.
@@ -347,7 +205,7 @@ async def _commit_page(
         queued = await _apply_for_run(
             pc, run_id, account_id, owner, contacts, fetched.read_at, advance=fetched
         )
-    except _ApplyFailed as failed:
+    except ApplyFailed as failed:
         log.warning("sync.page_failed", run_id=run_id, page=fetched.number, reason=failed.reason)
         queued = await _apply_one_by_one(pc, run_id, account_id, owner, contacts, fetched.read_at)
         if queued is not None:
@@ -359,12 +217,6 @@ async def _commit_page(
     return queued
 
 
-class _ApplyFailed(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 async def _apply_for_run(
     pc: ProcessContext,
     run_id: str,
@@ -373,28 +225,24 @@ async def _apply_for_run(
     contacts: Sequence[CrmContact],
     read_at: datetime,
     *,
-    advance: _Page | None = None,
+    advance: Page | None = None,
     gone: Sequence[int] = (),
 ) -> int | None:
     """One transaction of the run: apply ``contacts`` (read at ``read_at``), delete ``gone``, recompute, count
     and, with ``advance``, move the cursor to that page. Returns the addresses queued for a push; None when
-    the run is no longer this slice's. Raises ``_ApplyFailed`` (rolled back) for failures the data may have
+    the run is no longer this slice's. Raises ``ApplyFailed`` (rolled back) for failures the data may have
     caused."""
     async with pc.db.session_scope() as session:
         await account_lock(session, account_id)
         run = await runs_repo.held_run(session, run_id, owner)
         if run is None:
             return None
-        try:
+        with isolating():
             applied = await service.apply_contacts(
                 session, account_id, contacts, read_at=read_at, run_id=run_id
             )
             deleted = await service.delete_contacts(session, account_id, gone)
             rec = await service.recompute(session, account_id, applied.affected | deleted.affected)
-        except Exception as exc:
-            if not isolatable(exc):
-                raise
-            raise _ApplyFailed(describe(exc)) from exc
         run.changed += applied.changed + deleted.changed
         run.pushed += rec.queued
         if advance is not None:
@@ -420,7 +268,7 @@ async def _apply_one_by_one(
     for contact in contacts:
         try:
             one = await _apply_for_run(pc, run_id, account_id, owner, [contact], read_at)
-        except _ApplyFailed as failed:
+        except ApplyFailed as failed:
             async with pc.db.session_scope() as session:
                 await runs_repo.record_sync_failure(session, run_id, contact.id, failed.reason)
             log.warning("sync.contact_failed", run_id=run_id, kommo_id=contact.id, reason=failed.reason)
@@ -444,7 +292,7 @@ async def _finish(pc: ProcessContext, run_id: str, account_id: int, owner: str, 
         gone = sorted(set(chunk) - {c.id for c in live})
         try:
             queued = await _apply_for_run(pc, run_id, account_id, owner, live, read_at, gone=gone)
-        except _ApplyFailed as failed:
+        except ApplyFailed as failed:
             log.warning("sync.verify_failed", run_id=run_id, contacts=len(chunk), reason=failed.reason)
             queued = await _apply_one_by_one(pc, run_id, account_id, owner, live, read_at)
             if queued is not None:
@@ -477,7 +325,7 @@ async def slice_failed(pc: ProcessContext, run_id: str, owner: str, exc: Excepti
     """A slice of the run failed unexpectedly: count it on the run. Returns the delay before the job should try
     again, holding the run's lease for it meanwhile (so the sweeper does not start another job); None when
     this was the ``MAX_SLICE_FAILURES``-th failure in a row and the run is now ``failed`` with the error."""
-    reason = exc.reason if isinstance(exc, _ApplyFailed) else describe(exc)
+    reason = exc.reason if isinstance(exc, ApplyFailed) else describe(exc)
     async with pc.db.session_scope() as session:
         failures = await runs_repo.count_slice_failure(session, run_id, reason)
     log.warning("sync.slice_failed", run_id=run_id, failures=failures, reason=reason)
@@ -496,63 +344,3 @@ async def hold_for_retry(pc: ProcessContext, run_id: str, owner: str, delay: flo
     (after a rate limit, that would only draw another 429)."""
     async with pc.db.session_scope() as session:
         await runs_repo.extend_lease(session, run_id, owner, _lease_until(extra=delay))
-
-
-async def reconcile_account(pc: ProcessContext, account_id: int) -> int:
-    """Re-read contacts updated since the last pass (catches webhooks Kommo never delivered)."""
-    async with pc.db.session_scope() as session:
-        integ = await accounts_repo.get_integration(session, account_id)
-        if integ is None or integ.status != "connected":
-            return 0
-        since = max(0, int(integ.reconcile_cursor or int(time.time()) - 3600) - RECONCILE_OVERLAP)
-        client = await providers.crm_client(session, pc, account_id)
-    page: int | None = 1
-    newest = since
-    changed = 0
-    for _ in range(RECONCILE_MAX_PAGES):
-        if page is None:
-            break
-        read_at = utcnow()
-        result = await client.list_contacts(page=page, limit=PAGE_SIZE, updated_since=since)
-        try:
-            changed += await _reconcile_apply(pc, account_id, result.contacts, read_at)
-        except _ApplyFailed as failed:
-            log.warning("reconcile.page_failed", account_id=account_id, reason=failed.reason)
-            for contact in result.contacts:
-                try:
-                    changed += await _reconcile_apply(pc, account_id, [contact], read_at)
-                except _ApplyFailed as one:
-                    log.warning(
-                        "reconcile.contact_failed",
-                        account_id=account_id,
-                        kommo_id=contact.id,
-                        reason=one.reason,
-                    )
-        # A timestamp from the future (clock skew, a bad record) must not move the watermark past now: every
-        # change stamped before it would be skipped until then.
-        newest = min(max([newest, *(c.updated_at for c in result.contacts)]), int(time.time()))
-        page = result.next_page
-    async with pc.db.session_scope() as session:
-        integ = await accounts_repo.get_integration(session, account_id)
-        if integ is not None:
-            integ.reconcile_cursor, integ.reconciled_at = newest, utcnow()
-    if changed:
-        log.info("reconcile.changed", account_id=account_id, changed=changed)
-    return changed
-
-
-async def _reconcile_apply(
-    pc: ProcessContext, account_id: int, contacts: Sequence[CrmContact], read_at: datetime
-) -> int:
-    async with pc.db.session_scope() as session:
-        await account_lock(session, account_id)
-        try:
-            applied = await service.apply_contacts(session, account_id, contacts, read_at=read_at)
-            rec = await service.recompute(session, account_id, applied.affected)
-        except Exception as exc:
-            if not isolatable(exc):
-                raise
-            raise _ApplyFailed(describe(exc)) from exc
-        if rec.queued:
-            after_commit(session, lambda: enqueue.flush_outbox(pc.queue, account_id))
-    return applied.changed

@@ -23,6 +23,7 @@ from app.queue import enqueue
 from app.retry import backoff
 from app.sync import consent_repo, events, fullsync, inbox_repo, outbox, outbox_repo, runs_repo, unsubscribes
 from app.sync.isolation import isolatable
+from app.sync.reconcile import reconcile_account
 
 log = structlog.get_logger(__name__)
 
@@ -193,7 +194,7 @@ async def reconcile(ctx: dict[str, Any]) -> int:
     changed = 0
     for account_id in accounts:
         try:
-            changed += await fullsync.reconcile_account(pc, account_id)
+            changed += await reconcile_account(pc, account_id)
             await ensure_kommo_webhooks(pc, account_id)
         except Exception as exc:  # one account's trouble must not stop the others
             log.warning("reconcile.failed", account_id=account_id, error=repr(exc)[:300])
