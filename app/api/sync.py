@@ -5,15 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 
 from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.accounts import repository as accounts_repo
+from app.api.account_check import registered_account
 from app.api.deps import AdminDep, ContextDep, SessionDep
 from app.api.routing import AppRoute
-from app.db.session import after_commit
-from app.errors import NotFound, Unprocessable
-from app.queue import enqueue
+from app.errors import NotFound
 from app.sync import fullsync, runs_repo
 
 router = APIRouter(tags=["sync"], dependencies=[AdminDep], route_class=AppRoute)
@@ -74,29 +72,30 @@ def _run_out(view: runs_repo.RunView) -> RunOut:
     )
 
 
+class RunStarted(BaseModel):
+    run_id: str
+    status: str
+    created: bool = Field(description="False: a run was already going, and this is that one")
+
+
+class RunList(BaseModel):
+    runs: list[RunOut]
+
+
 @router.post(
     "/sync/contacts",
     status_code=202,
-    responses={200: {"description": "A run is already going: that one"}},
+    responses={200: {"description": "A run is already going: that one", "model": RunStarted}},
     summary="Start a full sync (or return the running one)",
 )
-async def start_sync(body: SyncRequest, ctx: ContextDep, session: SessionDep) -> JSONResponse:
-    integ = await accounts_repo.get_integration(session, body.id)
-    if integ is None:
-        raise NotFound(f"Account {body.id} is not registered.", code="unknown_account")
-    if integ.status != "connected":
-        raise Unprocessable(
-            f"Account {body.id} is {integ.status}: connect Kommo first "
-            "(open the auth_url that POST /integration returns).",
-            code="kommo_not_connected",
-        )
-    run, created = await fullsync.start_run(session, body.id)
-    if created:
-        run_id = run.id
-        after_commit(session, lambda: enqueue.full_sync(ctx.queue, run_id))
-    return JSONResponse(
-        {"run_id": run.id, "status": run.status, "created": created}, status_code=202 if created else 200
-    )
+async def start_sync(
+    body: SyncRequest, ctx: ContextDep, session: SessionDep, response: Response
+) -> RunStarted:
+    integration = await registered_account(session, body.id)
+    run, created = await fullsync.start_run(session, ctx.queue, integration)
+    if not created:
+        response.status_code = 200
+    return RunStarted(run_id=run.id, status=run.status, created=created)
 
 
 @router.get("/sync/runs/{run_id}", summary="One sync run: status, counters, cursor, timings, error")
@@ -108,8 +107,6 @@ async def get_run(run_id: str, session: SessionDep) -> RunOut:
 
 
 @router.get("/sync/runs", summary="Recent sync runs, newest first")
-async def list_runs(
-    session: SessionDep, account_id: int | None = Query(None, gt=0)
-) -> dict[str, list[RunOut]]:
+async def list_runs(session: SessionDep, account_id: int | None = Query(None, gt=0)) -> RunList:
     views = await runs_repo.run_views(session, account_id=account_id, failures=fullsync.SHOWN_FAILURES)
-    return {"runs": [_run_out(view) for view in views]}
+    return RunList(runs=[_run_out(view) for view in views])

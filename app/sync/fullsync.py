@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import structlog
+from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import repository as accounts_repo
@@ -35,7 +36,10 @@ from app.connectors.base import CrmClient, CrmContact
 from app.context import ProcessContext
 from app.db.base import utcnow
 from app.db.locks import account_lock
-from app.db.models import SyncRun
+from app.db.models import Integration, SyncRun
+from app.db.session import after_commit
+from app.db.states import IntegrationStatus, RunKind, RunStatus
+from app.errors import Unprocessable
 from app.queue import enqueue
 from app.retry import backoff
 from app.sync import contacts_repo, providers, runs_repo, service
@@ -53,15 +57,27 @@ MAX_SLICE_FAILURES = 3  # unexpected failures in a row (without a committed page
 SHOWN_FAILURES = 100  # contacts a run could not apply, listed by GET /sync/runs/{id}
 
 
-async def start_run(session: AsyncSession, account_id: int) -> tuple[SyncRun, bool]:
-    """Create a full-sync run, or return the one already running (False). The caller commits and enqueues."""
+async def start_run(session: AsyncSession, queue: ArqRedis, integration: Integration) -> tuple[SyncRun, bool]:
+    """Start a full sync of a connected account, or return the run already going (False); its first slice is
+    enqueued once the caller commits. 422 ``kommo_not_connected`` for an account that is not connected."""
+    account_id = integration.account_id
+    if integration.status != IntegrationStatus.CONNECTED:
+        raise Unprocessable(
+            f"Account {account_id} is {integration.status}: connect Kommo first "
+            "(open the auth_url that POST /integration returns).",
+            code="kommo_not_connected",
+        )
     await account_lock(session, account_id)
     running = await runs_repo.active_run(session, account_id)
     if running is not None:
         return running, False
-    run = SyncRun(id=str(uuid.uuid4()), account_id=account_id, kind="full", status="pending", cursor=0)
+    run = SyncRun(
+        id=str(uuid.uuid4()), account_id=account_id, kind=RunKind.FULL, status=RunStatus.PENDING, cursor=0
+    )
     session.add(run)
     await session.flush()
+    run_id = run.id
+    after_commit(session, lambda: enqueue.full_sync(queue, run_id))
     return run, True
 
 

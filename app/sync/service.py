@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import repository as accounts_repo
@@ -25,7 +26,9 @@ from app.connectors.base import CrmContact
 from app.db.base import utcnow
 from app.db.locks import account_lock
 from app.db.models import Contact, Outbox
+from app.db.session import after_commit
 from app.db.states import OutboxStatus
+from app.queue import enqueue
 from app.sync import consent_repo, contacts_repo, outbox_repo
 from app.sync.contacts_repo import AddressChange, ContactRow
 from app.sync.mapping import DesiredAddress, contact_emails, payload_hash
@@ -191,10 +194,11 @@ class PushResult:
 
 
 async def push_addresses(
-    session: AsyncSession, account_id: int, emails: Iterable[str], *, delete: bool
+    session: AsyncSession, queue: ArqRedis, account_id: int, emails: Iterable[str], *, delete: bool
 ) -> PushResult:
     """An operator's manual push: queue ``emails`` (normalised addresses) as added, with their owner's name,
-    or deleted, whatever the platform holds already. Unsubscribed addresses are never added back."""
+    or deleted, whatever the platform holds already, due now; a flush job pushes them once this commits.
+    Unsubscribed addresses are never added back."""
     email_list = sorted(set(emails))
     await account_lock(session, account_id)
     unsubscribed = set() if delete else await consent_repo.unsubscribed(session, account_id, email_list)
@@ -211,6 +215,7 @@ async def push_addresses(
         payload = desired.payload()
         desires.append(outbox_repo.NewRow(email, payload, payload_hash(payload, list_id)))
     await _queue(session, account_id, desires, rows, utcnow())
+    after_commit(session, lambda: enqueue.flush_outbox(queue, account_id, delay=0))
     return PushResult(queued=wanted, skipped_unsubscribed=skipped)
 
 
