@@ -28,7 +28,7 @@ from app.db.base import utcnow
 from app.db.locks import account_lock
 from app.db.models import WebhookEvent
 from app.db.session import after_commit
-from app.db.states import EventSource
+from app.db.states import EventSource, EventStatus, IntegrationStatus
 from app.queue import enqueue
 from app.sync import contacts_repo, inbox_repo, providers, service
 from app.sync.isolation import ApplyFailed, isolating
@@ -206,9 +206,9 @@ async def _apply(
             if not events:
                 return _Step()
         integ = await accounts_repo.get_integration(session, account_id)
-        if integ is None or integ.status == "disabled":
+        if integ is None or integ.status == IntegrationStatus.DISABLED:
             for ev in events:
-                ev.status, ev.handled_at, ev.last_error = "done", utcnow(), "integration disabled"
+                ev.status, ev.handled_at, ev.last_error = EventStatus.DONE, utcnow(), "integration disabled"
             return _Step(empty=True)
         suspects: tuple[int, ...] = ()
         if only is None:
@@ -258,7 +258,7 @@ async def _apply_events(
         try:
             batch = providers.parse_crm_webhook(ev.body.encode())
         except WebhookParseError as exc:
-            ev.status, ev.last_error, ev.handled_at = "failed", f"unparsable body: {exc}", utcnow()
+            ev.status, ev.last_error, ev.handled_at = EventStatus.FAILED, f"unparsable body: {exc}", utcnow()
             total.failed += 1
             continue
         for item in batch.events:
@@ -290,6 +290,6 @@ async def _apply_events(
     rec = await service.recompute(session, account_id, affected)
     now = utcnow()
     for ev in events:
-        if ev.status == "pending":
-            ev.status, ev.handled_at, ev.last_error = "done", now, None
+        if ev.status == EventStatus.PENDING:
+            ev.status, ev.handled_at, ev.last_error = EventStatus.DONE, now, None
     return changed, rec.queued

@@ -115,20 +115,20 @@ async def run_full_sync_slice(pc: ProcessContext, run_id: str, *, owner: str | N
     push_deadline = started + 0.85 * pc.settings.worker_job_timeout
     async with pc.db.session_scope() as session:
         run = await session.get(SyncRun, run_id)
-        if run is None or run.status in ("done", "failed"):
+        if run is None or run.status in (RunStatus.DONE, RunStatus.FAILED):
             return run.status if run else "missing"
         account_id = run.account_id
         integ = await accounts_repo.get_integration(session, account_id)
-        if integ is None or integ.status == "disabled":
-            run.status, run.error, run.finished_at = "failed", "integration disabled", utcnow()
+        if integ is None or integ.status == IntegrationStatus.DISABLED:
+            run.status, run.error, run.finished_at = RunStatus.FAILED, "integration disabled", utcnow()
             run.lease_owner = run.lease_expires_at = None
             return run.status
         if not await runs_repo.claim_run(session, run_id, owner, _lease_until()):
             log.info("sync.leased", run_id=run_id)
             return "leased"
         await session.refresh(run)
-        if run.status == "pending":
-            run.status, run.started_at = "running", utcnow()
+        if run.status == RunStatus.PENDING:
+            run.status, run.started_at = RunStatus.RUNNING, utcnow()
         cursor = int(run.cursor or 0)
         client = await providers.crm_client(session, pc, account_id)
     lease = asyncio.create_task(_keep_lease(pc, run_id, owner))
@@ -138,7 +138,7 @@ async def run_full_sync_slice(pc: ProcessContext, run_id: str, *, owner: str | N
         lease.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await lease
-    if status == "running":
+    if status == RunStatus.RUNNING:
         # Handed over: the lease is released first, so the continuation can take the run at once.
         async with pc.db.session_scope() as session:
             await runs_repo.release_lease(session, run_id, owner)
@@ -163,7 +163,7 @@ async def _advance(
     fetcher = asyncio.create_task(fetch_pages(client, cursor + 1, deadline, pages))
     pusher = Pusher(pc, account_id)
     analyzer: asyncio.Task[None] | None = None
-    status = "running"
+    status: str = RunStatus.RUNNING
     try:
         while True:
             item = await pages.get()
@@ -323,17 +323,17 @@ async def _finish(pc: ProcessContext, run_id: str, account_id: int, owner: str, 
         if run is None:
             return "stopped"
         now = utcnow()
-        run.status, run.finished_at, run.updated_at = "done", now, now
+        run.status, run.finished_at, run.updated_at = RunStatus.DONE, now, now
         run.lease_owner = run.lease_expires_at = None
     log.info("sync.done", run_id=run_id, account_id=account_id, vanished=vanished)
-    return "done"
+    return RunStatus.DONE
 
 
 async def fail_run(pc: ProcessContext, run_id: str, error: str) -> None:
     async with pc.db.session_scope() as session:
         run = await session.get(SyncRun, run_id)
-        if run is not None and run.status in ("pending", "running"):
-            run.status, run.error, run.finished_at = "failed", error[:1000], utcnow()
+        if run is not None and run.status in RunStatus.active():
+            run.status, run.error, run.finished_at = RunStatus.FAILED, error[:1000], utcnow()
             run.lease_owner = run.lease_expires_at = None
 
 

@@ -163,11 +163,11 @@ class WebhookIntake:
     async def accept_kommo(self, account_id: int, token: str | None, read_body: ReadBody) -> bool | None:
         """Verify, read, parse-check and store a Kommo body; True when new, None when the client went away.
         Its INSERT is the whole unit of work."""
-        return await self._accept("kommo", account_id, token, read_body, self._store_kommo)
+        return await self._accept(EventSource.KOMMO, account_id, token, read_body, self._store_kommo)
 
     async def accept_unisender(self, account_id: int, token: str | None, read_body: ReadBody) -> bool | None:
         """Verify, read and store a Unisender hook (unsubscribes); True when new, None when the client left."""
-        return await self._accept("unisender", account_id, token, read_body, self._store_unisender)
+        return await self._accept(EventSource.UNISENDER, account_id, token, read_body, self._store_unisender)
 
     async def _accept(
         self,
@@ -200,32 +200,32 @@ class WebhookIntake:
         try:
             batch = parse_webhook(body)
         except KommoWebhookParseError as exc:
-            metrics.WEBHOOKS.labels("kommo", "unparsable").inc()
+            metrics.WEBHOOKS.labels(EventSource.KOMMO, "unparsable").inc()
             raise BadRequest(f"Unparsable Kommo webhook body: {exc}", code="invalid_webhook_body") from exc
         if batch.account_id is not None and batch.account_id != account_id:
-            metrics.WEBHOOKS.labels("kommo", "wrong_account").inc()
+            metrics.WEBHOOKS.labels(EventSource.KOMMO, "wrong_account").inc()
             raise BadRequest(
                 "account[id] in the body does not match the URL's account", code="account_mismatch"
             )
         try:
             identity.check_account(batch)
         except BadRequest:
-            metrics.WEBHOOKS.labels("kommo", "wrong_account").inc()
+            metrics.WEBHOOKS.labels(EventSource.KOMMO, "wrong_account").inc()
             raise
         has_deletions = any(e.contact is None for e in batch.events)
-        dedupe_key = _dedupe_key("kommo", account_id, body, unique=has_deletions)
+        dedupe_key = _dedupe_key(EventSource.KOMMO, account_id, body, unique=has_deletions)
         text = body.decode("utf-8", errors="replace")
         new = await self.writer.store(
             NewEvent(account_id=account_id, source=EventSource.KOMMO, dedupe_key=dedupe_key, body=text),
             until=until,
         )
         if not new:
-            metrics.WEBHOOKS.labels("kommo", "duplicate").inc()
+            metrics.WEBHOOKS.labels(EventSource.KOMMO, "duplicate").inc()
             return False
-        metrics.WEBHOOKS.labels("kommo", "accepted").inc()
+        metrics.WEBHOOKS.labels(EventSource.KOMMO, "accepted").inc()
         if batch.events:
             # After the commit (autocommit: the insert has committed when it returns).
-            self.wakeups.poke("process_events", account_id, "kommo")
+            self.wakeups.poke("process_events", account_id, EventSource.KOMMO.value)
         return True
 
     async def _store_unisender(
@@ -245,7 +245,7 @@ async def accept_unisender_hook(
     """
     esp = await accounts_repo.get_esp_account(session, account_id)
     if esp is not None and not verify_hook_auth(body, esp.api_key):
-        metrics.WEBHOOKS.labels("unisender", "bad_auth").inc()
+        metrics.WEBHOOKS.labels(EventSource.UNISENDER, "bad_auth").inc()
         raise Unauthorized(
             "The hook's auth signature does not match this account's key.", code="invalid_signature"
         )
@@ -258,9 +258,9 @@ async def accept_unisender_hook(
             outcome = "accepted" if row.status == EventStatus.PENDING else "unrecognised"
         metrics.UNISENDER_HOOK_EVENTS.labels(event, outcome).inc()
     new = bool(stored) or not rows  # a delivery with no events has nothing to repeat
-    metrics.WEBHOOKS.labels("unisender", "accepted" if new else "duplicate").inc()
+    metrics.WEBHOOKS.labels(EventSource.UNISENDER, "accepted" if new else "duplicate").inc()
     if any(row.status == EventStatus.PENDING and row.dedupe_key in stored for row in rows):
-        after_commit(session, lambda: enqueue.process_events(pc.queue, account_id, "unisender"))
+        after_commit(session, lambda: enqueue.process_events(pc.queue, account_id, EventSource.UNISENDER))
     return new
 
 

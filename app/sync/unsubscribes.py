@@ -10,7 +10,7 @@ from app.context import ProcessContext
 from app.db.base import utcnow
 from app.db.locks import account_lock
 from app.db.session import after_commit
-from app.db.states import EventSource
+from app.db.states import EventSource, EventStatus, IntegrationStatus
 from app.queue import enqueue
 from app.sync import consent_repo, contacts_repo, inbox_repo, outbox_repo, providers
 
@@ -35,7 +35,11 @@ async def process_unisender_events(pc: ProcessContext, account_id: int) -> tuple
                     # One stored event (or, for rows stored before events were split, a whole delivery).
                     items = providers.read_esp_hook(ev.body.encode()).events
                 except WebhookParseError as exc:
-                    ev.status, ev.last_error, ev.handled_at = "failed", f"unparsable body: {exc}", utcnow()
+                    ev.status, ev.last_error, ev.handled_at = (
+                        EventStatus.FAILED,
+                        f"unparsable body: {exc}",
+                        utcnow(),
+                    )
                     continue
                 for item in items:
                     # Only unsubscribes have an effect. Subscribes are the contact's own business (we never
@@ -46,7 +50,7 @@ async def process_unisender_events(pc: ProcessContext, account_id: int) -> tuple
                         and await consent_repo.mark_unsubscribed(session, account_id, item.email)
                     ):
                         new_unsubscribes.append(item.email)
-                ev.status, ev.handled_at = "done", utcnow()
+                ev.status, ev.handled_at = EventStatus.DONE, utcnow()
             await outbox_repo.cancel_outbox(session, account_id, new_unsubscribes, "unsubscribed")
             handled += len(events)
             if new_unsubscribes:
@@ -60,7 +64,7 @@ async def tag_unsubscribed_contacts(pc: ProcessContext, account_id: int) -> int:
     tagged = 0
     async with pc.db.session_scope() as session:
         integ = await accounts_repo.get_integration(session, account_id)
-        if integ is None or integ.status != "connected":
+        if integ is None or integ.status != IntegrationStatus.CONNECTED:
             return 0
         rows = await consent_repo.untagged_unsubscribes(session, account_id)
         work = [

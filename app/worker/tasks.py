@@ -18,7 +18,7 @@ from app.accounts.service import AccountNotReady, ensure_kommo_webhooks, refresh
 from app.connectors.errors import PermanentError, TransientError
 from app.context import ProcessContext
 from app.db.base import utcnow
-from app.db.states import OutboxStatus
+from app.db.states import EventSource, OutboxStatus, RunStatus
 from app.queue import enqueue
 from app.retry import backoff
 from app.sync import consent_repo, events, fullsync, inbox_repo, outbox, outbox_repo, runs_repo, unsubscribes
@@ -64,11 +64,11 @@ async def ping(ctx: dict[str, Any], value: str = "pong") -> str:
     return value
 
 
-async def process_events(ctx: dict[str, Any], account_id: int, source: str = "kommo") -> int:
+async def process_events(ctx: dict[str, Any], account_id: int, source: str = EventSource.KOMMO) -> int:
     pc = process_context(ctx)
     structlog.contextvars.bind_contextvars(account_id=account_id, source=source)
     try:
-        if source == "unisender":
+        if source == EventSource.UNISENDER:
             handled, busy = await unsubscribes.process_unisender_events(pc, account_id)
         else:
             result = await events.process_kommo_events(pc, account_id)
@@ -117,7 +117,7 @@ async def full_sync(ctx: dict[str, Any], run_id: str) -> str:
         raise retry from exc
     except (AccountNotReady, PermanentError) as exc:
         await fullsync.fail_run(pc, run_id, f"{type(exc).__name__}: {exc}")
-        return "failed"
+        return RunStatus.FAILED
     except Exception as exc:
         if isinstance(exc, DBAPIError) and exc.connection_invalidated:
             raise  # PostgreSQL restarted: the job is retried on a fresh connection (worker.settings)
@@ -130,7 +130,7 @@ async def _slice_failed(pc: ProcessContext, run_id: str, owner: str, exc: Except
     """An unexpected failure must not leave the run "running" with no job: retry a few times, then fail it."""
     delay = await fullsync.slice_failed(pc, run_id, owner, exc)
     if delay is None:
-        return "failed"
+        return RunStatus.FAILED
     raise Retry(defer=delay) from exc
 
 
