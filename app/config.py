@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
 
-    # Tuning (defaults follow PERFORMANCE.md; all optional).
+    # Tuning (defaults measured in docs/benchmarks.md; all optional).
     max_body_bytes: int = Field(1_048_576, description="Request body cap in bytes (413 above)")
     db_pool_size: int = Field(20, description="Database connections per process (kept open; no overflow)")
     kommo_rate_per_second: float = Field(7.0, description="Client-side budget per Kommo integration")

@@ -1,10 +1,10 @@
 """Worker construction and the supervised run loop.
 
-arq's defaults suit slow jobs; ours are I/O-bound and must start fast (PERFORMANCE.md §3): poll_delay ≤ 0.1 s,
-max_jobs ≥ 50, keep_result 0 (a kept result blocks re-enqueueing the same job id), job_timeout ≈ 60 s so a
-killed worker's job re-runs within about a minute (arq: job timeout + 10 s). A full-sync run does not wait for
-that: its slice's lease expires within seconds and the sweeper hands it to a new job (docs/recovery.md). An
-arq worker exits when Redis restarts, so
+arq's defaults suit slow jobs; ours are I/O-bound and must start fast (a change should reach the email
+platform within about a second, docs/benchmarks.md): poll_delay ≤ 0.1 s, max_jobs ≥ 50, keep_result 0 (a kept
+result blocks re-enqueueing the same job id), job_timeout ≈ 60 s so a killed worker's job re-runs within about
+a minute (arq: job timeout + 10 s). A full-sync run does not wait for that: its slice's lease expires within
+seconds and the sweeper hands it to a new job (docs/recovery.md). An arq worker exits when Redis restarts, so
 ``run_worker_forever`` rebuilds it with backoff; pending work is re-found from PostgreSQL by the sweeper.
 """
 
