@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import secrets
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -73,7 +72,7 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
 
-    # Tuning (defaults follow PERFORMANCE.md; all optional).
+    # Tuning (defaults measured in docs/benchmarks.md; all optional).
     max_body_bytes: int = Field(1_048_576, description="Request body cap in bytes (413 above)")
     db_pool_size: int = Field(20, description="Database connections per process (kept open; no overflow)")
     kommo_rate_per_second: float = Field(7.0, description="Client-side budget per Kommo integration")
@@ -239,10 +238,6 @@ def parse_fernet_keys(raw: str) -> list[bytes]:
         except (ValueError, TypeError) as exc:
             raise ValueError(f"key #{i + 1} is not a valid Fernet key (32 url-safe base64 bytes)") from exc
     return keys
-
-
-def new_token() -> str:
-    return secrets.token_urlsafe(32)
 
 
 @lru_cache

@@ -10,7 +10,7 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Iterable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -180,14 +180,3 @@ def configure_logging(*, fmt: str = "console", level: str = "INFO", force: bool 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     _configured = True
-
-
-def bind(**values: Any) -> None:
-    structlog.contextvars.bind_contextvars(**values)
-
-
-def clear(keys: Iterable[str] | None = None) -> None:
-    if keys is None:
-        structlog.contextvars.clear_contextvars()
-    else:
-        structlog.contextvars.unbind_contextvars(*keys)

@@ -18,8 +18,8 @@ from app.errors import install_error_handlers
 from app.logging import configure_logging
 from app.metrics import MetricsMiddleware
 from app.middleware import BodyGuardMiddleware, RequestIdMiddleware, SecurityHeadersMiddleware
+from app.queue.enqueue import WakeUps
 from app.sync.ingest import InboxWriter, WebhookIntake
-from app.worker.enqueue import WakeUps
 
 log = structlog.get_logger(__name__)
 

@@ -20,6 +20,7 @@ from app.db.models import (
     Outbox,
     WebhookEvent,
 )
+from app.sync.outbox_repo import outbox_counts as outbox_counts
 
 # --- integration --------------------------------------------------------------------------------------------
 
@@ -234,24 +235,6 @@ async def token_expiries(session: AsyncSession, account_ids: Sequence[int]) -> d
 
 
 # --- account views ------------------------------------------------------------------------------------------
-
-
-async def outbox_counts(session: AsyncSession, account_ids: Sequence[int]) -> dict[int, dict[str, int]]:
-    """Per account: outbox rows by status (only the statuses the view shows)."""
-    if not account_ids:
-        return {}
-    stmt = (
-        select(Outbox.account_id, Outbox.status, func.count())
-        .where(
-            Outbox.account_id.in_(account_ids),
-            Outbox.status.in_(("pending", "rejected", "dead")),
-        )
-        .group_by(Outbox.account_id, Outbox.status)
-    )
-    counts: dict[int, dict[str, int]] = {}
-    for account_id, status, n in (await session.execute(stmt)).all():
-        counts.setdefault(account_id, {})[status] = int(n)
-    return counts
 
 
 async def pending_event_counts(session: AsyncSession, account_ids: Sequence[int]) -> dict[int, int]:

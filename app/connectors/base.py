@@ -82,6 +82,12 @@ class CrmClient(Protocol):
     async def register_webhook(self, destination: str, events: Sequence[str]) -> None: ...
 
 
+class CrmWebhookParser(Protocol):
+    """Reads a CRM webhook body into contact events; raises ``WebhookParseError`` for a body it refuses."""
+
+    def __call__(self, body: bytes, /) -> CrmWebhookBatch: ...
+
+
 class CrmOAuth(Protocol):
     """OAuth 2.0 authorization-code flow of a CRM."""
 
@@ -164,3 +170,24 @@ class EmailPlatformClient(Protocol):
     async def set_unsubscribe_hook(self, url: str) -> None: ...
 
     async def remove_hook(self, url: str) -> None: ...
+
+
+class EspHookEvent(Protocol):
+    """One event of an email platform's hook delivery, as the sync engine reads it."""
+
+    @property
+    def email(self) -> str | None: ...  # normalised; None when the event names no readable address
+
+    @property
+    def unsubscribes(self) -> bool: ...  # the address no longer takes mail from this account
+
+
+class EspHookDelivery(Protocol):
+    @property
+    def events(self) -> Sequence[EspHookEvent]: ...
+
+
+class EspHookReader(Protocol):
+    """Reads a stored hook body; raises ``WebhookParseError`` only for a body that cannot be read at all."""
+
+    def __call__(self, body: bytes, /) -> EspHookDelivery: ...

@@ -11,6 +11,7 @@ of the categories here, so the worker can decide what to do without knowing whic
           ├── ForbiddenError     blocked or no rights
           ├── NotFoundError
           └── RequestError       the request itself is invalid (validation)
+               └── WebhookParseError   a webhook body the connector refuses to read
 """
 
 from __future__ import annotations
@@ -65,3 +66,7 @@ class NotFoundError(PermanentError):
 
 class RequestError(PermanentError):
     pass
+
+
+class WebhookParseError(RequestError):
+    """A webhook body that is malformed or exceeds the connector's limits (answered 400, never 500)."""

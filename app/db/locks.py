@@ -24,3 +24,17 @@ async def xact_lock(session: AsyncSession, name: str, *, wait: bool = True) -> b
         await session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": lock_key(name)})
     ).scalar()
     return bool(got)
+
+
+async def account_lock(session: AsyncSession, account_id: int, *, wait: bool = True) -> bool:
+    """Serialise the mirror's writes for one account until the transaction ends.
+
+    Recomputing an address's desired state reads every contact that holds it; two transactions doing that
+    at once for the same account could each miss the other's change.
+    """
+    return await xact_lock(session, f"mirror:{account_id}", wait=wait)
+
+
+async def flush_lock(session: AsyncSession, account_id: int) -> bool:
+    """One pusher of the account's outbox at a time: False at once when another transaction pushes it."""
+    return await xact_lock(session, f"flush:{account_id}", wait=False)

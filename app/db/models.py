@@ -17,7 +17,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db.base import Base, utcnow
+from app.db.base import Base, state_column, utcnow
+from app.db.states import (
+    Consent,
+    EventSource,
+    EventStatus,
+    IntegrationStatus,
+    OutboxStatus,
+    RunKind,
+    RunStatus,
+)
 from app.security.crypto import EncryptedString
 
 
@@ -38,9 +47,7 @@ class Integration(Base):
     # URL can be shown again and re-registered at Kommo/Unisender without rotating it.
     webhook_token_hash: Mapped[str] = mapped_column(String(64))
     webhook_token: Mapped[str | None] = mapped_column(EncryptedString())
-    status: Mapped[str] = mapped_column(
-        String(32), default="pending"
-    )  # pending|connected|needs_reauth|disabled
+    status: Mapped[str] = mapped_column(String(32), default=IntegrationStatus.PENDING)  # IntegrationStatus
     webhooks_registered_at: Mapped[datetime | None]
     reconcile_cursor: Mapped[int | None] = mapped_column(BigInteger)  # Kommo updated_at watermark
     reconciled_at: Mapped[datetime | None]
@@ -136,7 +143,7 @@ class ContactEmail(Base):
     account_id: Mapped[int] = mapped_column(BigInteger)
     email: Mapped[str] = mapped_column(String(320))
     kommo_id: Mapped[int | None] = mapped_column(BigInteger)
-    consent: Mapped[str] = mapped_column(String(16), default="subscribed")  # subscribed|unsubscribed
+    consent: Mapped[Consent] = mapped_column(state_column(Consent, 16), default=Consent.SUBSCRIBED)
     unsubscribed_at: Mapped[datetime | None]
     kommo_tagged_at: Mapped[datetime | None]  # when the unsubscribe was written back to Kommo
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -150,10 +157,10 @@ class WebhookEvent(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     account_id: Mapped[int] = mapped_column(BigInteger)
-    source: Mapped[str] = mapped_column(String(16))  # kommo|unisender
+    source: Mapped[EventSource] = mapped_column(state_column(EventSource, 16))
     dedupe_key: Mapped[str] = mapped_column(String(64), unique=True)
     body: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|done|failed|unrecognised
+    status: Mapped[EventStatus] = mapped_column(state_column(EventStatus, 16), default=EventStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -177,7 +184,7 @@ class Outbox(Base):
     # Hash of the state Unisender last accepted for this address: a desire equal to it sends nothing.
     pushed_hash: Mapped[str | None] = mapped_column(String(64))
     pushed_at: Mapped[datetime | None]
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|done|rejected|cancelled|dead
+    status: Mapped[OutboxStatus] = mapped_column(state_column(OutboxStatus, 16), default=OutboxStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -192,13 +199,12 @@ class SyncRun(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     account_id: Mapped[int] = mapped_column(BigInteger)
-    kind: Mapped[str] = mapped_column(String(16), default="full")  # full|reconcile
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|running|done|failed
+    kind: Mapped[RunKind] = mapped_column(state_column(RunKind, 16), default=RunKind.FULL)
+    status: Mapped[RunStatus] = mapped_column(state_column(RunStatus, 16), default=RunStatus.PENDING)
     cursor: Mapped[int | None] = mapped_column(BigInteger)
     fetched: Mapped[int] = mapped_column(Integer, default=0)
     changed: Mapped[int] = mapped_column(Integer, default=0)
     pushed: Mapped[int] = mapped_column(Integer, default=0)
-    rejected: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     # The slice advancing the run (its job id) and until when it holds the run: renewed while the slice
     # runs; an expired lease means the slice died, and the sweeper hands the run to a new job.
@@ -222,12 +228,3 @@ class SyncFailure(Base):
     kommo_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     reason: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(default=utcnow)
-
-
-class WorkerHeartbeat(Base):
-    """Liveness of worker processes, written by the worker's health loop."""
-
-    __tablename__ = "worker_heartbeat"
-
-    worker_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    seen_at: Mapped[datetime] = mapped_column(default=utcnow)

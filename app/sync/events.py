@@ -20,18 +20,18 @@ from dataclasses import dataclass
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.accounts.service import kommo_client_for
+from app.accounts import repository as accounts_repo
 from app.connectors.base import CrmAction, CrmContact
-from app.connectors.kommo.exceptions import KommoWebhookParseError
-from app.connectors.kommo.webhooks import parse_webhook
+from app.connectors.errors import WebhookParseError
 from app.context import ProcessContext
 from app.db.base import utcnow
+from app.db.locks import account_lock
 from app.db.models import WebhookEvent
 from app.db.session import after_commit
-from app.sync import repository as repo
-from app.sync import service
-from app.sync.isolation import describe, isolatable
-from app.worker import enqueue
+from app.db.states import EventSource, EventStatus, IntegrationStatus
+from app.queue import enqueue
+from app.sync import contacts_repo, inbox_repo, providers, service
+from app.sync.isolation import ApplyFailed, isolating
 
 log = structlog.get_logger(__name__)
 
@@ -53,15 +53,6 @@ class DrainResult:
     queued: int = 0
     busy: bool = False
     more: bool = False  # stopped at the deadline or the batch cap: events may be left for a continuation
-
-
-class _ApplyFailed(Exception):
-    """Applying these events failed for a reason they may have caused; nothing of it was committed."""
-
-    def __init__(self, ids: list[int], reason: str) -> None:
-        super().__init__(reason)
-        self.ids = ids
-        self.reason = reason
 
 
 @dataclass
@@ -93,7 +84,7 @@ async def process_kommo_events(
             return total
         try:
             step = await _apply(pc, account_id, total, exclude=set_aside)
-        except _ApplyFailed as failed:
+        except ApplyFailed as failed:
             log.warning(
                 "events.batch_failed", account_id=account_id, events=len(failed.ids), reason=failed.reason
             )
@@ -136,7 +127,7 @@ async def _isolate(
             continue
         try:
             await _apply(pc, account_id, total, only=group)
-        except _ApplyFailed:
+        except ApplyFailed:
             groups[:0] = [group[: len(group) // 2], group[len(group) // 2 :]]
     return True
 
@@ -144,7 +135,7 @@ async def _isolate(
 async def _apply_alone(pc: ProcessContext, account_id: int, event_id: int, total: DrainResult) -> bool:
     """Apply one event in its own transaction, after counting the attempt in another; False if it failed."""
     async with pc.db.session_scope() as session:
-        counted = await repo.count_event_attempt(session, event_id)
+        counted = await inbox_repo.count_event_attempt(session, event_id)
     if counted is None:
         return True  # handled meanwhile (another job, or the account was disabled)
     attempts, last_error = counted
@@ -158,7 +149,7 @@ async def _apply_alone(pc: ProcessContext, account_id: int, event_id: int, total
         return False
     try:
         await _apply(pc, account_id, total, only=[event_id], counted=True)
-    except _ApplyFailed as failed:
+    except ApplyFailed as failed:
         final = attempts >= MAX_EVENT_ATTEMPTS
         await _record_failure(pc, event_id, failed.reason, final=final)
         fields = {
@@ -177,14 +168,14 @@ async def _apply_alone(pc: ProcessContext, account_id: int, event_id: int, total
         # Kommo or PostgreSQL trouble, not the event's (the job is retried): this attempt does not count.
         with contextlib.suppress(Exception):
             async with pc.db.session_scope() as session:
-                await repo.count_event_attempt(session, event_id, undo=True)
+                await inbox_repo.count_event_attempt(session, event_id, undo=True)
         raise
     return True
 
 
 async def _record_failure(pc: ProcessContext, event_id: int, reason: str, *, final: bool) -> None:
     async with pc.db.session_scope() as session:
-        await repo.record_event_failure(session, event_id, reason, final=final)
+        await inbox_repo.record_event_failure(session, event_id, reason, final=final)
 
 
 async def _apply(
@@ -198,24 +189,26 @@ async def _apply(
 ) -> _Step:
     """One transaction: the next batch of pending events (or the pending ones of ``only``), applied and
     marked done. Events that failed alone before are not applied in a batch: they come back as suspects.
-    ``counted``: the attempt was already counted (a single event). Raises ``_ApplyFailed`` (rolled back) when applying fails for a reason the events may have caused."""
+    ``counted``: the attempt was already counted (a single event). Raises ``ApplyFailed`` (rolled back) when applying fails for a reason the events may have caused."""
     async with pc.db.session_scope() as session:
         # A batch gives way to a job already draining the account; isolation waits for it (its batch is short).
-        if not await repo.account_lock(session, account_id, wait=only is not None):
+        if not await account_lock(session, account_id, wait=only is not None):
             total.busy = True
             return _Step(empty=True)
         if only is None:
-            events = await repo.pending_events(session, account_id, "kommo", BATCH, exclude=exclude)
+            events = await inbox_repo.pending_events(
+                session, account_id, EventSource.KOMMO, BATCH, exclude=exclude
+            )
             if not events:
                 return _Step(empty=True)
         else:
-            events = await repo.pending_events_by_ids(session, account_id, only)
+            events = await inbox_repo.pending_events_by_ids(session, account_id, only)
             if not events:
                 return _Step()
-        integ = await repo.get_integration(session, account_id)
-        if integ is None or integ.status == "disabled":
+        integ = await accounts_repo.get_integration(session, account_id)
+        if integ is None or integ.status == IntegrationStatus.DISABLED:
             for ev in events:
-                ev.status, ev.handled_at, ev.last_error = "done", utcnow(), "integration disabled"
+                ev.status, ev.handled_at, ev.last_error = EventStatus.DONE, utcnow(), "integration disabled"
             return _Step(empty=True)
         suspects: tuple[int, ...] = ()
         if only is None:
@@ -223,13 +216,8 @@ async def _apply(
             events = [ev for ev in events if ev.last_error is None]
         if not events:
             return _Step(suspects=suspects)
-        ids = [ev.id for ev in events]
-        try:
+        with isolating([ev.id for ev in events]):
             changed, queued = await _apply_events(session, pc, account_id, events, total, counted=counted)
-        except Exception as exc:
-            if not isolatable(exc):
-                raise
-            raise _ApplyFailed(ids, describe(exc)) from exc
         integ.last_event_at = utcnow()
         total.events += len(events)
         total.changed += changed
@@ -268,9 +256,9 @@ async def _apply_events(
         if not counted:
             ev.attempts += 1
         try:
-            batch = parse_webhook(ev.body.encode())
-        except KommoWebhookParseError as exc:
-            ev.status, ev.last_error, ev.handled_at = "failed", f"unparsable body: {exc}", utcnow()
+            batch = providers.parse_crm_webhook(ev.body.encode())
+        except WebhookParseError as exc:
+            ev.status, ev.last_error, ev.handled_at = EventStatus.FAILED, f"unparsable body: {exc}", utcnow()
             total.failed += 1
             continue
         for item in batch.events:
@@ -282,7 +270,7 @@ async def _apply_events(
             else:
                 versions.append(item.contact)
     # An add/update of a contact we hold as deleted may be a stale version: verify it too.
-    known = await repo.contacts_by_ids(session, account_id, {c.id for c in versions})
+    known = await contacts_repo.contacts_by_ids(session, account_id, {c.id for c in versions})
     for c in versions:
         row = known.get(c.id)
         if row is not None and row.deleted_at is not None:
@@ -292,7 +280,7 @@ async def _apply_events(
     affected = set(applied.affected)
     changed = applied.changed
     if verify:
-        client = await kommo_client_for(session, pc, account_id)
+        client = await providers.crm_client(session, pc, account_id)
         read_at = utcnow()
         live = await client.get_contacts(sorted(verify))
         alive = await service.apply_contacts(session, account_id, live, read_at=read_at)
@@ -302,6 +290,6 @@ async def _apply_events(
     rec = await service.recompute(session, account_id, affected)
     now = utcnow()
     for ev in events:
-        if ev.status == "pending":
-            ev.status, ev.handled_at, ev.last_error = "done", now, None
+        if ev.status == EventStatus.PENDING:
+            ev.status, ev.handled_at, ev.last_error = EventStatus.DONE, now, None
     return changed, rec.queued

@@ -14,6 +14,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import metrics
+from app.accounts import repository as accounts_repo
 from app.accounts.webhook_auth import WebhookAuth, WebhookIdentity
 from app.connectors.kommo.exceptions import KommoWebhookParseError
 from app.connectors.kommo.webhooks import parse_webhook
@@ -21,11 +22,12 @@ from app.connectors.unisender.exceptions import UnisenderHookParseError
 from app.connectors.unisender.hooks import HOOK_EVENT_NAMES, read_delivery, verify_hook_auth
 from app.context import ProcessContext
 from app.db.session import after_commit
+from app.db.states import EventSource, EventStatus
 from app.errors import BadRequest, ServiceUnavailable, Unauthorized
-from app.sync import inbox
-from app.sync import repository as repo
-from app.worker import enqueue
-from app.worker.enqueue import WakeUps
+from app.queue import enqueue
+from app.queue.enqueue import WakeUps
+from app.sync import inbox_repo
+from app.sync.inbox_repo import NewEvent
 
 log = structlog.get_logger(__name__)
 
@@ -66,10 +68,10 @@ class InboxWriter:
         self._pc = pc
         self._max_batch = max_batch
         self._deadline = deadline
-        self._waiting: list[tuple[inbox.NewEvent, asyncio.Future[bool]]] = []
+        self._waiting: list[tuple[NewEvent, asyncio.Future[bool]]] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def store(self, event: inbox.NewEvent, *, until: float | None = None) -> bool:
+    async def store(self, event: NewEvent, *, until: float | None = None) -> bool:
         """Store one body; True when it is new, False when the same delivery was stored before. Raises
         TimeoutError at ``until`` (event loop time) if its write has not answered by then."""
         loop = asyncio.get_running_loop()
@@ -98,7 +100,7 @@ class InboxWriter:
 
     async def _write_loop(self) -> None:
         # Ends as soon as nothing waits; the next store() starts a new loop.
-        batch: list[tuple[inbox.NewEvent, asyncio.Future[bool]]] = []
+        batch: list[tuple[NewEvent, asyncio.Future[bool]]] = []
         try:
             while self._waiting:
                 batch = self._waiting[: self._max_batch]
@@ -115,14 +117,14 @@ class InboxWriter:
             self._waiting.clear()
             raise
 
-    async def _write(self, batch: list[tuple[inbox.NewEvent, asyncio.Future[bool]]]) -> None:
-        unique: dict[str, inbox.NewEvent] = {}
+    async def _write(self, batch: list[tuple[NewEvent, asyncio.Future[bool]]]) -> None:
+        unique: dict[str, NewEvent] = {}
         for event, _ in batch:
             unique.setdefault(event.dedupe_key, event)
         rows = list(unique.values())
         try:
             stored = await self._pc.db.run_autocommit(
-                lambda conn: inbox.store_events(conn, rows, deadline=self._deadline)
+                lambda conn: inbox_repo.store_events(conn, rows, deadline=self._deadline)
             )
         except Exception as exc:
             for _, done in batch:
@@ -161,11 +163,11 @@ class WebhookIntake:
     async def accept_kommo(self, account_id: int, token: str | None, read_body: ReadBody) -> bool | None:
         """Verify, read, parse-check and store a Kommo body; True when new, None when the client went away.
         Its INSERT is the whole unit of work."""
-        return await self._accept("kommo", account_id, token, read_body, self._store_kommo)
+        return await self._accept(EventSource.KOMMO, account_id, token, read_body, self._store_kommo)
 
     async def accept_unisender(self, account_id: int, token: str | None, read_body: ReadBody) -> bool | None:
         """Verify, read and store a Unisender hook (unsubscribes); True when new, None when the client left."""
-        return await self._accept("unisender", account_id, token, read_body, self._store_unisender)
+        return await self._accept(EventSource.UNISENDER, account_id, token, read_body, self._store_unisender)
 
     async def _accept(
         self,
@@ -198,32 +200,32 @@ class WebhookIntake:
         try:
             batch = parse_webhook(body)
         except KommoWebhookParseError as exc:
-            metrics.WEBHOOKS.labels("kommo", "unparsable").inc()
+            metrics.WEBHOOKS.labels(EventSource.KOMMO, "unparsable").inc()
             raise BadRequest(f"Unparsable Kommo webhook body: {exc}", code="invalid_webhook_body") from exc
         if batch.account_id is not None and batch.account_id != account_id:
-            metrics.WEBHOOKS.labels("kommo", "wrong_account").inc()
+            metrics.WEBHOOKS.labels(EventSource.KOMMO, "wrong_account").inc()
             raise BadRequest(
                 "account[id] in the body does not match the URL's account", code="account_mismatch"
             )
         try:
             identity.check_account(batch)
         except BadRequest:
-            metrics.WEBHOOKS.labels("kommo", "wrong_account").inc()
+            metrics.WEBHOOKS.labels(EventSource.KOMMO, "wrong_account").inc()
             raise
         has_deletions = any(e.contact is None for e in batch.events)
-        dedupe_key = _dedupe_key("kommo", account_id, body, unique=has_deletions)
+        dedupe_key = _dedupe_key(EventSource.KOMMO, account_id, body, unique=has_deletions)
         text = body.decode("utf-8", errors="replace")
         new = await self.writer.store(
-            inbox.NewEvent(account_id=account_id, source="kommo", dedupe_key=dedupe_key, body=text),
+            NewEvent(account_id=account_id, source=EventSource.KOMMO, dedupe_key=dedupe_key, body=text),
             until=until,
         )
         if not new:
-            metrics.WEBHOOKS.labels("kommo", "duplicate").inc()
+            metrics.WEBHOOKS.labels(EventSource.KOMMO, "duplicate").inc()
             return False
-        metrics.WEBHOOKS.labels("kommo", "accepted").inc()
+        metrics.WEBHOOKS.labels(EventSource.KOMMO, "accepted").inc()
         if batch.events:
             # After the commit (autocommit: the insert has committed when it returns).
-            self.wakeups.poke("process_events", account_id, "kommo")
+            self.wakeups.poke("process_events", account_id, EventSource.KOMMO.value)
         return True
 
     async def _store_unisender(
@@ -241,24 +243,24 @@ async def accept_unisender_hook(
     Any authenticated body is answered 200 and kept, even one we cannot read: a 4xx makes Unisender
     redeliver the same bytes for a day and then stop the hook, after which no unsubscribe would reach us.
     """
-    esp = await repo.get_esp(session, account_id)
+    esp = await accounts_repo.get_esp_account(session, account_id)
     if esp is not None and not verify_hook_auth(body, esp.api_key):
-        metrics.WEBHOOKS.labels("unisender", "bad_auth").inc()
+        metrics.WEBHOOKS.labels(EventSource.UNISENDER, "bad_auth").inc()
         raise Unauthorized(
             "The hook's auth signature does not match this account's key.", code="invalid_signature"
         )
     rows, labels = _unisender_rows(account_id, body)
-    stored = await repo.insert_events(session, rows)
+    stored = await inbox_repo.insert_events(session, rows)
     for row, event in zip(rows, labels, strict=True):
         if row.dedupe_key not in stored:
             outcome = "duplicate"
         else:
-            outcome = "accepted" if row.status == "pending" else "unrecognised"
+            outcome = "accepted" if row.status == EventStatus.PENDING else "unrecognised"
         metrics.UNISENDER_HOOK_EVENTS.labels(event, outcome).inc()
     new = bool(stored) or not rows  # a delivery with no events has nothing to repeat
-    metrics.WEBHOOKS.labels("unisender", "accepted" if new else "duplicate").inc()
-    if any(row.status == "pending" and row.dedupe_key in stored for row in rows):
-        after_commit(session, lambda: enqueue.process_events(pc.queue, account_id, "unisender"))
+    metrics.WEBHOOKS.labels(EventSource.UNISENDER, "accepted" if new else "duplicate").inc()
+    if any(row.status == EventStatus.PENDING and row.dedupe_key in stored for row in rows):
+        after_commit(session, lambda: enqueue.process_events(pc.queue, account_id, EventSource.UNISENDER))
     return new
 
 
@@ -266,7 +268,7 @@ def _unisender_key(account_id: int, identity: str) -> str:
     return hashlib.sha256(f"unisender:{account_id}:{identity}".encode()).hexdigest()
 
 
-def _unisender_rows(account_id: int, body: bytes) -> tuple[list[repo.InboxRow], list[str]]:
+def _unisender_rows(account_id: int, body: bytes) -> tuple[list[NewEvent], list[str]]:
     """The inbox rows of a delivery, each with its metric label (the event name, or ``unknown``).
 
     Each event is deduplicated on its own identity, so a redelivery (new ``auth``, a ``retry_count``) or the
@@ -278,15 +280,15 @@ def _unisender_rows(account_id: int, body: bytes) -> tuple[list[repo.InboxRow], 
         return _unreadable_body(account_id, body, str(exc), hashlib.sha256(body).hexdigest())
     if delivery.layout == "unknown":
         return _unreadable_body(account_id, body, delivery.problem or "", delivery.identity)
-    rows: list[repo.InboxRow] = []
+    rows: list[NewEvent] = []
     labels: list[str] = []
     for event in delivery.events:
         stored = json.dumps(event.raw, ensure_ascii=True, separators=(",", ":"))
-        status = "pending" if event.recognised else "unrecognised"
+        status = EventStatus.PENDING if event.recognised else EventStatus.UNRECOGNISED
         key = _unisender_key(account_id, event.identity())
-        rows.append(repo.InboxRow(account_id, "unisender", key, stored, status, event.problem))
+        rows.append(NewEvent(account_id, EventSource.UNISENDER, key, stored, status, event.problem))
         labels.append(event.name if event.name in HOOK_EVENT_NAMES else "unknown")
-    unrecognised = sum(1 for row in rows if row.status == "unrecognised")
+    unrecognised = sum(1 for row in rows if row.status == EventStatus.UNRECOGNISED)
     if unrecognised or not rows:
         log.warning(
             "unisender_hook.unrecognised_events",
@@ -300,9 +302,11 @@ def _unisender_rows(account_id: int, body: bytes) -> tuple[list[repo.InboxRow], 
 
 def _unreadable_body(
     account_id: int, body: bytes, problem: str, identity: str
-) -> tuple[list[repo.InboxRow], list[str]]:
+) -> tuple[list[NewEvent], list[str]]:
     log.warning("unisender_hook.unreadable", account_id=account_id, problem=problem, bytes=len(body))
     # PostgreSQL text cannot hold NUL; the rest of the body is kept as sent.
     text = body.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
     key = _unisender_key(account_id, identity)
-    return [repo.InboxRow(account_id, "unisender", key, text, "unrecognised", problem)], ["unknown"]
+    return [NewEvent(account_id, EventSource.UNISENDER, key, text, EventStatus.UNRECOGNISED, problem)], [
+        "unknown"
+    ]

@@ -8,6 +8,9 @@ infrastructure fail every item alike, and stay the job's to retry as a whole.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -62,3 +65,24 @@ def describe(exc: BaseException) -> str:
     else:
         text = f"{type(exc).__name__}: {exc}"
     return text[:MAX_REASON]
+
+
+class ApplyFailed(Exception):
+    """Applying items failed for a reason they may have caused; nothing of it was committed."""
+
+    def __init__(self, reason: str, ids: Sequence[int] = ()) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.ids = list(ids)
+
+
+@contextmanager
+def isolating(ids: Sequence[int] = ()) -> Iterator[None]:
+    """Raise what fails inside as ``ApplyFailed`` (with ``ids``, the items being applied) when the items may
+    have caused it, so the caller applies them in smaller units; anything else goes through unchanged."""
+    try:
+        yield
+    except Exception as exc:
+        if not isolatable(exc):
+            raise
+        raise ApplyFailed(describe(exc), ids) from exc

@@ -1,37 +1,31 @@
-"""Pushing the outbox to the email platform: ≤ 500 rows per call, per-row outcomes, backoff on failure."""
+"""Pushing the outbox to the email platform: claim due rows, push them (≤ 500 per call), record the
+per-row outcomes, or what a failed push means for the rows (``push_policy``)."""
 
 from __future__ import annotations
 
-import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import metrics
-from app.accounts.service import AccountNotReady, unisender_client_for
-from app.connectors.base import ImportRow, RowOutcome
-from app.connectors.errors import AuthError, ConnectorError, ForbiddenError, TransientError
+from app.accounts.service import AccountNotReady
+from app.connectors.base import ImportRow, RowResult
+from app.connectors.errors import ConnectorError
 from app.context import ProcessContext
 from app.db.base import utcnow
-from app.db.locks import xact_lock
-from app.sync import repository as repo
+from app.db.locks import flush_lock
+from app.db.models import EspAccount
+from app.sync import outbox_repo, providers
+from app.sync.outbox_repo import DueRow
+from app.sync.push_policy import Failure, PushFailure, failed_rows, push_failure, rejected_row
 
 log = structlog.get_logger(__name__)
 
 MAX_BATCHES = 40  # per job; a follow-up job continues
-MAX_ATTEMPTS = 15  # then the row is "dead" and shown to operators
-BACKOFF_BASE = 1.0
-BACKOFF_CAP = 300.0
-BATCH_ROWS = 500  # Unisender's importContacts limit per call
-
-
-def backoff(attempt: int, retry_after: float | None = None) -> float:
-    """Full jitter (Brooker): uniform in [0, min(cap, base·2^attempt)], never below the server's retry_after."""
-    delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
-    return max(delay, retry_after or 0.0)
+BATCH_ROWS = 500  # the most rows one import call takes (Unisender's importContacts limit)
 
 
 @dataclass
@@ -50,157 +44,114 @@ async def flush_account(pc: ProcessContext, account_id: int, *, drain: bool = Tr
 
     ``drain=False`` (flush jobs of live changes) stops after a batch that was not full: the rows that became
     due meanwhile have a job of their own for the next coalescing window, and pushing them now would spend
-    an importContacts call on a handful of rows.
+    an import call on a handful of rows.
 
     Rows are read as plain values and written back with a few set-based UPDATEs: a push of 500 rows must cost
-    far less than the 1/20 s Unisender's limit allows per call, and ORM objects (500 loaded, 500 flushed
-    one by one) did not.
+    far less than the 1/20 s the platform's rate limit allows per call, and ORM objects (500 loaded, 500
+    flushed one by one) did not.
     """
     result = FlushResult()
     for _ in range(MAX_BATCHES):
         async with pc.db.session_scope() as session:
-            if not await xact_lock(session, f"flush:{account_id}", wait=False):
+            if not await flush_lock(session, account_id):
                 result.busy = True
                 return result
-            rows = await repo.claim_due(session, account_id, BATCH_ROWS)
+            rows = await outbox_repo.claim_due(session, account_id, BATCH_ROWS)
             if not rows:
                 return result
-            try:
-                client, esp = await unisender_client_for(session, pc, account_id)
-            except AccountNotReady as exc:
-                result.blocked = exc.error_code
-                # Wait for the account to be connected; checked again by the sweeper.
-                await repo.update_outbox_rows(
-                    session,
-                    [
-                        _change(row, next_attempt_at=utcnow() + timedelta(seconds=60), last_error=exc.message)
-                        for row in rows
-                    ],
-                )
-                return result
-            list_ids = (esp.list_id,) if esp.list_id is not None else ()
-            batch = [
-                ImportRow(
-                    email=row.email,
-                    name=str(row.payload.get("name") or ""),
-                    list_ids=() if row.payload.get("delete") else list_ids,
-                    delete=bool(row.payload.get("delete")),
-                )
-                for row in rows
-            ]
+            esp: EspAccount | None = None
             started = time.monotonic()
             try:
-                outcomes = await client.import_contacts(batch)
-            except TransientError as exc:
-                metrics.PROVIDER_REQUESTS.labels("unisender", "importContacts", "retry").inc()
-                if exc.code and exc.code.startswith("api_call_limit"):
-                    metrics.PROVIDER_THROTTLED.labels("unisender").inc()
-                # One draw per batch: a maximum over many draws would lose the jitter and retry in lockstep.
-                delay = backoff(max(row.attempts + 1 for row in rows), exc.retry_after)
-                error = f"{type(exc).__name__}: {exc.message}"[:500]
-                at = utcnow() + timedelta(seconds=delay)
-                await repo.update_outbox_rows(
-                    session,
-                    [
-                        _change(
-                            row,
-                            attempts=row.attempts + 1,
-                            status="dead" if row.attempts + 1 >= MAX_ATTEMPTS else "pending",
-                            next_attempt_at=at,
-                            last_error=error,
-                        )
-                        for row in rows
-                    ],
-                )
-                result.retry_in = delay
-                log.warning(
-                    "outbox.push_retry",
-                    account_id=account_id,
-                    rows=len(rows),
-                    retry_in=round(delay, 2),
-                    error=exc.code or type(exc).__name__,
-                )
+                client, esp = await providers.esp_client(session, pc, account_id)
+                answers = await client.import_contacts(_import_rows(rows, esp.list_id))
+            except (AccountNotReady, ConnectorError) as exc:
+                await _record_failure(session, account_id, rows, push_failure(exc), esp, result)
                 return result
-            except (AuthError, ForbiddenError) as exc:
-                esp.last_error, esp.last_error_at = (
-                    f"{exc.code or type(exc).__name__}: {exc.message}",
-                    utcnow(),
-                )
-                at = utcnow() + timedelta(seconds=300)
-                await repo.update_outbox_rows(
-                    session, [_change(row, next_attempt_at=at, last_error=esp.last_error) for row in rows]
-                )
-                result.blocked = exc.code or "unisender_auth"
-                log.error("outbox.credentials_refused", account_id=account_id, error=exc.code)
-                return result
-            except ConnectorError as exc:
-                # The request itself was refused (should not happen with a correct client): park the rows.
-                error = f"{type(exc).__name__}: {exc.message}"[:500]
-                await repo.update_outbox_rows(
-                    session,
-                    [
-                        _change(
-                            row,
-                            attempts=row.attempts + 1,
-                            status="dead" if row.attempts + 1 >= 3 else "pending",
-                            next_attempt_at=utcnow() + timedelta(seconds=backoff(row.attempts + 1)),
-                            last_error=error,
-                        )
-                        for row in rows
-                    ],
-                )
-                log.error("outbox.push_failed", account_id=account_id, rows=len(rows), error=exc.code)
-                return result
-            result.calls += 1
-            metrics.PROVIDER_REQUESTS.labels("unisender", "importContacts", "ok").inc()
-            now = utcnow()
-            accepted: list[int] = []
-            refused: list[dict[str, Any]] = []
-            for row, outcome in zip(rows, outcomes, strict=True):
-                if outcome.outcome is RowOutcome.OK:
-                    accepted.append(row.id)
-                    metrics.EVENT_LAG.observe(max(0.0, (now - row.updated_at).total_seconds()))
-                else:
-                    refused.append(
-                        _change(
-                            row,
-                            status="rejected",
-                            reject_code=(outcome.code or "rejected")[:64],
-                            last_error=(outcome.message or "rejected by Unisender")[:500],
-                        )
-                    )
-            await repo.mark_pushed(session, accepted, now)
-            await repo.update_outbox_rows(session, refused)
-            result.pushed += len(accepted)
-            result.rejected += len(refused)
-            log.info(
-                "outbox.pushed",
-                account_id=account_id,
-                rows=len(rows),
-                rejected=len(refused),
-                duration_s=round(time.monotonic() - started, 3),
-            )
+            await _record_answers(session, account_id, rows, answers, result, started)
         if not drain and len(rows) < BATCH_ROWS:
             return result
     result.more = True
     return result
 
 
-def _change(
-    row: repo.DueRow,
-    *,
-    status: str = "pending",
-    attempts: int | None = None,
-    next_attempt_at: datetime | None = None,
-    last_error: str | None = None,
-    reject_code: str | None = None,
-) -> dict[str, Any]:
-    """A row's new outcome columns for ``repo.update_outbox_rows`` (unchanged ones keep the row's value)."""
-    return {
-        "id": row.id,
-        "status": status,
-        "attempts": row.attempts if attempts is None else attempts,
-        "next_attempt_at": next_attempt_at if next_attempt_at is not None else utcnow(),
-        "last_error": last_error,
-        "reject_code": reject_code,
-    }
+def _import_rows(rows: Sequence[DueRow], list_id: int | None) -> list[ImportRow]:
+    list_ids = (list_id,) if list_id is not None else ()
+    return [
+        ImportRow(
+            email=row.email,
+            name=str(row.payload.get("name") or ""),
+            list_ids=() if row.payload.get("delete") else list_ids,
+            delete=bool(row.payload.get("delete")),
+        )
+        for row in rows
+    ]
+
+
+async def _record_answers(
+    session: AsyncSession,
+    account_id: int,
+    rows: Sequence[DueRow],
+    answers: Sequence[RowResult],
+    result: FlushResult,
+    started: float,
+) -> None:
+    """The platform answered every row: accepted rows are pushed, the others rejected with its reason."""
+    result.calls += 1
+    metrics.PROVIDER_REQUESTS.labels(providers.ESP_NAME, providers.ESP_IMPORT_CALL, "ok").inc()
+    now = utcnow()
+    accepted: list[int] = []
+    refused: list[outbox_repo.RowChange] = []
+    for row, answer in zip(rows, answers, strict=True):
+        change = rejected_row(row, answer, now)
+        if change is None:
+            accepted.append(row.id)
+            metrics.EVENT_LAG.observe(max(0.0, (now - row.updated_at).total_seconds()))
+        else:
+            refused.append(change)
+    await outbox_repo.mark_pushed(session, accepted, now)
+    await outbox_repo.update_outbox_rows(session, refused)
+    result.pushed += len(accepted)
+    result.rejected += len(refused)
+    log.info(
+        "outbox.pushed",
+        account_id=account_id,
+        rows=len(rows),
+        rejected=len(refused),
+        duration_s=round(time.monotonic() - started, 3),
+    )
+
+
+async def _record_failure(
+    session: AsyncSession,
+    account_id: int,
+    rows: Sequence[DueRow],
+    failure: PushFailure,
+    esp: EspAccount | None,
+    result: FlushResult,
+) -> None:
+    """The push failed as a whole: the rows' new state from the policy, and what operators see of it."""
+    now = utcnow()
+    changes, retry_in = failed_rows(rows, failure, now)
+    await outbox_repo.update_outbox_rows(session, changes)
+    match failure.failure:
+        case Failure.NOT_READY:
+            result.blocked = failure.code  # wait for the account to be connected; the sweeper looks again
+        case Failure.TRANSIENT:
+            metrics.PROVIDER_REQUESTS.labels(providers.ESP_NAME, providers.ESP_IMPORT_CALL, "retry").inc()
+            if failure.throttled:
+                metrics.PROVIDER_THROTTLED.labels(providers.ESP_NAME).inc()
+            result.retry_in = retry_in
+            log.warning(
+                "outbox.push_retry",
+                account_id=account_id,
+                rows=len(rows),
+                retry_in=round(retry_in or 0.0, 2),
+                error=failure.code or failure.kind,
+            )
+        case Failure.CREDENTIALS_REFUSED:
+            if esp is not None:
+                esp.last_error, esp.last_error_at = failure.error, now
+            result.blocked = failure.code or f"{providers.ESP_NAME}_auth"
+            log.error("outbox.credentials_refused", account_id=account_id, error=failure.code)
+        case Failure.REQUEST_REFUSED:
+            log.error("outbox.push_failed", account_id=account_id, rows=len(rows), error=failure.code)

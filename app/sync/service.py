@@ -9,21 +9,28 @@ Rules:
   more, it is deleted from the email platform. An unsubscribed address is never pushed again.
 - Unisender's state per address is remembered (``outbox.pushed_hash``): a change that leaves it unchanged sends
   nothing.
-Callers hold ``repository.account_lock`` for the account and own the transaction.
+Callers hold ``app.db.locks.account_lock`` for the account and own the transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.accounts import repository as accounts_repo
 from app.connectors.base import CrmContact
 from app.db.base import utcnow
-from app.db.models import Contact
-from app.sync import repository as repo
+from app.db.locks import account_lock
+from app.db.models import Contact, Outbox
+from app.db.session import after_commit
+from app.db.states import OutboxStatus
+from app.queue import enqueue
+from app.sync import consent_repo, contacts_repo, outbox_repo
+from app.sync.contacts_repo import AddressChange, ContactRow
 from app.sync.mapping import DesiredAddress, contact_emails, payload_hash
 
 
@@ -58,11 +65,10 @@ async def apply_contacts(
     result = ApplyResult()
     if not latest:
         return result
-    existing = await repo.contacts_by_ids(session, account_id, latest)
-    held = await repo.addresses_of(session, account_id, latest)
-    now = utcnow()
-    rows = []
-    address_changes: dict[int, tuple[set[str], set[str]]] = {}
+    existing = await contacts_repo.contacts_by_ids(session, account_id, latest)
+    held = await contacts_repo.addresses_of(session, account_id, latest)
+    rows: list[ContactRow] = []
+    address_changes: dict[int, AddressChange] = {}
     for cid, c in latest.items():
         old = existing.get(cid)
         new_emails = set(contact_emails(c.emails))
@@ -70,29 +76,17 @@ async def apply_contacts(
             continue
         old_emails = held.get(cid, set())
         if new_emails != old_emails:
-            address_changes[cid] = (old_emails - new_emails, new_emails - old_emails)
+            address_changes[cid] = AddressChange(old_emails - new_emails, new_emails - old_emails)
         result.affected |= old_emails | new_emails
         result.changed += 1
-        rows.append(
-            {
-                "account_id": account_id,
-                "kommo_id": cid,
-                "name": c.name,
-                "emails": sorted(new_emails),
-                "tags": list(c.tags),
-                "kommo_updated_at": c.updated_at,
-                "deleted_at": None,
-                "seen_run_id": run_id,
-                "updated_at": now,
-            }
-        )
-    await repo.upsert_contacts(session, rows)
-    await repo.replace_addresses(session, account_id, address_changes)
+        rows.append(ContactRow(cid, c.name, sorted(new_emails), list(c.tags), c.updated_at, run_id))
+    await contacts_repo.upsert_contacts(session, account_id, rows, now=utcnow())
+    await contacts_repo.replace_addresses(session, account_id, address_changes)
     if run_id is not None:
         # Versions we skipped as not newer were still seen live by this run.
-        applied = {r["kommo_id"] for r in rows}
+        applied = {row.kommo_id for row in rows}
         skipped = [cid for cid in latest if cid not in applied]
-        await repo.mark_seen(session, account_id, skipped, run_id)
+        await contacts_repo.mark_seen(session, account_id, skipped, run_id)
     return result
 
 
@@ -120,19 +114,19 @@ async def delete_contacts(
     id_set = set(ids)
     if not id_set:
         return result
-    existing = await repo.contacts_by_ids(session, account_id, id_set)
-    held = await repo.addresses_of(session, account_id, id_set)
+    existing = await contacts_repo.contacts_by_ids(session, account_id, id_set)
+    held = await contacts_repo.addresses_of(session, account_id, id_set)
     when = deleted_at or utcnow()
-    changes: dict[int, tuple[set[str], set[str]]] = {}
+    changes: dict[int, AddressChange] = {}
     for cid in id_set:
         row = existing.get(cid)
         if row is not None and row.deleted_at is None:
             row.deleted_at = when
             result.changed += 1
         if held.get(cid):
-            changes[cid] = (held[cid], set())
+            changes[cid] = AddressChange(held[cid], set())
             result.affected |= held[cid]
-    await repo.replace_addresses(session, account_id, changes)
+    await contacts_repo.replace_addresses(session, account_id, changes)
     await session.flush()
     return result
 
@@ -150,21 +144,20 @@ async def recompute(session: AsyncSession, account_id: int, emails: Iterable[str
     result = RecomputeResult()
     if not email_list:
         return result
-    owners = await repo.live_owners(session, account_id, email_list)
-    consent = await repo.consent_rows(session, account_id, email_list)
-    esp = await repo.get_esp(session, account_id)
-    list_id = esp.list_id if esp is not None else None
-    await repo.upsert_owners(
+    owners = await contacts_repo.live_owners(session, account_id, email_list)
+    unsubscribed = await consent_repo.unsubscribed(session, account_id, email_list)
+    list_id = await _list_id(session, account_id)
+    await consent_repo.upsert_owners(
         session, account_id, {e: (owners[e].kommo_id if e in owners else None) for e in email_list}
     )
-    rows = await repo.lock_outbox(session, account_id, email_list)
+    rows = await outbox_repo.lock_outbox(session, account_id, email_list)
     now = utcnow()
-    new_rows: list[tuple[str, dict[str, object], str]] = []
+    wanted: list[outbox_repo.NewRow] = []
     for email in email_list:
         row = rows.get(email)
-        if email in consent and consent[email].consent == "unsubscribed":
-            if row is not None and row.status == "pending":
-                row.status, row.last_error, row.updated_at = "cancelled", "unsubscribed", now
+        if email in unsubscribed:
+            if row is not None and row.status == OutboxStatus.PENDING:
+                row.status, row.last_error, row.updated_at = OutboxStatus.CANCELLED, "unsubscribed", now
             result.suppressed += 1
             continue
         owner = owners.get(email)
@@ -175,23 +168,79 @@ async def recompute(session: AsyncSession, account_id: int, emails: Iterable[str
             if desired.delete:
                 result.unchanged += 1  # never pushed: nothing to delete
             else:
-                new_rows.append((email, payload, h))
+                wanted.append(outbox_repo.NewRow(email, payload, h))
                 result.queued += 1
             continue
         if h == row.pushed_hash or (desired.delete and row.pushed_hash is None):
             # Unisender already holds this state (or never held the address): drop any queued change.
-            if row.status == "pending":
-                row.status, row.payload, row.payload_hash = "done", payload, h
+            if row.status == OutboxStatus.PENDING:
+                row.status, row.payload, row.payload_hash = OutboxStatus.DONE, payload, h
                 row.last_error, row.updated_at = None, now
             result.unchanged += 1
             continue
-        if h == row.payload_hash and row.status in ("pending", "rejected"):
+        if h == row.payload_hash and row.status in (OutboxStatus.PENDING, OutboxStatus.REJECTED):
             result.unchanged += 1  # already queued, or refused for a reason resending cannot fix
             continue
-        row.payload, row.payload_hash, row.status = payload, h, "pending"
+        wanted.append(outbox_repo.NewRow(email, payload, h))
+        result.queued += 1
+    await _queue(session, account_id, wanted, rows, now)
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    queued: list[str]  # normalised addresses given a pending desire
+    skipped_unsubscribed: list[str]  # unsubscribed addresses not added back
+
+
+async def push_addresses(
+    session: AsyncSession, queue: ArqRedis, account_id: int, emails: Iterable[str], *, delete: bool
+) -> PushResult:
+    """An operator's manual push: queue ``emails`` (normalised addresses) as added, with their owner's name,
+    or deleted, whatever the platform holds already, due now; a flush job pushes them once this commits.
+    Unsubscribed addresses are never added back."""
+    email_list = sorted(set(emails))
+    await account_lock(session, account_id)
+    unsubscribed = set() if delete else await consent_repo.unsubscribed(session, account_id, email_list)
+    skipped = [e for e in email_list if e in unsubscribed]
+    wanted = [e for e in email_list if e not in unsubscribed]
+    owners = await contacts_repo.live_owners(session, account_id, wanted)
+    list_id = await _list_id(session, account_id)
+    rows = await outbox_repo.lock_outbox(session, account_id, wanted)
+    desires = []
+    for email in wanted:
+        desired = DesiredAddress(
+            email=email, delete=delete, name=owners[email].name if email in owners else ""
+        )
+        payload = desired.payload()
+        desires.append(outbox_repo.NewRow(email, payload, payload_hash(payload, list_id)))
+    await _queue(session, account_id, desires, rows, utcnow())
+    after_commit(session, lambda: enqueue.flush_outbox(queue, account_id, delay=0))
+    return PushResult(queued=wanted, skipped_unsubscribed=skipped)
+
+
+async def _list_id(session: AsyncSession, account_id: int) -> int | None:
+    esp = await accounts_repo.get_esp_account(session, account_id)
+    return esp.list_id if esp is not None else None
+
+
+async def _queue(
+    session: AsyncSession,
+    account_id: int,
+    desires: Sequence[outbox_repo.NewRow],
+    rows: Mapping[str, Outbox],
+    now: datetime,
+) -> None:
+    """Make each desire its address's pending outbox row, due now: a new row, or the existing one (locked by
+    the caller) reset, its attempts and last outcome forgotten."""
+    fresh: list[outbox_repo.NewRow] = []
+    for desire in desires:
+        row = rows.get(desire.email)
+        if row is None:
+            fresh.append(desire)
+            continue
+        row.payload, row.payload_hash, row.status = desire.payload, desire.payload_hash, OutboxStatus.PENDING
         row.attempts, row.next_attempt_at, row.last_error, row.reject_code = 0, now, None, None
         row.updated_at = now
-        result.queued += 1
-    await repo.add_outbox(session, account_id, new_rows)
+    await outbox_repo.add_outbox(session, account_id, fresh)
     await session.flush()
-    return result

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import structlog
 
-from app.accounts.service import kommo_client_for
-from app.connectors.unisender.exceptions import UnisenderHookParseError
-from app.connectors.unisender.hooks import read_delivery
+from app.accounts import repository as accounts_repo
+from app.connectors.errors import WebhookParseError
 from app.context import ProcessContext
 from app.db.base import utcnow
+from app.db.locks import account_lock
 from app.db.session import after_commit
-from app.sync import repository as repo
-from app.worker import enqueue
+from app.db.states import EventSource, EventStatus, IntegrationStatus
+from app.queue import enqueue
+from app.sync import consent_repo, contacts_repo, inbox_repo, outbox_repo, providers
 
 log = structlog.get_logger(__name__)
 
@@ -22,9 +23,9 @@ async def process_unisender_events(pc: ProcessContext, account_id: int) -> tuple
     handled = 0
     for _ in range(20):
         async with pc.db.session_scope() as session:
-            if not await repo.account_lock(session, account_id, wait=False):
+            if not await account_lock(session, account_id, wait=False):
                 return handled, True
-            events = await repo.pending_events(session, account_id, "unisender", 200)
+            events = await inbox_repo.pending_events(session, account_id, EventSource.UNISENDER, 200)
             if not events:
                 return handled, False
             new_unsubscribes: list[str] = []
@@ -32,9 +33,13 @@ async def process_unisender_events(pc: ProcessContext, account_id: int) -> tuple
                 ev.attempts += 1
                 try:
                     # One stored event (or, for rows stored before events were split, a whole delivery).
-                    items = read_delivery(ev.body.encode()).events
-                except UnisenderHookParseError as exc:
-                    ev.status, ev.last_error, ev.handled_at = "failed", f"unparsable body: {exc}", utcnow()
+                    items = providers.read_esp_hook(ev.body.encode()).events
+                except WebhookParseError as exc:
+                    ev.status, ev.last_error, ev.handled_at = (
+                        EventStatus.FAILED,
+                        f"unparsable body: {exc}",
+                        utcnow(),
+                    )
                     continue
                 for item in items:
                     # Only unsubscribes have an effect. Subscribes are the contact's own business (we never
@@ -42,11 +47,11 @@ async def process_unisender_events(pc: ProcessContext, account_id: int) -> tuple
                     if (
                         item.unsubscribes
                         and item.email is not None
-                        and await repo.mark_unsubscribed(session, account_id, item.email)
+                        and await consent_repo.mark_unsubscribed(session, account_id, item.email)
                     ):
                         new_unsubscribes.append(item.email)
-                ev.status, ev.handled_at = "done", utcnow()
-            await repo.cancel_outbox(session, account_id, new_unsubscribes, "unsubscribed")
+                ev.status, ev.handled_at = EventStatus.DONE, utcnow()
+            await outbox_repo.cancel_outbox(session, account_id, new_unsubscribes, "unsubscribed")
             handled += len(events)
             if new_unsubscribes:
                 after_commit(session, lambda: enqueue.tag_unsubscribes(pc.queue, account_id))
@@ -58,21 +63,21 @@ async def tag_unsubscribed_contacts(pc: ProcessContext, account_id: int) -> int:
     """Tag, in Kommo, every live contact holding an unsubscribed address not yet written back."""
     tagged = 0
     async with pc.db.session_scope() as session:
-        integ = await repo.get_integration(session, account_id)
-        if integ is None or integ.status != "connected":
+        integ = await accounts_repo.get_integration(session, account_id)
+        if integ is None or integ.status != IntegrationStatus.CONNECTED:
             return 0
-        rows = await repo.untagged_unsubscribes(session, account_id)
-        work = [(row.email, await repo.owners_holding(session, account_id, row.email)) for row in rows]
-        client = await kommo_client_for(session, pc, account_id)
+        rows = await consent_repo.untagged_unsubscribes(session, account_id)
+        work = [
+            (row.email, await contacts_repo.owners_holding(session, account_id, row.email)) for row in rows
+        ]
+        client = await providers.crm_client(session, pc, account_id)
     tag = pc.settings.unsubscribe_tag
     for email, owners in work:
         for kommo_id in owners:
             await client.add_contact_tags(kommo_id, [tag])
             tagged += 1
         async with pc.db.session_scope() as session:
-            consent = await repo.consent_rows(session, account_id, [email])
-            if email in consent:
-                consent[email].kommo_tagged_at = utcnow()
+            await consent_repo.mark_tagged(session, account_id, email, utcnow())
     if tagged:
         log.info("unsubscribes.tagged", account_id=account_id, contacts=tagged)
     return tagged

@@ -1,10 +1,10 @@
 """Worker construction and the supervised run loop.
 
-arq's defaults suit slow jobs; ours are I/O-bound and must start fast (PERFORMANCE.md §3): poll_delay ≤ 0.1 s,
-max_jobs ≥ 50, keep_result 0 (a kept result blocks re-enqueueing the same job id), job_timeout ≈ 60 s so a
-killed worker's job re-runs within about a minute (arq: job timeout + 10 s). A full-sync run does not wait for
-that: its slice's lease expires within seconds and the sweeper hands it to a new job (docs/recovery.md). An
-arq worker exits when Redis restarts, so
+arq's defaults suit slow jobs; ours are I/O-bound and must start fast (a change should reach the email
+platform within about a second, docs/benchmarks.md): poll_delay ≤ 0.1 s, max_jobs ≥ 50, keep_result 0 (a kept
+result blocks re-enqueueing the same job id), job_timeout ≈ 60 s so a killed worker's job re-runs within about
+a minute (arq: job timeout + 10 s). A full-sync run does not wait for that: its slice's lease expires within
+seconds and the sweeper hands it to a new job (docs/recovery.md). An arq worker exits when Redis restarts, so
 ``run_worker_forever`` rebuilds it with backoff; pending work is re-found from PostgreSQL by the sweeper.
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import os
-import random
 import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -32,6 +32,7 @@ from app.db.schema import check_schema_current
 from app.db.session import is_timeout
 from app.logging import configure_logging
 from app.queue import QUEUE_NAME, create_queue
+from app.retry import backoff
 from app.worker import tasks
 
 log = structlog.get_logger(__name__)
@@ -57,7 +58,7 @@ def _reconnecting(fn: TaskFn) -> TaskFn:
             if not invalidated and not is_timeout(exc):
                 raise
             attempt = int(ctx.get("job_try", 1))
-            delay = min(30.0, 0.5 * 2 ** (attempt - 1)) * (1 + random.random())
+            delay = backoff(attempt, base=0.5, cap=60.0, jitter=0.5)  # 0.5-1 s, 1-2 s … 30-60 s
             log.warning(
                 "job.db_unavailable",
                 function=fn.__name__,
@@ -139,7 +140,7 @@ async def run_worker_forever(settings: Settings, *, stop: asyncio.Event | None =
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     log.info("worker.started", worker_id=worker_id)
     stop = stop or asyncio.Event()
-    delay = 0.5
+    losses = 0
     try:
         while not stop.is_set():
             worker = build_worker(pc, handle_signals=False)
@@ -160,11 +161,11 @@ async def run_worker_forever(settings: Settings, *, stop: asyncio.Event | None =
             # any Redis error means "rebuild the worker", never "exit".
             if not isinstance(exc, RedisError | ConnectionError | OSError):
                 raise exc
+            losses += 1
+            delay = backoff(losses, base=0.5, cap=10.0, jitter=0.5)  # 0.5-1 s, 1-2 s … 5-10 s
             log.warning("worker.redis_lost", error=repr(exc), retry_in=round(delay, 2))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
-            delay = min(delay * 2, 10.0) * (0.5 + random.random() / 2)
-            delay = max(delay, 0.5)
             await pc.queue.aclose()
             pc.queue = await _reconnect(settings, stop)
     finally:
@@ -187,8 +188,8 @@ async def cancel_and_wait(task: asyncio.Task[Any], *, every: float = 0.5) -> Non
 
 
 async def _reconnect(settings: Settings, stop: asyncio.Event) -> Any:
-    delay = 0.5
-    while True:
+    for attempt in itertools.count():
+        delay = backoff(attempt, base=0.5, cap=10.0, jitter=0.0)  # 0.5 s, 1 s, 2 s … 10 s
         try:
             queue = await create_queue(settings.require_redis_url())
             await queue.ping()
@@ -198,4 +199,4 @@ async def _reconnect(settings: Settings, stop: asyncio.Event) -> Any:
                 raise
             log.warning("worker.redis_unavailable", error=repr(exc), retry_in=round(delay, 2))
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+    raise AssertionError("unreachable")

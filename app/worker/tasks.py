@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -12,13 +13,17 @@ from arq import Retry
 from sqlalchemy.exc import DBAPIError
 
 from app import metrics
+from app.accounts import repository as accounts_repo
 from app.accounts.service import AccountNotReady, ensure_kommo_webhooks, refresh_expiring_tokens
 from app.connectors.errors import PermanentError, TransientError
 from app.context import ProcessContext
-from app.sync import events, fullsync, outbox, unsubscribes
-from app.sync import repository as repo
+from app.db.base import utcnow
+from app.db.states import EventSource, OutboxStatus, RunStatus
+from app.queue import enqueue
+from app.retry import backoff
+from app.sync import consent_repo, events, fullsync, inbox_repo, outbox, outbox_repo, runs_repo, unsubscribes
 from app.sync.isolation import isolatable
-from app.worker import enqueue
+from app.sync.reconcile import reconcile_account
 
 log = structlog.get_logger(__name__)
 
@@ -35,7 +40,7 @@ def process_context(ctx: dict[str, Any]) -> ProcessContext:
 def _retry_after(ctx: dict[str, Any], exc: TransientError) -> Retry:
     """Backoff with full jitter, at least what the provider asked for."""
     attempt = int(ctx.get("job_try", 1))
-    delay = max(random.uniform(0, min(120.0, 2.0**attempt)), exc.retry_after or 0.0)
+    delay = backoff(attempt, exc.retry_after, base=1.0, cap=120.0)
     log.warning(
         "job.retry", error=type(exc).__name__, code=exc.code, retry_in=round(delay, 2), attempt=attempt
     )
@@ -59,11 +64,11 @@ async def ping(ctx: dict[str, Any], value: str = "pong") -> str:
     return value
 
 
-async def process_events(ctx: dict[str, Any], account_id: int, source: str = "kommo") -> int:
+async def process_events(ctx: dict[str, Any], account_id: int, source: str = EventSource.KOMMO) -> int:
     pc = process_context(ctx)
     structlog.contextvars.bind_contextvars(account_id=account_id, source=source)
     try:
-        if source == "unisender":
+        if source == EventSource.UNISENDER:
             handled, busy = await unsubscribes.process_unisender_events(pc, account_id)
         else:
             result = await events.process_kommo_events(pc, account_id)
@@ -112,7 +117,7 @@ async def full_sync(ctx: dict[str, Any], run_id: str) -> str:
         raise retry from exc
     except (AccountNotReady, PermanentError) as exc:
         await fullsync.fail_run(pc, run_id, f"{type(exc).__name__}: {exc}")
-        return "failed"
+        return RunStatus.FAILED
     except Exception as exc:
         if isinstance(exc, DBAPIError) and exc.connection_invalidated:
             raise  # PostgreSQL restarted: the job is retried on a fresh connection (worker.settings)
@@ -125,7 +130,7 @@ async def _slice_failed(pc: ProcessContext, run_id: str, owner: str, exc: Except
     """An unexpected failure must not leave the run "running" with no job: retry a few times, then fail it."""
     delay = await fullsync.slice_failed(pc, run_id, owner, exc)
     if delay is None:
-        return "failed"
+        return RunStatus.FAILED
     raise Retry(defer=delay) from exc
 
 
@@ -142,11 +147,9 @@ async def tag_unsubscribes(ctx: dict[str, Any], account_id: int) -> int:
 
 
 async def _record_account_error(pc: ProcessContext, account_id: int, exc: Exception) -> None:
-    from app.db.base import utcnow
-
     log.error("account.error", account_id=account_id, error=type(exc).__name__, detail=str(exc)[:300])
     async with pc.db.session_scope() as session:
-        integ = await repo.get_integration(session, account_id)
+        integ = await accounts_repo.get_integration(session, account_id)
         if integ is not None:
             integ.last_error, integ.last_error_at = f"{type(exc).__name__}: {exc}"[:1000], utcnow()
 
@@ -158,13 +161,14 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     """Re-enqueue work that PostgreSQL says is pending (covers a lost Redis or a killed worker)."""
     pc = process_context(ctx)
     async with pc.db.session_scope() as session:
-        stale_events = await repo.accounts_with_stale_events(session, repo.ago(5))
-        due = await repo.accounts_with_due_outbox(session)
-        runs = await repo.orphaned_runs(session, idle=fullsync.LEASE_SECONDS)
-        untagged = await repo.accounts_with_untagged_unsubscribes(session)
-        metrics.EVENTS_PENDING.set(await repo.count_pending_events(session))
-        metrics.OUTBOX_PENDING.set((await repo.outbox_counts(session)).get("pending", 0))
-        pruned = await repo.prune_events(session, repo.ago(7 * 86400))
+        stale_events = await inbox_repo.accounts_with_stale_events(session, _ago(5))
+        due = await outbox_repo.accounts_with_due_outbox(session)
+        runs = await runs_repo.orphaned_runs(session, idle=fullsync.LEASE_SECONDS)
+        untagged = await consent_repo.accounts_with_untagged_unsubscribes(session)
+        metrics.EVENTS_PENDING.set(await inbox_repo.count_pending_events(session))
+        pending = await outbox_repo.outbox_counts(session, statuses=(OutboxStatus.PENDING,))
+        metrics.OUTBOX_PENDING.set(sum(counts.get(OutboxStatus.PENDING, 0) for counts in pending.values()))
+        pruned = await inbox_repo.prune_events(session, _ago(7 * 86400))
     for account_id, source in stale_events:
         await enqueue.process_events(pc.queue, account_id, source)
     for account_id in due:
@@ -179,14 +183,18 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     return summary
 
 
+def _ago(seconds: float) -> datetime:
+    return utcnow() - timedelta(seconds=seconds)
+
+
 async def reconcile(ctx: dict[str, Any]) -> int:
     pc = process_context(ctx)
     async with pc.db.session_scope() as session:
-        accounts = await repo.connected_account_ids(session)
+        accounts = await accounts_repo.connected_account_ids(session)
     changed = 0
     for account_id in accounts:
         try:
-            changed += await fullsync.reconcile_account(pc, account_id)
+            changed += await reconcile_account(pc, account_id)
             await ensure_kommo_webhooks(pc, account_id)
         except Exception as exc:  # one account's trouble must not stop the others
             log.warning("reconcile.failed", account_id=account_id, error=repr(exc)[:300])

@@ -13,7 +13,7 @@ import pytest
 
 from app.config import Settings
 from app.context import build_context
-from app.sync import fullsync
+from app.sync import pages as page_pipeline
 from app.worker.settings import build_worker
 from tests.conftest import Stack, raw_sql
 from tests.faults.support import (
@@ -145,7 +145,7 @@ async def test_kill9_during_full_sync_resumes_from_checkpoint(
         assert row["fetched"] == contacts, row
         calls = await _list_calls(stack)
         # A kill loses at most the pages fetched but not yet committed: those in flight and those queued.
-        lost_per_kill = fullsync.FETCH_CONCURRENCY + fullsync.QUEUE_PAGES
+        lost_per_kill = page_pipeline.FETCH_CONCURRENCY + page_pipeline.QUEUE_PAGES
         assert calls <= pages + lost_per_kill * len(cursors) + 1, (calls, pages, cursors)
         await assert_mirror_exact(stack, account)
     finally:

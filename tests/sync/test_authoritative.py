@@ -14,9 +14,9 @@ from datetime import timedelta
 from app.connectors.base import CrmContact
 from app.context import ProcessContext, build_context
 from app.db.base import utcnow
-from app.sync import repository as repo
-from app.sync import service
-from app.worker import enqueue
+from app.db.locks import account_lock
+from app.queue import enqueue
+from app.sync import contacts_repo, service
 from tests.conftest import Stack, raw_sql, running_worker
 from tests.faults.support import assert_mirror_exact, post_webhook
 from tests.support.e2e import Account, connect_account, unisender_contacts, wait_quiet
@@ -122,7 +122,7 @@ async def _apply_as_a_webhook(pc: ProcessContext, account_id: int, kommo_id: int
     """What a forged webhook did before versions from the future were refused: applied as newer."""
     pinned = CrmContact(id=kommo_id, name=name, updated_at=int(time.time()) + TEN_YEARS, emails=(EVIL,))
     async with pc.db.session_scope() as session:
-        await repo.account_lock(session, account_id)
+        await account_lock(session, account_id)
         applied = await service.apply_contacts(session, account_id, [pinned])
         await service.recompute(session, account_id, applied.affected)
     await enqueue.flush_outbox(pc.queue, account_id, delay=0)
@@ -133,7 +133,7 @@ async def _apply_as_a_webhook(pc: ProcessContext, account_id: int, kommo_id: int
 
 async def _row(ctx: ProcessContext, kommo_id: int) -> tuple[str, int, object]:
     async with ctx.db.session_scope() as session:
-        row = (await repo.contacts_by_ids(session, 1, [kommo_id]))[kommo_id]
+        row = (await contacts_repo.contacts_by_ids(session, 1, [kommo_id]))[kommo_id]
         return row.name, row.kommo_updated_at, row.updated_at
 
 

@@ -14,20 +14,23 @@ from app.config import Settings
 from app.context import ProcessContext
 from app.db.models import WebhookEvent
 from app.db.session import Database, create_engine
+from app.db.states import EventSource
 from app.errors import Unauthorized
+from app.queue.enqueue import WakeUps
 from app.security.tokens import hash_token
-from app.sync import inbox
+from app.sync import inbox_repo
+from app.sync.inbox_repo import NewEvent
 from app.sync.ingest import InboxWriter
-from app.worker.enqueue import WakeUps
 from tests.conftest import raw_sql
 
 COLUMNS = "account_id, source, dedupe_key, body, status, attempts, last_error, handled_at"
 
 
 async def _store(db: Database, key: str) -> int | None:
-    return await db.run_autocommit(
-        lambda conn: inbox.store_event(conn, account_id=7, source="kommo", dedupe_key=key, body="a=1&b=ü")
-    )
+    """Store one body; its id, None when the same delivery was stored before."""
+    event = NewEvent(account_id=7, source=EventSource.KOMMO, dedupe_key=key, body="a=1&b=ü")
+    stored = await db.run_autocommit(lambda conn: inbox_repo.store_events(conn, [event]))
+    return stored.get(key)
 
 
 async def test_postgres_fast_insert_stores_what_the_orm_statement_stores(ctx: ProcessContext) -> None:
@@ -186,11 +189,13 @@ async def test_wakeups_survive_a_redis_failure(ctx: ProcessContext) -> None:
 
 
 async def test_store_events_in_one_statement(ctx: ProcessContext) -> None:
-    rows = [inbox.NewEvent(7, "kommo", key, f"body {key}") for key in ("a", "b", "a", "c")]
-    first = await ctx.db.run_autocommit(lambda conn: inbox.store_events(conn, rows))
+    rows = [NewEvent(7, EventSource.KOMMO, key, f"body {key}") for key in ("a", "b", "a", "c")]
+    first = await ctx.db.run_autocommit(lambda conn: inbox_repo.store_events(conn, rows))
     assert sorted(first) == ["a", "b", "c"]
     again = await ctx.db.run_autocommit(
-        lambda conn: inbox.store_events(conn, [inbox.NewEvent(7, "kommo", k, "x") for k in ("b", "d")])
+        lambda conn: inbox_repo.store_events(
+            conn, [NewEvent(7, EventSource.KOMMO, k, "x") for k in ("b", "d")]
+        )
     )
     assert list(again) == ["d"]
     url = ctx.settings.database_url
@@ -215,7 +220,7 @@ class _CountingWriter(InboxWriter):
 async def test_group_commit_answers_each_caller_once_its_row_is_stored(ctx: ProcessContext) -> None:
     writer = _CountingWriter(ctx, max_batch=64)
     keys = [f"k{i % 150}" for i in range(300)]  # every key twice
-    results = await asyncio.gather(*(writer.store(inbox.NewEvent(7, "kommo", k, k)) for k in keys))
+    results = await asyncio.gather(*(writer.store(NewEvent(7, EventSource.KOMMO, k, k)) for k in keys))
     new_per_key: dict[str, int] = {}
     for key, new in zip(keys, results, strict=True):
         new_per_key[key] = new_per_key.get(key, 0) + int(new)
@@ -238,7 +243,7 @@ async def test_group_commit_failure_reaches_every_waiting_caller(settings: Setti
     try:
         results = await asyncio.wait_for(
             asyncio.gather(
-                *(writer.store(inbox.NewEvent(7, "kommo", f"k{i}", "b")) for i in range(20)),
+                *(writer.store(NewEvent(7, EventSource.KOMMO, f"k{i}", "b")) for i in range(20)),
                 return_exceptions=True,
             ),
             timeout=30,

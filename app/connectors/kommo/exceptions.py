@@ -17,10 +17,7 @@
 
 from __future__ import annotations
 
-import email.utils
 import json
-import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,13 +31,13 @@ from app.connectors.errors import (
     RateLimitedError,
     RequestError,
     TransientError,
+    WebhookParseError,
 )
+from app.retry import parse_retry_after
 
 # Used when a 429 carries neither a ``retry_after`` body field nor a ``Retry-After`` header. Kommo's budget is
 # per second (7 rps), so a short pause clears it; the worker's own backoff covers anything longer.
 DEFAULT_RETRY_AFTER = 1.0
-# A bogus or hostile retry_after must not park a credential for days.
-MAX_RETRY_AFTER = 3600.0
 _MAX_MESSAGE = 300
 _REVOKED_HINT = "token has been revoked"
 
@@ -122,7 +119,7 @@ class KommoValidationError(KommoRequestError):
         self.errors: list[KommoValidationIssue] = list(errors or [])
 
 
-class KommoWebhookParseError(KommoError, RequestError):
+class KommoWebhookParseError(KommoError, WebhookParseError):
     """A webhook body that is malformed or exceeds our limits (answer 400, never 500)."""
 
 
@@ -137,39 +134,6 @@ def _as_str(value: object) -> str | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     return None
-
-
-def _parse_seconds(raw: object) -> float | None:
-    """A non-negative finite number of seconds from a JSON value or a header string, else None."""
-    if isinstance(raw, bool):
-        return None
-    if isinstance(raw, int | float):
-        seconds = float(raw)
-    elif isinstance(raw, str):
-        try:
-            seconds = float(raw.strip())
-        except ValueError:
-            return None
-    else:
-        return None
-    if not math.isfinite(seconds) or seconds < 0:
-        return None
-    return min(seconds, MAX_RETRY_AFTER)
-
-
-def _retry_after_header(value: str | None) -> float | None:
-    if value is None:
-        return None
-    seconds = _parse_seconds(value)
-    if seconds is not None:
-        return seconds
-    try:  # RFC 9110 also allows an HTTP-date
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return min(max(0.0, when.timestamp() - time.time()), MAX_RETRY_AFTER)
 
 
 def _validation_issues(body: dict[str, Any]) -> list[KommoValidationIssue]:
@@ -231,9 +195,9 @@ def from_response(response: httpx.Response, *, token_endpoint: bool = False) -> 
     }
 
     if status == 429:
-        retry_after = _parse_seconds(body.get("retry_after")) if body is not None else None
+        retry_after = parse_retry_after(body.get("retry_after")) if body is not None else None
         if retry_after is None:
-            retry_after = _retry_after_header(response.headers.get("retry-after"))
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
         if retry_after is None:
             retry_after = DEFAULT_RETRY_AFTER
         return KommoRateLimited(message, retry_after=retry_after, code="rate_limited", **common)

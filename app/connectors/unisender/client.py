@@ -12,7 +12,7 @@ import httpx
 import pydantic
 import structlog
 
-from app.connectors.base import EspContact, EspField, EspList, ImportRow, RowOutcome, RowResult
+from app.connectors.base import EspContact, EspField, EspList, ImportRow, RowResult
 from app.connectors.ratelimit import RateLimiter
 from app.connectors.unisender.exceptions import (
     DEFAULT_RATE_LIMIT_RETRY_AFTER,
@@ -24,6 +24,13 @@ from app.connectors.unisender.exceptions import (
     error_from_status,
 )
 from app.connectors.unisender.hooks import HOOK_EVENT_NAMES
+from app.connectors.unisender.imports import (
+    Params,
+    build_import_params,
+    ids_param,
+    import_groups,
+    row_results,
+)
 from app.connectors.unisender.schemas import (
     ContactResult,
     CreatedId,
@@ -31,6 +38,7 @@ from app.connectors.unisender.schemas import (
     ImportResult,
     ListInfo,
 )
+from app.retry import parse_retry_after
 
 log = structlog.get_logger(__name__)
 
@@ -41,105 +49,6 @@ HOOK_MAX_PARALLEL = 5
 
 _FORM = "application/x-www-form-urlencoded"
 _ModelT = TypeVar("_ModelT", bound=pydantic.BaseModel)
-Params = list[tuple[str, str]]
-
-
-def _ids(ids: Sequence[int]) -> str:
-    return ",".join(str(int(i)) for i in ids)
-
-
-def _signature(row: ImportRow) -> tuple[bool, bool, bool]:
-    return (bool(row.name), bool(row.list_ids), row.unsubscribed)
-
-
-def import_groups(rows: Sequence[ImportRow]) -> list[list[int]]:
-    """Partition input indices into groups whose rows need the same columns (each group in input order).
-
-    An empty cell is not "leave unchanged" in Unisender (an empty ``Name`` clears the name, an empty
-    ``email_status`` is undocumented), so a row never gets a column only because another row needed it.
-    Deletions carry only the address and ride along with the largest group (``delete=0`` is a plain upsert).
-    """
-    groups: dict[tuple[bool, bool, bool], list[int]] = {}
-    deletes: list[int] = []
-    for i, row in enumerate(rows):
-        if row.delete:
-            deletes.append(i)
-        else:
-            groups.setdefault(_signature(row), []).append(i)
-    ordered = list(groups.values())
-    if deletes:
-        if ordered:
-            largest = max(ordered, key=len)
-            largest.extend(deletes)
-            largest.sort()
-        else:
-            ordered.append(deletes)
-    return ordered
-
-
-def import_columns(rows: Sequence[ImportRow]) -> list[str]:
-    """The importContacts columns a batch needs: ``email`` plus only what its rows actually set."""
-    columns = ["email"]
-    live = [row for row in rows if not row.delete]
-    if any(row.name for row in live):
-        columns.append("Name")
-    if any(row.list_ids for row in live):
-        columns.append("email_list_ids")
-    if any(row.unsubscribed for row in live):
-        columns.append("email_status")
-    if any(row.delete for row in rows):
-        columns.append("delete")
-    return columns
-
-
-def _cell(row: ImportRow, column: str) -> str:
-    if column == "email":
-        return row.email
-    if column == "delete":
-        return "1" if row.delete else "0"
-    if row.delete:
-        return ""  # a deleted row carries nothing but its address
-    if column == "Name":
-        return row.name
-    if column == "email_list_ids":
-        return _ids(row.list_ids)
-    if column == "email_status":
-        # Only ever "unsubscribed": this client never raises an address's status (see ImportRow).
-        return "unsubscribed" if row.unsubscribed else ""
-    raise ValueError(f"unknown import column {column!r}")
-
-
-def build_import_params(rows: Sequence[ImportRow]) -> Params:
-    """importContacts arguments for one batch in PHP bracket notation (``field_names[0]``, ``data[0][0]``)."""
-    columns = import_columns(rows)
-    params: Params = [(f"field_names[{j}]", name) for j, name in enumerate(columns)]
-    for i, row in enumerate(rows):
-        params.extend((f"data[{i}][{j}]", _cell(row, column)) for j, column in enumerate(columns))
-    return params
-
-
-def row_results(result: ImportResult, input_indices: Sequence[int]) -> dict[int, RowResult]:
-    """Map one batch's ``log`` back onto input indices: error entries reject a row, the rest are OK."""
-    rejected: dict[int, RowResult] = {}
-    for entry in result.log:
-        if entry.index is None or not 0 <= entry.index < len(input_indices):
-            log.warning("unisender.import_log_unmapped", index=entry.index, code=entry.code)
-            continue
-        target = input_indices[entry.index]
-        if not entry.is_error:
-            log.info("unisender.import_warning", row=target, code=entry.code, message=entry.message)
-            continue
-        # Several entries for one row: the first error explains it.
-        rejected.setdefault(
-            target,
-            RowResult(
-                index=target,
-                outcome=RowOutcome.REJECTED,
-                code=entry.code or "unspecified",
-                message=entry.message or None,
-            ),
-        )
-    return {idx: rejected.get(idx, RowResult(index=idx, outcome=RowOutcome.OK)) for idx in input_indices}
 
 
 class UnisenderClient:
@@ -223,7 +132,7 @@ class UnisenderClient:
         is_error = envelope is not None and (envelope.get("error") is not None or bool(envelope.get("code")))
 
         if status != 200:
-            retry_after = _retry_after(response.headers.get("Retry-After"))
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
             if status >= 500 or status == 429 or not is_error:
                 raise error_from_status(
                     status,
@@ -397,18 +306,8 @@ class UnisenderClient:
 def _contact_params(email: str, list_ids: Sequence[int] | None) -> Params:
     params: Params = [("contact_type", "email"), ("contact", email)]
     if list_ids:
-        params.append(("list_ids", _ids(list_ids)))
+        params.append(("list_ids", ids_param(list_ids)))
     return params
-
-
-def _retry_after(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None  # an HTTP date: rare enough to fall back to the default
-    return seconds if seconds >= 0 else None
 
 
 def _bad_result(method: str, exc: pydantic.ValidationError) -> UnisenderTransientError:

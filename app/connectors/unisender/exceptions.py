@@ -17,6 +17,7 @@ from app.connectors.errors import (
     RateLimitedError,
     RequestError,
     TransientError,
+    WebhookParseError,
 )
 
 DEFAULT_RATE_LIMIT_RETRY_AFTER = 60.0
@@ -56,7 +57,7 @@ class UnisenderNotFound(UnisenderError, NotFoundError):
     """The ``unspecified`` "Contact … not found" error of getContact, exclude and unsubscribe."""
 
 
-class UnisenderHookParseError(UnisenderError, RequestError):
+class UnisenderHookParseError(UnisenderError, WebhookParseError):
     """A hook delivery body that is not JSON at all (or exceeds the size cap)."""
 
 

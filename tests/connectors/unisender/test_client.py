@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl
 
 import httpx
@@ -526,3 +528,35 @@ def test_repr_hides_the_key() -> None:
         httpx.AsyncClient(), base_url="https://x", api_key=API_KEY, limiter=RecordingLimiter()
     )
     assert API_KEY not in repr(client)
+
+
+@pytest.mark.parametrize(
+    ("header", "low", "high"),
+    [
+        ("120", 120.0, 120.0),
+        ("99999999", 3600.0, 3600.0),  # bounded: a hostile value cannot park the credential for years
+        ("inf", None, None),
+        ("-5", None, None),
+    ],
+)
+async def test_retry_after_is_read_in_seconds_and_bounded(
+    header: str, low: float | None, high: float | None
+) -> None:
+    client, http = make_client(lambda request: httpx.Response(503, headers={"Retry-After": header}))
+    async with http:
+        with pytest.raises(UnisenderTransientError) as caught:
+            await client.get_lists()
+    if low is None:
+        assert caught.value.retry_after is None
+    else:
+        assert low <= (caught.value.retry_after or 0.0) <= (high or 0.0)
+
+
+async def test_retry_after_as_an_http_date_is_honoured() -> None:
+    """RFC 9110 allows an HTTP-date: it used to be dropped (no delay), now it is the seconds until then."""
+    when = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=90), usegmt=True)
+    client, http = make_client(lambda request: httpx.Response(503, headers={"Retry-After": when}))
+    async with http:
+        with pytest.raises(UnisenderTransientError) as caught:
+            await client.get_lists()
+    assert 85.0 <= (caught.value.retry_after or 0.0) <= 91.0

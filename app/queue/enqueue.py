@@ -16,6 +16,8 @@ from typing import Any
 import structlog
 from arq.connections import ArqRedis
 
+from app.db.states import EventSource
+
 log = structlog.get_logger(__name__)
 
 # Coalescing window for pushes of live changes: changes arriving within one share one importContacts call.
@@ -41,7 +43,7 @@ def _uid(prefix: str) -> str:
     return f"{prefix}:{uuid.uuid4().hex[:12]}"
 
 
-async def process_events(queue: ArqRedis, account_id: int, source: str = "kommo") -> None:
+async def process_events(queue: ArqRedis, account_id: int, source: str = EventSource.KOMMO) -> None:
     await _enqueue(queue, "process_events", account_id, source, job_id=_uid(f"events:{source}:{account_id}"))
 
 

@@ -1,4 +1,4 @@
-"""The arq connection.
+"""The arq connection, and (in ``enqueue``) the typed helpers that send jobs.
 
 Redis is only a wake-up signal here: every job's input lives in PostgreSQL, so losing Redis loses nothing
 (the sweeper re-enqueues pending work from the tables).

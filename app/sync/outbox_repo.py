@@ -1,0 +1,195 @@
+"""SQL of ``outbox``: the desired state of each address in the email platform, one row per (account, address),
+and what the platform last accepted for it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, bindparam, func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.base import utcnow
+from app.db.models import Outbox
+from app.db.sql import Columns, chunks, execute_many, insert_unnest, lateral, unnest_insert
+from app.db.states import OutboxStatus
+
+# The statuses an operator watches (the account views count them).
+WATCHED: tuple[OutboxStatus, ...] = (OutboxStatus.PENDING, OutboxStatus.REJECTED, OutboxStatus.DEAD)
+
+
+@dataclass(frozen=True, slots=True)
+class NewRow:
+    """A desire for an address that has no outbox row yet (stored pending, due now)."""
+
+    email: str
+    payload: dict[str, Any]
+    payload_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class DueRow:
+    """The columns of a due outbox row a push needs (plain values: no ORM objects to track and flush)."""
+
+    id: int
+    email: str
+    payload: dict[str, Any]
+    payload_hash: str
+    attempts: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RowChange:
+    """A row's outcome columns after a push attempt (written as they are: unchanged ones carry the old value)."""
+
+    id: int
+    status: OutboxStatus
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None = None
+    reject_code: str | None = None
+
+
+_COLUMNS: Columns = (
+    ("account_id", "BIGINT"),
+    ("email", "TEXT"),
+    ("payload", "JSON"),
+    ("payload_hash", "TEXT"),
+    ("status", "TEXT"),
+    ("attempts", "INTEGER"),
+    ("next_attempt_at", "TIMESTAMPTZ"),
+    ("created_at", "TIMESTAMPTZ"),
+    ("updated_at", "TIMESTAMPTZ"),
+)
+_ADD = unnest_insert("outbox", _COLUMNS, "ON CONFLICT (account_id, email) DO NOTHING")
+_LOCK = lateral(
+    "CAST(:keys AS TEXT[])",
+    "email",
+    "SELECT * FROM outbox WHERE account_id = :account_id AND email = q.email",
+    lock=True,
+)
+_CHANGE_KEYS = ("status", "attempts", "next_attempt_at", "last_error", "reject_code")
+
+
+async def lock_outbox(session: AsyncSession, account_id: int, emails: Sequence[str]) -> dict[str, Outbox]:
+    """The outbox rows of these addresses, locked: a flush holding one finishes first, so what we read is current."""
+    out: dict[str, Outbox] = {}
+    for chunk in chunks(sorted(set(emails))):
+        stmt = select(Outbox).from_statement(text(_LOCK).bindparams(account_id=account_id, keys=list(chunk)))
+        for row in (await session.execute(stmt)).scalars():
+            out[row.email] = row
+    return out
+
+
+async def add_outbox(session: AsyncSession, account_id: int, rows: Sequence[NewRow]) -> None:
+    now = utcnow()
+    constants = {
+        "account_id": account_id,
+        "status": OutboxStatus.PENDING.value,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
+    await insert_unnest(session, _ADD, _COLUMNS, rows, constants)
+
+
+async def cancel_outbox(session: AsyncSession, account_id: int, emails: Sequence[str], reason: str) -> None:
+    """Drop pending desires that are no longer wanted (e.g. the address unsubscribed)."""
+    for chunk in chunks(list(emails)):
+        await session.execute(
+            update(Outbox)
+            .where(
+                Outbox.account_id == account_id,
+                Outbox.email.in_(chunk),
+                Outbox.status == OutboxStatus.PENDING,
+            )
+            .values(status=OutboxStatus.CANCELLED, last_error=reason, updated_at=utcnow())
+        )
+
+
+async def claim_due(session: AsyncSession, account_id: int, limit: int) -> list[DueRow]:
+    """Due pending rows, oldest first, locked until the transaction ends (rows another flusher holds are
+    skipped)."""
+    stmt = (
+        select(
+            Outbox.id, Outbox.email, Outbox.payload, Outbox.payload_hash, Outbox.attempts, Outbox.updated_at
+        )
+        .where(
+            Outbox.account_id == account_id,
+            Outbox.status == OutboxStatus.PENDING,
+            Outbox.next_attempt_at <= utcnow(),
+        )
+        .order_by(Outbox.id)
+        .limit(limit)
+    )
+    return [DueRow(*row) for row in (await session.execute(stmt.with_for_update(skip_locked=True))).all()]
+
+
+async def mark_pushed(session: AsyncSession, ids: Sequence[int], at: datetime) -> None:
+    """The email platform accepted these rows as queued: what it holds is now their payload."""
+    table = cast(Table, Outbox.__table__)
+    for chunk in chunks(list(ids)):
+        await session.execute(
+            update(table)
+            .where(table.c.id.in_(chunk))
+            .values(
+                status=OutboxStatus.DONE,
+                pushed_hash=table.c.payload_hash,
+                pushed_at=at,
+                last_error=None,
+                reject_code=None,
+                updated_at=at,
+            )
+        )
+
+
+async def update_outbox_rows(session: AsyncSession, changes: Sequence[RowChange]) -> None:
+    """Write each row's outcome columns."""
+    if not changes:
+        return
+    table = cast(Table, Outbox.__table__)  # Core, not the ORM's bulk-update-by-primary-key mode
+    stmt = (
+        update(table)
+        .where(table.c.id == bindparam("row_id"))
+        .values({key: bindparam(f"new_{key}") for key in _CHANGE_KEYS} | {"updated_at": utcnow()})
+    )
+    rows = [
+        {"row_id": change.id, **{f"new_{key}": getattr(change, key) for key in _CHANGE_KEYS}}
+        for change in changes
+    ]
+    await execute_many(session, stmt, rows)
+
+
+async def accounts_with_due_outbox(session: AsyncSession) -> list[int]:
+    stmt = (
+        select(Outbox.account_id)
+        .where(Outbox.status == OutboxStatus.PENDING, Outbox.next_attempt_at <= utcnow())
+        .group_by(Outbox.account_id)
+    )
+    return [int(x) for x in (await session.execute(stmt)).scalars()]
+
+
+async def outbox_counts(
+    session: AsyncSession,
+    account_ids: Sequence[int] | None = None,
+    *,
+    statuses: Sequence[OutboxStatus] = WATCHED,
+) -> dict[int, dict[str, int]]:
+    """Per account (every account when ``account_ids`` is None), its rows by status, for ``statuses`` only."""
+    if account_ids is not None and not account_ids:
+        return {}
+    stmt = (
+        select(Outbox.account_id, Outbox.status, func.count())
+        .where(Outbox.status.in_(list(statuses)))
+        .group_by(Outbox.account_id, Outbox.status)
+    )
+    if account_ids is not None:
+        stmt = stmt.where(Outbox.account_id.in_(account_ids))
+    counts: dict[int, dict[str, int]] = {}
+    for account_id, status, n in (await session.execute(stmt)).all():
+        counts.setdefault(int(account_id), {})[str(status)] = int(n)
+    return counts

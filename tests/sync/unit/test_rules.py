@@ -1,0 +1,241 @@
+"""The mirror's rules (``app.sync.service``) on the real database, each test inside a rolled-back transaction:
+which contact versions apply, which address each contact owns, and what the outbox is told."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.connectors.base import CrmContact
+from app.db.base import utcnow
+from app.db.models import Contact, ContactEmail, Outbox
+from app.db.states import Consent, OutboxStatus
+from app.sync import consent_repo, service
+from app.sync.mapping import DesiredAddress, payload_hash
+
+_IDS = itertools.count(random.randrange(10**12, 10**13, 10**6))
+
+
+@pytest.fixture
+def account() -> int:
+    """An account id no other test (nor any committed data of the integration tests) uses."""
+    return next(_IDS)
+
+
+def _contact(id_: int, updated_at: int, *emails: str, name: str = "") -> CrmContact:
+    return CrmContact(id=id_, name=name or f"C{id_}@{updated_at}", updated_at=updated_at, emails=emails)
+
+
+async def _stored(session: AsyncSession, account: int, kommo_id: int) -> Contact:
+    stmt = select(Contact).where(Contact.account_id == account, Contact.kommo_id == kommo_id)
+    return (await session.execute(stmt.execution_options(populate_existing=True))).scalar_one()
+
+
+async def _outbox(session: AsyncSession, account: int) -> dict[str, Outbox]:
+    stmt = select(Outbox).where(Outbox.account_id == account).execution_options(populate_existing=True)
+    return {row.email: row for row in (await session.execute(stmt)).scalars()}
+
+
+def _hash(name: str) -> str:
+    return payload_hash(DesiredAddress("x", delete=False, name=name).payload(), None)
+
+
+# --- apply_contacts ----------------------------------------------------------------------------------------
+
+
+async def test_a_webhook_version_applies_only_when_newer(session: AsyncSession, account: int) -> None:
+    first = await service.apply_contacts(session, account, [_contact(1, 100, "A@x.io", name="v100")])
+    assert (first.changed, first.affected) == (1, {"a@x.io"})
+    older = await service.apply_contacts(session, account, [_contact(1, 99, "b@x.io", name="v99")])
+    equal = await service.apply_contacts(session, account, [_contact(1, 100, "b@x.io", name="other")])
+    assert (older.changed, older.affected, equal.changed) == (0, set(), 0)
+    newer = await service.apply_contacts(session, account, [_contact(1, 101, "b@x.io", name="v101")])
+    assert (newer.changed, newer.affected) == (1, {"a@x.io", "b@x.io"})  # the released address too
+    row = await _stored(session, account, 1)
+    assert (row.name, row.emails, row.kommo_updated_at) == ("v101", ["b@x.io"], 101)
+
+
+async def test_the_latest_of_several_versions_in_one_call_wins(session: AsyncSession, account: int) -> None:
+    versions = [_contact(1, 5, name="v5"), _contact(1, 7, name="v7"), _contact(1, 6, name="v6")]
+    assert (await service.apply_contacts(session, account, versions)).changed == 1
+    assert (await _stored(session, account, 1)).name == "v7"
+
+
+async def test_a_live_read_replaces_what_was_stored_before_it_whatever_its_timestamp(
+    session: AsyncSession, account: int
+) -> None:
+    future = 4_000_000_000  # a forged or skewed version from the future
+    await service.apply_contacts(session, account, [_contact(1, future, "evil@x.io", name="Pinned")])
+    read_at = utcnow() + timedelta(seconds=1)  # the row above was written before this read
+    live = await service.apply_contacts(
+        session, account, [_contact(1, 100, "a@x.io", name="Real")], read_at=read_at
+    )
+    assert (live.changed, live.affected) == (1, {"evil@x.io", "a@x.io"})
+    row = await _stored(session, account, 1)
+    assert (row.name, row.kommo_updated_at, row.emails) == ("Real", 100, ["a@x.io"])
+
+
+async def test_a_live_read_does_not_override_a_row_written_after_it(
+    session: AsyncSession, account: int
+) -> None:
+    read_at = utcnow() - timedelta(seconds=5)  # the page was requested before the webhook below applied
+    await service.apply_contacts(session, account, [_contact(1, 200, name="Webhook")])
+    stale = await service.apply_contacts(session, account, [_contact(1, 150, name="Page")], read_at=read_at)
+    assert stale.changed == 0
+    assert (await _stored(session, account, 1)).name == "Webhook"
+
+
+async def test_an_identical_live_read_is_not_rewritten_but_marked_seen(
+    session: AsyncSession, account: int
+) -> None:
+    contact = _contact(1, 100, "a@x.io", name="Same")
+    await service.apply_contacts(session, account, [contact])
+    read_at = utcnow() + timedelta(seconds=1)
+    again = await service.apply_contacts(session, account, [contact], read_at=read_at, run_id="run-1")
+    assert (again.changed, again.affected) == (0, set())
+    assert (await _stored(session, account, 1)).seen_run_id == "run-1"
+
+
+async def test_a_live_read_revives_a_deleted_contact_a_webhook_does_not(
+    session: AsyncSession, account: int
+) -> None:
+    await service.apply_contacts(session, account, [_contact(1, 100, "a@x.io")])
+    gone = await service.delete_contacts(session, account, [1])
+    assert (gone.changed, gone.affected) == (1, {"a@x.io"})
+    webhook = await service.apply_contacts(session, account, [_contact(1, 100, "a@x.io")])
+    assert webhook.changed == 0  # the same version again: not proof the contact is back
+    assert (await _stored(session, account, 1)).deleted_at is not None
+    read_at = utcnow() + timedelta(seconds=1)
+    revived = await service.apply_contacts(session, account, [_contact(1, 100, "a@x.io")], read_at=read_at)
+    assert (revived.changed, revived.affected) == (1, {"a@x.io"})
+    assert (await _stored(session, account, 1)).deleted_at is None
+
+
+async def test_deleting_releases_addresses_and_counts_only_live_contacts(
+    session: AsyncSession, account: int
+) -> None:
+    await service.apply_contacts(session, account, [_contact(1, 100, "a@x.io", "b@x.io"), _contact(2, 100)])
+    first = await service.delete_contacts(session, account, [1, 2, 3])  # 3: never seen
+    assert (first.changed, first.affected) == (2, {"a@x.io", "b@x.io"})
+    again = await service.delete_contacts(session, account, [1])
+    assert (again.changed, again.affected) == (0, set())
+    assert (await service.delete_contacts(session, account, [])).changed == 0
+
+
+# --- recompute ---------------------------------------------------------------------------------------------
+
+
+async def test_the_most_recently_updated_live_holder_owns_an_address(
+    session: AsyncSession, account: int
+) -> None:
+    await service.apply_contacts(
+        session,
+        account,
+        [
+            _contact(1, 100, "a@x.io", name="Old"),
+            _contact(2, 300, "a@x.io", name="Newest"),
+            _contact(3, 200, "a@x.io", name="Middle"),
+        ],
+    )
+    rec = await service.recompute(session, account, ["a@x.io"])
+    assert (rec.queued, rec.unchanged, rec.suppressed) == (1, 0, 0)
+    row = (await _outbox(session, account))["a@x.io"]
+    assert (row.payload, row.status, row.payload_hash) == (
+        {"delete": False, "name": "Newest"},
+        OutboxStatus.PENDING,
+        _hash("Newest"),
+    )
+    owner = (
+        await session.execute(select(ContactEmail).where(ContactEmail.account_id == account))
+    ).scalar_one()
+    assert (owner.email, owner.kommo_id, owner.consent) == ("a@x.io", 2, Consent.SUBSCRIBED)
+
+
+async def test_a_tie_goes_to_the_higher_crm_id(session: AsyncSession, account: int) -> None:
+    await service.apply_contacts(
+        session, account, [_contact(7, 100, "a@x.io", name="Seven"), _contact(9, 100, "a@x.io", name="Nine")]
+    )
+    await service.recompute(session, account, ["a@x.io"])
+    assert (await _outbox(session, account))["a@x.io"].payload["name"] == "Nine"
+
+
+async def test_an_unsubscribed_address_is_never_queued_and_its_pending_desire_is_cancelled(
+    session: AsyncSession, account: int
+) -> None:
+    await service.apply_contacts(session, account, [_contact(1, 100, "a@x.io")])
+    await service.recompute(session, account, ["a@x.io"])
+    session.add(
+        ContactEmail(account_id=account, email="b@x.io", consent=Consent.UNSUBSCRIBED, updated_at=utcnow())
+    )
+    await session.flush()
+    assert await consent_repo.mark_unsubscribed(session, account, "a@x.io")
+    await service.apply_contacts(session, account, [_contact(2, 100, "b@x.io")])
+    rec = await service.recompute(session, account, ["a@x.io", "b@x.io"])
+    assert (rec.queued, rec.suppressed) == (0, 2)
+    rows = await _outbox(session, account)
+    assert set(rows) == {"a@x.io"}  # b@x.io never got a row
+    assert (rows["a@x.io"].status, rows["a@x.io"].last_error) == (OutboxStatus.CANCELLED, "unsubscribed")
+
+
+async def test_a_desire_equal_to_what_the_platform_holds_sends_nothing(
+    session: AsyncSession, account: int
+) -> None:
+    await service.apply_contacts(session, account, [_contact(1, 100, "a@x.io", name="Ann")])
+    await service.recompute(session, account, ["a@x.io"])
+    row = (await _outbox(session, account))["a@x.io"]
+    row.pushed_hash, row.status = _hash("Ann"), OutboxStatus.DONE  # what a successful push records
+    await service.apply_contacts(session, account, [_contact(1, 101, "a@x.io", name="Bob")])
+    assert (await service.recompute(session, account, ["a@x.io"])).queued == 1
+    await service.apply_contacts(session, account, [_contact(1, 102, "a@x.io", name="Ann")])  # back again
+    rec = await service.recompute(session, account, ["a@x.io"])
+    assert (rec.queued, rec.unchanged) == (0, 1)
+    row = (await _outbox(session, account))["a@x.io"]
+    assert (row.status, row.payload["name"], row.payload_hash) == (OutboxStatus.DONE, "Ann", _hash("Ann"))
+
+
+async def test_a_rejected_desire_is_not_queued_again_unless_it_changes(
+    session: AsyncSession, account: int
+) -> None:
+    await service.apply_contacts(session, account, [_contact(1, 100, "a@x.io", name="Ann")])
+    await service.recompute(session, account, ["a@x.io"])
+    row = (await _outbox(session, account))["a@x.io"]
+    row.status, row.reject_code, row.attempts = OutboxStatus.REJECTED, "role_address", 1
+    await session.flush()
+    rec = await service.recompute(session, account, ["a@x.io"])
+    assert (rec.queued, rec.unchanged) == (0, 1)
+    assert (await _outbox(session, account))["a@x.io"].status == OutboxStatus.REJECTED
+    await service.apply_contacts(session, account, [_contact(1, 101, "a@x.io", name="Bob")])
+    assert (await service.recompute(session, account, ["a@x.io"])).queued == 1
+    row = (await _outbox(session, account))["a@x.io"]
+    assert (row.status, row.reject_code, row.attempts) == (OutboxStatus.PENDING, None, 0)
+    assert row.next_attempt_at <= utcnow()
+
+
+async def test_an_address_never_pushed_is_not_deleted(session: AsyncSession, account: int) -> None:
+    await service.apply_contacts(session, account, [_contact(1, 100, "a@x.io"), _contact(2, 100, "b@x.io")])
+    await service.recompute(session, account, ["a@x.io", "b@x.io"])  # both pending, never pushed
+    await service.delete_contacts(session, account, [1])
+    rec = await service.recompute(session, account, ["a@x.io", "gone@x.io"])
+    assert (rec.queued, rec.unchanged) == (0, 2)
+    rows = await _outbox(session, account)
+    assert set(rows) == {"a@x.io", "b@x.io"}  # nothing created for gone@x.io
+    assert rows["a@x.io"].status == OutboxStatus.DONE  # the queued add is dropped: nothing to undo
+
+
+async def test_an_address_pushed_before_is_deleted_when_its_last_holder_goes(
+    session: AsyncSession, account: int
+) -> None:
+    await service.apply_contacts(session, account, [_contact(1, 100, "a@x.io", name="Ann")])
+    await service.recompute(session, account, ["a@x.io"])
+    row = (await _outbox(session, account))["a@x.io"]
+    row.pushed_hash, row.status = _hash("Ann"), OutboxStatus.DONE
+    gone = await service.delete_contacts(session, account, [1])
+    rec = await service.recompute(session, account, gone.affected)
+    assert rec.queued == 1
+    row = (await _outbox(session, account))["a@x.io"]
+    assert (row.status, row.payload) == (OutboxStatus.PENDING, {"delete": True, "name": ""})
