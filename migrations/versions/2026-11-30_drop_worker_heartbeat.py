@@ -2,7 +2,7 @@
 arq's health-check key in Redis) and ``sync_run.rejected`` (never counted: a run's rejections are counted from
 the outbox when the run is shown).
 
-Revision ID: p2sync
+Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-30 12:00:00
 """
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "p2sync"
+revision: str = "0004"
 down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
