@@ -7,7 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.accounts.service import kommo_client_for, unisender_client_for
+from app.accounts.kommo import kommo_client_for
+from app.accounts.unisender import unisender_client_for
 from app.api.deps import AdminDep, ContextDep, SessionDep
 from app.api.routing import AppRoute
 from app.connectors.errors import AuthError, ConnectorError
@@ -38,7 +39,7 @@ async def kommo_contacts(
 ) -> dict[str, Any]:
     if await repo.get_integration(session, id) is None:
         raise NotFound(f"Account {id} is not registered.", code="unknown_account")
-    client = await kommo_client_for(session, ctx, id)
+    client = await kommo_client_for(ctx, id)
     try:
         result = await client.list_contacts(page=page, limit=limit)
     except ConnectorError as exc:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.accounts.service import kommo_client_for
+from app.accounts.kommo import kommo_client_for
 from app.connectors.base import CrmAction, CrmContact
 from app.connectors.kommo.exceptions import KommoWebhookParseError
 from app.connectors.kommo.webhooks import parse_webhook
@@ -292,7 +292,7 @@ async def _apply_events(
     affected = set(applied.affected)
     changed = applied.changed
     if verify:
-        client = await kommo_client_for(session, pc, account_id)
+        client = await kommo_client_for(pc, account_id)
         read_at = utcnow()
         live = await client.get_contacts(sorted(verify))
         alive = await service.apply_contacts(session, account_id, live, read_at=read_at)

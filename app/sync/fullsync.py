@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.accounts.service import kommo_client_for
+from app.accounts.kommo import kommo_client_for
 from app.connectors.base import ContactPage, CrmContact
 from app.connectors.kommo.client import KommoClient
 from app.context import ProcessContext
@@ -256,7 +256,7 @@ async def run_full_sync_slice(pc: ProcessContext, run_id: str, *, owner: str | N
         if run.status == "pending":
             run.status, run.started_at = "running", utcnow()
         cursor = int(run.cursor or 0)
-        client = await kommo_client_for(session, pc, account_id)
+        client = await kommo_client_for(pc, account_id)
     lease = asyncio.create_task(_keep_lease(pc, run_id, owner))
     try:
         status = await _advance(pc, run_id, account_id, owner, client, cursor, deadline, push_deadline)
@@ -505,7 +505,7 @@ async def reconcile_account(pc: ProcessContext, account_id: int) -> int:
         if integ is None or integ.status != "connected":
             return 0
         since = max(0, int(integ.reconcile_cursor or int(time.time()) - 3600) - RECONCILE_OVERLAP)
-        client = await kommo_client_for(session, pc, account_id)
+        client = await kommo_client_for(pc, account_id)
     page: int | None = 1
     newest = since
     changed = 0

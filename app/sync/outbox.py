@@ -11,7 +11,8 @@ from typing import Any
 import structlog
 
 from app import metrics
-from app.accounts.service import AccountNotReady, unisender_client_for
+from app.accounts.errors import AccountNotReady
+from app.accounts.unisender import unisender_client_for
 from app.connectors.base import ImportRow, RowOutcome
 from app.connectors.errors import AuthError, ConnectorError, ForbiddenError, TransientError
 from app.context import ProcessContext

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import structlog
 
-from app.accounts.service import kommo_client_for
+from app.accounts.kommo import kommo_client_for
 from app.connectors.unisender.exceptions import UnisenderHookParseError
 from app.connectors.unisender.hooks import read_delivery
 from app.context import ProcessContext
@@ -63,7 +63,7 @@ async def tag_unsubscribed_contacts(pc: ProcessContext, account_id: int) -> int:
             return 0
         rows = await repo.untagged_unsubscribes(session, account_id)
         work = [(row.email, await repo.owners_holding(session, account_id, row.email)) for row in rows]
-        client = await kommo_client_for(session, pc, account_id)
+        client = await kommo_client_for(pc, account_id)
     tag = pc.settings.unsubscribe_tag
     for email, owners in work:
         for kommo_id in owners:
