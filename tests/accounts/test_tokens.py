@@ -19,7 +19,7 @@ from app.accounts.webhooks import ensure_kommo_webhooks
 from app.connectors.kommo import KommoClient
 from app.context import ProcessContext, build_context
 from app.errors import Unauthorized
-from tests.accounts.conftest import Installed, connect, kommo_stats
+from tests.accounts.conftest import Installed, account_reads, connect, kommo_stats
 from tests.conftest import Stack, raw_sql
 
 
@@ -86,10 +86,16 @@ async def test_kommo_client_for_refreshes_an_expiring_token(stack: Stack) -> Non
     await _expire_locally(stack, inst.account_id)
     before = (await kommo_stats(stack))["refresh_count"]
     async with worker_context(stack) as pc:
-        client = await kommo_client_for(pc, inst.account_id)
+        with account_reads(pc.db) as reads:
+            client = await kommo_client_for(pc, inst.account_id)
+        # The rows are read once, under the refresh lock, and the refresh decided on that read (a read before
+        # the lock and another under it used to cost four queries here).
+        assert len(reads) == 1, reads
         assert (await client.get_account()).id == inst.account_id
         # Still fresh: a second call does not refresh again.
-        await kommo_client_for(pc, inst.account_id)
+        with account_reads(pc.db) as reads:
+            await kommo_client_for(pc, inst.account_id)
+        assert len(reads) == 1, reads
         assert await refresh_kommo_token(pc, inst.account_id) is False
     assert (await kommo_stats(stack))["refresh_count"] == before + 1
 
