@@ -214,7 +214,7 @@ def cmd_rotate_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate_token(args: argparse.Namespace) -> int:
-    from app.accounts.service import rotate_webhook_token
+    from app.accounts.rotation import rotate_webhook_token
     from app.context import build_context
     from app.errors import AppError
     from app.logging import configure_logging

@@ -1,26 +1,23 @@
-"""All SQL of the accounts domain: integrations, Kommo tokens, ESP accounts, OAuth states, account views."""
+"""SQL over the accounts' own tables: ``integration``, ``kommo_token``, ``esp_account``, ``oauth_state``.
+
+Lookups return ``None`` for an unknown account; the services decide what that means. Public names are stable:
+the sync engine imports lookups from here rather than repeating them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import NamedTuple
 
-from sqlalchemy import bindparam, delete, func, or_, select
+from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import defer
 
 from app.db.base import utcnow
-from app.db.models import (
-    EspAccount,
-    Integration,
-    KommoToken,
-    OAuthStateRow,
-    Outbox,
-    WebhookEvent,
-)
-from app.sync.outbox_repo import outbox_counts as outbox_counts
+from app.db.models import EspAccount, Integration, KommoToken, OAuthStateRow
+from app.db.states import IntegrationStatus
 
 # --- integration --------------------------------------------------------------------------------------------
 
@@ -53,11 +50,17 @@ _WEBHOOK_IDENTITY = select(
 ).where(Integration.account_id == bindparam("account_id"))
 
 
-async def webhook_identity(conn: AsyncConnection, account_id: int) -> tuple[str, str, str | None] | None:
-    """``(webhook_token_hash, subdomain, kommo_host)`` of the account, read on an autocommit connection (the
-    webhook intake's one read per cache miss); None for an unknown account."""
+class WebhookIdentityRow(NamedTuple):
+    token_hash: str
+    subdomain: str
+    host: str | None  # None until the account is connected
+
+
+async def webhook_identity(conn: AsyncConnection, account_id: int) -> WebhookIdentityRow | None:
+    """The account's webhook token hash, subdomain and host, read on an autocommit connection (the webhook
+    intake's one read per cache miss); None for an unknown account."""
     row = (await conn.execute(_WEBHOOK_IDENTITY, {"account_id": account_id})).one_or_none()
-    return None if row is None else (row[0], row[1], row[2])
+    return None if row is None else WebhookIdentityRow(row[0], row[1], row[2])
 
 
 async def find_integrations_by_client(
@@ -79,30 +82,73 @@ async def list_integrations(session: AsyncSession) -> list[Integration]:
     return list((await session.execute(stmt)).scalars())
 
 
+async def connected_account_ids(session: AsyncSession) -> list[int]:
+    """Every account whose Kommo connection works (the reconcile cron's list)."""
+    stmt = select(Integration.account_id).where(Integration.status == IntegrationStatus.CONNECTED)
+    return [int(x) for x in (await session.execute(stmt)).scalars()]
+
+
 async def add_integration(session: AsyncSession, integration: Integration) -> None:
     session.add(integration)
     await session.flush()
 
 
-async def connected_account_ids(session: AsyncSession) -> list[int]:
-    stmt = (
-        select(Integration.account_id)
-        .where(Integration.status == "connected")
-        .order_by(Integration.account_id)
-    )
-    return list((await session.execute(stmt)).scalars())
-
-
 # --- kommo tokens -------------------------------------------------------------------------------------------
 
 
-async def get_token(session: AsyncSession, account_id: int) -> KommoToken | None:
-    stmt = (
-        select(KommoToken)
-        .where(KommoToken.account_id == account_id)
-        .execution_options(populate_existing=True)
+class StoredToken(NamedTuple):
+    access_token: str
+    refresh_token: str
+    expires_at: datetime
+    refreshed_at: datetime
+
+
+class KommoGrant(NamedTuple):
+    """What calling Kommo for an account takes: its integration's state and credentials, and its token pair
+    (None while no token is stored)."""
+
+    status: str
+    host: str | None
+    client_id: str
+    client_secret: str
+    redirect_uri: str
+    token: StoredToken | None
+
+
+_KOMMO_GRANT = (
+    select(
+        Integration.status,
+        Integration.kommo_host,
+        Integration.client_id,
+        Integration.client_secret,
+        Integration.redirect_uri,
+        KommoToken.access_token,
+        KommoToken.refresh_token,
+        KommoToken.expires_at,
+        KommoToken.refreshed_at,
     )
-    return (await session.execute(stmt)).scalar_one_or_none()
+    .outerjoin(KommoToken, KommoToken.account_id == Integration.account_id)
+    .where(Integration.account_id == bindparam("account_id"))
+)
+
+
+async def kommo_grant(session: AsyncSession, account_id: int) -> KommoGrant | None:
+    """The integration and its token in one query; None for an unknown account."""
+    row = (await session.execute(_KOMMO_GRANT, {"account_id": account_id})).one_or_none()
+    if row is None:
+        return None
+    status, host, client_id, client_secret, redirect_uri, access, refresh, expires_at, refreshed_at = row
+    token = None if access is None else StoredToken(access, refresh, expires_at, refreshed_at)
+    return KommoGrant(status, host, client_id, client_secret, redirect_uri, token)
+
+
+async def record_needs_reauth(session: AsyncSession, account_id: int, *, error: str, at: datetime) -> None:
+    """Kommo refused the account's refresh token: only the owner's new consent can connect it again."""
+    await session.execute(
+        update(Integration)
+        .where(Integration.account_id == account_id)
+        .values(status=IntegrationStatus.NEEDS_REAUTH, last_error=error, last_error_at=at, updated_at=at)
+    )
 
 
 async def save_token(
@@ -148,7 +194,7 @@ async def tokens_due_for_refresh(
         select(KommoToken.account_id)
         .join(Integration, Integration.account_id == KommoToken.account_id)
         .where(
-            Integration.status == "connected",
+            Integration.status == IntegrationStatus.CONNECTED,
             or_(KommoToken.expires_at < expires_before, KommoToken.refreshed_at < refreshed_before),
         )
         .order_by(KommoToken.expires_at)
@@ -232,95 +278,6 @@ async def token_expiries(session: AsyncSession, account_ids: Sequence[int]) -> d
         return {}
     stmt = select(KommoToken.account_id, KommoToken.expires_at).where(KommoToken.account_id.in_(account_ids))
     return {row[0]: row[1] for row in (await session.execute(stmt)).all()}
-
-
-# --- account views ------------------------------------------------------------------------------------------
-
-
-async def pending_event_counts(session: AsyncSession, account_ids: Sequence[int]) -> dict[int, int]:
-    if not account_ids:
-        return {}
-    stmt = (
-        select(WebhookEvent.account_id, func.count())
-        .where(WebhookEvent.account_id.in_(account_ids), WebhookEvent.status == "pending")
-        .group_by(WebhookEvent.account_id)
-    )
-    return {row[0]: int(row[1]) for row in (await session.execute(stmt)).all()}
-
-
-async def failed_event_counts(session: AsyncSession, account_ids: Sequence[int]) -> dict[int, int]:
-    if not account_ids:
-        return {}
-    stmt = (
-        select(WebhookEvent.account_id, func.count())
-        .where(WebhookEvent.account_id.in_(account_ids), WebhookEvent.status == "failed")
-        .group_by(WebhookEvent.account_id)
-    )
-    return {row[0]: int(row[1]) for row in (await session.execute(stmt)).all()}
-
-
-async def recent_event_failures(
-    session: AsyncSession, account_ids: Sequence[int], *, limit: int = 10
-) -> dict[int, list[dict[str, Any]]]:
-    """The latest ``limit`` failed webhook events per account, with their reasons (not their bodies)."""
-    if not account_ids:
-        return {}
-    ranked = (
-        select(
-            WebhookEvent.account_id.label("account_id"),
-            WebhookEvent.id.label("event_id"),
-            WebhookEvent.attempts.label("attempts"),
-            WebhookEvent.last_error.label("reason"),
-            WebhookEvent.received_at.label("received_at"),
-            WebhookEvent.handled_at.label("failed_at"),
-            func.row_number()
-            .over(partition_by=WebhookEvent.account_id, order_by=WebhookEvent.id.desc())
-            .label("rn"),
-        )
-        .where(WebhookEvent.account_id.in_(account_ids), WebhookEvent.status == "failed")
-        .subquery()
-    )
-    columns = ("event_id", "attempts", "reason", "received_at", "failed_at")
-    stmt = (
-        select(ranked.c.account_id, *(ranked.c[name] for name in columns))
-        .where(ranked.c.rn <= limit)
-        .order_by(ranked.c.account_id, ranked.c.rn)
-    )
-    out: dict[int, list[dict[str, Any]]] = {}
-    for account_id, *values in (await session.execute(stmt)).all():
-        out.setdefault(account_id, []).append(dict(zip(columns, values, strict=True)))
-    return out
-
-
-async def recent_rejections(
-    session: AsyncSession, account_ids: Sequence[int], *, limit: int = 20
-) -> dict[int, list[dict[str, Any]]]:
-    """The latest ``limit`` rejected outbox rows per account (one query, a window function)."""
-    if not account_ids:
-        return {}
-    ranked = (
-        select(
-            Outbox.account_id.label("account_id"),
-            Outbox.email.label("email"),
-            Outbox.reject_code.label("code"),
-            Outbox.last_error.label("message"),
-            Outbox.updated_at.label("at"),
-            func.row_number()
-            .over(partition_by=Outbox.account_id, order_by=(Outbox.updated_at.desc(), Outbox.id.desc()))
-            .label("rn"),
-        )
-        .where(Outbox.account_id.in_(account_ids), Outbox.status == "rejected")
-        .subquery()
-    )
-    stmt = (
-        select(ranked.c.account_id, ranked.c.email, ranked.c.code, ranked.c.message, ranked.c.at)
-        .where(ranked.c.rn <= limit)
-        .order_by(ranked.c.account_id, ranked.c.rn)
-    )
-    out: dict[int, list[dict[str, Any]]] = {}
-    for account_id, email, code, message, at in (await session.execute(stmt)).all():
-        out.setdefault(account_id, []).append({"email": email, "code": code, "message": message, "at": at})
-    return out
 
 
 def older_than(seconds: float) -> datetime:

@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from app.db.states import IntegrationStatus
+
 Subdomain = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,63}$")]
 NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
 
@@ -39,7 +41,7 @@ class IntegrationIn(BaseModel):
 
 class IntegrationOut(BaseModel):
     account_id: int
-    status: str
+    status: IntegrationStatus
     auth_url: str
     webhook_url: str
 
@@ -73,7 +75,7 @@ class RotatedTokenOut(BaseModel):
 
 
 class DisableOut(BaseModel):
-    status: Literal["disabled"] = "disabled"
+    status: Literal[IntegrationStatus.DISABLED] = IntegrationStatus.DISABLED
 
 
 class KommoView(BaseModel):
@@ -91,12 +93,16 @@ class UnisenderView(BaseModel):
 
 
 class OutboxView(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     pending: int = 0
     rejected: int = 0
     dead: int = 0
 
 
 class RejectionView(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     email: str
     code: str | None
     message: str | None
@@ -105,6 +111,8 @@ class RejectionView(BaseModel):
 
 class EventFailureView(BaseModel):
     """A webhook event given up on after repeated failures (the account's other events went on)."""
+
+    model_config = ConfigDict(from_attributes=True)
 
     event_id: int
     attempts: int
@@ -119,7 +127,7 @@ class AccountView(BaseModel):
     host: str | None = Field(
         description="The account's host (acme.kommo.com, acme.amocrm.ru); null until connected"
     )
-    status: str
+    status: IntegrationStatus
     kommo: KommoView
     unisender: UnisenderView
     outbox: OutboxView

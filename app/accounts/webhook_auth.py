@@ -86,7 +86,7 @@ class WebhookAuth:
         if cached is not None and cached[1] > now:
             return cached[0]
         row = await db.run_autocommit(lambda conn: repo.webhook_identity(conn, account_id))
-        entry = None if row is None else (row[0], WebhookIdentity(row[1], row[2]))
+        entry = None if row is None else (row.token_hash, WebhookIdentity(row.subdomain, row.host))
         self._hashes[account_id] = (entry, now + (self._ttl if entry is not None else self._unknown_ttl))
         self._hashes.move_to_end(account_id)
         while len(self._hashes) > self._max_entries:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.account_check import registered_account
-from app.api.deps import AdminDep, ContextDep, SessionDep
+from app.accounts.integrations import require_account
+from app.api.deps import AdminDep, ContextDep, SessionDep, ValidAccount
 from app.api.routing import AppRoute
 from app.connectors.errors import AuthError, ConnectorError
 from app.errors import NotFound, Unprocessable, UpstreamError
@@ -63,13 +63,11 @@ def _upstream(provider: str, exc: ConnectorError) -> UpstreamError:
 @router.get("/kommo/contacts", summary="The account's contacts, read live from Kommo")
 async def kommo_contacts(
     ctx: ContextDep,
-    session: SessionDep,
-    id: int = Query(gt=0, description="Kommo account id"),
+    account: ValidAccount,
     page: int = Query(1, ge=1, le=100_000),
     limit: int = Query(50, ge=1, le=250),
 ) -> KommoContactsOut:
-    await registered_account(session, id)
-    client = await providers.crm_client(session, ctx, id)
+    client = await providers.crm_client(ctx, account.account_id)
     try:
         result = await client.list_contacts(page=page, limit=limit)
     except ConnectorError as exc:
@@ -80,29 +78,30 @@ async def kommo_contacts(
         )
         for c in result.contacts
     ]
-    return KommoContactsOut(account_id=id, page=page, next_page=result.next_page, contacts=contacts)
+    return KommoContactsOut(
+        account_id=account.account_id, page=page, next_page=result.next_page, contacts=contacts
+    )
 
 
 @router.get("/unisender/contacts", summary="One address as Unisender holds it (z= is an alias of email)")
 async def unisender_contact(
     ctx: ContextDep,
     session: SessionDep,
-    id: int = Query(gt=0),
+    account: ValidAccount,
     email: str | None = Query(None, max_length=320),
     z: str | None = Query(None, max_length=320),
 ) -> UnisenderContactOut:
     address = normalize_email(email or z or "")
     if address is None:
         raise Unprocessable("Give a valid address in email= (or z=).", code="invalid_email")
-    await registered_account(session, id)
-    client, _ = await providers.esp_client(session, ctx, id)
+    client, _ = await providers.esp_client(session, ctx, account.account_id)
     try:
         contact = await client.get_contact(address)
     except ConnectorError as exc:
         raise _upstream("unisender", exc) from exc
     if contact is None:
         raise NotFound(f"Unisender holds no contact {address}.", code="contact_not_found")
-    consent = (await consent_repo.consent_rows(session, id, [address])).get(address)
+    consent = (await consent_repo.consent_rows(session, account.account_id, [address])).get(address)
     return UnisenderContactOut(
         email=contact.email,
         status=contact.status,
@@ -118,7 +117,7 @@ async def unisender_contact(
     summary="Add or delete addresses in Unisender (through the outbox)",
 )
 async def push_contacts(body: PushRequest, ctx: ContextDep, session: SessionDep) -> PushOut:
-    await registered_account(session, body.id)
+    await require_account(session, body.id)
     invalid = [e for e in body.emails if normalize_email(e) is None]
     if invalid:
         raise Unprocessable(

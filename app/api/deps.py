@@ -1,4 +1,5 @@
-"""FastAPI dependencies: process context, the request's transaction owner, operator auth."""
+"""FastAPI dependencies: process context, the request's transaction owner, operator auth, the account a
+request names."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import hmac
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.accounts.errors import MAX_ACCOUNT_ID
+from app.accounts.integrations import require_account
 from app.context import ProcessContext
+from app.db.models import Integration
 from app.errors import Unauthorized
 from app.sync.ingest import WebhookIntake
 
@@ -57,3 +61,25 @@ async def require_admin(request: Request, ctx: ContextDep) -> None:
 
 
 AdminDep = Depends(require_admin)
+
+
+# An account id as the API takes it: positive, and within PostgreSQL's bigint (a larger one names no account).
+AccountIdQuery = Annotated[int, Query(gt=0, le=MAX_ACCOUNT_ID, description="Kommo account id")]
+AccountIdPath = Annotated[int, Path(gt=0, le=MAX_ACCOUNT_ID, description="Kommo account id")]
+
+
+async def valid_account(session: SessionDep, id: AccountIdQuery) -> Integration:
+    """The integration of the account in the ``id`` query parameter; 404 ``unknown_account`` otherwise."""
+    return await require_account(session, id)
+
+
+async def valid_account_path(session: SessionDep, account_id: AccountIdPath) -> Integration:
+    """The integration of the account in the ``{account_id}`` path; 404 ``unknown_account`` otherwise."""
+    return await require_account(session, account_id)
+
+
+# The account a request names, resolved once, through the request's own session and transaction (the
+# endpoint's ``SessionDep`` is the same session, so the row is shared). Body-carried ids: call
+# ``app.accounts.integrations.require_account(session, account_id)``, which raises the same 404.
+ValidAccount = Annotated[Integration, Depends(valid_account)]
+ValidAccountPath = Annotated[Integration, Depends(valid_account_path)]

@@ -4,11 +4,13 @@ uninstall hook."""
 from __future__ import annotations
 
 import html
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from app.accounts import service
+from app.accounts import integrations, oauth, rotation, unisender, widget
+from app.accounts.errors import OAuthCallbackError, OAuthThrottled
 from app.accounts.schemas import (
     DisableOut,
     IntegrationIn,
@@ -17,9 +19,9 @@ from app.accounts.schemas import (
     UnisenderIn,
     UnisenderOut,
 )
-from app.api.deps import AdminDep, ContextDep, IntakeDep, SessionDep, require_admin
+from app.api.deps import AccountIdPath, AdminDep, ContextDep, IntakeDep, SessionDep, require_admin
 from app.api.routing import AppRoute
-from app.db.session import after_commit
+from app.db.models import Integration
 from app.errors import Unauthorized
 
 router = APIRouter(tags=["integration"], route_class=AppRoute)
@@ -36,13 +38,8 @@ router = APIRouter(tags=["integration"], route_class=AppRoute)
 async def save_integration(
     body: IntegrationIn, response: Response, ctx: ContextDep, session: SessionDep, intake: IntakeDep
 ) -> IntegrationOut:
-    out, created = await service.save_integration(session=session, pc=ctx, data=body)
+    out, created = await integrations.save_integration(session=session, pc=ctx, data=body, auth=intake.auth)
     response.status_code = 201 if created else 200
-
-    async def forget() -> None:  # webhooks are checked against the account's subdomain and host
-        intake.auth.forget(body.account_id)
-
-    after_commit(session, forget)
     return out
 
 
@@ -59,7 +56,7 @@ async def auth(
     id: int = Query(gt=0),
     sig: str = Query("", max_length=128, description="The link's signature, as POST /integration gave it"),
 ) -> RedirectResponse:
-    url = await service.start_oauth(session=session, pc=ctx, account_id=id, sig=sig)
+    url = await oauth.start_oauth(session=session, pc=ctx, account_id=id, sig=sig)
     return RedirectResponse(url, status_code=302)
 
 
@@ -93,7 +90,7 @@ async def auth_callback(
     error: str | None = None,
     from_widget: str | None = None,
 ) -> HTMLResponse:
-    params = service.CallbackParams(
+    params = oauth.CallbackParams(
         code=code,
         state=state,
         referer=referer,
@@ -102,18 +99,21 @@ async def auth_callback(
         from_widget=from_widget is not None,
     )
     try:
-        # This handler owns its transaction: a refused callback must roll back (state not consumed).
-        async with ctx.db.session_scope() as session:
-            account_id = await service.complete_oauth(session=session, pc=ctx, params=params)
-    except service.OAuthCallbackError as exc:
+        # No request session: the service owns its transaction, so a refused callback rolls back (state unused).
+        connected = await oauth.connect_kommo(ctx, params, auth=intake.auth)
+    except OAuthCallbackError as exc:
         return _page("Kommo was not connected", exc.message, 400)
-    except service.OAuthThrottled as exc:
+    except OAuthThrottled as exc:
         return _page("Kommo was not connected", exc.message, 429, {"Retry-After": str(exc.retry_after)})
-    intake.auth.forget(account_id)  # the redirect may have named a new host for the account's webhooks
-    registered = await service.register_kommo_webhooks(ctx, account_id)
-    note = "" if registered else " Contact webhooks could not be registered yet; they will be retried."
+    note = (
+        ""
+        if connected.webhooks_registered
+        else " Contact webhooks could not be registered yet; they will be retried."
+    )
     return _page(
-        "Kommo connected", f"Kommo account {account_id} is connected. You can close this window.{note}", 200
+        "Kommo connected",
+        f"Kommo account {connected.account_id} is connected. You can close this window.{note}",
+        200,
     )
 
 
@@ -121,13 +121,14 @@ async def _account_access(
     request: Request,
     ctx: ContextDep,
     session: SessionDep,
-    account_id: int,
+    account_id: AccountIdPath,
     x_auth_token: str | None = Header(
         None,
         description="Kommo's widget token (the widget's $authorizedAjax sends it), for that account only",
     ),
-) -> None:
-    """Operator bearer token, or a Kommo widget token issued for this account's integration and account.
+) -> Integration:
+    """The account's integration, for the operator bearer token or a Kommo widget token issued for this
+    account's integration and account (404 ``unknown_account`` for the operator, 401 for a widget token).
 
     A dependency, so it runs before the body is validated: without credentials the answer is 401, never a
     422 describing the body (found by the schemathesis fault test). The webhook token is not accepted: it
@@ -136,23 +137,26 @@ async def _account_access(
     if request.headers.get("authorization") or x_auth_token is None:
         try:
             await require_admin(request, ctx)
-            return
         except Unauthorized:
             if x_auth_token is None:
                 raise
-    await service.widget_account(session=session, token=x_auth_token, account_id=account_id)
+        else:
+            return await integrations.require_account(session, account_id)
+    return await widget.widget_account(session=session, token=x_auth_token, account_id=account_id)
 
 
 @router.post(
     "/integration/{account_id}/unisender",
     response_model=UnisenderOut,
-    dependencies=[Depends(_account_access)],
     summary="Store the account's Unisender API key (checked first) and register the unsubscribe hook",
 )
 async def connect_unisender(
-    account_id: int, body: UnisenderIn, ctx: ContextDep, session: SessionDep
+    integration: Annotated[Integration, Depends(_account_access)],
+    body: UnisenderIn,
+    ctx: ContextDep,
+    session: SessionDep,
 ) -> UnisenderOut:
-    return await service.connect_unisender(session=session, pc=ctx, account_id=account_id, data=body)
+    return await unisender.connect_unisender(session=session, pc=ctx, integration=integration, data=body)
 
 
 @router.post(
@@ -162,15 +166,17 @@ async def connect_unisender(
     summary="Issue a new webhook token (the old one is refused at once) and re-register Kommo's and "
     "Unisender's hooks under it",
 )
-async def rotate_token(account_id: int, ctx: ContextDep, intake: IntakeDep) -> RotatedTokenOut:
-    return await service.rotate_webhook_token(ctx, account_id, auth=intake.auth)
+async def rotate_token(account_id: AccountIdPath, ctx: ContextDep, intake: IntakeDep) -> RotatedTokenOut:
+    # Not ValidAccountPath: the service owns its transactions, so no request session stays open while it calls
+    # Kommo and Unisender; it answers an unknown account with the same 404.
+    return await rotation.rotate_webhook_token(ctx, account_id, auth=intake.auth)
 
 
 @router.get("/kommo/disable", response_model=DisableOut, summary="Kommo's uninstall hook (signed)")
 async def kommo_disable(
     session: SessionDep, client_uuid: str = "", account_id: str = "", signature: str = ""
 ) -> DisableOut:
-    await service.disable_integration(
-        session=session, account_id=account_id.strip(), client_uuid=client_uuid, signature=signature
+    await integrations.disable_integration(
+        session=session, account_id=account_id, client_uuid=client_uuid, signature=signature
     )
     return DisableOut()

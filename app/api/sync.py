@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.account_check import registered_account
+from app.accounts.integrations import require_account
 from app.api.deps import AdminDep, ContextDep, SessionDep
 from app.api.routing import AppRoute
 from app.errors import NotFound
@@ -91,7 +91,7 @@ class RunList(BaseModel):
 async def start_sync(
     body: SyncRequest, ctx: ContextDep, session: SessionDep, response: Response
 ) -> RunStarted:
-    integration = await registered_account(session, body.id)
+    integration = await require_account(session, body.id)
     run, created = await fullsync.start_run(session, ctx.queue, integration)
     if not created:
         response.status_code = 200

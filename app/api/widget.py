@@ -10,10 +10,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.routing import APIRoute
 
-from app.accounts import service
+from app.accounts import unisender, widget
 from app.accounts.schemas import UnisenderIn, UnisenderOut
 from app.api.deps import ContextDep, SessionDep
 from app.connectors.kommo.hosts import parse_account_host
+from app.db.models import Integration
 
 _ALLOW_HEADERS = "Content-Type, X-Auth-Token"
 _MAX_AGE = "600"
@@ -79,8 +80,8 @@ async def widget_key_preflight(request: Request) -> Response:
 async def _widget_account(
     session: SessionDep,
     x_auth_token: str | None = Header(None, description="Kommo's disposable widget token (HS256 JWT)"),
-) -> int:
-    return await service.widget_account(session=session, token=x_auth_token)
+) -> Integration:
+    return await widget.widget_account(session=session, token=x_auth_token)
 
 
 @router.post(
@@ -93,6 +94,6 @@ async def widget_key(
     ctx: ContextDep,
     session: SessionDep,
     # A dependency, so a missing or bad token is a 401 before the body is looked at.
-    account_id: int = Depends(_widget_account),
+    integration: Integration = Depends(_widget_account),
 ) -> UnisenderOut:
-    return await service.connect_unisender(session=session, pc=ctx, account_id=account_id, data=body)
+    return await unisender.connect_unisender(session=session, pc=ctx, integration=integration, data=body)

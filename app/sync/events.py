@@ -280,7 +280,7 @@ async def _apply_events(
     affected = set(applied.affected)
     changed = applied.changed
     if verify:
-        client = await providers.crm_client(session, pc, account_id)
+        client = await providers.crm_client(pc, account_id)
         read_at = utcnow()
         live = await client.get_contacts(sorted(verify))
         alive = await service.apply_contacts(session, account_id, live, read_at=read_at)

@@ -130,7 +130,7 @@ async def run_full_sync_slice(pc: ProcessContext, run_id: str, *, owner: str | N
         if run.status == RunStatus.PENDING:
             run.status, run.started_at = RunStatus.RUNNING, utcnow()
         cursor = int(run.cursor or 0)
-        client = await providers.crm_client(session, pc, account_id)
+        client = await providers.crm_client(pc, account_id)
     lease = asyncio.create_task(_keep_lease(pc, run_id, owner))
     try:
         status = await _advance(pc, run_id, account_id, owner, client, cursor, deadline, push_deadline)

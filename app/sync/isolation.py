@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from app.accounts.service import AccountNotReady
+from app.accounts.errors import AccountNotReady
 from app.connectors.errors import AuthError, ForbiddenError, TransientError
 
 # SQLSTATE classes of failures that are not the data's: connection (08), transaction rollback such as a

@@ -11,7 +11,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import metrics
-from app.accounts.service import AccountNotReady
+from app.accounts.errors import AccountNotReady
 from app.connectors.base import ImportRow, RowResult
 from app.connectors.errors import ConnectorError
 from app.context import ProcessContext

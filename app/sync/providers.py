@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.accounts.service import kommo_client_for, unisender_client_for
+from app.accounts.kommo import kommo_client_for
+from app.accounts.unisender import unisender_client_for
 from app.connectors.base import CrmClient, CrmWebhookParser, EmailPlatformClient, EspHookReader
 from app.connectors.kommo.webhooks import parse_webhook
 from app.connectors.unisender.hooks import read_delivery
@@ -23,9 +24,9 @@ ESP_NAME = "unisender"
 ESP_IMPORT_CALL = "importContacts"
 
 
-async def crm_client(session: AsyncSession, pc: ProcessContext, account_id: int) -> CrmClient:
+async def crm_client(pc: ProcessContext, account_id: int) -> CrmClient:
     """The account's CRM client (its access token refreshed first when it is about to expire)."""
-    return await kommo_client_for(session, pc, account_id)
+    return await kommo_client_for(pc, account_id)
 
 
 async def esp_client(

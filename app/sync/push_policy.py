@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from app.accounts.service import AccountNotReady
+from app.accounts.errors import AccountNotReady
 from app.connectors.base import RowOutcome, RowResult
 from app.connectors.errors import AuthError, ConnectorError, ForbiddenError, RateLimitedError, TransientError
 from app.db.states import OutboxStatus

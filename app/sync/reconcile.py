@@ -34,7 +34,7 @@ async def reconcile_account(pc: ProcessContext, account_id: int) -> int:
         if integ is None or integ.status != IntegrationStatus.CONNECTED:
             return 0
         since = max(0, int(integ.reconcile_cursor or int(time.time()) - 3600) - RECONCILE_OVERLAP)
-        client = await providers.crm_client(session, pc, account_id)
+    client = await providers.crm_client(pc, account_id)  # after the session: it reads through its own
     page: int | None = 1
     newest = since
     changed = 0

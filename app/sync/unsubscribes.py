@@ -70,7 +70,7 @@ async def tag_unsubscribed_contacts(pc: ProcessContext, account_id: int) -> int:
         work = [
             (row.email, await contacts_repo.owners_holding(session, account_id, row.email)) for row in rows
         ]
-        client = await providers.crm_client(session, pc, account_id)
+    client = await providers.crm_client(pc, account_id)  # after the session: it reads through its own
     tag = pc.settings.unsubscribe_tag
     for email, owners in work:
         for kommo_id in owners:

@@ -14,7 +14,9 @@ from sqlalchemy.exc import DBAPIError
 
 from app import metrics
 from app.accounts import repository as accounts_repo
-from app.accounts.service import AccountNotReady, ensure_kommo_webhooks, refresh_expiring_tokens
+from app.accounts.errors import AccountNotReady
+from app.accounts.kommo import refresh_expiring_tokens
+from app.accounts.webhooks import ensure_kommo_webhooks
 from app.connectors.errors import PermanentError, TransientError
 from app.context import ProcessContext
 from app.db.base import utcnow

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+from sqlalchemy import event
 
+from app.db.models import Integration
+from app.db.session import Database
+from app.db.states import IntegrationStatus
 from tests.conftest import Stack
 
 
@@ -120,3 +126,40 @@ async def kommo_stats(stack: Stack) -> dict[str, Any]:
     assert r.status_code == 200
     data: dict[str, Any] = r.json()
     return data
+
+
+@contextmanager
+def account_reads(db: Database) -> Iterator[list[str]]:
+    """Collect the SELECTs that ``db``'s engine sends to the ``integration`` or ``kommo_token`` table."""
+    seen: list[str] = []
+
+    def on_execute(*args: Any) -> None:
+        statement = str(args[2]).lower()
+        if statement.lstrip().startswith("select") and (
+            "from integration" in statement or "kommo_token" in statement
+        ):
+            seen.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", on_execute)
+    try:
+        yield seen
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", on_execute)
+
+
+def integration_row(account_id: int, status: IntegrationStatus = IntegrationStatus.CONNECTED) -> Integration:
+    """An integration row as a connected account has it (for tests that write rows directly).
+
+    Its secrets are random: decrypted values join the process's log-redaction list, and a common word there
+    would mask that word in every later test's logs."""
+    return Integration(
+        account_id=account_id,
+        subdomain=f"acc{account_id}",
+        kommo_host=f"acc{account_id}.kommo.com",
+        client_id=f"client-{account_id}",
+        client_secret="secret-" + secrets.token_hex(16),
+        redirect_uri="https://contactsync.example/auth/callback",
+        webhook_token_hash="0" * 64,
+        webhook_token="wh-" + secrets.token_hex(16),
+        status=status,
+    )

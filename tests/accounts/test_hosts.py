@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
-from app.accounts import service
+from app.accounts.kommo import kommo_client_for, refresh_kommo_token
 from tests.accounts.conftest import install, kommo_stats
 from tests.conftest import Stack, raw_sql, running_worker
 from tests.support.e2e import connect_account, unisender_contacts, wait_for
@@ -45,10 +45,9 @@ async def test_amocrm_ru_account_is_called_on_its_own_host_end_to_end(stack: Sta
             return "ann@example.org" in await unisender_contacts(stack, account)
 
         await wait_for(mirrored, within=20)
-        assert await service.refresh_kommo_token(pc, account.account_id, force=True)
-        async with pc.db.session_scope() as session:
-            client = await service.kommo_client_for(session, pc, account.account_id)
-            assert [c.id for c in await client.get_contacts([contact_id])] == [contact_id]
+        assert await refresh_kommo_token(pc, account.account_id, force=True)
+        client = await kommo_client_for(pc, account.account_id)
+        assert [c.id for c in await client.get_contacts([contact_id])] == [contact_id]
 
     stats = await kommo_stats(stack)
     # Every call, token endpoint included, went to the amocrm.ru host; none to a kommo.com one.

@@ -109,7 +109,7 @@ async def test_accounts_views(stack: Stack) -> None:
     assert r.json() == []
     r = await stack.api.get("/accounts/1", headers=stack.admin_headers)
     assert r.status_code == 404
-    assert r.json()["error"] == "not_found"
+    assert r.json() == {"error": "unknown_account", "detail": "Account 1 is not registered."}
 
     pending = await install(stack, account_id=111, subdomain="pending")
     inst = await connect(stack, account_id=222, subdomain="beta")

@@ -127,4 +127,4 @@ async def test_cli_rotate_token_takes_effect_in_other_processes_within_the_cache
         timeout=60,
     )
     assert proc.returncode == 1
-    assert "No integration for account 999" in proc.stderr
+    assert "Account 999 is not registered." in proc.stderr

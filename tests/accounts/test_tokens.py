@@ -11,13 +11,15 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from app.accounts import service
-from app.accounts.service import AccountNotReady
+from app.accounts.errors import AccountNotReady
+from app.accounts.kommo import kommo_client_for, refresh_expiring_tokens, refresh_kommo_token
+from app.accounts.unisender import unisender_client_for
 from app.accounts.webhook_auth import WebhookAuth
+from app.accounts.webhooks import ensure_kommo_webhooks
 from app.connectors.kommo import KommoClient
 from app.context import ProcessContext, build_context
 from app.errors import Unauthorized
-from tests.accounts.conftest import Installed, connect, kommo_stats
+from tests.accounts.conftest import Installed, account_reads, connect, kommo_stats
 from tests.conftest import Stack, raw_sql
 
 
@@ -62,7 +64,7 @@ async def test_single_flight_refresh_across_two_processes(stack: Stack) -> None:
     stored_before = await _stored_tokens(stack, inst.account_id)
 
     async with worker_context(stack) as pc1, worker_context(stack) as pc2:
-        calls = [service.refresh_kommo_token(pc, inst.account_id) for pc in (pc1, pc2) for _ in range(10)]
+        calls = [refresh_kommo_token(pc, inst.account_id) for pc in (pc1, pc2) for _ in range(10)]
         results = await asyncio.wait_for(asyncio.gather(*calls), timeout=30)
         assert sorted(results) == [False] * 19 + [True]
 
@@ -72,9 +74,8 @@ async def test_single_flight_refresh_across_two_processes(stack: Stack) -> None:
         assert await _stored_tokens(stack, inst.account_id) != stored_before
 
         # The new access token works at Kommo (the old one expired there).
-        async with pc1.db.session_scope() as session:
-            client = await service.kommo_client_for(session, pc1, inst.account_id)
-            account = await client.get_account()
+        client = await kommo_client_for(pc1, inst.account_id)
+        account = await client.get_account()
         assert account.id == inst.account_id
         assert (await kommo_stats(stack))["refresh_count"] == before["refresh_count"] + 1
 
@@ -85,13 +86,17 @@ async def test_kommo_client_for_refreshes_an_expiring_token(stack: Stack) -> Non
     await _expire_locally(stack, inst.account_id)
     before = (await kommo_stats(stack))["refresh_count"]
     async with worker_context(stack) as pc:
-        async with pc.db.session_scope() as session:
-            client = await service.kommo_client_for(session, pc, inst.account_id)
-            assert (await client.get_account()).id == inst.account_id
+        with account_reads(pc.db) as reads:
+            client = await kommo_client_for(pc, inst.account_id)
+        # The rows are read once, under the refresh lock, and the refresh decided on that read (a read before
+        # the lock and another under it used to cost four queries here).
+        assert len(reads) == 1, reads
+        assert (await client.get_account()).id == inst.account_id
         # Still fresh: a second call does not refresh again.
-        async with pc.db.session_scope() as session:
-            await service.kommo_client_for(session, pc, inst.account_id)
-        assert await service.refresh_kommo_token(pc, inst.account_id) is False
+        with account_reads(pc.db) as reads:
+            await kommo_client_for(pc, inst.account_id)
+        assert len(reads) == 1, reads
+        assert await refresh_kommo_token(pc, inst.account_id) is False
     assert (await kommo_stats(stack))["refresh_count"] == before + 1
 
 
@@ -115,7 +120,7 @@ async def test_fifty_concurrent_callers_one_refresh_no_pool_timeout(stack: Stack
                 if i % 5 == 0:
                     # Some callers are mid-transaction already (they hold a connection, as a job does).
                     await raw_session_work(session)
-                return await service.kommo_client_for(session, pc, inst.account_id)
+                return await kommo_client_for(pc, inst.account_id)
 
         started = asyncio.get_running_loop().time()
         results = await asyncio.wait_for(
@@ -150,7 +155,7 @@ async def test_revoked_refresh_token_means_needs_reauth(stack: Stack) -> None:
     url = stack.settings.database_url or ""
     async with worker_context(stack) as pc:
         with pytest.raises(AccountNotReady) as caught:
-            await service.refresh_kommo_token(pc, inst.account_id)
+            await refresh_kommo_token(pc, inst.account_id)
         assert caught.value.error_code == "needs_reauth"
         assert caught.value.status_code == 409
         rows = await raw_sql(
@@ -161,9 +166,8 @@ async def test_revoked_refresh_token_means_needs_reauth(stack: Stack) -> None:
         assert "def50200" not in rows[0]["last_error"]
         # Every later use says the same without calling Kommo again.
         calls = (await kommo_stats(stack))["grants"], (await kommo_stats(stack))["token_errors"]
-        async with pc.db.session_scope() as session:
-            with pytest.raises(AccountNotReady) as caught:
-                await service.kommo_client_for(session, pc, inst.account_id)
+        with pytest.raises(AccountNotReady) as caught:
+            await kommo_client_for(pc, inst.account_id)
         assert caught.value.error_code == "needs_reauth"
         assert ((await kommo_stats(stack))["grants"], (await kommo_stats(stack))["token_errors"]) == calls
     view = (await stack.api.get(f"/accounts/{inst.account_id}", headers=stack.admin_headers)).json()
@@ -189,10 +193,10 @@ async def test_not_ready_codes(stack: Stack) -> None:
     inst = await install(stack)
     async with worker_context(stack) as pc, pc.db.session_scope() as session:
         with pytest.raises(AccountNotReady) as caught:
-            await service.kommo_client_for(session, pc, inst.account_id)
+            await kommo_client_for(pc, inst.account_id)
         assert caught.value.error_code == "kommo_not_connected"
         with pytest.raises(AccountNotReady) as caught:
-            await service.unisender_client_for(session, pc, inst.account_id)
+            await unisender_client_for(session, pc, inst.account_id)
         assert caught.value.error_code == "unisender_not_connected"
 
 
@@ -204,7 +208,7 @@ async def test_unisender_client_for(stack: Stack) -> None:
     )
     assert r.status_code == 200
     async with worker_context(stack) as pc, pc.db.session_scope() as session:
-        client, esp = await service.unisender_client_for(session, pc, inst.account_id)
+        client, esp = await unisender_client_for(session, pc, inst.account_id)
         assert esp.list_id == r.json()["list_id"]
         lists = await client.get_lists()
         assert esp.list_id in [lst.id for lst in lists]
@@ -259,12 +263,12 @@ async def test_failed_webhook_registration_is_recorded_and_ensure_repairs_it(sta
     await asyncio.sleep(1.1)  # the sandbox's 1-s rate window
     await stack.kommo.delete("/_sandbox/faults")
     async with worker_context(stack) as pc:
-        await service.ensure_kommo_webhooks(pc, inst.account_id)
+        await ensure_kommo_webhooks(pc, inst.account_id)
         hooks = await _hooks(stack, inst)
         assert [h["destination"] for h in hooks] == [inst.webhook_url]
         # Idempotent: a second run finds the webhook and registers nothing new.
         before = (await kommo_stats(stack))["calls"].get("POST /api/v4/webhooks", 0)
-        await service.ensure_kommo_webhooks(pc, inst.account_id)
+        await ensure_kommo_webhooks(pc, inst.account_id)
         assert (await kommo_stats(stack))["calls"].get("POST /api/v4/webhooks", 0) == before
     view = (await stack.api.get(f"/accounts/{inst.account_id}", headers=stack.admin_headers)).json()
     assert view["kommo"]["webhooks_registered"] is True
@@ -288,8 +292,8 @@ async def test_refresh_expiring_tokens_cron(stack: Stack) -> None:
     )
     before = (await kommo_stats(stack))["refresh_count"]
     async with worker_context(stack) as pc:
-        assert await service.refresh_expiring_tokens(pc) == 2
-        assert await service.refresh_expiring_tokens(pc) == 0
+        assert await refresh_expiring_tokens(pc) == 2
+        assert await refresh_expiring_tokens(pc) == 0
     assert (await kommo_stats(stack))["refresh_count"] == before + 2
     rows = await raw_sql(
         url, "SELECT account_id, refreshed_at > now() - interval '1 minute' AS fresh FROM kommo_token"

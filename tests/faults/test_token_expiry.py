@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from app.accounts.service import kommo_client_for
+from app.accounts.kommo import kommo_client_for
 from app.context import build_context
 from tests.conftest import Stack, raw_sql
 from tests.faults.support import WorkerProcess, assert_mirror_exact, wait_worker_ready, worker_env
@@ -51,8 +51,7 @@ async def test_token_expires_mid_full_sync_single_refresh(
         await raw_sql(url, "UPDATE kommo_token SET expires_at = now() - interval '1 second'")
 
         async def need_kommo(i: int) -> str:
-            async with contexts[i % 2].db.session_scope() as session:
-                client = await kommo_client_for(session, contexts[i % 2], account.account_id)
+            client = await kommo_client_for(contexts[i % 2], account.account_id)
             return client.access_token if hasattr(client, "access_token") else str(i)
 
         # 25 callers per process: before the in-process refresh queue, 25 exhausted a process's pool (each held

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app.accounts.service import AccountNotReady
+from app.accounts.errors import AccountNotReady
 from app.connectors.base import RowOutcome, RowResult
 from app.connectors.errors import AuthError, ForbiddenError, RateLimitedError, RequestError, TransientError
 from app.db.states import OutboxStatus
