@@ -138,7 +138,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 async def _serve_embedded(settings: Settings, host: str, port: int) -> int:
     from app.main import create_app
-    from app.serving import HttpLimits, StoppableServer, uvicorn_config
+    from app.servers import StoppableServer
+    from app.serving import HttpLimits, uvicorn_config
     from app.worker.settings import run_worker_forever
 
     config = uvicorn_config(

@@ -19,8 +19,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from app.config import DEV_ADMIN_TOKEN, Settings
+from app.context import tls_context
 from app.logging import configure_logging
-from app.serving import serve_in_background
+from app.servers import serve_in_background
 
 DEMO_DIR = Path(".contactsync") / "demo"
 SUBDOMAIN = "demo"
@@ -69,9 +70,9 @@ async def run_demo(
             worker = asyncio.create_task(run_worker_forever(settings, stop=stop))
             try:
                 async with (
-                    httpx.AsyncClient(base_url=api_url, timeout=30) as api,
-                    httpx.AsyncClient(base_url=kommo_url, timeout=30) as kommo,
-                    httpx.AsyncClient(base_url=unisender_url, timeout=30) as uni,
+                    httpx.AsyncClient(verify=tls_context(), base_url=api_url, timeout=30) as api,
+                    httpx.AsyncClient(verify=tls_context(), base_url=kommo_url, timeout=30) as kommo,
+                    httpx.AsyncClient(verify=tls_context(), base_url=unisender_url, timeout=30) as uni,
                 ):
                     await _scenario(api, kommo, uni, api_url, kommo_url, unisender_url, contacts, edits, seed)
             except KeyboardInterrupt:

@@ -8,18 +8,13 @@ nothing for a request that arrives in one read, and keeps httptools' speed (h11 
 in Python, on the busiest path of the service). The body size cap is ``app.middleware.BodyGuardMiddleware``.
 Apps must be served through ``uvicorn_config`` for these limits to apply.
 
-``serve_in_background`` runs an app inside the current event loop on a loopback port: the demo (sandboxes
-beside the service in one process), tests and benchmarks talk real HTTP, never an in-memory transport.
+Running the servers (the program's own, and in-process ones for the demo, tests and benchmarks): ``app.servers``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import socket
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -312,85 +307,3 @@ def uvicorn_config(
         timeout_keep_alive=limits.keep_alive_timeout,  # type: ignore[arg-type]  # a float works
         **options,
     )
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-class _InProcessServer(uvicorn.Server):
-    """A server beside other work in this process. uvicorn's own signal handlers would stop it at Ctrl-C
-    while that work still uses it (the demo's scenario then failed with connection errors); here the
-    signal is the program's: asyncio cancels it, and leaving ``serve_in_background`` stops the server."""
-
-    @contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-class StoppableServer(uvicorn.Server):
-    """A server that is the program: SIGINT, SIGTERM and SIGHUP stop it gracefully (a second SIGINT at
-    once), and ``serve()`` then returns, so what the program holds (``serve --embedded``'s worker and
-    database servers) is released in order. uvicorn's own handling raises the signal again after the
-    shutdown, which ends the process before that."""
-
-    @contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        loop = asyncio.get_running_loop()
-        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-        for sig in signals:
-            loop.add_signal_handler(sig, self.handle_exit, sig, None)
-        try:
-            yield
-        finally:
-            for sig in signals:
-                loop.remove_signal_handler(sig)
-
-
-@asynccontextmanager
-async def serve_in_background(
-    app: ASGIApp,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    log_level: str = "warning",
-    limits: HttpLimits | None = None,
-) -> AsyncIterator[str]:
-    """Start ``app`` on ``host:port`` (0 = a free port) and yield its base URL; stop it on exit."""
-    port = port or free_port(host)
-    config = uvicorn_config(
-        app,
-        host=host,
-        port=port,
-        limits=limits or HttpLimits(),
-        log_level=log_level,
-        lifespan="on",
-        loop="none",
-    )
-    server = _InProcessServer(config)
-
-    async def serve() -> None:
-        try:
-            await server.serve()
-        except SystemExit as exc:  # uvicorn exits the process when the app's start-up fails
-            raise RuntimeError(f"server on {host}:{port} did not start (exit {exc.code})") from None
-
-    task = asyncio.create_task(serve())
-    try:
-        for _ in range(500):  # bounded: 5 s
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        if not server.started:
-            if task.done():
-                task.result()  # re-raise the start-up failure
-            raise RuntimeError(f"server on {host}:{port} did not start within 5 s")
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        try:
-            await asyncio.wait_for(task, timeout=10)
-        except TimeoutError:
-            task.cancel()

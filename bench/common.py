@@ -28,7 +28,7 @@ from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
 from app.config import Environment, Settings
-from app.serving import free_port, serve_in_background
+from app.servers import free_port, serve_in_background
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent

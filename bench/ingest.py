@@ -7,7 +7,7 @@ Kommo sandbox's serializer, each with a unique ``updated_at`` so delivery dedupe
 
     .venv/bin/python -m bench.ingest [--seconds 5] [--levels 4,16,64]
 
-Targets (PERFORMANCE.md T1): app ≥ 0.6 × baseline at peak; p99 < 50 ms open-loop at 70 % of the app's peak.
+Targets (docs/benchmarks.md, ingest): app ≥ 0.6 × baseline at peak; p99 < 50 ms open-loop at 70 % of the app's peak.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg  # type: ignore[import-untyped]
 import httpx
 
-from app.serving import free_port
+from app.servers import free_port
 from bench.common import (
     LoadResult,
     ServiceConfig,

@@ -22,14 +22,26 @@ from pydantic import SecretStr
 from sqlalchemy import text
 
 from app.config import Environment, Settings
-from app.context import ProcessContext, build_context
+from app.context import ProcessContext, build_context, tls_context
 from app.db.base import Base
 from app.db.schema import upgrade
 from app.main import create_app
-from app.serving import free_port, serve_in_background
+from app.servers import free_port, serve_in_background
 
 PG_ADMIN_DSN = os.environ.get("CONTACTSYNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("CONTACTSYNC_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+
+
+def _per_worker_db(url: str) -> str:
+    """Parallel test processes (pytest-xdist: gw0, gw1 …) each get their own Redis database, so one's FLUSHDB
+    or arq worker never touches another's queue. (Each already gets its own PostgreSQL database, below.)"""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return url
+    base, _, db = url.rpartition("/")
+    return f"{base}/{int(db or 0) + int(worker[2:])}"
+
+
+REDIS_URL = _per_worker_db(os.environ.get("CONTACTSYNC_TEST_REDIS_URL", "redis://127.0.0.1:6379/9"))
 
 
 _CLIENT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=2.0)
@@ -39,7 +51,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--long", action="store_true", default=False, help="run the full-length fault tests")
 
 
+def _runs_long(item: pytest.Item) -> bool:
+    return "slow" in item.keywords or "/tests/faults/" in item.path.as_posix()
+
+
+def _deal_long_tests_first(items: list[pytest.Item], processes: int) -> list[pytest.Item]:
+    """Order the tests for xdist's worksteal scheduler (scripts/test): it hands the first half of the list to
+    one process and the rest to the other (with n processes: 1/n, then 1/(n-1) of what is left …), then lets
+    an idle one take the end of a busy one's queue. Each share here starts with its turn of the long tests,
+    so all processes begin on them and the end of every queue is short tests, cheap to hand over. Same
+    order in every process (xdist requires it); with one process, just the long tests first."""
+    long = [item for item in items if _runs_long(item)]
+    short = [item for item in items if not _runs_long(item)]
+    ordered: list[pytest.Item] = []
+    left = len(items)
+    for share in range(processes):
+        size = left // (processes - share)  # what worksteal gives this process
+        mine = long[share::processes]
+        take = max(0, size - len(mine))
+        ordered += mine + short[:take]
+        short = short[take:]
+        left -= size
+    return ordered + short
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    processes = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    items[:] = _deal_long_tests_first(items, max(processes, 1))
     if config.getoption("--long"):
         return
     skip_long = pytest.mark.skip(reason="full-length run: pass --long")
@@ -140,7 +178,7 @@ async def api(settings: Settings, clean_db: str, clean_redis: None) -> AsyncIter
     app = create_app(settings)
     async with (
         serve_in_background(app) as url,
-        httpx.AsyncClient(base_url=url, timeout=10, limits=_CLIENT_LIMITS) as client,
+        httpx.AsyncClient(verify=tls_context(), base_url=url, timeout=10, limits=_CLIENT_LIMITS) as client,
     ):
         client.app = app  # type: ignore[attr-defined]
         yield client
@@ -219,9 +257,11 @@ async def stack(
             serve_in_background(app, port=api_port) as api_url,
             # Keep-alive shorter than uvicorn's 5 s: with equal timeouts the client may reuse a connection the
             # server is closing at that instant (a ReadError that no real bug caused).
-            httpx.AsyncClient(base_url=api_url, timeout=30, limits=_CLIENT_LIMITS) as api,
-            httpx.AsyncClient(base_url=kommo_url, timeout=30) as kommo,
-            httpx.AsyncClient(base_url=unisender_url, timeout=30) as unisender,
+            httpx.AsyncClient(
+                verify=tls_context(), base_url=api_url, timeout=30, limits=_CLIENT_LIMITS
+            ) as api,
+            httpx.AsyncClient(verify=tls_context(), base_url=kommo_url, timeout=30) as kommo,
+            httpx.AsyncClient(verify=tls_context(), base_url=unisender_url, timeout=30) as unisender,
         ):
             yield Stack(
                 settings=wired,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from app.localservers import port_answers
-from app.serving import free_port
+from app.servers import free_port
 
 pytestmark = pytest.mark.slow
 

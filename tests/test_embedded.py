@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from app.config import DEV_ADMIN_TOKEN
-from app.serving import free_port
+from app.servers import free_port
 from tests.support.processes import children, wait_gone
 
 pytestmark = pytest.mark.slow

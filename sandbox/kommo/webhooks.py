@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from sandbox.http import http_client
+
 from .serialize import account_pairs, form_encode, webhook_contact_pairs
 from .store import Account, Contact
 
@@ -121,7 +123,7 @@ class Dispatcher:
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None or self._client.is_closed:
-            self._client = httpx.AsyncClient(follow_redirects=False)
+            self._client = http_client(follow_redirects=False)
             # Only the headers Kommo sends (set per request): not httpx's own Accept and Connection defaults.
             for name in ("Accept", "Connection"):
                 del self._client.headers[name]

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import structlog
 
+from sandbox.http import http_client
 from sandbox.unisender.state import Account, Contact, Hook, SandboxState
 
 log = structlog.get_logger(__name__)
@@ -140,7 +141,7 @@ class HookDispatcher:
         if hook.semaphore is None:
             hook.semaphore = asyncio.Semaphore(hook.max_parallel)
         if self._client is None:
-            self._client = httpx.AsyncClient()
+            self._client = http_client()
         for attempt in range(cfg.hook_max_retries + 1):
             if hook.status != "active":
                 self._record(account, hook, events, attempt, None, "hook stopped", delivered=False)

@@ -5,10 +5,11 @@ import pytest
 from fastapi import FastAPI, Request
 
 from app.config import Settings
+from app.context import tls_context
 from app.errors import install_error_handlers
 from app.main import create_app
 from app.middleware import BodyGuardMiddleware
-from app.serving import serve_in_background
+from app.servers import serve_in_background
 
 
 async def test_unknown_route_uses_the_envelope(api: httpx.AsyncClient) -> None:
@@ -27,7 +28,7 @@ async def test_wrong_method_uses_the_envelope(api: httpx.AsyncClient) -> None:
 @pytest.mark.usefixtures("clean_db")
 async def test_body_over_the_cap_is_refused_with_413(settings: Settings) -> None:
     app = create_app(settings.model_copy(update={"max_body_bytes": 1000}))
-    async with serve_in_background(app) as url, httpx.AsyncClient(base_url=url) as c:
+    async with serve_in_background(app) as url, httpx.AsyncClient(verify=tls_context(), base_url=url) as c:
         r = await c.post("/healthz", content=b"x" * 5000)
         assert r.status_code == 413
         assert r.json()["error"] == "payload_too_large"
@@ -47,7 +48,7 @@ async def test_streamed_body_over_the_cap_is_refused_while_reading() -> None:
         for _ in range(10):
             yield b"y" * 500
 
-    async with serve_in_background(app) as url, httpx.AsyncClient(base_url=url) as c:
+    async with serve_in_background(app) as url, httpx.AsyncClient(verify=tls_context(), base_url=url) as c:
         assert (await c.post("/echo", content=b"z" * 900)).json() == {"size": 900}
         r = await c.post("/echo", content=chunks())
         assert r.status_code == 413

@@ -4,8 +4,9 @@ import httpx
 import pytest
 
 from app.config import Settings
+from app.context import tls_context
 from app.main import create_app
-from app.serving import free_port, serve_in_background
+from app.servers import free_port, serve_in_background
 
 
 async def test_healthz_and_request_id(api: httpx.AsyncClient) -> None:
@@ -35,7 +36,10 @@ async def test_metrics_count_requests_by_route(api: httpx.AsyncClient) -> None:
 @pytest.mark.usefixtures("clean_db")
 async def test_readyz_503_when_redis_is_down(settings: Settings) -> None:
     broken = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
-    async with serve_in_background(create_app(broken)) as url, httpx.AsyncClient(base_url=url) as c:
+    async with (
+        serve_in_background(create_app(broken)) as url,
+        httpx.AsyncClient(verify=tls_context(), base_url=url) as c,
+    ):
         r = await c.get("/readyz")
     assert r.status_code == 503
     body = r.json()
@@ -48,7 +52,7 @@ async def test_readyz_503_when_redis_is_down(settings: Settings) -> None:
 @pytest.mark.usefixtures("clean_db")
 async def test_readyz_503_when_database_goes_away(settings: Settings) -> None:
     app = create_app(settings)
-    async with serve_in_background(app) as url, httpx.AsyncClient(base_url=url) as c:
+    async with serve_in_background(app) as url, httpx.AsyncClient(verify=tls_context(), base_url=url) as c:
         assert (await c.get("/readyz")).status_code == 200
         # Point the running app at a closed port: what a database outage looks like from here.
         from app.db.session import Database, create_engine
@@ -65,7 +69,7 @@ async def test_readyz_503_when_database_goes_away(settings: Settings) -> None:
 @pytest.mark.usefixtures("clean_db")
 async def test_webhook_gets_503_not_500_while_the_database_is_down(settings: Settings) -> None:
     app = create_app(settings)
-    async with serve_in_background(app) as url, httpx.AsyncClient(base_url=url) as c:
+    async with serve_in_background(app) as url, httpx.AsyncClient(verify=tls_context(), base_url=url) as c:
         from app.db.session import Database, create_engine
 
         ctx = app.state.ctx

@@ -23,8 +23,10 @@ import httpx
 import pytest
 
 from app.config import Environment, Settings
+from app.context import tls_context
 from app.main import create_app
-from app.serving import HttpLimits, free_port, serve_in_background
+from app.servers import free_port, serve_in_background
+from app.serving import HttpLimits
 from tests.conftest import raw_sql
 
 pytestmark = pytest.mark.usefixtures("clean_db", "clean_redis")
@@ -48,7 +50,7 @@ async def serve(
     app = create_app(changed)
     async with (
         serve_in_background(app, limits=limits or HttpLimits.from_settings(changed)) as url,
-        httpx.AsyncClient(base_url=url, timeout=10) as client,
+        httpx.AsyncClient(verify=tls_context(), base_url=url, timeout=10) as client,
     ):
         host, port = url.removeprefix("http://").split(":")
         admin = {"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"}
@@ -203,7 +205,9 @@ async def test_huge_headers_are_refused_early_and_memory_stays_bounded(
     port = free_port()
     proc = _start_serve(settings, port, tmp_path)
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=2) as client:
+        async with httpx.AsyncClient(
+            verify=tls_context(), base_url=f"http://127.0.0.1:{port}", timeout=2
+        ) as client:
             deadline = time.monotonic() + 30
             while True:
                 with contextlib.suppress(httpx.TransportError):

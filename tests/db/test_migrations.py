@@ -14,7 +14,7 @@ from app.db.base import Base
 from app.db.schema import SchemaOutOfDate, check_schema_current, downgrade, head_revision, upgrade
 from app.db.session import create_engine
 from app.main import create_app
-from app.serving import serve_in_background
+from app.servers import serve_in_background
 from tests.conftest import PG_ADMIN_DSN
 
 

@@ -21,7 +21,7 @@ import redis
 
 from app.config import Settings
 from app.localservers import LocalServer, start_redis
-from app.serving import free_port
+from app.servers import free_port
 from tests.conftest import Stack, raw_sql
 from tests.support.e2e import (
     Account,

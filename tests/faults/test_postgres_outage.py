@@ -11,8 +11,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from app.context import tls_context
 from app.main import create_app
-from app.serving import serve_in_background
+from app.servers import serve_in_background
 from tests.conftest import Stack, raw_sql
 from tests.faults.support import (
     CuttableProxy,
@@ -60,7 +61,7 @@ async def test_webhooks_answer_503_while_postgres_is_down(
     try:
         async with (
             serve_in_background(create_app(proxied)) as base,
-            httpx.AsyncClient(base_url=base, timeout=10) as api,
+            httpx.AsyncClient(verify=tls_context(), base_url=base, timeout=10) as api,
         ):
             outages = 3 if long_run else 1
             cut_at = sorted(rng.sample(range(5, len(bodies) - 5), outages))

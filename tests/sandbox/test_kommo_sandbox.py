@@ -22,7 +22,8 @@ import pytest
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
-from app.serving import serve_in_background
+from app.context import tls_context
+from app.servers import serve_in_background
 from sandbox.kommo import KommoSandboxConfig, KommoSandboxState, create_kommo_sandbox, seed_contacts
 
 REDIRECT = "https://integration.example.com/oauth/callback"
@@ -68,7 +69,10 @@ async def sandbox() -> AsyncIterator[Sandbox]:
     # Tests that are not about the rate limit switch it off so they cannot trip over it.
     config = KommoSandboxConfig(rate_limit_rps=None, webhook_retry_delays=(0.05, 0.05))
     app = create_kommo_sandbox(config)
-    async with serve_in_background(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
+    async with (
+        serve_in_background(app) as url,
+        httpx.AsyncClient(verify=tls_context(), base_url=url, timeout=10) as http,
+    ):
         yield Sandbox(url, app, http)
 
 

@@ -16,7 +16,8 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
 
-from app.serving import serve_in_background
+from app.context import tls_context
+from app.servers import serve_in_background
 from sandbox.unisender import SandboxState, UnisenderSandboxConfig, create_unisender_sandbox
 from sandbox.unisender.phpform import build_params, decode_urlencoded
 
@@ -40,7 +41,10 @@ async def sandbox() -> AsyncIterator[Sandbox]:
     app = create_unisender_sandbox(
         UnisenderSandboxConfig(hook_retry_interval_seconds=0.05, hook_max_retries=2)
     )
-    async with serve_in_background(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
+    async with (
+        serve_in_background(app) as url,
+        httpx.AsyncClient(verify=tls_context(), base_url=url, timeout=10) as http,
+    ):
         yield Sandbox(url, app, http)
 
 
@@ -494,7 +498,7 @@ async def test_rate_limit_per_api_key() -> None:
     app = create_unisender_sandbox(
         UnisenderSandboxConfig(calls_per_minute=5, accounts={"a1": "one", "a2": "two"})
     )
-    async with serve_in_background(app) as url, httpx.AsyncClient(base_url=url) as http:
+    async with serve_in_background(app) as url, httpx.AsyncClient(verify=tls_context(), base_url=url) as http:
         sb = Sandbox(url, app, http)
         answers = [await call(sb, "getLists", "a1") for _ in range(7)]
         assert [a.get("code") for a in answers] == [None] * 5 + ["api_call_limit_exceeded_for_api_key"] * 2
@@ -877,7 +881,7 @@ async def test_per_ip_and_per_method_limits() -> None:
         calls_per_minute=None, ip_calls_per_minute=3, method_limits={"getFields": 1}, accounts={"ip1": "one"}
     )
     app = create_unisender_sandbox(config)
-    async with serve_in_background(app) as url, httpx.AsyncClient(base_url=url) as http:
+    async with serve_in_background(app) as url, httpx.AsyncClient(verify=tls_context(), base_url=url) as http:
         sb = Sandbox(url, app, http)
         assert "result" in await call(sb, "getFields", "ip1")
         assert (await call(sb, "getFields", "ip1"))["code"] == "api_call_limit_exceeded_for_api_key"
@@ -893,7 +897,7 @@ async def test_slow_receiver_times_out_and_is_retried() -> None:
     receiver = Receiver("", [], [])
     async with (
         serve_in_background(app) as url,
-        httpx.AsyncClient(base_url=url) as http,
+        httpx.AsyncClient(verify=tls_context(), base_url=url) as http,
         serve_in_background(receiver_app(receiver, delay=0.5)) as hook_base,
     ):
         sb = Sandbox(url, app, http)

@@ -233,7 +233,7 @@ async def test_group_commit_answers_each_caller_once_its_row_is_stored(ctx: Proc
 
 
 async def test_group_commit_failure_reaches_every_waiting_caller(settings: Settings) -> None:
-    from app.serving import free_port
+    from app.servers import free_port
 
     dead = ProcessContext.__new__(ProcessContext)
     dead.db = Database(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from app.context import tls_context
 from tests.conftest import Stack, raw_sql
 from tests.support.e2e import connect_account
 
@@ -102,13 +103,16 @@ async def test_documented_route_answers_like_the_fast_path(stack: Stack) -> None
     """Without the fast path the FastAPI route (the one in the OpenAPI document) serves the same answers."""
     from app.api.webhooks import KommoWebhookFastPath
     from app.main import create_app
-    from app.serving import serve_in_background
+    from app.servers import serve_in_background
 
     account = await connect_account(stack, subdomain="acme")
     app = create_app(stack.settings)
     app.user_middleware = [m for m in app.user_middleware if m.cls is not KommoWebhookFastPath]
     body = GOOD.format(acc=account.account_id).encode()
-    async with serve_in_background(app) as base, httpx.AsyncClient(base_url=base) as client:
+    async with (
+        serve_in_background(app) as base,
+        httpx.AsyncClient(verify=tls_context(), base_url=base) as client,
+    ):
         url = f"/webhooks/kommo/{account.account_id}"
         answers = [
             await client.post(url, params={"token": account.webhook_token}, content=body),

@@ -30,7 +30,8 @@ from app.connectors.kommo.hosts import parse_account_host
 from app.connectors.kommo.oauth import KommoOAuth, verify_disable_signature
 from app.connectors.kommo.webhooks import parse_webhook
 from app.connectors.ratelimit import RateLimiter, RoundTripWindow, TokenBucket, Unlimited
-from app.serving import serve_in_background
+from app.context import tls_context
+from app.servers import serve_in_background
 from sandbox.kommo import create_kommo_sandbox
 
 SUBDOMAIN = "acme"
@@ -152,8 +153,8 @@ async def sandbox() -> AsyncIterator[Sandbox]:
     app = create_kommo_sandbox()
     async with (
         serve_in_background(app) as url,
-        httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0)) as control,
-        httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0)) as http,
+        httpx.AsyncClient(verify=tls_context(), timeout=httpx.Timeout(10.0, connect=5.0)) as control,
+        httpx.AsyncClient(verify=tls_context(), timeout=httpx.Timeout(10.0, connect=5.0)) as http,
     ):
         response = await control.post(f"{url}/_sandbox/accounts", json={"subdomain": SUBDOMAIN})
         assert response.status_code == 201, response.text
@@ -602,7 +603,7 @@ async def test_injected_429_burst_is_rate_limited(sandbox: Sandbox) -> None:
 async def test_sandbox_latency_beyond_our_timeout_is_transient(sandbox: Sandbox) -> None:
     await sandbox.ctl("POST", "/faults", {"latency_ms": 1500})
     tokens = await sandbox.tokens()
-    async with httpx.AsyncClient(timeout=httpx.Timeout(0.5, connect=2.0)) as impatient:
+    async with httpx.AsyncClient(verify=tls_context(), timeout=httpx.Timeout(0.5, connect=2.0)) as impatient:
         client = KommoClient(
             impatient, base_url=sandbox.base_url, access_token=tokens["access_token"], limiter=kommo_rate()
         )

@@ -30,6 +30,7 @@ from app.connectors.unisender import (
     UnisenderRequestError,
     UnisenderTransientError,
 )
+from app.context import tls_context
 
 API_KEY = "unit-test-key-123"
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -525,7 +526,10 @@ async def test_warnings_do_not_break_success() -> None:
 
 def test_repr_hides_the_key() -> None:
     client = UnisenderClient(
-        httpx.AsyncClient(), base_url="https://x", api_key=API_KEY, limiter=RecordingLimiter()
+        httpx.AsyncClient(verify=tls_context()),
+        base_url="https://x",
+        api_key=API_KEY,
+        limiter=RecordingLimiter(),
     )
     assert API_KEY not in repr(client)
 

@@ -30,7 +30,8 @@ from app.connectors.unisender import (
     read_delivery,
     verify_hook_auth,
 )
-from app.serving import serve_in_background
+from app.context import tls_context
+from app.servers import serve_in_background
 
 sandbox = pytest.importorskip("sandbox.unisender", reason="Unisender sandbox not available")
 
@@ -65,7 +66,7 @@ async def running_sandbox(**config: Any) -> AsyncIterator[Env]:
     app = sandbox.create_unisender_sandbox(cfg)
     async with (
         serve_in_background(app) as url,
-        httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=2.0)) as http,
+        httpx.AsyncClient(verify=tls_context(), timeout=httpx.Timeout(10.0, connect=2.0)) as http,
     ):
         yield Env(url, http, app)
 
@@ -382,7 +383,7 @@ async def test_faults_map_to_retryable_errors(env: Env, kind: str, cls: type[Exc
 
 async def test_hang_beyond_the_client_timeout_is_transient(env: Env) -> None:
     await env.control("POST", "/faults", {"rate": 1.0, "kinds": ["hang"], "hang_seconds": 1.0, "count": 1})
-    async with httpx.AsyncClient(timeout=httpx.Timeout(0.3, connect=1.0)) as impatient:
+    async with httpx.AsyncClient(verify=tls_context(), timeout=httpx.Timeout(0.3, connect=1.0)) as impatient:
         client = UnisenderClient(impatient, base_url=env.url, api_key=API_KEY, limiter=Unlimited())
         with pytest.raises(UnisenderTransientError) as caught:
             await client.get_lists()
