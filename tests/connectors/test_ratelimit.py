@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from app.connectors.ratelimit import RoundTripWindow, SlidingWindow, TokenBucket
+from app.connectors.ratelimit import RoundTripWindow
+from tests.support.limits import SlidingWindow, TokenBucket
 
 
 def _max_in_window(stamps: list[float], window: float) -> int:

@@ -25,10 +25,7 @@ from app.servers import free_port
 from tests.conftest import Stack, raw_sql
 from tests.support.e2e import (
     Account,
-    expected_unisender,
     kommo_contacts,
-    rejected_addresses,
-    unisender_contacts,
 )
 
 VENV_BIN = Path(sys.executable).parent
@@ -339,28 +336,6 @@ async def edit_stream(
 
 
 # --- the verdict ----------------------------------------------------------------------------------------------
-
-
-async def assert_mirror_exact(stack: Stack, account: Account) -> int:
-    """Unisender holds exactly the addresses and names Kommo implies (rejected role addresses aside);
-    returns how many addresses were compared."""
-    expected = expected_unisender(await kommo_contacts(stack, account))
-    actual = await unisender_contacts(stack, account)
-    rejected = await rejected_addresses(stack)
-    bad_rejections = {e: c for e, c in rejected.items() if e in expected and c != "role_address"}
-    assert not bad_rejections, bad_rejections
-    want = {e: n for e, n in expected.items() if e not in rejected}
-    missing = sorted(set(want) - set(actual))
-    extra = sorted(set(actual) - set(want))
-    assert not missing, f"{len(missing)} addresses missing in Unisender, e.g. {missing[:5]}"
-    assert not extra, f"{len(extra)} addresses in Unisender that Kommo does not hold, e.g. {extra[:5]}"
-    wrong = {
-        e: (actual[e]["fields"].get("Name"), n)  # type: ignore[union-attr]
-        for e, n in want.items()
-        if actual[e]["fields"].get("Name") != n  # type: ignore[union-attr]
-    }
-    assert not wrong, f"{len(wrong)} names differ, e.g. {list(wrong.items())[:3]}"
-    return len(want)
 
 
 async def ledger_summary(stack: Stack, account: Account) -> dict[str, object]:

@@ -171,7 +171,7 @@ async def test_poison_forgery_and_every_hook_layout_inside_a_live_stream(stack: 
             live = await kommo_contacts(stack, account)
             return all("unsubscribed" in live[cid]["tags"] for cid in layout_contacts.values())  # type: ignore[operator]
 
-        await wait_for(tagged, within=45)
+        await wait_for(tagged, within=45, what="every layout's unsubscribe tagged in Kommo")
         await wait_quiet(stack, account, within=90)
 
         # Unisender holds exactly what Kommo implies; the one name with control characters arrives cleaned.

@@ -18,14 +18,13 @@ from tests.conftest import Stack, raw_sql
 from tests.faults.support import (
     CuttableProxy,
     WorkerProcess,
-    assert_mirror_exact,
     edit_stream,
     post_webhook,
     recorded_bodies,
     wait_worker_ready,
     worker_env,
 )
-from tests.support.e2e import connect_account, wait_quiet
+from tests.support.e2e import assert_mirror_exact, connect_account, wait_quiet
 
 
 async def test_webhooks_answer_503_while_postgres_is_down(

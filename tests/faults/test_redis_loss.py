@@ -15,13 +15,12 @@ from tests.conftest import Stack
 from tests.faults.support import (
     PrivateRedis,
     WorkerProcess,
-    assert_mirror_exact,
     edit_stream,
     pending_counts,
     wait_worker_ready,
     worker_env,
 )
-from tests.support.e2e import connect_account, wait_quiet
+from tests.support.e2e import assert_mirror_exact, connect_account, wait_quiet
 
 
 async def test_flushall_and_redis_restart_mid_stream(

@@ -15,12 +15,11 @@ from app.security import tokens
 from tests.conftest import Stack, raw_sql
 from tests.faults.support import (
     WorkerProcess,
-    assert_mirror_exact,
     edit_stream,
     wait_worker_ready,
     worker_env,
 )
-from tests.support.e2e import connect_account, wait_quiet
+from tests.support.e2e import assert_mirror_exact, connect_account, wait_quiet
 
 
 async def test_no_secret_in_logs_or_responses(

@@ -27,14 +27,13 @@ from tests.faults.support import (
     CuttableProxy,
     PrivateRedis,
     WorkerProcess,
-    assert_mirror_exact,
     edit_stream,
     post_webhook,
     recorded_bodies,
     wait_worker_ready,
     worker_env,
 )
-from tests.support.e2e import Account, connect_account, wait_quiet
+from tests.support.e2e import Account, assert_mirror_exact, connect_account, wait_quiet
 
 pytestmark = pytest.mark.slow
 

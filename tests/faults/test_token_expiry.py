@@ -10,8 +10,8 @@ from pathlib import Path
 from app.accounts.kommo import kommo_client_for
 from app.context import build_context
 from tests.conftest import Stack, raw_sql
-from tests.faults.support import WorkerProcess, assert_mirror_exact, wait_worker_ready, worker_env
-from tests.support.e2e import connect_account, wait_quiet
+from tests.faults.support import WorkerProcess, wait_worker_ready, worker_env
+from tests.support.e2e import assert_mirror_exact, connect_account, wait_quiet
 
 
 async def test_token_expires_mid_full_sync_single_refresh(

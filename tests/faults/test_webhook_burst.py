@@ -14,7 +14,6 @@ import pytest
 from tests.conftest import Stack, raw_sql
 from tests.faults.support import (
     WorkerProcess,
-    assert_mirror_exact,
     edit_stream,
     ledger_summary,
     post_webhook,
@@ -22,7 +21,7 @@ from tests.faults.support import (
     wait_worker_ready,
     worker_env,
 )
-from tests.support.e2e import connect_account, wait_quiet
+from tests.support.e2e import assert_mirror_exact, connect_account, wait_quiet
 
 
 def _has_deletion(body: str) -> bool:

@@ -18,12 +18,11 @@ from app.worker.settings import build_worker
 from tests.conftest import Stack, raw_sql
 from tests.faults.support import (
     WorkerProcess,
-    assert_mirror_exact,
     edit_stream,
     wait_worker_ready,
     worker_env,
 )
-from tests.support.e2e import Account, connect_account, wait_quiet
+from tests.support.e2e import Account, assert_mirror_exact, connect_account, wait_quiet
 
 
 async def _full_sync(stack: Stack, account: Account) -> str:

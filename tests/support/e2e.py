@@ -141,7 +141,8 @@ async def wait_quiet(stack: Stack, account: Account, *, within: float = 90.0) ->
     raise AssertionError(f"not quiet after {within} s: {dict(rows[0])}")
 
 
-async def wait_for(predicate: object, *, within: float = 30.0, interval: float = 0.2) -> None:
+async def wait_for(predicate: object, *, within: float = 30.0, interval: float = 0.2, what: str = "") -> None:
+    """Until ``predicate()`` (sync or async) is true; past ``within`` seconds, fail saying what was awaited."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         result = predicate()  # type: ignore[operator]
@@ -150,7 +151,8 @@ async def wait_for(predicate: object, *, within: float = 30.0, interval: float =
         if result:
             return
         await asyncio.sleep(interval)
-    raise AssertionError("condition not met in time")
+    awaited = what or getattr(predicate, "__name__", repr(predicate))
+    raise AssertionError(f"not met within {within} s: {awaited}")
 
 
 async def rejected_addresses(stack: Stack) -> dict[str, str]:
@@ -158,6 +160,30 @@ async def rejected_addresses(stack: Stack) -> dict[str, str]:
     assert url
     rows = await raw_sql(url, "SELECT email, reject_code FROM outbox WHERE status='rejected'")
     return {r["email"]: r["reject_code"] for r in rows}
+
+
+async def assert_mirror_exact(stack: Stack, account: Account) -> int:
+    """Unisender holds exactly the addresses and names Kommo implies (rejected role addresses aside), each in
+    the account's list; returns how many addresses were compared."""
+    expected = expected_unisender(await kommo_contacts(stack, account))
+    actual = await unisender_contacts(stack, account)
+    rejected = await rejected_addresses(stack)
+    bad_rejections = {e: c for e, c in rejected.items() if e in expected and c != "role_address"}
+    assert not bad_rejections, bad_rejections
+    want = {e: n for e, n in expected.items() if e not in rejected}
+    missing = sorted(set(want) - set(actual))
+    extra = sorted(set(actual) - set(want))
+    assert not missing, f"{len(missing)} addresses missing in Unisender, e.g. {missing[:5]}"
+    assert not extra, f"{len(extra)} addresses in Unisender that Kommo does not hold, e.g. {extra[:5]}"
+    wrong = {
+        e: (actual[e]["fields"].get("Name"), n)  # type: ignore[union-attr]
+        for e, n in want.items()
+        if actual[e]["fields"].get("Name") != n  # type: ignore[union-attr]
+    }
+    assert not wrong, f"{len(wrong)} names differ, e.g. {list(wrong.items())[:3]}"
+    not_listed = [e for e in want if str(account.list_id) not in {str(k) for k in actual[e]["lists"]}]  # type: ignore[union-attr]
+    assert not not_listed, f"{len(not_listed)} addresses not in the account's list, e.g. {not_listed[:5]}"
+    return len(want)
 
 
 __all__ = ["Account", "httpx"]

@@ -18,8 +18,8 @@ from app.db.locks import account_lock
 from app.queue import enqueue
 from app.sync import contacts_repo, service
 from tests.conftest import Stack, raw_sql, running_worker
-from tests.faults.support import assert_mirror_exact, post_webhook
-from tests.support.e2e import Account, connect_account, unisender_contacts, wait_quiet
+from tests.faults.support import post_webhook
+from tests.support.e2e import Account, assert_mirror_exact, connect_account, unisender_contacts, wait_quiet
 
 TEN_YEARS = 10 * 365 * 86400
 EVIL = "evil@attacker.example"

@@ -13,10 +13,9 @@ import pytest
 from tests.conftest import Stack, running_worker
 from tests.support.e2e import (
     Account,
+    assert_mirror_exact,
     connect_account,
-    expected_unisender,
     kommo_contacts,
-    rejected_addresses,
     unisender_contacts,
     wait_for,
     wait_quiet,
@@ -93,30 +92,7 @@ async def random_edits(stack: Stack, account: Account, n: int, rng: random.Rando
     return kinds
 
 
-async def assert_mirror_exact(stack: Stack, account: Account) -> None:
-    kommo = await kommo_contacts(stack, account)
-    expected = expected_unisender(kommo)
-    actual = await unisender_contacts(stack, account)
-    rejected = await rejected_addresses(stack)
-    unexpected_rejections = {
-        e: code for e, code in rejected.items() if e in expected and code != "role_address"
-    }
-    assert not unexpected_rejections, unexpected_rejections
-    want = {e: name for e, name in expected.items() if e not in rejected}
-    missing = sorted(set(want) - set(actual))
-    extra = sorted(set(actual) - set(want))
-    assert not missing, f"{len(missing)} addresses missing in Unisender, e.g. {missing[:5]}"
-    assert not extra, f"{len(extra)} addresses in Unisender that Kommo does not hold, e.g. {extra[:5]}"
-    wrong_names = {
-        e: (actual[e]["fields"].get("Name"), n)
-        for e, n in want.items()
-        if actual[e]["fields"].get("Name") != n
-    }  # type: ignore[union-attr]
-    assert not wrong_names, f"{len(wrong_names)} names differ, e.g. {list(wrong_names.items())[:3]}"
-    not_listed = [e for e in want if str(account.list_id) not in {str(k) for k in actual[e]["lists"]}]  # type: ignore[union-attr]
-    assert not not_listed, f"{len(not_listed)} addresses not in the target list"
-
-
+@pytest.mark.timeout(300)  # above the sum of the phases' own deadlines, which say what they waited for
 async def test_full_sync_then_random_edits_then_unsubscribes(stack: Stack) -> None:
     rng = random.Random(20261123)
     account = await connect_account(stack, contacts=1000, seed=7)
@@ -130,7 +106,7 @@ async def test_full_sync_then_random_edits_then_unsubscribes(stack: Stack) -> No
             "/sync/contacts", headers=stack.admin_headers, json={"id": account.account_id}
         )
         assert again.json()["run_id"] == run_id  # a second call while one runs returns the running one
-        await wait_quiet(stack, account)
+        await wait_quiet(stack, account, within=90)  # the full sync of 1,000 contacts
         run = (await stack.api.get(f"/sync/runs/{run_id}", headers=stack.admin_headers)).json()
         assert run["status"] == "done", run
         assert run["counters"]["fetched"] == 1000
@@ -138,7 +114,7 @@ async def test_full_sync_then_random_edits_then_unsubscribes(stack: Stack) -> No
 
         kinds = await random_edits(stack, account, 300, rng)
         assert all(kinds.values()), kinds
-        await wait_quiet(stack, account)
+        await wait_quiet(stack, account, within=90)  # 300 edits mirrored
         await assert_mirror_exact(stack, account)
 
         # Unsubscribes in Unisender come back to Kommo as a tag and are never undone.
@@ -155,7 +131,7 @@ async def test_full_sync_then_random_edits_then_unsubscribes(stack: Stack) -> No
             holders = [c for c in live.values() if set(chosen) & {e.lower() for e in c["emails"]}]  # type: ignore[union-attr]
             return bool(holders) and all("unsubscribed" in c["tags"] for c in holders)  # type: ignore[operator]
 
-        await wait_for(tagged, within=30)
+        await wait_for(tagged, within=30, what="the five unsubscribes tagged in Kommo")
         live = await kommo_contacts(stack, account)
         for cid, c in live.items():
             if set(chosen) & {e.lower() for e in c["emails"]}:  # type: ignore[union-attr]

@@ -29,24 +29,19 @@ from app.connectors.kommo.exceptions import (
 from app.connectors.kommo.hosts import parse_account_host
 from app.connectors.kommo.oauth import KommoOAuth, verify_disable_signature
 from app.connectors.kommo.webhooks import parse_webhook
-from app.connectors.ratelimit import RateLimiter, RoundTripWindow, TokenBucket, Unlimited
-from app.context import tls_context
+from app.connectors.ratelimit import RateLimiter
+from app.context import kommo_budget, tls_context
 from app.servers import serve_in_background
 from sandbox.kommo import create_kommo_sandbox
+from tests.support.limits import TokenBucket, Unlimited
 
 SUBDOMAIN = "acme"
 REDIRECT_URI = "https://contactsync.example/auth/kommo/callback"
 
 
-def kommo_rate() -> TokenBucket:
-    """7 requests per 1.25 s, no burst.
-
-    Kommo counts accepted calls in a sliding 1-s window by arrival time. A bucket at exactly 7/s races it (a
-    few ms of jitter on the first call gives a 429 in about 2 runs of 5); a bucket with its default burst of 7
-    overruns it on the 8th call (test below). 25 % headroom tolerates ~250 ms of scheduling/network jitter
-    (10 % still failed now and then on a loaded 2-CPU box).
-    """
-    return TokenBucket(7, per=1.25, burst=1)
+def kommo_rate() -> RateLimiter:
+    """The budget the app gives each Kommo integration (7 calls a second): every contract test runs under it."""
+    return kommo_budget(7)
 
 
 # --- a receiver for webhook deliveries and the disable hook -----------------------------------------------------
@@ -494,7 +489,7 @@ async def calls_until_rate_limited(client: KommoClient, limit: int) -> tuple[int
     pytest.fail(f"no 429 within {limit} calls")
 
 
-async def test_rate_limit_is_honoured_by_the_token_bucket(sandbox: Sandbox) -> None:
+async def test_rate_limit_is_honoured_by_the_apps_budget(sandbox: Sandbox) -> None:
     client = await sandbox.client(kommo_rate())
     await sandbox.ctl("DELETE", "/stats")
 
@@ -507,11 +502,13 @@ async def test_rate_limit_is_honoured_by_the_token_bucket(sandbox: Sandbox) -> N
     assert stats["rate_limited"] == 0
     assert stats["responses"] == {"GET /api/v4/account 200": 30}
     assert max(stats["max_calls_in_1s"].values()) <= 7
-    assert elapsed >= 29 * 1.25 / 7 - 0.1  # one call per 1.25/7 s after the first
+    # Call n+7 leaves a second after call n returned: calls 8, 15, 22 and 29 each wait for one.
+    assert elapsed >= 4 * 1.0 - 0.05
 
 
 async def test_default_burst_bucket_overruns_kommos_sliding_window(sandbox: Sandbox) -> None:
-    # Documents why kommo_rate() has no burst: 7 immediate calls, then one 1/7 s later = 8 in one second.
+    # Documents why the app's budget is a window, not a bucket: 7 immediate calls, then one 1/7 s later = 8 in
+    # one second.
     client = await sandbox.client(TokenBucket(7))
     calls, _ = await calls_until_rate_limited(client, 30)
     assert calls >= 7  # 7 on an idle machine: the 8th call comes 1/7 s after the first
@@ -531,9 +528,9 @@ async def test_concurrent_callers_share_the_budget(sandbox: Sandbox) -> None:
 
 
 async def test_app_kommo_budget_allows_bursts_without_429(sandbox: Sandbox) -> None:
-    # The limiter the app uses for Kommo (ProcessContext.kommo_limiter). The SlidingWindow this test used
-    # before, even with a 25 % margin, drew an occasional 429 with concurrent callers on a loaded 2-CPU box.
-    client = await sandbox.client(RoundTripWindow(7, 1.0))
+    # The limiter the app uses for Kommo (ProcessContext.kommo_limiter). A plain sliding window, even with a
+    # 25 % margin, drew an occasional 429 with concurrent callers on a loaded 2-CPU box.
+    client = await sandbox.client(kommo_budget(7))
     await sandbox.ctl("DELETE", "/stats")
 
     started = time.monotonic()
@@ -548,8 +545,7 @@ async def test_app_kommo_budget_allows_bursts_without_429(sandbox: Sandbox) -> N
 
 async def test_unlimited_burst_meets_429_with_retry_after(sandbox: Sandbox) -> None:
     await sandbox.ctl("PATCH", "/config", {"retry_after": 2})
-    bucket = TokenBucket(100)  # far above Kommo's 7/s
-    client = await sandbox.client(bucket)
+    client = await sandbox.client(kommo_budget(100))  # the app's kind of budget, far above Kommo's 7/s
 
     _, error = await calls_until_rate_limited(client, 20)
     assert error.retry_after == 2.0

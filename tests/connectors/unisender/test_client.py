@@ -37,7 +37,7 @@ Handler = Callable[[httpx.Request], httpx.Response]
 
 
 class RecordingLimiter:
-    """Counts acquisitions and pauses (stands in for TokenBucket in unit tests)."""
+    """Counts acquisitions and pauses (stands in for the app's budget in unit tests)."""
 
     def __init__(self) -> None:
         self.acquired = 0.0

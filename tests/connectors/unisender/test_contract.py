@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request, Response
 
 from app.connectors.base import ImportRow, RowOutcome
 from app.connectors.errors import RateLimitedError, TransientError
-from app.connectors.ratelimit import RateLimiter, TokenBucket, Unlimited
+from app.connectors.ratelimit import RateLimiter
 from app.connectors.unisender import (
     HookEvent,
     UnisenderAccessDenied,
@@ -30,8 +30,9 @@ from app.connectors.unisender import (
     read_delivery,
     verify_hook_auth,
 )
-from app.context import tls_context
+from app.context import tls_context, unisender_budget
 from app.servers import serve_in_background
+from tests.support.limits import Unlimited
 
 sandbox = pytest.importorskip("sandbox.unisender", reason="Unisender sandbox not available")
 
@@ -314,35 +315,37 @@ async def test_hook_with_wrong_key_is_refused_by_the_receiver() -> None:
 LIMIT, WINDOW = 20, 1.0
 
 
-async def test_token_bucket_at_the_sandbox_budget_never_hits_the_limit() -> None:
+async def test_the_apps_budget_at_the_sandbox_limit_never_hits_it() -> None:
+    # The limiter the app gives each key (ProcessContext.unisender_limiter), at the sandbox's scaled-down
+    # window: 2.5 windows' worth of concurrent calls, none refused, every one counted by the provider.
     async with running_sandbox(calls_per_minute=LIMIT, rate_window_seconds=WINDOW) as env:
-        # A token bucket admits rate*T + burst calls in any window T, so burst 1 and LIMIT-1 per window keep
-        # every sliding window at or under LIMIT, with one refill interval of slack for loopback jitter.
-        client = env.client(limiter=TokenBucket(rate=LIMIT - 1, per=WINDOW, burst=1))
+        client = env.client(limiter=unisender_budget(LIMIT, WINDOW))
+        started = asyncio.get_running_loop().time()
         results = await asyncio.gather(
             *(client.get_lists() for _ in range(int(LIMIT * 2.5))), return_exceptions=True
         )
+        elapsed = asyncio.get_running_loop().time() - started
         errors = [r for r in results if isinstance(r, BaseException)]
         assert errors == []
         stats = await env.control("GET", "/stats")
         assert stats["errors"] == {}
         assert stats["by_account"][API_KEY]["getLists"] == int(LIMIT * 2.5)
+        assert elapsed >= 2 * WINDOW  # calls 21-40 and 41-50 each waited for a window: the budget held them
 
 
-async def test_a_bucket_with_default_burst_overshoots_the_same_budget() -> None:
-    # Characterises the shared TokenBucket: burst defaults to ``rate``, so the first window admits up to twice
-    # the budget. Configure Unisender's bucket with a small burst (see the test above).
+async def test_without_a_budget_the_same_calls_meet_the_limit() -> None:
+    # The same load with no client-side budget: the sandbox refuses calls past LIMIT (the test above can fail).
     async with running_sandbox(calls_per_minute=LIMIT, rate_window_seconds=WINDOW) as env:
-        client = env.client(limiter=TokenBucket(rate=LIMIT, per=WINDOW), rate_limit_retry_after=0.05)
+        client = env.client(limiter=Unlimited(), rate_limit_retry_after=0.05)
         results = await asyncio.gather(
-            *(client.get_lists() for _ in range(LIMIT * 2)), return_exceptions=True
+            *(client.get_lists() for _ in range(int(LIMIT * 2.5))), return_exceptions=True
         )
         assert any(isinstance(r, UnisenderRateLimited) for r in results)
 
 
 async def test_exceeding_the_limit_raises_rate_limited_and_pauses_the_limiter() -> None:
     async with running_sandbox(calls_per_minute=LIMIT, rate_window_seconds=60.0) as env:
-        bucket = TokenBucket(rate=1000, per=1.0)
+        bucket = unisender_budget(1000, 1.0)
         client = env.client(limiter=bucket, rate_limit_retry_after=0.3)
         for _ in range(LIMIT):
             await client.get_lists()
