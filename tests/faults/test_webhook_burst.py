@@ -1,4 +1,4 @@
-"""5,000 (quick: 1,500) webhook deliveries, duplicated and shuffled (recorded Kommo bodies posted to the service in random
+"""5,000 (quick: 1,000) webhook deliveries, duplicated and shuffled (recorded Kommo bodies posted to the service in random
 order, each 1-4 times, concurrently): exactly the right final state, and Unisender receives each distinct
 change once (no address imported twice in a row with identical data)."""
 
@@ -51,11 +51,11 @@ async def test_burst_of_duplicate_reordered_deliveries(stack: Stack, tmp_path: P
         )
         assert r.status_code == 200, r.text
         await stack.kommo.delete("/_sandbox/deliveries")
-        await edit_stream(stack, account, 800 if long_run else 150, rng)
+        await edit_stream(stack, account, 800 if long_run else 100, rng)
         await stack.kommo.post("/_sandbox/deliveries/drain", json={"timeout": 60})
         bodies = await recorded_bodies(stack)
-        # Replay them as a storm: every body 1-4 times, shuffled, 5,000 deliveries with --long (1,500 quick).
-        total = 5_000 if long_run else 1_500
+        # Replay them as a storm: every body 1-4 times, shuffled, 5,000 deliveries with --long (1,000 quick).
+        total = 5_000 if long_run else 1_000
         storm = [rng.choice(bodies) for _ in range(total - len(bodies))] + bodies
         rng.shuffle(storm)
         await stack.unisender.get(f"/_sandbox/accounts/{account.api_key}/ledger/summary")
