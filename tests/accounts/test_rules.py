@@ -26,6 +26,7 @@ from app.db.states import EventSource, EventStatus, IntegrationStatus, OutboxSta
 from app.errors import Forbidden
 from app.security.widget_jwt import WidgetClaims
 from tests.accounts.conftest import account_reads, integration_row
+from tests.support.db import rolled_back_session
 
 NOW = datetime(2026, 11, 30, 12, 0, 0)
 
@@ -133,14 +134,8 @@ def test_widget_claims_must_be_the_accounts_admin() -> None:
 @pytest.fixture
 async def session(ctx: ProcessContext) -> AsyncIterator[AsyncSession]:
     """A session inside a transaction that is rolled back at the end (nothing it writes stays)."""
-    async with ctx.db.engine.connect() as conn:
-        outer = await conn.begin()
-        s = AsyncSession(bind=conn, expire_on_commit=False, join_transaction_mode="create_savepoint")
-        try:
-            yield s
-        finally:
-            await s.close()
-            await outer.rollback()
+    async with rolled_back_session(ctx.db.engine) as s:
+        yield s
 
 
 async def test_unknown_account_is_one_404(session: AsyncSession) -> None:

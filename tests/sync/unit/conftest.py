@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.db.session import create_engine
+from tests.support.db import rolled_back_session
 
 
 @pytest.fixture(scope="session")
@@ -21,11 +22,5 @@ async def unit_engine(pg_database: str) -> AsyncIterator[AsyncEngine]:
 
 @pytest.fixture
 async def session(unit_engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
-    async with unit_engine.connect() as conn:
-        outer = await conn.begin()
-        db = AsyncSession(bind=conn, expire_on_commit=False, join_transaction_mode="create_savepoint")
-        try:
-            yield db
-        finally:
-            await db.close()
-            await outer.rollback()
+    async with rolled_back_session(unit_engine) as db:
+        yield db
