@@ -23,6 +23,7 @@ from app.db.session import after_commit
 from app.db.states import IntegrationStatus
 from app.errors import Conflict, Unauthorized
 from app.security.tokens import hash_token, new_webhook_token
+from app.sync import spec_repo
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +71,7 @@ async def save_integration(
             await repo.add_integration(session, integration)
         except IntegrityError as exc:
             raise Conflict("The integration was created concurrently; retry the request.") from exc
+        await spec_repo.ensure_default_spec(session, data.account_id)
     else:
         token = integration.webhook_token or ""
         if not token:

@@ -16,6 +16,16 @@ from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
+class CrmFieldValue:
+    """The values of one custom field of a contact, as text, the same whether read by REST or by webhook:
+    an option (select, radiobutton, multiselect, multitext enum) is its text, a date/date_time/birthday is
+    unix seconds in decimal, a checkbox is ``"1"`` or ``"0"``, a number is its decimal text; blanks dropped."""
+
+    field_id: int
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class CrmContact:
     """One CRM contact as the sync engine sees it."""
 
@@ -23,10 +33,32 @@ class CrmContact:
     name: str
     updated_at: int  # unix seconds, the CRM's own version clock for this contact
     emails: tuple[str, ...] = ()  # raw values as the CRM holds them (not yet normalised)
-    first_name: str = ""
-    last_name: str = ""
+    # None: the source does not carry them (Kommo's webhooks do not): the ones read last stay.
+    first_name: str | None = ""
+    last_name: str | None = ""
     tags: tuple[str, ...] = ()
     deleted: bool = False
+    responsible_user_id: int | None = None
+    created_at: int | None = None  # unix seconds
+    # Every custom field with a value, the key address field included, in the CRM's order.
+    fields: tuple[CrmFieldValue, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CrmFieldDef:
+    """A contact custom-field definition of one CRM account."""
+
+    id: int
+    name: str
+    type: str  # the CRM's type name (text, numeric, checkbox, select, multiselect, date, multitext, …)
+    code: str | None = None  # predefined and API-created fields have one (EMAIL, PHONE, POSITION)
+    options: tuple[str, ...] = ()  # the option texts of enum types
+
+
+@dataclass(frozen=True, slots=True)
+class CrmUser:
+    id: int
+    name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +111,10 @@ class CrmClient(Protocol):
 
     async def add_contact_tags(self, contact_id: int, tags: Sequence[str]) -> None: ...
 
+    async def get_custom_fields(self) -> list[CrmFieldDef]: ...
+
+    async def get_users(self) -> list[CrmUser]: ...
+
     async def register_webhook(self, destination: str, events: Sequence[str]) -> None: ...
 
 
@@ -103,11 +139,19 @@ class CrmOAuth(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ImportRow:
-    """The desired state of one address in the email platform."""
+    """The desired state of one address in the email platform.
+
+    ``fields`` are user-field cells by the platform's field name; an empty value clears that field. Rows
+    carrying different field names, or a phone, go in separate calls (a column never reaches a row that did
+    not ask for it). Lists not named in any of the three list tuples are left as they are.
+    """
 
     email: str
-    name: str = ""
-    list_ids: tuple[int, ...] = ()
+    fields: tuple[tuple[str, str], ...] = ()
+    list_ids: tuple[int, ...] = ()  # join (an unsubscribed membership stays unsubscribed)
+    excluded_list_ids: tuple[int, ...] = ()  # leave, without an unsubscribe mark
+    unsubscribed_list_ids: tuple[int, ...] = ()  # keep marked unsubscribed
+    phone: str = ""  # the phone channel, international format; empty: not sent
     delete: bool = False
     unsubscribed: bool = False  # set the address unsubscribed (never the reverse)
 
@@ -180,6 +224,9 @@ class EspHookEvent(Protocol):
 
     @property
     def unsubscribes(self) -> bool: ...  # the address no longer takes mail from this account
+
+    @property
+    def unsubscribed_lists(self) -> tuple[int, ...]: ...  # the lists an unsubscribe names (none: everything)
 
 
 class EspHookDelivery(Protocol):

@@ -116,6 +116,9 @@ class Contact(Base):
     name: Mapped[str] = mapped_column(Text, default="")
     emails: Mapped[list[str]] = mapped_column(JSON, default=list)
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # What a sync spec may map besides the name and tags: {"first_name", "last_name", "responsible_user_id",
+    # "created_at", "fields": {"<custom field id>": [texts]}} (see app.sync.mapping.contact_data).
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     kommo_updated_at: Mapped[int] = mapped_column(BigInteger, default=0)
     deleted_at: Mapped[datetime | None]
     seen_run_id: Mapped[str | None] = mapped_column(String(36))
@@ -147,6 +150,43 @@ class ContactEmail(Base):
     unsubscribed_at: Mapped[datetime | None]
     kommo_tagged_at: Mapped[datetime | None]  # when the unsubscribe was written back to Kommo
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ListUnsubscribe(Base):
+    """An address unsubscribed from one list of the email platform (by the contact, never by us): it is never
+    put back in that list, and the CRM contact is tagged for it once."""
+
+    __tablename__ = "list_unsubscribe"
+
+    account_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), primary_key=True)
+    list_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    unsubscribed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    kommo_tagged_at: Mapped[datetime | None]
+
+
+class SyncSpec(Base):
+    """One version of an account's sync spec (fields and lists mapping); the highest version is in force."""
+
+    __tablename__ = "sync_spec"
+
+    account_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("integration.account_id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # app.sync.spec.StoredSpec
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CrmUser(Base):
+    """The CRM's users of an account (id → name), for the ``responsible_user`` source of a spec."""
+
+    __tablename__ = "crm_user"
+
+    account_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    refreshed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class WebhookEvent(Base):
@@ -183,6 +223,8 @@ class Outbox(Base):
     payload_hash: Mapped[str] = mapped_column(String(64))
     # Hash of the state Unisender last accepted for this address: a desire equal to it sends nothing.
     pushed_hash: Mapped[str | None] = mapped_column(String(64))
+    # That state itself, for the per-field differences of a mapping preview.
+    pushed_payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     pushed_at: Mapped[datetime | None]
     status: Mapped[OutboxStatus] = mapped_column(state_column(OutboxStatus, 16), default=OutboxStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -56,6 +56,7 @@ class RunKind(StrEnum):
 
     FULL = "full"
     RECONCILE = "reconcile"
+    REMAP = "remap"  # a new sync spec re-derives every address of the account
 
 
 class RunStatus(StrEnum):

@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
-from app.db.models import ContactEmail
+from app.db.models import ContactEmail, ListUnsubscribe
 from app.db.sql import Columns, chunks, insert_unnest, lateral, unnest_insert
 from app.db.states import Consent
 
@@ -111,9 +111,71 @@ async def untagged_unsubscribes(
 
 
 async def accounts_with_untagged_unsubscribes(session: AsyncSession) -> list[int]:
+    """Accounts with an unsubscribe (from everything, or from one list) not yet written back to the CRM."""
     stmt = (
         select(ContactEmail.account_id)
         .where(ContactEmail.consent == Consent.UNSUBSCRIBED, ContactEmail.kommo_tagged_at.is_(None))
-        .group_by(ContactEmail.account_id)
+        .union(select(ListUnsubscribe.account_id).where(ListUnsubscribe.kommo_tagged_at.is_(None)))
     )
-    return [int(x) for x in (await session.execute(stmt)).scalars()]
+    return sorted({int(x) for x in (await session.execute(stmt)).scalars()})
+
+
+# --- per-list unsubscribes ------------------------------------------------------------------------------------
+
+
+async def list_unsubscribes(
+    session: AsyncSession, account_id: int, emails: Sequence[str]
+) -> dict[str, frozenset[int]]:
+    """Per address (those with any), the lists it unsubscribed from."""
+    found: dict[str, set[int]] = {}
+    for chunk in chunks(list(emails)):
+        stmt = select(ListUnsubscribe.email, ListUnsubscribe.list_id).where(
+            ListUnsubscribe.account_id == account_id, ListUnsubscribe.email.in_(chunk)
+        )
+        for email, list_id in (await session.execute(stmt)).all():
+            found.setdefault(str(email), set()).add(int(list_id))
+    return {email: frozenset(ids) for email, ids in found.items()}
+
+
+async def mark_list_unsubscribed(session: AsyncSession, account_id: int, email: str, list_id: int) -> bool:
+    """Record an address's unsubscribe from one list; True when it is new."""
+    stmt = (
+        insert(ListUnsubscribe)
+        .values(account_id=account_id, email=email, list_id=list_id, unsubscribed_at=utcnow())
+        .on_conflict_do_nothing()
+    )
+    result = await session.execute(stmt)
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def untagged_list_unsubscribes(
+    session: AsyncSession, account_id: int, limit: int = 100
+) -> list[ListUnsubscribe]:
+    stmt = (
+        select(ListUnsubscribe)
+        .where(ListUnsubscribe.account_id == account_id, ListUnsubscribe.kommo_tagged_at.is_(None))
+        .limit(limit)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def mark_list_tagged(
+    session: AsyncSession, account_id: int, email: str, list_id: int, at: datetime
+) -> None:
+    row = await session.get(ListUnsubscribe, (account_id, email, list_id))
+    if row is not None:
+        row.kommo_tagged_at = at
+
+
+async def addresses_after(
+    session: AsyncSession, account_id: int, after_id: int, limit: int
+) -> list[tuple[int, str]]:
+    """The account's addresses (id, email) after ``after_id``, in id order: a walk over all of them that
+    resumes where it stopped."""
+    stmt = (
+        select(ContactEmail.id, ContactEmail.email)
+        .where(ContactEmail.account_id == account_id, ContactEmail.id > after_id)
+        .order_by(ContactEmail.id)
+        .limit(limit)
+    )
+    return [(int(i), str(e)) for i, e in (await session.execute(stmt)).all()]

@@ -6,12 +6,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import and_, delete, or_, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Contact, ContactAddress
 from app.db.sql import Columns, analyze, chunks, insert_unnest, lateral, unnest_insert
+from app.sync.mapping import ContactView
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +26,7 @@ class ContactRow:
     tags: list[str]
     kommo_updated_at: int
     seen_run_id: str | None
+    data: dict[str, Any]  # app.sync.mapping.contact_data
     deleted_at: datetime | None = None
 
 
@@ -46,6 +49,12 @@ class Owner:
     kommo_id: int
     name: str
     updated_at: int
+    tags: list[str]
+    data: dict[str, Any]
+    emails: list[str]
+
+    def view(self) -> ContactView:
+        return ContactView(self.kommo_id, self.name, self.tags, self.data, self.emails)
 
 
 _CONTACT_COLUMNS: Columns = (
@@ -54,6 +63,7 @@ _CONTACT_COLUMNS: Columns = (
     ("name", "TEXT"),
     ("emails", "JSON"),
     ("tags", "JSON"),
+    ("data", "JSON"),
     ("kommo_updated_at", "BIGINT"),
     ("deleted_at", "TIMESTAMPTZ"),
     ("seen_run_id", "TEXT"),
@@ -81,7 +91,8 @@ _ADDRESSES_OF = lateral(
 _LIVE_HOLDERS = lateral(
     "CAST(:keys AS TEXT[])",
     "email",
-    "SELECT a.email, c.kommo_id, c.name, c.kommo_updated_at FROM contact_address a"
+    "SELECT a.email, c.kommo_id, c.name, c.kommo_updated_at, c.tags, c.data, c.emails"
+    " FROM contact_address a"
     " JOIN contact c ON c.account_id = a.account_id AND c.kommo_id = a.kommo_id"
     " WHERE a.account_id = :account_id AND a.email = q.email AND c.deleted_at IS NULL",
 )
@@ -155,12 +166,37 @@ async def live_owners(session: AsyncSession, account_id: int, emails: Sequence[s
     best: dict[str, Owner] = {}
     for chunk in chunks(list(emails)):
         stmt = text(_LIVE_HOLDERS).bindparams(account_id=account_id, keys=list(chunk))
-        for email, kid, name, upd in (await session.execute(stmt)).all():
-            cand = Owner(int(kid), str(name or ""), int(upd or 0))
+        for email, kid, name, upd, tags, data, emails in (await session.execute(stmt)).all():
+            cand = Owner(
+                int(kid),
+                str(name or ""),
+                int(upd or 0),
+                list(tags or ()),
+                dict(data or {}),
+                list(emails or ()),
+            )
             cur = best.get(email)
             if cur is None or (cand.updated_at, cand.kommo_id) > (cur.updated_at, cur.kommo_id):
                 best[str(email)] = cand
     return best
+
+
+async def held_addresses(session: AsyncSession, account_id: int, limit: int) -> list[str]:
+    """The first ``limit`` addresses (alphabetically) a live contact holds."""
+    stmt = (
+        select(ContactAddress.email)
+        .join(
+            Contact,
+            and_(
+                Contact.account_id == ContactAddress.account_id, Contact.kommo_id == ContactAddress.kommo_id
+            ),
+        )
+        .where(ContactAddress.account_id == account_id, Contact.deleted_at.is_(None))
+        .group_by(ContactAddress.email)
+        .order_by(ContactAddress.email)
+        .limit(limit)
+    )
+    return [str(e) for e in (await session.execute(stmt)).scalars()]
 
 
 async def owners_holding(session: AsyncSession, account_id: int, email: str) -> list[int]:

@@ -81,7 +81,7 @@ async def start_run(session: AsyncSession, queue: ArqRedis, integration: Integra
     return run, True
 
 
-def _lease_until(extra: float = 0.0) -> datetime:
+def lease_until(extra: float = 0.0) -> datetime:
     return utcnow() + timedelta(seconds=LEASE_SECONDS + extra)
 
 
@@ -91,7 +91,7 @@ async def _keep_lease(pc: ProcessContext, run_id: str, owner: str) -> None:
         await asyncio.sleep(LEASE_SECONDS / 3)
         try:
             async with pc.db.session_scope() as session:
-                if not await runs_repo.extend_lease(session, run_id, owner, _lease_until()):
+                if not await runs_repo.extend_lease(session, run_id, owner, lease_until()):
                     return  # finished or taken over: the page commits notice and stop
         except Exception as exc:  # the next renewal (or a page commit) tries again
             log.warning("sync.lease_renewal_failed", run_id=run_id, error=type(exc).__name__)
@@ -123,7 +123,7 @@ async def run_full_sync_slice(pc: ProcessContext, run_id: str, *, owner: str | N
             run.status, run.error, run.finished_at = RunStatus.FAILED, "integration disabled", utcnow()
             run.lease_owner = run.lease_expires_at = None
             return run.status
-        if not await runs_repo.claim_run(session, run_id, owner, _lease_until()):
+        if not await runs_repo.claim_run(session, run_id, owner, lease_until()):
             log.info("sync.leased", run_id=run_id)
             return "leased"
         await session.refresh(run)
@@ -266,7 +266,7 @@ async def _apply_for_run(
             run.cursor = advance.number
             # Progress: the failures counted so far were not in a row, and their error is not the run's.
             run.slice_failures, run.error = 0, None
-        run.lease_expires_at = _lease_until()
+        run.lease_expires_at = lease_until()
         run.updated_at = utcnow()
     return rec.queued
 
@@ -359,4 +359,4 @@ async def hold_for_retry(pc: ProcessContext, run_id: str, owner: str, delay: flo
     """Keep the slice's lease until its retry is due: the sweeper must not hand the run to another job before
     (after a rate limit, that would only draw another 429)."""
     async with pc.db.session_scope() as session:
-        await runs_repo.extend_lease(session, run_id, owner, _lease_until(extra=delay))
+        await runs_repo.extend_lease(session, run_id, owner, lease_until(extra=delay))

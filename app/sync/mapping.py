@@ -1,11 +1,26 @@
-"""Pure mapping from CRM contacts to the desired state of addresses in the email platform (no I/O)."""
+"""Pure mapping from CRM contacts and the account's sync spec to the desired state of addresses in the email
+platform (no I/O).
+
+An address's desired state is a function of its owner (the most recently updated live contact holding it),
+the spec, the account's base list, the CRM's user names and the lists the address unsubscribed from:
+``desired``. Its ``payload`` is what the outbox stores and the push sends; its hash (``payload_hash``) is what
+no-op suppression compares. The hash leaves out empty fields, so "empty" and "never written" are the same
+state: mapping a new field that is empty everywhere sends nothing, and clearing a value sends the clear.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from app.connectors.base import CrmContact
+from app.sync.spec import PHONE_TARGET, FieldRule, SourceKind, SourceRef, StoredSpec
 
 # Deliberately simple and strict: one @, a dot in the domain, no spaces or control characters. The email
 # platform has the final word (its per-row rejections are recorded), this only filters obvious garbage.
@@ -33,19 +48,244 @@ def contact_emails(raw_values: tuple[str, ...] | list[str]) -> list[str]:
     return list(seen)
 
 
+# --- what a contact row keeps for the spec --------------------------------------------------------------------
+
+
+def contact_data(c: CrmContact, held: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The part of a CRM contact a spec may map besides its name and tags, as the ``contact.data`` column
+    holds it (custom fields by id, as text; see ``CrmFieldValue``). What the version does not carry (a first
+    or last name of None) is taken from ``held``, the data stored before."""
+    held = held or {}
+    return {
+        "first_name": c.first_name if c.first_name is not None else str(held.get("first_name") or ""),
+        "last_name": c.last_name if c.last_name is not None else str(held.get("last_name") or ""),
+        "responsible_user_id": c.responsible_user_id,
+        "created_at": c.created_at,
+        "fields": {str(f.field_id): list(f.values) for f in c.fields},
+    }
+
+
 @dataclass(frozen=True, slots=True)
-class DesiredAddress:
-    """What the email platform should hold for one address."""
+class ContactView:
+    """The owner of an address as the derivation reads it."""
 
-    email: str
-    delete: bool
-    name: str = ""
+    kommo_id: int
+    name: str
+    tags: Sequence[str] = ()
+    data: Mapping[str, Any] = field(default_factory=dict)
+    emails: Sequence[str] = ()  # normalised, sorted: the first is the one that carries the phone
 
-    def payload(self) -> dict[str, object]:
-        return {"delete": self.delete, "name": "" if self.delete else self.name}
+    def values(self, field_id: int | None) -> list[str]:
+        fields = self.data.get("fields") or {}
+        return [str(v) for v in fields.get(str(field_id), ())]
 
 
-def payload_hash(payload: dict[str, object], list_id: int | None) -> str:
-    """Fingerprint of what we send, including the target list, for no-op suppression."""
-    blob = json.dumps({"p": payload, "l": list_id}, sort_keys=True, separators=(",", ":"))
+# --- conversions ------------------------------------------------------------------------------------------------
+
+
+def _number(text: str) -> str:
+    """A number as Unisender's number fields take it: a plain decimal with ``.``; not a number → as is (the
+    platform refuses the row, and the refusal is shown)."""
+    try:
+        d = Decimal(text.strip().replace(",", "."))
+    except InvalidOperation:
+        return text
+    if not d.is_finite():
+        return text
+    if d == d.to_integral_value():
+        return str(int(d))
+    return format(d.normalize(), "f")
+
+
+def _date(text: str, *, with_time: bool) -> str:
+    """Unix seconds → ``YYYY-MM-DD`` (a date field) or ``YYYY-MM-DD hh:mm:ss`` (text), in UTC."""
+    try:
+        moment = datetime.fromtimestamp(int(text), UTC)
+    except (ValueError, OverflowError, OSError):
+        return text
+    return moment.strftime("%Y-%m-%d %H:%M:%S" if with_time else "%Y-%m-%d")
+
+
+def phone_number(raw: str) -> str:
+    """A phone in international format: ``+`` and its digits. Written numbers (``8 (912) 555-01-02``) keep
+    their digits; whether it is a real number is the platform's to judge (a refused row is reported)."""
+    digits = "".join(ch for ch in raw if ch.isdigit())
+    return f"+{digits}" if digits else ""
+
+
+def source_text(view: ContactView, ref: SourceRef, target_type: str, users: Mapping[int, str]) -> str:
+    """One source's value as the target field takes it ("" when empty)."""
+    match ref.kind:
+        case SourceKind.NAME:
+            return view.name
+        case SourceKind.FIRST_NAME | SourceKind.LAST_NAME:
+            return str(view.data.get(ref.kind.value) or "")
+        case SourceKind.RESPONSIBLE_USER:
+            uid = view.data.get("responsible_user_id")
+            return users.get(int(uid), "") if uid is not None else ""
+        case SourceKind.TAGS:
+            return ", ".join(sorted(view.tags, key=str.casefold))
+        case SourceKind.CREATED_AT:
+            created = view.data.get("created_at")
+            return _date(str(created), with_time=target_type != "date") if created else ""
+    values = view.values(ref.field_id)
+    if ref.type == "checkbox":
+        checked = bool(values) and values[0].strip().lower() in ("1", "true")
+        return "1" if checked else "0"
+    if not values:
+        return ""
+    if ref.type == "numeric":
+        return _number(values[0])
+    if ref.type in ("date", "birthday", "date_time"):
+        return _date(values[0], with_time=ref.type == "date_time" and target_type != "date")
+    if target_type == PHONE_TARGET:
+        return phone_number(values[0])
+    if ref.type in ("multiselect", "multitext", "smart_address"):
+        return ", ".join(values)
+    return values[0]
+
+
+def field_text(view: ContactView, rule: FieldRule, users: Mapping[int, str]) -> str:
+    parts = [source_text(view, ref, rule.target_type, users) for ref in rule.sources]
+    if len(parts) == 1:
+        return parts[0]
+    return rule.separator.join(p for p in parts if p)
+
+
+# --- the desired state --------------------------------------------------------------------------------------
+
+
+def wanted_lists(
+    spec: StoredSpec, tags: Sequence[str], base_list_id: int | None
+) -> tuple[list[int], list[int]]:
+    """(lists the contact's segments put it in, the spec's other lists), each sorted."""
+    have = {t.casefold() for t in tags}
+    wanted: set[int] = set()
+    mapped: set[int] = set()
+    for rule in spec.lists:
+        list_id = base_list_id if rule.base else rule.list_id
+        if list_id is None:
+            continue
+        mapped.add(list_id)
+        if rule.all or any(t.casefold() in have for t in rule.tags()):
+            wanted.add(list_id)
+    return sorted(wanted), sorted(mapped - wanted)
+
+
+def desired(
+    owner: ContactView | None,
+    spec: StoredSpec,
+    *,
+    email: str | None = None,
+    base_list_id: int | None,
+    users: Mapping[int, str],
+    unsubscribed_lists: frozenset[int] = frozenset(),
+) -> dict[str, Any]:
+    """The payload an address should have in the platform: deleted when no live contact holds it, else every
+    mapped field ("" clears it), its phone, the lists its segments select, the spec's other lists to leave,
+    and the lists it unsubscribed from (kept unsubscribed: never joined again, never left, which would lose
+    the mark).
+
+    The platform gives a phone to one subscriber only, so of a contact's addresses only the first (``email``
+    equal to ``owner.emails[0]``, or no ``email`` given) carries it; the others would be refused."""
+    if owner is None:
+        return {"delete": True}
+    fields: dict[str, str] = {}
+    phone = ""
+    for rule in spec.fields:
+        text = field_text(owner, rule, users)
+        if rule.target_type == PHONE_TARGET:
+            carries = email is None or not owner.emails or owner.emails[0] == email
+            phone = text if carries else ""
+        else:
+            fields[rule.target] = text
+    wanted, others = wanted_lists(spec, owner.tags, base_list_id)
+    return {
+        "delete": False,
+        "fields": fields,
+        "phone": phone,
+        "lists": [i for i in wanted if i not in unsubscribed_lists],
+        "excluded": [i for i in others if i not in unsubscribed_lists],
+        "unsubscribed": sorted(unsubscribed_lists),
+    }
+
+
+def keep_phone(wanted: dict[str, Any], held: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The platform's import cannot clear a phone: when the contact has none now, the address keeps the one
+    it was given, and the desired state says so (else every such address would look changed forever)."""
+    if wanted.get("delete") or wanted.get("phone") or not held or held.get("delete"):
+        return wanted
+    if held.get("phone"):
+        return {**wanted, "phone": held["phone"]}
+    return wanted
+
+
+def payload_hash(payload: Mapping[str, Any]) -> str:
+    """Fingerprint of a payload: two payloads with the same one push the same state (empty fields count as
+    absent, and the lists to leave are not state: the address is simply not in them)."""
+    if payload.get("delete"):
+        key: dict[str, Any] = {"d": True}
+    else:
+        fields = payload.get("fields") or {}
+        key = {
+            "f": {k: v for k, v in fields.items() if v != ""},
+            "p": payload.get("phone") or "",
+            "l": list(payload.get("lists") or ()),
+            "u": list(payload.get("unsubscribed") or ()),
+        }
+    blob = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """How a desired payload differs from what the platform holds (per our last accepted push)."""
+
+    fields: dict[str, tuple[str, str]]  # target → (held, wanted)
+    join: list[int]
+    leave: list[int]
+    delete: bool = False
+    phone: tuple[str, str] | None = None
+    create: bool = False  # the platform does not hold the address (any more)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.fields or self.join or self.leave or self.delete or self.phone or self.create)
+
+
+def difference(held: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> Difference:
+    """Per field and list, what pushing ``wanted`` over ``held`` (None: nothing pushed yet) changes."""
+    held = held or {"delete": True}
+    if wanted.get("delete"):
+        return Difference({}, [], [], delete=not held.get("delete"))
+    held_fields = {} if held.get("delete") else dict(held.get("fields") or {})
+    wanted_fields = wanted.get("fields") or {}
+    fields = {
+        name: (str(held_fields.get(name, "")), str(value))
+        for name, value in wanted_fields.items()
+        if str(held_fields.get(name, "")) != str(value)
+    }
+    held_lists = set() if held.get("delete") else set(held.get("lists") or ())
+    want_lists = set(wanted.get("lists") or ())
+    held_phone = "" if held.get("delete") else str(held.get("phone") or "")
+    want_phone = str(wanted.get("phone") or "")
+    return Difference(
+        fields,
+        sorted(want_lists - held_lists),
+        # Only lists the spec still maps are left: a list it stopped mapping keeps its members.
+        sorted(held_lists & set(wanted.get("excluded") or ())),
+        phone=(held_phone, want_phone) if want_phone != held_phone and want_phone else None,
+        create=bool(held.get("delete")),
+    )
+
+
+def already_held(
+    wanted: Mapping[str, Any], pushed_hash: str | None, pushed: Mapping[str, Any] | None, *, owned: bool
+) -> bool:
+    """Whether the platform already holds ``wanted`` for an address with an outbox row, given what it last
+    accepted from us: nothing to push. An address never pushed and now without owner was never there."""
+    if pushed_hash is None:
+        return not owned
+    if pushed is None:
+        return payload_hash(wanted) == pushed_hash  # accepted before payloads were kept
+    return difference(pushed, wanted).empty

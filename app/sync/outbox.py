@@ -4,8 +4,9 @@ per-row outcomes, or what a failed push means for the rows (``push_policy``)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -75,16 +76,26 @@ async def flush_account(pc: ProcessContext, account_id: int, *, drain: bool = Tr
 
 
 def _import_rows(rows: Sequence[DueRow], list_id: int | None) -> list[ImportRow]:
-    list_ids = (list_id,) if list_id is not None else ()
-    return [
-        ImportRow(
-            email=row.email,
-            name=str(row.payload.get("name") or ""),
-            list_ids=() if row.payload.get("delete") else list_ids,
-            delete=bool(row.payload.get("delete")),
-        )
-        for row in rows
-    ]
+    return [import_row(row.email, row.payload, list_id) for row in rows]
+
+
+def import_row(email: str, payload: Mapping[str, Any], base_list_id: int | None) -> ImportRow:
+    """The import row of an outbox payload (``app.sync.mapping.desired``)."""
+    if payload.get("delete"):
+        return ImportRow(email=email, delete=True)
+    if "fields" not in payload:
+        # Queued before the sync spec existed ({"delete", "name"}): the default spec's row.
+        lists = (base_list_id,) if base_list_id is not None else ()
+        return ImportRow(email=email, fields=(("Name", str(payload.get("name") or "")),), list_ids=lists)
+    fields = payload.get("fields") or {}
+    return ImportRow(
+        email=email,
+        fields=tuple(sorted((str(k), str(v)) for k, v in fields.items())),
+        list_ids=tuple(int(i) for i in payload.get("lists") or ()),
+        excluded_list_ids=tuple(int(i) for i in payload.get("excluded") or ()),
+        unsubscribed_list_ids=tuple(int(i) for i in payload.get("unsubscribed") or ()),
+        phone=str(payload.get("phone") or ""),
+    )
 
 
 async def _record_answers(

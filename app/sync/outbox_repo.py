@@ -139,6 +139,7 @@ async def mark_pushed(session: AsyncSession, ids: Sequence[int], at: datetime) -
             .values(
                 status=OutboxStatus.DONE,
                 pushed_hash=table.c.payload_hash,
+                pushed_payload=table.c.payload,
                 pushed_at=at,
                 last_error=None,
                 reject_code=None,
@@ -193,3 +194,17 @@ async def outbox_counts(
     for account_id, status, n in (await session.execute(stmt)).all():
         counts.setdefault(int(account_id), {})[str(status)] = int(n)
     return counts
+
+
+async def pushed_state(
+    session: AsyncSession, account_id: int, emails: Sequence[str]
+) -> dict[str, tuple[str | None, dict[str, Any] | None]]:
+    """Per address with an outbox row, what the platform last accepted: (hash, payload)."""
+    out: dict[str, tuple[str | None, dict[str, Any] | None]] = {}
+    for chunk in chunks(list(emails)):
+        stmt = select(Outbox.email, Outbox.pushed_hash, Outbox.pushed_payload).where(
+            Outbox.account_id == account_id, Outbox.email.in_(chunk)
+        )
+        for email, h, payload in (await session.execute(stmt)).all():
+            out[str(email)] = (h, payload)
+    return out

@@ -35,6 +35,11 @@ async def active_run(session: AsyncSession, account_id: int, kind: RunKind = Run
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+async def run_kind(session: AsyncSession, run_id: str) -> RunKind | None:
+    value = (await session.execute(select(SyncRun.kind).where(SyncRun.id == run_id))).scalar_one_or_none()
+    return None if value is None else RunKind(value)
+
+
 async def orphaned_runs(session: AsyncSession, idle: float) -> list[SyncRun]:
     """Unfinished runs no live job advances: their lease expired (the slice holding it died), or nobody has
     held one for ``idle`` seconds (a continuation whose enqueue was lost)."""

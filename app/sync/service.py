@@ -6,9 +6,12 @@ Rules:
 - What is read live from Kommo's REST API (full sync, reconcile, verification) is the truth as of the read:
   it replaces what we stored before it, whatever that version's timestamp (a forged one included).
 - An address's owner is the most recently updated live contact holding it; when no live contact holds it any
-  more, it is deleted from the email platform. An unsubscribed address is never pushed again.
-- Unisender's state per address is remembered (``outbox.pushed_hash``): a change that leaves it unchanged sends
-  nothing.
+  more, it is deleted from the email platform. An unsubscribed address is never pushed again, and an address
+  unsubscribed from one list is never put back in it.
+- What the platform should hold for an address is derived from its owner and the account's sync spec
+  (``app.sync.mapping.desired``): mapped fields, phone, list memberships.
+- Unisender's state per address is remembered (``outbox.pushed_hash`` and ``pushed_payload``): a change that
+  leaves it unchanged (an edit of an unmapped field, say) sends nothing.
 Callers hold ``app.db.locks.account_lock`` for the account and own the transaction.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -29,9 +33,10 @@ from app.db.models import Contact, Outbox
 from app.db.session import after_commit
 from app.db.states import OutboxStatus
 from app.queue import enqueue
-from app.sync import consent_repo, contacts_repo, outbox_repo
-from app.sync.contacts_repo import AddressChange, ContactRow
-from app.sync.mapping import DesiredAddress, contact_emails, payload_hash
+from app.sync import consent_repo, contacts_repo, outbox_repo, spec_repo
+from app.sync.contacts_repo import AddressChange, ContactRow, Owner
+from app.sync.mapping import already_held, contact_data, contact_emails, desired, keep_phone, payload_hash
+from app.sync.spec import SourceKind, StoredSpec
 
 
 @dataclass
@@ -79,7 +84,8 @@ async def apply_contacts(
             address_changes[cid] = AddressChange(old_emails - new_emails, new_emails - old_emails)
         result.affected |= old_emails | new_emails
         result.changed += 1
-        rows.append(ContactRow(cid, c.name, sorted(new_emails), list(c.tags), c.updated_at, run_id))
+        data = contact_data(c, old.data if old is not None else None)
+        rows.append(ContactRow(cid, c.name, sorted(new_emails), list(c.tags), c.updated_at, run_id, data))
     await contacts_repo.upsert_contacts(session, account_id, rows, now=utcnow())
     await contacts_repo.replace_addresses(session, account_id, address_changes)
     if run_id is not None:
@@ -99,6 +105,7 @@ def _replaces(old: Contact, new: CrmContact, emails: set[str], read_at: datetime
             and old.name == new.name
             and list(old.emails) == sorted(emails)
             and list(old.tags) == list(new.tags)
+            and (old.data or {}) == contact_data(new, old.data)
         )
         return not same
     newer = new.updated_at > old.kommo_updated_at
@@ -135,10 +142,45 @@ async def delete_contacts(
 class RecomputeResult:
     queued: int = 0  # addresses given a new pending desire
     unchanged: int = 0  # desire equals what Unisender holds or already queued
+    differs: int = 0  # desire differs from what Unisender holds (newly queued or queued already)
     suppressed: int = 0  # unsubscribed addresses left alone
 
 
-async def recompute(session: AsyncSession, account_id: int, emails: Iterable[str]) -> RecomputeResult:
+@dataclass(frozen=True, slots=True)
+class Derivation:
+    """What deriving an account's addresses needs besides their owners: read once per batch."""
+
+    spec: StoredSpec
+    version: int
+    base_list_id: int | None
+    users: dict[int, str]
+
+    def payload(
+        self, email: str, owner: Owner | None, unsubscribed_lists: frozenset[int], held: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        wanted = desired(
+            owner.view() if owner is not None else None,
+            self.spec,
+            email=email,
+            base_list_id=self.base_list_id,
+            users=self.users,
+            unsubscribed_lists=unsubscribed_lists,
+        )
+        return keep_phone(wanted, held)
+
+
+async def derivation(session: AsyncSession, account_id: int, spec: StoredSpec | None = None) -> Derivation:
+    """The account's spec in force (or ``spec``, a candidate), base list and user names."""
+    version, current = await spec_repo.current_spec(session, account_id)
+    spec = spec or current
+    esp = await accounts_repo.get_esp_account(session, account_id)
+    users = await spec_repo.user_names(session, account_id) if spec.uses(SourceKind.RESPONSIBLE_USER) else {}
+    return Derivation(spec, version, esp.list_id if esp is not None else None, users)
+
+
+async def recompute(
+    session: AsyncSession, account_id: int, emails: Iterable[str], *, using: Derivation | None = None
+) -> RecomputeResult:
     """Write the desired state of ``emails`` into the outbox (coalesced: one row per address)."""
     email_list = sorted(set(emails))
     result = RecomputeResult()
@@ -146,7 +188,8 @@ async def recompute(session: AsyncSession, account_id: int, emails: Iterable[str
         return result
     owners = await contacts_repo.live_owners(session, account_id, email_list)
     unsubscribed = await consent_repo.unsubscribed(session, account_id, email_list)
-    list_id = await _list_id(session, account_id)
+    per_list = await consent_repo.list_unsubscribes(session, account_id, email_list)
+    derive = using or await derivation(session, account_id)
     await consent_repo.upsert_owners(
         session, account_id, {e: (owners[e].kommo_id if e in owners else None) for e in email_list}
     )
@@ -161,23 +204,25 @@ async def recompute(session: AsyncSession, account_id: int, emails: Iterable[str
             result.suppressed += 1
             continue
         owner = owners.get(email)
-        desired = DesiredAddress(email=email, delete=owner is None, name=owner.name if owner else "")
-        payload = desired.payload()
-        h = payload_hash(payload, list_id)
+        held = row.pushed_payload if row else None
+        payload = derive.payload(email, owner, per_list.get(email, frozenset()), held)
+        h = payload_hash(payload)
         if row is None:
-            if desired.delete:
+            if owner is None:
                 result.unchanged += 1  # never pushed: nothing to delete
             else:
                 wanted.append(outbox_repo.NewRow(email, payload, h))
                 result.queued += 1
+                result.differs += 1
             continue
-        if h == row.pushed_hash or (desired.delete and row.pushed_hash is None):
+        if already_held(payload, row.pushed_hash, row.pushed_payload, owned=owner is not None):
             # Unisender already holds this state (or never held the address): drop any queued change.
             if row.status == OutboxStatus.PENDING:
                 row.status, row.payload, row.payload_hash = OutboxStatus.DONE, payload, h
                 row.last_error, row.updated_at = None, now
             result.unchanged += 1
             continue
+        result.differs += 1
         if h == row.payload_hash and row.status in (OutboxStatus.PENDING, OutboxStatus.REJECTED):
             result.unchanged += 1  # already queued, or refused for a reason resending cannot fix
             continue
@@ -205,23 +250,23 @@ async def push_addresses(
     skipped = [e for e in email_list if e in unsubscribed]
     wanted = [e for e in email_list if e not in unsubscribed]
     owners = await contacts_repo.live_owners(session, account_id, wanted)
-    list_id = await _list_id(session, account_id)
+    per_list = await consent_repo.list_unsubscribes(session, account_id, wanted)
+    derive = await derivation(session, account_id)
     rows = await outbox_repo.lock_outbox(session, account_id, wanted)
     desires = []
     for email in wanted:
-        desired = DesiredAddress(
-            email=email, delete=delete, name=owners[email].name if email in owners else ""
-        )
-        payload = desired.payload()
-        desires.append(outbox_repo.NewRow(email, payload, payload_hash(payload, list_id)))
+        row = rows.get(email)
+        if delete:
+            payload: dict[str, Any] = {"delete": True}
+        else:
+            # An address no live contact holds is still added: with empty fields, in the lists for everyone.
+            owner = owners.get(email) or Owner(0, "", 0, [], {}, [])
+            held = row.pushed_payload if row is not None else None
+            payload = derive.payload(email, owner, per_list.get(email, frozenset()), held)
+        desires.append(outbox_repo.NewRow(email, payload, payload_hash(payload)))
     await _queue(session, account_id, desires, rows, utcnow())
     after_commit(session, lambda: enqueue.flush_outbox(queue, account_id, delay=0))
     return PushResult(queued=wanted, skipped_unsubscribed=skipped)
-
-
-async def _list_id(session: AsyncSession, account_id: int) -> int | None:
-    esp = await accounts_repo.get_esp_account(session, account_id)
-    return esp.list_id if esp is not None else None
 
 
 async def _queue(

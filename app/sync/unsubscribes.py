@@ -1,8 +1,16 @@
-"""Unsubscribes flow back: Unisender's hook → consent recorded → the Kommo contact tagged; never undone."""
+"""Unsubscribes flow back: Unisender's hook → consent recorded → the Kommo contact tagged; never undone.
+
+The hook names the list of each unsubscribe (one event per list) but not whether the contact left one list or
+everything, so the rule is: an address that unsubscribed from every list we put it in (or from an event that
+names no list, or an ``email_status`` of unsubscribed) is unsubscribed from the account: never pushed again,
+tagged ``unsubscribed``. An unsubscribe from some of its lists only keeps it out of those lists for good (it
+stays in the others and its fields keep flowing), and tags the contact ``unsubscribed:<list title>``.
+"""
 
 from __future__ import annotations
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import repository as accounts_repo
 from app.connectors.errors import WebhookParseError
@@ -12,7 +20,7 @@ from app.db.locks import account_lock
 from app.db.session import after_commit
 from app.db.states import EventSource, EventStatus, IntegrationStatus
 from app.queue import enqueue
-from app.sync import consent_repo, contacts_repo, inbox_repo, outbox_repo, providers
+from app.sync import consent_repo, contacts_repo, inbox_repo, outbox_repo, providers, service
 
 log = structlog.get_logger(__name__)
 
@@ -29,6 +37,7 @@ async def process_unisender_events(pc: ProcessContext, account_id: int) -> tuple
             if not events:
                 return handled, False
             new_unsubscribes: list[str] = []
+            per_list: set[str] = set()
             for ev in events:
                 ev.attempts += 1
                 try:
@@ -44,19 +53,35 @@ async def process_unisender_events(pc: ProcessContext, account_id: int) -> tuple
                 for item in items:
                     # Only unsubscribes have an effect. Subscribes are the contact's own business (we never
                     # re-subscribe anyone); delivery and campaign statuses are kept for later use.
-                    if (
-                        item.unsubscribes
-                        and item.email is not None
-                        and await consent_repo.mark_unsubscribed(session, account_id, item.email)
-                    ):
+                    if not item.unsubscribes or item.email is None:
+                        continue
+                    lists = item.unsubscribed_lists
+                    if lists and not await _leaves_everything(session, account_id, item.email, lists):
+                        per_list.add(item.email)
+                    elif await consent_repo.mark_unsubscribed(session, account_id, item.email):
                         new_unsubscribes.append(item.email)
                 ev.status, ev.handled_at = EventStatus.DONE, utcnow()
             await outbox_repo.cancel_outbox(session, account_id, new_unsubscribes, "unsubscribed")
+            # The address's desired state no longer names those lists to join (nor to leave).
+            await service.recompute(session, account_id, per_list - set(new_unsubscribes))
             handled += len(events)
-            if new_unsubscribes:
+            if new_unsubscribes or per_list:
                 after_commit(session, lambda: enqueue.tag_unsubscribes(pc.queue, account_id))
                 log.info("unsubscribes.recorded", account_id=account_id, count=len(new_unsubscribes))
     return handled, False
+
+
+async def _leaves_everything(
+    session: AsyncSession, account_id: int, email: str, lists: tuple[int, ...]
+) -> bool:
+    """Record the address's unsubscribe from ``lists``; True when it now left every list we put it in."""
+    for list_id in lists:
+        await consent_repo.mark_list_unsubscribed(session, account_id, email, list_id)
+    held = (await outbox_repo.pushed_state(session, account_id, [email])).get(email, (None, None))[1]
+    if not held or held.get("delete") or "lists" not in held:
+        return True  # nothing of ours to stay in (or pushed before per-list lists existed: the one list)
+    gone = (await consent_repo.list_unsubscribes(session, account_id, [email])).get(email, frozenset())
+    return set(held["lists"]) <= gone
 
 
 async def tag_unsubscribed_contacts(pc: ProcessContext, account_id: int) -> int:
@@ -78,6 +103,31 @@ async def tag_unsubscribed_contacts(pc: ProcessContext, account_id: int) -> int:
             tagged += 1
         async with pc.db.session_scope() as session:
             await consent_repo.mark_tagged(session, account_id, email, utcnow())
+    tagged += await _tag_list_unsubscribes(pc, account_id)
     if tagged:
         log.info("unsubscribes.tagged", account_id=account_id, contacts=tagged)
+    return tagged
+
+
+async def _tag_list_unsubscribes(pc: ProcessContext, account_id: int) -> int:
+    """Tag ``unsubscribed:<list title>`` on the contacts holding an address that left one list."""
+    async with pc.db.session_scope() as session:
+        rows = await consent_repo.untagged_list_unsubscribes(session, account_id)
+        if not rows:
+            return 0
+        work = [
+            (row.email, row.list_id, await contacts_repo.owners_holding(session, account_id, row.email))
+            for row in rows
+        ]
+        esp, _ = await providers.esp_client(session, pc, account_id)
+    titles = {lst.id: lst.title for lst in await esp.get_lists()}
+    client = await providers.crm_client(pc, account_id)
+    tagged = 0
+    for email, list_id, owners in work:
+        tag = f"{pc.settings.unsubscribe_tag}:{titles.get(list_id, list_id)}"
+        for kommo_id in owners:
+            await client.add_contact_tags(kommo_id, [tag])
+            tagged += 1
+        async with pc.db.session_scope() as session:
+            await consent_repo.mark_list_tagged(session, account_id, email, list_id, utcnow())
     return tagged

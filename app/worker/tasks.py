@@ -20,10 +20,20 @@ from app.accounts.webhooks import ensure_kommo_webhooks
 from app.connectors.errors import PermanentError, TransientError
 from app.context import ProcessContext
 from app.db.base import utcnow
-from app.db.states import EventSource, OutboxStatus, RunStatus
+from app.db.states import EventSource, OutboxStatus, RunKind, RunStatus
 from app.queue import enqueue
 from app.retry import backoff
-from app.sync import consent_repo, events, fullsync, inbox_repo, outbox, outbox_repo, runs_repo, unsubscribes
+from app.sync import (
+    consent_repo,
+    events,
+    fullsync,
+    inbox_repo,
+    outbox,
+    outbox_repo,
+    remap,
+    runs_repo,
+    unsubscribes,
+)
 from app.sync.isolation import isolatable
 from app.sync.reconcile import reconcile_account
 
@@ -106,12 +116,16 @@ async def flush_outbox(ctx: dict[str, Any], account_id: int) -> int:
 
 
 async def full_sync(ctx: dict[str, Any], run_id: str) -> str:
-    """One slice of a full-sync run. The job's id names the slice in the run's lease: arq retries a job under
+    """One slice of a run: a full sync, or the re-derivation after a spec change (``remap``). The job's id names the slice in the run's lease: arq retries a job under
     the same id, so a retry takes its own lease back while any other job finds the run held."""
     pc = process_context(ctx)
     structlog.contextvars.bind_contextvars(run_id=run_id)
     owner = str(ctx.get("job_id") or f"slice:{uuid.uuid4().hex}")
     try:
+        async with pc.db.session_scope() as session:
+            kind = await runs_repo.run_kind(session, run_id)
+        if kind is RunKind.REMAP:
+            return await remap.run_remap_slice(pc, run_id, owner)
         return await fullsync.run_full_sync_slice(pc, run_id, owner=owner)
     except TransientError as exc:
         retry = _retry_after(ctx, exc)

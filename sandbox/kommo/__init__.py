@@ -46,15 +46,26 @@ bodies, ``responses.py``; every response carries ``X-Request-Id``)
 - ``PATCH /{sub}/api/v4/contacts`` (array with ids) and ``PATCH /{sub}/api/v4/contacts/{id}`` (object); array-form
   answer ``{id, name, updated_at, [request_id], _links}``. ``custom_fields_values`` by ``field_id`` or ``field_code``,
   values with ``enum_id`` or ``enum_code`` (multitext default: the first enum, WORK); a field's values are replaced,
-  other fields kept; ``values: null``/``[]`` clears the field. ``tags_to_add``/``tags_to_delete`` ``[{id}|{name}]``
+  other fields kept; ``values: null``/``[]`` clears the field. Value shapes per type (spec §8.2): text, textarea, url,
+  streetaddress a string; numeric a string or number, read back as a string; checkbox a bool (read ``{"value":
+  true}``); select/radiobutton/multiselect by ``enum_id``, ``enum_code`` or option text (read ``{value, enum_id,
+  enum_code}``); date, date_time, birthday unix seconds or an RFC 3339 string, read as unix seconds; smart_address one
+  item per part, each naming its part (``enum_code`` address_line_1, address_line_2, city, state, zip, country, or its
+  ``enum_id``), read back in that part order. ``tags_to_add``/``tags_to_delete`` ``[{id}|{name}]``
   (a new name creates the tag), ``_embedded.tags`` replaces the set. Bad input → 400 ``validation-errors``
   (codes NotSupportedChoice, InvalidType, NotBlank, NotFound, TooManyValues; paths like
   ``custom_fields_values.0.field_id``); empty body → 400 "Request data can't be blank". Unknown keys are ignored.
   ``updated_at`` of a changed contact becomes max(now, previous + 1) (or a larger explicit ``updated_at``),
   so each version of a contact has a distinct, increasing ``updated_at``.
 - ``GET /{sub}/api/v4/contacts/custom_fields``: PHONE (enums WORK, WORKDD, MOB, FAX, HOME, OTHER) and EMAIL
-  (WORK, PRIV, OTHER), multitext, predefined. First account: PHONE 771906, EMAIL 771908, enum ids as in the webhook
-  example of Kommo's docs (PHONE/WORK 552476, EMAIL/WORK 552488, step 2); each further account shifts all ids by 100000.
+  (WORK, PRIV, OTHER), multitext, predefined, then the user fields. First account: PHONE 771906, EMAIL 771908, enum ids
+  as in the webhook example of Kommo's docs (PHONE/WORK 552476, EMAIL/WORK 552488, step 2); each further account shifts
+  all ids by 100000. Paged like the users below (``_total_items``, ``_page``, ``_page_count``, ``_links``).
+- ``GET /{sub}/api/v4/users``: the account's users ``{id, name, email, lang, rights{…, is_admin, is_active}, _links}``;
+  ``page``/``limit`` (default 50, max 250, above as the contact list), ``_total_items``, ``_page``, ``_page_count``,
+  ``_links.self/next/prev``; 204 past the end. ``GET /{sub}/api/v4/users/{id}``: one user, 204 if unknown. Admin only:
+  tokens act as the account's first user ("Admin", ``current_user_id``); made a non-admin (control API) → 403
+  "Insufficient rights".
 - ``POST|GET|DELETE /{sub}/api/v4/webhooks``: POST answers 200 with the webhook object (re-posting a
   destination updates its settings and re-enables it); bad URL → the captured 400 "Invalid URL"; unknown setting →
   400; GET answers 204 when there are none; DELETE answers 204.
@@ -70,7 +81,9 @@ latency (+ seeded jitter), then a burst of N 429s, then a seeded 5xx rate (body 
 Webhooks: each contact create/update (API or control), delete and restore (control only: v4 has
 no public delete/restore) is sent to every enabled webhook whose settings include ``{action}_contact``, as
 ``application/x-www-form-urlencoded`` PHP bracket keys, all values strings, account block first
-(``account_block_first``), ``[enum]`` = enum id, ``[code]`` after ``[values]``, delete = id + type only,
+(``account_block_first``), ``[enum]`` = enum id, ``[code]`` after ``[values]``, radiobutton ``[values][value]``/``[values][enum]`` (an object),
+dates bare (``[values][0]=1714521600``), checkbox ``"1"``/``"0"``, smart_address parts as multitext's
+``[values][j][value]``/``[values][j][enum]``, delete = id + type only,
 tags as ``[tags][i][id]``/``[tags][i][name]``, and the headers of current deliveries: ``User-Agent:
 amoCRM-Webhooks/3.0``, ``X-Amocrm-Requestid`` (a new UUID v4 per attempt, in the delivery log), ``Accept-Encoding:
 gzip``. Delivery runs in background tasks; 2 s timeout; 100–299 = success;
@@ -91,7 +104,9 @@ that changes nothing still bumps ``updated_at`` and fires ``update_contact`` (``
 POSITION); custom-field values must have the field's JSON type (strings for multitext, no numbers); ``request_id``
 must be a string; page/limit < 1 or non-numeric → 400 validation-errors; the token response is
 ``application/json``; the consent page's ``mode`` is accepted and ignored (always a redirect); webhook bodies
-carry no tags, names split or ``group_id``.
+carry no tags, names split or ``group_id``; an unchecked checkbox is held and sent (``"0"``), not dropped; a JSON
+number written to a numeric field is held as PHP prints it (3.0 → "3"); smart_address enums have their part codes as
+text; a missing user by id → 204; users' rights are all "A".
 
 Control API (JSON; no auth; errors ``{"error": message}`` with 400/404/409)
 --------------------------------------------------------------------------
@@ -121,14 +136,21 @@ Control API (JSON; no auth; errors ``{"error": message}`` with 400/404/409)
   ``GET {disable_hook_url}?client_uuid=&account_id=&signature=`` (signature = hex HMAC-SHA256(client_secret,
   "{client_id}|{account_id}"), ``User-Agent: amoService-oAuth-Code-Sender/1.0``) → ``{revoked_tokens, hook_url,
   hook_status, hook_error}``.
-- ``POST /_sandbox/accounts/{sub}/seed`` ``{count, seed?, fire_webhooks?}`` → ``{created, first_id, last_id}``
-  (see :func:`seed_contacts`; ~1 s per 100k contacts; seeds of 10k+ end with ``gc.freeze()`` so full GC passes
-  skip the contacts: a 250-contact page then takes ~7 ms at 1M).
+- ``PATCH /_sandbox/accounts/{sub}`` ``{current_user_admin}`` → the account plus ``current_user_admin``; false makes
+  the tokens' user a non-admin (``/api/v4/users`` answers 403).
+- ``POST /_sandbox/accounts/{sub}/users`` ``{name, email?, is_admin?}`` → 201 ``{id, name, email, is_admin}``.
+- ``POST /_sandbox/accounts/{sub}/seed`` ``{count, seed?, fire_webhooks?, custom_fields?}`` → ``{created, first_id,
+  last_id}`` (see :func:`seed_contacts`; ~1 s per 100k contacts; seeds of 10k+ end with ``gc.freeze()`` so full GC
+  passes skip the contacts: a 250-contact page then takes ~7 ms at 1M). ``custom_fields: true`` also makes (once per
+  account) one user field of every type and three more users, and gives contacts values in those fields and random
+  responsible users; without it a seed is what it always was.
 - ``POST|PATCH /_sandbox/accounts/{sub}/contacts[?webhooks=0]``: as the API's create/update, without auth or limits.
 - ``GET /_sandbox/accounts/{sub}/contacts/{id}`` → contact JSON plus ``is_deleted`` (deleted ones too).
 - ``POST /_sandbox/accounts/{sub}/contacts/{id}/delete`` and ``.../restore`` (``?webhooks=0`` to stay silent).
 - ``POST /_sandbox/accounts/{sub}/custom_fields`` ``{name, type, code?, enums?}`` → 201 a user field (code null
-  unless given).
+  unless given; ``enums`` required for select, radiobutton, multiselect, multitext; a smart_address gets its six
+  parts). Types: text, textarea, url, numeric, checkbox, select, radiobutton, multiselect, multitext, date, birthday,
+  date_time, streetaddress, smart_address.
 - ``GET /_sandbox/accounts/{sub}/webhooks`` → registered webhooks with ``disabled`` and ``recent_failures``.
 - ``GET|POST|DELETE /_sandbox/faults`` ``{latency_ms, latency_jitter_ms, error_rate, error_status, burst_429, seed}``
   (POST sets the given keys; DELETE clears faults and the rate-limit windows and blocks).

@@ -7,9 +7,10 @@ relative to the item), and the caller applies nothing when any item has one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from .store import DATE_TYPES, TEXT_TYPES, Account, FieldDef, FieldEnum, Values
+from .store import DATE_TYPES, MULTI_VALUE_TYPES, TEXT_TYPES, Account, FieldDef, FieldEnum, Values
 
 
 @dataclass(slots=True)
@@ -169,7 +170,7 @@ def _parse_field(
     if not isinstance(raw, list):
         errors.append(_type_err(f"{path}.values", "array"))
         return
-    if fdef.type not in ("multitext", "multiselect") and len(raw) > 1:
+    if fdef.type not in MULTI_VALUE_TYPES and len(raw) > 1:
         errors.append(
             _err("TooManyValues", f"{path}.values", "This collection should contain 1 element or less.")
         )
@@ -185,6 +186,10 @@ def _parse_field(
         if parsed is not None:
             values.append(parsed)
     if len(errors) == before:
+        if fdef.type == "smart_address":
+            # Parts are held (and so read and sent) in their own order, whatever order they were written in.
+            order = {e.id: e.sort for e in fdef.enums or ()}
+            values.sort(key=lambda part: order.get(part[1] or 0, 0))
         ch.fields.append((fdef.id, values))
 
 
@@ -216,14 +221,31 @@ def _parse_value(
                 return None
         assert enum is not None
         return (enum.value, enum.id)
+    if t == "smart_address":
+        if not isinstance(value, str):
+            errors.append(_type_err(f"{vp}.value", "string"))
+            return None
+        if not value.strip():
+            errors.append(_err("NotBlank", f"{vp}.value", "This value should not be blank."))
+            return None
+        ok, enum = _pick_enum(fdef, v, vp, errors)
+        if not ok:
+            return None
+        if enum is None:  # every part names which one it is (city, zip, …): there is no default
+            errors.append(_err("NotBlank", f"{vp}.enum_code", "This value should not be blank."))
+            return None
+        return (value, enum.id)
     if t in TEXT_TYPES:
         if not isinstance(value, str):
             errors.append(_type_err(f"{vp}.value", "string"))
             return None
         return (value, None)
     if t == "numeric":
-        if _is_int(value) or isinstance(value, float):
+        if _is_int(value):
             return (str(value), None)
+        if isinstance(value, float):
+            # Held as text, as PHP (Kommo) turns a float into a string: 3.0 is "3", 1.5 is "1.5".
+            return (str(int(value)) if value.is_integer() else repr(value), None)
         if isinstance(value, str):
             try:
                 float(value)
@@ -239,12 +261,29 @@ def _parse_value(
             return None
         return (value, None)
     if t in DATE_TYPES:
-        if not _is_int(value):
+        # Unix seconds, or an RFC 3339 string as Kommo's PHP library always sends (spec §8.2); held as seconds.
+        seconds = value if _is_int(value) else _rfc3339_seconds(value)
+        if seconds is None:
             errors.append(_type_err(f"{vp}.value", "int"))
             return None
-        return (value, None)
+        return (seconds, None)
     errors.append(_choice_err(vp))
     return None
+
+
+def _rfc3339_seconds(value: Any) -> int | None:
+    if not isinstance(value, str) or "T" not in value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        return int(moment.timestamp())
+    except (OverflowError, ValueError):
+        return None
 
 
 def _pick_enum(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote_plus
 
-from .store import Account, Contact, FieldDef
+from .store import Account, Contact, FieldDef, User
 
 
 def contact_json(
@@ -83,6 +83,32 @@ def field_def_json(account: Account, f: FieldDef, base: str) -> dict[str, Any]:
         "entity_type": "contacts",
         "remind": None,
         "_links": {"self": {"href": f"{base}/api/v4/contacts/custom_fields/{f.id}"}},
+    }
+
+
+def user_json(u: User, base: str) -> dict[str, Any]:
+    """A user as ``GET /api/v4/users`` shows one (the doc sample's keys; every right "A", all)."""
+    entity = {"view": "A", "edit": "A", "add": "A", "delete": "A", "export": "A"}
+    return {
+        "id": u.id,
+        "name": u.name,
+        "email": u.email,
+        "lang": "en",
+        "rights": {
+            "leads": dict(entity),
+            "contacts": dict(entity),
+            "companies": dict(entity),
+            "tasks": {"edit": "A", "delete": "A"},
+            "mail_access": False,
+            "catalog_access": False,
+            "status_rights": [],
+            "is_admin": u.is_admin,
+            "is_free": False,
+            "is_active": u.is_active,
+            "group_id": None,
+            "role_id": None,
+        },
+        "_links": {"self": {"href": f"{base}/api/v4/users/{u.id}/"}},
     }
 
 

@@ -15,7 +15,7 @@ from .installs import InstallFlows
 from .limits import Clock, Faults, RateLimiter, Stats
 from .oauth import OAuthStore
 from .payload import ContactChanges, parse_contact_item
-from .store import Account, Contact
+from .store import ENUM_TYPES, FIELD_TYPES, SMART_ADDRESS_PARTS, Account, Contact, FieldDef, FieldEnum, User
 from .webhooks import Dispatcher, Webhook
 
 ValidationErrors = list[dict[str, Any]]
@@ -49,6 +49,7 @@ class KommoSandboxState:
         self._webhook_ids = itertools.count(1)
         self._account_ids = itertools.count(32_720_107)
         self._enum_ids = itertools.count(900_001)
+        self._user_ids = itertools.count(11_500_001)  # above every account's first user (11_087_123 + n)
 
     async def reset(self) -> None:
         """Forget all data (accounts, integrations, tokens, contacts, webhooks, stats, faults); keep config and clock."""
@@ -129,6 +130,40 @@ class KommoSandboxState:
             disable_hook_url=disable_hook_url,
             name=name,
         )
+
+    def add_user(
+        self, account: Account, name: str, *, email: str | None = None, is_admin: bool = False
+    ) -> User:
+        uid = next(self._user_ids)
+        user = User(uid, name, email or f"user{uid}@{account.subdomain}.example.com", is_admin=is_admin)
+        account.users.append(user)
+        return user
+
+    def add_field(
+        self, account: Account, name: str, ftype: str, code: str | None = None, enums: list[str] | None = None
+    ) -> FieldDef:
+        """A user field (``code`` None unless given). ``enums``: the options of select, radiobutton,
+        multiselect and multitext; a smart_address field gets its six parts."""
+        if ftype not in FIELD_TYPES:
+            raise SandboxError(f"type must be one of {sorted(FIELD_TYPES)}")
+        if code is not None and account.field_by_code(code) is not None:
+            raise SandboxError(f"code {code!r} exists", 409)
+        options: list[FieldEnum] | None = None
+        if ftype in ENUM_TYPES:
+            if not enums or not all(isinstance(v, str) and v for v in enums):
+                raise SandboxError("enums must be a non-empty list of strings for this type")
+            options = [
+                FieldEnum(self.next_enum_id(), v, 500 + i, v if ftype == "multitext" else None)
+                for i, v in enumerate(enums)
+            ]
+        elif ftype == "smart_address":
+            options = [
+                FieldEnum(self.next_enum_id(), p, 2 * (i + 1), p) for i, p in enumerate(SMART_ADDRESS_PARTS)
+            ]
+        fid = max(account.fields) + 2
+        field = FieldDef(fid, name, ftype, code, 500 + len(account.fields), options)
+        account.fields[fid] = field
+        return field
 
     # --- contacts ---------------------------------------------------------------------------------------------
     def next_contact_id(self) -> int:

@@ -63,10 +63,15 @@ FIELD_TYPES = {
     "birthday",
     "date_time",
     "streetaddress",
+    "smart_address",
 }
 TEXT_TYPES = {"text", "textarea", "url", "streetaddress"}
-ENUM_TYPES = {"select", "radiobutton", "multiselect", "multitext"}
+ENUM_TYPES = {"select", "radiobutton", "multiselect", "multitext"}  # options given when the field is made
 DATE_TYPES = {"date", "birthday", "date_time"}
+MULTI_VALUE_TYPES = {"multitext", "multiselect", "smart_address"}  # the others take one value
+# The parts of a smart_address value, each one value item with its part as enum_code (spec §8.2). Kommo's
+# enum texts for them are undocumented: the sandbox gives each enum its code as text.
+SMART_ADDRESS_PARTS = ("address_line_1", "address_line_2", "city", "state", "zip", "country")
 
 # Predefined multitext fields. Ids of the first account match the webhook example of Kommo's docs (PHONE 771906, EMAIL
 # 771908, PHONE/WORK 552476, EMAIL/WORK 552488); later accounts get the same layout shifted by 100000 per
@@ -95,6 +100,15 @@ def predefined_fields(offset: int) -> list[FieldDef]:
         is_predefined=True,
     )
     return [phone, email]
+
+
+@dataclass(slots=True)
+class User:
+    id: int
+    name: str
+    email: str
+    is_admin: bool = True
+    is_active: bool = True
 
 
 @dataclass(slots=True)
@@ -217,6 +231,9 @@ class Account:
         self.name = name
         self.created_at = created_at
         self.current_user_id = current_user_id
+        # The user tokens act as (the one who installed the integration) is the account's first user.
+        self.users: list[User] = [User(current_user_id, "Admin", f"admin@{subdomain}.example.com")]
+        self.seed_field_ids: list[int] | None = None  # the fields seed_contacts(custom_fields=True) made
         self.fields: dict[int, FieldDef] = {f.id: f for f in predefined_fields(field_offset)}
         self.tags: dict[int, Tag] = {}
         self.tags_by_name: dict[str, Tag] = {}
@@ -227,6 +244,9 @@ class Account:
     def host(self, base_domain: str) -> str:
         """``{subdomain}.{domain}``: where the account lives (``base_domain`` unless created elsewhere)."""
         return f"{self.subdomain}.{self.domain or base_domain}"
+
+    def current_user(self) -> User:
+        return next(u for u in self.users if u.id == self.current_user_id)
 
     # --- fields --------------------------------------------------------------------------------------------
     def field_by_code(self, code: str) -> FieldDef | None:

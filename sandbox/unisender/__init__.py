@@ -30,6 +30,8 @@ Control API (JSON; errors are HTTP 4xx with ``{"detail": ...}``)
   GET    /_sandbox/accounts/{key}/contacts         ?offset&limit → {"total", "contacts": [contact...]}
   GET    /_sandbox/accounts/{key}/contacts/{email} → {"person_id", "email", "phone", "status", "availability",
                                                       "added_at", "fields", "tags", "lists": {id: {status, added_at}}}
+  GET    /_sandbox/accounts/{key}/snapshot         → {"contacts": {email (phone if none): {"status", "phone",
+                                                      "fields": {name: value}, "lists": {id: {"status"}}}}}
   POST   /_sandbox/accounts/{key}/contacts/{email}/unsubscribe  {"list_id"?: int|null}: the contact clicks the
          unsubscribe link (null = account-wide status), "campaign_id"?: in that campaign's letter → {"changed",
          "contact"}; emits the hook events
@@ -70,10 +72,14 @@ Simulator choices where Unisender's docs are silent (config field in brackets wh
 - importContacts: >500 rows, no email/phone column, unknown or duplicate column name, non-array field_names/data,
   empty data → ``invalid_arg`` for the whole call [max_import_rows]. Per-row problems skip the row with a log
   entry ``{"index": "<row key>" (string) [log_index_as_string], "code", "message"}``; codes are placeholders
-  [log_codes]: invalid_email, invalid_phone, role_address [reject_role_addresses, role_local_parts],
-  invalid_value (bad status/time/delete/list ids), invalid_list (unknown list id), too_many_tags (>10),
-  duplicate (address repeated within one call: later row skipped, not counted as invalid),
-  owned_by_different_subscribers. A refused status change is a warning: the rest of the row applies and
+  [log_codes]: invalid_email, invalid_phone (not "+" and 10-15 digits), role_address [reject_role_addresses,
+  role_local_parts], invalid_value (bad status/time/delete/list ids), invalid_list (unknown list id),
+  too_many_tags (>10), duplicate (address repeated within one call: later row skipped, not counted as invalid),
+  owned_by_different_subscribers (the row's phone belongs to a contact other than its address's owner, unless
+  that one is phone-only: it gains the address), invalid_field_value (strict mode, on by default
+  [validate_field_values]: a user-field value that does not fit the field's type). A row with an address
+  updates that address's contact; its phone replaces the contact's. A list id in two list columns of a row
+  counts as excluded, else unsubscribed, else joined; excluding a list the address is not in does nothing. A refused status change is a warning: the rest of the row applies and
   the row counts as updated [status_change_denied_skips_row]. Log entries carry no severity field. Existing addresses may change status only from active/inactive
   [mutable_statuses]; an unsubscribed list membership is never re-activated (not even by overwrite_lists).
   overwrite_lists=1 replaces memberships only when the row has a list column. Missing cells are empty strings;

@@ -24,6 +24,7 @@ def _default_log_codes() -> dict[str, str]:
         "invalid_list": "invalid_list",
         "too_many_tags": "too_many_tags",
         "owned_by_different": "owned_by_different_subscribers",
+        "invalid_field_value": "invalid_field_value",
     }
 
 
@@ -50,6 +51,13 @@ class UnisenderSandboxConfig:
     reject_role_addresses: bool = True
     role_local_parts: frozenset[str] = frozenset({"info", "sales", "no-reply", "all"})
     log_codes: dict[str, str] = field(default_factory=_default_log_codes)
+    # Simulator-specific strict mode: Unisender's docs say a field's type only drives its web UI and every
+    # value is stored as text, so the real API most likely stores anything. On (the default), a user-field
+    # value that does not fit its field's type (number: integer or decimal with "."; date: DD.MM.YYYY,
+    # DD-MM-YYYY, YYYY.MM.DD, YYYY-MM-DD; bool: 1/0/yes/no/да/нет; string: one line; text: anything) skips
+    # the row with an "invalid_field_value" log entry, so a client that writes values Unisender's UI and
+    # segments cannot read is caught in tests. An empty cell always passes: it clears the field.
+    validate_field_values: bool = True
     # The docs say integer; a public Go client run against the live API decodes a string ("index":"2").
     log_index_as_string: bool = True
     # Statuses an existing address may be moved away from by importContacts (Unisender's docs: only from

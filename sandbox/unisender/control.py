@@ -178,6 +178,24 @@ async def get_contact(request: Request, api_key: str, email: str) -> dict[str, A
     return account.contact_json(_contact(account, email))
 
 
+@router.get("/accounts/{api_key}/snapshot")
+async def snapshot(request: Request, api_key: str) -> dict[str, Any]:
+    """Every contact of the account in one comparable map, without ids and times: by address (a phone-only
+    contact by phone), its status, phone, fields by name and per-list status."""
+    account = _account(request, api_key)
+    return {
+        "contacts": {
+            (c.email or c.phone or str(c.person_id)): {
+                "status": c.status,
+                "phone": c.phone,
+                "fields": account.field_values(c),
+                "lists": {str(lid): {"status": m.status} for lid, m in sorted(c.lists.items())},
+            }
+            for c in account.contacts_by_id.values()
+        }
+    }
+
+
 @router.post("/accounts/{api_key}/contacts/{email}/unsubscribe")
 async def contact_unsubscribes(
     request: Request, api_key: str, email: str, body: ContactActionIn | None = None

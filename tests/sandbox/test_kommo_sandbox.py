@@ -12,6 +12,7 @@ import hmac
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from starlette.responses import Response
 from app.context import tls_context
 from app.servers import serve_in_background
 from sandbox.kommo import KommoSandboxConfig, KommoSandboxState, create_kommo_sandbox, seed_contacts
+from sandbox.kommo.store import Contact
 
 REDIRECT = "https://integration.example.com/oauth/callback"
 PROBLEM = "application/problem+json"
@@ -1225,3 +1227,267 @@ def jwt_claims_unsigned(token: str) -> dict[str, Any]:
     claims = token.split(".")[1]
     decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))
     return decoded
+
+
+# --- custom-field value shapes per type, users, the custom_fields seed ------------------------------------------
+
+
+async def test_every_field_type_on_the_wire_follows_spec_8_2(sandbox: Sandbox, receiver: Receiver) -> None:
+    """REST read and webhook form of one value per type: checkbox JSON true / "1", numeric a JSON string, dates a
+    unix int by REST and a bare value in the form, radiobutton an object in the form, smart_address one item per
+    part with its enum_code by REST and multitext's layout in the form."""
+    inst = await install(sandbox)
+    await subscribe(sandbox, inst, receiver.url, ["add_contact"])
+    types = ["checkbox", "numeric", "date", "birthday", "radiobutton", "multiselect", "smart_address", "url"]
+    fields = {}
+    for t in types:
+        body: dict[str, Any] = {"name": t.title(), "type": t}
+        if t in ("radiobutton", "multiselect"):
+            body["enums"] = ["One", "Two", "Three"]
+        fields[t] = await sandbox.control("POST", "/accounts/acme/custom_fields", body, 201)
+    parts = {e["value"]: e["id"] for e in fields["smart_address"]["enums"]}
+    assert list(parts) == ["address_line_1", "address_line_2", "city", "state", "zip", "country"]
+
+    def cf(t: str, *values: dict[str, Any]) -> dict[str, Any]:
+        return {"field_id": fields[t]["id"], "values": list(values)}
+
+    resp = await sandbox.http.post(
+        "/acme/api/v4/contacts",
+        headers=inst.auth,
+        json=[
+            {
+                "name": "Types",
+                "custom_fields_values": [
+                    cf("checkbox", {"value": True}),
+                    cf("numeric", {"value": 2.0}),
+                    cf("date", {"value": "2024-05-01T00:00:00+00:00"}),
+                    cf("birthday", {"value": 1465948800}),
+                    cf("radiobutton", {"value": "Two"}),
+                    cf("multiselect", {"enum_id": fields["multiselect"]["enums"][2]["id"]}, {"value": "One"}),
+                    cf(
+                        "smart_address",
+                        {"value": "BR", "enum_code": "country"},
+                        {"value": "Recife", "enum_id": parts["city"]},
+                    ),
+                    cf("url", {"value": "https://x.example"}),
+                ],
+            },
+            {"name": "Off", "custom_fields_values": [cf("checkbox", {"value": False})]},
+        ],
+    )
+    assert resp.status_code == 200, resp.text
+    cid, off = (c["id"] for c in resp.json()["_embedded"]["contacts"])
+    one = (await sandbox.http.get(f"/acme/api/v4/contacts/{cid}", headers=inst.auth)).json()
+    rest = {v["field_type"]: v["values"] for v in one["custom_fields_values"]}
+    radio, multi = fields["radiobutton"]["enums"], fields["multiselect"]["enums"]
+    assert rest == {
+        "checkbox": [{"value": True}],
+        "numeric": [{"value": "2"}],
+        "date": [{"value": 1714521600}],
+        "birthday": [{"value": 1465948800}],
+        "radiobutton": [{"value": "Two", "enum_id": radio[1]["id"], "enum_code": None}],
+        "multiselect": [
+            {"value": "Three", "enum_id": multi[2]["id"], "enum_code": None},
+            {"value": "One", "enum_id": multi[0]["id"], "enum_code": None},
+        ],
+        "smart_address": [  # held in the parts' own order, not as written
+            {"value": "Recife", "enum_id": parts["city"], "enum_code": "city"},
+            {"value": "BR", "enum_id": parts["country"], "enum_code": "country"},
+        ],
+        "url": [{"value": "https://x.example"}],
+    }
+
+    await drain(sandbox)
+    forms = [dict(f) for f in receiver.forms()]
+    add = next(f for f in forms if f["contacts[add][0][id]"] == str(cid))
+    p = "contacts[add][0][custom_fields]"
+    by_name = {add[f"{p}[{i}][name]"]: i for i in range(len(types))}
+    got = {
+        name: sorted(
+            (k[len(f"{p}[{i}][values]") :], v) for k, v in add.items() if k.startswith(f"{p}[{i}][values]")
+        )
+        for name, i in by_name.items()
+    }
+    assert got == {
+        "Checkbox": [("[0][value]", "1")],
+        "Numeric": [("[0][value]", "2")],
+        "Date": [("[0]", "1714521600")],
+        "Birthday": [("[0]", "1465948800")],
+        "Radiobutton": [("[enum]", str(radio[1]["id"])), ("[value]", "Two")],
+        "Multiselect": sorted(
+            [
+                ("[0][value]", "Three"),
+                ("[0][enum]", str(multi[2]["id"])),
+                ("[1][value]", "One"),
+                ("[1][enum]", str(multi[0]["id"])),
+            ]
+        ),
+        "Smart_Address": sorted(
+            [
+                ("[0][value]", "Recife"),
+                ("[0][enum]", str(parts["city"])),
+                ("[1][value]", "BR"),
+                ("[1][enum]", str(parts["country"])),
+            ]
+        ),
+        "Url": [("[0][value]", "https://x.example")],
+    }
+    off_form = next(f for f in forms if f["contacts[add][0][id]"] == str(off))
+    assert off_form[f"{p}[0][values][0][value]"] == "0"
+
+
+async def test_smart_address_parts_need_their_part(sandbox: Sandbox) -> None:
+    inst = await install(sandbox)
+    field = await sandbox.control(
+        "POST", "/accounts/acme/custom_fields", {"name": "A", "type": "smart_address"}, 201
+    )
+    resp = await sandbox.http.post(
+        "/acme/api/v4/contacts",
+        headers=inst.auth,
+        json=[
+            {
+                "custom_fields_values": [
+                    {
+                        "field_id": field["id"],
+                        "values": [{"value": "Recife"}, {"value": "BR", "enum_code": "planet"}],
+                    }
+                ]
+            }
+        ],
+    )
+    assert resp.status_code == 400
+    errors = resp.json()["validation-errors"][0]["errors"]
+    assert [(e["code"], e["path"]) for e in errors] == [
+        ("NotBlank", "custom_fields_values.0.values.0.enum_code"),
+        ("NotSupportedChoice", "custom_fields_values.0.values.1.enum_code"),
+    ]
+
+
+async def test_users_list_pages_and_one_user(sandbox: Sandbox) -> None:
+    inst = await install(sandbox)
+    added = [
+        await sandbox.control("POST", "/accounts/acme/users", {"name": f"User {n}"}, 201) for n in range(4)
+    ]
+    me = sandbox.state.accounts["acme"].current_user_id
+
+    first = await sandbox.http.get("/acme/api/v4/users", params={"limit": 2}, headers=inst.auth)
+    assert first.status_code == 200
+    assert first.headers["content-type"] == HAL
+    body = first.json()
+    assert (body["_total_items"], body["_page"], body["_page_count"]) == (5, 1, 3)
+    assert "next" in body["_links"]
+    assert "prev" not in body["_links"]
+    [mine, other] = body["_embedded"]["users"]
+    assert (mine["id"], mine["name"], mine["rights"]["is_admin"]) == (me, "Admin", True)
+    assert (other["id"], other["name"], other["rights"]["is_admin"]) == (added[0]["id"], "User 0", False)
+    assert set(mine) == {"id", "name", "email", "lang", "rights", "_links"}
+    assert {"leads", "contacts", "companies", "tasks", "is_admin", "is_free", "is_active"} <= set(
+        mine["rights"]
+    )
+    last = (
+        await sandbox.http.get("/acme/api/v4/users", params={"page": 3, "limit": 2}, headers=inst.auth)
+    ).json()
+    assert [u["name"] for u in last["_embedded"]["users"]] == ["User 3"]
+    assert "next" not in last["_links"]
+    assert "prev" in last["_links"]
+    past = await sandbox.http.get("/acme/api/v4/users", params={"page": 4, "limit": 2}, headers=inst.auth)
+    assert past.status_code == 204
+    too_many = await sandbox.http.get("/acme/api/v4/users", params={"limit": 251}, headers=inst.auth)
+    assert too_many.status_code == 422
+
+    one = await sandbox.http.get(f"/acme/api/v4/users/{added[1]['id']}", headers=inst.auth)
+    assert (one.status_code, one.json()["name"]) == (200, "User 1")
+    assert (await sandbox.http.get("/acme/api/v4/users/1", headers=inst.auth)).status_code == 204
+
+
+async def test_users_need_an_admin_token(sandbox: Sandbox) -> None:
+    inst = await install(sandbox)
+    patched = await sandbox.control("PATCH", "/accounts/acme", {"current_user_admin": False})
+    assert patched["current_user_admin"] is False
+    for path in (
+        "/acme/api/v4/users",
+        f"/acme/api/v4/users/{sandbox.state.accounts['acme'].current_user_id}",
+    ):
+        resp = await sandbox.http.get(path, headers=inst.auth)
+        assert_problem(
+            resp,
+            403,
+            {
+                "title": "Forbidden",
+                "type": "https://httpstatus.es/403",
+                "status": 403,
+                "detail": "Insufficient rights",
+            },
+        )
+    assert (await sandbox.http.get("/acme/api/v4/account", headers=inst.auth)).status_code == 200
+
+
+async def test_custom_field_definitions_page_up_to_250(sandbox: Sandbox) -> None:
+    inst = await install(sandbox)
+    for n in range(60):
+        await sandbox.control("POST", "/accounts/acme/custom_fields", {"name": f"F{n}", "type": "text"}, 201)
+    page = (
+        await sandbox.http.get(
+            "/acme/api/v4/contacts/custom_fields", params={"limit": 250}, headers=inst.auth
+        )
+    ).json()
+    assert (page["_total_items"], page["_page_count"], len(page["_embedded"]["custom_fields"])) == (62, 1, 62)
+    assert "next" not in page["_links"]
+    default = (await sandbox.http.get("/acme/api/v4/contacts/custom_fields", headers=inst.auth)).json()
+    assert len(default["_embedded"]["custom_fields"]) == 50
+    assert default["_links"]["next"]["href"].endswith("/acme/api/v4/contacts/custom_fields?page=2&limit=50")
+
+
+def test_custom_fields_seed_fills_every_type_and_keeps_the_rest_of_the_seed() -> None:
+    def run(custom_fields: bool) -> KommoSandboxState:
+        state = KommoSandboxState()
+        # Seeded timestamps count back from the clock's now: one fixed now, so the runs compare across a second.
+        state.clock.now = lambda: 1_750_000_000  # type: ignore[method-assign]
+        state.create_account("acme")
+        seed_contacts(state, "acme", 400, seed=4, custom_fields=custom_fields)
+        seed_contacts(state, "acme", 100, seed=5, custom_fields=custom_fields)  # fields and users made once
+        return state
+
+    plain, rich, again = run(False), run(True), run(True)
+    account, plain_account = rich.accounts["acme"], plain.accounts["acme"]
+
+    def base(c: Contact) -> tuple[Any, ...]:
+        return (c.id, c.name, c.created_at, c.updated_at, [f for f in c.fields if f[0] in (771906, 771908)])
+
+    assert [base(c) for c in account.iter_live()] == [base(c) for c in plain_account.iter_live()]
+    assert {c.responsible_user_id for c in plain_account.iter_live()} == {plain_account.current_user_id}
+    assert len(plain_account.fields) == 2
+    assert len(plain_account.users) == 1
+
+    def full(state: KommoSandboxState) -> list[tuple[Any, ...]]:
+        return [(c.responsible_user_id, c.fields) for c in state.accounts["acme"].iter_live()]
+
+    assert full(rich) == full(again)
+    user_fields = [f for f in account.fields.values() if not f.is_predefined]
+    assert sorted(f.type for f in user_fields) == sorted(
+        [
+            "text",
+            "textarea",
+            "numeric",
+            "checkbox",
+            "select",
+            "multiselect",
+            "radiobutton",
+            "date",
+            "date_time",
+            "birthday",
+            "url",
+            "streetaddress",
+            "smart_address",
+        ]
+    )
+    assert all(
+        len(f.enums or []) in (3, 4)
+        for f in user_fields
+        if f.type in ("select", "multiselect", "radiobutton")
+    )
+    held = Counter(account.fields[fid].type for c in account.iter_live() for fid, _v in c.fields)
+    assert all(held[f.type] > 100 for f in user_fields)
+    assert any(all(fid in (771906, 771908) for fid, _v in c.fields) for c in account.iter_live())
+    assert Counter(c.responsible_user_id for c in account.iter_live()).keys() == {u.id for u in account.users}
+    assert len(account.users) == 4

@@ -331,6 +331,181 @@ async def test_subscribe_times_and_user_fields(sandbox: Sandbox, key: str) -> No
     assert result["log"][0]["code"] == "invalid_value"
 
 
+FIELD_VALUE_CASES = [
+    ("number", "42", True),
+    ("number", "-3.25", True),
+    ("number", "4,5", False),
+    ("number", "1e3", False),
+    ("number", "12.", False),
+    ("date", "17.05.1990", True),
+    ("date", "17-05-1990", True),
+    ("date", "1990.05.17", True),
+    ("date", "1990-05-17", True),
+    ("date", "1990/05/17", False),
+    ("date", "31.02.2024", False),
+    ("date", "5.1.2024", False),
+    ("bool", "1", True),
+    ("bool", "0", True),
+    ("bool", "Yes", True),
+    ("bool", "no", True),
+    ("bool", "да", True),
+    ("bool", "нет", True),
+    ("bool", "true", False),
+    ("string", "one line", True),
+    ("string", "two\nlines", False),
+    ("text", "two\nlines", True),
+]
+
+
+async def test_strict_mode_checks_each_value_against_its_field_type(sandbox: Sandbox, key: str) -> None:
+    for kind in ("number", "date", "bool", "string", "text"):
+        assert "result" in await call(sandbox, "createField", key, {"name": f"f_{kind}", "type": kind})
+    await call(
+        sandbox, "importContacts", key, import_body(["email", "f_number"], [["kept@example.com", "7"]])
+    )
+    # One call per type (a row carries one field); the other types' cells are absent, not empty.
+    bad_rows: list[str] = []
+    for kind in ("number", "date", "bool", "string", "text"):
+        cases = [(i, value, ok) for i, (k, value, ok) in enumerate(FIELD_VALUE_CASES) if k == kind]
+        rows = [[f"v{i}@example.com", value] for i, value, _ in cases]
+        if kind == "number":
+            rows.append(["kept@example.com", "seven"])  # an existing contact: left as it was
+        result = (await call(sandbox, "importContacts", key, import_body(["email", f"f_{kind}"], rows)))[
+            "result"
+        ]
+        logged = {rows[int(e["index"])][0] for e in result["log"]}
+        assert all(e["code"] == "invalid_field_value" and kind in e["message"] for e in result["log"])
+        assert result["invalid"] == len(logged)
+        bad_rows.extend(sorted(logged))
+    expected_bad = {f"v{i}@example.com" for i, (_, _, ok) in enumerate(FIELD_VALUE_CASES) if not ok}
+    assert set(bad_rows) == expected_bad | {"kept@example.com"}
+    assert (await contact(sandbox, key, "kept@example.com"))["fields"] == {"f_number": "7"}
+    for i, (kind, value, ok) in enumerate(FIELD_VALUE_CASES):
+        found = await sandbox.http.get(f"/_sandbox/accounts/{key}/contacts/v{i}@example.com")
+        assert (found.status_code == 200) is ok, (kind, value)
+        if ok:
+            assert found.json()["fields"] == {f"f_{kind}": value}
+
+    # An empty cell always passes (it clears), and the switch turns the check off (values stored verbatim).
+    body = import_body(["email", "f_number"], [["kept@example.com", ""]])
+    assert (await call(sandbox, "importContacts", key, body))["result"]["log"] == []
+    assert (await contact(sandbox, key, "kept@example.com"))["fields"] == {}
+    sandbox.state.config.validate_field_values = False
+    try:
+        body = import_body(["email", "f_number", "f_date"], [["loose@example.com", "4,5", "someday"]])
+        result = (await call(sandbox, "importContacts", key, body))["result"]
+    finally:
+        sandbox.state.config.validate_field_values = True
+    assert (result["inserted"], result["log"]) == (1, [])
+    assert (await contact(sandbox, key, "loose@example.com"))["fields"] == {
+        "f_number": "4,5",
+        "f_date": "someday",
+    }
+
+
+async def test_phone_column_format_and_ownership(sandbox: Sandbox, key: str) -> None:
+    cols = ["email", "phone"]
+    rows = [
+        ["p1@example.com", "+79261232323"],
+        ["p2@example.com", "79261232324"],  # no "+"
+        ["p3@example.com", "+7926"],  # too short
+        ["p4@example.com", "+7 (926) 123-23-25"],
+        ["p5@example.com", "+1234567890123456"],  # 16 digits
+        ["", "+79990000000"],  # a phone-only contact
+    ]
+    result = (await call(sandbox, "importContacts", key, import_body(cols, rows)))["result"]
+    assert [(e["index"], e["code"]) for e in result["log"]] == [
+        ("1", "invalid_phone"),
+        ("2", "invalid_phone"),
+        ("4", "invalid_phone"),
+    ]
+    state = (await sandbox.http.get(f"/_sandbox/accounts/{key}/snapshot")).json()["contacts"]
+    assert {k: c["phone"] for k, c in state.items()} == {
+        "p1@example.com": "+79261232323",
+        "p4@example.com": "+79261232325",
+        "+79990000000": "+79990000000",
+    }
+
+    def imported(rows: list[list[str]]) -> Any:
+        return call(sandbox, "importContacts", key, import_body(["email", "phone", "Name"], rows))
+
+    # An address and a phone of two different contacts, or a new address with another one's phone: skipped.
+    result = (
+        await imported([["p1@example.com", "+79261232325", "X"], ["p6@example.com", "+79261232323", "Y"]])
+    )["result"]
+    assert [(e["index"], e["code"]) for e in result["log"]] == [
+        ("0", "owned_by_different_subscribers"),
+        ("1", "owned_by_different_subscribers"),
+    ]
+    assert "already exist but owned by different subscribers" in result["log"][0]["message"]
+    assert (await contact(sandbox, key, "p1@example.com"))["fields"] == {}
+    assert (await sandbox.http.get(f"/_sandbox/accounts/{key}/contacts/p6@example.com")).status_code == 404
+    # A phone-only contact gains the address; an address's new phone replaces its old one, which is free again.
+    result = (
+        await imported([["ph@example.com", "+79990000000", "Ph"], ["p1@example.com", "+79261232399", "P1"]])
+    )["result"]
+    assert (result["inserted"], result["updated"], result["log"]) == (0, 2, [])
+    result = (await imported([["p7@example.com", "+79261232323", "P7"]]))["result"]
+    assert (result["inserted"], result["log"]) == (1, [])
+    state = (await sandbox.http.get(f"/_sandbox/accounts/{key}/snapshot")).json()["contacts"]
+    assert {k: (c["phone"], c["fields"].get("Name")) for k, c in state.items()} == {
+        "p1@example.com": ("+79261232399", "P1"),
+        "p4@example.com": ("+79261232325", None),
+        "ph@example.com": ("+79990000000", "Ph"),
+        "p7@example.com": ("+79261232323", "P7"),
+    }
+
+
+async def test_list_columns_precedence_and_per_list_unsubscribe_events(sandbox: Sandbox, key: str) -> None:
+    l1, l2, l3, l4, l5, l6 = [await new_list(sandbox, key, f"L{i}") for i in range(1, 7)]
+    cols = ["email", "email_status", "email_list_ids"]
+    await call(
+        sandbox, "importContacts", key, import_body(cols, [["m@example.com", "active", f"{l1},{l2},{l3}"]])
+    )
+    receiver = Receiver("", [], [])
+    async with serve_in_background(receiver_app(receiver)) as hook_base:
+        hook = {"hook_url": f"{hook_base}/hook", "events[unsubscribe]": "*", "events[subscribe]": "*"}
+        assert (await call(sandbox, "setHook", key, hook)) == {"result": {}}
+        cols = ["email", "email_list_ids", "email_unsubscribed_list_ids", "email_excluded_list_ids"]
+        row = [
+            "m@example.com",
+            f"{l3},{l4},{l5}",  # joins, each overruled below
+            f"{l1},{l2},{l3},{l4}",  # l1, l3: active -> unsubscribed; l2: overruled; l4: created unsubscribed
+            f"{l2},{l5},{l6}",  # l2 leaves; l5 never joins; l6: not a member, nothing to do
+        ]
+        result = (await call(sandbox, "importContacts", key, import_body(cols, [row])))["result"]
+        assert (result["updated"], result["log"]) == (1, [])
+        await wait_for(lambda: len(receiver.bodies) == 1)
+        await asyncio.sleep(0.1)  # nothing else follows
+    assert len(receiver.bodies) == 1
+    events = json.loads(receiver.bodies[0])["events_by_user"][0]["events"]
+    assert sorted((e["event_name"], e["event_data"]["list_id"]) for e in events) == [
+        ("unsubscribe", l1),
+        ("unsubscribe", l3),
+    ]
+    assert all(e["event_data"]["email"] == "m@example.com" for e in events)
+
+    args = {"email": "m@example.com", "include_lists": "1"}
+    got = (await call(sandbox, "getContact", key, args))["result"]
+    assert got["email"]["status"] == "active"  # per-list unsubscribes leave the address active
+    assert [(m["id"], m["status"]) for m in got["lists"]] == [
+        (l1, "unsubscribed"),
+        (l3, "unsubscribed"),
+        (l4, "unsubscribed"),
+    ]
+    # exclude answers by list; a later join does not re-activate an unsubscribed membership.
+    exclude = {"contact_type": "email", "contact": "m@example.com", "list_ids": str(l3)}
+    assert (await call(sandbox, "exclude", key, exclude)) == {"result": {}}
+    body = import_body(["email", "email_list_ids"], [["m@example.com", f"{l1},{l2}"]])
+    await call(sandbox, "importContacts", key, body)
+    got = (await call(sandbox, "getContact", key, args))["result"]
+    assert [(m["id"], m["status"]) for m in got["lists"]] == [
+        (l1, "unsubscribed"),
+        (l2, "active"),
+        (l4, "unsubscribed"),
+    ]
+
+
 # --- getContact and friends ----------------------------------------------------------------------------
 
 

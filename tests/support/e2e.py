@@ -31,14 +31,17 @@ async def connect_account(
     contacts: int = 0,
     api_key: str | None = None,
     domain: str | None = None,
+    custom_fields: bool = False,
 ) -> Account:
     """Create a Kommo account (optionally seeded; on ``domain``, default kommo.com), register the integration,
-    do OAuth, connect Unisender (with a new Unisender account, whose key is ``api_key`` when given)."""
+    do OAuth, connect Unisender (with a new Unisender account, whose key is ``api_key`` when given).
+    ``custom_fields``: the seed also fills one user field of every type and spreads responsible users."""
     k, api = stack.kommo, stack.api
     body = {"subdomain": subdomain, "name": subdomain.title()} | ({"domain": domain} if domain else {})
     acc = (await k.post("/_sandbox/accounts", json=body)).json()
     if contacts:
-        r = await k.post(f"/_sandbox/accounts/{subdomain}/seed", json={"count": contacts, "seed": seed})
+        seeding = {"count": contacts, "seed": seed} | ({"custom_fields": True} if custom_fields else {})
+        r = await k.post(f"/_sandbox/accounts/{subdomain}/seed", json=seeding)
         assert r.status_code in (200, 201), r.text
     redirect = f"{stack.settings.public_url}/auth/callback"
     integ = (await k.post("/_sandbox/integrations", json={"redirect_uri": redirect})).json()
@@ -138,7 +141,13 @@ async def wait_quiet(stack: Stack, account: Account, *, within: float = 90.0) ->
         else:
             quiet_since = None
         await asyncio.sleep(0.2)
-    raise AssertionError(f"not quiet after {within} s: {dict(rows[0])}")
+    pending = await raw_sql(
+        url,
+        "SELECT 'outbox' AS what, email AS key, next_attempt_at::text AS at, last_error FROM outbox"
+        " WHERE status = 'pending' UNION ALL SELECT 'run', id || ' ' || kind, updated_at::text, error"
+        " FROM sync_run WHERE status IN ('pending','running') LIMIT 10",
+    )
+    raise AssertionError(f"not quiet after {within} s: {dict(rows[0])}; {[dict(r) for r in pending]}")
 
 
 async def wait_for(predicate: object, *, within: float = 30.0, interval: float = 0.2, what: str = "") -> None:

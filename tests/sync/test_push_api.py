@@ -49,7 +49,9 @@ async def test_a_push_makes_a_backing_off_row_due_now(
             "attempts": 0,
             "last_error": None,
             "due": True,
-            "payload": '{"delete": false, "name": ""}',
+            # No contact holds it: the default spec's empty Name (the test account has no list yet).
+            "payload": '{"delete": false, "fields": {"Name": ""}, "phone": "", "lists": [], "excluded": [], '
+            '"unsubscribed": []}',
         },
         {
             "email": "b@x.io",
@@ -57,7 +59,9 @@ async def test_a_push_makes_a_backing_off_row_due_now(
             "attempts": 0,
             "last_error": None,
             "due": True,
-            "payload": '{"delete": false, "name": ""}',
+            # No contact holds it: the default spec's empty Name (the test account has no list yet).
+            "payload": '{"delete": false, "fields": {"Name": ""}, "phone": "", "lists": [], "excluded": [], '
+            '"unsubscribed": []}',
         },
     ]
 

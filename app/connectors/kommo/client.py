@@ -1,16 +1,17 @@
-"""Kommo API v4 client for one connected account (contacts, account, webhooks registry)."""
+"""Kommo API v4 client for one connected account (contacts, field definitions, users, account, webhooks
+registry)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pydantic
 import structlog
 
-from app.connectors.base import ContactPage, CrmClient, CrmContact
+from app.connectors.base import ContactPage, CrmClient, CrmContact, CrmFieldDef, CrmUser
 from app.connectors.kommo.exceptions import (
     KommoError,
     KommoRateLimited,
@@ -20,6 +21,9 @@ from app.connectors.kommo.exceptions import (
 from app.connectors.kommo.schemas import (
     KommoAccount,
     KommoContactList,
+    KommoCustomFieldList,
+    KommoPage,
+    KommoUserList,
     KommoWebhook,
     KommoWebhookList,
 )
@@ -29,10 +33,14 @@ log = structlog.get_logger(__name__)
 
 MAX_LIMIT = 250  # Kommo's page size and batch cap
 MAX_PAGES = 100_000  # iter_contacts bound: 25 M contacts at 250 per page
+MAX_LIST_PAGES = 1_000  # bound of the small lists (field definitions, users): 250,000 items
 DEFAULT_WEBHOOK_SORT = 10
 
 # Invariant list type that httpx accepts as-is (repeated keys like filter[id][] need pairs, not a dict).
 QueryParams = list[tuple[str, str | int | float | bool | None]]
+
+
+PageT = TypeVar("PageT", bound=KommoPage)
 
 
 class KommoClient:
@@ -177,6 +185,39 @@ class KommoClient:
         body = {"tags_to_add": [{"name": name} for name in names]}
         await self._request("PATCH", f"/api/v4/contacts/{int(contact_id)}", json=body)
         log.info("kommo.tags_added", contact_id=contact_id, count=len(names))
+
+    # --- field definitions and users ---------------------------------------------------------------------------
+
+    async def _every_page(self, path: str, model: type[PageT], what: str) -> list[PageT]:
+        """All pages of a HAL list, following ``_links.next``; a 204 (nothing at all) is no pages."""
+        pages: list[PageT] = []
+        page = 1
+        for _ in range(MAX_LIST_PAGES):
+            response = await self._request("GET", path, params=[("page", page), ("limit", MAX_LIMIT)])
+            if response.status_code == 204 or not response.content:
+                return pages
+            parsed: PageT = self._parse(model, self._json(response, what), response, what)
+            pages.append(parsed)
+            if parsed.links.next is None:
+                return pages
+            next_page = _page_of(parsed.links.next.href) or page + 1
+            if next_page <= page:
+                raise KommoError(f"Kommo {what}: next link points back to page {next_page}")
+            page = next_page
+        raise KommoError(f"Kommo {what}: more than {MAX_LIST_PAGES} pages")
+
+    async def get_custom_fields(self) -> list[CrmFieldDef]:
+        """Every contact custom-field definition of the account (``GET /api/v4/contacts/custom_fields``)."""
+        pages = await self._every_page(
+            "/api/v4/contacts/custom_fields", KommoCustomFieldList, "custom fields"
+        )
+        return [item.to_field_def() for page in pages for item in page.items()]
+
+    async def get_users(self) -> list[CrmUser]:
+        """Every user of the account (``GET /api/v4/users``). Kommo lets only admins list users: for another
+        user's token this raises ``KommoForbidden`` (403)."""
+        pages = await self._every_page("/api/v4/users", KommoUserList, "users")
+        return [item.to_user() for page in pages for item in page.items()]
 
     # --- account and webhooks -------------------------------------------------------------------------------
 

@@ -6,8 +6,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.connectors.base import CrmContact, OAuthTokens
+from app.connectors.base import CrmContact, CrmFieldDef, CrmFieldValue, CrmUser, OAuthTokens
 from app.connectors.kommo.text import clean_text
+from app.connectors.kommo.values import DATE_TYPES, date_text, number_text
 
 EMAIL_FIELD_CODE = "EMAIL"
 
@@ -32,7 +33,8 @@ class KommoLinks(KommoModel):
 
 
 class KommoFieldValue(KommoModel):
-    value: str | int | float | bool | None = None
+    # An object is legal_entity's value: accepted so one such field cannot fail a whole page, never mapped.
+    value: str | int | float | bool | dict[str, Any] | None = None
     enum_id: int | None = None
     enum_code: str | None = None
 
@@ -77,6 +79,21 @@ def _null_to_empty(value: Any) -> Any:
     return "" if value is None else value
 
 
+def _value_text(value: str | int | float | bool | dict[str, Any] | None, dated: bool) -> str | None:
+    """One REST value as the text a webhook would carry for it (``values.py``); None when it is blank or has
+    no text form (null, an object)."""
+    if isinstance(value, str):
+        text = clean_text(value)
+        if dated:
+            text = date_text(text)
+        return text if text.strip() else None
+    if isinstance(value, bool):  # before int: bool is an int subclass
+        return "1" if value else "0"
+    if isinstance(value, int | float):
+        return number_text(value)
+    return None
+
+
 class KommoContact(KommoModel):
     id: int
     name: str = ""
@@ -105,6 +122,20 @@ class KommoContact(KommoModel):
                         found.append(email)
         return found
 
+    def field_values(self) -> list[CrmFieldValue]:
+        """Every custom field with a non-blank value, in Kommo's order, values as text (``values.py``)."""
+        found: list[CrmFieldValue] = []
+        for field in self.custom_fields_values or ():
+            dated = field.field_type in DATE_TYPES
+            texts: list[str] = []
+            for item in field.values:
+                text = _value_text(item.value, dated)
+                if text is not None:
+                    texts.append(text)
+            if texts:
+                found.append(CrmFieldValue(field.field_id, tuple(texts)))
+        return found
+
     def tag_names(self) -> list[str]:
         """Names of the contact's tags (cleaned)."""
         return [clean_text(tag.name) for tag in self.embedded.tags]
@@ -122,6 +153,9 @@ class KommoContact(KommoModel):
             last_name=clean_text(self.last_name),
             tags=tuple(self.tag_names()),
             deleted=self.is_deleted,
+            responsible_user_id=self.responsible_user_id,
+            created_at=self.created_at,
+            fields=tuple(self.field_values()),
         )
 
 
@@ -135,6 +169,83 @@ class KommoContactList(KommoModel):
     page: int | None = Field(default=None, alias="_page")
     links: KommoLinks = Field(default_factory=KommoLinks, alias="_links")
     embedded: KommoContactsEmbedded = Field(default_factory=KommoContactsEmbedded, alias="_embedded")
+
+
+# --- pages of other lists ----------------------------------------------------------------------------------
+
+
+class KommoPage(KommoModel):
+    """What every paged HAL list of Kommo carries besides its items."""
+
+    page: int | None = Field(default=None, alias="_page")
+    page_count: int | None = Field(default=None, alias="_page_count")
+    total_items: int | None = Field(default=None, alias="_total_items")
+    links: KommoLinks = Field(default_factory=KommoLinks, alias="_links")
+
+
+class KommoFieldEnum(KommoModel):
+    id: int | None = None
+    value: str = ""
+    sort: int | None = None
+
+    _value = field_validator("value", mode="before")(_null_to_empty)
+
+
+class KommoCustomField(KommoModel):
+    """One item of ``GET /api/v4/contacts/custom_fields``."""
+
+    id: int
+    name: str = ""
+    type: str = ""
+    code: str | None = None
+    sort: int | None = None
+    enums: list[KommoFieldEnum] | None = None  # null for types without options
+
+    _texts = field_validator("name", "type", mode="before")(_null_to_empty)
+
+    def to_field_def(self) -> CrmFieldDef:
+        return CrmFieldDef(
+            id=self.id,
+            name=clean_text(self.name),
+            type=self.type,
+            code=self.code or None,
+            options=tuple(clean_text(e.value) for e in self.enums or ()),
+        )
+
+
+class KommoCustomFieldsEmbedded(KommoModel):
+    custom_fields: list[KommoCustomField] = Field(default_factory=list)
+
+
+class KommoCustomFieldList(KommoPage):
+    embedded: KommoCustomFieldsEmbedded = Field(default_factory=KommoCustomFieldsEmbedded, alias="_embedded")
+
+    def items(self) -> list[KommoCustomField]:
+        return self.embedded.custom_fields
+
+
+class KommoUser(KommoModel):
+    """One item of ``GET /api/v4/users`` (only what names a user)."""
+
+    id: int
+    name: str = ""
+    email: str | None = None
+
+    _name = field_validator("name", mode="before")(_null_to_empty)
+
+    def to_user(self) -> CrmUser:
+        return CrmUser(id=self.id, name=clean_text(self.name))
+
+
+class KommoUsersEmbedded(KommoModel):
+    users: list[KommoUser] = Field(default_factory=list)
+
+
+class KommoUserList(KommoPage):
+    embedded: KommoUsersEmbedded = Field(default_factory=KommoUsersEmbedded, alias="_embedded")
+
+    def items(self) -> list[KommoUser]:
+        return self.embedded.users
 
 
 # --- OAuth --------------------------------------------------------------------------------------------------

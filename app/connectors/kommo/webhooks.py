@@ -18,9 +18,16 @@ from urllib.parse import unquote
 
 import structlog
 
-from app.connectors.base import CrmAction, CrmContact, CrmContactEvent, CrmWebhookBatch
+from app.connectors.base import (
+    CrmAction,
+    CrmContact,
+    CrmContactEvent,
+    CrmFieldValue,
+    CrmWebhookBatch,
+)
 from app.connectors.kommo.exceptions import KommoWebhookParseError
 from app.connectors.kommo.text import clean_text
+from app.connectors.kommo.values import date_text, day_month_year_seconds
 
 log = structlog.get_logger(__name__)
 
@@ -199,47 +206,73 @@ def _indexed(group: dict[str, Node], what: str) -> list[tuple[int, Node]]:
     return items
 
 
-def _field_values(values: Node | None, what: str) -> list[str]:
-    """Value strings of a custom field: a list of ``{value, enum}``, one ``{value, enum}`` (radiobutton),
-    a list of bare values (date) or a bare value."""
+def _value_texts(values: Node | None) -> list[str]:
+    """Value texts of a custom field (``values.py``), in index order, blanks dropped. The layouts of spec §8.2:
+    a list of ``{value, enum}`` (text, select, multiselect, multitext, smart_address), one ``{value, enum}``
+    object (radiobutton), a list of bare values (date, date_time, birthday) or one bare value. An option's text
+    is its ``[value]``; ``[enum]`` is only its id. A group where a value belongs (a layout Kommo has not
+    documented, such as legal_entity's object) is skipped rather than refused, so such a field cannot cost us
+    the whole delivery."""
     if values is None:
         return []
     if isinstance(values, str):
-        return [values]
-    if values and all(_INDEX_RE.fullmatch(key) for key in values):
-        out: list[str] = []
-        for _, item in _indexed(values, what):
-            if isinstance(item, str):
-                out.append(item)
-            else:
-                value = _leaf(item, "value", what)
-                if value is not None:
-                    out.append(value)
-        return out
-    value = _leaf(values, "value", what)
-    return [] if value is None else [value]
+        items: list[Node] = [values]
+    elif values and all(_INDEX_RE.fullmatch(key) for key in values):
+        items = [item for _, item in _indexed(values, "values")]
+    else:
+        items = [values]
+    texts: list[str] = []
+    for item in items:
+        if isinstance(item, str):
+            text = date_text(item)  # bare values are dates: a unix int, or an RFC 3339 string
+        else:
+            value = item.get("value")
+            if not isinstance(value, str):
+                continue
+            text = value
+            if "enum" not in item:
+                # The 2016 birthday layout: {value: "15.06.2016"}; an option (with [enum]) keeps its text.
+                text = day_month_year_seconds(value) or value
+        if text.strip():
+            texts.append(text)
+    return texts
 
 
-def _emails(contact: dict[str, Node], what: str) -> list[str]:
+def _soft_int(node: dict[str, Node], name: str) -> int | None:
+    """An optional integer attribute we only report (responsible user, creation time): unreadable is unknown,
+    not a reason to refuse a delivery whose contact changes we need."""
+    value = node.get(name)
+    if isinstance(value, str) and _INT_RE.fullmatch(value) and int(value) <= _MAX_ID:
+        return int(value)
+    return None
+
+
+def _custom_fields(contact: dict[str, Node], what: str) -> tuple[list[str], list[CrmFieldValue]]:
+    """The contact's email addresses (as ``KommoContact.emails``) and every custom field with a value, in
+    index order; a field without a readable ``[id]`` cannot be named and only counts for the emails."""
     fields = _group(contact.get("custom_fields"), f"{what}[custom_fields]")
     if not fields:
-        return []
-    found: list[str] = []
+        return [], []
+    emails: list[str] = []
+    found: list[CrmFieldValue] = []
     for index, field in _indexed(fields, f"{what}[custom_fields]"):
         field_what = f"{what}[custom_fields][{index}]"
         if isinstance(field, str):
             raise _fail(f"{field_what} must be a group")
         code = _leaf(field, "code", field_what)
         name = _leaf(field, "name", field_what)
+        texts = _value_texts(field.get("values"))
         # User-created fields carry no [code]; an uncoded field named "Email" counts, as in the REST mapping.
         is_email = code.upper() == "EMAIL" if code else (name or "").strip().casefold() == "email"
-        if not is_email:
-            continue
-        for value in _field_values(field.get("values"), f"{field_what}[values]"):
-            email = value.strip()
-            if email and email not in found:
-                found.append(email)
-    return found
+        if is_email:
+            for value in texts:
+                email = value.strip()
+                if email not in emails:
+                    emails.append(email)
+        field_id = _soft_int(field, "id")
+        if field_id is not None and texts:
+            found.append(CrmFieldValue(field_id, tuple(texts)))
+    return emails, found
 
 
 def _tags(contact: dict[str, Node], what: str) -> list[str]:
@@ -271,15 +304,22 @@ def _event(action: CrmAction, contact: dict[str, Node], what: str) -> CrmContact
     updated_at = _optional_int(contact, "updated_at", what)
     if updated_at is None:
         updated_at = _optional_int(contact, "last_modified", what)
+    emails, fields = _custom_fields(contact, what)
+    created_at = _soft_int(contact, "created_at")
     crm_contact = CrmContact(
         id=contact_id,
         name=_leaf(contact, "name", what) or "",
         # Without a timestamp the contact cannot win an ordering check: 0 makes it the oldest version.
         updated_at=updated_at if updated_at is not None else 0,
-        emails=tuple(_emails(contact, what)),
-        first_name=_leaf(contact, "first_name", what) or "",
-        last_name=_leaf(contact, "last_name", what) or "",
+        emails=tuple(emails),
+        # Kommo's webhooks carry no first and last name (its documented bodies and the captures have
+        # none): None keeps the ones read by REST, unless a body does carry them.
+        first_name=_leaf(contact, "first_name", what),
+        last_name=_leaf(contact, "last_name", what),
         tags=tuple(_tags(contact, what)),
+        responsible_user_id=_soft_int(contact, "responsible_user_id"),
+        created_at=created_at if created_at is not None else _soft_int(contact, "date_create"),
+        fields=tuple(fields),
     )
     return CrmContactEvent(action=action, contact_id=contact_id, updated_at=updated_at, contact=crm_contact)
 

@@ -12,7 +12,7 @@ import httpx
 import pydantic
 import structlog
 
-from app.connectors.base import EspContact, EspField, EspList, ImportRow, RowResult
+from app.connectors.base import EspContact, EspField, EspList, ImportRow, RowOutcome, RowResult
 from app.connectors.ratelimit import RateLimiter
 from app.connectors.unisender.exceptions import (
     DEFAULT_RATE_LIMIT_RETRY_AFTER,
@@ -25,10 +25,15 @@ from app.connectors.unisender.exceptions import (
 )
 from app.connectors.unisender.hooks import HOOK_EVENT_NAMES
 from app.connectors.unisender.imports import (
+    INVALID_FIELD_NAME,
+    MAX_IMPORT_FIELDS,
     Params,
     build_import_params,
+    column_calls,
     ids_param,
+    import_columns,
     import_groups,
+    row_problem,
     row_results,
 )
 from app.connectors.unisender.schemas import (
@@ -60,6 +65,7 @@ class UnisenderClient:
     """
 
     max_import_rows: int = MAX_IMPORT_ROWS
+    max_import_fields: int = MAX_IMPORT_FIELDS
 
     def __init__(
         self,
@@ -178,26 +184,53 @@ class UnisenderClient:
         """Upsert/delete rows in calls of at most 500; return one ``RowResult`` per input row, in order.
 
         Each row only carries the columns it sets (see ``import_groups``), so its outcome never depends on
-        which other rows share its call. A failing call raises and loses the results of earlier calls;
-        importing is an idempotent upsert, so the caller retries the whole input. An address must not
-        repeat within one input (Unisender rejects a repeated address within a call as a duplicate).
+        which other rows share its call. Rows with more than ``max_import_fields`` user fields are split
+        across calls (``column_calls``): the first carries the address, phone, lists and status with the
+        first 50 fields, the next ones ``email`` and 50 more each, and only rows every earlier call applied go
+        on, so a rejected address is never created by the rest of its fields. A rejection in a later call
+        leaves the earlier fields applied; the row is REJECTED all the same.
+
+        A failing call raises and loses the results of earlier calls; importing is an idempotent upsert, so
+        the caller retries the whole input. An address must not repeat within one input (Unisender rejects a
+        repeated address within a call as a duplicate). A row whose field names cannot be columns (a system
+        column such as ``email``, or a name given twice) is REJECTED here with ``invalid_field_name``.
         """
         results: dict[int, RowResult] = {}
+        for i, row in enumerate(rows):
+            problem = row_problem(row)
+            if problem is not None:
+                results[i] = RowResult(i, RowOutcome.REJECTED, code=INVALID_FIELD_NAME, message=problem)
         for group in import_groups(rows):
             for start in range(0, len(group), self.max_import_rows):
-                indices = group[start : start + self.max_import_rows]
-                result = await self.import_batch([rows[i] for i in indices])
-                results.update(row_results(result, indices))
+                batch = group[start : start + self.max_import_rows]
+                calls = column_calls(import_columns([rows[i] for i in batch]), self.max_import_fields)
+                for n, columns in enumerate(calls):
+                    indices = batch
+                    if n:
+                        indices = [
+                            i for i in batch if not rows[i].delete and results[i].outcome is RowOutcome.OK
+                        ]
+                    if not indices:
+                        break
+                    result = await self.import_batch([rows[i] for i in indices], columns)
+                    results.update(row_results(result, indices))
         return [results[i] for i in range(len(rows))]
 
-    async def import_batch(self, rows: Sequence[ImportRow]) -> ImportResult:
-        """One importContacts call (at most ``max_import_rows`` rows); returns the typed result."""
+    async def import_batch(
+        self, rows: Sequence[ImportRow], columns: Sequence[str] | None = None
+    ) -> ImportResult:
+        """One importContacts call (at most ``max_import_rows`` rows); returns the typed result.
+
+        ``columns`` defaults to what the rows set (``import_columns``: they must all set the same).
+        """
         if not rows:
             raise ValueError("import_batch needs at least one row")
         if len(rows) > self.max_import_rows:
             raise ValueError(f"at most {self.max_import_rows} rows per importContacts call")
         result = self._parse(
-            "importContacts", ImportResult, await self.call("importContacts", build_import_params(rows))
+            "importContacts",
+            ImportResult,
+            await self.call("importContacts", build_import_params(rows, columns)),
         )
         if result.total and result.total != len(rows):
             log.warning("unisender.import_total_mismatch", sent=len(rows), total=result.total)

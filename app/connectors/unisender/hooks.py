@@ -77,6 +77,12 @@ class HookEvent:
             self.name == "email_status" and self.status in UNSUBSCRIBED_STATUSES
         )
 
+    @property
+    def unsubscribed_lists(self) -> tuple[int, ...]:
+        """The lists an ``unsubscribe`` event names (one per event, as Unisender sends them); an
+        ``email_status`` of unsubscribed names none: the address left everything."""
+        return self.list_ids if self.unsubscribes and self.name == "unsubscribe" else ()
+
     def identity(self) -> str:
         """What makes two deliveries carry the same event: Unisender gives events no id, and a redelivery
         differs from the first attempt in ``auth`` and ``retry_count`` only. Without a readable time the

@@ -1,5 +1,5 @@
 """Kommo API v4 routes served under ``/{host}/...`` (or ``/{subdomain}/...`` for accounts on the base domain):
-token endpoint, account, contacts, custom fields, webhooks. The route parameter ``subdomain`` is that path
+token endpoint, account, contacts, custom fields, users, webhooks. The route parameter ``subdomain`` is that path
 segment, a host or a bare subdomain (``KommoSandboxState.account_for_host``)."""
 
 from __future__ import annotations

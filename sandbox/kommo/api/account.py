@@ -1,17 +1,16 @@
-"""The account and its contact custom-field definitions (``GET /api/v4/account``, ``.../contacts/custom_fields``)."""
+"""The account, its contact custom-field definitions and its users (``GET /api/v4/account``,
+``.../contacts/custom_fields``, ``.../users``, ``.../users/{id}``)."""
 
 from __future__ import annotations
-
-from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from .. import responses as r
 from ..oauth import AccessToken
-from ..serialize import account_json, field_def_json
+from ..serialize import account_json, field_def_json, user_json
 from ..store import Account
-from .common import base_url, guarded, positive_int
+from .common import base_url, guarded, hal_page, kommo, page_args
 
 router = APIRouter()
 
@@ -30,29 +29,47 @@ async def get_account(subdomain: str, request: Request) -> Response:
 @router.get("/{subdomain}/api/v4/contacts/custom_fields")
 async def custom_fields(subdomain: str, request: Request) -> Response:
     def handler(account: Account, _t: AccessToken) -> Response:
+        paging = page_args(request, kommo(request))
+        if isinstance(paging, Response):
+            return paging
         base = base_url(request, subdomain)
-        page = positive_int(request.query_params.get("page"), 1) or 1
-        limit = min(positive_int(request.query_params.get("limit"), 50) or 50, 50)
         defs = sorted(account.fields.values(), key=lambda f: (f.sort, f.id))
-        window = defs[(page - 1) * limit : page * limit]
-        if not window:
-            return r.no_content()
-        page_count = max(1, -(-len(defs) // limit))
-        links: dict[str, Any] = {
-            "self": {"href": f"{base}/api/v4/contacts/custom_fields?page={page}&limit={limit}"}
-        }
-        if page < page_count:
-            links["next"] = {"href": f"{base}/api/v4/contacts/custom_fields?page={page + 1}&limit={limit}"}
-        if page > 1:
-            links["prev"] = {"href": f"{base}/api/v4/contacts/custom_fields?page={page - 1}&limit={limit}"}
-        return r.hal(
-            {
-                "_total_items": len(defs),
-                "_page": page,
-                "_page_count": page_count,
-                "_links": links,
-                "_embedded": {"custom_fields": [field_def_json(account, f, base) for f in window]},
-            }
-        )
+        page, limit = paging
+        items = [field_def_json(account, f, base) for f in defs]  # an account has tens of fields, not more
+        return hal_page(base, "/api/v4/contacts/custom_fields", "custom_fields", items, page, limit)
 
     return await guarded(request, subdomain, "GET /api/v4/contacts/custom_fields", handler)
+
+
+@router.get("/{subdomain}/api/v4/users")
+async def users(subdomain: str, request: Request) -> Response:
+    def handler(account: Account, _t: AccessToken) -> Response:
+        if not account.current_user().is_admin:
+            return _insufficient_rights()
+        paging = page_args(request, kommo(request))
+        if isinstance(paging, Response):
+            return paging
+        base = base_url(request, subdomain)
+        page, limit = paging
+        listed = [user_json(u, base) for u in account.users]
+        return hal_page(base, "/api/v4/users", "users", listed, page, limit)
+
+    return await guarded(request, subdomain, "GET /api/v4/users", handler)
+
+
+@router.get("/{subdomain}/api/v4/users/{uid}")
+async def user(subdomain: str, uid: str, request: Request) -> Response:
+    def handler(account: Account, _t: AccessToken) -> Response:
+        if not account.current_user().is_admin:
+            return _insufficient_rights()
+        found = next((u for u in account.users if str(u.id) == uid), None)
+        if found is None:
+            return r.no_content()  # as a missing contact: Kommo's docs do not say
+        return r.hal(user_json(found, base_url(request, subdomain)))
+
+    return await guarded(request, subdomain, "GET /api/v4/users/{id}", handler)
+
+
+def _insufficient_rights() -> Response:
+    # Kommo lets only admins read users (spec §9.1); the token acts as the account's current user.
+    return r.problem(403, "Insufficient rights")

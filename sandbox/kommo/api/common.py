@@ -118,6 +118,50 @@ def q_error(path: str, detail: str, code: str = "InvalidType") -> Response:
     )
 
 
+def page_args(request: Request, state: KommoSandboxState) -> tuple[int, int] | Response:
+    """``page`` and ``limit`` of a paged list, as the contact list reads them (default 50, max 250), or the
+    error answer."""
+    cfg = state.config
+    page = positive_int(request.query_params.get("page"), 1)
+    if page is None:
+        return q_error("page", "This value should be a positive integer.", "InvalidValue")
+    limit = positive_int(request.query_params.get("limit"), cfg.default_limit)
+    if limit is None:
+        return q_error("limit", "This value should be a positive integer.", "InvalidValue")
+    if limit > cfg.max_limit:
+        if cfg.over_limit == "reject":
+            return r.problem(422, f"Limit of {cfg.max_limit} per page")
+        limit = cfg.max_limit
+    return page, limit
+
+
+def hal_page(base: str, path: str, key: str, items: list[Any], page: int, limit: int) -> Response:
+    """One page of a list with ``_total_items``/``_page_count`` (custom fields, users): ``_links.next`` only
+    when another page exists, ``prev`` after the first; 204 when the page is empty."""
+    window = items[(page - 1) * limit : page * limit]
+    if not window:
+        return r.no_content()
+    page_count = max(1, -(-len(items) // limit))
+
+    def href(p: int) -> dict[str, str]:
+        return {"href": f"{base}{path}?page={p}&limit={limit}"}
+
+    links = {"self": href(page)}
+    if page < page_count:
+        links["next"] = href(page + 1)
+    if page > 1:
+        links["prev"] = href(page - 1)
+    return r.hal(
+        {
+            "_total_items": len(items),
+            "_page": page,
+            "_page_count": page_count,
+            "_links": links,
+            "_embedded": {key: window},
+        }
+    )
+
+
 def positive_int(raw: str | None, default: int) -> int | None:
     if raw is None or raw == "":
         return default

@@ -10,7 +10,6 @@ from ..api import create_response, kommo, read_json, update_response
 from ..errors import SandboxError
 from ..seed import seed_contacts
 from ..serialize import contact_json
-from ..store import ENUM_TYPES, FIELD_TYPES, FieldDef, FieldEnum
 from .common import int_arg, json_body, str_arg
 
 router = APIRouter()
@@ -23,7 +22,17 @@ async def seed(subdomain: str, request: Request) -> JSONResponse:
     if count is None or count < 0:
         raise SandboxError("count must be a non-negative integer")
     fire = body.get("fire_webhooks", False)
-    ids = seed_contacts(kommo(request), subdomain, count, int_arg(body, "seed", 0), fire_webhooks=bool(fire))
+    custom_fields = body.get("custom_fields", False)
+    if not isinstance(custom_fields, bool):
+        raise SandboxError("custom_fields must be a boolean")
+    ids = seed_contacts(
+        kommo(request),
+        subdomain,
+        count,
+        int_arg(body, "seed", 0),
+        fire_webhooks=bool(fire),
+        custom_fields=custom_fields,
+    )
     return JSONResponse(
         {"created": len(ids), "first_id": ids[0] if ids else None, "last_id": ids[-1] if ids else None}
     )
@@ -81,31 +90,21 @@ async def control_restore(subdomain: str, cid: int, request: Request) -> JSONRes
 async def add_custom_field(subdomain: str, request: Request) -> JSONResponse:
     account = kommo(request).account(subdomain)
     body = await json_body(request)
-    ftype = str_arg(body, "type")
-    if ftype not in FIELD_TYPES:
-        raise SandboxError(f"type must be one of {sorted(FIELD_TYPES)}")
-    code = str_arg(body, "code", required=False)
-    if code is not None and account.field_by_code(code) is not None:
-        raise SandboxError(f"code {code!r} exists", 409)
-    enums = None
-    if ftype in ENUM_TYPES:
-        raw = body.get("enums")
-        if not isinstance(raw, list) or not raw or not all(isinstance(v, str) and v for v in raw):
-            raise SandboxError("enums must be a non-empty list of strings for this type")
-        enums = [
-            FieldEnum(kommo(request).next_enum_id(), v, 500 + i, v if ftype == "multitext" else None)
-            for i, v in enumerate(raw)
-        ]
-    fid = max(account.fields) + 2
-    f = FieldDef(fid, str_arg(body, "name"), ftype, code, 500 + len(account.fields), enums)
-    account.fields[fid] = f
+    raw = body.get("enums")
+    f = kommo(request).add_field(
+        account,
+        str_arg(body, "name"),
+        str_arg(body, "type"),
+        str_arg(body, "code", required=False),
+        raw if isinstance(raw, list) else None,
+    )
     return JSONResponse(
         {
             "id": f.id,
             "name": f.name,
             "type": f.type,
             "code": f.code,
-            "enums": None if enums is None else [{"id": e.id, "value": e.value} for e in enums],
+            "enums": None if f.enums is None else [{"id": e.id, "value": e.value} for e in f.enums],
         },
         status_code=201,
     )

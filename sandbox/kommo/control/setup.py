@@ -92,6 +92,41 @@ async def create_account(request: Request) -> JSONResponse:
     return JSONResponse(_account_dict(acct, state.config.base_domain), status_code=201)
 
 
+@router.patch("/_sandbox/accounts/{subdomain}")
+async def patch_account(subdomain: str, request: Request) -> JSONResponse:
+    """``{current_user_admin}``: false makes the tokens' user a non-admin (``/api/v4/users`` answers 403)."""
+    state = kommo(request)
+    account = state.account(subdomain)
+    body = await json_body(request)
+    if "current_user_admin" in body:
+        admin = body["current_user_admin"]
+        if not isinstance(admin, bool):
+            raise SandboxError("current_user_admin must be a boolean")
+        account.current_user().is_admin = admin
+    return JSONResponse(
+        {
+            **_account_dict(account, state.config.base_domain),
+            "current_user_admin": account.current_user().is_admin,
+        }
+    )
+
+
+@router.post("/_sandbox/accounts/{subdomain}/users")
+async def add_user(subdomain: str, request: Request) -> JSONResponse:
+    state = kommo(request)
+    account = state.account(subdomain)
+    body = await json_body(request)
+    is_admin = body.get("is_admin", False)
+    if not isinstance(is_admin, bool):
+        raise SandboxError("is_admin must be a boolean")
+    user = state.add_user(
+        account, str_arg(body, "name"), email=str_arg(body, "email", required=False), is_admin=is_admin
+    )
+    return JSONResponse(
+        {"id": user.id, "name": user.name, "email": user.email, "is_admin": user.is_admin}, status_code=201
+    )
+
+
 @router.get("/_sandbox/accounts")
 async def list_accounts(request: Request) -> JSONResponse:
     state = kommo(request)

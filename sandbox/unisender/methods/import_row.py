@@ -6,7 +6,9 @@ first failing check names the log code.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from datetime import datetime
 
 from sandbox.unisender.config import UnisenderSandboxConfig
 from sandbox.unisender.methods.call import Call, parse_ids
@@ -25,6 +27,21 @@ EMAIL_STATUSES_IMPORTABLE = frozenset({"new", "active", "inactive", "unsubscribe
 AVAILABILITIES = frozenset(
     {"available", "unreachable", "temp_unreachable", "mailbox_full", "spam_rejected", "spam_folder"}
 )
+# Field-type value rules of createField's doc page (checked only in strict mode, see the config).
+_NUMBER_RE = re.compile(r"^-?\d+(?:\.\d+)?$")
+_DATE_SHAPES = (
+    (re.compile(r"^\d{2}\.\d{2}\.\d{4}$"), "%d.%m.%Y"),
+    (re.compile(r"^\d{2}-\d{2}-\d{4}$"), "%d-%m-%Y"),
+    (re.compile(r"^\d{4}\.\d{2}\.\d{2}$"), "%Y.%m.%d"),
+    (re.compile(r"^\d{4}-\d{2}-\d{2}$"), "%Y-%m-%d"),
+)
+_BOOL_VALUES = frozenset({"1", "0", "yes", "no", "да", "нет"})
+_TYPE_HINTS = {
+    "number": "an integer or a decimal with a point",
+    "date": "DD.MM.YYYY, DD-MM-YYYY, YYYY.MM.DD or YYYY-MM-DD",
+    "bool": "1/0, yes/no or да/нет",
+    "string": "one line",
+}
 
 
 @dataclass
@@ -83,6 +100,8 @@ def import_row(call: Call, row: ImportRow, seen: set[str], options: ImportOption
     if email is not None and cfg.reject_role_addresses and email.split("@", 1)[0] in cfg.role_local_parts:
         raise RowRejected("role_address", f'Role address "{email}" is not imported')
     changes = _row_changes(call, row.values)
+    if cfg.validate_field_values:
+        _check_field_values(call.account, row.values)
     denied = _status_change_denied(cfg, existing, changes.status, email or phone)
     if denied is not None and cfg.status_change_denied_skips_row:
         raise RowRejected("status_change_denied", denied)
@@ -145,15 +164,23 @@ def _row_delete(values: dict[str, str]) -> bool:
 
 
 def _owner(account: Account, email: str | None, phone: str | None) -> Contact | None:
-    """The existing contact of the row's email or phone; the two may not belong to different contacts."""
+    """The existing contact the row updates: its address's owner when it has an address, else its phone's.
+
+    The row's phone then goes to that contact, so it may not belong to another one that has an address of
+    its own (a phone-only contact gains the address instead): such a row is skipped, as Unisender refuses
+    it, rather than changing a contact the row's address does not own.
+    """
     by_email = account.contacts_by_email.get(email) if email else None
     by_phone = account.contacts_by_phone.get(phone) if phone else None
-    if by_email is not None and by_phone is not None and by_email is not by_phone:
-        raise RowRejected(
-            "owned_by_different",
-            f"Contacts {email} and {phone} already exist but owned by different subscribers",
-        )
-    return by_email or by_phone
+    if email is None or by_phone is None or by_phone is by_email:
+        return by_email if email is not None else by_phone
+    if by_email is None and by_phone.email is None:
+        return by_phone
+    if by_email is None:
+        message = f"Phone {phone} already belongs to a different subscriber"
+    else:
+        message = f"Contacts {email} and {phone} already exist but owned by different subscribers"
+    raise RowRejected("owned_by_different", message)
 
 
 def _row_changes(call: Call, values: dict[str, str]) -> _RowChanges:
@@ -182,6 +209,39 @@ def _row_changes(call: Call, values: dict[str, str]) -> _RowChanges:
     if tag_names is not None and len(tag_names) > cfg.max_tags:
         raise RowRejected("too_many_tags", f"At most {cfg.max_tags} tags per contact")
     return _RowChanges(status, phone_status, availability, list_ids, unsub_ids, excl_ids, times, tag_names)
+
+
+def _check_field_values(account: Account, values: dict[str, str]) -> None:
+    """Strict mode: every non-empty user-field value fits its field's type (an empty cell clears)."""
+    for name, value in values.items():
+        if name in SYSTEM_FIELDS or value == "":
+            continue
+        kind = account.fields_by_name[name].type
+        if not _fits(kind, value):
+            raise RowRejected(
+                "invalid_field_value",
+                f'Invalid value "{value}" for field {name} of type {kind}: use {_TYPE_HINTS[kind]}',
+            )
+
+
+def _fits(kind: str, value: str) -> bool:
+    """Whether ``value`` is a valid value of a field of type ``kind`` (text, and unknown types: anything)."""
+    if kind == "number":
+        return _NUMBER_RE.match(value) is not None
+    if kind == "date":
+        for shape, fmt in _DATE_SHAPES:
+            if shape.match(value):
+                try:
+                    datetime.strptime(value, fmt)
+                except ValueError:
+                    return False  # the right shape but no such day (31.02.2024)
+                return True
+        return False
+    if kind == "bool":
+        return value.strip().lower() in _BOOL_VALUES
+    if kind == "string":
+        return "\n" not in value and "\r" not in value
+    return True
 
 
 def _row_ids(values: dict[str, str], column: str) -> list[int]:
@@ -257,7 +317,10 @@ def _update(
     if email and contact.email is None:
         contact.email = email
         account.contacts_by_email[email] = contact
-    if phone and contact.phone is None:
+    if phone and contact.phone != phone:
+        # The row's phone replaces the contact's (``_owner`` made sure no other contact holds it).
+        if contact.phone:
+            account.contacts_by_phone.pop(contact.phone, None)
         contact.phone = phone
         account.contacts_by_phone[phone] = contact
     status = changes.status
@@ -295,16 +358,23 @@ def _apply_tags(account: Account, contact: Contact, tag_names: list[str] | None,
 def _apply_lists(call: Call, contact: Contact, changes: _RowChanges, options: ImportOptions) -> None:
     """Memberships: join ``list_ids``, unsubscribe from ``unsub_ids``, leave ``excl_ids``.
 
+    A list named in two columns of the row takes the strongest: excluded, then unsubscribed, then joined, and
+    the weaker columns do nothing to it (no join before an exclusion, no unsubscribe event for it).
     ``overwrite_lists=1`` first drops the memberships the row does not name. An unsubscribed membership is
     never turned back into an active one, and only a transition to unsubscribed is an event.
     """
     cfg = call.state.config
     account = call.account
+    excluded = set(changes.excl_ids)
+    unsubscribed = [lid for lid in dict.fromkeys(changes.unsub_ids) if lid not in excluded]
+    overruled = excluded | set(unsubscribed)  # a stronger column claims these: no join
     if options.overwrite_lists and options.has_list_columns:
         keep = set(changes.list_ids) | set(changes.unsub_ids)
         for list_id in [lid for lid in contact.lists if lid not in keep]:
             leave_list(account, contact, list_id)
     for pos, list_id in enumerate(changes.list_ids):
+        if list_id in overruled:
+            continue
         added_at = changes.times[pos] if pos < len(changes.times) else call.now
         current = contact.lists.get(list_id)
         if current is None:
@@ -313,7 +383,7 @@ def _apply_lists(call: Call, contact: Contact, changes: _RowChanges, options: Im
             continue  # never turns an unsubscribe back into active
         elif pos < len(changes.times):
             current.added_at = added_at
-    for list_id in changes.unsub_ids:
+    for list_id in unsubscribed:
         current = contact.lists.get(list_id)
         if current is not None and current.status == "unsubscribed":
             continue
@@ -321,5 +391,5 @@ def _apply_lists(call: Call, contact: Contact, changes: _RowChanges, options: Im
         # Only a transition is an event: a membership created already unsubscribed notifies nobody.
         if current is not None and cfg.notify_api_unsubscribes:
             call.list_event("unsubscribe", contact, list_id)
-    for list_id in changes.excl_ids:
-        leave_list(account, contact, list_id)
+    for list_id in excluded:
+        leave_list(account, contact, list_id)  # not a member: nothing to do

@@ -15,7 +15,8 @@ _EMAIL_RE = re.compile(
     + _LABEL
     + r"\.)+[^\W\d_]{2,63}$"
 )
-_PHONE_RE = re.compile(r"^\+?[1-9]\d{9,14}$")
+# International format: "+" and 10-15 digits (spaces, hyphens and brackets between them are dropped).
+_PHONE_RE = re.compile(r"^\+[1-9]\d{9,14}$")
 
 
 def normalise_email(raw: str) -> str | None:
@@ -27,11 +28,9 @@ def normalise_email(raw: str) -> str | None:
 
 
 def normalise_phone(raw: str) -> str | None:
-    """``+digits`` if it is a plausible international number, else None."""
+    """``+digits`` if it is a number in international format, else None."""
     value = re.sub(r"[\s()-]", "", raw)
-    if not _PHONE_RE.match(value):
-        return None
-    return value if value.startswith("+") else "+" + value
+    return value if _PHONE_RE.match(value) else None
 
 
 def split_tags(raw: str) -> list[str]:

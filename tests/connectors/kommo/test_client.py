@@ -288,6 +288,102 @@ async def test_get_account() -> None:
     assert (account.id, account.subdomain) == (123, "acme")
 
 
+def _list_page(
+    key: str, path: str, items: list[dict[str, Any]], page: int, next_page: int | None
+) -> dict[str, Any]:
+    links: dict[str, Any] = {"self": {"href": f"{BASE}{path}?page={page}&limit=250"}}
+    if next_page is not None:
+        links["next"] = {"href": f"{BASE}{path}?page={next_page}&limit=250"}
+    return {"_total_items": 3, "_page": page, "_page_count": 2, "_links": links, "_embedded": {key: items}}
+
+
+async def test_get_custom_fields_reads_every_page() -> None:
+    path = "/api/v4/contacts/custom_fields"
+    pages = {
+        "1": _list_page(
+            "custom_fields",
+            path,
+            [
+                {
+                    "id": 3,
+                    "name": "Phone",
+                    "type": "multitext",
+                    "code": "PHONE",
+                    "enums": [{"id": 1, "value": "WORK"}],
+                },
+                {
+                    "id": 5,
+                    "name": "Email",
+                    "type": "multitext",
+                    "code": "EMAIL",
+                    "enums": [{"id": 2, "value": "WORK"}],
+                },
+            ],
+            1,
+            2,
+        ),
+        "2": _list_page(
+            "custom_fields",
+            path,
+            [{"id": 7, "name": "Plan", "type": "select", "code": None, "enums": [{"id": 9, "value": "Pro"}]}],
+            2,
+            None,
+        ),
+    }
+    client, seen = make_client(lambda r: httpx.Response(200, json=pages[r.url.params["page"]]))
+
+    fields = await client.get_custom_fields()
+
+    assert [(f.id, f.code, f.options) for f in fields] == [
+        (3, "PHONE", ("WORK",)),
+        (5, "EMAIL", ("WORK",)),
+        (7, None, ("Pro",)),
+    ]
+    assert [(r.url.path, r.url.params.multi_items()) for r in seen] == [
+        (path, [("page", "1"), ("limit", "250")]),
+        (path, [("page", "2"), ("limit", "250")]),
+    ]
+
+
+async def test_get_custom_fields_204_is_none_and_a_backward_next_link_is_refused() -> None:
+    client, _ = make_client(lambda r: httpx.Response(204))
+    assert await client.get_custom_fields() == []
+
+    loop = _list_page(
+        "custom_fields", "/api/v4/contacts/custom_fields", [{"id": 1, "name": "A", "type": "text"}], 1, 1
+    )
+    client, _ = make_client(lambda r: httpx.Response(200, json=loop))
+    with pytest.raises(KommoError, match="points back"):
+        await client.get_custom_fields()
+
+
+async def test_get_users_reads_every_page_until_204() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.params["page"] == "1":
+            users = [{"id": 1, "name": "Ann", "email": "a@x.com"}, {"id": 2, "name": "Bo\x00b"}]
+            return httpx.Response(200, json=_list_page("users", "/api/v4/users", users, 1, 2))
+        return httpx.Response(204)  # the page a stale next link promised is empty
+
+    client, seen = make_client(handler)
+
+    users = await client.get_users()
+
+    assert [(u.id, u.name) for u in users] == [(1, "Ann"), (2, "Bob")]
+    assert [r.url.path for r in seen] == ["/api/v4/users", "/api/v4/users"]
+
+
+async def test_get_users_of_a_non_admin_token_is_forbidden() -> None:
+    body = {
+        "title": "Forbidden",
+        "type": "https://httpstatus.es/403",
+        "status": 403,
+        "detail": "Insufficient rights",
+    }
+    client, _ = make_client(lambda r: httpx.Response(403, json=body, headers=PROBLEM))
+    with pytest.raises(KommoForbidden):
+        await client.get_users()
+
+
 # --- error mapping ------------------------------------------------------------------------------------------
 
 VALIDATION_400 = {

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from app.connectors.base import CrmAction
+from app.connectors.base import CrmAction, CrmContact, CrmFieldValue
 from app.connectors.kommo.client import KommoClient
 from app.connectors.kommo.exceptions import (
     KommoAuthError,
@@ -616,3 +616,219 @@ async def test_bad_token_is_an_auth_error(sandbox: Sandbox) -> None:
     with pytest.raises(KommoAuthError) as caught:
         await client.list_contacts()
     assert caught.value.status_code == 401
+
+
+# --- custom fields of every type, users ---------------------------------------------------------------------
+
+
+async def _field(sandbox: Sandbox, name: str, type_: str, enums: list[str] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"name": name, "type": type_}
+    if enums is not None:
+        body["enums"] = enums
+    made: dict[str, Any] = await sandbox.ctl("POST", f"/accounts/{SUBDOMAIN}/custom_fields", body)
+    return made
+
+
+async def _webhook_contacts(
+    sandbox: Sandbox, hook: Receiver, client: KommoClient
+) -> dict[tuple[CrmAction, int], CrmContact]:
+    drained = await sandbox.ctl("POST", "/deliveries/drain", {"timeout": 10})
+    assert drained["drained"] is True
+    out: dict[tuple[CrmAction, int], CrmContact] = {}
+    for request in hook.requests:
+        for event in parse_webhook(request.body).events:
+            assert event.contact is not None
+            out[(event.action, event.contact_id)] = event.contact
+    return out
+
+
+def _mapped(contact: CrmContact) -> tuple[object, ...]:
+    return (contact.fields, contact.responsible_user_id, contact.created_at, contact.emails)
+
+
+async def test_every_field_type_reads_the_same_by_rest_and_by_webhook(
+    sandbox: Sandbox, receiver: tuple[Receiver, str]
+) -> None:
+    hook, hook_url = receiver
+    client = await sandbox.client()
+    await client.register_webhook(f"{hook_url}/hook", ["add_contact", "update_contact"])
+    owner = await sandbox.ctl("POST", f"/accounts/{SUBDOMAIN}/users", {"name": "Owner"})
+    f = {
+        t: await _field(sandbox, f"F {t}", t, ["Free", "Pro", "Max"] if t in options else None)
+        for options in [{"select", "multiselect", "radiobutton"}]
+        for t in [
+            "text",
+            "textarea",
+            "numeric",
+            "checkbox",
+            "select",
+            "multiselect",
+            "radiobutton",
+            "date",
+            "date_time",
+            "birthday",
+            "url",
+            "streetaddress",
+            "smart_address",
+        ]
+    }
+    enum = {t: [e["id"] for e in f[t]["enums"] or []] for t in f}
+
+    def value(t: str, *values: dict[str, Any]) -> dict[str, Any]:
+        return {"field_id": f[t]["id"], "values": list(values)}
+
+    created = await sandbox.ctl(
+        "POST",
+        f"/accounts/{SUBDOMAIN}/contacts",
+        [
+            {
+                "name": "Every Type",
+                "responsible_user_id": owner["id"],
+                "created_at": 1700000000,
+                "custom_fields_values": [
+                    {"field_code": "EMAIL", "values": [{"value": "every@example.com"}]},
+                    value("text", {"value": "Recife"}),
+                    value("textarea", {"value": "two\nlines"}),
+                    value("numeric", {"value": 3.0}),
+                    value("checkbox", {"value": True}),
+                    value("select", {"value": "Pro"}),
+                    value(
+                        "multiselect",
+                        {"enum_id": enum["multiselect"][2]},
+                        {"enum_id": enum["multiselect"][0]},
+                    ),
+                    value("radiobutton", {"enum_id": enum["radiobutton"][1]}),
+                    value("date", {"value": "2024-05-01T00:00:00+00:00"}),  # as Kommo's PHP library writes it
+                    value("date_time", {"value": 1714560000}),
+                    value("birthday", {"value": 1465948800}),
+                    value("url", {"value": "https://every.example.com/"}),
+                    value("streetaddress", {"value": "Rua A, 1"}),
+                    value(
+                        "smart_address",
+                        {"value": "Recife", "enum_code": "city"},
+                        {"value": "Rua A, 1", "enum_code": "address_line_1"},
+                        {"value": "BR", "enum_code": "country"},
+                    ),
+                ],
+            },
+            {
+                "name": "Unchecked",
+                "custom_fields_values": [
+                    value("checkbox", {"value": False}),
+                    value("numeric", {"value": "1.5"}),
+                ],
+            },
+        ],
+    )
+    every, unchecked = (c["id"] for c in created["_embedded"]["contacts"])
+    await sandbox.ctl(
+        "PATCH",
+        f"/accounts/{SUBDOMAIN}/contacts",
+        [{"id": every, "custom_fields_values": [value("text", {"value": "Olinda"})]}],
+    )
+
+    by_webhook = await _webhook_contacts(sandbox, hook, client)
+    listed = {c.id: c for c in (await client.list_contacts()).contacts}
+    fetched = {c.id: c for c in await client.get_contacts([every, unchecked])}
+
+    expected = (
+        (
+            CrmFieldValue(sandbox_field_id("EMAIL"), ("every@example.com",)),
+            CrmFieldValue(f["text"]["id"], ("Olinda",)),
+            CrmFieldValue(f["textarea"]["id"], ("two\nlines",)),
+            CrmFieldValue(f["numeric"]["id"], ("3",)),
+            CrmFieldValue(f["checkbox"]["id"], ("1",)),
+            CrmFieldValue(f["select"]["id"], ("Pro",)),
+            CrmFieldValue(f["multiselect"]["id"], ("Max", "Free")),
+            CrmFieldValue(f["radiobutton"]["id"], ("Pro",)),
+            CrmFieldValue(f["date"]["id"], ("1714521600",)),
+            CrmFieldValue(f["date_time"]["id"], ("1714560000",)),
+            CrmFieldValue(f["birthday"]["id"], ("1465948800",)),
+            CrmFieldValue(f["url"]["id"], ("https://every.example.com/",)),
+            CrmFieldValue(f["streetaddress"]["id"], ("Rua A, 1",)),
+            CrmFieldValue(f["smart_address"]["id"], ("Rua A, 1", "Recife", "BR")),  # parts in their own order
+        ),
+        owner["id"],
+        1700000000,
+        ("every@example.com",),
+    )
+    assert _mapped(listed[every]) == _mapped(fetched[every]) == expected
+    assert _mapped(by_webhook[(CrmAction.UPDATE, every)]) == expected
+    # The add delivery carried the contact before the PATCH: only the text differs.
+    added = by_webhook[(CrmAction.ADD, every)]
+    assert added.fields[1] == CrmFieldValue(f["text"]["id"], ("Recife",))
+    assert added.fields[2:] == expected[0][2:]  # type: ignore[index]
+
+    assert listed[unchecked].fields == (
+        CrmFieldValue(f["checkbox"]["id"], ("0",)),
+        CrmFieldValue(f["numeric"]["id"], ("1.5",)),
+    )
+    assert (
+        _mapped(by_webhook[(CrmAction.ADD, unchecked)])
+        == _mapped(fetched[unchecked])
+        == _mapped(listed[unchecked])
+    )
+
+
+def sandbox_field_id(code: str) -> int:
+    """Ids of the predefined fields of the first sandbox account (its docstring: EMAIL 771908)."""
+    return {"PHONE": 771906, "EMAIL": 771908}[code]
+
+
+async def test_seeded_contacts_with_every_type_read_the_same_by_rest_and_by_webhook(
+    sandbox: Sandbox, receiver: tuple[Receiver, str]
+) -> None:
+    hook, hook_url = receiver
+    client = await sandbox.client()
+    await client.register_webhook(f"{hook_url}/hook", ["add_contact"])
+    await sandbox.ctl(
+        "POST",
+        f"/accounts/{SUBDOMAIN}/seed",
+        {"count": 300, "seed": 5, "custom_fields": True, "fire_webhooks": True},
+    )
+
+    by_webhook = await _webhook_contacts(sandbox, hook, client)
+    by_rest = [c async for c in client.iter_contacts()]
+
+    assert len(by_rest) == len(by_webhook) == 300
+    for contact in by_rest:
+        assert _mapped(by_webhook[(CrmAction.ADD, contact.id)]) == _mapped(contact), contact.id
+    definitions = {d.id: d for d in await client.get_custom_fields()}
+    seen_types = {definitions[v.field_id].type for c in by_rest for v in c.fields}
+    assert seen_types >= {
+        "text", "textarea", "numeric", "checkbox", "select", "multiselect", "radiobutton",
+        "date", "date_time", "birthday", "url", "streetaddress", "smart_address", "multitext",
+    }  # fmt: skip
+    assert any(not ({definitions[v.field_id].type for v in c.fields} - {"multitext"}) for c in by_rest)
+    users = {u.id for u in await client.get_users()}
+    assert {c.responsible_user_id for c in by_rest} <= users
+    assert len({c.responsible_user_id for c in by_rest}) > 1
+
+
+async def test_get_custom_fields_and_get_users_read_every_page(sandbox: Sandbox) -> None:
+    made = [await _field(sandbox, f"Field {n}", "text") for n in range(260)]
+    added = [
+        await sandbox.ctl("POST", f"/accounts/{SUBDOMAIN}/users", {"name": f"User {n}"}) for n in range(260)
+    ]
+    await sandbox.ctl("DELETE", "/stats")
+    client = await sandbox.client()
+
+    fields = await client.get_custom_fields()
+    users = await client.get_users()
+
+    assert [(d.code, d.type) for d in fields[:2]] == [("PHONE", "multitext"), ("EMAIL", "multitext")]
+    assert fields[1].options == ("WORK", "PRIV", "OTHER")
+    assert [(d.id, d.name, d.code) for d in fields[2:]] == [(m["id"], m["name"], None) for m in made]
+    assert [(u.id, u.name) for u in users[1:]] == [(a["id"], a["name"]) for a in added]
+    assert users[0].name == "Admin"  # the account's own user, whom the tokens act as
+    stats = await sandbox.ctl("GET", "/stats")
+    assert stats["responses"] == {"GET /api/v4/contacts/custom_fields 200": 2, "GET /api/v4/users 200": 2}
+
+
+async def test_get_users_with_a_non_admin_token_is_forbidden(sandbox: Sandbox) -> None:
+    await sandbox.ctl("PATCH", f"/accounts/{SUBDOMAIN}", {"current_user_admin": False})
+    client = await sandbox.client()
+    with pytest.raises(KommoForbidden) as caught:
+        await client.get_users()
+    assert caught.value.status_code == 403
+    assert await client.get_custom_fields()  # other calls are not admin-only

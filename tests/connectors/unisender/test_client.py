@@ -30,6 +30,7 @@ from app.connectors.unisender import (
     UnisenderRequestError,
     UnisenderTransientError,
 )
+from app.connectors.unisender.imports import column_calls, import_groups
 from app.context import tls_context
 
 API_KEY = "unit-test-key-123"
@@ -111,9 +112,9 @@ async def test_import_form_body_is_exact_php_bracket_form() -> None:
     async with http:
         results = await client.import_contacts(
             [
-                ImportRow(email="ivan@ex.ru", name="Иван Петров", list_ids=(101, 102)),
-                ImportRow(email="ann@ex.com", name="Ann", list_ids=(101,)),
-                ImportRow(email="gone@ex.com", name="Old", list_ids=(5,), delete=True),
+                ImportRow(email="ivan@ex.ru", fields=(("Name", "Иван Петров"),), list_ids=(101, 102)),
+                ImportRow(email="ann@ex.com", fields=(("Name", "Ann"),), list_ids=(101,)),
+                ImportRow(email="gone@ex.com", fields=(("Name", "Old"),), list_ids=(5,), delete=True),
             ]
         )
     assert results == [RowResult(index=i, outcome=RowOutcome.OK) for i in range(3)]
@@ -159,12 +160,12 @@ async def test_rows_only_carry_columns_they_set_whatever_their_neighbours() -> N
     rec = Recorder(import_ok)
     client, http = make_client(rec)
     rows = [
-        ImportRow(email="a@x.io", name="A", list_ids=(1,)),
+        ImportRow(email="a@x.io", fields=(("Name", "A"),), list_ids=(1,)),
         ImportRow(
             email="nameless@x.io", list_ids=(1,)
         ),  # must not get an empty Name cell (it would clear it)
         ImportRow(email="d@x.io", delete=True),
-        ImportRow(email="c@x.io", name="C", list_ids=(1,)),
+        ImportRow(email="c@x.io", fields=(("Name", "C"),), list_ids=(1,)),
     ]
     async with http:
         results = await client.import_contacts(rows)
@@ -183,9 +184,9 @@ async def test_unsubscribed_rows_travel_in_their_own_call_with_email_status() ->
     rec = Recorder(import_ok)
     client, http = make_client(rec)
     rows = [
-        ImportRow(email="a@x.io", name="A"),
-        ImportRow(email="u@x.io", name="U", unsubscribed=True),
-        ImportRow(email="b@x.io", name="B"),
+        ImportRow(email="a@x.io", fields=(("Name", "A"),)),
+        ImportRow(email="u@x.io", fields=(("Name", "U"),), unsubscribed=True),
+        ImportRow(email="b@x.io", fields=(("Name", "B"),)),
     ]
     async with http:
         results = await client.import_contacts(rows)
@@ -200,6 +201,135 @@ async def test_unsubscribed_rows_travel_in_their_own_call_with_email_status() ->
     values = {v for form in rec.forms for _, v in form}
     assert "active" not in values
     assert "new" not in values
+
+
+def field_names(form: list[tuple[str, str]]) -> list[str]:
+    return [v for k, v in form if k.startswith("field_names")]
+
+
+def test_groups_follow_each_column_a_row_sets_and_deletions_join_the_largest() -> None:
+    rows = [
+        ImportRow(email="a@x.io", fields=(("Name", "A"), ("city", "Riga"))),  # 0
+        ImportRow(email="b@x.io", fields=(("city", "Oslo"), ("Name", "B"))),  # 1: same set, other order
+        ImportRow(email="c@x.io", fields=(("Name", "C"),)),  # 2: fewer fields
+        ImportRow(email="d@x.io", fields=(("Name", "D"), ("city", "")), phone="+79261232323"),  # 3
+        ImportRow(email="e@x.io", fields=(("Name", "E"), ("city", "X")), list_ids=(1,)),  # 4
+        ImportRow(email="f@x.io", fields=(("Name", "F"), ("city", "X")), excluded_list_ids=(1,)),  # 5
+        ImportRow(email="g@x.io", fields=(("Name", "G"), ("city", "X")), unsubscribed_list_ids=(1,)),  # 6
+        ImportRow(email="h@x.io", fields=(("Name", "H"), ("city", "X")), unsubscribed=True),  # 7
+        ImportRow(email="gone@x.io", fields=(("Name", "Old"),), list_ids=(1,), delete=True),  # 8
+        ImportRow(email="i@x.io", fields=(("city", "Y"), ("Name", "I"))),  # 9
+    ]
+    assert import_groups(rows) == [[0, 1, 8, 9], [2], [3], [4], [5], [6], [7]]
+
+
+async def test_each_call_carries_only_the_columns_its_rows_set() -> None:
+    rec = Recorder(import_ok)
+    client, http = make_client(rec)
+    rows = [
+        ImportRow(email="a@x.io", fields=(("Name", "A"), ("city", "Riga"))),
+        ImportRow(email="c@x.io", fields=(("Name", "C"),)),  # must not get an empty city cell (it clears)
+        ImportRow(email="b@x.io", fields=(("city", ""), ("Name", "B"))),  # "" is sent: it clears the city
+        ImportRow(
+            email="p@x.io",
+            fields=(("age", "42"),),
+            phone="+79261232323",
+            list_ids=(1, 2),
+            excluded_list_ids=(3,),
+            unsubscribed_list_ids=(4, 5),
+        ),
+    ]
+    async with http:
+        results = await client.import_contacts(rows)
+    assert results == [RowResult(index=i, outcome=RowOutcome.OK) for i in range(4)]
+    assert [field_names(form) for form in rec.forms] == [
+        ["email", "Name", "city"],
+        ["email", "Name"],
+        [
+            "email",
+            "age",
+            "phone",
+            "email_list_ids",
+            "email_excluded_list_ids",
+            "email_unsubscribed_list_ids",
+        ],
+    ]
+    assert data_rows(rec.forms[0]) == [["a@x.io", "A", "Riga"], ["b@x.io", "B", ""]]
+    assert data_rows(rec.forms[1]) == [["c@x.io", "C"]]
+    assert data_rows(rec.forms[2]) == [["p@x.io", "42", "+79261232323", "1,2", "3", "4,5"]]
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        ImportRow(email="a@x.io", fields=(("Name", "A"), ("Name", "B"))),
+        ImportRow(email="a@x.io", fields=(("email", "b@x.io"),)),
+        ImportRow(email="a@x.io", fields=(("email_list_ids", "1"),)),
+        ImportRow(email="a@x.io", fields=(("", "x"),)),
+        ImportRow(email="a@x.io", fields=(("phone", "+79261232323"),), delete=True),
+    ],
+)
+async def test_a_row_whose_field_names_cannot_be_columns_is_rejected_without_a_call(row: ImportRow) -> None:
+    rec = Recorder(import_ok)
+    client, http = make_client(rec)
+    async with http:
+        results = await client.import_contacts([ImportRow(email="ok@x.io"), row])
+    assert results[0] == RowResult(index=0, outcome=RowOutcome.OK)
+    assert (results[1].index, results[1].outcome, results[1].code) == (
+        1,
+        RowOutcome.REJECTED,
+        "invalid_field_name",
+    )
+    assert results[1].message
+    # Only the good row was sent; the bad one reached no call, not even as a deletion.
+    assert [data_rows(form) for form in rec.forms] == [[["ok@x.io"]]]
+
+
+def test_column_calls_split_user_fields_by_fifty_keeping_system_columns_in_the_first() -> None:
+    user = [f"f{i}" for i in range(120)]
+    columns = ["email", *user, "phone", "email_list_ids", "delete"]
+    calls = column_calls(columns)
+    assert calls == [
+        ["email", *user[:50], "phone", "email_list_ids", "delete"],
+        ["email", *user[50:100]],
+        ["email", *user[100:]],
+    ]
+    assert column_calls(["email", *user[:50], "phone"]) == [["email", *user[:50], "phone"]]
+
+
+async def test_rows_with_more_than_fifty_fields_take_several_calls_and_only_applied_rows_go_on() -> None:
+    def respond(request: httpx.Request, form: list[tuple[str, str]]) -> httpx.Response:
+        rows = data_rows(form)
+        # The first call rejects b@x.io (say its phone); a later call must not send it again.
+        log = [
+            {"index": str(i), "code": "invalid_phone", "message": "bad"}
+            for i, r in enumerate(rows)
+            if r[0] == "b@x.io"
+        ]
+        return ok({"total": len(rows), "log": log})
+
+    rec = Recorder(respond)
+    client, http = make_client(rec)
+    many = tuple((f"f{i}", str(i)) for i in range(60))
+    rows = [
+        ImportRow(email="a@x.io", fields=many, phone="+79261232323", list_ids=(1,)),
+        ImportRow(email="b@x.io", fields=many, phone="+7926", list_ids=(1,)),
+        ImportRow(email="gone@x.io", delete=True),
+        ImportRow(email="c@x.io", fields=many, phone="+79261232324", list_ids=(1,)),
+    ]
+    async with http:
+        results = await client.import_contacts(rows)
+    assert [r.outcome for r in results] == [RowOutcome.OK, RowOutcome.REJECTED, RowOutcome.OK, RowOutcome.OK]
+    assert results[1].code == "invalid_phone"
+    first, second = rec.forms
+    assert field_names(first) == ["email", *(f"f{i}" for i in range(50)), "phone", "email_list_ids", "delete"]
+    assert [r[0] for r in data_rows(first)] == ["a@x.io", "b@x.io", "gone@x.io", "c@x.io"]
+    assert field_names(second) == ["email", *(f"f{i}" for i in range(50, 60))]
+    # Neither the rejected row nor the deletion (it would re-create the contact) is in the second call.
+    assert data_rows(second) == [
+        ["a@x.io", *(str(i) for i in range(50, 60))],
+        ["c@x.io", *(str(i) for i in range(50, 60))],
+    ]
 
 
 async def test_batching_1200_rows_into_500_500_200() -> None:

@@ -114,7 +114,8 @@ async def test_600_row_import_is_split_500_100_and_every_address_lands(env: Env)
     client = env.client()
     list_id = await client.create_list("CRM mirror")
     rows = [
-        ImportRow(email=f"user{i:03d}@example.com", name=f"User {i}", list_ids=(list_id,)) for i in range(600)
+        ImportRow(email=f"user{i:03d}@example.com", fields=(("Name", f"User {i}"),), list_ids=(list_id,))
+        for i in range(600)
     ]
     results = await client.import_contacts(rows)
 
@@ -155,10 +156,13 @@ async def test_rejected_rows_map_to_their_input_index(index_as_string: bool) -> 
 
 async def test_delete_column_removes_contacts(env: Env) -> None:
     client = env.client()
-    rows = [ImportRow(email=f"d{i}@example.com", name=f"D{i}") for i in range(3)]
+    rows = [ImportRow(email=f"d{i}@example.com", fields=(("Name", f"D{i}"),)) for i in range(3)]
     await client.import_contacts(rows)
     results = await client.import_contacts(
-        [ImportRow(email="d1@example.com", delete=True), ImportRow(email="d3@example.com", name="D3")]
+        [
+            ImportRow(email="d1@example.com", delete=True),
+            ImportRow(email="d3@example.com", fields=(("Name", "D3"),)),
+        ]
     )
     assert all(r.outcome is RowOutcome.OK for r in results)
     assert await client.get_contact("d1@example.com") is None
@@ -188,7 +192,9 @@ async def test_get_contact_lists_and_fields(env: Env) -> None:
     client = env.client()
     list_a = await client.create_list("A")
     list_b = await client.create_list("B")
-    await client.import_contacts([ImportRow(email="Ivan@Example.ru", name="Иван", list_ids=(list_a, list_b))])
+    await client.import_contacts(
+        [ImportRow(email="Ivan@Example.ru", fields=(("Name", "Иван"),), list_ids=(list_a, list_b))]
+    )
 
     contact = await client.get_contact("ivan@example.ru")
     assert contact is not None
@@ -222,6 +228,227 @@ async def test_list_and_field_creation(env: Env) -> None:
     assert (field_id, "city", "string") in {(f.id, f.name, f.type) for f in await client.get_fields()}
     with pytest.raises(UnisenderRequestError):
         await client.create_field("bad name", "string")
+
+
+# --- user fields, phone and per-list membership ----------------------------------------------------------------
+
+
+async def snapshot(env: Env) -> dict[str, Any]:
+    contacts: dict[str, Any] = (await env.control("GET", f"/accounts/{API_KEY}/snapshot"))["contacts"]
+    return contacts
+
+
+async def list_statuses(client: UnisenderClient, email: str) -> dict[int, str]:
+    """Per-list status as getContact(include_lists=1) answers it (EspContact keeps only the ids)."""
+    raw = await client.call("getContact", [("email", email), ("include_lists", "1")])
+    return {int(m["id"]): m["status"] for m in raw["lists"]}
+
+
+async def create_fields(client: UnisenderClient, **types: str) -> None:
+    for name, kind in types.items():
+        await client.create_field(name, kind)
+
+
+async def test_fields_phone_joins_excludes_and_unsubscribed_lists_land_exactly(env: Env) -> None:
+    client = env.client()
+    a, b, c, d = [await client.create_list(title) for title in "ABCD"]
+    await create_fields(client, city="string", age="number", born="date", vip="bool", notes="text")
+    await client.import_contacts([ImportRow(email="ivan@example.ru", list_ids=(c, d))])
+
+    fields = (
+        ("Name", "Иван"),
+        ("city", "Москва"),
+        ("age", "42.5"),
+        ("born", "1990-05-17"),
+        ("vip", "1"),
+        ("notes", "line 1\nline 2"),
+    )
+    rows = [
+        ImportRow(
+            email="ivan@example.ru",
+            fields=fields,
+            phone="+79261232323",
+            list_ids=(a, b),
+            excluded_list_ids=(c,),
+            unsubscribed_list_ids=(d,),
+        ),
+        ImportRow(email="ann@example.com", fields=(("Name", "Ann"),), list_ids=(a,)),
+    ]
+    results = await client.import_contacts(rows)
+
+    assert [r.outcome for r in results] == [RowOutcome.OK, RowOutcome.OK]
+    ivan = await client.get_contact("ivan@example.ru")
+    assert ivan is not None
+    assert ivan.fields == dict(fields)
+    assert await list_statuses(client, "ivan@example.ru") == {a: "active", b: "active", d: "unsubscribed"}
+    assert await snapshot(env) == {
+        "ivan@example.ru": {
+            "status": "new",
+            "phone": "+79261232323",
+            "fields": dict(fields),
+            "lists": {
+                str(a): {"status": "active"},
+                str(b): {"status": "active"},
+                str(d): {"status": "unsubscribed"},
+            },
+        },
+        "ann@example.com": {
+            "status": "new",
+            "phone": None,
+            "fields": {"Name": "Ann"},
+            "lists": {str(a): {"status": "active"}},
+        },
+    }
+
+
+async def test_an_empty_cell_clears_its_field_and_a_missing_one_leaves_it(env: Env) -> None:
+    client = env.client()
+    await create_fields(client, city="string")
+    await client.import_contacts(
+        [
+            ImportRow(email="a@example.com", fields=(("Name", "A"), ("city", "Riga"))),
+            ImportRow(email="b@example.com", fields=(("Name", "B"), ("city", "Oslo"))),
+        ]
+    )
+    calls_before = (await env.control("GET", "/stats"))["by_account"][API_KEY]["importContacts"]
+
+    # Three field sets in one import_contacts call: three importContacts calls, each with its own columns.
+    results = await client.import_contacts(
+        [
+            ImportRow(email="a@example.com", fields=(("Name", "A2"),)),  # city must stay
+            ImportRow(email="b@example.com", fields=(("city", ""),)),  # Name must stay, city cleared
+            ImportRow(email="c@example.com", fields=(("Name", "C"), ("city", "Rome"))),
+        ]
+    )
+
+    assert all(r.outcome is RowOutcome.OK for r in results)
+    stats = await env.control("GET", "/stats")
+    assert stats["by_account"][API_KEY]["importContacts"] == calls_before + 3
+    ledger = (await env.control("GET", f"/accounts/{API_KEY}/ledger"))["entries"]
+    last = {e["email"]: (e["call"], e["data"]) for e in ledger[-3:]}
+    assert len({call for call, _ in last.values()}) == 3
+    assert {email: data for email, (_, data) in last.items()} == {
+        "a@example.com": {"email": "a@example.com", "Name": "A2"},
+        "b@example.com": {"email": "b@example.com", "city": ""},
+        "c@example.com": {"email": "c@example.com", "Name": "C", "city": "Rome"},
+    }
+    state = await snapshot(env)
+    assert {email: c["fields"] for email, c in state.items()} == {
+        "a@example.com": {"Name": "A2", "city": "Riga"},
+        "b@example.com": {"Name": "B"},
+        "c@example.com": {"Name": "C", "city": "Rome"},
+    }
+    b = await client.get_contact("b@example.com")
+    assert b is not None
+    assert b.fields == {"Name": "B"}
+
+
+async def test_bad_date_number_and_phone_reject_their_rows_and_the_rest_land(env: Env) -> None:
+    client = env.client()
+    await create_fields(client, age="number", born="date")
+    await client.import_contacts([ImportRow(email="keep@example.com", fields=(("age", "30"),))])
+
+    rows = [
+        ImportRow(email="ok1@example.com", fields=(("age", "7"), ("born", "17.05.1990"))),
+        ImportRow(email="baddate@example.com", fields=(("age", "7"), ("born", "1990-02-31"))),
+        ImportRow(email="badnum@example.com", fields=(("age", "4,5"), ("born", "1990-02-03"))),
+        ImportRow(email="badphone@example.com", fields=(("age", "1"),), phone="89261232323"),
+        ImportRow(email="keep@example.com", fields=(("age", "thirty"),)),
+        ImportRow(email="ok2@example.com", fields=(("age", "-3"),), phone="+4930123456"),
+    ]
+    results = await client.import_contacts(rows)
+
+    rejected = {r.index: r.code for r in results if r.outcome is RowOutcome.REJECTED}
+    assert rejected == {
+        1: "invalid_field_value",
+        2: "invalid_field_value",
+        3: "invalid_phone",
+        4: "invalid_field_value",
+    }
+    assert all(results[i].message for i in rejected)
+    state = await snapshot(env)
+    assert set(state) == {"keep@example.com", "ok1@example.com", "ok2@example.com"}
+    assert state["keep@example.com"]["fields"] == {"age": "30"}  # the rejected row changed nothing
+    assert state["ok1@example.com"]["fields"] == {"age": "7", "born": "17.05.1990"}
+    assert (state["ok2@example.com"]["fields"], state["ok2@example.com"]["phone"]) == (
+        {"age": "-3"},
+        "+4930123456",
+    )
+
+
+async def test_an_address_unsubscribed_from_a_list_is_not_made_active_there_by_a_later_row(env: Env) -> None:
+    client = env.client()
+    list_a = await client.create_list("A")
+    list_b = await client.create_list("B")
+    await client.import_contacts([ImportRow(email="x@example.com", list_ids=(list_a,))])
+    # The contact clicks the unsubscribe link of list A.
+    await env.control("POST", f"/accounts/{API_KEY}/contacts/x@example.com/unsubscribe", {"list_id": list_a})
+
+    (result,) = await client.import_contacts([ImportRow(email="x@example.com", list_ids=(list_a, list_b))])
+
+    assert result.outcome is RowOutcome.OK
+    assert await list_statuses(client, "x@example.com") == {list_a: "unsubscribed", list_b: "active"}
+    assert (await snapshot(env))["x@example.com"]["lists"] == {
+        str(list_a): {"status": "unsubscribed"},
+        str(list_b): {"status": "active"},
+    }
+
+
+async def test_rows_with_more_than_fifty_fields_land_whole_in_several_calls(env: Env) -> None:
+    client = env.client()
+    list_id = await client.create_list("many")
+    names = [f"f{i:02d}" for i in range(55)]
+    await create_fields(client, **dict.fromkeys(names, "string"))
+    many = tuple((name, f"v{name}") for name in names)
+    rows = [
+        ImportRow(email="m1@example.com", fields=many, phone="+79261230001", list_ids=(list_id,)),
+        ImportRow(email="m2@example.com", fields=many, phone="12345", list_ids=(list_id,)),  # bad phone
+        ImportRow(email="m3@example.com", fields=many, phone="+79261230003", list_ids=(list_id,)),
+    ]
+    results = await client.import_contacts(rows)
+
+    assert [(r.outcome, r.code) for r in results] == [
+        (RowOutcome.OK, None),
+        (RowOutcome.REJECTED, "invalid_phone"),
+        (RowOutcome.OK, None),
+    ]
+    # One group, 55 fields: the sandbox refuses a call with more than 50, so this took two.
+    assert (await env.control("GET", "/stats"))["by_account"][API_KEY]["importContacts"] == 2
+    state = await snapshot(env)
+    assert set(state) == {"m1@example.com", "m3@example.com"}  # the rest of m2's fields did not create it
+    for email in ("m1@example.com", "m3@example.com"):
+        contact = await client.get_contact(email)
+        assert contact is not None
+        assert contact.fields == dict(many)
+        assert contact.list_ids == (list_id,)
+
+
+async def test_a_phone_of_another_contact_rejects_the_row_and_changes_neither(env: Env) -> None:
+    client = env.client()
+    await client.import_contacts(
+        [
+            ImportRow(email="owner@example.com", fields=(("Name", "Owner"),), phone="+79261230000"),
+            ImportRow(email="other@example.com", fields=(("Name", "Other"),), phone="+79261231111"),
+        ]
+    )
+    results = await client.import_contacts(
+        [
+            ImportRow(email="newbie@example.com", fields=(("Name", "New"),), phone="+79261230000"),
+            ImportRow(email="other@example.com", fields=(("Name", "Other 2"),), phone="+79261230000"),
+            ImportRow(email="owner@example.com", fields=(("Name", "Owner 2"),), phone="+79261232222"),
+        ]
+    )
+
+    assert [(r.outcome, r.code) for r in results] == [
+        (RowOutcome.REJECTED, "owned_by_different_subscribers"),
+        (RowOutcome.REJECTED, "owned_by_different_subscribers"),
+        (RowOutcome.OK, None),
+    ]
+    state = await snapshot(env)
+    assert {email: (c["fields"]["Name"], c["phone"]) for email, c in state.items()} == {
+        "owner@example.com": ("Owner 2", "+79261232222"),  # its new phone replaced the old one
+        "other@example.com": ("Other", "+79261231111"),
+    }
 
 
 # --- hooks -----------------------------------------------------------------------------------------------------
@@ -280,6 +507,34 @@ async def test_hook_registration_and_unsubscribe_delivery(env: Env) -> None:
     assert statuses == [200]
     deliveries = (await env.control("GET", "/deliveries"))["deliveries"]
     assert [(d["delivered"], d["status_code"]) for d in deliveries] == [(True, 200)]
+
+
+async def test_a_per_list_unsubscribe_by_import_is_notified_with_its_list(env: Env) -> None:
+    client = env.client()
+    list_a = await client.create_list("A")
+    list_b = await client.create_list("B")
+    await client.import_contacts([ImportRow(email="ann@example.com", list_ids=(list_a, list_b))])
+    await env.control("POST", f"/accounts/{API_KEY}/contacts/ann@example.com/activate", {})
+    receiver, received, _ = make_receiver(API_KEY)
+    async with serve_in_background(receiver) as hook_base:
+        await client.set_unsubscribe_hook(f"{hook_base}/webhooks/unisender")
+        (result,) = await client.import_contacts(
+            [ImportRow(email="ann@example.com", unsubscribed_list_ids=(list_a,))]
+        )
+        assert result.outcome is RowOutcome.OK
+
+        async def delivered() -> bool:
+            return bool(received)
+
+        await wait_for(delivered)
+
+    assert [(e.name, e.email, e.list_ids) for e in received] == [
+        ("unsubscribe", "ann@example.com", (list_a,))
+    ]
+    contact = await client.get_contact("ann@example.com")
+    assert contact is not None
+    assert contact.status == "active"  # only list A, not the address
+    assert await list_statuses(client, "ann@example.com") == {list_a: "unsubscribed", list_b: "active"}
 
 
 async def test_remove_hook_stops_deliveries(env: Env) -> None:

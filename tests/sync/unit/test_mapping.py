@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from app.sync.mapping import DesiredAddress, contact_emails, normalize_email, payload_hash
+from app.connectors.base import CrmContact, CrmFieldValue
+from app.sync.mapping import (
+    ContactView,
+    already_held,
+    contact_data,
+    contact_emails,
+    desired,
+    difference,
+    keep_phone,
+    normalize_email,
+    payload_hash,
+    wanted_lists,
+)
+from app.sync.spec import FieldRule, ListRule, SourceKind, SourceRef, StoredSpec, default_spec
 
 
 @pytest.mark.parametrize(
@@ -33,17 +46,217 @@ def test_contact_emails_are_distinct_valid_and_in_first_seen_order() -> None:
     assert contact_emails(()) == []
 
 
-def test_payload_of_a_deletion_carries_no_name() -> None:
-    assert DesiredAddress("a@x.io", delete=False, name="Ann").payload() == {"delete": False, "name": "Ann"}
-    assert DesiredAddress("a@x.io", delete=True, name="Ann").payload() == {"delete": True, "name": ""}
+def _cf(field_id: int, type_: str, target: str, target_type: str = "string") -> FieldRule:
+    ref = SourceRef(kind=SourceKind.CUSTOM_FIELD, field_id=field_id, type=type_, name=f"F{field_id}")
+    return FieldRule(
+        source=[f"custom_field:{field_id}"], target=target, sources=[ref], target_type=target_type
+    )
 
 
-def test_payload_hash_covers_the_payload_and_the_target_list() -> None:
-    added = {"delete": False, "name": "Ann"}
-    h = payload_hash(added, 7)
-    assert h == payload_hash({"name": "Ann", "delete": False}, 7)  # key order does not matter
+def _std(kind: SourceKind, target: str, target_type: str = "string") -> FieldRule:
+    ref = SourceRef(kind=kind, type="date_time" if kind is SourceKind.CREATED_AT else "text", name=kind.value)
+    return FieldRule(source=[kind.value], target=target, sources=[ref], target_type=target_type)
+
+
+# 2024-05-01 00:00:00 UTC and 2024-05-01 13:45:10 UTC
+MIDNIGHT, AFTERNOON = 1714521600, 1714571110
+CONTACT = CrmContact(
+    id=7,
+    name="Ivan Petrov",
+    updated_at=1,
+    first_name="Ivan",
+    last_name="Petrov",
+    tags=("vip", "Beta", "alpha"),
+    responsible_user_id=42,
+    created_at=AFTERNOON,
+    fields=(
+        CrmFieldValue(1, ("Moscow",)),  # text
+        CrmFieldValue(2, ("1.50",)),  # numeric
+        CrmFieldValue(3, ("1",)),  # checkbox
+        CrmFieldValue(4, ("Gold",)),  # select
+        CrmFieldValue(5, ("Red", "Blue")),  # multiselect
+        CrmFieldValue(6, (str(MIDNIGHT),)),  # date
+        CrmFieldValue(7, (str(AFTERNOON),)),  # date_time
+        CrmFieldValue(8, (str(MIDNIGHT),)),  # birthday
+        CrmFieldValue(9, ("8 (912) 555-01-02", "+1 555 0100")),  # multitext PHONE
+        CrmFieldValue(10, ("Main st 1", "Moscow", "101000")),  # smart_address
+        CrmFieldValue(11, ("https://x.io",)),  # url
+        CrmFieldValue(12, ("42",)),  # numeric, integral
+        CrmFieldValue(13, ("one\ntwo",)),  # textarea
+        CrmFieldValue(14, ("Left",)),  # radiobutton
+    ),
+)
+VIEW = ContactView(7, CONTACT.name, CONTACT.tags, contact_data(CONTACT))
+USERS = {42: "Anna Manager"}
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected"),
+    [
+        (_std(SourceKind.NAME, "Name"), "Ivan Petrov"),
+        (_std(SourceKind.FIRST_NAME, "First"), "Ivan"),
+        (_std(SourceKind.LAST_NAME, "Last"), "Petrov"),
+        (_std(SourceKind.RESPONSIBLE_USER, "Manager"), "Anna Manager"),
+        (_std(SourceKind.TAGS, "Tags"), "alpha, Beta, vip"),
+        (_std(SourceKind.CREATED_AT, "Created", "date"), "2024-05-01"),
+        (_std(SourceKind.CREATED_AT, "CreatedText"), "2024-05-01 13:45:10"),
+        (_cf(1, "text", "City"), "Moscow"),
+        (_cf(2, "numeric", "Score", "number"), "1.5"),
+        (_cf(12, "numeric", "Age", "number"), "42"),
+        (_cf(3, "checkbox", "Agreed", "bool"), "1"),
+        (_cf(4, "select", "Level"), "Gold"),
+        (_cf(14, "radiobutton", "Side"), "Left"),
+        (_cf(5, "multiselect", "Colors"), "Red, Blue"),
+        (_cf(6, "date", "Day", "date"), "2024-05-01"),
+        (_cf(7, "date_time", "Seen", "date"), "2024-05-01"),
+        (_cf(7, "date_time", "SeenText", "text"), "2024-05-01 13:45:10"),
+        (_cf(8, "birthday", "Birthday", "date"), "2024-05-01"),
+        (_cf(9, "multitext", "Phones"), "8 (912) 555-01-02, +1 555 0100"),
+        (_cf(10, "smart_address", "Address", "text"), "Main st 1, Moscow, 101000"),
+        (_cf(11, "url", "Site"), "https://x.io"),
+        (_cf(13, "textarea", "Notes", "text"), "one\ntwo"),
+    ],
+)
+def test_every_source_type_converts_to_its_target(rule: FieldRule, expected: str) -> None:
+    payload = desired(VIEW, StoredSpec(fields=[rule]), base_list_id=None, users=USERS)
+    assert payload["fields"] == {rule.target: expected}
+
+
+def test_empty_values_clear_and_an_unchecked_checkbox_is_zero() -> None:
+    bare = ContactView(8, "", (), contact_data(CrmContact(id=8, name="", updated_at=1)))
+    spec = StoredSpec(
+        fields=[
+            _cf(1, "text", "City"),
+            _cf(3, "checkbox", "Agreed", "bool"),
+            _cf(6, "date", "Day", "date"),
+            _std(SourceKind.RESPONSIBLE_USER, "Manager"),
+            _std(SourceKind.TAGS, "Tags"),
+        ]
+    )
+    payload = desired(bare, spec, base_list_id=None, users=USERS)
+    assert payload["fields"] == {"City": "", "Agreed": "0", "Day": "", "Manager": "", "Tags": ""}
+
+
+def test_a_join_skips_empty_parts_and_uses_its_separator() -> None:
+    refs = [_std(SourceKind.FIRST_NAME, "x").sources[0], _cf(99, "text", "x").sources[0]]
+    refs.append(_std(SourceKind.LAST_NAME, "x").sources[0])
+    rule = FieldRule(
+        source=["first_name", "custom_field:99", "last_name"],
+        target="Full",
+        separator=" / ",
+        sources=refs,
+        target_type="string",
+    )
+    assert desired(VIEW, StoredSpec(fields=[rule]), base_list_id=None, users={})["fields"] == {
+        "Full": "Ivan / Petrov"
+    }
+
+
+def test_phone_goes_to_the_phone_channel_in_international_form() -> None:
+    payload = desired(
+        VIEW, StoredSpec(fields=[_cf(9, "multitext", "phone", "phone")]), base_list_id=None, users={}
+    )
+    assert (payload["fields"], payload["phone"]) == ({}, "+89125550102")
+
+
+def test_a_phone_the_contact_lost_is_kept_not_cleared() -> None:
+    wanted = {"delete": False, "fields": {}, "phone": "", "lists": [], "excluded": [], "unsubscribed": []}
+    held = {**wanted, "phone": "+15550100"}
+    assert keep_phone(wanted, held)["phone"] == "+15550100"
+    assert keep_phone(wanted, None) == wanted
+    assert keep_phone({"delete": True}, held) == {"delete": True}
+
+
+def test_lists_follow_tags_case_insensitively_and_name_the_others_to_leave() -> None:
+    spec = StoredSpec(
+        lists=[
+            ListRule(base=True, all=True),
+            ListRule(list_id=20, tag="VIP"),
+            ListRule(list_id=30, tags_any=["gamma", "ALPHA"]),
+            ListRule(list_id=40, tag="nobody"),
+        ]
+    )
+    assert wanted_lists(spec, ["vip", "alpha"], 10) == ([10, 20, 30], [40])
+    assert wanted_lists(spec, [], None) == ([], [20, 30, 40])  # no base list yet: only mapped ones count
+    payload = desired(VIEW, spec, base_list_id=10, users={}, unsubscribed_lists=frozenset({20, 40}))
+    # An address never joins nor leaves a list it unsubscribed from: the mark stays.
+    assert (payload["lists"], payload["excluded"], payload["unsubscribed"]) == ([10, 30], [], [20, 40])
+
+
+def test_no_owner_means_delete() -> None:
+    assert desired(None, default_spec(), base_list_id=10, users={}) == {"delete": True}
+
+
+def test_the_default_spec_is_the_mirror_of_before() -> None:
+    payload = desired(VIEW, default_spec(), base_list_id=10, users={})
+    assert payload == {
+        "delete": False,
+        "fields": {"Name": "Ivan Petrov"},
+        "phone": "",
+        "lists": [10],
+        "excluded": [],
+        "unsubscribed": [],
+    }
+
+
+def test_the_hash_ignores_empty_fields_and_lists_to_leave_but_not_values_or_memberships() -> None:
+    base = {
+        "delete": False,
+        "fields": {"Name": "A", "City": ""},
+        "phone": "",
+        "lists": [1],
+        "excluded": [2],
+        "unsubscribed": [],
+    }
+    h = payload_hash(base)
+    assert h == payload_hash({**base, "fields": {"Name": "A"}})  # a new empty field sends nothing
+    assert h == payload_hash({**base, "excluded": []})
+    assert h != payload_hash({**base, "fields": {"Name": "A", "City": "X"}})
+    assert h != payload_hash({**base, "lists": [1, 2]})
+    assert h != payload_hash({**base, "unsubscribed": [3]})
+    assert h != payload_hash({**base, "phone": "+1"})
+    assert payload_hash({"delete": True}) != h
     assert len(h) == 64
-    assert int(h, 16) >= 0
-    assert h != payload_hash(added, 8)
-    assert h != payload_hash(added, None)
-    assert h != payload_hash({"delete": False, "name": "Anne"}, 7)
+
+
+def test_difference_names_each_field_and_list() -> None:
+    held = {"delete": False, "fields": {"Name": "A", "City": "X"}, "phone": "", "lists": [1, 2]}
+    wanted = {
+        "delete": False,
+        "fields": {"Name": "A", "City": "", "Age": "3"},
+        "phone": "+1",
+        "lists": [1, 3],
+        "excluded": [2, 4],
+    }
+    diff = difference(held, wanted)
+    assert diff.fields == {"City": ("X", ""), "Age": ("", "3")}
+    assert (diff.join, diff.leave, diff.phone, diff.delete) == ([3], [2], ("", "+1"), False)
+    assert difference(held, {"delete": True}).delete
+    assert difference(None, {"delete": True}).empty
+    assert difference(held, held).empty
+    # A list the spec no longer maps keeps its members; an address the platform lost is created again.
+    assert difference(held, {**held, "lists": [1]}).empty
+    assert difference({"delete": True}, {**held, "fields": {}, "lists": []}).create
+
+
+def test_already_held_compares_with_what_was_last_accepted() -> None:
+    wanted = {
+        "delete": False,
+        "fields": {"Name": "A", "City": ""},
+        "lists": [1],
+        "excluded": [],
+        "unsubscribed": [],
+    }
+    pushed = {"delete": False, "fields": {"Name": "A"}, "lists": [1, 9]}
+    assert already_held(wanted, "h", pushed, owned=True)
+    assert not already_held({**wanted, "fields": {"Name": "B"}}, "h", pushed, owned=True)
+    assert not already_held(wanted, None, None, owned=True)  # never pushed
+    assert already_held({"delete": True}, None, None, owned=False)  # never there
+    assert already_held(wanted, payload_hash(wanted), None, owned=True)  # pushed before payloads were kept
+
+
+def test_only_the_contacts_first_address_carries_the_phone() -> None:
+    view = ContactView(7, CONTACT.name, (), contact_data(CONTACT), ["a@x.io", "b@x.io"])
+    spec = StoredSpec(fields=[_cf(9, "multitext", "phone", "phone")])
+    assert desired(view, spec, email="a@x.io", base_list_id=None, users={})["phone"] == "+89125550102"
+    assert desired(view, spec, email="b@x.io", base_list_id=None, users={})["phone"] == ""

@@ -16,7 +16,7 @@ from app.db.base import utcnow
 from app.db.models import Contact, ContactEmail, Outbox
 from app.db.states import Consent, OutboxStatus
 from app.sync import consent_repo, service
-from app.sync.mapping import DesiredAddress, payload_hash
+from app.sync.mapping import payload_hash
 
 _IDS = itertools.count(random.randrange(10**12, 10**13, 10**6))
 
@@ -41,8 +41,21 @@ async def _outbox(session: AsyncSession, account: int) -> dict[str, Outbox]:
     return {row.email: row for row in (await session.execute(stmt)).scalars()}
 
 
+def _added(name: str) -> dict[str, object]:
+    """The default spec's payload of an address owned by a contact named ``name`` (the test accounts have
+    no Unisender list: no list to join)."""
+    return {
+        "delete": False,
+        "fields": {"Name": name},
+        "phone": "",
+        "lists": [],
+        "excluded": [],
+        "unsubscribed": [],
+    }
+
+
 def _hash(name: str) -> str:
-    return payload_hash(DesiredAddress("x", delete=False, name=name).payload(), None)
+    return payload_hash(_added(name))
 
 
 # --- apply_contacts ----------------------------------------------------------------------------------------
@@ -146,7 +159,7 @@ async def test_the_most_recently_updated_live_holder_owns_an_address(
     assert (rec.queued, rec.unchanged, rec.suppressed) == (1, 0, 0)
     row = (await _outbox(session, account))["a@x.io"]
     assert (row.payload, row.status, row.payload_hash) == (
-        {"delete": False, "name": "Newest"},
+        _added("Newest"),
         OutboxStatus.PENDING,
         _hash("Newest"),
     )
@@ -161,7 +174,7 @@ async def test_a_tie_goes_to_the_higher_crm_id(session: AsyncSession, account: i
         session, account, [_contact(7, 100, "a@x.io", name="Seven"), _contact(9, 100, "a@x.io", name="Nine")]
     )
     await service.recompute(session, account, ["a@x.io"])
-    assert (await _outbox(session, account))["a@x.io"].payload["name"] == "Nine"
+    assert (await _outbox(session, account))["a@x.io"].payload["fields"] == {"Name": "Nine"}
 
 
 async def test_an_unsubscribed_address_is_never_queued_and_its_pending_desire_is_cancelled(
@@ -195,7 +208,11 @@ async def test_a_desire_equal_to_what_the_platform_holds_sends_nothing(
     rec = await service.recompute(session, account, ["a@x.io"])
     assert (rec.queued, rec.unchanged) == (0, 1)
     row = (await _outbox(session, account))["a@x.io"]
-    assert (row.status, row.payload["name"], row.payload_hash) == (OutboxStatus.DONE, "Ann", _hash("Ann"))
+    assert (row.status, row.payload["fields"]["Name"], row.payload_hash) == (
+        OutboxStatus.DONE,
+        "Ann",
+        _hash("Ann"),
+    )
 
 
 async def test_a_rejected_desire_is_not_queued_again_unless_it_changes(
@@ -238,4 +255,4 @@ async def test_an_address_pushed_before_is_deleted_when_its_last_holder_goes(
     rec = await service.recompute(session, account, gone.affected)
     assert rec.queued == 1
     row = (await _outbox(session, account))["a@x.io"]
-    assert (row.status, row.payload) == (OutboxStatus.PENDING, {"delete": True, "name": ""})
+    assert (row.status, row.payload) == (OutboxStatus.PENDING, {"delete": True})
