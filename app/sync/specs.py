@@ -125,6 +125,28 @@ async def replace_spec(
     return view
 
 
+async def refresh_mapped_users(pc: ProcessContext, account_id: int) -> bool:
+    """Cron: when the account's spec maps the responsible user, read Kommo's users again; a name that changed
+    or appeared (a new user responsible for contacts) re-derives the account. True when it did."""
+    async with pc.db.session_scope() as session:
+        _, spec = await spec_repo.current_spec(session, account_id)
+    if not spec.uses(SourceKind.RESPONSIBLE_USER):
+        return False
+    crm = await providers.crm_client(pc, account_id)
+    try:
+        users = await crm.get_users()
+    except ForbiddenError:
+        return False
+    async with pc.db.session_scope() as session:
+        if not await spec_repo.replace_users(session, account_id, {u.id: u.name for u in users}):
+            return False
+        await account_lock(session, account_id)
+        version, _ = await spec_repo.current_spec(session, account_id)
+        await remap.start_remap(session, pc.queue, account_id, version)
+    log.info("mapping.users_changed", account_id=account_id)
+    return True
+
+
 async def refresh_users(session: AsyncSession, pc: ProcessContext, account_id: int) -> bool:
     """Read the CRM's users into ``crm_user``; True when a name changed. A token without the rights to list
     users keeps the names we have (the source then stays empty for unknown users)."""

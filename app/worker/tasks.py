@@ -32,6 +32,7 @@ from app.sync import (
     outbox_repo,
     remap,
     runs_repo,
+    specs,
     unsubscribes,
 )
 from app.sync.isolation import isolatable
@@ -212,6 +213,7 @@ async def reconcile(ctx: dict[str, Any]) -> int:
         try:
             changed += await reconcile_account(pc, account_id)
             await ensure_kommo_webhooks(pc, account_id)
+            await specs.refresh_mapped_users(pc, account_id)
         except Exception as exc:  # one account's trouble must not stop the others
             log.warning("reconcile.failed", account_id=account_id, error=repr(exc)[:300])
     return changed
