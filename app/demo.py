@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -100,9 +101,8 @@ async def _scenario(
     account = (
         await kommo.post("/_sandbox/accounts", json={"subdomain": SUBDOMAIN, "name": "Demo Ltd"})
     ).json()
-    seeded = (
-        await kommo.post(f"/_sandbox/accounts/{SUBDOMAIN}/seed", json={"count": contacts, "seed": seed})
-    ).json()
+    seeding = {"count": contacts, "seed": seed, "custom_fields": True}
+    seeded = (await kommo.post(f"/_sandbox/accounts/{SUBDOMAIN}/seed", json=seeding)).json()
     ids = range(int(seeded["first_id"]), int(seeded["last_id"]) + 1)
     _say(f"1. Kommo sandbox: account {account['id']} ({SUBDOMAIN}) seeded with {contacts} contacts")
     redirect = f"{api_url}/auth/callback"
@@ -137,6 +137,11 @@ async def _scenario(
     r.raise_for_status()
     list_id = r.json()["list_id"]
     _say(f"3. Unisender sandbox: key checked, list {list_id} chosen, unsubscribe hook registered")
+    mapped = await _map(api, admin, account["id"], list_id)
+    _say(
+        f"4. Sync spec v{mapped.version}: Name ← name, Plan ← Kommo's select 'Plan', everyone → list {list_id},"
+        f" tag 'vip' → list 'VIP' ({mapped.vip_list}); created in Unisender as needed"
+    )
     started = time.monotonic()
     run = (await api.post("/sync/contacts", headers=admin, json={"id": account["id"]})).json()
     status: dict[str, Any] = {}
@@ -152,9 +157,13 @@ async def _scenario(
         if now_total == total:
             break
         total = now_total
+    held = (await uni.get(f"/_sandbox/accounts/{key}/snapshot")).json()["contacts"]
+    planned = sum(1 for c in held.values() if c["fields"].get("Plan"))
+    vip = sum(1 for c in held.values() if c["lists"].get(str(mapped.vip_list), {}).get("status") == "active")
     _say(
-        f"4. Full sync {status['status']} in {time.monotonic() - started:.1f} s: fetched "
-        f"{status['counters']['fetched']} contacts, Unisender now holds {total} addresses\n"
+        f"5. Full sync {status['status']} in {time.monotonic() - started:.1f} s: fetched "
+        f"{status['counters']['fetched']} contacts, Unisender now holds {total} addresses"
+        f" ({planned} with a Plan, {vip} in VIP)\n"
     )
     _say("Look around while it runs:")
     _say(f"   {api_url}/docs                          the API")
@@ -164,13 +173,37 @@ async def _scenario(
     _say(f"   {kommo_url}/_sandbox/accounts/{SUBDOMAIN}/webhooks   Kommo sandbox webhooks")
     _say(f"   {unisender_url}/_sandbox/accounts/{key}/contacts   Unisender sandbox contacts")
     _say(f"   {api_url}/metrics                       Prometheus metrics\n")
-    _say("5. Live edits in Kommo and their mirror in Unisender (Ctrl-C to stop):")
+    _say("6. Live edits in Kommo and their mirror in Unisender (Ctrl-C to stop):")
     rng = random.Random(seed)
     count = 0
     while edits == 0 or count < edits:
         count += 1
-        await _one_edit(kommo, uni, key, rng, count, ids)
+        await _one_edit(kommo, uni, key, rng, count, ids, mapped)
         await asyncio.sleep(1.0)
+
+
+@dataclass(frozen=True)
+class _Mapped:
+    version: int
+    vip_list: int
+    plan_field: int
+    plans: tuple[str, ...]
+
+
+async def _map(api: httpx.AsyncClient, admin: dict[str, str], account_id: int, list_id: int) -> _Mapped:
+    """The demo's sync spec: the select field "Plan" to a Unisender field, the tag "vip" to a list."""
+    fields = (await api.get("/kommo/fields", headers=admin, params={"id": account_id})).json()
+    plan = next(f for f in fields if f["name"] == "Plan")
+    spec = {
+        "fields": [{"source": "name", "target": "Name"}, {"source": plan["source"], "target": "Plan"}],
+        "lists": [{"list_id": list_id, "all": True}, {"list_title": "VIP", "tag": "vip"}],
+        "create_missing": True,
+    }
+    r = await api.put(f"/integration/{account_id}/mapping", headers=admin, json=spec)
+    r.raise_for_status()
+    body = r.json()
+    vip = next(rule["list_id"] for rule in body["lists"] if rule["tag"] == "vip")
+    return _Mapped(int(body["version"]), int(vip), int(plan["id"]), tuple(plan["options"]))
 
 
 async def _unisender_count(uni: httpx.AsyncClient, key: str) -> int:
@@ -186,12 +219,22 @@ def _emails(contact: dict[str, Any]) -> list[str]:
 
 
 async def _one_edit(
-    kommo: httpx.AsyncClient, uni: httpx.AsyncClient, key: str, rng: random.Random, n: int, ids: range
+    kommo: httpx.AsyncClient,
+    uni: httpx.AsyncClient,
+    key: str,
+    rng: random.Random,
+    n: int,
+    ids: range,
+    mapped: _Mapped,
 ) -> None:
     base = f"/_sandbox/accounts/{SUBDOMAIN}/contacts"
     contact = (await kommo.get(f"{base}/{rng.choice(ids)}")).json()
     emails = _emails(contact) if not contact.get("is_deleted") else []
-    kind = rng.choice(["rename", "rename", "add_email", "create"]) if emails else "create"
+    kinds = ["rename", "add_email", "create", "plan", "vip", "vip"]
+    kind = rng.choice(kinds) if emails else "create"
+    if kind in ("plan", "vip"):
+        await _mapped_edit(kommo, uni, key, rng, contact, emails[0], kind, mapped)
+        return
     started = time.monotonic()
     if kind == "create":
         email = f"demo{n}.{rng.randrange(10_000)}@example.com"
@@ -225,3 +268,54 @@ async def _one_edit(
             return
         await asyncio.sleep(0.1)
     _say(f"   {what}\n     → not visible in Unisender within 10 s (it may be rejected there: see /accounts)")
+
+
+async def _mapped_edit(
+    kommo: httpx.AsyncClient,
+    uni: httpx.AsyncClient,
+    key: str,
+    rng: random.Random,
+    contact: dict[str, Any],
+    email: str,
+    kind: str,
+    mapped: _Mapped,
+) -> None:
+    """A change only the spec makes visible: the Plan option, or the vip tag (membership of the VIP list)."""
+    base = f"/_sandbox/accounts/{SUBDOMAIN}/contacts"
+    started = time.monotonic()
+    if kind == "plan":
+        plan = rng.choice(mapped.plans)
+        item = {
+            "id": contact["id"],
+            "custom_fields_values": [{"field_id": mapped.plan_field, "values": [{"value": plan}]}],
+        }
+        what = f"Kommo: contact {contact['id']} Plan → '{plan}'"
+
+        def mirrored(got: dict[str, Any]) -> str | None:
+            return f"Plan='{plan}'" if got["fields"].get("Plan") == plan else None
+    else:
+        tagged = any(t.get("name") == "vip" for t in contact.get("_embedded", {}).get("tags", []))
+        item = {"id": contact["id"], "tags_to_delete" if tagged else "tags_to_add": [{"name": "vip"}]}
+        what = f"Kommo: contact {contact['id']} {'lost' if tagged else 'got'} the tag 'vip'"
+
+        def mirrored(got: dict[str, Any]) -> str | None:
+            status = got["lists"].get(str(mapped.vip_list), {}).get("status")
+            inside = status == "active"
+            if inside == (not tagged):
+                return "in list VIP" if inside else "out of list VIP"
+            return None
+
+    r = await kommo.patch(base, json=[item])
+    if r.status_code >= 300:
+        _say(f"   {what}: sandbox refused ({r.status_code})")
+        return
+    for _ in range(100):
+        got = await uni.get(f"/_sandbox/accounts/{key}/contacts/{email.lower()}")
+        seen = mirrored(got.json()) if got.status_code == 200 else None
+        if seen is not None:
+            _say(
+                f"   {what}\n     → Unisender: <{email.lower()}> {seen} after {time.monotonic() - started:.2f} s"
+            )
+            return
+        await asyncio.sleep(0.1)
+    _say(f"   {what}\n     → not visible in Unisender within 10 s (another contact may own the address)")

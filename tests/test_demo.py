@@ -24,7 +24,7 @@ def test_demo_mirrors_live_edits_on_the_embedded_default(tmp_path: Path) -> None
     while port > 65000:
         port = free_port()
     r = subprocess.run(
-        [sys.executable, "-m", "app.cli", "demo", "--edits", "3", "--contacts", "120", "--port", str(port)],
+        [sys.executable, "-m", "app.cli", "demo", "--edits", "6", "--contacts", "120", "--port", str(port)],
         cwd=tmp_path,
         env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
         capture_output=True,
@@ -35,7 +35,10 @@ def test_demo_mirrors_live_edits_on_the_embedded_default(tmp_path: Path) -> None
     out = r.stdout
     assert "Full sync done" in out, out
     assert "fetched 120 contacts" in out, out
-    assert out.count("→ Unisender:") == 3, out
+    assert out.count("→ Unisender:") == 6, out
+    assert "Sync spec v2: Name ← name, Plan ← Kommo's select 'Plan'" in out, out
+    assert "Plan='" in out, out  # a mapped custom field mirrored
+    assert "list VIP after" in out, out  # a tag-driven list mirrored
     assert (tmp_path / ".contactsync" / "demo" / "postgres" / "pgdata" / "PG_VERSION").exists()
     servers = re.search(r"PostgreSQL on 127\.0\.0\.1:(\d+) .* Redis on 127\.0\.0\.1:(\d+)", r.stderr)
     assert servers, r.stderr
