@@ -194,6 +194,7 @@ class EmailPlatformClient(Protocol):
     """Calls made with one email-platform credential."""
 
     max_import_rows: int
+    reserved_field_names: frozenset[str]  # column names no user field may take (lower case)
 
     async def check_credentials(self) -> None: ...
 

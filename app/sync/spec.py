@@ -35,26 +35,6 @@ PHONE_TARGET = "phone"
 EMAIL_CODE = "EMAIL"
 PHONE_CODE = "PHONE"
 
-# Columns of importContacts that are not user fields (and user field names the platform says to avoid).
-SYSTEM_COLUMNS = frozenset(
-    {
-        "email",
-        "email_status",
-        "email_availability",
-        "email_list_ids",
-        "email_subscribe_times",
-        "email_unsubscribed_list_ids",
-        "email_excluded_list_ids",
-        "phone_status",
-        "phone_availability",
-        "phone_list_ids",
-        "phone_subscribe_times",
-        "phone_unsubscribed_list_ids",
-        "phone_excluded_list_ids",
-        "tags",
-        "delete",
-    }
-)
 _FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 
 
@@ -251,8 +231,10 @@ def resolve(
     crm_fields: Sequence[CrmFieldDef],
     esp_fields: Sequence[EspField],
     esp_lists: Sequence[EspList],
+    reserved: frozenset[str] = frozenset(),
 ) -> Resolution:
-    """Check ``spec`` against the providers' fields and lists; see the module's rules."""
+    """Check ``spec`` against the providers' fields and lists (``reserved``: the platform's column names no
+    field may take); see the module's rules."""
     errors: list[SpecError] = []
     out = Resolution(StoredSpec(), errors)
     by_id = {f.id: f for f in crm_fields}
@@ -261,7 +243,9 @@ def resolve(
     targets: set[str] = set()
     for i, entry in enumerate(spec.fields):
         loc = f"fields[{i}]"
-        rule = _resolve_field(entry, loc, by_id, by_code, esp_by_name, spec.create_missing, errors, out)
+        rule = _resolve_field(
+            entry, loc, by_id, by_code, esp_by_name, spec.create_missing, reserved, errors, out
+        )
         if rule is None:
             continue
         if rule.target in targets:
@@ -319,6 +303,7 @@ def _resolve_field(
     by_code: dict[str, CrmFieldDef],
     esp_by_name: dict[str, EspField],
     create_missing: bool,
+    reserved: frozenset[str],
     errors: list[SpecError],
     out: Resolution,
 ) -> FieldRule | None:
@@ -332,11 +317,11 @@ def _resolve_field(
         return None
     refs = [s for s in sources if s is not None]
     target = entry.target.strip()
-    if target.lower() in SYSTEM_COLUMNS:
-        errors.append(SpecError(loc, "reserved_target", f"{target!r} is a system column, not a field."))
-        return None
     if target.lower() == PHONE_TARGET:
         target, target_type = PHONE_TARGET, PHONE_TARGET
+    elif target.lower() in reserved:
+        errors.append(SpecError(loc, "reserved_target", f"{target!r} is a system column, not a field."))
+        return None
     elif target in esp_by_name:
         target_type = esp_by_name[target].type
     elif target in out.create_fields:

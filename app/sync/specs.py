@@ -105,7 +105,9 @@ async def replace_spec(
     """Check ``body`` against both providers (422 ``invalid_mapping`` naming every bad entry; nothing changes),
     create what it asks to create, store it as the next version and start re-deriving the account."""
     read = await _read_providers(session, pc, account_id)
-    resolution = resolve(body, read.crm_fields, read.esp_fields, read.esp_lists)
+    resolution = resolve(
+        body, read.crm_fields, read.esp_fields, read.esp_lists, read.esp.reserved_field_names
+    )
     _refuse(resolution)
     for name, type_ in resolution.create_fields.items():
         await _upstream("Creating a Unisender field", read.esp.create_field(name, type_))
@@ -197,7 +199,9 @@ async def preview(
     version, spec = await spec_repo.current_spec(session, account_id)
     if body.spec is not None:
         read = await _read_providers(session, pc, account_id)
-        resolution = resolve(body.spec, read.crm_fields, read.esp_fields, read.esp_lists)
+        resolution = resolve(
+            body.spec, read.crm_fields, read.esp_fields, read.esp_lists, read.esp.reserved_field_names
+        )
         _refuse(resolution)
         # Lists a save would create have no id yet: stand-ins, named in the answer.
         stand_ins = {title: -(i + 1) for i, title in enumerate(resolution.create_lists)}

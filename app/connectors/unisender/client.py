@@ -27,6 +27,7 @@ from app.connectors.unisender.hooks import HOOK_EVENT_NAMES
 from app.connectors.unisender.imports import (
     INVALID_FIELD_NAME,
     MAX_IMPORT_FIELDS,
+    SYSTEM_COLUMNS,
     Params,
     build_import_params,
     column_calls,
@@ -65,6 +66,7 @@ class UnisenderClient:
     """
 
     max_import_rows: int = MAX_IMPORT_ROWS
+    reserved_field_names: frozenset[str] = SYSTEM_COLUMNS
     max_import_fields: int = MAX_IMPORT_FIELDS
 
     def __init__(

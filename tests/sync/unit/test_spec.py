@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from app.connectors.base import CrmFieldDef, EspField, EspList
+from app.connectors.unisender.client import UnisenderClient
 from app.sync.spec import SourceKind, SpecIn, resolve
 
 CRM = [
@@ -21,10 +22,11 @@ CRM = [
 ]
 ESP_FIELDS = [EspField(1, "Name", "string"), EspField(2, "city", "string"), EspField(3, "age", "number")]
 ESP_LISTS = [EspList(100, "Everyone"), EspList(200, "VIP"), EspList(300, "Beta")]
+RESERVED = UnisenderClient.reserved_field_names
 
 
 def _resolve(raw: dict[str, object]) -> tuple[object, list[tuple[str, str]]]:
-    res = resolve(SpecIn.model_validate(raw), CRM, ESP_FIELDS, ESP_LISTS)
+    res = resolve(SpecIn.model_validate(raw), CRM, ESP_FIELDS, ESP_LISTS, RESERVED)
     return res, [(e.loc, e.code) for e in res.errors]
 
 
