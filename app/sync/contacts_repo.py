@@ -181,17 +181,20 @@ async def live_owners(session: AsyncSession, account_id: int, emails: Sequence[s
     return best
 
 
+def _live_holdings(account_id: int, column: Any) -> Any:
+    """``column`` of the account's addresses held by live contacts (a select to narrow further)."""
+    live = and_(Contact.account_id == ContactAddress.account_id, Contact.kommo_id == ContactAddress.kommo_id)
+    return (
+        select(column)
+        .join(Contact, live)
+        .where(ContactAddress.account_id == account_id, Contact.deleted_at.is_(None))
+    )
+
+
 async def held_addresses(session: AsyncSession, account_id: int, limit: int) -> list[str]:
     """The first ``limit`` addresses (alphabetically) a live contact holds."""
     stmt = (
-        select(ContactAddress.email)
-        .join(
-            Contact,
-            and_(
-                Contact.account_id == ContactAddress.account_id, Contact.kommo_id == ContactAddress.kommo_id
-            ),
-        )
-        .where(ContactAddress.account_id == account_id, Contact.deleted_at.is_(None))
+        _live_holdings(account_id, ContactAddress.email)
         .group_by(ContactAddress.email)
         .order_by(ContactAddress.email)
         .limit(limit)
@@ -201,20 +204,7 @@ async def held_addresses(session: AsyncSession, account_id: int, limit: int) -> 
 
 async def owners_holding(session: AsyncSession, account_id: int, email: str) -> list[int]:
     """The live contacts holding ``email``."""
-    stmt = (
-        select(ContactAddress.kommo_id)
-        .join(
-            Contact,
-            and_(
-                Contact.account_id == ContactAddress.account_id, Contact.kommo_id == ContactAddress.kommo_id
-            ),
-        )
-        .where(
-            ContactAddress.account_id == account_id,
-            ContactAddress.email == email,
-            Contact.deleted_at.is_(None),
-        )
-    )
+    stmt = _live_holdings(account_id, ContactAddress.kommo_id).where(ContactAddress.email == email)
     return [int(x) for x in (await session.execute(stmt)).scalars()]
 
 
