@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     ForeignKey,
     Index,
     Integer,
@@ -227,6 +228,8 @@ class Outbox(Base):
     pushed_payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     pushed_at: Mapped[datetime | None]
     status: Mapped[OutboxStatus] = mapped_column(state_column(OutboxStatus, 16), default=OutboxStatus.PENDING)
+    # Queued by bulk work (a spec change's walk): pushed after the live changes due at the same time.
+    bulk: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_error: Mapped[str | None] = mapped_column(Text)

@@ -59,6 +59,7 @@ _COLUMNS: Columns = (
     ("payload", "JSON"),
     ("payload_hash", "TEXT"),
     ("status", "TEXT"),
+    ("bulk", "BOOLEAN"),
     ("attempts", "INTEGER"),
     ("next_attempt_at", "TIMESTAMPTZ"),
     ("created_at", "TIMESTAMPTZ"),
@@ -84,11 +85,14 @@ async def lock_outbox(session: AsyncSession, account_id: int, emails: Sequence[s
     return out
 
 
-async def add_outbox(session: AsyncSession, account_id: int, rows: Sequence[NewRow]) -> None:
+async def add_outbox(
+    session: AsyncSession, account_id: int, rows: Sequence[NewRow], *, bulk: bool = False
+) -> None:
     now = utcnow()
     constants = {
         "account_id": account_id,
         "status": OutboxStatus.PENDING.value,
+        "bulk": bulk,
         "attempts": 0,
         "next_attempt_at": now,
         "created_at": now,
@@ -112,21 +116,34 @@ async def cancel_outbox(session: AsyncSession, account_id: int, emails: Sequence
 
 
 async def claim_due(session: AsyncSession, account_id: int, limit: int) -> list[DueRow]:
-    """Due pending rows, oldest first, locked until the transaction ends (rows another flusher holds are
-    skipped)."""
-    stmt = (
-        select(
-            Outbox.id, Outbox.email, Outbox.payload, Outbox.payload_hash, Outbox.attempts, Outbox.updated_at
+    """Due pending rows, live changes first (then bulk work's), oldest first within each, locked until the
+    transaction ends (rows another flusher holds are skipped)."""
+    rows: list[DueRow] = []
+    for bulk in (False, True):
+        stmt = (
+            select(
+                Outbox.id,
+                Outbox.email,
+                Outbox.payload,
+                Outbox.payload_hash,
+                Outbox.attempts,
+                Outbox.updated_at,
+            )
+            .where(
+                Outbox.account_id == account_id,
+                Outbox.status == OutboxStatus.PENDING,
+                Outbox.next_attempt_at <= utcnow(),
+                Outbox.bulk.is_(bulk),
+            )
+            .order_by(Outbox.id)
+            .limit(limit - len(rows))
         )
-        .where(
-            Outbox.account_id == account_id,
-            Outbox.status == OutboxStatus.PENDING,
-            Outbox.next_attempt_at <= utcnow(),
-        )
-        .order_by(Outbox.id)
-        .limit(limit)
-    )
-    return [DueRow(*row) for row in (await session.execute(stmt.with_for_update(skip_locked=True))).all()]
+        rows += [
+            DueRow(*row) for row in (await session.execute(stmt.with_for_update(skip_locked=True))).all()
+        ]
+        if len(rows) >= limit:
+            break
+    return rows
 
 
 async def mark_pushed(session: AsyncSession, ids: Sequence[int], at: datetime) -> None:
@@ -138,6 +155,7 @@ async def mark_pushed(session: AsyncSession, ids: Sequence[int], at: datetime) -
             .where(table.c.id.in_(chunk))
             .values(
                 status=OutboxStatus.DONE,
+                bulk=False,
                 pushed_hash=table.c.payload_hash,
                 pushed_payload=table.c.payload,
                 pushed_at=at,

@@ -2,10 +2,12 @@
 
 Every address of the account is derived again with the new spec and queued only where the result differs
 from what the platform holds (``service.recompute``); the pushes go through the outbox at the platform's
-rate, like any other. The walk goes in chunks of ``CHUNK`` addresses, each its own short transaction under
-the account lock, so live changes interleave with it and never wait for the whole walk; its cursor (the last
-address id done) is committed with each chunk, and the run holds a lease like a full sync's, so a killed
-worker's walk resumes where it stopped (re-deriving a chunk twice queues nothing twice).
+rate, behind live changes (its rows are ``bulk``). The walk goes in chunks of ``CHUNK`` addresses, each its
+own short transaction under the account lock; between chunks the walk applies the account's pending
+webhook events itself (an events job that finds the account locked gives way to the holder, on the promise
+that the holder drains them), so live changes never wait for the whole walk. Its cursor (the last address id
+done) is committed with each chunk, and the run holds a lease like a full sync's, so a killed worker's walk
+resumes where it stopped (re-deriving a chunk twice queues nothing twice).
 
 A newer spec stored while a walk runs supersedes it: the old run ends ``done`` with a note and a new walk
 starts from the first address.
@@ -27,7 +29,7 @@ from app.db.models import SyncRun
 from app.db.session import after_commit
 from app.db.states import RunKind, RunStatus
 from app.queue import enqueue
-from app.sync import consent_repo, runs_repo, service
+from app.sync import consent_repo, events, runs_repo, service, unsubscribes
 from app.sync.fullsync import SLICE_SECONDS, lease_until
 
 log = structlog.get_logger(__name__)
@@ -69,6 +71,7 @@ async def run_remap_slice(pc: ProcessContext, run_id: str, owner: str) -> str:
             run.status, run.started_at = RunStatus.RUNNING, utcnow()
     status: str = RunStatus.RUNNING
     while time.monotonic() < deadline:
+        await _live_first(pc, account_id, deadline)
         step = await _chunk(pc, run_id, account_id, owner)
         if step is None:
             return "stopped"
@@ -85,6 +88,14 @@ async def run_remap_slice(pc: ProcessContext, run_id: str, owner: str) -> str:
     return status
 
 
+async def _live_first(pc: ProcessContext, account_id: int, deadline: float) -> None:
+    """Apply the webhook events that arrived meanwhile (their jobs gave way to this walk's lock)."""
+    drained = await events.process_kommo_events(pc, account_id, deadline=deadline)
+    await unsubscribes.process_unisender_events(pc, account_id)
+    if drained.more:
+        await enqueue.process_events(pc.queue, account_id)
+
+
 async def _chunk(pc: ProcessContext, run_id: str, account_id: int, owner: str) -> tuple[int, bool] | None:
     """Derive the next CHUNK addresses: (queued, walk finished), or None when the run is not ours any more."""
     async with pc.db.session_scope() as session:
@@ -93,7 +104,7 @@ async def _chunk(pc: ProcessContext, run_id: str, account_id: int, owner: str) -
         if run is None:
             return None
         addresses = await consent_repo.addresses_after(session, account_id, int(run.cursor or 0), CHUNK)
-        rec = await service.recompute(session, account_id, [email for _, email in addresses])
+        rec = await service.recompute(session, account_id, [email for _, email in addresses], bulk=True)
         now = utcnow()
         run.fetched += len(addresses)
         run.changed += rec.differs

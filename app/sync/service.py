@@ -179,9 +179,15 @@ async def derivation(session: AsyncSession, account_id: int, spec: StoredSpec | 
 
 
 async def recompute(
-    session: AsyncSession, account_id: int, emails: Iterable[str], *, using: Derivation | None = None
+    session: AsyncSession,
+    account_id: int,
+    emails: Iterable[str],
+    *,
+    using: Derivation | None = None,
+    bulk: bool = False,
 ) -> RecomputeResult:
-    """Write the desired state of ``emails`` into the outbox (coalesced: one row per address)."""
+    """Write the desired state of ``emails`` into the outbox (coalesced: one row per address). ``bulk``
+    (a spec change's walk) queues them behind live changes."""
     email_list = sorted(set(emails))
     result = RecomputeResult()
     if not email_list:
@@ -228,7 +234,7 @@ async def recompute(
             continue
         wanted.append(outbox_repo.NewRow(email, payload, h))
         result.queued += 1
-    await _queue(session, account_id, wanted, rows, now)
+    await _queue(session, account_id, wanted, rows, now, bulk=bulk)
     return result
 
 
@@ -275,9 +281,11 @@ async def _queue(
     desires: Sequence[outbox_repo.NewRow],
     rows: Mapping[str, Outbox],
     now: datetime,
+    *,
+    bulk: bool = False,
 ) -> None:
     """Make each desire its address's pending outbox row, due now: a new row, or the existing one (locked by
-    the caller) reset, its attempts and last outcome forgotten."""
+    the caller) reset, its attempts and last outcome forgotten; ``bulk`` rows are pushed after live ones."""
     fresh: list[outbox_repo.NewRow] = []
     for desire in desires:
         row = rows.get(desire.email)
@@ -286,6 +294,6 @@ async def _queue(
             continue
         row.payload, row.payload_hash, row.status = desire.payload, desire.payload_hash, OutboxStatus.PENDING
         row.attempts, row.next_attempt_at, row.last_error, row.reject_code = 0, now, None, None
-        row.updated_at = now
-    await outbox_repo.add_outbox(session, account_id, fresh)
+        row.updated_at, row.bulk = now, bulk
+    await outbox_repo.add_outbox(session, account_id, fresh, bulk=bulk)
     await session.flush()

@@ -1,6 +1,7 @@
 """The mapping engine: a versioned sync spec per account (every existing account gets the default spec, the
 mirror's behaviour until now: ``name → Name``, every contact in the account's list), the contact data a spec
-may map, what Unisender last accepted per address, per-list unsubscribes, and the CRM's user names.
+may map, what Unisender last accepted per address (and whether a row was queued by bulk work), per-list
+unsubscribes, and the CRM's user names.
 
 Revision ID: 0005
 Revises: 0004
@@ -39,6 +40,7 @@ DEFAULT_SPEC = {
 def upgrade() -> None:
     op.add_column("contact", sa.Column("data", sa.JSON(), nullable=True))
     op.add_column("outbox", sa.Column("pushed_payload", sa.JSON(), nullable=True))
+    op.add_column("outbox", sa.Column("bulk", sa.Boolean(), server_default="false", nullable=False))
     op.create_table(
         "sync_spec",
         sa.Column("account_id", sa.BigInteger(), nullable=False),
@@ -82,5 +84,6 @@ def downgrade() -> None:
     op.drop_table("crm_user")
     op.drop_table("list_unsubscribe")
     op.drop_table("sync_spec")
+    op.drop_column("outbox", "bulk")
     op.drop_column("outbox", "pushed_payload")
     op.drop_column("contact", "data")

@@ -15,7 +15,7 @@ from app.connectors.base import CrmContact
 from app.db.base import utcnow
 from app.db.models import Contact, ContactEmail, Outbox
 from app.db.states import Consent, OutboxStatus
-from app.sync import consent_repo, service
+from app.sync import consent_repo, outbox_repo, service
 from app.sync.mapping import payload_hash
 
 _IDS = itertools.count(random.randrange(10**12, 10**13, 10**6))
@@ -256,3 +256,19 @@ async def test_an_address_pushed_before_is_deleted_when_its_last_holder_goes(
     assert rec.queued == 1
     row = (await _outbox(session, account))["a@x.io"]
     assert (row.status, row.payload) == (OutboxStatus.PENDING, {"delete": True})
+
+
+async def test_live_changes_are_pushed_before_bulk_work(session: AsyncSession, account: int) -> None:
+    """A spec change's walk queues its rows as bulk: a live change queued after them is claimed first."""
+    contacts = [_contact(i, 100, f"b{i}@x.io") for i in range(1, 6)]
+    await service.apply_contacts(session, account, contacts)
+    await service.recompute(session, account, [f"b{i}@x.io" for i in range(1, 6)], bulk=True)
+    await service.apply_contacts(
+        session, account, [_contact(9, 100, "live@x.io"), _contact(3, 101, "b3@x.io")]
+    )
+    await service.recompute(session, account, ["live@x.io", "b3@x.io"])
+    claimed = [row.email for row in await outbox_repo.claim_due(session, account, 4)]
+    # Live first (oldest first among them: b3's row is older than live@'s), then the oldest bulk rows.
+    assert claimed == ["b3@x.io", "live@x.io", "b1@x.io", "b2@x.io"]
+    rows = await _outbox(session, account)
+    assert [e for e, r in sorted(rows.items()) if r.bulk] == ["b1@x.io", "b2@x.io", "b4@x.io", "b5@x.io"]
