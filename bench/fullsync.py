@@ -6,7 +6,12 @@ match. ``--scale 10`` multiplies both sides by ten. Floor = max(pages / rate, im
 pages = ceil(contacts / 250) and imports = ceil(addresses / 500); wall time runs from ``POST /sync/contacts``
 until the run is done and the outbox holds nothing pending.
 
-    .venv/bin/python -m bench.fullsync [--contacts 10000] [--scales 1,10]
+``--spec``: the account is seeded with a value in every custom-field type, its contacts get tags
+(``bench.spec.TAG_SHARES``) and it syncs under the 10-field / 3-list spec (``bench.spec.mapped_spec``), so every
+pushed row carries ten fields, a phone for half of them and three list columns; ``--baseline`` also runs the old
+default spec (name only, one list) at the same sizes, each size's two runs back to back.
+
+    .venv/bin/python -m bench.fullsync [--contacts 10000] [--scales 1,10] [--spec [--baseline]]
 
 Targets: wall / floor ≤ 1.10; Kommo ``max_calls_in_1s`` ≤ the limit; no 429 from either sandbox.
 """
@@ -27,9 +32,11 @@ from bench.common import VENV_BIN, bench_stack, machine, proc_cpu_seconds, proc_
 
 
 async def run_sync(
-    contacts: int, scale: float, *, within: float = 600.0, profile: str | None = None
+    contacts: int, scale: float, *, within: float = 900.0, profile: str | None = None, spec: bool = False
 ) -> dict[str, Any]:
-    """One fresh stack, ``contacts`` seeded, one full sync; returns timings, calls, 429s and worker memory."""
+    """One fresh stack, ``contacts`` seeded, one full sync (under the mapped spec with ``spec``); returns
+    timings, calls, 429s and worker memory."""
+    from bench.spec import map_account
     from sandbox.kommo import KommoSandboxConfig
     from sandbox.unisender import UnisenderSandboxConfig
     from tests.support.e2e import connect_account, expected_unisender, kommo_contacts
@@ -45,7 +52,9 @@ async def run_sync(
         },
     ) as bs:
         st = bs.stack
-        account = await connect_account(st, contacts=contacts, seed=11)
+        account = await connect_account(st, contacts=contacts, seed=11, custom_fields=spec)
+        if spec:
+            await map_account(st, account, seed=11)
         addresses = len(expected_unisender(await kommo_contacts(st, account)))
         assert bs.worker_proc is not None
         wpid = bs.worker_proc.pid
@@ -102,6 +111,7 @@ async def run_sync(
     return {
         "contacts": contacts,
         "scale": scale,
+        "spec": "10 fields / 3 lists" if spec else "default",
         "status": row["run"],
         "wall": wall,
         "floor": floor,
@@ -125,19 +135,32 @@ async def run_sync(
 def report(results: list[dict[str, Any]]) -> None:
     print(f"# full sync — {machine()}")
     print(
-        f"{'contacts':>8} {'scale':>5} | {'wall s':>7} {'floor s':>7} {'ratio':>6} | {'pages':>5} "
+        f"{'spec':>19} {'contacts':>8} {'scale':>5} | {'wall s':>7} {'floor s':>7} {'ratio':>6} | {'pages':>5} "
         f"{'GET list':>8} {'kommo':>6} {'max/1s':>6} {'429':>4} | {'addrs':>7} {'pushed':>7} "
-        f"{'imports':>7} {'429':>4} | {'cpu s':>6} | verdict"
+        f"{'imports':>7} {'/500':>5} {'429':>4} | {'cpu s':>6} | verdict"
     )
     for r in results:
         ok = r["ratio"] <= 1.10 and r["max_calls_in_1s"] <= 7 * r["scale"] and not r["kommo_429"]
         ok = ok and not r["unisender_429"] and r["status"] == "done"
+        # imports / ceil(addresses / 500): how many calls the push took per 500-row batch of the floor (rows
+        # needing different columns travel in separate calls).
+        per_batch = r["imports"] / max(1, math.ceil(r["addresses"] / 500))
         print(
-            f"{r['contacts']:>8} {r['scale']:>5g} | {r['wall']:7.2f} {r['floor']:7.2f} {r['ratio']:6.2f} | "
-            f"{r['pages']:>5} {r['kommo_list_calls']:>8} {r['kommo_calls']:>6} {r['max_calls_in_1s']:>6} "
-            f"{r['kommo_429']:>4} | {r['addresses']:>7} {r['pushed']:>7} {r['imports']:>7} "
-            f"{r['unisender_429']:>4} | {r['worker_cpu_s']:6.2f} | {verdict(ok)} (≤ 1.10, max/1s ≤ {7 * r['scale']:g}, no 429)"
+            f"{r['spec']:>19} {r['contacts']:>8} {r['scale']:>5g} | {r['wall']:7.2f} {r['floor']:7.2f} "
+            f"{r['ratio']:6.2f} | {r['pages']:>5} {r['kommo_list_calls']:>8} {r['kommo_calls']:>6} "
+            f"{r['max_calls_in_1s']:>6} {r['kommo_429']:>4} | {r['addresses']:>7} {r['pushed']:>7} "
+            f"{r['imports']:>7} {per_batch:5.2f} {r['unisender_429']:>4} | {r['worker_cpu_s']:6.2f} | "
+            f"{verdict(ok)} (≤ 1.10, max/1s ≤ {7 * r['scale']:g}, no 429)"
         )
+    pairs = {(r["contacts"], r["scale"]): r for r in results if r["spec"] == "default"}
+    for r in results:
+        base = pairs.get((r["contacts"], r["scale"]))
+        if r["spec"] != "default" and base is not None:
+            print(
+                f"{r['contacts']} ×{r['scale']:g}: spec / default wall {r['wall'] / base['wall']:.2f}, "
+                f"worker cpu {r['worker_cpu_s'] / base['worker_cpu_s']:.2f}, imports {r['imports']} / "
+                f"{base['imports']}"
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,12 +169,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--contacts", default="10000", help="comma-separated sizes, e.g. 10000,100000")
     p.add_argument("--scales", default="1,10", help="limit multipliers, e.g. 1,10")
     p.add_argument("--profile", help="py-spy raw output file for the worker (last run wins)")
+    p.add_argument("--spec", action="store_true", help="sync under the 10-field / 3-list spec")
+    p.add_argument(
+        "--baseline", action="store_true", help="with --spec: also the default spec, back to back per size"
+    )
     args = p.parse_args(argv)
     use_uvloop()
+    modes = [False, True] if args.spec and args.baseline else [args.spec]
     results = []
     for n in (int(x) for x in args.contacts.split(",")):
         for s in (float(x) for x in args.scales.split(",")):
-            results.append(asyncio.run(run_sync(n, s, profile=args.profile)))
+            for spec in modes:
+                results.append(asyncio.run(run_sync(n, s, profile=args.profile, spec=spec)))
+                report(results[-1:])  # as it goes: a long series still leaves figures if it is cut short
+    print()
     report(results)
 
 

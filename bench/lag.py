@@ -5,7 +5,12 @@ the new data is observed exactly (the account's import ledger is wrapped to time
 Changes are renames of seeded contacts (each with a unique new name), made through the Kommo sandbox's state
 at a steady rate, so its real webhook delivery posts them to the service.
 
-    .venv/bin/python -m bench.lag [--rate 200] [--seconds 10] [--contacts 2000]
+``--spec``: the account is seeded with a value in every custom-field type, tagged (``bench.spec.TAG_SHARES``) and
+synced under the 10-field / 3-list spec; the changes then cycle through four kinds, each awaited as what it
+must change on Unisender: a rename (``Name``), a new ``Score`` (a number field), the ``vip`` tag added or
+removed (the VIP list joined or left) and another ``Plan`` option (a select).
+
+    .venv/bin/python -m bench.lag [--rate 200] [--seconds 10] [--contacts 2000] [--spec]
 
 Targets: p99 lag < 1 s; ≤ 10 Unisender calls per 1,000 changes.
 """
@@ -17,37 +22,33 @@ import asyncio
 import os
 import subprocess
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from bench.common import VENV_BIN, bench_stack, machine, pct, proc_cpu_seconds, use_uvloop, verdict
+from bench.spec import Check, drain_waits, in_column, list_ids, map_account, named, sole_holders, watch_ledger
 
-
-class TimedLedger(list):  # type: ignore[type-arg]
-    """The Unisender account's ledger, noting when an awaited (email, Name) row is accepted."""
-
-    def __init__(self, waiting: dict[tuple[str, str], float], seen: list[float]) -> None:
-        super().__init__()
-        self.waiting, self.seen = waiting, seen
-
-    def append(self, entry: Any) -> None:
-        super().append(entry)
-        t0 = self.waiting.pop((entry.get("email") or "", (entry.get("data") or {}).get("Name", "")), None)
-        if t0 is not None:
-            self.seen.append(time.monotonic() - t0)
+KINDS = ("rename", "score", "vip", "plan")
 
 
 async def run(
-    rate: float, seconds: float, contacts: int, concurrency: int, profile: str | None = None
+    rate: float,
+    seconds: float,
+    contacts: int,
+    concurrency: int,
+    profile: str | None = None,
+    spec: bool = False,
 ) -> dict[str, Any]:
-    """One stack; seed, full-sync, then a steady stream of renames; returns lag figures and call counts."""
-    from app.sync.mapping import contact_emails
+    """One stack; seed, full-sync, then a steady stream of changes (renames, or with ``spec`` the four kinds
+    in turn); returns lag figures and call counts."""
     from sandbox.kommo import KommoSandboxConfig
     from tests.support.e2e import connect_account, wait_quiet
 
     kcfg = KommoSandboxConfig(webhook_retry_delays=(0.2, 0.5, 1.0), delivery_concurrency=concurrency)
     async with bench_stack(kommo_config=kcfg) as bs:
         st = bs.stack
-        account = await connect_account(st, contacts=contacts, seed=5)
+        account = await connect_account(st, contacts=contacts, seed=5, custom_fields=spec)
+        lists = list_ids(await map_account(st, account, seed=5)) if spec else {}
         # Rate budgets are per process: let the API's own Kommo calls during the connect leave Kommo's 1-s window
         # before the worker's full sync starts (README status: budgets shared across processes are not built).
         await asyncio.sleep(1.2)
@@ -56,23 +57,12 @@ async def run(
         await wait_quiet(st, account, within=120)
         kstate = st.kommo_app.state.kommo
         kacc = kstate.accounts[account.subdomain]
-        email_field = kacc.field_by_code("EMAIL").id
-        # Contacts whose first address they alone hold (so the new name must win on Unisender).
-        holders: dict[str, int] = {}
-        for c in kacc.contacts.values():
-            for e in contact_emails([v for fid, vals in c.fields if fid == email_field for v, _ in vals]):
-                holders[e] = -1 if e in holders else c.id
-        targets: list[tuple[int, str]] = []
-        for c in kacc.contacts.values():
-            emails = contact_emails([v for fid, vals in c.fields if fid == email_field for v, _ in vals])
-            if emails and all(holders[e] == c.id for e in emails):
-                targets.append((c.id, emails[0]))
-        waiting: dict[tuple[str, str], float] = {}
-        lags: list[float] = []
-        uacc = st.unisender_app.state.unisender.accounts[account.api_key]
-        ledger = TimedLedger(waiting, lags)
-        ledger.extend(uacc.ledger)
-        uacc.ledger = ledger
+        # Contacts whose first address they alone hold (so the change must show under it on Unisender).
+        targets = sole_holders(kacc)
+        edit = _editor(kacc, lists) if spec else None
+        ledger = watch_ledger(st, account.api_key)
+        waiting, lags = ledger.waiting, ledger.seen
+        kinds = dict.fromkeys(KINDS if spec else ("rename",), 0)
         calls_before = st.unisender_app.state.unisender.stats.calls.get("importContacts", 0)
         assert bs.worker_proc is not None
         pids = {"api": bs.api_proc.pid, "worker": bs.worker_proc.pid, "bench (sandboxes)": os.getpid()}
@@ -94,17 +84,17 @@ async def run(
             if delay > 0:
                 await asyncio.sleep(delay)
             cid, email = targets[i % len(targets)]
-            name = f"Lag {i}"
-            # A later rename of the same contact supersedes an earlier one still in flight: drop that wait.
-            for key in [k for k in waiting if k[0] == email]:
-                waiting.pop(key)
-            waiting[(email, name)] = time.monotonic()
-            _, _, errors = kstate.update_contacts(kacc, [{"id": cid, "name": name}])
+            if edit is None:
+                kind, item, check = "rename", {"id": cid, "name": f"Lag {i}"}, named(f"Lag {i}")
+            else:
+                kind, item, check = edit(i, cid)
+            kinds[kind] += 1
+            # A later change of the same contact supersedes an earlier one still in flight (its wait is replaced).
+            waiting[email] = (time.monotonic(), check)
+            _, _, errors = kstate.update_contacts(kacc, [item])
             assert not errors, errors
         offered = n / (time.monotonic() - t_start)
-        deadline = time.monotonic() + 60
-        while waiting and time.monotonic() < deadline:  # noqa: ASYNC110 (bounded poll of sandbox state)
-            await asyncio.sleep(0.05)
+        await drain_waits(waiting, 60)
         cpu = {k: proc_cpu_seconds(p) - cpu_before[k] for k, p in pids.items()}
         if spy is not None:
             await asyncio.to_thread(spy.wait, 30)
@@ -126,6 +116,8 @@ async def run(
         "calls": calls,
         "calls_per_1000": calls * 1000 / n,
         "delivery_concurrency": concurrency,
+        "spec": "10 fields / 3 lists" if spec else "default",
+        "kinds": kinds,
         "failed_deliveries": failed,
         "delivery_p50_ms": pct(durations, 50),
         "delivery_p99_ms": pct(durations, 99),
@@ -134,6 +126,42 @@ async def run(
         "server_mean_ms": server[0],
         "server_within_5ms": server[1],
     }
+
+
+def _editor(kacc: Any, lists: Mapping[str, int]) -> Callable[[int, int], tuple[str, dict[str, Any], Check]]:
+    """The ``i``-th change of the mapped stream for contact ``cid``: (kind, Kommo PATCH item, what the row
+    Unisender takes must show). Each changes what the spec maps, so every one must be pushed."""
+    ids = {f.name: f for f in kacc.fields.values()}
+    score, plan = ids["Score"], ids["Plan"]
+    vip_list = lists["vip"]
+
+    def edit(i: int, cid: int) -> tuple[str, dict[str, Any], Check]:
+        contact = kacc.contacts[cid]
+        kind = KINDS[i % len(KINDS)]
+        if kind == "rename":
+            return kind, {"id": cid, "name": f"Lag {i}"}, named(f"Lag {i}")
+        if kind == "score":
+            value = str(1_000_000 + i)  # unique, and an integer keeps its text through the number conversion
+            item = {"id": cid, "custom_fields_values": [{"field_id": score.id, "values": [{"value": value}]}]}
+            return kind, item, lambda data: data.get("Score") == value
+        if kind == "vip":
+            tag = kacc.tags_by_name.get("vip")
+            if tag is not None and tag.id in contact.tags:
+                item = {"id": cid, "tags_to_delete": [{"name": "vip"}]}
+                return kind, item, lambda data: in_column(data, "email_excluded_list_ids", vip_list)
+            item = {"id": cid, "tags_to_add": [{"name": "vip"}]}
+            return kind, item, lambda data: in_column(data, "email_list_ids", vip_list)
+        held = contact.field_values(plan.id) or []
+        current = held[0][1] if held else None
+        options = [e for e in plan.enums or [] if e.id != current]
+        option = options[i % len(options)]  # never the option it has: an unchanged contact sends no webhook
+        item = {
+            "id": cid,
+            "custom_fields_values": [{"field_id": plan.id, "values": [{"enum_id": option.id}]}],
+        }
+        return kind, item, lambda data: data.get("Plan") == option.value
+
+    return edit
 
 
 def _webhook_timing(metrics: str) -> tuple[float, float]:
@@ -155,8 +183,9 @@ def _webhook_timing(metrics: str) -> tuple[float, float]:
 
 def report(r: dict[str, Any]) -> None:
     print(f"# end-to-end lag — {machine()}")
+    print(f"spec: {r['spec']}; changes by kind: {r['kinds']}")
     print(
-        f"{r['changes']} renames at {r['offered']:.0f}/s (Kommo sandbox delivery_concurrency="
+        f"{r['changes']} changes at {r['offered']:.0f}/s (Kommo sandbox delivery_concurrency="
         f"{r['delivery_concurrency']}); observed in Unisender: {r['observed']}, superseded or missing: "
         f"{r['missing']}; failed webhook deliveries: {r['failed_deliveries']}"
     )
@@ -187,11 +216,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--contacts", type=int, default=2000)
     p.add_argument("--delivery-concurrency", type=int, default=4, help="Kommo sandbox bodies in flight")
     p.add_argument("--profile", help="py-spy raw output file: the worker during the stream")
+    p.add_argument("--spec", action="store_true", help="the 10-field / 3-list spec; four kinds of change")
     args = p.parse_args(argv)
     use_uvloop()
     report(
         asyncio.run(
-            run(args.rate, args.seconds, args.contacts, args.delivery_concurrency, profile=args.profile)
+            run(
+                args.rate,
+                args.seconds,
+                args.contacts,
+                args.delivery_concurrency,
+                profile=args.profile,
+                spec=args.spec,
+            )
         )
     )
 
