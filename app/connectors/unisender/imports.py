@@ -47,13 +47,12 @@ def ids_param(ids: Sequence[int]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RowShape:
-    """The columns a live (not deleted) row needs besides ``email``: exactly what it sets."""
+    """What splits rows into separate calls: the user fields a live row sets (an empty cell clears a field,
+    so no row may get one it did not ask for) and whether it sets ``email_status`` (an empty status cell is
+    undocumented). The phone and the list columns do not split: an empty cell there gives no phone and no
+    list, as in Unisender's own CSV imports, where a row may leave the phone or the lists blank."""
 
     fields: frozenset[str]
-    phone: bool
-    list_ids: bool
-    excluded_list_ids: bool
-    unsubscribed_list_ids: bool
     status: bool
 
 
@@ -78,24 +77,16 @@ def row_shape(row: ImportRow) -> RowShape:
     problem = row_problem(row)
     if problem is not None:
         raise ValueError(f"import row {row.email!r}: {problem}")
-    return RowShape(
-        fields=frozenset(name for name, _ in row.fields),
-        phone=bool(row.phone),
-        list_ids=bool(row.list_ids),
-        excluded_list_ids=bool(row.excluded_list_ids),
-        unsubscribed_list_ids=bool(row.unsubscribed_list_ids),
-        status=row.unsubscribed,
-    )
+    return RowShape(fields=frozenset(name for name, _ in row.fields), status=row.unsubscribed)
 
 
 def import_groups(rows: Sequence[ImportRow]) -> list[list[int]]:
     """Partition input indices into groups whose rows need the same columns (each group in input order).
 
-    An empty cell is not "leave unchanged" in Unisender (an empty field clears it, an empty ``email_status``
-    is undocumented), so a row never gets a column only because another row needed it: rows are grouped by
-    their field names, phone, each list column and ``email_status``. Deletions carry only the address and
-    ride along with the largest group (``delete=0`` is a plain upsert). Rows with a ``row_problem`` are in
-    no group: they cannot be sent.
+    An empty field cell is not "leave unchanged" in Unisender (it clears the field), so a row never gets a
+    field column only because another row needed it: rows are grouped by ``RowShape``. Deletions carry only
+    the address and ride along with the largest group (``delete=0`` is a plain upsert). Rows with a
+    ``row_problem`` are in no group: they cannot be sent.
     """
     groups: dict[RowShape, list[int]] = {}
     deletes: list[int] = []
@@ -128,13 +119,14 @@ def import_columns(rows: Sequence[ImportRow]) -> list[str]:
     if live:
         shape = shapes.pop()
         columns.extend(name for name, _ in live[0].fields)  # the caller's order, the same set in every row
-        if shape.phone:
+        # Blank in the rows that set none (see RowShape).
+        if any(row.phone for row in live):
             columns.append("phone")
-        if shape.list_ids:
+        if any(row.list_ids for row in live):
             columns.append("email_list_ids")
-        if shape.excluded_list_ids:
+        if any(row.excluded_list_ids for row in live):
             columns.append("email_excluded_list_ids")
-        if shape.unsubscribed_list_ids:
+        if any(row.unsubscribed_list_ids for row in live):
             columns.append("email_unsubscribed_list_ids")
         if shape.status:
             columns.append("email_status")

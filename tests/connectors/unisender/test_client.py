@@ -207,7 +207,8 @@ def field_names(form: list[tuple[str, str]]) -> list[str]:
     return [v for k, v in form if k.startswith("field_names")]
 
 
-def test_groups_follow_each_column_a_row_sets_and_deletions_join_the_largest() -> None:
+def test_groups_follow_the_fields_and_status_a_row_sets_and_deletions_join_the_largest() -> None:
+    """Only field sets and email_status split calls: a blank phone or list cell gives nothing (see RowShape)."""
     rows = [
         ImportRow(email="a@x.io", fields=(("Name", "A"), ("city", "Riga"))),  # 0
         ImportRow(email="b@x.io", fields=(("city", "Oslo"), ("Name", "B"))),  # 1: same set, other order
@@ -220,7 +221,22 @@ def test_groups_follow_each_column_a_row_sets_and_deletions_join_the_largest() -
         ImportRow(email="gone@x.io", fields=(("Name", "Old"),), list_ids=(1,), delete=True),  # 8
         ImportRow(email="i@x.io", fields=(("city", "Y"), ("Name", "I"))),  # 9
     ]
-    assert import_groups(rows) == [[0, 1, 8, 9], [2], [3], [4], [5], [6], [7]]
+    assert import_groups(rows) == [[0, 1, 3, 4, 5, 6, 8, 9], [2], [7]]
+
+
+async def test_phone_and_list_columns_are_blank_in_the_rows_that_set_none() -> None:
+    rec = Recorder(import_ok)
+    client, http = make_client(rec)
+    rows = [
+        ImportRow(email="a@x.io", fields=(("Name", "A"),), phone="+79261232323", list_ids=(1,)),
+        ImportRow(email="b@x.io", fields=(("Name", "B"),), excluded_list_ids=(2,)),
+    ]
+    async with http:
+        await client.import_contacts(rows)
+    assert [field_names(form) for form in rec.forms] == [
+        ["email", "Name", "phone", "email_list_ids", "email_excluded_list_ids"]
+    ]
+    assert data_rows(rec.forms[0]) == [["a@x.io", "A", "+79261232323", "1", ""], ["b@x.io", "B", "", "", "2"]]
 
 
 async def test_each_call_carries_only_the_columns_its_rows_set() -> None:
