@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select, text
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import String, any_, bindparam, select, text
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
@@ -42,6 +43,11 @@ _CONSENT_ROWS = lateral(
 )
 
 
+def _keys(emails: Sequence[str]) -> Any:
+    """Addresses as one array parameter (``= ANY``): an IN list of hundreds is expanded per call."""
+    return bindparam("keys", list(emails), type_=ARRAY(String))
+
+
 async def consent_rows(
     session: AsyncSession, account_id: int, emails: Sequence[str]
 ) -> dict[str, ContactEmail]:
@@ -57,8 +63,15 @@ async def consent_rows(
 
 async def unsubscribed(session: AsyncSession, account_id: int, emails: Sequence[str]) -> set[str]:
     """Which of ``emails`` are unsubscribed."""
-    rows = await consent_rows(session, account_id, emails)
-    return {email for email, row in rows.items() if row.consent == Consent.UNSUBSCRIBED}
+    found: set[str] = set()
+    for chunk in chunks(list(emails)):
+        stmt = select(ContactEmail.email).where(
+            ContactEmail.account_id == account_id,
+            ContactEmail.email == any_(_keys(chunk)),
+            ContactEmail.consent == Consent.UNSUBSCRIBED,
+        )
+        found.update(str(e) for e in (await session.execute(stmt)).scalars())
+    return found
 
 
 async def upsert_owners(session: AsyncSession, account_id: int, owners: Mapping[str, int | None]) -> None:
@@ -130,7 +143,7 @@ async def list_unsubscribes(
     found: dict[str, set[int]] = {}
     for chunk in chunks(list(emails)):
         stmt = select(ListUnsubscribe.email, ListUnsubscribe.list_id).where(
-            ListUnsubscribe.account_id == account_id, ListUnsubscribe.email.in_(chunk)
+            ListUnsubscribe.account_id == account_id, ListUnsubscribe.email == any_(_keys(chunk))
         )
         for email, list_id in (await session.execute(stmt)).all():
             found.setdefault(str(email), set()).add(int(list_id))

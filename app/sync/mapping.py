@@ -10,10 +10,11 @@ state: mapping a new field that is empty everywhere sends nothing, and clearing 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -75,14 +76,13 @@ class ContactView:
     data: Mapping[str, Any] = field(default_factory=dict)
     emails: Sequence[str] = ()  # normalised, sorted: the first is the one that carries the phone
 
-    def values(self, field_id: int | None) -> list[str]:
-        fields = self.data.get("fields") or {}
-        return [str(v) for v in fields.get(str(field_id), ())]
-
 
 # --- conversions ------------------------------------------------------------------------------------------------
 
 
+# Conversions are cached: an account's dates and numbers repeat (days, scores), and a spec change's walk
+# converts every address's values again.
+@functools.lru_cache(maxsize=65536)
 def _number(text: str) -> str:
     """A number as Unisender's number fields take it: a plain decimal with ``.``; not a number → as is (the
     platform refuses the row, and the refusal is shown)."""
@@ -97,6 +97,7 @@ def _number(text: str) -> str:
     return format(d.normalize(), "f")
 
 
+@functools.lru_cache(maxsize=65536)
 def _date(text: str, *, with_time: bool) -> str:
     """Unix seconds → ``YYYY-MM-DD`` (a date field) or ``YYYY-MM-DD hh:mm:ss`` (text), in UTC."""
     try:
@@ -113,43 +114,60 @@ def phone_number(raw: str) -> str:
     return f"+{digits}" if digits else ""
 
 
-def source_text(view: ContactView, ref: SourceRef, target_type: str, users: Mapping[int, str]) -> str:
+Reader = Callable[[ContactView], str]
+
+
+def _values_of(field_id: int | None) -> Callable[[ContactView], list[Any]]:
+    key = str(field_id)
+
+    def values(view: ContactView) -> list[Any]:
+        fields = view.data.get("fields")
+        return (fields.get(key) if fields else None) or []
+
+    return values
+
+
+def _custom_reader(ref: SourceRef, target_type: str) -> Reader:
+    """A custom field's value as the target takes it; the type decisions are taken here, once per spec."""
+    values = _values_of(ref.field_id)
+    if ref.type == "checkbox":
+        return lambda v: "1" if (vals := values(v)) and str(vals[0]).strip().lower() in ("1", "true") else "0"
+    if ref.type == "numeric":
+        return lambda v: _number(str(vals[0])) if (vals := values(v)) else ""
+    if ref.type in ("date", "birthday", "date_time"):
+        with_time = ref.type == "date_time" and target_type != "date"
+        return lambda v: _date(str(vals[0]), with_time=with_time) if (vals := values(v)) else ""
+    if target_type == PHONE_TARGET:
+        return lambda v: phone_number(str(vals[0])) if (vals := values(v)) else ""
+    if ref.type in ("multiselect", "multitext", "smart_address"):
+        return lambda v: ", ".join(str(x) for x in values(v))
+    return lambda v: str(vals[0]) if (vals := values(v)) else ""
+
+
+def _reader(ref: SourceRef, target_type: str, users: Mapping[int, str]) -> Reader:
     """One source's value as the target field takes it ("" when empty)."""
     match ref.kind:
         case SourceKind.NAME:
-            return view.name
+            return lambda v: v.name
         case SourceKind.FIRST_NAME | SourceKind.LAST_NAME:
-            return str(view.data.get(ref.kind.value) or "")
+            key = ref.kind.value
+            return lambda v: str(v.data.get(key) or "")
         case SourceKind.RESPONSIBLE_USER:
-            uid = view.data.get("responsible_user_id")
-            return users.get(int(uid), "") if uid is not None else ""
+            return lambda v: users.get(int(uid), "") if (uid := v.data.get("responsible_user_id")) else ""
         case SourceKind.TAGS:
-            return ", ".join(sorted(view.tags, key=str.casefold))
+            return lambda v: ", ".join(sorted(v.tags, key=str.casefold))
         case SourceKind.CREATED_AT:
-            created = view.data.get("created_at")
-            return _date(str(created), with_time=target_type != "date") if created else ""
-    values = view.values(ref.field_id)
-    if ref.type == "checkbox":
-        checked = bool(values) and values[0].strip().lower() in ("1", "true")
-        return "1" if checked else "0"
-    if not values:
-        return ""
-    if ref.type == "numeric":
-        return _number(values[0])
-    if ref.type in ("date", "birthday", "date_time"):
-        return _date(values[0], with_time=ref.type == "date_time" and target_type != "date")
-    if target_type == PHONE_TARGET:
-        return phone_number(values[0])
-    if ref.type in ("multiselect", "multitext", "smart_address"):
-        return ", ".join(values)
-    return values[0]
+            with_time = target_type != "date"
+            return lambda v: _date(str(c), with_time=with_time) if (c := v.data.get("created_at")) else ""
+    return _custom_reader(ref, target_type)
 
 
-def field_text(view: ContactView, rule: FieldRule, users: Mapping[int, str]) -> str:
-    parts = [source_text(view, ref, rule.target_type, users) for ref in rule.sources]
+def _rule_reader(rule: FieldRule, users: Mapping[int, str]) -> Reader:
+    parts = [_reader(ref, rule.target_type, users) for ref in rule.sources]
     if len(parts) == 1:
         return parts[0]
-    return rule.separator.join(p for p in parts if p)
+    sep = rule.separator
+    return lambda v: sep.join(text for part in parts if (text := part(v)))
 
 
 # --- the desired state --------------------------------------------------------------------------------------
@@ -159,17 +177,62 @@ def wanted_lists(
     spec: StoredSpec, tags: Sequence[str], base_list_id: int | None
 ) -> tuple[list[int], list[int]]:
     """(lists the contact's segments put it in, the spec's other lists), each sorted."""
-    have = {t.casefold() for t in tags}
-    wanted: set[int] = set()
-    mapped: set[int] = set()
-    for rule in spec.lists:
-        list_id = base_list_id if rule.base else rule.list_id
-        if list_id is None:
-            continue
-        mapped.add(list_id)
-        if rule.all or any(t.casefold() in have for t in rule.tags()):
-            wanted.add(list_id)
-    return sorted(wanted), sorted(mapped - wanted)
+    return CompiledSpec.of(spec, base_list_id=base_list_id, users={}).lists_for(tags)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledSpec:
+    """A spec turned into readers, once: deriving an address then costs only the reads (a spec change's
+    walk derives tens of thousands of addresses a second)."""
+
+    fields: tuple[tuple[str, Reader], ...]
+    phone: Reader | None
+    lists: tuple[tuple[int, bool, frozenset[str]], ...]  # list id, everyone, the tags (case-folded)
+
+    @classmethod
+    def of(cls, spec: StoredSpec, *, base_list_id: int | None, users: Mapping[int, str]) -> CompiledSpec:
+        fields: list[tuple[str, Reader]] = []
+        phone: Reader | None = None
+        for rule in spec.fields:
+            if rule.target_type == PHONE_TARGET:
+                phone = _rule_reader(rule, users)
+            else:
+                fields.append((rule.target, _rule_reader(rule, users)))
+        lists = []
+        for lrule in spec.lists:
+            list_id = base_list_id if lrule.base else lrule.list_id
+            if list_id is not None:
+                lists.append((list_id, lrule.all, frozenset(t.casefold() for t in lrule.tags())))
+        return cls(tuple(fields), phone, tuple(lists))
+
+    def lists_for(self, tags: Sequence[str]) -> tuple[list[int], list[int]]:
+        have = {t.casefold() for t in tags}
+        wanted = {list_id for list_id, everyone, want in self.lists if everyone or not have.isdisjoint(want)}
+        others = {list_id for list_id, _, _ in self.lists} - wanted
+        return sorted(wanted), sorted(others)
+
+    def desired(
+        self,
+        owner: ContactView | None,
+        *,
+        email: str | None = None,
+        unsubscribed_lists: frozenset[int] = frozenset(),
+    ) -> dict[str, Any]:
+        """See ``desired``."""
+        if owner is None:
+            return {"delete": True}
+        phone = ""
+        if self.phone is not None and (email is None or not owner.emails or owner.emails[0] == email):
+            phone = self.phone(owner)
+        wanted, others = self.lists_for(owner.tags)
+        return {
+            "delete": False,
+            "fields": {target: read(owner) for target, read in self.fields},
+            "phone": phone,
+            "lists": [i for i in wanted if i not in unsubscribed_lists],
+            "excluded": [i for i in others if i not in unsubscribed_lists],
+            "unsubscribed": sorted(unsubscribed_lists),
+        }
 
 
 def desired(
@@ -188,26 +251,8 @@ def desired(
 
     The platform gives a phone to one subscriber only, so of a contact's addresses only the first (``email``
     equal to ``owner.emails[0]``, or no ``email`` given) carries it; the others would be refused."""
-    if owner is None:
-        return {"delete": True}
-    fields: dict[str, str] = {}
-    phone = ""
-    for rule in spec.fields:
-        text = field_text(owner, rule, users)
-        if rule.target_type == PHONE_TARGET:
-            carries = email is None or not owner.emails or owner.emails[0] == email
-            phone = text if carries else ""
-        else:
-            fields[rule.target] = text
-    wanted, others = wanted_lists(spec, owner.tags, base_list_id)
-    return {
-        "delete": False,
-        "fields": fields,
-        "phone": phone,
-        "lists": [i for i in wanted if i not in unsubscribed_lists],
-        "excluded": [i for i in others if i not in unsubscribed_lists],
-        "unsubscribed": sorted(unsubscribed_lists),
-    }
+    compiled = CompiledSpec.of(spec, base_list_id=base_list_id, users=users)
+    return compiled.desired(owner, email=email, unsubscribed_lists=unsubscribed_lists)
 
 
 def keep_phone(wanted: dict[str, Any], held: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -3,12 +3,13 @@ and what the platform last accepted for it."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, select, text, update
+from sqlalchemy import JSON, BigInteger, String, Table, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
@@ -69,20 +70,103 @@ _ADD = unnest_insert("outbox", _COLUMNS, "ON CONFLICT (account_id, email) DO NOT
 _LOCK = lateral(
     "CAST(:keys AS TEXT[])",
     "email",
-    "SELECT * FROM outbox WHERE account_id = :account_id AND email = q.email",
+    "SELECT id, email, status, payload_hash, pushed_hash, pushed_payload FROM outbox"
+    " WHERE account_id = :account_id AND email = q.email",
     lock=True,
 )
 _CHANGE_KEYS = ("status", "attempts", "next_attempt_at", "last_error", "reject_code")
 
 
-async def lock_outbox(session: AsyncSession, account_id: int, emails: Sequence[str]) -> dict[str, Outbox]:
+@dataclass(frozen=True, slots=True)
+class HeldRow:
+    """What deciding an address's next desire needs of its outbox row (plain values)."""
+
+    id: int
+    status: OutboxStatus
+    payload_hash: str
+    pushed_hash: str | None
+    pushed_payload: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Requeue:
+    """An existing row's new desire."""
+
+    id: int
+    payload: dict[str, Any]
+    payload_hash: str
+
+
+async def lock_outbox(session: AsyncSession, account_id: int, emails: Sequence[str]) -> dict[str, HeldRow]:
     """The outbox rows of these addresses, locked: a flush holding one finishes first, so what we read is current."""
-    out: dict[str, Outbox] = {}
+    out: dict[str, HeldRow] = {}
     for chunk in chunks(sorted(set(emails))):
-        stmt = select(Outbox).from_statement(text(_LOCK).bindparams(account_id=account_id, keys=list(chunk)))
-        for row in (await session.execute(stmt)).scalars():
-            out[row.email] = row
+        stmt = (
+            text(_LOCK)
+            .bindparams(account_id=account_id, keys=list(chunk))
+            .columns(
+                id=BigInteger,
+                email=String,
+                status=String,
+                payload_hash=String,
+                pushed_hash=String,
+                pushed_payload=JSON,
+            )
+        )
+        for row in (await session.execute(stmt)).all():
+            out[row.email] = HeldRow(
+                int(row.id), OutboxStatus(row.status), row.payload_hash, row.pushed_hash, row.pushed_payload
+            )
     return out
+
+
+# One statement per chunk of rows, their new values as arrays (as the inserts of app.db.sql): a spec change's
+# walk requeues tens of thousands of rows, and an executemany costs far more per row in parameter handling.
+_REQUEUE = (
+    "UPDATE outbox o SET payload = CAST(u.payload AS JSON), payload_hash = u.payload_hash,"
+    " status = :status, attempts = 0, next_attempt_at = :now, last_error = NULL, reject_code = NULL,"
+    " bulk = :bulk, updated_at = :now"
+    " FROM unnest(CAST(:ids AS BIGINT[]), CAST(:payloads AS TEXT[]), CAST(:hashes AS TEXT[]))"
+    " AS u(id, payload, payload_hash) WHERE o.id = u.id"
+)
+_SETTLE = (
+    "UPDATE outbox o SET payload = CAST(u.payload AS JSON), payload_hash = u.payload_hash,"
+    " status = :status, last_error = NULL, updated_at = :now"
+    " FROM unnest(CAST(:ids AS BIGINT[]), CAST(:payloads AS TEXT[]), CAST(:hashes AS TEXT[]))"
+    " AS u(id, payload, payload_hash) WHERE o.id = u.id"
+)
+
+
+async def _update_rows(session: AsyncSession, sql: str, rows: Sequence[Requeue], **values: Any) -> None:
+    for chunk in chunks(list(rows)):
+        params = {
+            "ids": [r.id for r in chunk],
+            "payloads": [json.dumps(r.payload) for r in chunk],
+            "hashes": [r.payload_hash for r in chunk],
+            **values,
+        }
+        await session.execute(text(sql), params)
+
+
+async def requeue(session: AsyncSession, rows: Sequence[Requeue], now: datetime, *, bulk: bool) -> None:
+    """Make each row pending with its new desire, due now, its attempts and last outcome forgotten."""
+    await _update_rows(session, _REQUEUE, rows, status=OutboxStatus.PENDING.value, now=now, bulk=bulk)
+
+
+async def settle(session: AsyncSession, rows: Sequence[Requeue], now: datetime) -> None:
+    """Pending rows whose desire the platform already holds: done, with that desire."""
+    await _update_rows(session, _SETTLE, rows, status=OutboxStatus.DONE.value, now=now)
+
+
+async def cancel_rows(session: AsyncSession, ids: Sequence[int], reason: str, now: datetime) -> None:
+    """Pending rows no longer wanted (the address unsubscribed)."""
+    table = cast(Table, Outbox.__table__)
+    for chunk in chunks(list(ids)):
+        await session.execute(
+            update(table)
+            .where(table.c.id.in_(chunk))
+            .values(status=OutboxStatus.CANCELLED, last_error=reason, updated_at=now)
+        )
 
 
 async def add_outbox(

@@ -17,7 +17,7 @@ Callers hold ``app.db.locks.account_lock`` for the account and own the transacti
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,13 +29,20 @@ from app.accounts import repository as accounts_repo
 from app.connectors.base import CrmContact
 from app.db.base import utcnow
 from app.db.locks import account_lock
-from app.db.models import Contact, Outbox
+from app.db.models import Contact
 from app.db.session import after_commit
 from app.db.states import OutboxStatus
 from app.queue import enqueue
 from app.sync import consent_repo, contacts_repo, outbox_repo, spec_repo
 from app.sync.contacts_repo import AddressChange, ContactRow, Owner
-from app.sync.mapping import already_held, contact_data, contact_emails, desired, keep_phone, payload_hash
+from app.sync.mapping import (
+    CompiledSpec,
+    already_held,
+    contact_data,
+    contact_emails,
+    keep_phone,
+    payload_hash,
+)
 from app.sync.spec import SourceKind, StoredSpec
 
 
@@ -154,18 +161,13 @@ class Derivation:
     version: int
     base_list_id: int | None
     users: dict[int, str]
+    compiled: CompiledSpec
 
     def payload(
         self, email: str, owner: Owner | None, unsubscribed_lists: frozenset[int], held: dict[str, Any] | None
     ) -> dict[str, Any]:
-        wanted = desired(
-            owner.view() if owner is not None else None,
-            self.spec,
-            email=email,
-            base_list_id=self.base_list_id,
-            users=self.users,
-            unsubscribed_lists=unsubscribed_lists,
-        )
+        view = owner.view() if owner is not None else None
+        wanted = self.compiled.desired(view, email=email, unsubscribed_lists=unsubscribed_lists)
         return keep_phone(wanted, held)
 
 
@@ -175,7 +177,9 @@ async def derivation(session: AsyncSession, account_id: int, spec: StoredSpec | 
     spec = spec or current
     esp = await accounts_repo.get_esp_account(session, account_id)
     users = await spec_repo.user_names(session, account_id) if spec.uses(SourceKind.RESPONSIBLE_USER) else {}
-    return Derivation(spec, version, esp.list_id if esp is not None else None, users)
+    base_list_id = esp.list_id if esp is not None else None
+    compiled = CompiledSpec.of(spec, base_list_id=base_list_id, users=users)
+    return Derivation(spec, version, base_list_id, users, compiled)
 
 
 async def recompute(
@@ -196,17 +200,23 @@ async def recompute(
     unsubscribed = await consent_repo.unsubscribed(session, account_id, email_list)
     per_list = await consent_repo.list_unsubscribes(session, account_id, email_list)
     derive = using or await derivation(session, account_id)
-    await consent_repo.upsert_owners(
-        session, account_id, {e: (owners[e].kommo_id if e in owners else None) for e in email_list}
-    )
+    if not bulk:
+        # A walk re-derives addresses whose owners it did not change (every change of owner went through
+        # here already, under the same lock).
+        await consent_repo.upsert_owners(
+            session, account_id, {e: (owners[e].kommo_id if e in owners else None) for e in email_list}
+        )
     rows = await outbox_repo.lock_outbox(session, account_id, email_list)
     now = utcnow()
-    wanted: list[outbox_repo.NewRow] = []
+    fresh: list[outbox_repo.NewRow] = []
+    requeued: list[outbox_repo.Requeue] = []
+    settled: list[outbox_repo.Requeue] = []
+    cancelled: list[int] = []
     for email in email_list:
         row = rows.get(email)
         if email in unsubscribed:
             if row is not None and row.status == OutboxStatus.PENDING:
-                row.status, row.last_error, row.updated_at = OutboxStatus.CANCELLED, "unsubscribed", now
+                cancelled.append(row.id)
             result.suppressed += 1
             continue
         owner = owners.get(email)
@@ -217,24 +227,26 @@ async def recompute(
             if owner is None:
                 result.unchanged += 1  # never pushed: nothing to delete
             else:
-                wanted.append(outbox_repo.NewRow(email, payload, h))
+                fresh.append(outbox_repo.NewRow(email, payload, h))
                 result.queued += 1
                 result.differs += 1
             continue
         if already_held(payload, row.pushed_hash, row.pushed_payload, owned=owner is not None):
             # Unisender already holds this state (or never held the address): drop any queued change.
             if row.status == OutboxStatus.PENDING:
-                row.status, row.payload, row.payload_hash = OutboxStatus.DONE, payload, h
-                row.last_error, row.updated_at = None, now
+                settled.append(outbox_repo.Requeue(row.id, payload, h))
             result.unchanged += 1
             continue
         result.differs += 1
         if h == row.payload_hash and row.status in (OutboxStatus.PENDING, OutboxStatus.REJECTED):
             result.unchanged += 1  # already queued, or refused for a reason resending cannot fix
             continue
-        wanted.append(outbox_repo.NewRow(email, payload, h))
+        requeued.append(outbox_repo.Requeue(row.id, payload, h))
         result.queued += 1
-    await _queue(session, account_id, wanted, rows, now, bulk=bulk)
+    await outbox_repo.cancel_rows(session, cancelled, "unsubscribed", now)
+    await outbox_repo.settle(session, settled, now)
+    await outbox_repo.requeue(session, requeued, now, bulk=bulk)
+    await outbox_repo.add_outbox(session, account_id, fresh, bulk=bulk)
     return result
 
 
@@ -259,7 +271,8 @@ async def push_addresses(
     per_list = await consent_repo.list_unsubscribes(session, account_id, wanted)
     derive = await derivation(session, account_id)
     rows = await outbox_repo.lock_outbox(session, account_id, wanted)
-    desires = []
+    fresh: list[outbox_repo.NewRow] = []
+    requeued: list[outbox_repo.Requeue] = []
     for email in wanted:
         row = rows.get(email)
         if delete:
@@ -269,31 +282,11 @@ async def push_addresses(
             owner = owners.get(email) or Owner(0, "", 0, [], {}, [])
             held = row.pushed_payload if row is not None else None
             payload = derive.payload(email, owner, per_list.get(email, frozenset()), held)
-        desires.append(outbox_repo.NewRow(email, payload, payload_hash(payload)))
-    await _queue(session, account_id, desires, rows, utcnow())
+        if row is None:
+            fresh.append(outbox_repo.NewRow(email, payload, payload_hash(payload)))
+        else:
+            requeued.append(outbox_repo.Requeue(row.id, payload, payload_hash(payload)))
+    await outbox_repo.requeue(session, requeued, utcnow(), bulk=False)
+    await outbox_repo.add_outbox(session, account_id, fresh)
     after_commit(session, lambda: enqueue.flush_outbox(queue, account_id, delay=0))
     return PushResult(queued=wanted, skipped_unsubscribed=skipped)
-
-
-async def _queue(
-    session: AsyncSession,
-    account_id: int,
-    desires: Sequence[outbox_repo.NewRow],
-    rows: Mapping[str, Outbox],
-    now: datetime,
-    *,
-    bulk: bool = False,
-) -> None:
-    """Make each desire its address's pending outbox row, due now: a new row, or the existing one (locked by
-    the caller) reset, its attempts and last outcome forgotten; ``bulk`` rows are pushed after live ones."""
-    fresh: list[outbox_repo.NewRow] = []
-    for desire in desires:
-        row = rows.get(desire.email)
-        if row is None:
-            fresh.append(desire)
-            continue
-        row.payload, row.payload_hash, row.status = desire.payload, desire.payload_hash, OutboxStatus.PENDING
-        row.attempts, row.next_attempt_at, row.last_error, row.reject_code = 0, now, None, None
-        row.updated_at, row.bulk = now, bulk
-    await outbox_repo.add_outbox(session, account_id, fresh, bulk=bulk)
-    await session.flush()
