@@ -35,6 +35,8 @@ async def account_lock(session: AsyncSession, account_id: int, *, wait: bool = T
     return await xact_lock(session, f"mirror:{account_id}", wait=wait)
 
 
-async def flush_lock(session: AsyncSession, account_id: int) -> bool:
-    """One pusher of the account's outbox at a time: False at once when another transaction pushes it."""
-    return await xact_lock(session, f"flush:{account_id}", wait=False)
+async def flush_lock(session: AsyncSession, account_id: int, lane: int = 0) -> bool:
+    """One pusher per lane of the account's outbox at a time: False at once when another transaction pushes
+    in that lane (lane 0 is the only one of live flushes; a backlog adds others)."""
+    name = f"flush:{account_id}" if lane == 0 else f"flush:{account_id}:{lane}"
+    return await xact_lock(session, name, wait=False)

@@ -3,6 +3,7 @@ per-row outcomes, or what a failed push means for the rows (``push_policy``)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ log = structlog.get_logger(__name__)
 
 MAX_BATCHES = 40  # per job; a follow-up job continues
 BATCH_ROWS = 500  # the most rows one import call takes (Unisender's importContacts limit)
+PUSH_LANES = 3  # import calls of one account in flight at once during a backlog
 
 
 @dataclass
@@ -41,7 +43,14 @@ class FlushResult:
 
 
 async def flush_account(pc: ProcessContext, account_id: int, *, drain: bool = True) -> FlushResult:
-    """Push due outbox rows of one account until none is left (bounded); one flusher per account at a time.
+    """Push due outbox rows of one account until none is left (bounded).
+
+    A backlog (a first batch that was full) is pushed by ``PUSH_LANES`` lanes at once, each a loop of
+    claim → import call → record in one transaction: one call at a time would leave the platform's rate
+    unused while each answer is awaited (an import of 500 rows takes a while), so a large push would take
+    several times its rate floor. Each lane holds its own lock (one pusher per lane and account, whatever
+    the number of jobs and processes) and claims its rows with SKIP LOCKED, so lanes never share a row; the
+    client's rate budget bounds them together.
 
     ``drain=False`` (flush jobs of live changes) stops after a batch that was not full: the rows that became
     due meanwhile have a job of their own for the next coalescing window, and pushing them now would spend
@@ -51,28 +60,56 @@ async def flush_account(pc: ProcessContext, account_id: int, *, drain: bool = Tr
     far less than the 1/20 s the platform's rate limit allows per call, and ORM objects (500 loaded, 500
     flushed one by one) did not.
     """
-    result = FlushResult()
-    for _ in range(MAX_BATCHES):
+    flush = _Flush(drain)
+    first = await flush.batch(pc, account_id, 0)
+    if first == BATCH_ROWS and not flush.stopped:
+        await asyncio.gather(*(flush.lane(pc, account_id, lane) for lane in range(PUSH_LANES)))
+    elif first is None:
+        flush.result.busy = True
+    flush.result.more = flush.batches >= MAX_BATCHES and not flush.stopped
+    return flush.result
+
+
+class _Flush:
+    """One flush of an account: its lanes share the result, the batch count and the reason to stop."""
+
+    def __init__(self, drain: bool) -> None:
+        self.drain = drain
+        self.result = FlushResult()
+        self.batches = 0
+        self.stopped = False  # nothing left, a failure, or (live flushes) a batch that was not full
+
+    async def lane(self, pc: ProcessContext, account_id: int, lane: int) -> None:
+        while not self.stopped and self.batches < MAX_BATCHES:
+            taken = await self.batch(pc, account_id, lane)
+            if taken is None:
+                return  # another flusher holds this lane
+            if taken < BATCH_ROWS:
+                return  # the due rows ran out for this lane
+
+    async def batch(self, pc: ProcessContext, account_id: int, lane: int) -> int | None:
+        """One claim → import → record; the rows it took (None: the lane is held elsewhere)."""
+        self.batches += 1
         async with pc.db.session_scope() as session:
-            if not await flush_lock(session, account_id):
-                result.busy = True
-                return result
+            if not await flush_lock(session, account_id, lane):
+                return None
             rows = await outbox_repo.claim_due(session, account_id, BATCH_ROWS)
             if not rows:
-                return result
+                self.stopped = True
+                return 0
             esp: EspAccount | None = None
             started = time.monotonic()
             try:
                 client, esp = await providers.esp_client(session, pc, account_id)
                 answers = await client.import_contacts(_import_rows(rows, esp.list_id))
             except (AccountNotReady, ConnectorError) as exc:
-                await _record_failure(session, account_id, rows, push_failure(exc), esp, result)
-                return result
-            await _record_answers(session, account_id, rows, answers, result, started)
-        if not drain and len(rows) < BATCH_ROWS:
-            return result
-    result.more = True
-    return result
+                self.stopped = True
+                await _record_failure(session, account_id, rows, push_failure(exc), esp, self.result)
+                return len(rows)
+            await _record_answers(session, account_id, rows, answers, self.result, started)
+        if not self.drain and len(rows) < BATCH_ROWS:
+            self.stopped = True
+        return len(rows)
 
 
 def _import_rows(rows: Sequence[DueRow], list_id: int | None) -> list[ImportRow]:
