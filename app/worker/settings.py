@@ -149,7 +149,7 @@ async def run_worker_forever(settings: Settings, *, stop: asyncio.Event | None =
             done, _ = await asyncio.wait({run, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if stopper in done:
                 await cancel_and_wait(run)
-                await worker.close()
+                await _close_stopped(worker)
                 break
             stopper.cancel()
             exc = run.exception()
@@ -171,6 +171,19 @@ async def run_worker_forever(settings: Settings, *, stop: asyncio.Event | None =
     finally:
         await pc.close()
         log.info("worker.stopped", worker_id=worker_id)
+
+
+async def _close_stopped(worker: Any) -> None:
+    """Close a worker we stopped. arq's close awaits the jobs it cancelled, and one of them may re-raise its
+    cancellation there: that is the job's, not ours (a stop is not a crash, and must not print a traceback
+    and exit non-zero), unless this task itself is being cancelled."""
+    try:
+        await worker.close()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.info("worker.cancelled_job_at_close")
 
 
 async def cancel_and_wait(task: asyncio.Task[Any], *, every: float = 0.5) -> None:
