@@ -27,6 +27,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from app.db.sql import json_dumps, json_loads
+
 log = structlog.get_logger(__name__)
 
 AfterCommit = Callable[[], Awaitable[Any]]
@@ -68,6 +70,8 @@ def create_engine(
         pool_timeout=timeouts.pool,
         connect_args=connect_args,
         hide_parameters=True,
+        json_serializer=json_dumps,
+        json_deserializer=json_loads,
     )
     event.listen(engine.sync_engine, "handle_error", _hide_values)
     event.listen(engine.sync_engine, "handle_error", _discard_timed_out_connection)

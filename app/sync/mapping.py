@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import orjson
+
 from app.connectors.base import CrmContact
 from app.sync.spec import PHONE_TARGET, FieldRule, SourceKind, SourceRef, StoredSpec
 
@@ -278,8 +280,13 @@ def payload_hash(payload: Mapping[str, Any]) -> str:
             "l": list(payload.get("lists") or ()),
             "u": list(payload.get("unsubscribed") or ()),
         }
-    blob = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    # orjson with sorted keys writes what json.dumps(sort_keys, compact, non-ASCII as is) wrote for these
+    # values (strings, integers, lists, dicts), so hashes stored before stay comparable.
+    try:
+        blob = orjson.dumps(key, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        blob = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return hashlib.sha256(blob).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

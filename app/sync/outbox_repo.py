@@ -3,7 +3,6 @@ and what the platform last accepted for it."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
 from app.db.models import Outbox
-from app.db.sql import Columns, chunks, execute_many, insert_unnest, lateral, unnest_insert
+from app.db.sql import Columns, chunks, execute_many, insert_unnest, json_dumps, lateral, unnest_insert
 from app.db.states import OutboxStatus
 
 # The statuses an operator watches (the account views count them).
@@ -141,7 +140,7 @@ async def _update_rows(session: AsyncSession, sql: str, rows: Sequence[Requeue],
     for chunk in chunks(list(rows)):
         params = {
             "ids": [r.id for r in chunk],
-            "payloads": [json.dumps(r.payload) for r in chunk],
+            "payloads": [json_dumps(r.payload) for r in chunk],
             "hashes": [r.payload_hash for r in chunk],
             **values,
         }

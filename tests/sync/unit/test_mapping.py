@@ -260,3 +260,20 @@ def test_only_the_contacts_first_address_carries_the_phone() -> None:
     spec = StoredSpec(fields=[_cf(9, "multitext", "phone", "phone")])
     assert desired(view, spec, email="a@x.io", base_list_id=None, users={})["phone"] == "+89125550102"
     assert desired(view, spec, email="b@x.io", base_list_id=None, users={})["phone"] == ""
+
+
+def test_the_hash_is_the_one_stored_before_the_faster_encoder() -> None:
+    """Hashes already in the outbox were taken over the standard library's JSON; they must still match."""
+    import hashlib
+    import json
+
+    payload = {
+        "delete": False,
+        "fields": {"Name": "Мария Ивановна", "Plan": "Pro", "Empty": ""},
+        "phone": "+79261232323",
+        "lists": [3, 10],
+        "unsubscribed": [7],
+    }
+    key = {"f": {"Name": "Мария Ивановна", "Plan": "Pro"}, "p": "+79261232323", "l": [3, 10], "u": [7]}
+    blob = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert payload_hash(payload) == hashlib.sha256(blob.encode()).hexdigest()
