@@ -3,6 +3,7 @@ arguments, and each call's ``log`` mapped back onto the rows that were sent."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,6 +43,12 @@ SYSTEM_COLUMNS = frozenset(
 
 
 def ids_param(ids: Sequence[int]) -> str:
+    return _ids_text(tuple(ids))
+
+
+@functools.lru_cache(maxsize=4096)
+def _ids_text(ids: tuple[int, ...]) -> str:
+    # Cached: the rows of one account name the same few combinations of lists, batch after batch.
     return ",".join(str(int(i)) for i in ids)
 
 
@@ -153,7 +160,7 @@ def column_calls(columns: Sequence[str], max_fields: int = MAX_IMPORT_FIELDS) ->
     return [first, *rest]
 
 
-def _cell(row: ImportRow, column: str) -> str:
+def _cell(row: ImportRow, column: str, fields: dict[str, str]) -> str:
     if column == "email":
         return row.email
     if column == "delete":
@@ -173,9 +180,8 @@ def _cell(row: ImportRow, column: str) -> str:
         return "unsubscribed" if row.unsubscribed else ""
     if column in SYSTEM_COLUMNS:
         raise ValueError(f"import column {column!r} is not one this client sends")
-    for name, value in row.fields:
-        if name == column:
-            return value
+    if column in fields:
+        return fields[column]
     # An empty cell would clear the field in Unisender: never send one the row did not ask for.
     raise ValueError(f"import row {row.email!r} does not set field {column!r}")
 
@@ -187,7 +193,8 @@ def build_import_params(rows: Sequence[ImportRow], columns: Sequence[str] | None
         columns = import_columns(rows)
     params: Params = [(f"field_names[{j}]", name) for j, name in enumerate(columns)]
     for i, row in enumerate(rows):
-        params.extend((f"data[{i}][{j}]", _cell(row, column)) for j, column in enumerate(columns))
+        fields = dict(row.fields)
+        params.extend((f"data[{i}][{j}]", _cell(row, column, fields)) for j, column in enumerate(columns))
     return params
 
 
