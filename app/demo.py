@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +52,8 @@ async def run_demo(
     kommo_app = create_kommo_sandbox(KommoSandboxConfig(webhook_retry_delays=(1.0, 5.0, 30.0)))
     unisender_app = create_unisender_sandbox()
     async with (
-        serve_in_background(kommo_app, port=port + 1) as kommo_url,
-        serve_in_background(unisender_app, port=port + 2) as unisender_url,
+        serve_in_background(kommo_app, port=_port_near(port + 1)) as kommo_url,
+        serve_in_background(unisender_app, port=_port_near(port + 2)) as unisender_url,
     ):
         settings = Settings(
             database_url=database_url,
@@ -83,6 +84,17 @@ async def run_demo(
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await asyncio.wait_for(worker, timeout=10)
     return 0
+
+
+def _port_near(preferred: int) -> int:
+    """The sandbox's usual port (the API's + 1 or + 2, so the printed URLs are the familiar ones), or any free
+    port when something else holds it (the demo's own URLs are printed either way)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", preferred))
+        except OSError:
+            return 0
+    return preferred
 
 
 async def _scenario(

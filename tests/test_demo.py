@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +45,14 @@ def test_demo_mirrors_live_edits_on_the_embedded_default(tmp_path: Path) -> None
     assert servers, r.stderr
     for port in servers.groups():
         assert not port_answers("127.0.0.1", int(port)), f"a server still answers on {port} after the demo"
+
+
+def test_the_demo_takes_another_port_when_a_sandbox_port_is_held() -> None:
+    from app.demo import _port_near
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        assert _port_near(taken) == 0  # 0: serve_in_background picks a free one
+    assert _port_near(taken) == taken
