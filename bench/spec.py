@@ -1,6 +1,6 @@
-"""The mapped account the benchmarks share: the 10-field / 3-list sync spec (the mapping engine's end-to-end
-test, ``tests/sync/test_mapping_e2e.py``, copied here so the benchmarks do not import test modules), tags
-spread over seeded contacts, and a ledger that time-stamps the moment Unisender takes an awaited row.
+"""The mapped account the benchmarks share: the 10-field / 3-list sync spec (``tests.support.mapping``, shared
+with the mapping engine's end-to-end test), tags spread over seeded contacts, and a ledger that time-stamps
+the moment Unisender takes an awaited row.
 
 Tags are set through the Kommo sandbox's state without webhooks before the first full sync: the seed gives
 no contact a tag, and a list rule over tags nobody has would push nothing to that list.
@@ -14,41 +14,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tests.support.mapping import field_ids, mapped_spec
+
+__all__ = ["TAG_SHARES", "field_ids", "mapped_spec"]
+
 # Independent draws per contact; the segments of spec A are "vip" (VIP list) and "lead" or "customer" (Warm).
 TAG_SHARES: dict[str, float] = {"vip": 0.2, "lead": 0.3, "customer": 0.2}
-
-
-def field_ids(kacc: Any) -> dict[str, int]:
-    """Kommo field name → id (the seed's custom fields among them)."""
-    return {f.name: f.id for f in kacc.fields.values()}
-
-
-def mapped_spec(
-    base_list_id: int, ids: Mapping[str, int], *, segment: tuple[str, str] = ("VIP", "vip")
-) -> dict[str, Any]:
-    """Ten fields (a join, a phone, text, number, checkbox, select, multiselect, birthday, user) and three
-    lists (everyone, one tag, any of two tags); ``segment`` = (list title, tag) of the one-tag list."""
-    title, tag = segment
-    return {
-        "fields": [
-            {"source": "name", "target": "Name"},
-            {"source": ["first_name", "last_name"], "target": "FullName"},
-            {"source": f"custom_field:{ids['Company']}", "target": "Company"},
-            {"source": f"custom_field:{ids['Score']}", "target": "Score"},
-            {"source": f"custom_field:{ids['Newsletter']}", "target": "Newsletter"},
-            {"source": f"custom_field:{ids['Plan']}", "target": "Plan"},
-            {"source": f"custom_field:{ids['Interests']}", "target": "Interests"},
-            {"source": f"custom_field:{ids['Birthday']}", "target": "Birthday"},
-            {"source": "custom_field:PHONE", "target": "phone"},
-            {"source": "responsible_user", "target": "Manager"},
-        ],
-        "lists": [
-            {"list_id": base_list_id, "all": True},
-            {"list_title": title, "tag": tag},
-            {"list_title": "Warm", "tags_any": ["lead", "customer"]},
-        ],
-        "create_missing": True,
-    }
 
 
 def spread_tags(kstate: Any, kacc: Any, shares: Mapping[str, float], seed: int) -> dict[str, int]:

@@ -23,6 +23,7 @@ import pytest
 from app.sync.mapping import contact_emails
 from tests.conftest import Stack, raw_sql, running_worker
 from tests.support.e2e import Account, connect_account, wait_quiet
+from tests.support.mapping import mapped_spec
 
 pytestmark = pytest.mark.slow
 
@@ -68,29 +69,6 @@ def _conversions(stack: Stack, account: Account) -> dict[str, Callable[[Any], st
         "Interests": lambda c: ", ".join(str(v) for v in _values(c, ids["Interests"])),
         "Birthday": lambda c: _day(_values(c, ids["Birthday"])[0]) if _values(c, ids["Birthday"]) else "",
         "Manager": lambda c: users.get(c.responsible_user_id, ""),
-    }
-
-
-def _spec(account: Account, ids: dict[str, int], *, vip_list: str = "VIP") -> dict[str, Any]:
-    return {
-        "fields": [
-            {"source": "name", "target": "Name"},
-            {"source": ["first_name", "last_name"], "target": "FullName"},
-            {"source": f"custom_field:{ids['Company']}", "target": "Company"},
-            {"source": f"custom_field:{ids['Score']}", "target": "Score"},
-            {"source": f"custom_field:{ids['Newsletter']}", "target": "Newsletter"},
-            {"source": f"custom_field:{ids['Plan']}", "target": "Plan"},
-            {"source": f"custom_field:{ids['Interests']}", "target": "Interests"},
-            {"source": f"custom_field:{ids['Birthday']}", "target": "Birthday"},
-            {"source": "custom_field:PHONE", "target": "phone"},
-            {"source": "responsible_user", "target": "Manager"},
-        ],
-        "lists": [
-            {"list_id": account.list_id, "all": True},
-            {"list_title": vip_list, "tag": "vip"},
-            {"list_title": "Warm", "tags_any": ["lead", "customer"]},
-        ],
-        "create_missing": True,
     }
 
 
@@ -253,7 +231,7 @@ async def test_a_mapped_account_mirrors_fields_and_lists_and_a_spec_change_pushe
     api, headers = stack.api, stack.admin_headers
     mapping = f"/integration/{account.account_id}/mapping"
     async with running_worker(stack.settings):
-        r = await api.put(mapping, headers=headers, json=_spec(account, ids))
+        r = await api.put(mapping, headers=headers, json=mapped_spec(account.list_id, ids))
         assert r.status_code == 200, r.text
         saved = r.json()
         assert (saved["version"], len(saved["fields"]), len(saved["lists"])) == (2, 10, 3)
@@ -289,7 +267,7 @@ async def test_a_mapped_account_mirrors_fields_and_lists_and_a_spec_change_pushe
 
         # A spec change: Plan now comes from Channel (a radiobutton), Company is no longer mapped, the VIP
         # segment is "gold" instead of "vip" (a new list).
-        changed = _spec(account, ids, vip_list="Gold")
+        changed = mapped_spec(account.list_id, ids, segment=("Gold", "vip"))
         changed["fields"][5] = {"source": f"custom_field:{ids['Channel']}", "target": "Plan"}
         del changed["fields"][2]
         changed["lists"][1] = {"list_title": "Gold", "tag": "gold"}
