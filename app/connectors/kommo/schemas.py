@@ -44,12 +44,9 @@ class KommoCustomFieldValues(KommoModel):
     field_name: str | None = None
     field_code: str | None = None
     field_type: str | None = None
-    values: list[KommoFieldValue] = Field(default_factory=list)
-
-    @field_validator("values", mode="before")
-    @classmethod
-    def _null_values(cls, value: Any) -> Any:
-        return [] if value is None else value
+    # Kommo may send null for no values. A type, not a validator: a Python callback per field of every contact
+    # of a page was a noticeable share of a full sync's CPU.
+    values: list[KommoFieldValue] | None = None
 
     def is_email(self) -> bool:
         """True for the predefined EMAIL field, or an uncoded multitext field named "Email"."""
@@ -66,17 +63,12 @@ class KommoTag(KommoModel):
     color: str | None = None
 
 
-class KommoContactEmbedded(KommoModel):
-    tags: list[KommoTag] = Field(default_factory=list)
-
-    @field_validator("tags", mode="before")
-    @classmethod
-    def _null_tags(cls, value: Any) -> Any:
-        return [] if value is None else value
-
-
 def _null_to_empty(value: Any) -> Any:
     return "" if value is None else value
+
+
+class KommoContactEmbedded(KommoModel):
+    tags: list[KommoTag] | None = None  # null or missing: none
 
 
 def _value_text(value: str | int | float | bool | dict[str, Any] | None, dated: bool) -> str | None:
@@ -96,9 +88,10 @@ def _value_text(value: str | int | float | bool | dict[str, Any] | None, dated: 
 
 class KommoContact(KommoModel):
     id: int
-    name: str = ""
-    first_name: str = ""
-    last_name: str = ""
+    # Null names are read as empty (in to_crm_contact).
+    name: str | None = ""
+    first_name: str | None = ""
+    last_name: str | None = ""
     responsible_user_id: int | None = None
     created_at: int | None = None
     updated_at: int
@@ -107,15 +100,13 @@ class KommoContact(KommoModel):
     custom_fields_values: list[KommoCustomFieldValues] | None = None
     embedded: KommoContactEmbedded = Field(default_factory=KommoContactEmbedded, alias="_embedded")
 
-    _names = field_validator("name", "first_name", "last_name", mode="before")(_null_to_empty)
-
     def emails(self) -> list[str]:
         """All email values of the contact (cleaned), in Kommo's order, blanks skipped, exact duplicates once."""
         found: list[str] = []
         for field in self.custom_fields_values or ():
             if not field.is_email():
                 continue
-            for item in field.values:
+            for item in field.values or ():
                 if isinstance(item.value, str):
                     email = clean_text(item.value).strip()
                     if email and email not in found:
@@ -128,7 +119,7 @@ class KommoContact(KommoModel):
         for field in self.custom_fields_values or ():
             dated = field.field_type in DATE_TYPES
             texts: list[str] = []
-            for item in field.values:
+            for item in field.values or ():
                 text = _value_text(item.value, dated)
                 if text is not None:
                     texts.append(text)
@@ -138,7 +129,7 @@ class KommoContact(KommoModel):
 
     def tag_names(self) -> list[str]:
         """Names of the contact's tags (cleaned)."""
-        return [clean_text(tag.name) for tag in self.embedded.tags]
+        return [clean_text(tag.name) for tag in self.embedded.tags or ()]
 
     def to_crm_contact(self) -> CrmContact:
         """The provider-neutral view used by the sync engine; its text is cleaned of control characters here,
@@ -146,11 +137,11 @@ class KommoContact(KommoModel):
         every contact of an account and a plain call per field is the cheapest place."""
         return CrmContact(
             id=self.id,
-            name=clean_text(self.name),
+            name=clean_text(self.name or ""),
             updated_at=self.updated_at,
             emails=tuple(self.emails()),
-            first_name=clean_text(self.first_name),
-            last_name=clean_text(self.last_name),
+            first_name=clean_text(self.first_name or ""),
+            last_name=clean_text(self.last_name or ""),
             tags=tuple(self.tag_names()),
             deleted=self.is_deleted,
             responsible_user_id=self.responsible_user_id,
@@ -206,7 +197,7 @@ class KommoCustomField(KommoModel):
     def to_field_def(self) -> CrmFieldDef:
         return CrmFieldDef(
             id=self.id,
-            name=clean_text(self.name),
+            name=clean_text(self.name or ""),
             type=self.type,
             code=self.code or None,
             options=tuple(clean_text(e.value) for e in self.enums or ()),
