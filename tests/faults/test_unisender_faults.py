@@ -83,8 +83,10 @@ async def test_import_faults_30_percent(stack: Stack, tmp_path: Path, long_run: 
         retries = [e for e in worker.log_events() if e.get("event") == "outbox.push_retry"]
         assert retries, "no backoff logged"
         delays = [float(e["retry_in"]) for e in retries]  # type: ignore[arg-type]
-        # Backed off (not retried at once), within the policy's ceiling (never parked beyond it).
-        assert max(delays) > 0.5, retries
+        # Backed off (not retried at once: that would log 0), within the policy's ceiling (never parked beyond
+        # it). Full jitter draws each delay in [0, ceiling] (2 s for a first retry), so one or two retries (a
+        # push in lanes makes few calls here) can be short: their sum, not a single large one, is what holds.
+        assert sum(delays) > 0.05, retries
         assert all(0 <= d <= BACKOFF_CAP for d in delays), delays
         assert {str(e["error"]) for e in retries} & {"retry_later", "http_500", "http_502", "http_503"}
         assert faults, faults
