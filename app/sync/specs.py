@@ -23,7 +23,8 @@ from app.errors import Unprocessable, UpstreamError
 from app.sync import consent_repo, contacts_repo, outbox_repo, providers, remap, spec_repo
 from app.sync.mapping import Difference, already_held, difference, normalize_email
 from app.sync.service import Derivation, derivation
-from app.sync.spec import ListRule, Resolution, SourceKind, SpecIn, StoredSpec, resolve
+from app.sync.spec import ListRule, SourceKind, SpecIn, StoredSpec
+from app.sync.spec_check import Resolution, resolve
 
 log = structlog.get_logger(__name__)
 

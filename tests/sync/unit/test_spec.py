@@ -1,4 +1,4 @@
-"""Checking a sync spec against the providers' fields and lists (``app.sync.spec.resolve``): what is
+"""Checking a sync spec against the providers' fields and lists (``app.sync.spec_check.resolve``): what is
 accepted, how it is resolved, and one error per bad entry, naming it."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import pytest
 
 from app.connectors.base import CrmFieldDef, EspField, EspList
 from app.connectors.unisender.client import UnisenderClient
-from app.sync.spec import SourceKind, SpecIn, resolve
+from app.sync.spec import SourceKind, SpecIn
+from app.sync.spec_check import resolve
 
 CRM = [
     CrmFieldDef(1, "Phone", "multitext", "PHONE", ("WORK", "MOB")),
