@@ -175,13 +175,6 @@ def _rule_reader(rule: FieldRule, users: Mapping[int, str]) -> Reader:
 # --- the desired state --------------------------------------------------------------------------------------
 
 
-def wanted_lists(
-    spec: StoredSpec, tags: Sequence[str], base_list_id: int | None
-) -> tuple[list[int], list[int]]:
-    """(lists the contact's segments put it in, the spec's other lists), each sorted."""
-    return CompiledSpec.of(spec, base_list_id=base_list_id, users={}).lists_for(tags)
-
-
 @dataclass(frozen=True, slots=True)
 class CompiledSpec:
     """A spec turned into readers, once: deriving an address then costs only the reads (a spec change's

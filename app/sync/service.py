@@ -157,8 +157,6 @@ class RecomputeResult:
 class Derivation:
     """What deriving an account's addresses needs besides their owners: read once per batch."""
 
-    spec: StoredSpec
-    version: int
     base_list_id: int | None
     users: dict[int, str]
     compiled: CompiledSpec
@@ -173,13 +171,13 @@ class Derivation:
 
 async def derivation(session: AsyncSession, account_id: int, spec: StoredSpec | None = None) -> Derivation:
     """The account's spec in force (or ``spec``, a candidate), base list and user names."""
-    version, current = await spec_repo.current_spec(session, account_id)
-    spec = spec or current
+    if spec is None:
+        _, spec = await spec_repo.current_spec(session, account_id)
     esp = await accounts_repo.get_esp_account(session, account_id)
     users = await spec_repo.user_names(session, account_id) if spec.uses(SourceKind.RESPONSIBLE_USER) else {}
     base_list_id = esp.list_id if esp is not None else None
     compiled = CompiledSpec.of(spec, base_list_id=base_list_id, users=users)
-    return Derivation(spec, version, base_list_id, users, compiled)
+    return Derivation(base_list_id, users, compiled)
 
 
 async def recompute(
@@ -187,7 +185,6 @@ async def recompute(
     account_id: int,
     emails: Iterable[str],
     *,
-    using: Derivation | None = None,
     bulk: bool = False,
 ) -> RecomputeResult:
     """Write the desired state of ``emails`` into the outbox (coalesced: one row per address). ``bulk``
@@ -199,7 +196,7 @@ async def recompute(
     owners = await contacts_repo.live_owners(session, account_id, email_list)
     unsubscribed = await consent_repo.unsubscribed(session, account_id, email_list)
     per_list = await consent_repo.list_unsubscribes(session, account_id, email_list)
-    derive = using or await derivation(session, account_id)
+    derive = await derivation(session, account_id)
     if not bulk:
         # A walk re-derives addresses whose owners it did not change (every change of owner went through
         # here already, under the same lock).

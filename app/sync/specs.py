@@ -15,6 +15,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.accounts import repository as accounts_repo
 from app.connectors.base import CrmFieldDef, EmailPlatformClient, EspContact, EspField, EspList
 from app.connectors.errors import ConnectorError, ForbiddenError
 from app.context import ProcessContext
@@ -93,10 +94,9 @@ async def mapping_view(
     """The spec in force, its base list shown with the account's list id."""
     if spec is None or version is None:
         version, spec = await spec_repo.current_spec(session, account_id)
-    derive = await derivation(session, account_id, spec)
-    lists = [
-        rule.model_copy(update={"list_id": derive.base_list_id}) if rule.base else rule for rule in spec.lists
-    ]
+    esp = await accounts_repo.get_esp_account(session, account_id)
+    base_list_id = esp.list_id if esp is not None else None
+    lists = [rule.model_copy(update={"list_id": base_list_id}) if rule.base else rule for rule in spec.lists]
     return MappingOut(version=version, fields=[f.model_dump(mode="json") for f in spec.fields], lists=lists)
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from app.connectors.base import CrmContact, CrmFieldValue
 from app.sync.mapping import (
+    CompiledSpec,
     ContactView,
     already_held,
     contact_data,
@@ -15,7 +16,6 @@ from app.sync.mapping import (
     keep_phone,
     normalize_email,
     payload_hash,
-    wanted_lists,
 )
 from app.sync.spec import FieldRule, ListRule, SourceKind, SourceRef, StoredSpec, default_spec
 
@@ -176,8 +176,14 @@ def test_lists_follow_tags_case_insensitively_and_name_the_others_to_leave() -> 
             ListRule(list_id=40, tag="nobody"),
         ]
     )
-    assert wanted_lists(spec, ["vip", "alpha"], 10) == ([10, 20, 30], [40])
-    assert wanted_lists(spec, [], None) == ([], [20, 30, 40])  # no base list yet: only mapped ones count
+    assert CompiledSpec.of(spec, base_list_id=10, users={}).lists_for(["vip", "alpha"]) == (
+        [10, 20, 30],
+        [40],
+    )
+    assert CompiledSpec.of(spec, base_list_id=None, users={}).lists_for([]) == (
+        [],
+        [20, 30, 40],
+    )  # no base list yet: only mapped ones count
     payload = desired(VIEW, spec, base_list_id=10, users={}, unsubscribed_lists=frozenset({20, 40}))
     # An address never joins nor leaves a list it unsubscribed from: the mark stays.
     assert (payload["lists"], payload["excluded"], payload["unsubscribed"]) == ([10, 30], [], [20, 40])
