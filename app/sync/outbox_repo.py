@@ -157,17 +157,6 @@ async def settle(session: AsyncSession, rows: Sequence[Requeue], now: datetime) 
     await _update_rows(session, _SETTLE, rows, status=OutboxStatus.DONE.value, now=now)
 
 
-async def cancel_rows(session: AsyncSession, ids: Sequence[int], reason: str, now: datetime) -> None:
-    """Pending rows no longer wanted (the address unsubscribed)."""
-    table = cast(Table, Outbox.__table__)
-    for chunk in chunks(list(ids)):
-        await session.execute(
-            update(table)
-            .where(table.c.id.in_(chunk))
-            .values(status=OutboxStatus.CANCELLED, last_error=reason, updated_at=now)
-        )
-
-
 async def add_outbox(
     session: AsyncSession, account_id: int, rows: Sequence[NewRow], *, bulk: bool = False
 ) -> None:

@@ -208,12 +208,12 @@ async def recompute(
     fresh: list[outbox_repo.NewRow] = []
     requeued: list[outbox_repo.Requeue] = []
     settled: list[outbox_repo.Requeue] = []
-    cancelled: list[int] = []
+    cancelled: list[str] = []
     for email in email_list:
         row = rows.get(email)
         if email in unsubscribed:
             if row is not None and row.status == OutboxStatus.PENDING:
-                cancelled.append(row.id)
+                cancelled.append(email)
             result.suppressed += 1
             continue
         owner = owners.get(email)
@@ -240,7 +240,7 @@ async def recompute(
             continue
         requeued.append(outbox_repo.Requeue(row.id, payload, h))
         result.queued += 1
-    await outbox_repo.cancel_rows(session, cancelled, "unsubscribed", now)
+    await outbox_repo.cancel_outbox(session, account_id, cancelled, "unsubscribed")
     await outbox_repo.settle(session, settled, now)
     await outbox_repo.requeue(session, requeued, now, bulk=bulk)
     await outbox_repo.add_outbox(session, account_id, fresh, bulk=bulk)
