@@ -22,6 +22,7 @@ from app.context import ProcessContext
 from app.db.locks import account_lock
 from app.errors import Unprocessable, UpstreamError
 from app.sync import consent_repo, contacts_repo, outbox_repo, providers, remap, spec_repo
+from app.sync.contacts_repo import Owner
 from app.sync.mapping import Difference, already_held, difference, normalize_email
 from app.sync.service import Derivation, derivation
 from app.sync.spec import ListRule, SourceKind, SpecIn, StoredSpec
@@ -132,19 +133,10 @@ async def refresh_mapped_users(pc: ProcessContext, account_id: int) -> bool:
     """Cron: when the account's spec maps the responsible user, read Kommo's users again; a name that changed
     or appeared (a new user responsible for contacts) re-derives the account. True when it did."""
     async with pc.db.session_scope() as session:
-        _, spec = await spec_repo.current_spec(session, account_id)
-    if not spec.uses(SourceKind.RESPONSIBLE_USER):
-        return False
-    crm = await providers.crm_client(pc, account_id)
-    try:
-        users = await crm.get_users()
-    except ForbiddenError:
-        return False
-    async with pc.db.session_scope() as session:
-        if not await spec_repo.replace_users(session, account_id, {u.id: u.name for u in users}):
+        version, spec = await spec_repo.current_spec(session, account_id)
+        if not spec.uses(SourceKind.RESPONSIBLE_USER) or not await refresh_users(session, pc, account_id):
             return False
         await account_lock(session, account_id)
-        version, _ = await spec_repo.current_spec(session, account_id)
         await remap.start_remap(session, pc.queue, account_id, version)
     log.info("mapping.users_changed", account_id=account_id)
     return True
@@ -218,7 +210,8 @@ async def preview(
         derive = await derivation(session, account_id, spec)
     totals = await _totals(session, account_id, derive)
     sample = await _sample(session, account_id, body)
-    addresses = [await _sampled(session, account_id, derive, esp, email) for email in sample]
+    known = await _known(session, account_id, sample)
+    addresses = [await _sampled(derive, esp, email, known) for email in sample]
     return {
         "version": version,
         "candidate": body.spec is not None,
@@ -239,14 +232,33 @@ async def _sample(session: AsyncSession, account_id: int, body: PreviewIn) -> li
     return await contacts_repo.held_addresses(session, account_id, body.limit)
 
 
-async def _sampled(
-    session: AsyncSession, account_id: int, derive: Derivation, esp: EmailPlatformClient, email: str
-) -> dict[str, Any]:
-    owners = await contacts_repo.live_owners(session, account_id, [email])
-    per_list = await consent_repo.list_unsubscribes(session, account_id, [email])
-    unsubscribed = email in await consent_repo.unsubscribed(session, account_id, [email])
-    pushed = (await outbox_repo.pushed_state(session, account_id, [email])).get(email, (None, None))
-    wanted = derive.payload(email, owners.get(email), per_list.get(email, frozenset()), pushed[1])
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """What we hold of some addresses: their owners, consents, per-list unsubscribes and what Unisender last
+    accepted from us (the inputs of ``service.recompute``'s decision)."""
+
+    owners: dict[str, Owner]
+    unsubscribed: set[str]
+    per_list: dict[str, frozenset[int]]
+    pushed: dict[str, tuple[str | None, dict[str, Any] | None]]
+
+    def payload(self, derive: Derivation, email: str) -> dict[str, Any]:
+        held = self.pushed.get(email, (None, None))[1]
+        return derive.payload(email, self.owners.get(email), self.per_list.get(email, frozenset()), held)
+
+
+async def _known(session: AsyncSession, account_id: int, emails: list[str]) -> _Known:
+    return _Known(
+        await contacts_repo.live_owners(session, account_id, emails),
+        await consent_repo.unsubscribed(session, account_id, emails),
+        await consent_repo.list_unsubscribes(session, account_id, emails),
+        await outbox_repo.pushed_state(session, account_id, emails),
+    )
+
+
+async def _sampled(derive: Derivation, esp: EmailPlatformClient, email: str, known: _Known) -> dict[str, Any]:
+    unsubscribed = email in known.unsubscribed
+    wanted = known.payload(derive, email)
     live = await _upstream("Reading a Unisender contact", esp.get_contact(email))
     holds = _live_payload(live)
     diff = difference(holds, wanted)
@@ -285,18 +297,15 @@ async def _totals(session: AsyncSession, account_id: int, derive: Derivation) ->
             return totals
         after = chunk[-1][0]
         emails = [email for _, email in chunk]
-        owners = await contacts_repo.live_owners(session, account_id, emails)
-        unsubscribed = await consent_repo.unsubscribed(session, account_id, emails)
-        per_list = await consent_repo.list_unsubscribes(session, account_id, emails)
-        pushed = await outbox_repo.pushed_state(session, account_id, emails)
+        known = await _known(session, account_id, emails)
         for email in emails:
             totals.addresses += 1
-            if email in unsubscribed:
+            if email in known.unsubscribed:
                 continue
-            owner = owners.get(email)
-            held_hash, held = pushed.get(email, (None, None))
-            wanted = derive.payload(email, owner, per_list.get(email, frozenset()), held)
-            if email not in pushed:
+            owner = known.owners.get(email)
+            held_hash, held = known.pushed.get(email, (None, None))
+            wanted = known.payload(derive, email)
+            if email not in known.pushed:
                 if owner is None:
                     continue
             elif already_held(wanted, held_hash, held, owned=owner is not None):
