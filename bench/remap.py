@@ -30,12 +30,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import signal
+import subprocess
 import time
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from bench.common import bench_stack, machine, pct, proc_cpu_seconds, use_uvloop, verdict
+from bench.common import VENV_BIN, bench_stack, machine, pct, proc_cpu_seconds, use_uvloop, verdict
 from bench.spec import (
     TAG_SHARES,
     drain_waits,
@@ -91,6 +93,7 @@ async def _phase(
     tag: str,
     live_rate: float,
     within: float,
+    profile: str | None = None,
 ) -> dict[str, Any]:
     """PUT ``spec``, optionally stream renames meanwhile, until the run is done and the outbox drained."""
     st = bs.stack
@@ -105,6 +108,15 @@ async def _phase(
     calls0 = uni.calls.get("importContacts", 0)
     limited0 = sum(v for k, v in uni.errors.items() if "limit" in k)
     wpid = bs.worker_proc.pid
+    spy = None
+    if profile:
+        # py-spy (the bench extra) samples the worker for this phase: raw folded stacks (bench.folded).
+        spy = subprocess.Popen(  # noqa: ASYNC220 (start-up only)
+            [str(VENV_BIN / "py-spy"), "record", "-p", str(wpid), "-f", "raw", "-o", profile, "-r", "100"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        await asyncio.sleep(1.0)
     cpu0 = proc_cpu_seconds(wpid)
     wall0 = time.time()
     t0 = time.monotonic()
@@ -152,6 +164,9 @@ async def _phase(
         stop.set()
         live_changes = await streamer if streamer is not None else 0
     worker_cpu = proc_cpu_seconds(wpid) - cpu0
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        await asyncio.to_thread(spy.wait, 30)
     await drain_waits(waiting, 30)
     calls = uni.calls.get("importContacts", 0) - calls0
     limited = sum(v for k, v in uni.errors.items() if "limit" in k) - limited0
@@ -193,7 +208,12 @@ async def _phase(
 
 
 async def run(
-    contacts: int, share: float, live_rate: float, within: float, settle: float = 61.0
+    contacts: int,
+    share: float,
+    live_rate: float,
+    within: float,
+    settle: float = 61.0,
+    profile: str | None = None,
 ) -> dict[str, Any]:
     from sandbox.kommo import KommoSandboxConfig
     from sandbox.unisender import UnisenderSandboxConfig
@@ -235,6 +255,7 @@ async def run(
                 "gold",
                 0,
                 within,
+                profile,
             )
             await asyncio.sleep(settle)
             c = await _phase(
@@ -292,9 +313,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--live-rate", type=float, default=20.0, help="renames per second during the 2nd change")
     p.add_argument("--within", type=float, default=600.0, help="give up on a stage after this many seconds")
     p.add_argument("--settle", type=float, default=61.0, help="pause before each phase (Unisender's window)")
+    p.add_argument("--profile", help="py-spy raw output file: the worker during the first change")
     args = p.parse_args(argv)
     use_uvloop()
-    report(asyncio.run(run(args.contacts, args.share, args.live_rate, args.within, args.settle)))
+    report(
+        asyncio.run(run(args.contacts, args.share, args.live_rate, args.within, args.settle, args.profile))
+    )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from app.connectors.kommo.exceptions import (
     KommoTransientError,
     from_response,
 )
+from app.connectors.kommo.pages import ContactListing, listing_of, plain_listing
 from app.connectors.kommo.schemas import (
     KommoAccount,
     KommoContactList,
@@ -126,21 +127,24 @@ class KommoClient:
 
     # --- contacts -------------------------------------------------------------------------------------------
 
-    async def _contact_list(self, params: QueryParams, what: str) -> KommoContactList | None:
+    async def _contact_list(self, params: QueryParams, what: str) -> ContactListing | None:
         response = await self._request("GET", "/api/v4/contacts", params=params)
         if response.status_code == 204 or not response.content:
             return None  # Kommo answers 204 No Content for an empty result
-        # Straight from the bytes (pydantic's own JSON parser): a page of 250 contacts with their custom fields
-        # is half a megabyte, read at Kommo's full rate during a full sync.
+        # A page in Kommo's plain shape is read directly (``pages.py``); anything else is validated by the
+        # models, which coerce or refuse it.
+        listing = plain_listing(response.content)
+        if listing is not None:
+            return listing
         try:
-            return KommoContactList.model_validate_json(response.content)
+            model = KommoContactList.model_validate_json(response.content)
         except pydantic.ValidationError as exc:
             if not any(error["type"] == "json_invalid" for error in exc.errors()):
                 raise self._shape_error(exc, response, what) from exc
-        # Text pydantic's parser refuses but Python's reads (lone surrogates, which the cleaning at the
-        # boundary removes): the slow path, which also tells a body that is not JSON at all.
-        parsed: KommoContactList = self._parse(KommoContactList, self._json(response, what), response, what)
-        return parsed
+            # Text pydantic's parser refuses but Python's reads (lone surrogates, which the cleaning at the
+            # boundary removes): the slow path, which also tells a body that is not JSON at all.
+            model = self._parse(KommoContactList, self._json(response, what), response, what)
+        return listing_of(model.model_dump(by_alias=True))
 
     async def list_contacts(
         self, *, page: int = 1, limit: int = MAX_LIMIT, updated_since: int | None = None
@@ -155,10 +159,10 @@ class KommoClient:
         listing = await self._contact_list(params, "list contacts")
         if listing is None:
             return ContactPage(contacts=[], next_page=None)
-        contacts = [contact.to_crm_contact() for contact in listing.embedded.contacts]
+        contacts = listing.contacts
         next_page: int | None = None
-        if listing.links.next is not None and contacts:
-            next_page = _page_of(listing.links.next.href) or page + 1
+        if listing.next_href is not None and contacts:
+            next_page = _page_of(listing.next_href) or page + 1
             if next_page <= page:
                 raise KommoError(f"Kommo list contacts: next link points back to page {next_page}")
         return ContactPage(contacts=contacts, next_page=next_page)
@@ -187,7 +191,7 @@ class KommoClient:
             params.append(("limit", MAX_LIMIT))
             listing = await self._contact_list(params, "get contacts")
             if listing is not None:
-                found += [contact.to_crm_contact() for contact in listing.embedded.contacts]
+                found += listing.contacts
         return found
 
     async def add_contact_tags(self, contact_id: int, tags: Sequence[str]) -> None:

@@ -6,11 +6,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.connectors.base import CrmContact, CrmFieldDef, CrmFieldValue, CrmUser, OAuthTokens
+from app.connectors.base import CrmContact, CrmFieldDef, CrmUser, OAuthTokens
+from app.connectors.kommo.pages import contact_of
 from app.connectors.kommo.text import clean_text
-from app.connectors.kommo.values import DATE_TYPES, date_text, number_text
-
-EMAIL_FIELD_CODE = "EMAIL"
 
 
 class KommoModel(BaseModel):
@@ -44,17 +42,8 @@ class KommoCustomFieldValues(KommoModel):
     field_name: str | None = None
     field_code: str | None = None
     field_type: str | None = None
-    # Kommo may send null for no values. A type, not a validator: a Python callback per field of every contact
-    # of a page was a noticeable share of a full sync's CPU.
+    # Kommo may send null for no values.
     values: list[KommoFieldValue] | None = None
-
-    def is_email(self) -> bool:
-        """True for the predefined EMAIL field, or an uncoded multitext field named "Email"."""
-        if self.field_code:
-            return self.field_code.upper() == EMAIL_FIELD_CODE
-        return (self.field_type or "").lower() == "multitext" and (
-            self.field_name or ""
-        ).strip().casefold() == "email"
 
 
 class KommoTag(KommoModel):
@@ -71,21 +60,6 @@ class KommoContactEmbedded(KommoModel):
     tags: list[KommoTag] | None = None  # null or missing: none
 
 
-def _value_text(value: str | int | float | bool | dict[str, Any] | None, dated: bool) -> str | None:
-    """One REST value as the text a webhook would carry for it (``values.py``); None when it is blank or has
-    no text form (null, an object)."""
-    if isinstance(value, str):
-        text = clean_text(value)
-        if dated:
-            text = date_text(text)
-        return text if text.strip() else None
-    if isinstance(value, bool):  # before int: bool is an int subclass
-        return "1" if value else "0"
-    if isinstance(value, int | float):
-        return number_text(value)
-    return None
-
-
 class KommoContact(KommoModel):
     id: int
     # Null names are read as empty (in to_crm_contact).
@@ -100,54 +74,9 @@ class KommoContact(KommoModel):
     custom_fields_values: list[KommoCustomFieldValues] | None = None
     embedded: KommoContactEmbedded = Field(default_factory=KommoContactEmbedded, alias="_embedded")
 
-    def emails(self) -> list[str]:
-        """All email values of the contact (cleaned), in Kommo's order, blanks skipped, exact duplicates once."""
-        found: list[str] = []
-        for field in self.custom_fields_values or ():
-            if not field.is_email():
-                continue
-            for item in field.values or ():
-                if isinstance(item.value, str):
-                    email = clean_text(item.value).strip()
-                    if email and email not in found:
-                        found.append(email)
-        return found
-
-    def field_values(self) -> list[CrmFieldValue]:
-        """Every custom field with a non-blank value, in Kommo's order, values as text (``values.py``)."""
-        found: list[CrmFieldValue] = []
-        for field in self.custom_fields_values or ():
-            dated = field.field_type in DATE_TYPES
-            texts: list[str] = []
-            for item in field.values or ():
-                text = _value_text(item.value, dated)
-                if text is not None:
-                    texts.append(text)
-            if texts:
-                found.append(CrmFieldValue(field.field_id, tuple(texts)))
-        return found
-
-    def tag_names(self) -> list[str]:
-        """Names of the contact's tags (cleaned)."""
-        return [clean_text(tag.name) for tag in self.embedded.tags or ()]
-
     def to_crm_contact(self) -> CrmContact:
-        """The provider-neutral view used by the sync engine; its text is cleaned of control characters here,
-        at the boundary (``text.clean_text``): here rather than in field validators, because a full sync maps
-        every contact of an account and a plain call per field is the cheapest place."""
-        return CrmContact(
-            id=self.id,
-            name=clean_text(self.name or ""),
-            updated_at=self.updated_at,
-            emails=tuple(self.emails()),
-            first_name=clean_text(self.first_name or ""),
-            last_name=clean_text(self.last_name or ""),
-            tags=tuple(self.tag_names()),
-            deleted=self.is_deleted,
-            responsible_user_id=self.responsible_user_id,
-            created_at=self.created_at,
-            fields=tuple(self.field_values()),
-        )
+        """The provider-neutral view (converted as a page is, ``pages.contact_of``)."""
+        return contact_of(self.model_dump(by_alias=True))
 
 
 class KommoContactsEmbedded(KommoModel):
@@ -155,7 +84,8 @@ class KommoContactsEmbedded(KommoModel):
 
 
 class KommoContactList(KommoModel):
-    """One page of ``GET /api/v4/contacts``."""
+    """One page of ``GET /api/v4/contacts``, as validated when it is not in the plain shape ``pages.py``
+    reads directly."""
 
     page: int | None = Field(default=None, alias="_page")
     links: KommoLinks = Field(default_factory=KommoLinks, alias="_links")
