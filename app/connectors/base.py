@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
@@ -100,8 +101,27 @@ class CrmWebhookBatch:
     account_link: str | None = None  # the account's own URL as the body names it (https://acme.kommo.com)
 
 
+@dataclass(frozen=True, slots=True)
+class CrmNote:
+    """A note on a contact's timeline written by the service (not by a user): a new one, or (``note_id``
+    set) a new text for one written before. ``key`` names it in the results (unique within one call)."""
+
+    contact_id: int
+    text: str
+    key: str
+    note_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NotesWritten:
+    written: dict[str, int]  # key → the note's id
+    refused: dict[str, str]  # key → why the CRM refused it (e.g. the contact was deleted meanwhile)
+
+
 class CrmClient(Protocol):
     """Calls made on behalf of one connected CRM account."""
+
+    async def write_notes(self, notes: Sequence[CrmNote], *, service: str) -> NotesWritten: ...
 
     async def list_contacts(
         self, *, page: int = 1, limit: int = 250, updated_since: int | None = None
@@ -217,8 +237,33 @@ class EmailPlatformClient(Protocol):
     async def remove_hook(self, url: str) -> None: ...
 
 
+class ActivityKind(StrEnum):
+    """What happened to a letter sent to an address, as the sync engine records it (each platform maps its
+    own delivery statuses onto these)."""
+
+    DELIVERED = "delivered"
+    OPENED = "opened"
+    CLICKED = "clicked"
+    SOFT_BOUNCE = "soft_bounce"  # a temporary failure: the platform tries again
+    HARD_BOUNCE = "hard_bounce"  # the address cannot receive mail: we stop pushing it
+    COMPLAINED = "complained"  # marked as spam by the recipient: we stop pushing it
+    UNSUBSCRIBED = "unsubscribed"
+
+
 class EspHookEvent(Protocol):
     """One event of an email platform's hook delivery, as the sync engine reads it."""
+
+    @property
+    def activity(self) -> ActivityKind | None: ...  # what the event says happened to a letter, if anything
+
+    @property
+    def campaign_id(self) -> int | None: ...  # the campaign of that letter, when the event names it
+
+    @property
+    def status(self) -> str | None: ...  # the platform's own word for it (kept as it came)
+
+    @property
+    def time(self) -> datetime | None: ...  # when it happened (UTC), when the event says
 
     @property
     def email(self) -> str | None: ...  # normalised; None when the event names no readable address

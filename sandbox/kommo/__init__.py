@@ -57,6 +57,25 @@ bodies, ``responses.py``; every response carries ``X-Request-Id``)
   ``custom_fields_values.0.field_id``); empty body → 400 "Request data can't be blank". Unknown keys are ignored.
   ``updated_at`` of a changed contact becomes max(now, previous + 1) (or a larger explicit ``updated_at``),
   so each version of a contact has a distinct, increasing ``updated_at``.
+- Contact notes (spec §11): ``POST /{sub}/api/v4/contacts/notes`` (array, each item with ``entity_id``) and ``POST
+  /{sub}/api/v4/contacts/{id}/notes`` (array or one object, ``entity_id`` from the path) answer ``{"_links":
+  {"self"}, "_embedded": {"notes": [{id, entity_id, request_id, _links.self → .../contacts/{id}/notes/{note_id}}]}}``
+  (``request_id`` echoed or the index as a string); ``PATCH /{sub}/api/v4/contacts/notes`` (array with ``id``; an
+  ``entity_id`` given must be the note's) and ``PATCH .../contacts/{id}/notes/{note_id}`` (object) answer the same
+  shape; ``note_type``, ``params`` (replaced whole, checked against the type), ``created_by``,
+  ``responsible_user_id``, ``created_at``, ``updated_at`` can change. Writable ``note_type``: common {text}, call_in/
+  call_out {uniq, duration (int), source, phone, link?}, service_message/extended_service_message {service, text},
+  geolocation {text, address, longitude, latitude}, sms_in/sms_out {text, phone}, attachment {file_uuid,
+  file_name, version_uuid?}: ``?`` optional, the rest required, strings except ``duration``; unknown params dropped.
+  Writes: ≤ 250 items else 422; atomic: any bad item → 400 ``validation-errors`` by ``request_id`` (codes NotBlank,
+  InvalidType, NotSupportedChoice, NotFound at ``entity_id`` for an unknown or deleted contact and at ``id`` for an
+  unknown note, Duplicate, TooLong past ``note_text_max``). ``GET /{sub}/api/v4/contacts/notes`` and ``GET
+  .../contacts/{id}/notes``: ``filter[note_type]`` and ``filter[id]`` (one, ``[]`` array or comma list),
+  ``filter[updated_at][from|to]``, ``order[updated_at|id]``, ``page``/``limit`` as the contact list, ``_page``,
+  ``_links.self/next/prev``, ``_embedded.notes[]`` = ``{id, entity_id, created_by, updated_by, created_at,
+  updated_at, responsible_user_id, group_id, note_type, params, account_id, is_pinned, _links}``; 204 when empty or
+  past the end. ``GET .../contacts/{id}/notes/{note_id}``: the note, 204 if missing or on another contact. Notes of a
+  deleted contact are hidden until it is restored.
 - ``GET /{sub}/api/v4/contacts/custom_fields``: PHONE (enums WORK, WORKDD, MOB, FAX, HOME, OTHER) and EMAIL
   (WORK, PRIV, OTHER), multitext, predefined, then the user fields. First account: PHONE 771906, EMAIL 771908, enum ids
   as in the webhook example of Kommo's docs (PHONE/WORK 552476, EMAIL/WORK 552488, step 2); each further account shifts
@@ -92,6 +111,8 @@ retries after ``webhook_retry_delays`` (default 5, 30, 120, 600 s); a webhook is
 ``batch_window_ms`` > 0 coalesces the changes of a window into one body (several contacts and actions).
 ``duplicate_rate`` sends some bodies twice; ``reorder`` shuffles the changes collected in a window (in
 ``reorder_window_ms`` when not batching). Both use ``webhook_seed``. Seeding fires no webhooks by default.
+``note_contact`` (and the other non-contact settings) can be subscribed to but is never sent: adding a note fires
+nothing.
 
 Where Kommo's docs are silent, and the choice made (config option where cheap)
 ------------------------------------------------------------------------------
@@ -106,7 +127,9 @@ must be a string; page/limit < 1 or non-numeric → 400 validation-errors; the t
 ``application/json``; the consent page's ``mode`` is accepted and ignored (always a redirect); webhook bodies
 carry no tags, names split or ``group_id``; an unchecked checkbox is held and sent (``"0"``), not dropped; a JSON
 number written to a numeric field is held as PHP prints it (3.0 → "3"); smart_address enums have their part codes as
-text; a missing user by id → 204; users' rights are all "A".
+text; a missing user by id → 204; users' rights are all "A"; notes: params required as listed above, the note
+batch limit 250, no text limit (``note_text_max``), created_by/responsible_user_id default to the token's user,
+a PATCH answers like the POST, a deleted contact's notes are hidden.
 
 Control API (JSON; no auth; errors ``{"error": message}`` with 400/404/409)
 --------------------------------------------------------------------------
@@ -147,6 +170,8 @@ Control API (JSON; no auth; errors ``{"error": message}`` with 400/404/409)
 - ``POST|PATCH /_sandbox/accounts/{sub}/contacts[?webhooks=0]``: as the API's create/update, without auth or limits.
 - ``GET /_sandbox/accounts/{sub}/contacts/{id}`` → contact JSON plus ``is_deleted`` (deleted ones too).
 - ``POST /_sandbox/accounts/{sub}/contacts/{id}/delete`` and ``.../restore`` (``?webhooks=0`` to stay silent).
+- ``GET /_sandbox/accounts/{sub}/notes[?entity_id=]`` → every note of the account as the API's read model, in id
+  order, those of deleted contacts too.
 - ``POST /_sandbox/accounts/{sub}/custom_fields`` ``{name, type, code?, enums?}`` → 201 a user field (code null
   unless given; ``enums`` required for select, radiobutton, multiselect, multitext; a smart_address gets its six
   parts). Types: text, textarea, url, numeric, checkbox, select, radiobutton, multiselect, multitext, date, birthday,

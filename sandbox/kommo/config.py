@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
+_NULLABLE = ("rate_limit_rps", "block_after_429s", "note_text_max")  # integer options that may be None
+
 
 @dataclass(slots=True)
 class KommoSandboxConfig:
@@ -27,6 +29,7 @@ class KommoSandboxConfig:
     over_limit: Literal["reject", "clamp"] = "reject"  # limit > 250: 422 "Limit of 250 per page", or clamp
     max_batch: int = 250  # items per POST/PATCH
     noop_patch_bumps: bool = True  # a PATCH that changes nothing still bumps updated_at and fires a webhook
+    note_text_max: int | None = None  # longest note ``params.text`` (undocumented: None = no limit)
     # --- webhooks ----------------------------------------------------------------------------------------
     webhook_timeout: float = 2.0  # Kommo's webhook docs: 2 s to answer
     webhook_retry_delays: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)  # retries after a failed attempt
@@ -67,7 +70,7 @@ class KommoSandboxConfig:
                 if value not in ("reject", "clamp"):
                     raise ValueError("over_limit must be 'reject' or 'clamp'")
             elif value is None:
-                if name not in ("rate_limit_rps", "block_after_429s"):
+                if name not in _NULLABLE:
                     raise ValueError(f"{name} cannot be null")
             elif isinstance(current, bool) or isinstance(value, bool):
                 if not (isinstance(current, bool) and isinstance(value, bool)):
@@ -80,7 +83,7 @@ class KommoSandboxConfig:
                 if not isinstance(value, int | float):
                     raise ValueError(f"{name} must be a number")
                 value = float(value)
-            elif isinstance(current, int) or name in ("rate_limit_rps", "block_after_429s"):
+            elif isinstance(current, int) or name in _NULLABLE:
                 if not isinstance(value, int):
                     raise ValueError(f"{name} must be an integer")
             elif isinstance(current, str) and not isinstance(value, str):

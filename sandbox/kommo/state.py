@@ -1,4 +1,4 @@
-"""The sandbox's whole state (``app.state.kommo``): accounts, OAuth, contacts, webhooks, limits, stats; the
+"""The sandbox's whole state (``app.state.kommo``): accounts, OAuth, contacts, notes, webhooks, limits, stats; the
 installation flows a Kommo user goes through are ``installs`` (``installs.py``).
 
 In-process tests and the demo may call these methods directly; HTTP routes are thin wrappers around them.
@@ -13,6 +13,7 @@ from .config import KommoSandboxConfig
 from .errors import SandboxError
 from .installs import InstallFlows
 from .limits import Clock, Faults, RateLimiter, Stats
+from .notes import NoteStore
 from .oauth import OAuthStore
 from .payload import ContactChanges, parse_contact_item
 from .store import ENUM_TYPES, FIELD_TYPES, SMART_ADDRESS_PARTS, Account, Contact, FieldDef, FieldEnum, User
@@ -40,6 +41,7 @@ class KommoSandboxState:
         self.accounts: dict[str, Account] = {}  # by subdomain
         self.accounts_by_id: dict[int, Account] = {}
         self.webhooks: dict[int, list[Webhook]] = {}  # by account id
+        self.notes = NoteStore()  # contact notes (``notes.py``)
         self.stats = Stats()
         self.limiter = RateLimiter()
         self.faults = Faults()

@@ -17,9 +17,19 @@ Public API (every answer HTTP 200, ``{"result": ...}`` or ``{"error": msg, "code
   Methods: importContacts, getContact, isContactInLists, getContactCount, getTotalContactsCount, subscribe,
   exclude, unsubscribe, getLists, createList, updateList, deleteList, getFields, createField, updateField,
   deleteField, getTags, deleteTag, setHook, removeHook, exportContacts (legacy synchronous: offset, limit ≤ 1000 →
-  {field_names, data}), async/exportContacts (notify_url required; returns {task_uuid, status: "new"}; no
-  notification is POSTed, its payload being undocumented) and async/getTaskResult ("completed" from the first
-  poll, file_to_download = a CSV served by the control API: header row of field names, one row per contact).
+  {field_names, data}), async/exportContacts (field_names omitted → every system and user field; notify_url
+  optional [export_requires_notify_url]; returns {task_uuid, status: "new"}), getCampaigns (from, to, limit
+  1..100 [max_campaigns_page], offset), getCampaignStatus, getCampaignCommonStats, getCampaignDeliveryStats
+  (legacy synchronous: campaign_id, changed_since inclusive, field_ids[] or field_ids=1,2 → {fields: [email,
+  send_result, last_update, <field names>], data}), async/getCampaignDeliveryStats (the same table as a task
+  file), getVisitedLinks (group=0: {fields: [email, url, request_time, ip], data} one row per click; group=1:
+  one row per (email, url) with "count", time and ip of the latest click) and async/getTaskResult (both task
+  types: {task_uuid, status, task_type: export|campaign_delivery_stats, file_to_download once completed}).
+  Tasks are snapshots taken at creation; "completed" task_seconds later (0 by default), before that "new" until
+  polled, then "processing". The file (served by the control API, 404 until completed) is CSV, UTF-8, header
+  row of column names, lists comma-joined in one cell, gzipped with export_gzip (URL ending .csv.gz). With a
+  notify_url the sandbox POSTs JSON {"result": {task_uuid, status: "completed", task_type, file_to_download}}
+  once, when the task completes (simulator-specific: the real payload is undocumented).
 
 Control API (JSON; errors are HTTP 4xx with ``{"detail": ...}``)
   POST   /_sandbox/accounts                        {"api_key"?, "login"?} → {"api_key", "login"}; 409 if taken
@@ -48,12 +58,30 @@ Control API (JSON; errors are HTTP 4xx with ``{"detail": ...}``)
   POST   /_sandbox/faults                          {"rate": 0..1, "kinds": [retry_later|http_500|http_502|http_503|
          rate_limit|rate_limit_ip|hang], "seed"?, "method"?, "api_key"?, "count"?, "hang_seconds"?,
          "hang_applies"?} (seeded RNG: reproducible); GET shows it with injected counts; DELETE clears it
-  GET    /_sandbox/exports/{task_uuid}.csv         the file of an async/exportContacts task (text/csv)
+  GET    /_sandbox/exports/{task_uuid}.csv         the file of an async task (text/csv); .csv.gz when gzipped
+  GET    /_sandbox/tasks                           ?api_key → {"tasks": [{task_uuid, api_key, task_type, status,
+                                                      polls, notify_url, notified (status code or error name)}]}
+  POST   /_sandbox/accounts/{key}/campaigns        {"list_id", "subject"?, "rates"?: {delivered, opened, clicked,
+         soft_bounce, hard_bounce, complaint, unsubscribe}, "links"?: [url], "seed"?, "duration_s"? (1.0),
+         "sender_name"?, "sender_email"?} → {"campaign_id", "message_id", "recipients", "steps"}: sent now to the
+         list's active members (see Campaigns below); 404 unknown list, 400 rates that do not add up or
+         clicked > 0 without links
+  GET    /_sandbox/accounts/{key}/campaigns        → {"campaigns": [getCampaigns entry + recipients, steps, played]}
+  GET    /_sandbox/accounts/{key}/campaigns/{id}/facts → {"campaign_id", "list_id", "status", "steps", "played",
+         "addresses": {email: {"send_result", "opens", "clicks": [url...], "unsubscribe", "complaint"}}}
+  POST   /_sandbox/accounts/{key}/contacts/{email}/fields  {"fields": {name: value}, "notify"?}: an edit in
+         Unisender's UI ("" clears) → {"changed": {name: value}, "contact"}; emits contact_data_change
+  POST   /_sandbox/accounts/{key}/lists/{list_id}/signups  {"email", "fields"?, "notify"?}: the address signs up
+         through a form (confirmed) → {"created", "changed", "contact"}: created "active" if new, made active
+         in the list (even after an unsubscribe: its own action); emits subscribe {"email", "list_id"} if the
+         membership was not active
   GET    /_sandbox/stats                           → {"calls": {method: n}, "total_calls", "errors": {code: n},
                                                       "faults", "by_account": {key: {method: n}}}
 
 Hooks: ``setHook(hook_url, events[]=NAME`` or ``events[NAME]=*|status,status…, event_format=json_post,
-max_parallel, single_event, status)`` for email_status, subscribe, unsubscribe, campaign_status;
+max_parallel, single_event, status)`` for email_status, subscribe, unsubscribe, campaign_status and
+contact_data_change (the sandbox's name for the undocumented "user data change" event, event_data ``{"email",
+"fields": {name: new value}}`` with the changed values only; emitted by the fields control endpoint);
 ``removeHook(hook_url)`` (an unknown URL is not an error). Events are POSTed after the call answered, in
 background tasks, in the classic layouts (see ``hooks.py``): batched ``{"auth", "events_by_user": [{"login",
 "events": [{"event_name", "event_time", "event_data"}]}]}`` (one body per call) or, with ``single_event=1``,
@@ -65,8 +93,27 @@ list (an account-wide unsubscribe: one per list of the address). Unsubscribes co
 method, importContacts ``email_status=unsubscribed`` or ``email_unsubscribed_list_ids``, and the control
 endpoint (with ``campaign_id`` also an ``email_status`` ``ok_unsubscribed``); API-made ones can be muted with
 ``notify_api_unsubscribes=False``. Only transitions are events: a contact or membership created already
-unsubscribed notifies nobody. ``subscribe`` events come from the subscribe method and the activate control
-endpoint; any known event can be injected with ``POST /_sandbox/accounts/{key}/hook-events``.
+unsubscribed notifies nobody. ``subscribe`` events come from the subscribe method and the activate and signups
+control endpoints; any known event can be injected with ``POST /_sandbox/accounts/{key}/hook-events``.
+
+Campaigns (``campaigns.py``): recipients = the list's members with an active membership, an address and status
+new or active. Each recipient's outcome is drawn from ``random.Random(seed)`` (timing from a second seeded RNG):
+hard_bounce (err_user_unknown|err_domain_inactive|err_dest_invalid), else soft_bounce (err_mailbox_full|
+err_giveup), else delivered (default 1 - bounces; the rest stays ok_sent); a delivered letter is opened (1-3
+opens), clicked (independently, 1-2 clicks on given links), then complaint (ok_fbl) or unsubscribe
+(ok_unsubscribed). Over duration_s the timeline posts, through the hooks, ``campaign_status`` {"campaign_id",
+"status": in_progress, later completed}, per recipient ``email_status`` {"email", "status", "status_group",
+"campaign_id"}: ok_sent, then ok_delivered or the bounce, one ok_read per open, one ok_link_visited per click
+(no url in the event), ok_fbl or ok_unsubscribed, and for an unsubscribe also ``unsubscribe`` {"email",
+"list_id"} (if the membership changed; it becomes unsubscribed). status_group: success_pending_group (ok_sent,
+ok_delivered), success_group (ok_read, ok_link_visited), unsubscribed_group, spam_group (ok_fbl, the sandbox's
+own), error_group. Due steps go out together (one batched body per hook per 20 ms). Bounces set the contact's
+availability (unreachable, mailbox_full, temp_unreachable); sends, deliveries, opens and clicks set getContact's
+last_*_datetime and the export's email_last_delivered_at/_read_at/_clicked_at. The stats methods read what the
+timeline has played; once the campaign is completed they equal its facts. send_result is the furthest status
+reached (ok_sent < ok_delivered < ok_read < ok_link_visited < ok_unsubscribed|ok_fbl|errors); last_update is
+when it was reached; read_unique counts readers or clickers, read_all counts opens (a click without a tracked
+open: one read); spam counts complaints. Unknown campaign id → ``invalid_arg`` ``Campaign with id=N not found``.
 
 Simulator choices where Unisender's docs are silent (config field in brackets where switchable)
 - importContacts: >500 rows, no email/phone column, unknown or duplicate column name, non-array field_names/data,
@@ -108,8 +155,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from sandbox.unisender.api import router as api_router
+from sandbox.unisender.background import Background
 from sandbox.unisender.config import UnisenderSandboxConfig
 from sandbox.unisender.control import router as control_router
+from sandbox.unisender.control_activity import router as activity_router
 from sandbox.unisender.hooks import HookDispatcher, signed_body
 from sandbox.unisender.state import Account, Contact, SandboxState
 
@@ -125,15 +174,18 @@ __all__ = [
 
 
 def create_unisender_sandbox(config: UnisenderSandboxConfig | None = None) -> FastAPI:
-    """Build the sandbox app; state lives in ``app.state.unisender``, hook delivery in ``app.state.unisender_hooks``."""
+    """Build the sandbox app; state lives in ``app.state.unisender``, hook delivery in ``app.state.unisender_hooks``,
+    campaign timelines and task notifications in ``app.state.unisender_background``."""
     state = SandboxState(config or UnisenderSandboxConfig())
     dispatcher = HookDispatcher(state)
+    background = Background(state)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
+            await background.aclose()
             await dispatcher.aclose()
 
     app = FastAPI(
@@ -141,6 +193,8 @@ def create_unisender_sandbox(config: UnisenderSandboxConfig | None = None) -> Fa
     )
     app.state.unisender = state
     app.state.unisender_hooks = dispatcher
+    app.state.unisender_background = background
     app.include_router(control_router)
+    app.include_router(activity_router)
     app.include_router(api_router)
     return app

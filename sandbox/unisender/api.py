@@ -10,6 +10,7 @@ import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from sandbox.unisender.background import Background
 from sandbox.unisender.hooks import HookDispatcher
 from sandbox.unisender.methods import METHODS, ApiError, Call
 from sandbox.unisender.phpform import build_params, decode_urlencoded
@@ -121,12 +122,15 @@ async def _handle(request: Request, lang: str, method: str) -> Response:
     except ApiError as err:
         return _error(state, err)
     dispatcher.emit(account, call.events)
+    if call.tasks:
+        background: Background = request.app.state.unisender_background
+        background.notify_tasks(call.tasks)
     return JSONResponse({"result": result})
 
 
 @router.api_route("/{lang}/api/async/{method}", methods=["GET", "POST"], include_in_schema=False)
 async def api_async(request: Request, lang: str, method: str) -> Response:
-    """Async methods (``async/exportContacts``, ``async/getTaskResult``)."""
+    """Async methods (``async/exportContacts``, ``async/getCampaignDeliveryStats``, ``async/getTaskResult``)."""
     return await _handle(request, lang, f"async/{method}")
 
 

@@ -82,6 +82,15 @@ class UnisenderSandboxConfig:
     hook_unsigned: bool = False
     # Whether unsubscribes made through the API (unsubscribe, importContacts) are also notified.
     notify_api_unsubscribes: bool = True
+    # Async tasks (async/exportContacts, async/getCampaignDeliveryStats): seconds from creation until the
+    # task is "completed" (before: "new" until the first poll, then "processing"); whether notify_url is
+    # required (unisender.com's EN page says so, Selzy's does not); whether the file is served gzipped
+    # (Unisender's export file format is undocumented; one public client checks for gzip).
+    task_seconds: float = 0.0
+    export_requires_notify_url: bool = False
+    export_gzip: bool = False
+    # Campaigns: getCampaigns' largest page (unisender.com: 100; Selzy's copy says 10 000).
+    max_campaigns_page: int = 100
     # Faults: how long a "hang" lasts (> the real 30 s deadline by default) and whether the call is
     # still applied after the hang (the ambiguous-timeout case a client must survive).
     hang_seconds: float = 35.0

@@ -1,4 +1,5 @@
-"""Control API of the sandbox (``/_sandbox/...``, JSON): accounts, inspection, simulated contacts, faults, stats."""
+"""Control API of the sandbox (``/_sandbox/...``, JSON): accounts, inspection, simulated contacts, faults, stats
+(campaigns, edits in Unisender's UI and task files: ``control_activity``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import re
 from itertools import islice, pairwise
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from sandbox.unisender.hooks import (
@@ -365,15 +366,6 @@ async def clear_faults(request: Request) -> dict[str, Any]:
     """Stop injecting faults."""
     _state(request).faults = None
     return {"faults": None}
-
-
-@router.get("/exports/{task_uuid}.csv")
-async def export_file(request: Request, task_uuid: str) -> Response:
-    """The CSV file of an ``async/exportContacts`` task (header row of field names, then one row per contact)."""
-    task = _state(request).exports.get(task_uuid)
-    if task is None:
-        raise HTTPException(404, "no such export")
-    return Response(task["csv"], media_type="text/csv; charset=utf-8")
 
 
 @router.get("/stats")

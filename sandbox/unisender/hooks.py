@@ -13,7 +13,8 @@ failed attempt carries a top-level ``retry_count`` (1, 2…) and a new ``auth``.
 
 Events are the classic API's: ``unsubscribe``/``subscribe`` with ``event_data`` ``{"email", "list_id"}`` (one
 event per list), ``email_status`` ``{"email", "status", "status_group", "campaign_id"}``, ``campaign_status``
-``{"campaign_id", "status"}``.
+``{"campaign_id", "status"}``, and the sandbox's own name for an edit made in Unisender's UI (the real name
+is undocumented) ``contact_data_change`` ``{"email", "fields": {name: new value}}``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from sandbox.unisender.state import Account, Contact, Hook, SandboxState
 
 log = structlog.get_logger(__name__)
 
-HOOK_EVENTS = frozenset({"email_status", "subscribe", "unsubscribe", "campaign_status"})
+# contact_data_change: the sandbox's name (Unisender documents a "user data change" event class, not its name).
+CONTACT_DATA_EVENT = "contact_data_change"
+HOOK_EVENTS = frozenset({"email_status", "subscribe", "unsubscribe", "campaign_status", CONTACT_DATA_EVENT})
 _AUTH_PLACEHOLDER = "#" * 32  # never produced by json_encode for anything else in a body
 
 

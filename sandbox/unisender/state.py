@@ -7,10 +7,13 @@ import secrets
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandbox.unisender.config import UnisenderSandboxConfig
 from sandbox.unisender.limits import FaultPlan, SlidingWindow
+
+if TYPE_CHECKING:
+    from sandbox.unisender.campaigns import Campaign
 
 SYSTEM_FIELDS = frozenset(
     {
@@ -63,6 +66,9 @@ class Contact:
     fields: dict[int, str] = field(default_factory=dict)
     tags: list[int] = field(default_factory=list)
     lists: dict[int, Membership] = field(default_factory=dict)
+    # Campaign activity (getContact include_details, export): last_send_datetime, last_delivery_datetime,
+    # last_read_datetime, last_click_datetime.
+    activity: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -134,6 +140,7 @@ class Account:
     ledger: list[dict[str, Any]] = field(default_factory=list)
     ledger_by_email: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     import_calls: int = 0
+    campaigns: dict[int, Campaign] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         name = Field(id=1, name="Name", public_name="Имя", type="string")
@@ -234,6 +241,7 @@ class SandboxState:
         self.method_window = SlidingWindow(config.rate_window_seconds)
         self.next_list_id = 101
         self.next_person_id = 1
+        self.next_campaign_id = 5001
         self.reset()
 
     def reset(self) -> None:
@@ -248,6 +256,7 @@ class SandboxState:
         self.method_window.clear()
         self.next_list_id = 101
         self.next_person_id = 1
+        self.next_campaign_id = 5001
         for api_key, login in self.config.accounts.items():
             self.create_account(api_key, login)
 
@@ -275,3 +284,9 @@ class SandboxState:
         lid = self.next_list_id
         self.next_list_id += 1
         return lid
+
+    def new_campaign_id(self) -> int:
+        """A globally unique campaign id."""
+        cid = self.next_campaign_id
+        self.next_campaign_id += 1
+        return cid

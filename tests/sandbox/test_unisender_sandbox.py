@@ -1014,8 +1014,12 @@ async def test_export_contacts_sync_and_async(sandbox: Sandbox, key: str) -> Non
     }
     assert (await call(sandbox, "exportContacts", key, {"limit": "1001"}))["code"] == "invalid_arg"
 
+    # notify_url is optional (spec §11: required on unisender.com's EN page only), but must be a URL.
     no_notify = {"field_names[0]": "email"}
     response = await sandbox.http.post("/en/api/async/exportContacts", data={"api_key": key, **no_notify})
+    assert response.json()["result"]["status"] == "new"
+    bad_notify = {"notify_url": "ftp://example.com/x", **no_notify}
+    response = await sandbox.http.post("/en/api/async/exportContacts", data={"api_key": key, **bad_notify})
     assert response.json()["code"] == "invalid_arg"
     response = await sandbox.http.post(
         "/en/api/async/exportContacts",

@@ -3,6 +3,8 @@
 from app.connectors.kommo.client import KommoClient
 from app.connectors.kommo.exceptions import (
     KommoAuthError,
+    KommoBatchProgress,
+    KommoBatchRejected,
     KommoError,
     KommoForbidden,
     KommoInvalidGrant,
@@ -37,6 +39,8 @@ __all__ = [
     "AccountHost",
     "KommoAccount",
     "KommoAuthError",
+    "KommoBatchProgress",
+    "KommoBatchRejected",
     "KommoClient",
     "KommoContact",
     "KommoError",

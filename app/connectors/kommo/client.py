@@ -1,5 +1,5 @@
-"""Kommo API v4 client for one connected account (contacts, field definitions, users, account, webhooks
-registry)."""
+"""Kommo API v4 client for one connected account (contacts, notes, field definitions, users, account,
+webhooks registry)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,23 @@ import httpx
 import pydantic
 import structlog
 
-from app.connectors.base import ContactPage, CrmClient, CrmContact, CrmFieldDef, CrmUser
+from app.connectors.base import (
+    ContactPage,
+    CrmClient,
+    CrmContact,
+    CrmFieldDef,
+    CrmNote,
+    CrmUser,
+    NotesWritten,
+)
+from app.connectors.kommo.batch import Item, in_sent_order, with_request_ids, write_in_batches
 from app.connectors.kommo.exceptions import (
     KommoError,
     KommoRateLimited,
     KommoTransientError,
     from_response,
 )
+from app.connectors.kommo.notes import write_service_notes
 from app.connectors.kommo.pages import ContactListing, listing_of, plain_listing
 from app.connectors.kommo.schemas import (
     KommoAccount,
@@ -28,6 +38,15 @@ from app.connectors.kommo.schemas import (
     KommoWebhook,
     KommoWebhookList,
 )
+from app.connectors.kommo.writes import (
+    ContactPatch,
+    ContactUpdated,
+    KommoContactsUpdated,
+    KommoNotesAdded,
+    NoteCreated,
+    NoteIn,
+    NoteUpdate,
+)
 from app.connectors.ratelimit import RateLimiter
 
 log = structlog.get_logger(__name__)
@@ -36,6 +55,8 @@ MAX_LIMIT = 250  # Kommo's page size and batch cap
 MAX_PAGES = 100_000  # iter_contacts bound: 25 M contacts at 250 per page
 MAX_LIST_PAGES = 1_000  # bound of the small lists (field definitions, users): 250,000 items
 DEFAULT_WEBHOOK_SORT = 10
+# Items per batch write call: Kommo takes 250 and recommends 50; 100 keeps a rejected call's resend small.
+DEFAULT_WRITE_BATCH = 100
 
 # Invariant list type that httpx accepts as-is (repeated keys like filter[id][] need pairs, not a dict).
 QueryParams = list[tuple[str, str | int | float | bool | None]]
@@ -52,12 +73,21 @@ class KommoClient:
     """
 
     def __init__(
-        self, http: httpx.AsyncClient, *, base_url: str, access_token: str, limiter: RateLimiter
+        self,
+        http: httpx.AsyncClient,
+        *,
+        base_url: str,
+        access_token: str,
+        limiter: RateLimiter,
+        write_batch_size: int = DEFAULT_WRITE_BATCH,
     ) -> None:
+        if not 1 <= write_batch_size <= MAX_LIMIT:
+            raise ValueError(f"write_batch_size must be 1..{MAX_LIMIT}")
         self._http = http
         self._base_url = base_url.rstrip("/")
         self._access_token = access_token
         self._limiter = limiter
+        self._write_batch = write_batch_size
 
     # --- transport ------------------------------------------------------------------------------------------
 
@@ -202,6 +232,76 @@ class KommoClient:
         body = {"tags_to_add": [{"name": name} for name in names]}
         await self._request("PATCH", f"/api/v4/contacts/{int(contact_id)}", json=body)
         log.info("kommo.tags_added", contact_id=contact_id, count=len(names))
+
+    async def update_contacts(self, patches: Sequence[ContactPatch]) -> list[ContactUpdated]:
+        """``PATCH /api/v4/contacts`` in calls of ``write_batch_size``; results in input order. A 400 naming
+        items raises ``KommoBatchRejected``; every error carries ``progress`` (``batch.py``)."""
+        if len({p.id for p in patches}) != len(patches):
+            raise ValueError("one patch per contact: merge the changes of a contact first")
+        items = with_request_ids((p.request_id for p in patches), (p.body() for p in patches))
+
+        async def send(chunk: list[Item]) -> list[ContactUpdated]:
+            what = "update contacts"
+            response = await self._request("PATCH", "/api/v4/contacts", json=[body for _, body in chunk])
+            parsed: KommoContactsUpdated = self._parse(
+                KommoContactsUpdated, self._json(response, what), response, what
+            )
+            found = parsed.embedded.contacts
+            sent = [rid for rid, _ in chunk]
+            ordered = in_sent_order(found, [c.request_id for c in found], sent)
+            if ordered is None:
+                raise KommoError(
+                    f"Kommo {what}: the answer does not match the items sent", code="bad_response"
+                )
+            return [
+                ContactUpdated(id=c.id, name=c.name, updated_at=c.updated_at, request_id=rid)
+                for c, rid in zip(ordered, sent, strict=True)
+            ]
+
+        updated = await write_in_batches(items, self._write_batch, send)
+        log.info("kommo.contacts_updated", count=len(updated))
+        return updated
+
+    # --- notes --------------------------------------------------------------------------------------------------
+
+    async def add_notes(self, notes: Sequence[NoteIn]) -> list[NoteCreated]:
+        """``POST /api/v4/contacts/notes`` in calls of ``write_batch_size``; results in input order. A 400
+        naming items raises ``KommoBatchRejected`` (drop those, resend ``progress.unsaved_request_ids``)."""
+        created = await self._write_notes("POST", notes, "add notes")
+        log.info("kommo.notes_added", count=len(created))
+        return created
+
+    async def update_notes(self, notes: Sequence[NoteUpdate]) -> list[NoteCreated]:
+        """``PATCH /api/v4/contacts/notes`` (new params for notes added before), as ``add_notes``."""
+        updated = await self._write_notes("PATCH", notes, "update notes")
+        log.info("kommo.notes_updated", count=len(updated))
+        return updated
+
+    async def write_notes(self, notes: Sequence[CrmNote], *, service: str) -> NotesWritten:
+        """Service notes (shown as coming from ``service``), see ``notes.write_service_notes``."""
+        return await write_service_notes(self, notes, service=service)
+
+    async def _write_notes(
+        self, method: str, notes: Sequence[NoteIn] | Sequence[NoteUpdate], what: str
+    ) -> list[NoteCreated]:
+        items = with_request_ids((n.request_id for n in notes), (n.body() for n in notes))
+
+        async def send(chunk: list[Item]) -> list[NoteCreated]:
+            response = await self._request(method, "/api/v4/contacts/notes", json=[body for _, body in chunk])
+            parsed: KommoNotesAdded = self._parse(KommoNotesAdded, self._json(response, what), response, what)
+            found = parsed.embedded.notes
+            sent = [rid for rid, _ in chunk]
+            ordered = in_sent_order(found, [n.request_id for n in found], sent)
+            if ordered is None:
+                raise KommoError(
+                    f"Kommo {what}: the answer does not match the items sent", code="bad_response"
+                )
+            return [
+                NoteCreated(id=n.id, entity_id=n.entity_id, request_id=rid)
+                for n, rid in zip(ordered, sent, strict=True)
+            ]
+
+        return await write_in_batches(items, self._write_batch, send)
 
     # --- field definitions and users ---------------------------------------------------------------------------
 

@@ -12,7 +12,11 @@
      ├── KommoNotFound             404
      ├── KommoRequestError         other 4xx (405, …)
      │    └── KommoValidationError 400 / 422, with the ``validation-errors`` list
+     │         └── KommoBatchRejected   400 naming items of a batch write (``rejected_request_ids``)
      └── KommoWebhookParseError    a webhook body we refuse to read (raised by ``webhooks.py``)
+
+An error raised by a batch write that the client split into several calls (``add_notes``,
+``update_contacts``) carries ``progress`` (:class:`KommoBatchProgress`): what was saved, what was not.
 """
 
 from __future__ import annotations
@@ -59,7 +63,23 @@ class KommoError(ConnectorError):
         super().__init__(message, status_code=status_code, code=code, **kwargs)
         self.title = title
         self.hint = hint
-        self.request_id = request_id
+        self.request_id = request_id  # Kommo's X-Request-Id, not an item's request_id
+        self.progress: KommoBatchProgress | None = None  # set by batch writes split into several calls
+
+
+@dataclass(frozen=True, slots=True)
+class KommoBatchProgress:
+    """Where a batch write split into several calls stopped. Items are named by the ``request_id`` sent.
+
+    ``completed``: the results of the calls that succeeded (saved). ``unsaved_request_ids``: items certainly not
+    saved (the failed call was refused: 4xx or 429, less its rejected items; and every later call): safe to
+    resend. ``uncertain_request_ids``: the items of a failed call whose outcome is unknown (timeout, transport
+    error, 5xx, unreadable 2xx): resending may write them twice (harmless for a contact PATCH, a duplicate note).
+    """
+
+    completed: tuple[Any, ...] = ()
+    unsaved_request_ids: tuple[str, ...] = ()
+    uncertain_request_ids: tuple[str, ...] = ()
 
 
 class KommoTransientError(KommoError, TransientError):
@@ -117,6 +137,16 @@ class KommoValidationError(KommoRequestError):
     ) -> None:
         super().__init__(message, **kwargs)
         self.errors: list[KommoValidationIssue] = list(errors or [])
+
+
+class KommoBatchRejected(KommoValidationError):
+    """400 ``validation-errors`` naming items of a batch write. Kommo's docs do not say whether the valid items
+    of the call were saved (the sandbox saves none): drop or repair ``rejected_request_ids``, then resend
+    ``progress.unsaved_request_ids``."""
+
+    def __init__(self, message: str, *, rejected_request_ids: tuple[str, ...], **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.rejected_request_ids = rejected_request_ids
 
 
 class KommoWebhookParseError(KommoError, WebhookParseError):

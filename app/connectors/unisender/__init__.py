@@ -1,4 +1,5 @@
-"""Unisender (classic marketing API) connector: client, result models, errors and hook handling."""
+"""Unisender (classic marketing API) connector: client, result models (imports, campaigns, exports), errors and
+hook handling."""
 
 from app.connectors.unisender.client import MAX_IMPORT_ROWS, UnisenderClient
 from app.connectors.unisender.exceptions import (
@@ -12,9 +13,23 @@ from app.connectors.unisender.exceptions import (
     UnisenderTransientError,
 )
 from app.connectors.unisender.hooks import HookDelivery, HookEvent, read_delivery, verify_hook_auth
+from app.connectors.unisender.reports import (
+    CampaignCommonStats,
+    CampaignInfo,
+    CampaignStatus,
+    DeliveryStat,
+    ExportedContacts,
+    VisitedLink,
+    split_ids,
+)
 
 __all__ = [
     "MAX_IMPORT_ROWS",
+    "CampaignCommonStats",
+    "CampaignInfo",
+    "CampaignStatus",
+    "DeliveryStat",
+    "ExportedContacts",
     "HookDelivery",
     "HookEvent",
     "UnisenderAccessDenied",
@@ -26,6 +41,8 @@ __all__ = [
     "UnisenderRateLimited",
     "UnisenderRequestError",
     "UnisenderTransientError",
+    "VisitedLink",
     "read_delivery",
+    "split_ids",
     "verify_hook_auth",
 ]

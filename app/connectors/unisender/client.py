@@ -14,6 +14,7 @@ import structlog
 
 from app.connectors.base import EspContact, EspField, EspList, ImportRow, RowOutcome, RowResult
 from app.connectors.ratelimit import RateLimiter
+from app.connectors.unisender.campaigns import CampaignMethods
 from app.connectors.unisender.exceptions import (
     DEFAULT_RATE_LIMIT_RETRY_AFTER,
     UnisenderError,
@@ -57,8 +58,9 @@ _FORM = "application/x-www-form-urlencoded"
 _ModelT = TypeVar("_ModelT", bound=pydantic.BaseModel)
 
 
-class UnisenderClient:
-    """Calls the Unisender API with one api_key; implements ``EmailPlatformClient``.
+class UnisenderClient(CampaignMethods):
+    """Calls the Unisender API with one api_key; implements ``EmailPlatformClient``. Campaign reads and
+    exports (async tasks) come from ``CampaignMethods``/``TaskMethods`` (``campaigns.py``, ``exports.py``).
 
     Stateless apart from the injected ``httpx.AsyncClient`` and ``RateLimiter`` (1 unit per call). No retries
     here: errors are raised in the ``app.connectors.errors`` categories and the worker decides. The

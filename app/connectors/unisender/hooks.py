@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from app.connectors.base import ActivityKind
+from app.connectors.unisender.activity import activity_kind
 from app.connectors.unisender.exceptions import UnisenderHookParseError
 
 MAX_HOOK_BODY_BYTES = 1_048_576
@@ -76,6 +78,11 @@ class HookEvent:
         return self.name == "unsubscribe" or (
             self.name == "email_status" and self.status in UNSUBSCRIBED_STATUSES
         )
+
+    @property
+    def activity(self) -> ActivityKind | None:
+        """What the event says happened to a letter (``activity.py``); None for other events."""
+        return activity_kind(self.name, self.status) if self.recognised else None
 
     @property
     def unsubscribed_lists(self) -> tuple[int, ...]:

@@ -1,5 +1,5 @@
 """Control API, data: seeding, contacts (create, update, read, delete, restore; with or without webhooks),
-custom fields, and the account's webhooks with their recent failures."""
+contact notes (read), custom fields, and the account's webhooks with their recent failures."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..api import create_response, kommo, read_json, update_response
 from ..errors import SandboxError
+from ..notes import note_json
 from ..seed import seed_contacts
 from ..serialize import contact_json
 from .common import int_arg, json_body, str_arg
@@ -84,6 +85,21 @@ async def control_restore(subdomain: str, cid: int, request: Request) -> JSONRes
     state = kommo(request)
     c = state.restore_contact(state.account(subdomain), cid, fire_webhooks=_fire(request))
     return JSONResponse({"id": c.id, "is_deleted": False, "updated_at": c.updated_at})
+
+
+@router.get("/_sandbox/accounts/{subdomain}/notes")
+async def control_notes(subdomain: str, request: Request) -> JSONResponse:
+    """Every note of the account in id order (those of deleted contacts too), optionally of one contact."""
+    state = kommo(request)
+    account = state.account(subdomain)
+    raw = request.query_params.get("entity_id")
+    if raw is not None and not raw.isdigit():
+        raise SandboxError("entity_id must be an integer")
+    base = f"{str(request.base_url).rstrip('/')}/{subdomain}"
+    notes = sorted(state.notes.of(account).values(), key=lambda n: n.id)
+    return JSONResponse(
+        [note_json(account, n, base) for n in notes if raw is None or n.entity_id == int(raw)]
+    )
 
 
 @router.post("/_sandbox/accounts/{subdomain}/custom_fields")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sandbox.unisender.methods import contacts, export, fields, hooks, lists
+from sandbox.unisender.methods import campaigns, contacts, export, fields, hooks, lists, tasks
 from sandbox.unisender.methods.call import ApiError, Call
 from sandbox.unisender.methods.import_contacts import import_contacts
 
@@ -38,5 +38,11 @@ METHODS: dict[str, Callable[[Call], Any]] = {
     "removeHook": hooks.remove_hook,
     "exportContacts": export.export_contacts,
     "async/exportContacts": export.export_contacts_async,
-    "async/getTaskResult": export.get_task_result,
+    "async/getTaskResult": tasks.get_task_result,
+    "getCampaigns": campaigns.get_campaigns,
+    "getCampaignStatus": campaigns.get_campaign_status,
+    "getCampaignCommonStats": campaigns.get_campaign_common_stats,
+    "getCampaignDeliveryStats": campaigns.get_campaign_delivery_stats,
+    "async/getCampaignDeliveryStats": campaigns.get_campaign_delivery_stats_async,
+    "getVisitedLinks": campaigns.get_visited_links,
 }

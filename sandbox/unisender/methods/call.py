@@ -41,6 +41,8 @@ class Call:
     method: str
     params: PhpParams
     events: list[dict[str, Any]] = field(default_factory=list)
+    # Async tasks this call created (their completion and notify_url call are scheduled after the answer).
+    tasks: list[str] = field(default_factory=list)
     base_url: str = ""  # where this sandbox is reachable (export download links)
     # One timestamp per call: a 500-row import would otherwise format the clock thousands of times.
     now: str = ""

@@ -54,10 +54,10 @@ def get_contact(call: Call) -> dict[str, Any]:
     if p_flag(call, "include_details") == 1:
         email_obj.update(
             {
-                "last_send_datetime": None,
-                "last_delivery_datetime": None,
-                "last_read_datetime": None,
-                "last_click_datetime": None,
+                "last_send_datetime": contact.activity.get("last_send_datetime"),
+                "last_delivery_datetime": contact.activity.get("last_delivery_datetime"),
+                "last_read_datetime": contact.activity.get("last_read_datetime"),
+                "last_click_datetime": contact.activity.get("last_click_datetime"),
                 "rating": None,
             }
         )
