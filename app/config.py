@@ -84,6 +84,10 @@ class Settings(BaseSettings):
         60, ge=1, description="OAuth code exchanges per minute over all accounts (per API process)"
     )
     unsubscribe_tag: str = Field("unsubscribed", description="Kommo tag set on contacts who unsubscribed")
+    bounce_tag: str = Field("bounced", description="Kommo tag set on contacts whose address hard-bounced")
+    complaint_tag: str = Field(
+        "complained", description="Kommo tag set on contacts who marked a letter as spam"
+    )
     state_dir: Path = Field(
         DEFAULT_STATE_DIR, description="Embedded mode's data directory (PostgreSQL data, dev key)"
     )

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, state_column, utcnow
 from app.db.states import (
+    ActivityState,
     Consent,
     EventSource,
     EventStatus,
@@ -273,3 +274,67 @@ class SyncFailure(Base):
     kommo_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     reason: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EmailActivity(Base):
+    """One thing the email platform reported about a letter to an address (delivered, opened, clicked,
+    bounced, complained, unsubscribed), kept once however often it is delivered, until written to the CRM."""
+
+    __tablename__ = "email_activity"
+    __table_args__ = (
+        UniqueConstraint("account_id", "event_key"),
+        Index("ix_email_activity_account_id_state", "account_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("integration.account_id", ondelete="CASCADE")
+    )
+    email: Mapped[str] = mapped_column(String(320))
+    kind: Mapped[str] = mapped_column(String(16))  # app.connectors.base.ActivityKind
+    campaign_id: Mapped[int | None] = mapped_column(BigInteger)
+    list_id: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[str | None] = mapped_column(String(64))  # the platform's own status word
+    occurred_at: Mapped[datetime]
+    event_key: Mapped[str] = mapped_column(String(64))  # the event's identity (sha256 hex)
+    state: Mapped[ActivityState] = mapped_column(
+        state_column(ActivityState, 16), default=ActivityState.PENDING
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    handled_at: Mapped[datetime | None]
+
+
+class ActivityNote(Base):
+    """The CRM note that tells one contact about one kind of activity in one campaign: later events of that
+    kind and campaign update its count instead of adding notes."""
+
+    __tablename__ = "activity_note"
+
+    account_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("integration.account_id", ondelete="CASCADE"), primary_key=True
+    )
+    kommo_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # 0: no campaign named
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    note_id: Mapped[int] = mapped_column(BigInteger)
+    count: Mapped[int] = mapped_column(Integer)
+    last_at: Mapped[datetime]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Campaign(Base):
+    """A campaign the email platform sent for an account, as last read from it: its name for the CRM notes,
+    its totals for the campaigns view."""
+
+    __tablename__ = "campaign"
+
+    account_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("integration.account_id", ondelete="CASCADE"), primary_key=True
+    )
+    campaign_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    list_id: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[str | None] = mapped_column(String(32))
+    started_at: Mapped[datetime | None]
+    stats: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    refreshed_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -49,6 +49,8 @@ class Consent(StrEnum):
 
     SUBSCRIBED = "subscribed"
     UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"  # a hard bounce: the address cannot take mail
+    COMPLAINED = "complained"  # the recipient marked a letter as spam
 
 
 class RunKind(StrEnum):
@@ -70,3 +72,12 @@ class RunStatus(StrEnum):
     @classmethod
     def active(cls) -> tuple[RunStatus, ...]:
         return (cls.PENDING, cls.RUNNING)
+
+
+class ActivityState(StrEnum):
+    """``email_activity.state``: what became of an activity event on the CRM side."""
+
+    PENDING = "pending"  # to be written to the CRM contact's timeline
+    NOTED = "noted"  # written (or counted into the contact's note for that campaign and kind)
+    SKIPPED = "skipped"  # a kind the account's spec does not write
+    NO_CONTACT = "no_contact"  # no live CRM contact holds the address: recorded, shown, not written

@@ -117,3 +117,7 @@ class WakeUps:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sender
         await self._send_pending()
+
+
+async def activity_notes(queue: ArqRedis, account_id: int) -> None:
+    await _enqueue(queue, "activity_notes", account_id, job_id=_uid(f"notes:{account_id}"))

@@ -62,13 +62,13 @@ async def consent_rows(
 
 
 async def unsubscribed(session: AsyncSession, account_id: int, emails: Sequence[str]) -> set[str]:
-    """Which of ``emails`` are unsubscribed."""
+    """Which of ``emails`` are never to be pushed again: unsubscribed, hard-bounced or complained."""
     found: set[str] = set()
     for chunk in chunks(list(emails)):
         stmt = select(ContactEmail.email).where(
             ContactEmail.account_id == account_id,
             ContactEmail.email == any_(_keys(chunk)),
-            ContactEmail.consent == Consent.UNSUBSCRIBED,
+            ContactEmail.consent != Consent.SUBSCRIBED,
         )
         found.update(str(e) for e in (await session.execute(stmt)).scalars())
     return found
@@ -81,21 +81,25 @@ async def upsert_owners(session: AsyncSession, account_id: int, owners: Mapping[
     await insert_unnest(session, _UPSERT_OWNERS, _OWNER_COLUMNS, rows, constants)
 
 
-async def mark_unsubscribed(session: AsyncSession, account_id: int, email: str) -> bool:
-    """Record an unsubscribe; True when it is new."""
+async def mark_unsubscribed(
+    session: AsyncSession, account_id: int, email: str, consent: Consent = Consent.UNSUBSCRIBED
+) -> bool:
+    """Record that the address takes no more mail from us (``consent``: unsubscribed, bounced or
+    complained); True when it is new. An unsubscribe replaces a bounce or complaint (it is the contact's
+    own word, and its tag is the one users filter on); a bounce or complaint never replaces another state."""
     now = utcnow()
     stmt = insert(ContactEmail).values(
-        account_id=account_id, email=email, consent=Consent.UNSUBSCRIBED, unsubscribed_at=now, updated_at=now
+        account_id=account_id, email=email, consent=consent, unsubscribed_at=now, updated_at=now
+    )
+    replaces = (
+        ContactEmail.consent != Consent.UNSUBSCRIBED
+        if consent == Consent.UNSUBSCRIBED
+        else ContactEmail.consent == Consent.SUBSCRIBED
     )
     stmt = stmt.on_conflict_do_update(
         index_elements=["account_id", "email"],
-        set_={
-            "consent": Consent.UNSUBSCRIBED,
-            "unsubscribed_at": now,
-            "kommo_tagged_at": None,
-            "updated_at": now,
-        },
-        where=ContactEmail.consent != Consent.UNSUBSCRIBED,
+        set_={"consent": consent, "unsubscribed_at": now, "kommo_tagged_at": None, "updated_at": now},
+        where=replaces,
     )
     result = await session.execute(stmt)
     return bool(result.rowcount)  # type: ignore[attr-defined]
@@ -115,7 +119,7 @@ async def untagged_unsubscribes(
         select(ContactEmail)
         .where(
             ContactEmail.account_id == account_id,
-            ContactEmail.consent == Consent.UNSUBSCRIBED,
+            ContactEmail.consent != Consent.SUBSCRIBED,
             ContactEmail.kommo_tagged_at.is_(None),
         )
         .limit(limit)
@@ -127,7 +131,7 @@ async def accounts_with_untagged_unsubscribes(session: AsyncSession) -> list[int
     """Accounts with an unsubscribe (from everything, or from one list) not yet written back to the CRM."""
     stmt = (
         select(ContactEmail.account_id)
-        .where(ContactEmail.consent == Consent.UNSUBSCRIBED, ContactEmail.kommo_tagged_at.is_(None))
+        .where(ContactEmail.consent != Consent.SUBSCRIBED, ContactEmail.kommo_tagged_at.is_(None))
         .union(select(ListUnsubscribe.account_id).where(ListUnsubscribe.kommo_tagged_at.is_(None)))
     )
     return sorted({int(x) for x in (await session.execute(stmt)).scalars()})

@@ -36,9 +36,6 @@ class SourceKind(StrEnum):
     CUSTOM_FIELD = "custom_field"
 
 
-# The type each standard source has, in the CRM's type names.
-
-
 # --- what operators send ----------------------------------------------------------------------------------
 
 
@@ -61,12 +58,45 @@ class ListIn(BaseModel):
     tags_any: list[str] | None = Field(None, max_length=50)
 
 
+class ActivityName(StrEnum):
+    """What an operator may ask to see on the CRM contact's timeline (``bounced``: both kinds of bounce)."""
+
+    DELIVERED = "delivered"
+    OPENED = "opened"
+    CLICKED = "clicked"
+    BOUNCED = "bounced"
+    SOFT_BOUNCE = "soft_bounce"
+    HARD_BOUNCE = "hard_bounce"
+    COMPLAINED = "complained"
+    UNSUBSCRIBED = "unsubscribed"
+
+
+DEFAULT_ACTIVITY = (ActivityName.OPENED, ActivityName.CLICKED, ActivityName.BOUNCED, ActivityName.COMPLAINED)
+
+
+def activity_kinds(names: list[ActivityName] | tuple[ActivityName, ...]) -> list[str]:
+    """The activity kinds (``app.connectors.base.ActivityKind`` values) the names select, sorted."""
+    kinds: set[str] = set()
+    for name in names:
+        if name is ActivityName.BOUNCED:
+            kinds |= {ActivityName.SOFT_BOUNCE.value, ActivityName.HARD_BOUNCE.value}
+        else:
+            kinds.add(name.value)
+    return sorted(kinds)
+
+
 class SpecIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     fields: list[FieldIn] = Field(default_factory=list, max_length=MAX_FIELDS)
     lists: list[ListIn] = Field(default_factory=list, max_length=MAX_LISTS)
     create_missing: bool = False
+    activity: list[ActivityName] | None = Field(
+        None,
+        max_length=len(ActivityName),
+        description="What email activity becomes a note on the Kommo contact (default: opened, clicked, "
+        "bounced, complained; [] for none)",
+    )
 
 
 # --- what is stored -----------------------------------------------------------------------------------------
@@ -109,6 +139,8 @@ class ListRule(BaseModel):
 class StoredSpec(BaseModel):
     fields: list[FieldRule] = Field(default_factory=list)
     lists: list[ListRule] = Field(default_factory=list)
+    # Activity kinds written to the CRM; a spec stored before activity existed has the default.
+    activity: list[str] = Field(default_factory=lambda: activity_kinds(DEFAULT_ACTIVITY))
 
     def uses(self, kind: SourceKind) -> bool:
         return any(ref.kind is kind for rule in self.fields for ref in rule.sources)

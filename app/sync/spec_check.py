@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from app.connectors.base import CrmFieldDef, EspField, EspList
 from app.sync.spec import (
+    DEFAULT_ACTIVITY,
     EMAIL_CODE,
     PHONE_TARGET,
     Direction,
@@ -31,6 +32,7 @@ from app.sync.spec import (
     SourceRef,
     SpecIn,
     StoredSpec,
+    activity_kinds,
 )
 
 _FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
@@ -144,6 +146,7 @@ def resolve(
         targets.add(rule.target)
         out.spec.fields.append(rule)
     _resolve_lists(spec, esp_lists, errors, out)
+    out.spec.activity = activity_kinds(DEFAULT_ACTIVITY if spec.activity is None else spec.activity)
     return out
 
 

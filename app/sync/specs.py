@@ -41,6 +41,7 @@ class MappingOut(BaseModel):
     version: int
     fields: list[Any]
     lists: list[ListRule]
+    activity: list[str] = Field(description="The email activity kinds written to Kommo contacts as notes")
     run_id: str | None = Field(None, description="The remap run a replaced spec started")
 
 
@@ -98,7 +99,8 @@ async def mapping_view(
     esp = await accounts_repo.get_esp_account(session, account_id)
     base_list_id = esp.list_id if esp is not None else None
     lists = [rule.model_copy(update={"list_id": base_list_id}) if rule.base else rule for rule in spec.lists]
-    return MappingOut(version=version, fields=[f.model_dump(mode="json") for f in spec.fields], lists=lists)
+    fields = [f.model_dump(mode="json") for f in spec.fields]
+    return MappingOut(version=version, fields=fields, lists=lists, activity=spec.activity)
 
 
 async def replace_spec(

@@ -5,28 +5,48 @@ everything, so the rule is: an address that unsubscribed from every list we put 
 names no list, or an ``email_status`` of unsubscribed) is unsubscribed from the account: never pushed again,
 tagged ``unsubscribed``. An unsubscribe from some of its lists only keeps it out of those lists for good (it
 stays in the others and its fields keep flowing), and tags the contact ``unsubscribed:<list title>``.
+
+A hard bounce or a spam complaint stops the address the same way (consent ``bounced`` / ``complained``, its
+own tag). Every event that reports a letter's fate (delivered, opened, clicked, bounced, complained,
+unsubscribed) is also kept once in ``email_activity``, for the notes ``app.sync.activity`` writes to the
+contact's timeline.
 """
 
 from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import repository as accounts_repo
+from app.connectors.base import ActivityKind, EspHookEvent
 from app.connectors.errors import WebhookParseError
 from app.context import ProcessContext
 from app.db.base import utcnow
 from app.db.locks import account_lock
 from app.db.session import after_commit
-from app.db.states import EventSource, EventStatus, IntegrationStatus
+from app.db.states import Consent, EventSource, EventStatus, IntegrationStatus
 from app.queue import enqueue
-from app.sync import consent_repo, contacts_repo, inbox_repo, outbox_repo, providers, service
+from app.sync import activity_repo, consent_repo, contacts_repo, inbox_repo, outbox_repo, providers, service
 
 log = structlog.get_logger(__name__)
 
 
+@dataclass
+class _Batch:
+    """What one transaction's events add up to."""
+
+    suppressed: list[str] = field(default_factory=list)  # newly unsubscribed, bounced or complained
+    per_list: set[str] = field(default_factory=set)  # left some of their lists
+    activity: list[activity_repo.NewActivity] = field(default_factory=list)
+
+
 async def process_unisender_events(pc: ProcessContext, account_id: int) -> tuple[int, bool]:
-    """Handle the account's pending Unisender events: record unsubscribes, mark the rest done; returns
+    """Handle the account's pending Unisender events: record unsubscribes, hard bounces and complaints (the
+    address takes no more mail from us) and the activity to write to the CRM, mark the rest done; returns
     (events handled, busy)."""
     handled = 0
     for _ in range(20):
@@ -36,8 +56,7 @@ async def process_unisender_events(pc: ProcessContext, account_id: int) -> tuple
             events = await inbox_repo.pending_events(session, account_id, EventSource.UNISENDER, 200)
             if not events:
                 return handled, False
-            new_unsubscribes: list[str] = []
-            per_list: set[str] = set()
+            batch = _Batch()
             for ev in events:
                 ev.attempts += 1
                 try:
@@ -50,25 +69,57 @@ async def process_unisender_events(pc: ProcessContext, account_id: int) -> tuple
                         utcnow(),
                     )
                     continue
-                for item in items:
-                    # Only unsubscribes have an effect. Subscribes are the contact's own business (we never
-                    # re-subscribe anyone); delivery and campaign statuses are kept for later use.
-                    if not item.unsubscribes or item.email is None:
-                        continue
-                    lists = item.unsubscribed_lists
-                    if lists and not await _leaves_everything(session, account_id, item.email, lists):
-                        per_list.add(item.email)
-                    elif await consent_repo.mark_unsubscribed(session, account_id, item.email):
-                        new_unsubscribes.append(item.email)
+                for i, item in enumerate(items):
+                    await _handle(session, account_id, item, f"{ev.dedupe_key}:{i}", ev.received_at, batch)
                 ev.status, ev.handled_at = EventStatus.DONE, utcnow()
-            await outbox_repo.cancel_outbox(session, account_id, new_unsubscribes, "unsubscribed")
+            await outbox_repo.cancel_outbox(session, account_id, batch.suppressed, "unsubscribed")
             # The address's desired state no longer names those lists to join (nor to leave).
-            await service.recompute(session, account_id, per_list - set(new_unsubscribes))
+            await service.recompute(session, account_id, batch.per_list - set(batch.suppressed))
+            await activity_repo.add_activity(session, account_id, batch.activity)
             handled += len(events)
-            if new_unsubscribes or per_list:
+            if batch.suppressed or batch.per_list:
                 after_commit(session, lambda: enqueue.tag_unsubscribes(pc.queue, account_id))
-                log.info("unsubscribes.recorded", account_id=account_id, count=len(new_unsubscribes))
+                log.info("unsubscribes.recorded", account_id=account_id, count=len(batch.suppressed))
+            if batch.activity:
+                after_commit(session, lambda: enqueue.activity_notes(pc.queue, account_id))
     return handled, False
+
+
+_STOPS = {ActivityKind.HARD_BOUNCE: Consent.BOUNCED, ActivityKind.COMPLAINED: Consent.COMPLAINED}
+
+
+async def _handle(
+    session: AsyncSession, account_id: int, item: EspHookEvent, key: str, received_at: datetime, batch: _Batch
+) -> None:
+    """One event: an unsubscribe, hard bounce or complaint stops the address (an unsubscribe from some lists
+    only keeps it out of those); any activity is kept for the CRM. Subscribes are the contact's own
+    business (we never re-subscribe anyone); campaign statuses are not the address's activity."""
+    if item.email is None:
+        return
+    kind = item.activity
+    if kind is not None:
+        lists = item.unsubscribed_lists
+        batch.activity.append(
+            activity_repo.NewActivity(
+                email=item.email,
+                kind=kind.value,
+                campaign_id=item.campaign_id,
+                list_id=lists[0] if lists else None,
+                status=item.status,
+                occurred_at=item.time or received_at,
+                event_key=hashlib.sha256(key.encode()).hexdigest(),
+            )
+        )
+    if item.unsubscribes:
+        lists = item.unsubscribed_lists
+        if lists and not await _leaves_everything(session, account_id, item.email, lists):
+            batch.per_list.add(item.email)
+        elif await consent_repo.mark_unsubscribed(session, account_id, item.email):
+            batch.suppressed.append(item.email)
+    elif kind in _STOPS and await consent_repo.mark_unsubscribed(
+        session, account_id, item.email, _STOPS[kind]
+    ):
+        batch.suppressed.append(item.email)
 
 
 async def _leaves_everything(
@@ -85,7 +136,8 @@ async def _leaves_everything(
 
 
 async def tag_unsubscribed_contacts(pc: ProcessContext, account_id: int) -> int:
-    """Tag, in Kommo, every live contact holding an unsubscribed address not yet written back."""
+    """Tag, in Kommo, every live contact holding an address that takes no more mail (unsubscribed, hard-
+    bounced, complained: each its own tag) not yet written back."""
     tagged = 0
     async with pc.db.session_scope() as session:
         integ = await accounts_repo.get_integration(session, account_id)
@@ -93,11 +145,17 @@ async def tag_unsubscribed_contacts(pc: ProcessContext, account_id: int) -> int:
             return 0
         rows = await consent_repo.untagged_unsubscribes(session, account_id)
         work = [
-            (row.email, await contacts_repo.owners_holding(session, account_id, row.email)) for row in rows
+            (row.email, row.consent, await contacts_repo.owners_holding(session, account_id, row.email))
+            for row in rows
         ]
     client = await providers.crm_client(pc, account_id)  # after the session: it reads through its own
-    tag = pc.settings.unsubscribe_tag
-    for email, owners in work:
+    tags = {
+        Consent.UNSUBSCRIBED: pc.settings.unsubscribe_tag,
+        Consent.BOUNCED: pc.settings.bounce_tag,
+        Consent.COMPLAINED: pc.settings.complaint_tag,
+    }
+    for email, consent, owners in work:
+        tag = tags.get(consent, pc.settings.unsubscribe_tag)
         for kommo_id in owners:
             await client.add_contact_tags(kommo_id, [tag])
             tagged += 1

@@ -77,6 +77,7 @@ def functions(settings: Settings) -> list[Function]:
         func(_reconnecting(tasks.flush_outbox), name="flush_outbox"),
         func(_reconnecting(tasks.full_sync), name="full_sync"),
         func(_reconnecting(tasks.tag_unsubscribes), name="tag_unsubscribes"),
+        func(_reconnecting(tasks.activity_notes), name="activity_notes"),
     ]
 
 

@@ -24,6 +24,8 @@ from app.db.states import EventSource, OutboxStatus, RunKind, RunStatus
 from app.queue import enqueue
 from app.retry import backoff
 from app.sync import (
+    activity,
+    activity_repo,
     consent_repo,
     events,
     fullsync,
@@ -163,6 +165,22 @@ async def tag_unsubscribes(ctx: dict[str, Any], account_id: int) -> int:
         return 0
 
 
+async def activity_notes(ctx: dict[str, Any], account_id: int) -> int:
+    """Write the account's pending email activity to its CRM contacts as notes."""
+    pc = process_context(ctx)
+    structlog.contextvars.bind_contextvars(account_id=account_id)
+    try:
+        result = await activity.write_activity_notes(pc, account_id)
+    except TransientError as exc:
+        raise _retry_after(ctx, exc) from exc
+    except (AccountNotReady, PermanentError) as exc:
+        await _record_account_error(pc, account_id, exc)
+        return 0
+    if result.more:
+        await enqueue.activity_notes(pc.queue, account_id)
+    return result.notes
+
+
 async def _record_account_error(pc: ProcessContext, account_id: int, exc: Exception) -> None:
     log.error("account.error", account_id=account_id, error=type(exc).__name__, detail=str(exc)[:300])
     async with pc.db.session_scope() as session:
@@ -182,6 +200,7 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
         due = await outbox_repo.accounts_with_due_outbox(session)
         runs = await runs_repo.orphaned_runs(session, idle=fullsync.LEASE_SECONDS)
         untagged = await consent_repo.accounts_with_untagged_unsubscribes(session)
+        noting = await activity_repo.accounts_with_pending_activity(session)
         metrics.EVENTS_PENDING.set(await inbox_repo.count_pending_events(session))
         pending = await outbox_repo.outbox_counts(session, statuses=(OutboxStatus.PENDING,))
         metrics.OUTBOX_PENDING.set(sum(counts.get(OutboxStatus.PENDING, 0) for counts in pending.values()))
@@ -194,6 +213,8 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
         await enqueue.full_sync(pc.queue, run.id)
     for account_id in untagged:
         await enqueue.tag_unsubscribes(pc.queue, account_id)
+    for account_id in noting:
+        await enqueue.activity_notes(pc.queue, account_id)
     summary = {"events": len(stale_events), "outbox": len(due), "runs": len(runs), "pruned": pruned}
     if any(summary.values()):
         log.info("sweep.requeued", **summary)

@@ -137,3 +137,25 @@ def test_every_bad_entry_is_reported_at_once() -> None:
         }
     )
     assert [loc for loc, _ in errors] == ["fields[0]", "fields[1]", "lists[0]"]
+
+
+@pytest.mark.parametrize(
+    ("activity", "kinds"),
+    [
+        (None, ["clicked", "complained", "hard_bounce", "opened", "soft_bounce"]),  # the default
+        ([], []),
+        (["bounced"], ["hard_bounce", "soft_bounce"]),
+        (["delivered", "hard_bounce", "unsubscribed"], ["delivered", "hard_bounce", "unsubscribed"]),
+    ],
+)
+def test_the_activity_kinds_a_spec_writes(activity: list[str] | None, kinds: list[str]) -> None:
+    raw: dict[str, object] = {"fields": [{"source": "name", "target": "Name"}]}
+    if activity is not None:
+        raw["activity"] = activity
+    res = resolve(SpecIn.model_validate(raw), CRM, ESP_FIELDS, ESP_LISTS, RESERVED)
+    assert res.spec.activity == kinds
+
+
+def test_an_unknown_activity_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="activity"):
+        SpecIn.model_validate({"activity": ["opened", "forwarded"]})

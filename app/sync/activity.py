@@ -1,0 +1,198 @@
+"""Email activity on the CRM contact's timeline: the events ``unsubscribes`` kept in ``email_activity``
+become notes on the contact that owns the address.
+
+Rules:
+- Which kinds are written is the account's spec (``activity``; default opened, clicked, bounced,
+  complained); the other kinds are marked ``skipped``.
+- One note per contact, campaign and kind: a second open of a campaign does not add a note, it updates the
+  first one's count (``activity_note`` remembers the note). Events of one round are counted together first.
+- An address no live contact holds is marked ``no_contact`` (shown in the account's view, never written).
+- Rounds of at most ``ROWS`` events, notes sent ``NOTES_PER_CALL`` at a time inside the CRM client's rate
+  budget, each round one transaction under the account's notes lock: two jobs never write the same notes.
+  A note is recorded as written only after the CRM answered; a call whose outcome is unknown (a timeout)
+  may be written again by the retry (at-least-once; a 4xx or 429 saved nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.accounts import repository as accounts_repo
+from app.connectors.base import ActivityKind, CrmNote
+from app.connectors.errors import ConnectorError
+from app.context import ProcessContext
+from app.db.locks import xact_lock
+from app.db.models import ActivityNote, EmailActivity
+from app.db.states import ActivityState, IntegrationStatus
+from app.sync import activity_repo, campaigns_repo, contacts_repo, providers, spec_repo
+from app.sync.activity_repo import NoteKey
+
+log = structlog.get_logger(__name__)
+
+ROWS = 500  # events per round
+NOTES_PER_CALL = 100
+MAX_ROUNDS = 20  # per job; a follow-up job continues
+SERVICE = "Unisender"  # the notes' source as the CRM shows it
+
+# How each kind reads on the timeline; {c} is the campaign ("“Spring sale”", or "campaign #42").
+_TEXTS = {
+    ActivityKind.DELIVERED: "Delivered: {c}",
+    ActivityKind.OPENED: "Opened {c}",
+    ActivityKind.CLICKED: "Clicked a link in {c}",
+    ActivityKind.SOFT_BOUNCE: "Soft bounce of {c}",
+    ActivityKind.HARD_BOUNCE: "Hard bounce of {c}: the address takes no more mail from this account",
+    ActivityKind.COMPLAINED: "Marked {c} as spam: the address takes no more mail from this account",
+    ActivityKind.UNSUBSCRIBED: "Unsubscribed",
+}
+
+
+@dataclass
+class _Group:
+    """The events of one note (contact, campaign, kind) in this round."""
+
+    rows: list[EmailActivity] = field(default_factory=list)
+    last_at: datetime | None = None
+    statuses: set[str] = field(default_factory=set)
+    lists: set[int] = field(default_factory=set)
+
+
+@dataclass
+class NotesResult:
+    notes: int = 0  # notes added or updated
+    events: int = 0  # events handled (noted, skipped or without contact)
+    more: bool = False  # stopped at MAX_ROUNDS with events left
+
+
+async def write_activity_notes(pc: ProcessContext, account_id: int) -> NotesResult:
+    """Write the account's pending activity to its CRM contacts (bounded; ``more`` asks for another job).
+    A CRM error ends the job after recording what was written; the worker retries it."""
+    result = NotesResult()
+    for _ in range(MAX_ROUNDS):
+        failure: ConnectorError | None = None
+        async with pc.db.session_scope() as session:
+            if not await xact_lock(session, f"notes:{account_id}", wait=False):
+                return result  # another job writes this account's notes; it drains them
+            integ = await accounts_repo.get_integration(session, account_id)
+            if integ is None or integ.status != IntegrationStatus.CONNECTED:
+                return result
+            rows = await activity_repo.pending_activity(session, account_id, ROWS)
+            if not rows:
+                return result
+            _, spec = await spec_repo.current_spec(session, account_id)
+            groups = await _groups(session, account_id, rows, set(spec.activity), result)
+            client = await providers.crm_client(pc, account_id)
+            names = await campaigns_repo.names(session, account_id, {key[1] for key in groups})
+            known = await activity_repo.notes_for(session, account_id, list(groups))
+            keys = list(groups)
+            for start in range(0, len(keys), NOTES_PER_CALL):
+                chunk = keys[start : start + NOTES_PER_CALL]
+                notes = [_note(key, groups[key], known.get(key), names) for key in chunk]
+                try:
+                    written = await client.write_notes(notes, service=SERVICE)
+                except ConnectorError as exc:
+                    failure = exc  # what earlier calls wrote is recorded; this call's rows stay pending
+                    break
+                for note in notes:
+                    key = _key_of(note.key)
+                    group = groups[key]
+                    if note.key in written.written:
+                        count = _count(group, known.get(key))
+                        await activity_repo.save_note(
+                            session,
+                            account_id,
+                            key,
+                            written.written[note.key],
+                            count,
+                            _last(group, known.get(key)),
+                        )
+                        await activity_repo.set_state(
+                            session, [r.id for r in group.rows], ActivityState.NOTED
+                        )
+                        result.notes += 1
+                    elif note.key in written.refused:
+                        await activity_repo.set_state(
+                            session, [r.id for r in group.rows], ActivityState.NO_CONTACT
+                        )
+                    else:
+                        continue  # neither: left pending for the next round
+                    result.events += len(group.rows)
+        if failure is not None:
+            log.warning("activity.notes_failed", account_id=account_id, error=type(failure).__name__)
+            raise failure
+    result.more = True
+    return result
+
+
+async def _groups(
+    session: AsyncSession,
+    account_id: int,
+    rows: Sequence[EmailActivity],
+    kinds: set[str],
+    result: NotesResult,
+) -> dict[NoteKey, _Group]:
+    """The round's events by note; events of kinds the spec does not write, and of addresses no live
+    contact holds, are marked here."""
+    wanted = [r for r in rows if r.kind in kinds]
+    skipped = [r.id for r in rows if r.kind not in kinds]
+    await activity_repo.set_state(session, skipped, ActivityState.SKIPPED)
+    owners = await contacts_repo.live_owners(session, account_id, sorted({r.email for r in wanted}))
+    groups: dict[NoteKey, _Group] = {}
+    lost: list[int] = []
+    for r in wanted:
+        owner = owners.get(r.email)
+        if owner is None:
+            lost.append(r.id)
+            continue
+        group = groups.setdefault((owner.kommo_id, r.campaign_id or 0, r.kind), _Group())
+        group.rows.append(r)
+        group.last_at = r.occurred_at if group.last_at is None else max(group.last_at, r.occurred_at)
+        if r.status:
+            group.statuses.add(r.status)
+        if r.list_id:
+            group.lists.add(r.list_id)
+    await activity_repo.set_state(session, lost, ActivityState.NO_CONTACT)
+    result.events += len(skipped) + len(lost)
+    return groups
+
+
+def _note(key: NoteKey, group: _Group, known: ActivityNote | None, names: Mapping[int, str]) -> CrmNote:
+    """The note of one contact, campaign and kind: the first, or the one written before with its new count."""
+    kommo_id, campaign_id, kind = key
+    count = _count(group, known)
+    campaign = f"“{names[campaign_id]}”" if campaign_id in names else f"campaign #{campaign_id}"
+    text = _TEXTS[ActivityKind(kind)].format(c=campaign if campaign_id else "a letter")
+    if kind == ActivityKind.UNSUBSCRIBED:
+        lists = ", ".join(f"#{i}" for i in sorted(group.lists))
+        text += (f" from list {lists}" if lists else " from every list") + (
+            f" ({campaign})" if campaign_id else ""
+        )
+    if count > 1:
+        text += f" ({count} times)"
+    if group.statuses and kind in (ActivityKind.SOFT_BOUNCE, ActivityKind.HARD_BOUNCE):
+        text += f"; status {', '.join(sorted(group.statuses))}"
+    text += f"; last {_last(group, known):%Y-%m-%d %H:%M} UTC"
+    return CrmNote(
+        contact_id=kommo_id,
+        text=text,
+        key=f"{kommo_id}:{campaign_id}:{kind}",
+        note_id=known.note_id if known is not None else None,
+    )
+
+
+def _key_of(text: str) -> NoteKey:
+    kommo_id, campaign_id, kind = text.split(":", 2)
+    return int(kommo_id), int(campaign_id), kind
+
+
+def _count(group: _Group, known: ActivityNote | None) -> int:
+    return (known.count if known is not None else 0) + len(group.rows)
+
+
+def _last(group: _Group, known: ActivityNote | None) -> datetime:
+    assert group.last_at is not None  # a group has at least one event
+    return group.last_at if known is None else max(known.last_at, group.last_at)

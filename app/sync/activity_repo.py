@@ -1,0 +1,128 @@
+"""SQL of ``email_activity`` (what the email platform reported about letters, once per event) and
+``activity_note`` (the CRM note per contact, campaign and kind that later events of that kind update)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.base import utcnow
+from app.db.models import ActivityNote, EmailActivity
+from app.db.sql import Columns, chunks, insert_unnest, unnest_insert
+from app.db.states import ActivityState
+
+
+@dataclass(frozen=True, slots=True)
+class NewActivity:
+    email: str
+    kind: str
+    campaign_id: int | None
+    list_id: int | None
+    status: str | None
+    occurred_at: datetime
+    event_key: str
+
+
+_COLUMNS: Columns = (
+    ("account_id", "BIGINT"),
+    ("email", "TEXT"),
+    ("kind", "TEXT"),
+    ("campaign_id", "BIGINT"),
+    ("list_id", "BIGINT"),
+    ("status", "TEXT"),
+    ("occurred_at", "TIMESTAMPTZ"),
+    ("event_key", "TEXT"),
+    ("state", "TEXT"),
+    ("created_at", "TIMESTAMPTZ"),
+)
+# An event stored before (a redelivery the inbox did not catch, a re-read) is kept once.
+_ADD = unnest_insert("email_activity", _COLUMNS, "ON CONFLICT (account_id, event_key) DO NOTHING")
+
+
+async def add_activity(session: AsyncSession, account_id: int, rows: Sequence[NewActivity]) -> None:
+    constants = {"account_id": account_id, "state": ActivityState.PENDING.value, "created_at": utcnow()}
+    await insert_unnest(session, _ADD, _COLUMNS, rows, constants)
+
+
+async def pending_activity(session: AsyncSession, account_id: int, limit: int) -> list[EmailActivity]:
+    """The oldest events not yet written to the CRM, locked until the transaction ends."""
+    stmt = (
+        select(EmailActivity)
+        .where(EmailActivity.account_id == account_id, EmailActivity.state == ActivityState.PENDING)
+        .order_by(EmailActivity.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def set_state(session: AsyncSession, ids: Sequence[int], state: ActivityState) -> None:
+    now = utcnow()
+    for chunk in chunks(list(ids)):
+        await session.execute(
+            update(EmailActivity).where(EmailActivity.id.in_(chunk)).values(state=state, handled_at=now)
+        )
+
+
+async def accounts_with_pending_activity(session: AsyncSession) -> list[int]:
+    stmt = select(EmailActivity.account_id).where(EmailActivity.state == ActivityState.PENDING).distinct()
+    return sorted(int(x) for x in (await session.execute(stmt)).scalars())
+
+
+async def activity_counts(session: AsyncSession, account_id: int) -> dict[str, dict[str, int]]:
+    """Per kind, how many events are in each state (what the account's views show)."""
+    stmt = (
+        select(EmailActivity.kind, EmailActivity.state, func.count())
+        .where(EmailActivity.account_id == account_id)
+        .group_by(EmailActivity.kind, EmailActivity.state)
+    )
+    out: dict[str, dict[str, int]] = {}
+    for kind, state, n in (await session.execute(stmt)).all():
+        out.setdefault(str(kind), {})[str(state)] = int(n)
+    return out
+
+
+# --- notes ----------------------------------------------------------------------------------------------------
+
+NoteKey = tuple[int, int, str]  # Kommo contact id, campaign id (0: none), kind
+
+
+async def notes_for(
+    session: AsyncSession, account_id: int, keys: Sequence[NoteKey]
+) -> dict[NoteKey, ActivityNote]:
+    out: dict[NoteKey, ActivityNote] = {}
+    for chunk in chunks(list(keys)):
+        stmt = select(ActivityNote).where(
+            ActivityNote.account_id == account_id,
+            tuple_(ActivityNote.kommo_id, ActivityNote.campaign_id, ActivityNote.kind).in_(list(chunk)),
+        )
+        for note in (await session.execute(stmt)).scalars():
+            out[(note.kommo_id, note.campaign_id, note.kind)] = note
+    return out
+
+
+async def save_note(
+    session: AsyncSession, account_id: int, key: NoteKey, note_id: int, count: int, last_at: datetime
+) -> None:
+    kommo_id, campaign_id, kind = key
+    now = utcnow()
+    stmt = insert(ActivityNote).values(
+        account_id=account_id,
+        kommo_id=kommo_id,
+        campaign_id=campaign_id,
+        kind=kind,
+        note_id=note_id,
+        count=count,
+        last_at=last_at,
+        updated_at=now,
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["account_id", "kommo_id", "campaign_id", "kind"],
+        set_={"note_id": note_id, "count": count, "last_at": last_at, "updated_at": now},
+    )
+    await session.execute(stmt)
