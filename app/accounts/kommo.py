@@ -24,6 +24,7 @@ from app.accounts import repository as repo
 from app.accounts.errors import AccountNotReady, NotReadyCode, UnknownAccount, short_error
 from app.connectors.base import OAuthTokens
 from app.connectors.kommo import KommoAuthError, KommoClient, KommoError, KommoOAuth
+from app.connectors.kommo.client import MAX_LIMIT
 from app.context import ProcessContext
 from app.db.base import utcnow
 from app.db.locks import xact_lock
@@ -61,6 +62,9 @@ def kommo_api(pc: ProcessContext, *, host: str, client_id: str, access_token: st
         base_url=pc.settings.kommo_url_for(host),
         access_token=access_token,
         limiter=pc.kommo_limiter(client_id),
+        # Kommo's cap: batch writes (notes above all) are bound by its 7 calls a second, so each call carries
+        # as many items as Kommo takes.
+        write_batch_size=MAX_LIMIT,
     )
 
 

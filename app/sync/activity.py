@@ -35,7 +35,7 @@ from app.sync.activity_repo import NoteKey
 log = structlog.get_logger(__name__)
 
 ROWS = 500  # events per round
-NOTES_PER_CALL = 100
+NOTES_PER_CALL = 250  # Kommo's batch cap: the notes' pace is its 7 calls a second
 MAX_ROUNDS = 20  # per job; a follow-up job continues
 SERVICE = "Unisender"  # the notes' source as the CRM shows it
 
