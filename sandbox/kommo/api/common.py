@@ -170,3 +170,26 @@ def positive_int(raw: str | None, default: int) -> int | None:
     except ValueError:
         return None
     return v if v >= 1 else None
+
+
+def updated_window(params: dict[str, str]) -> tuple[int | None, int | None, str, str] | Response:
+    """``filter[updated_at][from|to]`` and ``order[updated_at|id]`` of a list request (contacts and notes read
+    them alike): (from, to, order key, direction), or the 400 Kommo answers for a bad one."""
+    bounds: list[int | None] = []
+    for edge in ("from", "to"):
+        raw = params.get(f"filter[updated_at][{edge}]")
+        if raw is None or raw == "":
+            bounds.append(None)
+        elif raw.isdigit():
+            bounds.append(int(raw))
+        else:
+            return q_error(f"filter.updated_at.{edge}", "This value should be of type int.")
+    order_key, direction = "id", "asc"
+    for key in ("order[updated_at]", "order[id]"):
+        if key in params:
+            direction = params[key].lower()
+            if direction not in ("asc", "desc"):
+                return q_error("order", "The value you selected is not a valid choice.", "NotSupportedChoice")
+            order_key = key[6:-1]
+            break
+    return bounds[0], bounds[1], order_key, direction

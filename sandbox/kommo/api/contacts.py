@@ -15,7 +15,7 @@ from ..oauth import AccessToken
 from ..serialize import contact_json
 from ..state import KommoSandboxState
 from ..store import Account
-from .common import base_url, guarded, kommo, positive_int, q_error, read_json, where
+from .common import base_url, guarded, kommo, positive_int, q_error, read_json, updated_window, where
 
 router = APIRouter()
 
@@ -56,24 +56,10 @@ def _list_contacts(request: Request, state: KommoSandboxState, account: Account,
         if cfg.over_limit == "reject":
             return r.problem(422, f"Limit of {cfg.max_limit} per page")
         limit = cfg.max_limit
-    bounds: list[int | None] = []
-    for edge in ("from", "to"):
-        raw = params.get(f"filter[updated_at][{edge}]")
-        if raw is None or raw == "":
-            bounds.append(None)
-        elif raw.isdigit():
-            bounds.append(int(raw))
-        else:
-            return q_error(f"filter.updated_at.{edge}", "This value should be of type int.")
-    order_key, direction = "id", "asc"
-    for key in ("order[updated_at]", "order[id]"):
-        if key in params:
-            direction = params[key].lower()
-            if direction not in ("asc", "desc"):
-                return q_error("order", "The value you selected is not a valid choice.", "NotSupportedChoice")
-            order_key = key[6:-1]
-            break
-    lo, hi = bounds
+    span = updated_window(params)
+    if isinstance(span, Response):
+        return span
+    lo, hi, order_key, direction = span
     # Candidates: either live ids in id order, or (updated_at, id) pairs in updated_at order.
     id_seq: Sequence[int] | None = None
     upd_seq: Sequence[tuple[int, int]] | None = None

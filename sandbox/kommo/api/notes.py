@@ -14,7 +14,7 @@ from ..notes import Note, note_href, note_json
 from ..oauth import AccessToken
 from ..state import KommoSandboxState
 from ..store import Account
-from .common import base_url, guarded, kommo, page_args, q_error, read_json, where
+from .common import base_url, guarded, kommo, page_args, q_error, read_json, updated_window, where
 
 router = APIRouter()
 
@@ -152,24 +152,10 @@ def _list(
             types.update(t.strip() for t in value.split(",") if t.strip())
         else:
             params[key] = value
-    bounds: list[int | None] = []
-    for edge in ("from", "to"):
-        raw = params.get(f"filter[updated_at][{edge}]")
-        if raw is None or raw == "":
-            bounds.append(None)
-        elif raw.isdigit():
-            bounds.append(int(raw))
-        else:
-            return q_error(f"filter.updated_at.{edge}", "This value should be of type int.")
-    order_key, direction = "id", "asc"
-    for key in ("order[updated_at]", "order[id]"):
-        if key in params:
-            direction = params[key].lower()
-            if direction not in ("asc", "desc"):
-                return q_error("order", "The value you selected is not a valid choice.", "NotSupportedChoice")
-            order_key = key[6:-1]
-            break
-    lo, hi = bounds
+    span = updated_window(params)
+    if isinstance(span, Response):
+        return span
+    lo, hi, order_key, direction = span
 
     def wanted(n: Note) -> bool:
         return (
