@@ -84,6 +84,11 @@ class Settings(BaseSettings):
         60, ge=1, description="OAuth code exchanges per minute over all accounts (per API process)"
     )
     unsubscribe_tag: str = Field("unsubscribed", description="Kommo tag set on contacts who unsubscribed")
+    unisender_extra_hook_events: str = Field(
+        "",
+        description="Comma-separated Unisender hook events registered besides the documented four, e.g. the "
+        "data-change event (contact_data_change) once its name is confirmed for your account",
+    )
     bounce_tag: str = Field("bounced", description="Kommo tag set on contacts whose address hard-bounced")
     complaint_tag: str = Field(
         "complained", description="Kommo tag set on contacts who marked a letter as spam"
@@ -106,6 +111,10 @@ class Settings(BaseSettings):
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(f"only {{host}} and {{subdomain}} may appear in braces ({exc!r})") from None
         return value
+
+    @property
+    def extra_hook_events(self) -> tuple[str, ...]:
+        return tuple(e.strip() for e in self.unisender_extra_hook_events.split(",") if e.strip())
 
     @field_validator("kommo_account_domains")
     @classmethod

@@ -138,3 +138,7 @@ class AccountView(BaseModel):
     last_error: str | None
     last_error_at: datetime | None
     recent_rejections: list[RejectionView]
+    signups: dict[str, int] = Field(
+        default_factory=dict,
+        description="Newsletter signups by state: pending, created, linked, recorded, failed (absent: none)",
+    )

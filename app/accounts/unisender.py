@@ -75,7 +75,9 @@ async def connect_unisender(
     hook_at: datetime | None = None
     error: str | None = None
     try:
-        await client.set_unsubscribe_hook(unisender_hook_url(pc, account_id, token))
+        await client.set_unsubscribe_hook(
+            unisender_hook_url(pc, account_id, token), extra_events=pc.settings.extra_hook_events
+        )
         hook_at = utcnow()
     except UnisenderError as exc:
         # The key and list are good; the hook can be registered again by re-posting the key.
@@ -134,7 +136,9 @@ async def rehook_unisender(pc: ProcessContext, account_id: int, *, new: str, old
             return False
         now = utcnow()
         try:
-            await client.set_unsubscribe_hook(unisender_hook_url(pc, account_id, new))
+            await client.set_unsubscribe_hook(
+                unisender_hook_url(pc, account_id, new), extra_events=pc.settings.extra_hook_events
+            )
         except UnisenderError as exc:
             log.warning("accounts.unisender_hook_failed", account_id=account_id, code=exc.code)
             esp.hook_registered_at = None

@@ -18,6 +18,7 @@ from app.accounts.schemas import (
 )
 from app.db.models import EspAccount, Integration
 from app.db.states import IntegrationStatus
+from app.sync import signups_repo
 
 RECENT_REJECTIONS = 20
 
@@ -40,6 +41,7 @@ async def _views(session: AsyncSession, integrations: list[Integration]) -> list
     events = await activity.event_counts(session, ids)
     event_failures = await activity.recent_event_failures(session, ids)
     rejections = await activity.recent_rejections(session, ids, limit=RECENT_REJECTIONS)
+    signups = await signups_repo.signup_counts(session, ids)
     views: list[AccountView] = []
     for integ in integrations:
         aid = integ.account_id
@@ -66,6 +68,7 @@ async def _views(session: AsyncSession, integrations: list[Integration]) -> list
                 last_error=last_error,
                 last_error_at=last_error_at,
                 recent_rejections=[RejectionView.model_validate(r) for r in rejections.get(aid, [])],
+                signups=signups.get(aid, {}),
             )
         )
     return views

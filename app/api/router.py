@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api import accounts, contacts, health, integration, mapping, sync, webhooks, widget
+from app.api import (
+    accounts,
+    campaigns,
+    contacts,
+    health,
+    integration,
+    mapping,
+    sync,
+    webhooks,
+    widget,
+)
 from app.errors import ERROR_RESPONSES
 
 api_router = APIRouter(responses=ERROR_RESPONSES)
@@ -15,5 +25,6 @@ api_router.include_router(integration.router)
 api_router.include_router(widget.router)
 api_router.include_router(mapping.router)
 api_router.include_router(accounts.router)
+api_router.include_router(campaigns.router)
 api_router.include_router(sync.router)
 api_router.include_router(contacts.router)

@@ -7,7 +7,7 @@ wire models onto them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -118,10 +118,63 @@ class NotesWritten:
     refused: dict[str, str]  # key → why the CRM refused it (e.g. the contact was deleted meanwhile)
 
 
+@dataclass(frozen=True, slots=True)
+class CrmNewContact:
+    """A contact the service creates (a newsletter signup no contact held): its address, names, tags and
+    custom-field values as text. ``email`` also names it in the results (unique within one call)."""
+
+    email: str
+    name: str = ""
+    first_name: str = ""
+    last_name: str = ""
+    tags: tuple[str, ...] = ()
+    fields: tuple[CrmFieldValue, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ContactsCreated:
+    created: dict[str, int]  # email → the new contact's id
+    refused: dict[str, str]  # email → why the CRM refused it
+
+
+# A value of a CRM field as written: text (an option by its text), number, checkbox, unix seconds; None clears.
+CrmValue = str | int | float | bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class CrmFieldWrite:
+    """New values of one contact's stored fields, each already of the CRM field's type: ``attributes`` by name
+    (``name``, ``first_name``, ``last_name``), ``fields`` by custom-field id. ``key`` names it in the results
+    (unique within one call)."""
+
+    contact_id: int
+    key: str
+    attributes: tuple[tuple[str, str], ...] = ()
+    fields: tuple[tuple[int, CrmValue], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FieldsWritten:
+    written: dict[
+        str, int
+    ]  # key → the contact's new version time (unix seconds; 0 when the CRM does not say)
+    refused: dict[str, str]  # key → why the CRM refused it (a deleted contact, an unknown option)
+
+
 class CrmClient(Protocol):
     """Calls made on behalf of one connected CRM account."""
 
     async def write_notes(self, notes: Sequence[CrmNote], *, service: str) -> NotesWritten: ...
+
+    # Tags added to contacts in batches (their other tags kept); written/refused keyed by the contact id as text.
+    async def add_tags(self, tags: Mapping[int, Sequence[str]]) -> NotesWritten: ...
+
+    async def write_contact_fields(self, writes: Sequence[CrmFieldWrite]) -> FieldsWritten: ...
+
+    # The CRM may have no duplicate control (Kommo has none): look an address up before creating it.
+    async def find_contact_ids_by_email(self, email: str) -> list[int]: ...
+
+    async def create_contacts(self, contacts: Sequence[CrmNewContact]) -> ContactsCreated: ...
 
     async def list_contacts(
         self, *, page: int = 1, limit: int = 250, updated_since: int | None = None
@@ -232,9 +285,12 @@ class EmailPlatformClient(Protocol):
 
     async def create_field(self, name: str, type_: str = "string") -> int: ...
 
-    async def set_unsubscribe_hook(self, url: str) -> None: ...
+    async def set_unsubscribe_hook(self, url: str, *, extra_events: Sequence[str] = ()) -> None: ...
 
     async def remove_hook(self, url: str) -> None: ...
+
+    # Every address of ``list_id`` with these user fields (name → text): what the platform holds now.
+    async def export_field_values(self, list_id: int, names: Sequence[str]) -> dict[str, dict[str, str]]: ...
 
 
 class ActivityKind(StrEnum):
@@ -273,6 +329,12 @@ class EspHookEvent(Protocol):
 
     @property
     def unsubscribed_lists(self) -> tuple[int, ...]: ...  # the lists an unsubscribe names (none: everything)
+
+    @property
+    def field_values(self) -> Mapping[str, str]: ...  # user fields changed in the platform: name → new text
+
+    @property
+    def subscribed_lists(self) -> tuple[int, ...]: ...  # the lists the address joined (a subscribe event)
 
 
 class EspHookDelivery(Protocol):

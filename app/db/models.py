@@ -22,12 +22,14 @@ from app.db.base import Base, state_column, utcnow
 from app.db.states import (
     ActivityState,
     Consent,
+    CrmWriteState,
     EventSource,
     EventStatus,
     IntegrationStatus,
     OutboxStatus,
     RunKind,
     RunStatus,
+    SignupState,
 )
 from app.security.crypto import EncryptedString
 
@@ -338,3 +340,52 @@ class Campaign(Base):
     started_at: Mapped[datetime | None]
     stats: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     refreshed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Signup(Base):
+    """An address that joined a mapped list of the email platform by itself (a signup form) while no live CRM
+    contact held it: one row per address, whatever the deliveries, so that one CRM contact at most is made
+    for it (the CRM has no duplicate control of its own)."""
+
+    __tablename__ = "signup"
+    __table_args__ = (
+        UniqueConstraint("account_id", "email"),
+        Index("ix_signup_state_account_id", "state", "account_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("integration.account_id", ondelete="CASCADE")
+    )
+    email: Mapped[str] = mapped_column(String(320))
+    list_id: Mapped[int] = mapped_column(BigInteger)  # the first mapped list it joined
+    list_ids: Mapped[list[int]] = mapped_column(JSON, default=list)  # every mapped list it joined, in order
+    state: Mapped[SignupState] = mapped_column(state_column(SignupState, 16), default=SignupState.PENDING)
+    kommo_id: Mapped[int | None] = mapped_column(BigInteger)  # the contact created or found
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    handled_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class CrmWrite(Base):
+    """A value of a two-way field that changed in the email platform and won over the CRM's (see
+    ``app.sync.two_way``), to write into the CRM contact: the latest value per contact and field is written."""
+
+    __tablename__ = "crm_write"
+    __table_args__ = (Index("ix_crm_write_state_account_id", "state", "account_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(BigInteger)  # no foreign key, as the mirror's other tables
+    kommo_id: Mapped[int] = mapped_column(BigInteger)
+    email: Mapped[str] = mapped_column(String(320))  # the address whose platform field changed
+    source: Mapped[str] = mapped_column(String(64))  # name | first_name | last_name | custom_field:<id>
+    field_type: Mapped[str] = mapped_column(String(32))  # the CRM field's type (SourceRef.type)
+    target: Mapped[str] = mapped_column(String(64))  # the platform's field name
+    value: Mapped[str] = mapped_column(Text)  # the platform's text
+    unisender_at: Mapped[datetime]  # when the platform's value was set (or found by an export)
+    state: Mapped[CrmWriteState] = mapped_column(
+        state_column(CrmWriteState, 16), default=CrmWriteState.PENDING
+    )
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    handled_at: Mapped[datetime | None]

@@ -81,3 +81,24 @@ class ActivityState(StrEnum):
     NOTED = "noted"  # written (or counted into the contact's note for that campaign and kind)
     SKIPPED = "skipped"  # a kind the account's spec does not write
     NO_CONTACT = "no_contact"  # no live CRM contact holds the address: recorded, shown, not written
+
+
+class SignupState(StrEnum):
+    """``signup.state``: what became of an address that joined a mapped list of the email platform."""
+
+    PENDING = (
+        "pending"  # a CRM contact to create (or, ``kommo_id`` set: the tags of lists joined since to add)
+    )
+    CREATED = "created"  # we created its CRM contact (``kommo_id``)
+    LINKED = "linked"  # a contact already held the address (ours, or found in the CRM): nothing created
+    RECORDED = "recorded"  # the account's spec does not create contacts: kept and shown only
+    FAILED = "failed"  # the CRM refused the contact (``last_error``); not retried
+
+
+class CrmWriteState(StrEnum):
+    """``crm_write.state``: what became of a value the email platform's side won, to write into the CRM."""
+
+    PENDING = "pending"  # to write
+    DONE = "done"  # written
+    SUPERSEDED = "superseded"  # a later value of the same field and contact was written instead
+    FAILED = "failed"  # the value has no CRM form, or the CRM refused it (``last_error``); not retried

@@ -121,3 +121,22 @@ class WakeUps:
 
 async def activity_notes(queue: ArqRedis, account_id: int) -> None:
     await _enqueue(queue, "activity_notes", account_id, job_id=_uid(f"notes:{account_id}"))
+
+
+async def signup_contacts(queue: ArqRedis, account_id: int) -> None:
+    await _enqueue(queue, "signup_contacts", account_id, job_id=_uid(f"signups:{account_id}"))
+
+
+async def refresh_campaigns(queue: ArqRedis, account_id: int, *, tick: str | None = None) -> None:
+    """Read the account's campaigns and their totals; with ``tick`` (the cron's), one job per tick."""
+    job_id = f"campaigns:{account_id}:{tick}" if tick else _uid(f"campaigns:{account_id}")
+    await _enqueue(queue, "refresh_campaigns", account_id, job_id=job_id)
+
+
+async def crm_writes(queue: ArqRedis, account_id: int) -> None:
+    await _enqueue(queue, "crm_writes", account_id, job_id=_uid(f"crmw:{account_id}"))
+
+
+async def reconcile_two_way(queue: ArqRedis, account_id: int, *, tick: str) -> None:
+    """The export reconcile of two-way fields: one job per account and cron tick."""
+    await _enqueue(queue, "reconcile_two_way", account_id, job_id=f"twoway:{account_id}:{tick}")

@@ -15,6 +15,7 @@ Rules:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,18 +24,18 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import repository as accounts_repo
-from app.connectors.base import ActivityKind, CrmNote
+from app.connectors.base import ActivityKind, CrmNote, NotesWritten
 from app.connectors.errors import ConnectorError
 from app.context import ProcessContext
 from app.db.locks import xact_lock
 from app.db.models import ActivityNote, EmailActivity
 from app.db.states import ActivityState, IntegrationStatus
-from app.sync import activity_repo, campaigns_repo, contacts_repo, providers, spec_repo
+from app.sync import activity_repo, campaigns, campaigns_repo, consent_repo, providers, spec_repo
 from app.sync.activity_repo import NoteKey
 
 log = structlog.get_logger(__name__)
 
-ROWS = 500  # events per round
+ROWS = 2000  # events per round: ~2 events a note, so a round fills several calls of 250 notes
 NOTES_PER_CALL = 250  # Kommo's batch cap: the notes' pace is its 7 calls a second
 MAX_ROUNDS = 20  # per job; a follow-up job continues
 SERVICE = "Unisender"  # the notes' source as the CRM shows it
@@ -65,14 +66,20 @@ class _Group:
 class NotesResult:
     notes: int = 0  # notes added or updated
     events: int = 0  # events handled (noted, skipped or without contact)
-    more: bool = False  # stopped at MAX_ROUNDS with events left
+    more: bool = False  # stopped at MAX_ROUNDS or the deadline with events left
 
 
 async def write_activity_notes(pc: ProcessContext, account_id: int) -> NotesResult:
     """Write the account's pending activity to its CRM contacts (bounded; ``more`` asks for another job).
     A CRM error ends the job after recording what was written; the worker retries it."""
     result = NotesResult()
+    looked_up = False  # campaign names missing from the cache are looked up once per job
+    # Rounds stop well inside the job timeout: a round cancelled after Kommo took its notes would roll back
+    # their record, and the retry would write them again.
+    deadline = time.monotonic() + 0.5 * pc.settings.worker_job_timeout
     for _ in range(MAX_ROUNDS):
+        if time.monotonic() > deadline:
+            break
         failure: ConnectorError | None = None
         async with pc.db.session_scope() as session:
             if not await xact_lock(session, f"notes:{account_id}", wait=False):
@@ -86,7 +93,11 @@ async def write_activity_notes(pc: ProcessContext, account_id: int) -> NotesResu
             _, spec = await spec_repo.current_spec(session, account_id)
             groups = await _groups(session, account_id, rows, set(spec.activity), result)
             client = await providers.crm_client(pc, account_id)
-            names = await campaigns_repo.names(session, account_id, {key[1] for key in groups})
+            ids = {key[1] for key in groups}
+            names = await campaigns_repo.names(session, account_id, ids)
+            if not looked_up and ids - names.keys() - {0}:
+                looked_up = True
+                names |= await campaigns.names_of_unknown(pc, account_id, ids - names.keys())
             known = await activity_repo.notes_for(session, account_id, list(groups))
             keys = list(groups)
             for start in range(0, len(keys), NOTES_PER_CALL):
@@ -97,35 +108,49 @@ async def write_activity_notes(pc: ProcessContext, account_id: int) -> NotesResu
                 except ConnectorError as exc:
                     failure = exc  # what earlier calls wrote is recorded; this call's rows stay pending
                     break
-                for note in notes:
-                    key = _key_of(note.key)
-                    group = groups[key]
-                    if note.key in written.written:
-                        count = _count(group, known.get(key))
-                        await activity_repo.save_note(
-                            session,
-                            account_id,
-                            key,
-                            written.written[note.key],
-                            count,
-                            _last(group, known.get(key)),
-                        )
-                        await activity_repo.set_state(
-                            session, [r.id for r in group.rows], ActivityState.NOTED
-                        )
-                        result.notes += 1
-                    elif note.key in written.refused:
-                        await activity_repo.set_state(
-                            session, [r.id for r in group.rows], ActivityState.NO_CONTACT
-                        )
-                    else:
-                        continue  # neither: left pending for the next round
-                    result.events += len(group.rows)
+                await _record(session, account_id, notes, written, groups, known, result)
         if failure is not None:
             log.warning("activity.notes_failed", account_id=account_id, error=type(failure).__name__)
             raise failure
     result.more = True
     return result
+
+
+async def _record(
+    session: AsyncSession,
+    account_id: int,
+    notes: Sequence[CrmNote],
+    written: NotesWritten,
+    groups: Mapping[NoteKey, _Group],
+    known: Mapping[NoteKey, ActivityNote],
+    result: NotesResult,
+) -> None:
+    """What one call wrote, in three statements: the notes remembered, their events noted, the refused
+    ones' events marked (a note neither written nor refused stays pending for the next round)."""
+    saved: list[activity_repo.SavedNote] = []
+    noted: list[int] = []
+    refused: list[int] = []
+    for note in notes:
+        key = _key_of(note.key)
+        group = groups[key]
+        if note.key in written.written:
+            before = known.get(key)
+            saved.append(
+                activity_repo.SavedNote(
+                    *key,
+                    note_id=written.written[note.key],
+                    count=_count(group, before),
+                    last_at=_last(group, before),
+                )
+            )
+            noted += [r.id for r in group.rows]
+        elif note.key in written.refused:
+            refused += [r.id for r in group.rows]
+    await activity_repo.save_notes(session, account_id, saved)
+    await activity_repo.set_state(session, noted, ActivityState.NOTED)
+    await activity_repo.set_state(session, refused, ActivityState.NO_CONTACT)
+    result.notes += len(saved)
+    result.events += len(noted) + len(refused)
 
 
 async def _groups(
@@ -140,7 +165,7 @@ async def _groups(
     wanted = [r for r in rows if r.kind in kinds]
     skipped = [r.id for r in rows if r.kind not in kinds]
     await activity_repo.set_state(session, skipped, ActivityState.SKIPPED)
-    owners = await contacts_repo.live_owners(session, account_id, sorted({r.email for r in wanted}))
+    owners = await consent_repo.owner_ids(session, account_id, sorted({r.email for r in wanted}))
     groups: dict[NoteKey, _Group] = {}
     lost: list[int] = []
     for r in wanted:
@@ -148,7 +173,7 @@ async def _groups(
         if owner is None:
             lost.append(r.id)
             continue
-        group = groups.setdefault((owner.kommo_id, r.campaign_id or 0, r.kind), _Group())
+        group = groups.setdefault((owner, r.campaign_id or 0, r.kind), _Group())
         group.rows.append(r)
         group.last_at = r.occurred_at if group.last_at is None else max(group.last_at, r.occurred_at)
         if r.status:

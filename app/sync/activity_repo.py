@@ -7,8 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
@@ -61,12 +60,17 @@ async def pending_activity(session: AsyncSession, account_id: int, limit: int) -
     return list((await session.execute(stmt)).scalars())
 
 
+_SET_STATE = (
+    "UPDATE email_activity SET state = :state, handled_at = :now WHERE id = ANY(CAST(:ids AS BIGINT[]))"
+)
+
+
 async def set_state(session: AsyncSession, ids: Sequence[int], state: ActivityState) -> None:
+    """One statement per chunk, no ORM bookkeeping: a round marks hundreds of events (an ORM bulk UPDATE
+    matched every loaded row of the session against its criteria, per call)."""
     now = utcnow()
     for chunk in chunks(list(ids)):
-        await session.execute(
-            update(EmailActivity).where(EmailActivity.id.in_(chunk)).values(state=state, handled_at=now)
-        )
+        await session.execute(text(_SET_STATE), {"state": state.value, "now": now, "ids": list(chunk)})
 
 
 async def accounts_with_pending_activity(session: AsyncSession) -> list[int]:
@@ -106,23 +110,36 @@ async def notes_for(
     return out
 
 
-async def save_note(
-    session: AsyncSession, account_id: int, key: NoteKey, note_id: int, count: int, last_at: datetime
-) -> None:
-    kommo_id, campaign_id, kind = key
-    now = utcnow()
-    stmt = insert(ActivityNote).values(
-        account_id=account_id,
-        kommo_id=kommo_id,
-        campaign_id=campaign_id,
-        kind=kind,
-        note_id=note_id,
-        count=count,
-        last_at=last_at,
-        updated_at=now,
+@dataclass(frozen=True, slots=True)
+class SavedNote:
+    kommo_id: int
+    campaign_id: int
+    kind: str
+    note_id: int
+    count: int
+    last_at: datetime
+
+
+_NOTE_COLUMNS: Columns = (
+    ("account_id", "BIGINT"),
+    ("kommo_id", "BIGINT"),
+    ("campaign_id", "BIGINT"),
+    ("kind", "TEXT"),
+    ("note_id", "BIGINT"),
+    ("count", "INTEGER"),
+    ("last_at", "TIMESTAMPTZ"),
+    ("updated_at", "TIMESTAMPTZ"),
+)
+_SAVE_NOTES = unnest_insert(
+    "activity_note",
+    _NOTE_COLUMNS,
+    "ON CONFLICT (account_id, kommo_id, campaign_id, kind) DO UPDATE SET note_id = EXCLUDED.note_id,"
+    " count = EXCLUDED.count, last_at = EXCLUDED.last_at, updated_at = EXCLUDED.updated_at",
+)
+
+
+async def save_notes(session: AsyncSession, account_id: int, notes: Sequence[SavedNote]) -> None:
+    """Remember the notes written (or updated) for these contacts, campaigns and kinds: one statement."""
+    await insert_unnest(
+        session, _SAVE_NOTES, _NOTE_COLUMNS, notes, {"account_id": account_id, "updated_at": utcnow()}
     )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["account_id", "kommo_id", "campaign_id", "kind"],
-        set_={"note_id": note_id, "count": count, "last_at": last_at, "updated_at": now},
-    )
-    await session.execute(stmt)

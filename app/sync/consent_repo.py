@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import String, any_, bindparam, select, text
@@ -74,6 +73,20 @@ async def unsubscribed(session: AsyncSession, account_id: int, emails: Sequence[
     return found
 
 
+async def owner_ids(session: AsyncSession, account_id: int, emails: Sequence[str]) -> dict[str, int]:
+    """The Kommo contact that owns each of ``emails`` (as the mirror last recorded it; addresses no live
+    contact holds are absent)."""
+    found: dict[str, int] = {}
+    for chunk in chunks(list(emails)):
+        stmt = select(ContactEmail.email, ContactEmail.kommo_id).where(
+            ContactEmail.account_id == account_id,
+            ContactEmail.email == any_(_keys(chunk)),
+            ContactEmail.kommo_id.is_not(None),
+        )
+        found.update({str(e): int(k) for e, k in (await session.execute(stmt)).all() if k is not None})
+    return found
+
+
 async def upsert_owners(session: AsyncSession, account_id: int, owners: Mapping[str, int | None]) -> None:
     """Record each address's owner (None: no live contact holds it); a new address is subscribed."""
     rows = [_OwnerRow(e, k) for e, k in sorted(owners.items())]
@@ -103,13 +116,6 @@ async def mark_unsubscribed(
     )
     result = await session.execute(stmt)
     return bool(result.rowcount)  # type: ignore[attr-defined]
-
-
-async def mark_tagged(session: AsyncSession, account_id: int, email: str, at: datetime) -> None:
-    """The unsubscribe of ``email`` is written back to the CRM."""
-    rows = await consent_rows(session, account_id, [email])
-    if email in rows:
-        rows[email].kommo_tagged_at = at
 
 
 async def untagged_unsubscribes(
@@ -174,14 +180,6 @@ async def untagged_list_unsubscribes(
         .limit(limit)
     )
     return list((await session.execute(stmt)).scalars())
-
-
-async def mark_list_tagged(
-    session: AsyncSession, account_id: int, email: str, list_id: int, at: datetime
-) -> None:
-    row = await session.get(ListUnsubscribe, (account_id, email, list_id))
-    if row is not None:
-        row.kommo_tagged_at = at
 
 
 async def addresses_after(

@@ -91,6 +91,11 @@ class SpecIn(BaseModel):
     fields: list[FieldIn] = Field(default_factory=list, max_length=MAX_FIELDS)
     lists: list[ListIn] = Field(default_factory=list, max_length=MAX_LISTS)
     create_missing: bool = False
+    create_contacts: bool = Field(
+        False,
+        description="An address no Kommo contact holds that joins a mapped list (a signup form) becomes a "
+        "Kommo contact, tagged with that list's tag; when false it is recorded only",
+    )
     activity: list[ActivityName] | None = Field(
         None,
         max_length=len(ActivityName),
@@ -141,6 +146,7 @@ class StoredSpec(BaseModel):
     lists: list[ListRule] = Field(default_factory=list)
     # Activity kinds written to the CRM; a spec stored before activity existed has the default.
     activity: list[str] = Field(default_factory=lambda: activity_kinds(DEFAULT_ACTIVITY))
+    create_contacts: bool = False  # newsletter signups become CRM contacts (``app.sync.signups``)
 
     def uses(self, kind: SourceKind) -> bool:
         return any(ref.kind is kind for rule in self.fields for ref in rule.sources)

@@ -147,6 +147,7 @@ def resolve(
         out.spec.fields.append(rule)
     _resolve_lists(spec, esp_lists, errors, out)
     out.spec.activity = activity_kinds(DEFAULT_ACTIVITY if spec.activity is None else spec.activity)
+    out.spec.create_contacts = spec.create_contacts
     return out
 
 

@@ -42,6 +42,9 @@ class MappingOut(BaseModel):
     fields: list[Any]
     lists: list[ListRule]
     activity: list[str] = Field(description="The email activity kinds written to Kommo contacts as notes")
+    create_contacts: bool = Field(
+        False, description="Whether newsletter signups no Kommo contact holds become Kommo contacts"
+    )
     run_id: str | None = Field(None, description="The remap run a replaced spec started")
 
 
@@ -100,7 +103,13 @@ async def mapping_view(
     base_list_id = esp.list_id if esp is not None else None
     lists = [rule.model_copy(update={"list_id": base_list_id}) if rule.base else rule for rule in spec.lists]
     fields = [f.model_dump(mode="json") for f in spec.fields]
-    return MappingOut(version=version, fields=fields, lists=lists, activity=spec.activity)
+    return MappingOut(
+        version=version,
+        fields=fields,
+        lists=lists,
+        activity=spec.activity,
+        create_contacts=spec.create_contacts,
+    )
 
 
 async def replace_spec(

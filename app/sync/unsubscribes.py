@@ -9,7 +9,7 @@ stays in the others and its fields keep flowing), and tags the contact ``unsubsc
 A hard bounce or a spam complaint stops the address the same way (consent ``bounced`` / ``complained``, its
 own tag). Every event that reports a letter's fate (delivered, opened, clicked, bounced, complained,
 unsubscribed) is also kept once in ``email_activity``, for the notes ``app.sync.activity`` writes to the
-contact's timeline.
+contact's timeline. A ``subscribe`` to a mapped list is a newsletter signup (``app.sync.signups``).
 """
 
 from __future__ import annotations
@@ -26,11 +26,21 @@ from app.connectors.base import ActivityKind, EspHookEvent
 from app.connectors.errors import WebhookParseError
 from app.context import ProcessContext
 from app.db.base import utcnow
-from app.db.locks import account_lock
+from app.db.locks import account_lock, xact_lock
 from app.db.session import after_commit
 from app.db.states import Consent, EventSource, EventStatus, IntegrationStatus
 from app.queue import enqueue
-from app.sync import activity_repo, consent_repo, contacts_repo, inbox_repo, outbox_repo, providers, service
+from app.sync import (
+    activity_repo,
+    consent_repo,
+    contacts_repo,
+    inbox_repo,
+    outbox_repo,
+    providers,
+    service,
+    signups,
+    two_way,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +52,7 @@ class _Batch:
     suppressed: list[str] = field(default_factory=list)  # newly unsubscribed, bounced or complained
     per_list: set[str] = field(default_factory=set)  # left some of their lists
     activity: list[activity_repo.NewActivity] = field(default_factory=list)
+    joined: list[signups.Joined] = field(default_factory=list)  # subscribes: maybe signups
 
 
 async def process_unisender_events(pc: ProcessContext, account_id: int) -> tuple[int, bool]:
@@ -51,8 +62,9 @@ async def process_unisender_events(pc: ProcessContext, account_id: int) -> tuple
     handled = 0
     for _ in range(20):
         async with pc.db.session_scope() as session:
-            if not await account_lock(session, account_id, wait=False):
-                return handled, True
+            # Waits for the lock rather than giving way: its holder (a Kommo events job, a walk's chunk, a full
+            # sync's page) drains its own work, not these events, and holds the lock for milliseconds.
+            await account_lock(session, account_id)
             events = await inbox_repo.pending_events(session, account_id, EventSource.UNISENDER, 200)
             if not events:
                 return handled, False
@@ -76,6 +88,8 @@ async def process_unisender_events(pc: ProcessContext, account_id: int) -> tuple
             # The address's desired state no longer names those lists to join (nor to leave).
             await service.recompute(session, account_id, batch.per_list - set(batch.suppressed))
             await activity_repo.add_activity(session, account_id, batch.activity)
+            if await signups.record_signups(session, account_id, batch.joined):
+                after_commit(session, lambda: enqueue.signup_contacts(pc.queue, account_id))
             handled += len(events)
             if batch.suppressed or batch.per_list:
                 after_commit(session, lambda: enqueue.tag_unsubscribes(pc.queue, account_id))
@@ -85,6 +99,9 @@ async def process_unisender_events(pc: ProcessContext, account_id: int) -> tuple
     return handled, False
 
 
+TAG_ROUNDS = 20  # per job; the sweeper finds what is left
+TAG_ROUNDS_ROWS = 500
+
 _STOPS = {ActivityKind.HARD_BOUNCE: Consent.BOUNCED, ActivityKind.COMPLAINED: Consent.COMPLAINED}
 
 
@@ -92,10 +109,14 @@ async def _handle(
     session: AsyncSession, account_id: int, item: EspHookEvent, key: str, received_at: datetime, batch: _Batch
 ) -> None:
     """One event: an unsubscribe, hard bounce or complaint stops the address (an unsubscribe from some lists
-    only keeps it out of those); any activity is kept for the CRM. Subscribes are the contact's own
-    business (we never re-subscribe anyone); campaign statuses are not the address's activity."""
+    only keeps it out of those); any activity is kept for the CRM; a subscribe may be a signup (we never
+    re-subscribe anyone); campaign statuses are not the address's activity."""
     if item.email is None:
         return
+    if item.field_values:  # a field edited in the platform: two-way fields flow back (app.sync.two_way)
+        await two_way.on_hook_event(session, account_id, item, received_at)
+    if item.subscribed_lists:
+        batch.joined.append((item.email, item.subscribed_lists))
     kind = item.activity
     if kind is not None:
         lists = item.unsubscribed_lists
@@ -137,55 +158,50 @@ async def _leaves_everything(
 
 async def tag_unsubscribed_contacts(pc: ProcessContext, account_id: int) -> int:
     """Tag, in Kommo, every live contact holding an address that takes no more mail (unsubscribed, hard-
-    bounced, complained: each its own tag) not yet written back."""
-    tagged = 0
-    async with pc.db.session_scope() as session:
-        integ = await accounts_repo.get_integration(session, account_id)
-        if integ is None or integ.status != IntegrationStatus.CONNECTED:
-            return 0
-        rows = await consent_repo.untagged_unsubscribes(session, account_id)
-        work = [
-            (row.email, row.consent, await contacts_repo.owners_holding(session, account_id, row.email))
-            for row in rows
-        ]
-    client = await providers.crm_client(pc, account_id)  # after the session: it reads through its own
+    bounced, complained: each its own tag) or that left one list (``unsubscribed:<list title>``), not yet
+    written back; returns the contacts tagged.
+
+    Rounds of up to ``TAG_ROUNDS_ROWS`` addresses, each one transaction under the account's tagging lock (a
+    second job gives way at once: the holder takes every untagged address), the tags of a round sent in
+    batch PATCHes of 250 contacts. A contact Kommo refuses (deleted meanwhile) is not retried."""
     tags = {
         Consent.UNSUBSCRIBED: pc.settings.unsubscribe_tag,
         Consent.BOUNCED: pc.settings.bounce_tag,
         Consent.COMPLAINED: pc.settings.complaint_tag,
     }
-    for email, consent, owners in work:
-        tag = tags.get(consent, pc.settings.unsubscribe_tag)
-        for kommo_id in owners:
-            await client.add_contact_tags(kommo_id, [tag])
-            tagged += 1
+    tagged = 0
+    for _ in range(TAG_ROUNDS):
         async with pc.db.session_scope() as session:
-            await consent_repo.mark_tagged(session, account_id, email, utcnow())
-    tagged += await _tag_list_unsubscribes(pc, account_id)
+            if not await xact_lock(session, f"tags:{account_id}", wait=False):
+                return tagged
+            integ = await accounts_repo.get_integration(session, account_id)
+            if integ is None or integ.status != IntegrationStatus.CONNECTED:
+                return tagged
+            rows = await consent_repo.untagged_unsubscribes(session, account_id, TAG_ROUNDS_ROWS)
+            per_list = await consent_repo.untagged_list_unsubscribes(session, account_id, TAG_ROUNDS_ROWS)
+            if not rows and not per_list:
+                break
+            wanted: dict[int, list[str]] = {}
+            for row in rows:
+                for kommo_id in await contacts_repo.owners_holding(session, account_id, row.email):
+                    wanted.setdefault(kommo_id, []).append(tags.get(row.consent, pc.settings.unsubscribe_tag))
+            if per_list:
+                esp, _ = await providers.esp_client(session, pc, account_id)
+                titles = {lst.id: lst.title for lst in await esp.get_lists()}
+                for lrow in per_list:
+                    tag = f"{pc.settings.unsubscribe_tag}:{titles.get(lrow.list_id, lrow.list_id)}"
+                    for kommo_id in await contacts_repo.owners_holding(session, account_id, lrow.email):
+                        wanted.setdefault(kommo_id, []).append(tag)
+            client = await providers.crm_client(pc, account_id)
+            answer = await client.add_tags(wanted)
+            now = utcnow()
+            for row in rows:
+                row.kommo_tagged_at = now
+            for lrow in per_list:
+                lrow.kommo_tagged_at = now
+            tagged += len(answer.written)
+            if answer.refused:
+                log.warning("unsubscribes.tags_refused", account_id=account_id, contacts=len(answer.refused))
     if tagged:
         log.info("unsubscribes.tagged", account_id=account_id, contacts=tagged)
-    return tagged
-
-
-async def _tag_list_unsubscribes(pc: ProcessContext, account_id: int) -> int:
-    """Tag ``unsubscribed:<list title>`` on the contacts holding an address that left one list."""
-    async with pc.db.session_scope() as session:
-        rows = await consent_repo.untagged_list_unsubscribes(session, account_id)
-        if not rows:
-            return 0
-        work = [
-            (row.email, row.list_id, await contacts_repo.owners_holding(session, account_id, row.email))
-            for row in rows
-        ]
-        esp, _ = await providers.esp_client(session, pc, account_id)
-    titles = {lst.id: lst.title for lst in await esp.get_lists()}
-    client = await providers.crm_client(pc, account_id)
-    tagged = 0
-    for email, list_id, owners in work:
-        tag = f"{pc.settings.unsubscribe_tag}:{titles.get(list_id, list_id)}"
-        for kommo_id in owners:
-            await client.add_contact_tags(kommo_id, [tag])
-            tagged += 1
-        async with pc.db.session_scope() as session:
-            await consent_repo.mark_list_tagged(session, account_id, email, list_id, utcnow())
     return tagged

@@ -78,6 +78,10 @@ def functions(settings: Settings) -> list[Function]:
         func(_reconnecting(tasks.full_sync), name="full_sync"),
         func(_reconnecting(tasks.tag_unsubscribes), name="tag_unsubscribes"),
         func(_reconnecting(tasks.activity_notes), name="activity_notes"),
+        func(_reconnecting(tasks.crm_writes), name="crm_writes"),
+        func(_reconnecting(tasks.reconcile_two_way), name="reconcile_two_way"),
+        func(_reconnecting(tasks.signup_contacts), name="signup_contacts"),
+        func(_reconnecting(tasks.refresh_campaigns), name="refresh_campaigns"),
     ]
 
 
@@ -91,6 +95,7 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
         cron(tasks.sweep, name="sweep", second=set(range(0, 60, 10)), run_at_startup=True, timeout=t),
         cron(tasks.reconcile, name="reconcile", minute=set(range(0, 60, 5)), second={30}, timeout=t),
         cron(tasks.refresh_tokens, name="refresh_tokens", minute={7, 37}, second={15}, timeout=t),
+        cron(tasks.campaigns_tick, name="campaigns", minute=set(range(3, 60, 10)), second={45}, timeout=t),
     ]
 
 

@@ -17,7 +17,7 @@ from app.accounts import repository as accounts_repo
 from app.accounts.errors import AccountNotReady
 from app.accounts.kommo import refresh_expiring_tokens
 from app.accounts.webhooks import ensure_kommo_webhooks
-from app.connectors.errors import PermanentError, TransientError
+from app.connectors.errors import ConnectorError, PermanentError, TransientError
 from app.context import ProcessContext
 from app.db.base import utcnow
 from app.db.states import EventSource, OutboxStatus, RunKind, RunStatus
@@ -26,7 +26,9 @@ from app.retry import backoff
 from app.sync import (
     activity,
     activity_repo,
+    campaigns,
     consent_repo,
+    crm_writes_repo,
     events,
     fullsync,
     inbox_repo,
@@ -34,9 +36,13 @@ from app.sync import (
     outbox_repo,
     remap,
     runs_repo,
+    signups,
+    signups_repo,
     specs,
+    two_way_sync,
     unsubscribes,
 )
+from app.sync import crm_writes as crm_writes_mod
 from app.sync.isolation import isolatable
 from app.sync.reconcile import reconcile_account
 
@@ -85,6 +91,7 @@ async def process_events(ctx: dict[str, Any], account_id: int, source: str = Eve
     try:
         if source == EventSource.UNISENDER:
             handled, busy = await unsubscribes.process_unisender_events(pc, account_id)
+            await _wake_two_way(pc, account_id)
         else:
             result = await events.process_kommo_events(pc, account_id)
             handled, busy = result.events, result.busy
@@ -181,6 +188,86 @@ async def activity_notes(ctx: dict[str, Any], account_id: int) -> int:
     return result.notes
 
 
+async def refresh_campaigns(ctx: dict[str, Any], account_id: int) -> int:
+    """Read the account's campaigns and their totals into the cache. Not retried: the next tick (10 minutes)
+    reads them again, and until then the notes name a campaign from the list read alone."""
+    pc = process_context(ctx)
+    structlog.contextvars.bind_contextvars(account_id=account_id)
+    try:
+        result = await campaigns.refresh_campaigns(pc, account_id)
+    except (ConnectorError, AccountNotReady) as exc:
+        log.warning("campaigns.refresh_failed", account_id=account_id, error=type(exc).__name__)
+        return 0
+    metrics.JOBS.labels("refresh_campaigns", "ok").inc()
+    return result.campaigns
+
+
+async def signup_contacts(ctx: dict[str, Any], account_id: int) -> int:
+    """Create the CRM contacts of the account's newsletter signups (``app.sync.signups``)."""
+    pc = process_context(ctx)
+    structlog.contextvars.bind_contextvars(account_id=account_id)
+    try:
+        result = await signups.create_signup_contacts(pc, account_id)
+    except TransientError as exc:
+        raise _retry_after(ctx, exc) from exc
+    except (AccountNotReady, PermanentError) as exc:
+        await _record_account_error(pc, account_id, exc)
+        return 0
+    if result.busy:
+        _busy(ctx, EVENTS_BUSY_RETRIES)  # the holder settles every pending row, ours included
+    elif result.more:
+        await enqueue.signup_contacts(pc.queue, account_id)
+    metrics.JOBS.labels("signup_contacts", "ok").inc()
+    return result.created
+
+
+async def crm_writes(ctx: dict[str, Any], account_id: int) -> int:
+    """Write into the CRM the values two-way fields took in the email platform."""
+    pc = process_context(ctx)
+    structlog.contextvars.bind_contextvars(account_id=account_id)
+    try:
+        result = await crm_writes_mod.write_crm_fields(pc, account_id)
+    except TransientError as exc:
+        raise _retry_after(ctx, exc) from exc
+    except (AccountNotReady, PermanentError) as exc:
+        await _record_account_error(pc, account_id, exc)
+        return 0
+    if result.busy:
+        _busy(ctx, EVENTS_BUSY_RETRIES)
+    if result.more:
+        await enqueue.crm_writes(pc.queue, account_id)
+    if result.rederived:
+        await enqueue.flush_outbox(pc.queue, account_id)
+    metrics.JOBS.labels("crm_writes", "ok").inc()
+    return result.written
+
+
+async def reconcile_two_way(ctx: dict[str, Any], account_id: int) -> int:
+    """Find the two-way field changes the email platform's hook did not bring (its export). Not retried: the
+    next reconcile tick (5 minutes) exports again."""
+    pc = process_context(ctx)
+    structlog.contextvars.bind_contextvars(account_id=account_id)
+    try:
+        counts = await two_way_sync.reconcile_two_way(pc, account_id)
+    except (ConnectorError, AccountNotReady) as exc:
+        log.warning("two_way.reconcile_failed", account_id=account_id, error=type(exc).__name__)
+        return 0
+    await _wake_two_way(pc, account_id)
+    return sum(counts.values())
+
+
+async def _wake_two_way(pc: ProcessContext, account_id: int) -> None:
+    """Two-way changes queue CRM writes and (the CRM's value winning) pushes: start both (after the commit
+    of the job that made them)."""
+    async with pc.db.session_scope() as session:
+        writes = await crm_writes_repo.has_pending_writes(session, account_id)
+        due = await crm_writes_repo.has_due_outbox(session, account_id)
+    if writes:
+        await enqueue.crm_writes(pc.queue, account_id)
+    if due:
+        await enqueue.flush_outbox(pc.queue, account_id)
+
+
 async def _record_account_error(pc: ProcessContext, account_id: int, exc: Exception) -> None:
     log.error("account.error", account_id=account_id, error=type(exc).__name__, detail=str(exc)[:300])
     async with pc.db.session_scope() as session:
@@ -201,6 +288,8 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
         runs = await runs_repo.orphaned_runs(session, idle=fullsync.LEASE_SECONDS)
         untagged = await consent_repo.accounts_with_untagged_unsubscribes(session)
         noting = await activity_repo.accounts_with_pending_activity(session)
+        writing = await crm_writes_repo.accounts_with_pending_writes(session)
+        signing = await signups_repo.accounts_with_pending_signups(session)
         metrics.EVENTS_PENDING.set(await inbox_repo.count_pending_events(session))
         pending = await outbox_repo.outbox_counts(session, statuses=(OutboxStatus.PENDING,))
         metrics.OUTBOX_PENDING.set(sum(counts.get(OutboxStatus.PENDING, 0) for counts in pending.values()))
@@ -215,6 +304,10 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
         await enqueue.tag_unsubscribes(pc.queue, account_id)
     for account_id in noting:
         await enqueue.activity_notes(pc.queue, account_id)
+    for account_id in writing:
+        await enqueue.crm_writes(pc.queue, account_id)
+    for account_id in signing:
+        await enqueue.signup_contacts(pc.queue, account_id)
     summary = {"events": len(stale_events), "outbox": len(due), "runs": len(runs), "pruned": pruned}
     if any(summary.values()):
         log.info("sweep.requeued", **summary)
@@ -235,9 +328,22 @@ async def reconcile(ctx: dict[str, Any]) -> int:
             changed += await reconcile_account(pc, account_id)
             await ensure_kommo_webhooks(pc, account_id)
             await specs.refresh_mapped_users(pc, account_id)
+            await enqueue.reconcile_two_way(pc.queue, account_id, tick=utcnow().strftime("%Y%m%d%H%M"))
         except Exception as exc:  # one account's trouble must not stop the others
             log.warning("reconcile.failed", account_id=account_id, error=repr(exc)[:300])
     return changed
+
+
+async def campaigns_tick(ctx: dict[str, Any]) -> int:
+    """One refresh job per connected account: each has its own job timeout, and one account's failure (or
+    slowness) does not hold up the others."""
+    pc = process_context(ctx)
+    async with pc.db.session_scope() as session:
+        accounts = await accounts_repo.connected_account_ids(session)
+    tick = utcnow().strftime("%Y%m%d%H%M")
+    for account_id in accounts:
+        await enqueue.refresh_campaigns(pc.queue, account_id, tick=tick)
+    return len(accounts)
 
 
 async def refresh_tokens(ctx: dict[str, Any]) -> int:

@@ -171,7 +171,9 @@ async def test_accounts_views(stack: Stack) -> None:
         "last_error",
         "last_error_at",
         "recent_rejections",
+        "signups",
     }
+    assert v["signups"] == {}  # newsletter signups by state: none yet
     assert v["status"] == "connected"
     assert v["subdomain"] == "beta"
     assert (v["host"], p["host"]) == ("beta.kommo.com", None)  # the redirect's referer; unknown before it

@@ -15,6 +15,8 @@ from app.config import Settings
 from tests.conftest import Stack, raw_sql, running_worker
 from tests.support.e2e import Account, connect_account, kommo_contacts, wait_for, wait_quiet
 
+pytestmark = pytest.mark.slow
+
 EMAIL = "vera@example.com"
 BYSTANDER = "otto@example.com"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pydantic
@@ -13,21 +12,27 @@ import structlog
 
 from app.connectors.base import (
     ContactPage,
+    ContactsCreated,
     CrmClient,
     CrmContact,
     CrmFieldDef,
+    CrmFieldWrite,
+    CrmNewContact,
     CrmNote,
     CrmUser,
+    FieldsWritten,
     NotesWritten,
 )
+from app.connectors.kommo import answers, creates
 from app.connectors.kommo.batch import Item, in_sent_order, with_request_ids, write_in_batches
+from app.connectors.kommo.contact_fields import write_contact_fields
 from app.connectors.kommo.exceptions import (
     KommoError,
     KommoRateLimited,
     KommoTransientError,
     from_response,
 )
-from app.connectors.kommo.notes import write_service_notes
+from app.connectors.kommo.notes import add_tags, write_service_notes
 from app.connectors.kommo.pages import ContactListing, listing_of, plain_listing
 from app.connectors.kommo.schemas import (
     KommoAccount,
@@ -39,6 +44,7 @@ from app.connectors.kommo.schemas import (
     KommoWebhookList,
 )
 from app.connectors.kommo.writes import (
+    ContactIn,
     ContactPatch,
     ContactUpdated,
     KommoContactsUpdated,
@@ -130,31 +136,6 @@ class KommoClient:
             raise error
         return response
 
-    @staticmethod
-    def _json(response: httpx.Response, what: str) -> Any:
-        try:
-            return response.json()
-        except ValueError as exc:
-            # A 2xx that is not JSON is a proxy page or a cut-off body: worth another try later.
-            raise KommoTransientError(
-                f"Kommo {what}: response is not JSON", status_code=response.status_code, code="bad_response"
-            ) from exc
-
-    @staticmethod
-    def _shape_error(exc: pydantic.ValidationError, response: httpx.Response, what: str) -> KommoError:
-        return KommoError(
-            f"Kommo {what}: unexpected response shape ({exc.error_count()} errors)",
-            status_code=response.status_code,
-            code="bad_response",
-        )
-
-    @classmethod
-    def _parse(cls, model: type[Any], data: Any, response: httpx.Response, what: str) -> Any:
-        try:
-            return model.model_validate(data)
-        except pydantic.ValidationError as exc:
-            raise cls._shape_error(exc, response, what) from exc
-
     # --- contacts -------------------------------------------------------------------------------------------
 
     async def _contact_list(self, params: QueryParams, what: str) -> ContactListing | None:
@@ -170,20 +151,26 @@ class KommoClient:
             model = KommoContactList.model_validate_json(response.content)
         except pydantic.ValidationError as exc:
             if not any(error["type"] == "json_invalid" for error in exc.errors()):
-                raise self._shape_error(exc, response, what) from exc
+                raise answers.shape_error(exc, response, what) from exc
             # Text pydantic's parser refuses but Python's reads (lone surrogates, which the cleaning at the
             # boundary removes): the slow path, which also tells a body that is not JSON at all.
-            model = self._parse(KommoContactList, self._json(response, what), response, what)
+            model = answers.read(KommoContactList, response, what)
         return listing_of(model.model_dump(by_alias=True))
 
     async def list_contacts(
-        self, *, page: int = 1, limit: int = MAX_LIMIT, updated_since: int | None = None
+        self,
+        *,
+        page: int = 1,
+        limit: int = MAX_LIMIT,
+        updated_since: int | None = None,
+        query: str | None = None,
     ) -> ContactPage:
-        """One page of contacts; with ``updated_since``, only those updated at or after it, oldest first."""
+        """One page of contacts; with ``updated_since``, only those updated at or after it, oldest first;
+        with ``query``, only those with a filled field containing it (§3.1)."""
         if page < 1:
             raise ValueError("page is 1-based")
         limit = max(1, min(limit, MAX_LIMIT))
-        params: QueryParams = [("page", page), ("limit", limit)]
+        params: QueryParams = [("page", page), ("limit", limit)] + ([("query", query)] if query else [])
         if updated_since is not None:
             params += [("filter[updated_at][from]", updated_since), ("order[updated_at]", "asc")]
         listing = await self._contact_list(params, "list contacts")
@@ -192,7 +179,7 @@ class KommoClient:
         contacts = listing.contacts
         next_page: int | None = None
         if listing.next_href is not None and contacts:
-            next_page = _page_of(listing.next_href) or page + 1
+            next_page = answers.page_of(listing.next_href) or page + 1
             if next_page <= page:
                 raise KommoError(f"Kommo list contacts: next link points back to page {next_page}")
         return ContactPage(contacts=contacts, next_page=next_page)
@@ -239,13 +226,21 @@ class KommoClient:
         if len({p.id for p in patches}) != len(patches):
             raise ValueError("one patch per contact: merge the changes of a contact first")
         items = with_request_ids((p.request_id for p in patches), (p.body() for p in patches))
+        updated = await self._write_contacts("PATCH", items, "update contacts")
+        log.info("kommo.contacts_updated", count=len(updated))
+        return updated
 
+    async def add_contacts(self, contacts: Sequence[ContactIn]) -> list[ContactUpdated]:
+        """``POST /api/v4/contacts``, as ``update_contacts``. No duplicate control (§10): look up first."""
+        items = with_request_ids((c.request_id for c in contacts), (c.body() for c in contacts))
+        created = await self._write_contacts("POST", items, "add contacts")
+        log.info("kommo.contacts_added", count=len(created))
+        return created
+
+    async def _write_contacts(self, method: str, items: list[Item], what: str) -> list[ContactUpdated]:
         async def send(chunk: list[Item]) -> list[ContactUpdated]:
-            what = "update contacts"
-            response = await self._request("PATCH", "/api/v4/contacts", json=[body for _, body in chunk])
-            parsed: KommoContactsUpdated = self._parse(
-                KommoContactsUpdated, self._json(response, what), response, what
-            )
+            response = await self._request(method, "/api/v4/contacts", json=[body for _, body in chunk])
+            parsed: KommoContactsUpdated = answers.read(KommoContactsUpdated, response, what)
             found = parsed.embedded.contacts
             sent = [rid for rid, _ in chunk]
             ordered = in_sent_order(found, [c.request_id for c in found], sent)
@@ -258,9 +253,17 @@ class KommoClient:
                 for c, rid in zip(ordered, sent, strict=True)
             ]
 
-        updated = await write_in_batches(items, self._write_batch, send)
-        log.info("kommo.contacts_updated", count=len(updated))
-        return updated
+        return await write_in_batches(items, self._write_batch, send)
+
+    async def find_contact_ids_by_email(self, email: str) -> list[int]:
+        return await creates.contact_ids_by_email(self, email)
+
+    async def create_contacts(self, contacts: Sequence[CrmNewContact]) -> ContactsCreated:
+        return await creates.create_contacts(self, contacts)
+
+    async def write_contact_fields(self, writes: Sequence[CrmFieldWrite]) -> FieldsWritten:
+        """Stored fields' new values, see ``contact_fields.write_contact_fields``."""
+        return await write_contact_fields(self, writes)
 
     # --- notes --------------------------------------------------------------------------------------------------
 
@@ -281,6 +284,10 @@ class KommoClient:
         """Service notes (shown as coming from ``service``), see ``notes.write_service_notes``."""
         return await write_service_notes(self, notes, service=service)
 
+    async def add_tags(self, tags: Mapping[int, Sequence[str]]) -> NotesWritten:
+        """Tags added to contacts through batch PATCHes, see ``notes.add_tags``."""
+        return await add_tags(self, tags)
+
     async def _write_notes(
         self, method: str, notes: Sequence[NoteIn] | Sequence[NoteUpdate], what: str
     ) -> list[NoteCreated]:
@@ -288,7 +295,7 @@ class KommoClient:
 
         async def send(chunk: list[Item]) -> list[NoteCreated]:
             response = await self._request(method, "/api/v4/contacts/notes", json=[body for _, body in chunk])
-            parsed: KommoNotesAdded = self._parse(KommoNotesAdded, self._json(response, what), response, what)
+            parsed: KommoNotesAdded = answers.read(KommoNotesAdded, response, what)
             found = parsed.embedded.notes
             sent = [rid for rid, _ in chunk]
             ordered = in_sent_order(found, [n.request_id for n in found], sent)
@@ -313,11 +320,11 @@ class KommoClient:
             response = await self._request("GET", path, params=[("page", page), ("limit", MAX_LIMIT)])
             if response.status_code == 204 or not response.content:
                 return pages
-            parsed: PageT = self._parse(model, self._json(response, what), response, what)
+            parsed: PageT = answers.read(model, response, what)
             pages.append(parsed)
             if parsed.links.next is None:
                 return pages
-            next_page = _page_of(parsed.links.next.href) or page + 1
+            next_page = answers.page_of(parsed.links.next.href) or page + 1
             if next_page <= page:
                 raise KommoError(f"Kommo {what}: next link points back to page {next_page}")
             page = next_page
@@ -341,9 +348,7 @@ class KommoClient:
     async def get_account(self) -> KommoAccount:
         """``GET /api/v4/account``."""
         response = await self._request("GET", "/api/v4/account")
-        account: KommoAccount = self._parse(
-            KommoAccount, self._json(response, "account"), response, "account"
-        )
+        account: KommoAccount = answers.read(KommoAccount, response, "account")
         return account
 
     async def register_webhook(self, destination: str, events: Sequence[str]) -> None:
@@ -352,7 +357,7 @@ class KommoClient:
         response = await self._request("POST", "/api/v4/webhooks", json=body)
         webhook_id: int | None = None
         if response.content:
-            data = self._json(response, "register webhook")
+            data = answers.json_of(response, "register webhook")
             if isinstance(data, Mapping) and isinstance(data.get("id"), int):
                 webhook_id = data["id"]
         log.info("kommo.webhook_registered", webhook_id=webhook_id, events=list(events))
@@ -365,24 +370,13 @@ class KommoClient:
         response = await self._request("GET", "/api/v4/webhooks", params=params)
         if response.status_code == 204 or not response.content:
             return []
-        listing: KommoWebhookList = self._parse(
-            KommoWebhookList, self._json(response, "list webhooks"), response, "list webhooks"
-        )
+        listing: KommoWebhookList = answers.read(KommoWebhookList, response, "list webhooks")
         return listing.embedded.webhooks
 
     async def delete_webhook(self, destination: str) -> None:
         """Unsubscribe ``destination``."""
         await self._request("DELETE", "/api/v4/webhooks", json={"destination": destination})
         log.info("kommo.webhook_deleted")
-
-
-def _page_of(href: str) -> int | None:
-    """The ``page`` query parameter of a HAL link, if it is a positive integer."""
-    values = parse_qs(urlsplit(href).query).get("page")
-    if not values or not values[0].isdigit():
-        return None
-    page = int(values[0])
-    return page if page > 0 else None
 
 
 if TYPE_CHECKING:

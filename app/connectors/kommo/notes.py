@@ -1,25 +1,40 @@
-"""Service notes on contacts' timelines (the provider-neutral ``CrmNote``) written through the notes API:
-new ones added, earlier ones given a new text, and the items Kommo refuses set aside so that the others are
-still written."""
+"""Service writes of the sync engine through Kommo's batch APIs: notes on contacts' timelines (the provider-
+neutral ``CrmNote``: new ones added, earlier ones given a new text) and tags added to contacts. The items
+Kommo refuses (a contact deleted meanwhile) are set aside and the others resent, so one bad item never holds
+up the rest."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from app.connectors.base import CrmNote, NotesWritten
 from app.connectors.kommo.exceptions import KommoBatchRejected
-from app.connectors.kommo.writes import NoteCreated, NoteIn, NoteUpdate
+from app.connectors.kommo.writes import ContactPatch, NoteIn, NoteUpdate, TagName
 
 if TYPE_CHECKING:
     from app.connectors.kommo.client import KommoClient
 
-_NoteT = TypeVar("_NoteT", NoteIn, NoteUpdate)
+
+class _Sent(Protocol):
+    @property
+    def request_id(self) -> str | None: ...
+
+
+class _Done(Protocol):
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def request_id(self) -> str: ...
+
+
+_ItemT = TypeVar("_ItemT", bound=_Sent)
 
 
 async def write_service_notes(client: KommoClient, notes: Sequence[CrmNote], *, service: str) -> NotesWritten:
-    """Items Kommo refuses (a contact deleted meanwhile) are reported and the rest resent, so one bad item
-    never holds up the others; any other error is raised as it is (with ``progress``: what was written)."""
+    """Notes shown as coming from ``service``; any error other than a refusal of items is raised as it is
+    (with ``progress``: what was written)."""
     out = NotesWritten({}, {})
     adds = [
         NoteIn.service_message(n.contact_id, service, n.text, request_id=n.key)
@@ -37,22 +52,37 @@ async def write_service_notes(client: KommoClient, notes: Sequence[CrmNote], *, 
         for n in notes
         if n.note_id is not None
     ]
-    await _refusing(adds, client.add_notes, out)
-    await _refusing(updates, client.update_notes, out)
+    await setting_refused_aside(adds, client.add_notes, out)
+    await setting_refused_aside(updates, client.update_notes, out)
     return out
 
 
-async def _refusing(
-    items: Sequence[_NoteT],
-    write: Callable[[Sequence[_NoteT]], Awaitable[list[NoteCreated]]],
+async def add_tags(client: KommoClient, tags: Mapping[int, Sequence[str]]) -> NotesWritten:
+    """Add tags to contacts (their other tags kept) in batch PATCHes: ``written`` maps each contact id (as
+    text) to itself, ``refused`` names the contacts Kommo refused."""
+    patches = [
+        ContactPatch(id=cid, tags_to_add=[TagName(name=t) for t in dict.fromkeys(names)], request_id=str(cid))
+        for cid, names in tags.items()
+        if names
+    ]
+    out = NotesWritten({}, {})
+    await setting_refused_aside(patches, client.update_contacts, out)
+    return out
+
+
+async def setting_refused_aside(
+    items: Sequence[_ItemT],
+    write: Callable[[Sequence[_ItemT]], Awaitable[Sequence[_Done]]],
     out: NotesWritten,
 ) -> None:
+    """``write`` the items; the ones a 400 names go to ``out.refused`` and the rest are resent (each round
+    drops at least one item, so it ends)."""
     pending = list(items)
-    for _ in range(len(items) + 1):  # each round drops at least one refused item
+    for _ in range(len(items) + 1):
         if not pending:
             return
         try:
-            done = await write(pending)
+            done: Sequence[_Done] = await write(pending)
         except KommoBatchRejected as exc:
             rejected = set(exc.rejected_request_ids)
             for rid in rejected:
@@ -62,5 +92,5 @@ async def _refusing(
             pending = [n for n in pending if n.request_id in unsaved and n.request_id not in rejected]
         else:
             pending = []
-        for note in done:
-            out.written[note.request_id] = note.id
+        for item in done:
+            out.written[item.request_id] = item.id

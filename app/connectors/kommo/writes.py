@@ -1,5 +1,6 @@
-"""Typed batch writes: contact notes (spec §11) and contact patches (§3.5, §10), what
-``KommoClient.add_notes`` and ``update_contacts`` take and return, and the shapes of Kommo's answers."""
+"""Typed batch writes: contact notes (spec §11), new contacts (§3.4) and contact patches (§3.5, §10), what
+``KommoClient.add_notes``, ``add_contacts`` and ``update_contacts`` take and return, and the shapes of
+Kommo's answers."""
 
 from __future__ import annotations
 
@@ -107,6 +108,26 @@ class TagName(_Input):
     name: str
 
 
+class ContactIn(_Input):
+    """One contact to create (``POST /api/v4/contacts``, §3.4); fields left None are not sent. Kommo has no
+    duplicate control there (§10): whoever creates must have looked the address up first."""
+
+    name: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    responsible_user_id: int | None = None
+    custom_fields_values: list[FieldValuesPatch] | None = None
+    tags_to_add: list[TagName] | None = None
+    request_id: str | None = None
+
+    def body(self) -> dict[str, Any]:
+        """The JSON item, without ``request_id`` (the batch adds it)."""
+        out = self.model_dump(exclude_none=True, exclude={"request_id", "custom_fields_values"})
+        if self.custom_fields_values is not None:
+            out["custom_fields_values"] = [f.body() for f in self.custom_fields_values]
+        return out
+
+
 class ContactPatch(_Input):
     """Changes to one contact; fields left None are not sent (Kommo keeps them)."""
 
@@ -129,6 +150,8 @@ class ContactPatch(_Input):
 
 
 class ContactUpdated(KommoModel):
+    """A contact written (updated, or created: then without ``name`` and ``updated_at``, §3.4)."""
+
     id: int
     name: str | None = None
     updated_at: int | None = None

@@ -24,7 +24,7 @@ from app.connectors.unisender.exceptions import (
     error_from_envelope,
     error_from_status,
 )
-from app.connectors.unisender.hooks import HOOK_EVENT_NAMES
+from app.connectors.unisender.hooks import REGISTERED_EVENT_NAMES
 from app.connectors.unisender.imports import (
     INVALID_FIELD_NAME,
     MAX_IMPORT_FIELDS,
@@ -316,9 +316,12 @@ class UnisenderClient(CampaignMethods):
             params.append(("public_name", public_name))
         return self._parse("createField", CreatedId, await self.call("createField", params)).id
 
-    async def set_unsubscribe_hook(self, url: str, *, max_parallel: int = HOOK_MAX_PARALLEL) -> None:
+    async def set_unsubscribe_hook(
+        self, url: str, *, extra_events: Sequence[str] = (), max_parallel: int = HOOK_MAX_PARALLEL
+    ) -> None:
         """Register (or replace, or re-activate) the account's event hook at ``url``: every status of
-        ``email_status``, ``subscribe``, ``unsubscribe`` and ``campaign_status``, batched JSON POSTs.
+        ``email_status``, ``subscribe``, ``unsubscribe`` and ``campaign_status`` (and ``extra_events``),
+        batched JSON POSTs.
 
         Unsubscribes are what the sync acts on; the other events are registered so they are kept for later
         use. ``status=active`` also revives a hook Unisender stopped after a day of failed deliveries.
@@ -328,7 +331,10 @@ class UnisenderClient(CampaignMethods):
             [
                 ("hook_url", url),
                 ("event_format", "json_post"),
-                *((f"events[{name}]", "*") for name in HOOK_EVENT_NAMES),
+                *(
+                    (f"events[{name}]", "*")
+                    for name in dict.fromkeys((*REGISTERED_EVENT_NAMES, *extra_events))
+                ),
                 ("single_event", "0"),
                 ("max_parallel", str(max_parallel)),
                 ("status", "active"),

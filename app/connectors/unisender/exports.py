@@ -150,3 +150,14 @@ class TaskMethods:
             "async/exportContacts", params, poll_interval=poll_interval, max_polls=max_polls
         )
         return ExportedContacts(columns=table.columns, contacts=table.records())
+
+    async def export_field_values(self, list_id: int, names: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Every address of ``list_id`` (lower-cased) with the user fields ``names`` as Unisender holds them."""
+        wanted = list(dict.fromkeys(names))
+        exported = await self.export_contacts(list_id=list_id, field_names=["email", *wanted])
+        out: dict[str, dict[str, str]] = {}
+        for record in exported.contacts:
+            email = record.get("email", "").strip().lower()
+            if email:
+                out[email] = {name: record.get(name, "") for name in wanted}
+        return out

@@ -40,8 +40,16 @@ MAX_HOOK_BODY_BYTES = 1_048_576
 MAX_HOOK_EVENTS = 5_000
 MAX_EMAIL_LENGTH = 254
 
-# The events our hook registers for (a status filter of "*" = every status).
-HOOK_EVENT_NAMES = ("email_status", "subscribe", "unsubscribe", "campaign_status")
+# A contact's user fields edited in Unisender, event_data {"email", "fields": {name: new value}}. Unisender
+# documents a "user data change" event class but not its name: this is the sandbox's (docs/specs), UNCONFIRMED.
+DATA_CHANGE_EVENT = "contact_data_change"
+# The documented events our hook registers for (a status filter of "*" = every status). The data-change event
+# is read when it comes but registered only when configured (UNISENDER_EXTRA_HOOK_EVENTS): an event name
+# Unisender does not know could make it refuse the whole registration, unsubscribes included; without it,
+# changes made in Unisender reach us through the export reconcile.
+REGISTERED_EVENT_NAMES = ("email_status", "subscribe", "unsubscribe", "campaign_status")
+# The events we read.
+HOOK_EVENT_NAMES = (*REGISTERED_EVENT_NAMES, DATA_CHANGE_EVENT)
 # email_status values that mean the address no longer takes mail from this account: the recipient clicked
 # "unsubscribe" in a letter, or a letter was not sent because the address had unsubscribed earlier.
 UNSUBSCRIBED_STATUSES = frozenset({"ok_unsubscribed", "err_unsubscribed"})
@@ -65,6 +73,7 @@ class HookEvent:
     campaign_id: int | None
     raw: dict[str, Any]  # the event as received (flat layout: the body without auth and retry_count)
     problem: str | None = None  # why the event is unrecognised; None for a recognised event
+    changed_fields: tuple[tuple[str, str], ...] = ()  # a data change's user fields: (name, new text)
 
     @property
     def recognised(self) -> bool:
@@ -90,6 +99,16 @@ class HookEvent:
         ``email_status`` of unsubscribed names none: the address left everything."""
         return self.list_ids if self.unsubscribes and self.name == "unsubscribe" else ()
 
+    @property
+    def subscribed_lists(self) -> tuple[int, ...]:
+        """The lists a ``subscribe`` event names: the address joined them (a signup form, a re-activation)."""
+        return self.list_ids if self.recognised and self.name == "subscribe" else ()
+
+    @property
+    def field_values(self) -> dict[str, str]:
+        """The user fields a data change (made in Unisender) set: name → new text ("" cleared it)."""
+        return dict(self.changed_fields) if self.recognised else {}
+
     def identity(self) -> str:
         """What makes two deliveries carry the same event: Unisender gives events no id, and a redelivery
         differs from the first attempt in ``auth`` and ``retry_count`` only. Without a readable time the
@@ -103,6 +122,8 @@ class HookEvent:
                 list(self.list_ids),
                 self.campaign_id,
             ]
+            if self.changed_fields:  # two edits of one address in one second differ only here
+                parts.append(dict(self.changed_fields))
         else:
             parts = ["raw", self.raw]
         return _canonical(parts)
@@ -175,12 +196,21 @@ def parse_event(item: Any) -> HookEvent:
         status=_text(data.get("status")),
         campaign_id=_positive_int(data.get("campaign_id")),
         raw=raw,
+        changed_fields=_changed_fields(data.get("fields")) if name == DATA_CHANGE_EVENT else (),
     )
     problem = _missing(event)
     if problem is None:
         return event
     return HookEvent(
-        event.name, event.time, event.email, event.list_ids, event.status, event.campaign_id, raw, problem
+        event.name,
+        event.time,
+        event.email,
+        event.list_ids,
+        event.status,
+        event.campaign_id,
+        raw,
+        problem,
+        event.changed_fields,
     )
 
 
@@ -246,11 +276,34 @@ def _unrecognised(raw: dict[str, Any], name: str, problem: str) -> HookEvent:
 def _missing(event: HookEvent) -> str | None:
     if event.name not in HOOK_EVENT_NAMES:
         return "unknown event name"
-    if event.name in ("subscribe", "unsubscribe", "email_status") and event.email is None:
+    if event.name in ("subscribe", "unsubscribe", "email_status", DATA_CHANGE_EVENT) and event.email is None:
         return "no valid email"
+    if event.name == DATA_CHANGE_EVENT and not event.changed_fields:
+        return "no fields"
     if event.name in ("email_status", "campaign_status") and event.status is None:
         return "no status"
     return None
+
+
+def _changed_fields(value: Any) -> tuple[tuple[str, str], ...]:
+    """A data change's ``fields`` object as (name, text) pairs; a value that is no scalar is dropped (it
+    cannot be a user field's value), a null is a cleared field."""
+    if not isinstance(value, dict):
+        return ()
+    out: list[tuple[str, str]] = []
+    for name, raw in value.items():
+        if not isinstance(name, str) or not name.strip():
+            continue
+        if raw is None:
+            text = ""
+        elif isinstance(raw, bool):
+            text = "1" if raw else "0"
+        elif isinstance(raw, str | int | float):
+            text = str(raw)
+        else:
+            continue
+        out.append((name.strip(), text))
+    return tuple(out)
 
 
 def _email(value: Any) -> str | None:

@@ -1,0 +1,194 @@
+"""Writes into the CRM the values two-way fields took in the email platform (``crm_write`` rows queued by
+``app.sync.two_way``): per contact the latest value of each field wins (the older ones are superseded), one
+batch of contact patches per round, paced by the account's CRM budget (the client's limiter).
+
+A value the CRM refuses (a deleted contact, an option it does not have) is failed with the reason and never
+retried; the contact is re-read live so that our copy, which took the value already, holds the CRM's again
+and the address is re-derived: the CRM's value goes back to the platform. Any other error leaves the rows
+pending for the job's retry (writing a value twice is harmless).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.connectors.base import CrmClient, CrmContact, CrmFieldWrite, CrmValue, FieldsWritten
+from app.context import ProcessContext
+from app.db.base import utcnow
+from app.db.locks import account_lock, xact_lock
+from app.db.models import CrmWrite
+from app.db.states import CrmWriteState
+from app.sync import crm_writes_repo, providers, reverse, service
+from app.sync.spec import SourceKind, SourceRef
+
+log = structlog.get_logger(__name__)
+
+ROUND_ROWS = 1000  # rows per round: at most this many contacts per batch of PATCH calls
+MAX_ROUNDS = 5  # per job; a longer backlog goes on in a fresh job
+
+
+@dataclass
+class WriteResult:
+    written: int = 0  # contacts written
+    failed: int = 0  # values failed (no CRM form, or refused)
+    busy: bool = False  # another job writes this account's values
+    more: bool = False  # stopped with rows left
+    rederived: bool = False  # contacts whose CRM side won after all: the outbox may have work
+    refused: dict[int, set[str]] = field(default_factory=dict)  # this round's refused contacts → addresses
+
+
+@dataclass
+class Plan:
+    """One round's rows turned into one write per contact."""
+
+    writes: list[CrmFieldWrite] = field(default_factory=list)
+    ids: dict[str, list[int]] = field(default_factory=dict)  # write key → its rows
+    emails: dict[str, set[str]] = field(default_factory=dict)  # write key → the addresses they came from
+    superseded: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)  # row → why it has no CRM value
+    # Rows the CRM's side won after all (its contact changed since, or is gone): contact → their addresses.
+    stale: dict[int, set[str]] = field(default_factory=dict)
+    stale_ids: dict[int, str] = field(default_factory=dict)  # row → why
+
+
+def source_ref(source: str, field_type: str) -> SourceRef:
+    """The ``SourceRef`` a ``crm_write.source`` names (its display name is not needed to write it)."""
+    kind, _, field_id = source.partition(":")
+    return SourceRef(
+        kind=SourceKind(kind), field_id=int(field_id) if field_id else None, type=field_type, name=""
+    )
+
+
+def plan_writes(rows: Sequence[CrmWrite], versions: Mapping[int, int] | None = None) -> Plan:
+    """Per contact and source the latest value (by the platform's time, then by arrival) is written, unless
+    ``versions`` (the contacts' CRM version times as read live just now) says the CRM changed the contact at
+    or after the platform's change, or no longer has it: then the CRM's side wins after all (the conflict
+    rule of ``app.sync.two_way``, checked again against the live version: a CRM change may have been on its
+    way while the platform's was decided)."""
+    plan = Plan()
+    latest: dict[tuple[int, str], CrmWrite] = {}
+    for row in rows:
+        pair = (row.kommo_id, row.source)
+        cur = latest.get(pair)
+        if cur is None or (row.unisender_at, row.id) >= (cur.unisender_at, cur.id):
+            if cur is not None:
+                plan.superseded.append(cur.id)
+            latest[pair] = row
+        else:
+            plan.superseded.append(row.id)
+    per_contact: dict[int, list[tuple[CrmWrite, CrmValue]]] = {}
+    for row in latest.values():
+        if versions is not None:
+            version = versions.get(row.kommo_id)
+            at = int(row.unisender_at.timestamp())
+            if version is None or version >= at:
+                why = (
+                    "the CRM contact is gone"
+                    if version is None
+                    else f"changed in the CRM at {version} >= {at}"
+                )
+                plan.stale_ids[row.id] = why
+                plan.stale.setdefault(row.kommo_id, set()).add(row.email)
+                continue
+        try:
+            value, _ = reverse.crm_value(source_ref(row.source, row.field_type), row.value)
+        except (reverse.Unconvertible, ValueError) as exc:
+            plan.failed[row.id] = str(exc)[:300]
+            continue
+        per_contact.setdefault(row.kommo_id, []).append((row, value))
+    for kommo_id, items in sorted(per_contact.items()):
+        key = f"c{kommo_id}"
+        attributes = tuple((r.source, str(v)) for r, v in items if not r.source.startswith("custom_field:"))
+        fields = tuple(
+            (int(r.source.partition(":")[2]), v) for r, v in items if r.source.startswith("custom_field:")
+        )
+        plan.writes.append(CrmFieldWrite(kommo_id, key, attributes, fields))
+        plan.ids[key] = [r.id for r, _ in items]
+        plan.emails[key] = {r.email for r, _ in items}
+    return plan
+
+
+async def write_crm_fields(pc: ProcessContext, account_id: int) -> WriteResult:
+    """Write the account's pending values, up to ``MAX_ROUNDS`` rounds."""
+    result = WriteResult()
+    client = await providers.crm_client(pc, account_id)  # before the session: it reads through its own
+    for _ in range(MAX_ROUNDS):
+        async with pc.db.session_scope() as session:
+            # One writer per account: two would each write their own rows' values in any order.
+            if not await xact_lock(session, f"crm_write:{account_id}", wait=False):
+                result.busy = True
+                return result
+            rows = await crm_writes_repo.pending_writes(session, account_id, ROUND_ROWS)
+            if not rows:
+                return result
+            read_at = utcnow()
+            live = {c.id: c for c in await client.get_contacts(sorted({r.kommo_id for r in rows}))}
+            plan = plan_writes(rows, {cid: c.updated_at for cid, c in live.items()})
+            written = await _round(session, client, account_id, plan, result)
+            # What the CRM's side won after all goes back: our copy took the platform's values already. A
+            # contact written in this round is left to the webhook of that write, which carries all of it.
+            stale = {c: e for c, e in {**plan.stale, **result.refused}.items() if c not in written}
+            if stale:
+                await _rederive(session, account_id, [live[c] for c in stale if c in live], read_at, stale)
+                result.rederived = True
+                result.refused.clear()
+        if len(rows) < ROUND_ROWS:
+            return result
+    result.more = True
+    return result
+
+
+async def _round(
+    session: AsyncSession, client: CrmClient, account_id: int, plan: Plan, result: WriteResult
+) -> set[int]:
+    """Write the plan and record each row's outcome; returns the contacts written."""
+    now = utcnow()
+    await crm_writes_repo.finish(session, plan.superseded, CrmWriteState.SUPERSEDED, now)
+    for row_id, reason in plan.failed.items():
+        await crm_writes_repo.finish(session, [row_id], CrmWriteState.FAILED, now, reason)
+    for row_id, reason in plan.stale_ids.items():
+        await crm_writes_repo.finish(session, [row_id], CrmWriteState.SUPERSEDED, now, reason)
+    answer = await client.write_contact_fields(plan.writes) if plan.writes else FieldsWritten({}, {})
+    refused = result.refused
+    written: set[int] = set()
+    for write in plan.writes:
+        ids = plan.ids[write.key]
+        if write.key in answer.refused:
+            reason = answer.refused[write.key]
+            await crm_writes_repo.finish(session, ids, CrmWriteState.FAILED, now, reason)
+            refused[write.contact_id] = plan.emails[write.key]
+        elif write.key in answer.written:
+            await crm_writes_repo.finish(session, ids, CrmWriteState.DONE, now)
+            written.add(write.contact_id)
+    result.written += len(written)
+    result.failed += len(plan.failed) + sum(len(plan.ids[f"c{cid}"]) for cid in refused)
+    log.info(
+        "crm_writes.round",
+        account_id=account_id,
+        contacts=len(plan.writes),
+        refused=len(refused),
+        crm_won=len(plan.stale_ids),
+        unconvertible=len(plan.failed),
+        superseded=len(plan.superseded),
+    )
+    return written
+
+
+async def _rederive(
+    session: AsyncSession,
+    account_id: int,
+    contacts: Sequence[CrmContact],
+    read_at: datetime,
+    emails: Mapping[int, set[str]],
+) -> None:
+    """Our copies of these contacts took the platform's values already: the live versions (the truth as of
+    the read, before any write of this round) replace them, and their addresses are re-derived, so the CRM's
+    values are pushed back to the platform."""
+    await account_lock(session, account_id)
+    applied = await service.apply_contacts(session, account_id, contacts, read_at=read_at)
+    await service.recompute(session, account_id, set(applied.affected).union(*emails.values()))

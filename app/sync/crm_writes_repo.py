@@ -1,0 +1,154 @@
+"""SQL of two-way fields: ``crm_write`` (values to write into the CRM), and the two places a value that came
+back from the email platform is recorded: what the platform holds (``outbox.pushed_payload``) and, when the
+platform's value won, our copy of the CRM contact (``contact``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import exists, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.models import Contact, CrmWrite, Outbox
+from app.db.states import CrmWriteState, OutboxStatus
+from app.sync.mapping import payload_hash
+from app.sync.spec import SourceKind, SourceRef
+
+
+@dataclass(frozen=True, slots=True)
+class NewWrite:
+    kommo_id: int
+    email: str
+    source: str
+    field_type: str
+    target: str
+    value: str
+    unisender_at: datetime
+    state: CrmWriteState = CrmWriteState.PENDING
+    last_error: str | None = None
+
+
+def source_key(ref: SourceRef) -> str:
+    """How ``crm_write.source`` names a source: its kind, a custom field with its id."""
+    return f"custom_field:{ref.field_id}" if ref.kind is SourceKind.CUSTOM_FIELD else ref.kind.value
+
+
+async def add_write(session: AsyncSession, account_id: int, write: NewWrite, *, at: datetime) -> None:
+    handled = None if write.state is CrmWriteState.PENDING else at
+    session.add(
+        CrmWrite(
+            account_id=account_id,
+            kommo_id=write.kommo_id,
+            email=write.email,
+            source=write.source,
+            field_type=write.field_type,
+            target=write.target,
+            value=write.value,
+            unisender_at=write.unisender_at,
+            state=write.state,
+            last_error=write.last_error,
+            created_at=at,
+            handled_at=handled,
+        )
+    )
+    await session.flush()
+
+
+async def pending_writes(session: AsyncSession, account_id: int, limit: int) -> list[CrmWrite]:
+    """The account's pending writes, oldest first, locked (a second writer skips them)."""
+    stmt = (
+        select(CrmWrite)
+        .where(CrmWrite.account_id == account_id, CrmWrite.state == CrmWriteState.PENDING)
+        .order_by(CrmWrite.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def accounts_with_pending_writes(session: AsyncSession) -> list[int]:
+    stmt = select(CrmWrite.account_id).where(CrmWrite.state == CrmWriteState.PENDING).distinct()
+    return [int(a) for a in (await session.execute(stmt)).scalars()]
+
+
+async def has_pending_writes(session: AsyncSession, account_id: int) -> bool:
+    pending = (CrmWrite.account_id == account_id) & (CrmWrite.state == CrmWriteState.PENDING)
+    return bool((await session.execute(select(exists().where(pending)))).scalar())
+
+
+async def record_held_value(
+    session: AsyncSession, outbox_id: int, held: dict[str, Any], target: str, value: str
+) -> None:
+    """The platform now holds ``value`` in ``target`` for this address (its own change): a desire equal to
+    what it holds sends nothing, so neither our echo nor the CRM's echo of our write is pushed back."""
+    fields = {**(held.get("fields") or {}), target: value}
+    payload = {**held, "fields": fields}
+    await session.execute(
+        update(Outbox)
+        .where(Outbox.id == outbox_id)
+        .values(pushed_payload=payload, pushed_hash=payload_hash(payload))
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def set_contact_value(
+    session: AsyncSession, account_id: int, kommo_id: int, ref: SourceRef, text: str
+) -> None:
+    """Our copy of the contact takes the value written into the CRM now, before the CRM's webhook brings it:
+    every address the contact owns derives it at once (Kommo's webhooks never carry first and last names)."""
+    where = (Contact.account_id == account_id) & (Contact.kommo_id == kommo_id)
+    if ref.kind is SourceKind.NAME:
+        stmt = update(Contact).where(where).values(name=text)
+    else:
+        current = (await session.execute(select(Contact.data).where(where))).scalar_one_or_none()
+        data = dict(current or {})
+        if ref.kind is SourceKind.CUSTOM_FIELD:
+            fields = dict(data.get("fields") or {})
+            if text:
+                fields[str(ref.field_id)] = [text]
+            else:
+                fields.pop(str(ref.field_id), None)
+            data["fields"] = fields
+        else:
+            data[ref.kind.value] = text
+        stmt = update(Contact).where(where).values(data=data)
+    await session.execute(stmt.execution_options(synchronize_session=False))
+
+
+async def finish(
+    session: AsyncSession, ids: Sequence[int], state: CrmWriteState, at: datetime, error: str | None = None
+) -> None:
+    if not ids:
+        return
+    await session.execute(
+        update(CrmWrite)
+        .where(CrmWrite.id.in_(list(ids)))
+        .values(state=state, handled_at=at, last_error=error)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def pushed_before(
+    session: AsyncSession, account_id: int, emails: Sequence[str], before: datetime
+) -> dict[str, dict[str, Any]]:
+    """Per address, the user fields the platform accepted from us last, when that was before ``before`` (a
+    push accepted later may postdate what an export taken at ``before`` shows) and was not a deletion."""
+    out: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(emails), 1000):
+        stmt = select(Outbox.email, Outbox.pushed_payload).where(
+            Outbox.account_id == account_id,
+            Outbox.email.in_(list(emails[start : start + 1000])),
+            Outbox.pushed_at < before,
+        )
+        for email, payload in (await session.execute(stmt)).all():
+            if payload and not payload.get("delete"):
+                out[str(email)] = dict(payload.get("fields") or {})
+    return out
+
+
+async def has_due_outbox(session: AsyncSession, account_id: int) -> bool:
+    due = (Outbox.account_id == account_id) & (Outbox.status == OutboxStatus.PENDING)
+    return bool((await session.execute(select(exists().where(due)))).scalar())

@@ -1,0 +1,155 @@
+"""Two-way fields: a value changed in the email platform, for a spec rule of direction ``to_kommo`` or ``both``,
+flows back into the CRM contact, and each side's echo of the other's write is recognised and dropped.
+
+A change is (address, platform field F, value V, time t_u): the hook's event time, or for a change found by
+the export reconcile (``two_way_sync``) the moment the export started. The rule, per change:
+
+1. No rule of direction ``to_kommo``/``both`` targets F, or no live contact holds the address → ignored
+   (a missing owner is logged).
+2. Echo: V is what we last pushed for F (``outbox.pushed_payload``, compared as values of F's type, so
+   ``12.50`` is ``12.5``) → our own write coming back: ignored.
+3. Conflict: the later change wins; a tie goes to the CRM. The CRM's change time is its version time of the
+   owner contact (``contact.kommo_updated_at``, whole seconds, per contact and not per field), so a change in
+   the platform within the same second as the contact's last CRM version loses.
+   - CRM wins: we record that the platform holds V (pushed_payload[F] = V) and re-derive the address, so the
+     difference (the CRM's value) is pushed back to the platform.
+   - Platform wins: we record that the platform holds V, write V into our copy of the contact (every address
+     it owns derives V at once) and queue a CRM write of V into the rule's source (``crm_write``, written by
+     ``crm_writes``). The CRM's webhook for that write brings V back: it derives what the platform holds,
+     so nothing is pushed. When the contact already holds V, nothing is written.
+   - V has no value of the source's CRM type (``app.sync.reverse``): the write is recorded failed with the
+     reason, and the address is re-derived, which pushes the CRM's value back.
+Before writing, ``crm_writes`` reads the contact's live CRM version again: a CRM change at or after t_u (one
+on its way while the rule was applied) wins after all, and a write the CRM refuses fails with its reason; in
+both cases the live contact replaces our copy and the CRM's value is pushed back to the platform.
+
+Callers hold ``app.db.locks.account_lock`` and own the transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.connectors.base import EspHookEvent
+from app.db.base import utcnow
+from app.db.states import CrmWriteState
+from app.sync import contacts_repo, crm_writes_repo, outbox_repo, reverse, service, spec_repo
+from app.sync.crm_writes_repo import NewWrite, source_key
+from app.sync.spec import Direction, FieldRule, StoredSpec
+
+log = structlog.get_logger(__name__)
+
+_BACK = (Direction.TO_KOMMO, Direction.BOTH)
+
+
+class Outcome(StrEnum):
+    NO_RULE = "no_rule"
+    NO_OWNER = "no_owner"
+    ECHO = "echo"
+    CRM_WINS = "crm_wins"
+    PLATFORM_WINS = "platform_wins"  # a CRM write queued
+    ALREADY_HELD = "already_held"  # the platform won, and the contact held the value already
+    UNCONVERTIBLE = "unconvertible"
+
+
+@dataclass(frozen=True, slots=True)
+class DataChange:
+    email: str  # normalised
+    target: str  # the platform's field name
+    value: str
+    at: datetime  # when the platform's value was set (UTC)
+
+
+def back_rules(spec: StoredSpec) -> dict[str, FieldRule]:
+    """The spec's rules that carry values back to the CRM, by target (one source each: ``spec_check``)."""
+    return {r.target: r for r in spec.fields if r.direction in _BACK and len(r.sources) == 1}
+
+
+async def apply_change(
+    session: AsyncSession, account_id: int, change: DataChange, spec: StoredSpec | None = None
+) -> Outcome:
+    """Apply the rule of the module docstring to one change."""
+    if spec is None:
+        _, spec = await spec_repo.current_spec(session, account_id)
+    rule = back_rules(spec).get(change.target)
+    if rule is None:
+        return Outcome.NO_RULE
+    owner = (await contacts_repo.live_owners(session, account_id, [change.email])).get(change.email)
+    if owner is None:
+        log.info("two_way.no_owner", account_id=account_id, target=change.target)
+        return Outcome.NO_OWNER
+    row = (await outbox_repo.lock_outbox(session, account_id, [change.email])).get(change.email)
+    held = _held(row.pushed_payload if row is not None else None)
+    pushed = str((held or {}).get("fields", {}).get(change.target, ""))
+    if reverse.same(rule.target_type, pushed, change.value):
+        return Outcome.ECHO
+    if row is not None and held is not None:
+        await crm_writes_repo.record_held_value(session, row.id, held, change.target, change.value)
+    if int(change.at.timestamp()) <= owner.updated_at:
+        await service.recompute(session, account_id, [change.email])
+        _log(account_id, change, Outcome.CRM_WINS, owner.updated_at)
+        return Outcome.CRM_WINS
+    derive = await service.derivation(session, account_id, spec)
+    read = dict(derive.compiled.fields).get(change.target)
+    current = read(owner.view()) if read is not None else ""
+    emails = [change.email, *owner.emails]
+    if reverse.same(rule.target_type, current, change.value):
+        await service.recompute(session, account_id, emails)
+        return Outcome.ALREADY_HELD
+    ref = rule.sources[0]
+    write = NewWrite(
+        owner.kommo_id, change.email, source_key(ref), ref.type, change.target, change.value, change.at
+    )
+    try:
+        _, text = reverse.crm_value(ref, change.value)
+    except reverse.Unconvertible as exc:
+        failed = replace(write, state=CrmWriteState.FAILED, last_error=str(exc)[:300])
+        await crm_writes_repo.add_write(session, account_id, failed, at=utcnow())
+        await service.recompute(session, account_id, [change.email])
+        _log(account_id, change, Outcome.UNCONVERTIBLE, owner.updated_at)
+        return Outcome.UNCONVERTIBLE
+    await crm_writes_repo.add_write(session, account_id, write, at=utcnow())
+    await crm_writes_repo.set_contact_value(session, account_id, owner.kommo_id, ref, text)
+    await service.recompute(session, account_id, emails)
+    _log(account_id, change, Outcome.PLATFORM_WINS, owner.updated_at)
+    return Outcome.PLATFORM_WINS
+
+
+async def on_hook_event(
+    session: AsyncSession, account_id: int, item: EspHookEvent, received_at: datetime
+) -> list[Outcome]:
+    """A hook event's data change (if it is one): each changed field through ``apply_change``."""
+    values: Mapping[str, str] = item.field_values
+    if not values or item.email is None:
+        return []
+    _, spec = await spec_repo.current_spec(session, account_id)
+    when = item.time or received_at
+    return [
+        await apply_change(session, account_id, DataChange(item.email, target, value, when), spec)
+        for target, value in values.items()
+    ]
+
+
+def _held(pushed: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the platform holds per our last accepted push (None: nothing, or a deletion)."""
+    if not pushed or pushed.get("delete"):
+        return None
+    return pushed
+
+
+def _log(account_id: int, change: DataChange, outcome: Outcome, kommo_at: int) -> None:
+    log.info(
+        "two_way.change",
+        account_id=account_id,
+        target=change.target,
+        outcome=outcome.value,
+        platform_at=int(change.at.timestamp()),
+        crm_at=kommo_at,
+    )

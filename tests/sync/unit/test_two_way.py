@@ -1,0 +1,238 @@
+"""The two-way rule (``app.sync.two_way``) on the real database, each test inside a rolled-back transaction:
+echoes dropped, the later change winning, a tie going to the CRM, and what each outcome leaves in the
+outbox, the contact and ``crm_write``."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.connectors.base import CrmContact, CrmFieldValue
+from app.db.base import utcnow
+from app.db.models import Contact, CrmWrite, Outbox
+from app.db.states import CrmWriteState, OutboxStatus
+from app.sync import outbox_repo, service, spec_repo, two_way
+from app.sync.crm_writes import plan_writes
+from app.sync.spec import Direction, FieldRule, ListRule, SourceKind, SourceRef, StoredSpec
+from app.sync.two_way import DataChange, Outcome
+
+_IDS = itertools.count(random.randrange(10**12, 10**13, 10**6) + 7)
+EMAIL = "ann@x.io"
+PLAN, SCORE = 500, 501
+KOMMO_AT = 1_800_000_000  # the contact's CRM version time
+
+
+def _rule(target: str, field_id: int, kommo_type: str, target_type: str) -> FieldRule:
+    ref = SourceRef(kind=SourceKind.CUSTOM_FIELD, field_id=field_id, type=kommo_type, name=target)
+    return FieldRule(
+        source=[f"custom_field:{field_id}"],
+        target=target,
+        direction=Direction.BOTH,
+        sources=[ref],
+        target_type=target_type,
+    )
+
+
+SPEC = StoredSpec(
+    fields=[
+        _rule("Plan", PLAN, "text", "string"),
+        _rule("Score", SCORE, "numeric", "number"),
+        FieldRule(
+            source=["name"],
+            target="Name",
+            sources=[SourceRef(kind=SourceKind.NAME, type="text", name="Name")],
+            target_type="string",
+        ),
+    ],
+    lists=[ListRule(base=True, all=True)],
+)
+
+
+@pytest.fixture
+async def account(session: AsyncSession) -> int:
+    """An account with a two-way spec and one contact whose state Unisender accepted (pushed)."""
+    account_id = next(_IDS)
+    # Written as plain SQL: the secrets are never read here, so they need no encryption.
+    await session.execute(
+        text(
+            "INSERT INTO integration (account_id, subdomain, client_id, client_secret, redirect_uri,"
+            " webhook_token_hash, status, created_at, updated_at)"
+            " VALUES (:a, 'acc', 'c', 's', 'https://x', :h, 'connected', now(), now())"
+        ),
+        {"a": account_id, "h": "0" * 64},
+    )
+    await spec_repo.store_spec(session, account_id, SPEC)
+    await _version(session, account_id, KOMMO_AT, plan="gold")
+    rows = await outbox_repo.lock_outbox(session, account_id, [EMAIL])
+    await outbox_repo.mark_pushed(session, [rows[EMAIL].id], utcnow())
+    return account_id
+
+
+async def _version(session: AsyncSession, account: int, at: int, *, plan: str) -> None:
+    """A CRM webhook's version of the contact, applied and derived."""
+    contact = CrmContact(
+        id=1,
+        name="Ann",
+        updated_at=at,
+        emails=(EMAIL,),
+        fields=(CrmFieldValue(PLAN, (plan,)), CrmFieldValue(SCORE, ("12.5",))),
+    )
+    applied = await service.apply_contacts(session, account, [contact])
+    await service.recompute(session, account, applied.affected)
+
+
+def _change(value: str, at: int, target: str = "Plan", email: str = EMAIL) -> DataChange:
+    return DataChange(email, target, value, datetime.fromtimestamp(at, UTC))
+
+
+async def _outbox(session: AsyncSession, account: int) -> Outbox:
+    stmt = select(Outbox).where(Outbox.account_id == account).execution_options(populate_existing=True)
+    return (await session.execute(stmt)).scalar_one()
+
+
+async def _writes(session: AsyncSession, account: int) -> list[CrmWrite]:
+    stmt = select(CrmWrite).where(CrmWrite.account_id == account).order_by(CrmWrite.id)
+    return list((await session.execute(stmt.execution_options(populate_existing=True))).scalars())
+
+
+async def _data(session: AsyncSession, account: int) -> dict[str, Any]:
+    stmt = select(Contact.data).where(Contact.account_id == account, Contact.kommo_id == 1)
+    data: dict[str, Any] = (
+        await session.execute(stmt.execution_options(populate_existing=True))
+    ).scalar_one()
+    return data
+
+
+async def test_our_own_value_coming_back_is_an_echo(session: AsyncSession, account: int) -> None:
+    assert await two_way.apply_change(session, account, _change("gold", KOMMO_AT + 60)) is Outcome.ECHO
+    # Spelled differently, the same number is still our own write.
+    assert (
+        await two_way.apply_change(session, account, _change("12.50", KOMMO_AT + 60, "Score")) is Outcome.ECHO
+    )
+    row = await _outbox(session, account)
+    assert (row.status, row.pushed_payload["fields"]["Plan"]) == (OutboxStatus.DONE, "gold")  # type: ignore[index]
+    assert await _writes(session, account) == []
+
+
+@pytest.mark.parametrize("at", [KOMMO_AT, KOMMO_AT - 1], ids=["tie", "older"])
+async def test_the_crm_wins_a_tie_and_an_older_platform_change(
+    session: AsyncSession, account: int, at: int
+) -> None:
+    assert await two_way.apply_change(session, account, _change("silver", at)) is Outcome.CRM_WINS
+    row = await _outbox(session, account)
+    # Unisender holds "silver" now: the CRM's "gold" is queued to go back.
+    assert row.pushed_payload is not None
+    assert row.pushed_payload["fields"]["Plan"] == "silver"
+    assert (row.status, row.payload["fields"]["Plan"]) == (OutboxStatus.PENDING, "gold")
+    assert await _writes(session, account) == []
+    assert (await _data(session, account))["fields"][str(PLAN)] == ["gold"]
+
+
+async def test_a_later_platform_change_wins_and_its_crm_echo_pushes_nothing(
+    session: AsyncSession, account: int
+) -> None:
+    outcome = await two_way.apply_change(session, account, _change("silver", KOMMO_AT + 1))
+    assert outcome is Outcome.PLATFORM_WINS
+    [write] = await _writes(session, account)
+    assert (write.kommo_id, write.source, write.field_type, write.value, write.state) == (
+        1,
+        f"custom_field:{PLAN}",
+        "text",
+        "silver",
+        CrmWriteState.PENDING,
+    )
+    assert (await _data(session, account))["fields"][str(PLAN)] == ["silver"]  # our copy took it already
+    row = await _outbox(session, account)
+    assert row.pushed_payload is not None
+    assert (row.status, row.pushed_payload["fields"]["Plan"]) == (OutboxStatus.DONE, "silver")
+    # The CRM's webhook for our write brings "silver" back: nothing to push.
+    await _version(session, account, KOMMO_AT + 5, plan="silver")
+    assert (await _outbox(session, account)).status == OutboxStatus.DONE
+
+
+async def test_a_platform_value_the_contact_already_holds_is_not_written(
+    session: AsyncSession, account: int
+) -> None:
+    # Kommo changed to "silver" (not pushed yet); Unisender's user typed "silver" too, later.
+    await _version(session, account, KOMMO_AT + 1, plan="silver")
+    assert (await _outbox(session, account)).status == OutboxStatus.PENDING
+    outcome = await two_way.apply_change(session, account, _change("silver", KOMMO_AT + 2))
+    assert outcome is Outcome.ALREADY_HELD
+    assert await _writes(session, account) == []
+    assert (await _outbox(session, account)).status == OutboxStatus.DONE  # the queued push is moot
+
+
+async def test_a_value_without_a_crm_form_fails_and_the_crm_value_goes_back(
+    session: AsyncSession, account: int
+) -> None:
+    outcome = await two_way.apply_change(session, account, _change("lots", KOMMO_AT + 1, "Score"))
+    assert outcome is Outcome.UNCONVERTIBLE
+    [write] = await _writes(session, account)
+    assert write.state == CrmWriteState.FAILED
+    assert "not a number" in (write.last_error or "")
+    row = await _outbox(session, account)
+    assert (row.status, row.payload["fields"]["Score"]) == (OutboxStatus.PENDING, "12.5")
+
+
+async def test_changes_without_a_rule_or_an_owner_are_ignored(session: AsyncSession, account: int) -> None:
+    late = KOMMO_AT + 1
+    assert await two_way.apply_change(session, account, _change("Bob", late, "Name")) is Outcome.NO_RULE
+    assert await two_way.apply_change(session, account, _change("x", late, "Unmapped")) is Outcome.NO_RULE
+    nobody = _change("x", late, email="nobody@x.io")
+    assert await two_way.apply_change(session, account, nobody) is Outcome.NO_OWNER
+    assert await _writes(session, account) == []
+    assert (await _outbox(session, account)).status == OutboxStatus.DONE
+
+
+def _row(id_: int, kommo_id: int, source: str, value: str, seconds: int, kind: str = "text") -> CrmWrite:
+    """A pending write of the platform's change made ``seconds`` after ``KOMMO_AT``."""
+    return CrmWrite(
+        id=id_,
+        kommo_id=kommo_id,
+        email=f"c{kommo_id}@x.io",
+        source=source,
+        field_type=kind,
+        target="T",
+        value=value,
+        unisender_at=datetime.fromtimestamp(KOMMO_AT + seconds, UTC),
+    )
+
+
+def test_pending_writes_coalesce_to_the_latest_value_per_contact_and_field() -> None:
+    row = _row
+    plan = plan_writes(
+        [
+            row(1, 7, "custom_field:5", "first", 10),
+            row(2, 7, "custom_field:5", "later", 12),
+            row(3, 7, "custom_field:5", "earlier, arrived last", 11),
+            row(4, 7, "name", "Ann B", 10),
+            row(5, 8, "custom_field:6", "3,5", 10, "numeric"),
+            row(6, 8, "custom_field:9", "x", 10, "multiselect"),
+        ]
+    )
+    assert sorted(plan.superseded) == [1, 3]
+    assert plan.failed.keys() == {6}
+    by_contact = {w.contact_id: w for w in plan.writes}
+    assert (by_contact[7].attributes, by_contact[7].fields) == ((("name", "Ann B"),), ((5, "later"),))
+    assert (by_contact[8].attributes, by_contact[8].fields) == ((), ((6, 3.5),))
+    assert plan.ids == {"c7": [2, 4], "c8": [5]}
+
+
+def test_a_write_the_crm_changed_at_or_after_is_dropped_and_goes_back() -> None:
+    rows = [
+        _row(1, 7, "custom_field:5", "older than Kommo's live version", 10),
+        _row(2, 7, "name", "same second as Kommo's live version", 20),
+        _row(3, 8, "custom_field:5", "later than Kommo's live version", 31),
+        _row(4, 9, "custom_field:5", "its contact is gone", 40),
+    ]
+    plan = plan_writes(rows, {7: KOMMO_AT + 20, 8: KOMMO_AT + 30})
+    assert [(w.contact_id, w.fields) for w in plan.writes] == [(8, ((5, "later than Kommo's live version"),))]
+    assert sorted(plan.stale_ids) == [1, 2, 4]
+    assert "gone" in plan.stale_ids[4]
+    assert plan.stale == {7: {"c7@x.io"}, 9: {"c9@x.io"}}
