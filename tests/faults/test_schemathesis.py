@@ -218,7 +218,7 @@ async def test_schemathesis_every_operation(stack: Stack, long_run: bool) -> Non
         schema = await asyncio.to_thread(schemathesis.openapi.from_asgi, "/openapi.json", app)
         schema = schema.exclude(path_regex=r"^/webhooks/")
         found = await asyncio.to_thread(
-            _run, schema, account, stack.admin_headers, fingerprint, 150 if long_run else 20, long_run
+            _run, schema, account, stack.admin_headers, fingerprint, 150 if long_run else 12, long_run
         )
     finally:
         await asyncio.to_thread(shutdown_lifespans)
