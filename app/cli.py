@@ -372,6 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--edits", type=int, default=0, help="stop after this many live edits (default: until Ctrl-C)"
     )
     p.set_defaults(func=cmd_demo)
+
+    from app.commands import register_all
+
+    register_all(sub)
     return parser
 
 
