@@ -27,7 +27,7 @@ from app.db.base import utcnow
 from app.db.locks import account_lock
 from app.db.models import SyncRun
 from app.db.session import after_commit
-from app.db.states import RunKind, RunStatus
+from app.db.states import EventSource, RunKind, RunStatus
 from app.queue import enqueue
 from app.sync import consent_repo, events, runs_repo, service, unsubscribes
 from app.sync.fullsync import SLICE_SECONDS, lease_until
@@ -91,9 +91,11 @@ async def run_remap_slice(pc: ProcessContext, run_id: str, owner: str) -> str:
 async def _live_first(pc: ProcessContext, account_id: int, deadline: float) -> None:
     """Apply the webhook events that arrived meanwhile (their jobs gave way to this walk's lock)."""
     drained = await events.process_kommo_events(pc, account_id, deadline=deadline)
-    await unsubscribes.process_unisender_events(pc, account_id)
+    esp = await unsubscribes.process_unisender_events(pc, account_id, deadline=deadline)
     if drained.more:
         await enqueue.process_events(pc.queue, account_id)
+    if esp.more:
+        await enqueue.process_events(pc.queue, account_id, EventSource.UNISENDER)
 
 
 async def _chunk(pc: ProcessContext, run_id: str, account_id: int, owner: str) -> tuple[int, bool] | None:

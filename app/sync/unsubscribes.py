@@ -15,6 +15,7 @@ contact's timeline. A ``subscribe`` to a mapped list is a newsletter signup (``a
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -27,6 +28,7 @@ from app.connectors.errors import WebhookParseError
 from app.context import ProcessContext
 from app.db.base import utcnow
 from app.db.locks import account_lock, xact_lock
+from app.db.models import WebhookEvent
 from app.db.session import after_commit
 from app.db.states import Consent, EventSource, EventStatus, IntegrationStatus
 from app.queue import enqueue
@@ -41,6 +43,7 @@ from app.sync import (
     signups,
     two_way,
 )
+from app.sync.events import DEADLINE_SHARE
 
 log = structlog.get_logger(__name__)
 
@@ -55,32 +58,71 @@ class _Batch:
     joined: list[signups.Joined] = field(default_factory=list)  # subscribes: maybe signups
 
 
-async def process_unisender_events(pc: ProcessContext, account_id: int) -> tuple[int, bool]:
+ESP_ROUND_EVENTS = 200  # stored events per transaction
+ESP_MAX_ROUNDS = 100  # bounded: a continuation job (or the sweeper) goes on
+
+
+@dataclass
+class EspDrain:
+    handled: int = 0
+    busy: bool = False  # another job drains the account's events: it takes ours too
+    more: bool = False  # stopped at the deadline or the round cap: the caller enqueues a continuation
+
+
+def _touches_mirror(item: EspHookEvent) -> bool:
+    """Whether an event changes what we push (consent, lists, fields, signups), so its round must hold the
+    account's mirror lock; an open, a click or a delivery only adds to ``email_activity``."""
+    return bool(
+        item.email is not None
+        and (item.field_values or item.subscribed_lists or item.unsubscribes or item.activity in _STOPS)
+    )
+
+
+async def process_unisender_events(
+    pc: ProcessContext, account_id: int, *, deadline: float | None = None
+) -> EspDrain:
     """Handle the account's pending Unisender events: record unsubscribes, hard bounces and complaints (the
-    address takes no more mail from us) and the activity to write to the CRM, mark the rest done; returns
-    (events handled, busy)."""
-    handled = 0
-    for _ in range(20):
+    address takes no more mail from us) and the activity to write to the CRM, mark the rest done.
+
+    One drainer per account (the ``esp-events`` lock; a second job gives way with ``busy`` and looks again
+    shortly). A round takes the account's mirror lock only when one of its events changes what we push:
+    a campaign's opens and clicks arrive by the hundred thousand, and holding the mirror lock for them made
+    live Kommo changes wait behind them (and filled the worker's job slots with waiters).
+    """
+    if deadline is None:
+        deadline = time.monotonic() + DEADLINE_SHARE * pc.settings.worker_job_timeout
+    result = EspDrain()
+    for round_no in range(ESP_MAX_ROUNDS):
+        if round_no and time.monotonic() >= deadline:
+            result.more = True
+            return result
         async with pc.db.session_scope() as session:
-            # Waits for the lock rather than giving way: its holder (a Kommo events job, a walk's chunk, a full
-            # sync's page) drains its own work, not these events, and holds the lock for milliseconds.
-            await account_lock(session, account_id)
-            events = await inbox_repo.pending_events(session, account_id, EventSource.UNISENDER, 200)
+            if not await xact_lock(session, f"esp-events:{account_id}", wait=False):
+                result.busy = True
+                return result
+            events = await inbox_repo.pending_events(
+                session, account_id, EventSource.UNISENDER, ESP_ROUND_EVENTS
+            )
             if not events:
-                return handled, False
-            batch = _Batch()
+                return result
+            parsed: list[tuple[WebhookEvent, list[EspHookEvent]]] = []
             for ev in events:
                 ev.attempts += 1
                 try:
                     # One stored event (or, for rows stored before events were split, a whole delivery).
-                    items = providers.read_esp_hook(ev.body.encode()).events
+                    parsed.append((ev, list(providers.read_esp_hook(ev.body.encode()).events)))
                 except WebhookParseError as exc:
                     ev.status, ev.last_error, ev.handled_at = (
                         EventStatus.FAILED,
                         f"unparsable body: {exc}",
                         utcnow(),
                     )
-                    continue
+            if any(_touches_mirror(item) for _, items in parsed for item in items):
+                # Waits rather than giving way: its holder (a Kommo events job, a walk's chunk, a full sync's
+                # page) drains its own work, not these events, and holds the lock for milliseconds.
+                await account_lock(session, account_id)
+            batch = _Batch()
+            for ev, items in parsed:
                 for i, item in enumerate(items):
                     await _handle(session, account_id, item, f"{ev.dedupe_key}:{i}", ev.received_at, batch)
                 ev.status, ev.handled_at = EventStatus.DONE, utcnow()
@@ -90,13 +132,14 @@ async def process_unisender_events(pc: ProcessContext, account_id: int) -> tuple
             await activity_repo.add_activity(session, account_id, batch.activity)
             if await signups.record_signups(session, account_id, batch.joined):
                 after_commit(session, lambda: enqueue.signup_contacts(pc.queue, account_id))
-            handled += len(events)
+            result.handled += len(events)
             if batch.suppressed or batch.per_list:
                 after_commit(session, lambda: enqueue.tag_unsubscribes(pc.queue, account_id))
                 log.info("unsubscribes.recorded", account_id=account_id, count=len(batch.suppressed))
             if batch.activity:
                 after_commit(session, lambda: enqueue.activity_notes(pc.queue, account_id))
-    return handled, False
+    result.more = True
+    return result
 
 
 TAG_ROUNDS = 20  # per job; the sweeper finds what is left

@@ -90,15 +90,16 @@ async def process_events(ctx: dict[str, Any], account_id: int, source: str = Eve
     structlog.contextvars.bind_contextvars(account_id=account_id, source=source)
     try:
         if source == EventSource.UNISENDER:
-            handled, busy = await unsubscribes.process_unisender_events(pc, account_id)
+            drained = await unsubscribes.process_unisender_events(pc, account_id)
+            handled, busy, more = drained.handled, drained.busy, drained.more
             await _wake_two_way(pc, account_id)
         else:
             result = await events.process_kommo_events(pc, account_id)
-            handled, busy = result.events, result.busy
-            if result.more:
-                # Stopped at its deadline with events left: go on in a fresh job rather than wait for
-                # the sweeper (which re-finds events only once they are 5 s old).
-                await enqueue.process_events(pc.queue, account_id, source)
+            handled, busy, more = result.events, result.busy, result.more
+        if more:
+            # Stopped at its deadline with events left: go on in a fresh job rather than wait for the
+            # sweeper (which re-finds events only once they are 5 s old).
+            await enqueue.process_events(pc.queue, account_id, source)
     except TransientError as exc:
         raise _retry_after(ctx, exc) from exc
     except (AccountNotReady, PermanentError) as exc:
