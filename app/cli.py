@@ -158,6 +158,7 @@ async def _serve_embedded(settings: Settings, host: str, port: int) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from app.metrics import serve_worker_metrics
     from app.worker.settings import run_worker_forever
 
     settings = _settings()
@@ -169,6 +170,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         )
         return 2
 
+    port = args.metrics_port or settings.worker_metrics_port
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -176,7 +179,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await run_worker_forever(settings, stop=stop)
 
-    asyncio.run(main())
+    stop_metrics = serve_worker_metrics(port) if port else None
+    try:
+        asyncio.run(main())
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()
     return 0
 
 
@@ -323,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "worker", help="run the background worker (arq): mirrors changes, sweeps, refreshes tokens"
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve /metrics (Prometheus) on this port (default: CONTACTSYNC_WORKER_METRICS_PORT, else none)",
     )
     p.set_defaults(func=cmd_worker)
 

@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     worker_max_jobs: int = Field(50, description="Concurrent jobs per worker process")
     worker_poll_delay: float = Field(0.05, description="Seconds between queue polls")
     worker_job_timeout: int = Field(60, description="Seconds before a job is considered dead and re-run")
+    worker_metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Port where `contactsync worker` serves /metrics (none: not served)"
+    )
 
     @field_validator("kommo_base_url")
     @classmethod

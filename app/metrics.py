@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 HTTP_REQUESTS = Counter(
@@ -90,3 +98,19 @@ class MetricsMiddleware:
             label = CLIENT_CLOSED if client_closed else str(status)
             HTTP_REQUESTS.labels(method, template, label).inc()
             HTTP_DURATION.labels(method, template).observe(time.perf_counter() - start)
+
+
+def serve_worker_metrics(port: int, host: str = "0.0.0.0") -> Callable[[], None]:
+    """Serve this process's metrics on ``host:port`` from a thread; returns the function that stops it.
+
+    A worker has no HTTP app, yet its jobs, lag and provider calls are the metrics that matter most; without
+    this, only an embedded (API + worker) process showed them.
+    """
+    server, thread = start_http_server(port, addr=host)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return stop
