@@ -4,6 +4,7 @@ registered), moving the hook to a new URL, and the client the sync engine pushes
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime
 
 import structlog
@@ -101,6 +102,19 @@ async def connect_unisender(
     )
 
 
+# Anything long enough to be a key or token is masked before Unisender's words are shown to the person
+# who pasted the key (an error text that quoted it would otherwise echo a secret).
+_SECRET_LIKE = re.compile(r"[A-Za-z0-9_\-]{24,}")
+
+
+def _their_reason(exc: UnisenderError) -> str:
+    """``": <Unisender's own words>."`` (masked, shortened), or ``"."`` when it gave none."""
+    if not exc.reason:
+        return "."
+    text = _SECRET_LIKE.sub("***", " ".join(exc.reason.split()))[:300]
+    return f": {text.rstrip('.')}."
+
+
 async def _checked_list(client: UnisenderClient, account_id: int, wanted: int | None) -> int:
     """Check the key and return the target list: ``wanted`` if it exists, else our own (created if none)."""
     try:
@@ -114,11 +128,14 @@ async def _checked_list(client: UnisenderClient, account_id: int, wanted: int | 
             return wanted
         existing = [item.id for item in lists if item.title == UNISENDER_LIST_TITLE]
         return min(existing) if existing else await client.create_list(UNISENDER_LIST_TITLE)
-    except UnisenderAuthError:
-        raise Unprocessable("Unisender refused the API key.", code="invalid_api_key") from None
+    except UnisenderAuthError as exc:
+        raise Unprocessable(
+            "Unisender refused the API key" + _their_reason(exc), code="invalid_api_key"
+        ) from None
     except UnisenderAccessDenied as exc:
         raise Unprocessable(
-            f"Unisender denied access for this key ({exc.code}).", code="unisender_access_denied"
+            f"Unisender denied access for this key ({exc.code})" + _their_reason(exc),
+            code="unisender_access_denied",
         ) from None
     except UnisenderError as exc:
         log.warning("accounts.unisender_check_failed", account_id=account_id, code=exc.code)

@@ -97,6 +97,8 @@ async def test_bad_key_is_422_and_nothing_stored(stack: Stack) -> None:
     )
     assert r.status_code == 422
     assert r.json()["error"] == "invalid_api_key"
+    # Unisender's own words reach the person who pasted the key (the sandbox answers as Unisender does).
+    assert r.json()["detail"] == "Unisender refused the API key: AK100310-02."
     assert "definitely-not-a-key" not in r.text
     assert await _esp_rows(stack) == []
 

@@ -30,7 +30,10 @@ _NOT_FOUND_RE = re.compile(r"\bcontact\b.*\bnot found\b", re.IGNORECASE | re.DOT
 
 
 class UnisenderError(ConnectorError):
-    """Base of every Unisender failure."""
+    """Base of every Unisender failure. ``reason`` is Unisender's own words from its error envelope (none for
+    a bare HTTP status), for people to read."""
+
+    reason: str | None = None
 
 
 class UnisenderTransientError(UnisenderError, TransientError):
@@ -78,6 +81,12 @@ def error_from_envelope(
     message = _clean_message(error)
     code_str = code.strip() if isinstance(code, str) and code.strip() else "unspecified"
     text = f"unisender {method}: {code_str}: {message}" if message else f"unisender {method}: {code_str}"
+    exc = _from_code(code_str, message, text, rate_limit_retry_after)
+    exc.reason = message or None
+    return exc
+
+
+def _from_code(code_str: str, message: str, text: str, rate_limit_retry_after: float) -> UnisenderError:
     if code_str == "retry_later":
         return UnisenderTransientError(text, status_code=200, code=code_str)
     if code_str in RATE_LIMIT_CODES:
