@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from arq import Retry
@@ -47,6 +48,8 @@ from app.sync.isolation import isolatable
 from app.sync.reconcile import reconcile_account
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 # Looks again while another job holds the account (each a Retry; arq's max_tries is 25).
 EVENTS_BUSY_RETRIES = 4  # the holder drains every pending event, ours included
@@ -162,30 +165,16 @@ async def _slice_failed(pc: ProcessContext, run_id: str, owner: str, exc: Except
 
 
 async def tag_unsubscribes(ctx: dict[str, Any], account_id: int) -> int:
-    pc = process_context(ctx)
-    structlog.contextvars.bind_contextvars(account_id=account_id)
-    try:
-        return await unsubscribes.tag_unsubscribed_contacts(pc, account_id)
-    except TransientError as exc:
-        raise _retry_after(ctx, exc) from exc
-    except (AccountNotReady, PermanentError) as exc:
-        await _record_account_error(pc, account_id, exc)
-        return 0
+    return await _account_job(ctx, account_id, unsubscribes.tag_unsubscribed_contacts) or 0
 
 
 async def activity_notes(ctx: dict[str, Any], account_id: int) -> int:
     """Write the account's pending email activity to its CRM contacts as notes."""
-    pc = process_context(ctx)
-    structlog.contextvars.bind_contextvars(account_id=account_id)
-    try:
-        result = await activity.write_activity_notes(pc, account_id)
-    except TransientError as exc:
-        raise _retry_after(ctx, exc) from exc
-    except (AccountNotReady, PermanentError) as exc:
-        await _record_account_error(pc, account_id, exc)
+    result = await _account_job(ctx, account_id, activity.write_activity_notes)
+    if result is None:
         return 0
     if result.more:
-        await enqueue.activity_notes(pc.queue, account_id)
+        await enqueue.activity_notes(process_context(ctx).queue, account_id)
     return result.notes
 
 
@@ -205,40 +194,29 @@ async def refresh_campaigns(ctx: dict[str, Any], account_id: int) -> int:
 
 async def signup_contacts(ctx: dict[str, Any], account_id: int) -> int:
     """Create the CRM contacts of the account's newsletter signups (``app.sync.signups``)."""
-    pc = process_context(ctx)
-    structlog.contextvars.bind_contextvars(account_id=account_id)
-    try:
-        result = await signups.create_signup_contacts(pc, account_id)
-    except TransientError as exc:
-        raise _retry_after(ctx, exc) from exc
-    except (AccountNotReady, PermanentError) as exc:
-        await _record_account_error(pc, account_id, exc)
+    result = await _account_job(ctx, account_id, signups.create_signup_contacts)
+    if result is None:
         return 0
     if result.busy:
         _busy(ctx, EVENTS_BUSY_RETRIES)  # the holder settles every pending row, ours included
     elif result.more:
-        await enqueue.signup_contacts(pc.queue, account_id)
+        await enqueue.signup_contacts(process_context(ctx).queue, account_id)
     metrics.JOBS.labels("signup_contacts", "ok").inc()
     return result.created
 
 
 async def crm_writes(ctx: dict[str, Any], account_id: int) -> int:
     """Write into the CRM the values two-way fields took in the email platform."""
-    pc = process_context(ctx)
-    structlog.contextvars.bind_contextvars(account_id=account_id)
-    try:
-        result = await crm_writes_mod.write_crm_fields(pc, account_id)
-    except TransientError as exc:
-        raise _retry_after(ctx, exc) from exc
-    except (AccountNotReady, PermanentError) as exc:
-        await _record_account_error(pc, account_id, exc)
+    result = await _account_job(ctx, account_id, crm_writes_mod.write_crm_fields)
+    if result is None:
         return 0
+    queue = process_context(ctx).queue
     if result.busy:
         _busy(ctx, EVENTS_BUSY_RETRIES)
     if result.more:
-        await enqueue.crm_writes(pc.queue, account_id)
+        await enqueue.crm_writes(queue, account_id)
     if result.rederived:
-        await enqueue.flush_outbox(pc.queue, account_id)
+        await enqueue.flush_outbox(queue, account_id)
     metrics.JOBS.labels("crm_writes", "ok").inc()
     return result.written
 
@@ -267,6 +245,23 @@ async def _wake_two_way(pc: ProcessContext, account_id: int) -> None:
         await enqueue.crm_writes(pc.queue, account_id)
     if due:
         await enqueue.flush_outbox(pc.queue, account_id)
+
+
+async def _account_job(
+    ctx: dict[str, Any], account_id: int, work: Callable[[ProcessContext, int], Awaitable[T]]
+) -> T | None:
+    """What every per-account CRM job does around its work: bind the account to its log lines, leave what is
+    transient to the worker's backoff (retries belong to the worker), and record on the account what no retry
+    can fix (None: the job stops; the account shows why)."""
+    pc = process_context(ctx)
+    structlog.contextvars.bind_contextvars(account_id=account_id)
+    try:
+        return await work(pc, account_id)
+    except TransientError as exc:
+        raise _retry_after(ctx, exc) from exc
+    except (AccountNotReady, PermanentError) as exc:
+        await _record_account_error(pc, account_id, exc)
+        return None
 
 
 async def _record_account_error(pc: ProcessContext, account_id: int, exc: Exception) -> None:
