@@ -108,9 +108,8 @@ class TagName(_Input):
     name: str
 
 
-class ContactIn(_Input):
-    """One contact to create (``POST /api/v4/contacts``, §3.4); fields left None are not sent. Kommo has no
-    duplicate control there (§10): whoever creates must have looked the address up first."""
+class _ContactWrite(_Input):
+    """What a created and a changed contact both carry; fields left None are not sent."""
 
     name: str | None = None
     first_name: str | None = None
@@ -128,25 +127,16 @@ class ContactIn(_Input):
         return out
 
 
-class ContactPatch(_Input):
-    """Changes to one contact; fields left None are not sent (Kommo keeps them)."""
+class ContactIn(_ContactWrite):
+    """One contact to create (``POST /api/v4/contacts``, §3.4). Kommo has no duplicate control there (§10):
+    whoever creates must have looked the address up first."""
+
+
+class ContactPatch(_ContactWrite):
+    """Changes to one contact (Kommo keeps what is not sent)."""
 
     id: int
-    name: str | None = None
-    first_name: str | None = None
-    last_name: str | None = None
-    responsible_user_id: int | None = None
-    custom_fields_values: list[FieldValuesPatch] | None = None
-    tags_to_add: list[TagName] | None = None
     tags_to_delete: list[TagName] | None = None
-    request_id: str | None = None
-
-    def body(self) -> dict[str, Any]:
-        """The JSON item, without ``request_id`` (the batch adds it)."""
-        out = self.model_dump(exclude_none=True, exclude={"request_id", "custom_fields_values"})
-        if self.custom_fields_values is not None:
-            out["custom_fields_values"] = [f.body() for f in self.custom_fields_values]
-        return out
 
 
 class ContactUpdated(KommoModel):
