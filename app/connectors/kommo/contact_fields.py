@@ -1,6 +1,6 @@
 """New values of contacts' stored fields (the provider-neutral ``CrmFieldWrite``) written through
 ``PATCH /api/v4/contacts``: one patch per contact, the items Kommo refuses set aside so that the others are
-still written (as ``notes.py`` does for notes)."""
+still written."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from app.connectors.base import CrmFieldWrite, CrmValue, FieldsWritten
-from app.connectors.kommo.exceptions import KommoBatchRejected
-from app.connectors.kommo.writes import ContactPatch, FieldValuesPatch
+from app.connectors.kommo.notes import setting_refused_aside
+from app.connectors.kommo.writes import ContactPatch, ContactUpdated, FieldValuesPatch
 
 if TYPE_CHECKING:
     from app.connectors.kommo.client import KommoClient
@@ -42,21 +42,10 @@ async def write_contact_fields(client: KommoClient, writes: Sequence[CrmFieldWri
     ``progress``: what was written), and the caller sends the whole set again (writing a value twice is
     harmless)."""
     out = FieldsWritten({}, {})
-    pending = [contact_patch(w) for w in writes]
-    for _ in range(len(writes) + 1):  # each round drops at least one refused item
-        if not pending:
-            break
-        try:
-            done = await client.update_contacts(pending)
-        except KommoBatchRejected as exc:
-            rejected = set(exc.rejected_request_ids)
-            for rid in rejected:
-                out.refused[rid] = exc.message[:300]
-            done = list(exc.progress.completed) if exc.progress else []
-            unsaved = set(exc.progress.unsaved_request_ids) if exc.progress else set()
-            pending = [p for p in pending if p.request_id in unsaved and p.request_id not in rejected]
-        else:
-            pending = []
-        for item in done:
-            out.written[item.request_id] = item.updated_at or 0
+    patches = [contact_patch(w) for w in writes]
+    await setting_refused_aside(patches, client.update_contacts, out, value=_version)
     return out
+
+
+def _version(done: ContactUpdated) -> int:
+    return done.updated_at or 0

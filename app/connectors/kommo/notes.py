@@ -30,6 +30,7 @@ class _Done(Protocol):
 
 
 _ItemT = TypeVar("_ItemT", bound=_Sent)
+_DoneT = TypeVar("_DoneT", bound=_Done)
 
 
 async def write_service_notes(client: KommoClient, notes: Sequence[CrmNote], *, service: str) -> NotesWritten:
@@ -70,19 +71,34 @@ async def add_tags(client: KommoClient, tags: Mapping[int, Sequence[str]]) -> No
     return out
 
 
+class _Outcome(Protocol):
+    @property
+    def written(self) -> dict[str, int]: ...
+
+    @property
+    def refused(self) -> dict[str, str]: ...
+
+
+def _id(done: _Done) -> int:
+    return done.id
+
+
 async def setting_refused_aside(
     items: Sequence[_ItemT],
-    write: Callable[[Sequence[_ItemT]], Awaitable[Sequence[_Done]]],
-    out: NotesWritten,
+    write: Callable[[Sequence[_ItemT]], Awaitable[Sequence[_DoneT]]],
+    out: _Outcome,
+    *,
+    value: Callable[[_DoneT], int] = _id,
 ) -> None:
     """``write`` the items; the ones a 400 names go to ``out.refused`` and the rest are resent (each round
-    drops at least one item, so it ends)."""
+    drops at least one item, so it ends). ``out.written`` maps each written item's request id to ``value``
+    of its answer (by default the id Kommo gave it)."""
     pending = list(items)
     for _ in range(len(items) + 1):
         if not pending:
             return
         try:
-            done: Sequence[_Done] = await write(pending)
+            done: Sequence[_DoneT] = await write(pending)
         except KommoBatchRejected as exc:
             rejected = set(exc.rejected_request_ids)
             for rid in rejected:
@@ -93,4 +109,4 @@ async def setting_refused_aside(
         else:
             pending = []
         for item in done:
-            out.written[item.request_id] = item.id
+            out.written[item.request_id] = value(item)
