@@ -1,6 +1,7 @@
-"""The Kommo widget's endpoint: ``POST /widget/key`` stores the Unisender key an account admin pasted into
-the widget's settings. Kommo's widget token (``X-Auth-Token``) says which account; the browser calls from
-the account's own origin (``https://acme.kommo.com``), so this path, and only this one, answers CORS."""
+"""The Kommo widget's endpoints: ``POST /widget/key`` stores the Unisender key an account admin pasted into
+the widget's settings, ``GET /widget/connection`` shows the connection and the lists to pick from. Kommo's
+widget token (``X-Auth-Token``) says which account; the browser calls from the account's own origin
+(``https://acme.kommo.com``), so these paths, and only these, answer CORS."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from app.accounts.schemas import UnisenderIn, UnisenderOut
 from app.api.deps import ContextDep, SessionDep
 from app.connectors.kommo.hosts import parse_account_host
 from app.db.models import Integration
+from app.widget.connection import WidgetConnectionOut, widget_connection
 
 _ALLOW_HEADERS = "Content-Type, X-Auth-Token"
 _MAX_AGE = "600"
@@ -67,14 +69,23 @@ async def _render(request: Request, exc: Exception) -> Response:
 router = APIRouter(tags=["widget"], route_class=WidgetCorsRoute)
 
 
-@router.options("/widget/key", include_in_schema=False)
-async def widget_key_preflight(request: Request) -> Response:
+def _preflight(request: Request, methods: str) -> Response:
     response = Response(status_code=204)
     if _allowed_origin(request) is not None:
-        response.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
+        response.headers["Access-Control-Allow-Methods"] = methods
         response.headers["Access-Control-Allow-Headers"] = _ALLOW_HEADERS
         response.headers["Access-Control-Max-Age"] = _MAX_AGE
     return response
+
+
+@router.options("/widget/key", include_in_schema=False)
+async def widget_key_preflight(request: Request) -> Response:
+    return _preflight(request, "POST, OPTIONS")
+
+
+@router.options("/widget/connection", include_in_schema=False)
+async def widget_connection_preflight(request: Request) -> Response:
+    return _preflight(request, "GET, OPTIONS")
 
 
 async def _widget_account(
@@ -97,3 +108,14 @@ async def widget_key(
     integration: Integration = Depends(_widget_account),
 ) -> UnisenderOut:
     return await unisender.connect_unisender(session=session, pc=ctx, integration=integration, data=body)
+
+
+@router.get(
+    "/widget/connection",
+    response_model=WidgetConnectionOut,
+    summary="From the Kommo widget: the account's Unisender connection and lists (account from the X-Auth-Token)",
+)
+async def widget_connection_state(
+    ctx: ContextDep, session: SessionDep, integration: Integration = Depends(_widget_account)
+) -> WidgetConnectionOut:
+    return await widget_connection(session=session, pc=ctx, integration=integration)
