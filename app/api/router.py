@@ -8,6 +8,7 @@ from app.api import (
     accounts,
     campaigns,
     contacts,
+    dead_letters,
     health,
     integration,
     mapping,
@@ -28,3 +29,4 @@ api_router.include_router(accounts.router)
 api_router.include_router(campaigns.router)
 api_router.include_router(sync.router)
 api_router.include_router(contacts.router)
+api_router.include_router(dead_letters.router)

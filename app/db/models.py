@@ -23,6 +23,8 @@ from app.db.states import (
     ActivityState,
     Consent,
     CrmWriteState,
+    DeadLetterKind,
+    DeadLetterOperation,
     EventSource,
     EventStatus,
     IntegrationStatus,
@@ -389,3 +391,27 @@ class CrmWrite(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     handled_at: Mapped[datetime | None]
+
+
+class DeadLetterAction(Base):
+    """An operator's replay or discard of an account's dead letters (``app.deadletters``): who, when, what they
+    asked for and which rows it changed. The dead letters themselves are rows of their own tables in a dead
+    state; this is the only record of what was done to them."""
+
+    __tablename__ = "dead_letter_action"
+    __table_args__ = (Index("ix_dead_letter_action_account_id_created_at", "account_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("integration.account_id", ondelete="CASCADE")
+    )
+    operation: Mapped[DeadLetterOperation] = mapped_column(state_column(DeadLetterOperation, 16))
+    actor: Mapped[str] = mapped_column(String(64))  # "operator" (API), "cli", "console", …
+    kind: Mapped[DeadLetterKind | None] = mapped_column(state_column(DeadLetterKind, 16))  # None: any kind
+    selected_all: Mapped[bool] = mapped_column(Boolean)  # every dead letter (of ``kind``), not listed ids
+    requested: Mapped[int] = mapped_column(Integer)  # dead letters named or matched
+    affected: Mapped[int] = mapped_column(Integer)  # replayed or discarded
+    skipped: Mapped[int] = mapped_column(Integer)  # no longer dead (replayed before, or recovered)
+    items: Mapped[dict[str, list[int]]] = mapped_column(JSON)  # kind → ids of the rows changed
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+

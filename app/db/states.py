@@ -32,6 +32,7 @@ class EventStatus(StrEnum):
     DONE = "done"
     FAILED = "failed"  # could not be applied after its attempts; kept with its reason
     UNRECOGNISED = "unrecognised"  # a delivery we keep but cannot read (unknown event or layout)
+    DISCARDED = "discarded"  # a failed or unrecognised event an operator gave up on (app.deadletters)
 
 
 class OutboxStatus(StrEnum):
@@ -42,6 +43,9 @@ class OutboxStatus(StrEnum):
     REJECTED = "rejected"  # refused by the platform for this row, with its reason; not retried blindly
     CANCELLED = "cancelled"  # no longer wanted (e.g. the address unsubscribed)
     DEAD = "dead"  # attempts exhausted
+    # A rejected or dead row an operator gave up on (app.deadletters): like ``rejected``, only a different
+    # desire for the address (a new payload) makes it pending again.
+    DISCARDED = "discarded"
 
 
 class Consent(StrEnum):
@@ -93,6 +97,7 @@ class SignupState(StrEnum):
     LINKED = "linked"  # a contact already held the address (ours, or found in the CRM): nothing created
     RECORDED = "recorded"  # the account's spec does not create contacts: kept and shown only
     FAILED = "failed"  # the CRM refused the contact (``last_error``); not retried
+    DISCARDED = "discarded"  # a failed signup an operator gave up on (app.deadletters)
 
 
 class CrmWriteState(StrEnum):
@@ -102,3 +107,21 @@ class CrmWriteState(StrEnum):
     DONE = "done"  # written
     SUPERSEDED = "superseded"  # a later value of the same field and contact was written instead
     FAILED = "failed"  # the value has no CRM form, or the CRM refused it (``last_error``); not retried
+    DISCARDED = "discarded"  # a failed value an operator gave up on (app.deadletters)
+
+
+class DeadLetterKind(StrEnum):
+    """The tables whose dead rows are dead letters (``app.deadletters``): a dead letter's id is
+    ``<kind>:<row id>``."""
+
+    EVENT = "event"  # webhook_event: failed or unrecognised
+    OUTBOX = "outbox"  # outbox: rejected or dead
+    CRM_WRITE = "crm_write"  # crm_write: failed
+    SIGNUP = "signup"  # signup: failed
+
+
+class DeadLetterOperation(StrEnum):
+    """``dead_letter_action.operation``: what an operator did to dead letters."""
+
+    REPLAY = "replay"  # put back on the normal path
+    DISCARD = "discard"  # given up on: no longer listed

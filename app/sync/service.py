@@ -145,6 +145,11 @@ async def delete_contacts(
     return result
 
 
+# Rows a desire equal to their own payload leaves as they are: queued already, refused by the platform (sending
+# the same again cannot help), or discarded by an operator (app.deadletters). A different desire requeues them.
+_KEPT = (OutboxStatus.PENDING, OutboxStatus.REJECTED, OutboxStatus.DISCARDED)
+
+
 @dataclass
 class RecomputeResult:
     queued: int = 0  # addresses given a new pending desire
@@ -235,8 +240,8 @@ async def recompute(
             result.unchanged += 1
             continue
         result.differs += 1
-        if h == row.payload_hash and row.status in (OutboxStatus.PENDING, OutboxStatus.REJECTED):
-            result.unchanged += 1  # already queued, or refused for a reason resending cannot fix
+        if h == row.payload_hash and row.status in _KEPT:
+            result.unchanged += 1  # already queued, refused for a reason resending cannot fix, or given up on
             continue
         requeued.append(outbox_repo.Requeue(row.id, payload, h))
         result.queued += 1
