@@ -158,6 +158,9 @@ class Settings(BaseSettings):
     webhook_deadline: float = Field(
         1.0, gt=0, description="Seconds of database work per webhook before it is answered 503 (retry)"
     )
+    console_session_hours: float = Field(
+        8.0, gt=0, description="Hours an operator console sign-in lasts (the session is then refused)"
+    )
 
     @model_validator(mode="after")
     def _enforce_production_secrets(self) -> Settings:

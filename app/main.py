@@ -12,6 +12,7 @@ from app.accounts.webhook_auth import WebhookAuth
 from app.api.router import api_router
 from app.api.webhooks import KommoWebhookFastPath
 from app.config import Settings, get_settings
+from app.console.routes import router as console_router
 from app.context import ProcessContext, build_context
 from app.db.schema import check_schema_current
 from app.errors import install_error_handlers
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(api_router)
+    app.include_router(console_router)  # the operator console's pages, /console
     # The first call below is the innermost at run time: Kommo webhook fast path, body cap, metrics,
     # security headers, ids. (Limits on request heads and deadlines are the server's: app.serving.)
     app.add_middleware(KommoWebhookFastPath)

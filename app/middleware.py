@@ -156,8 +156,11 @@ class SecurityHeadersMiddleware:
             if message["type"] == "http.response.start":
                 headers = [*message.get("headers", ()), _NOSNIFF]
                 if any(n == b"content-type" and v.startswith(b"text/html") for n, v in headers):
-                    csp = _DOCS_CSP if scope.get("path") in self.docs_paths else _PAGE_CSP
-                    headers += [(b"content-security-policy", csp), *_PAGE_HEADERS]
+                    # A page that states its own policy keeps it (the console's allows its own script).
+                    if not any(n == b"content-security-policy" for n, _ in headers):
+                        csp = _DOCS_CSP if scope.get("path") in self.docs_paths else _PAGE_CSP
+                        headers.append((b"content-security-policy", csp))
+                    headers += _PAGE_HEADERS
                 message["headers"] = headers
             await send(message)
 

@@ -415,3 +415,15 @@ class DeadLetterAction(Base):
     items: Mapped[dict[str, list[int]]] = mapped_column(JSON)  # kind → ids of the rows changed
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
+
+class ConsoleSession(Base):
+    """An operator's sign-in to the console. Only a hash of the cookie's value is kept: a reader of this table
+    (a backup, a replica) cannot act as the operator."""
+
+    __tablename__ = "console_session"
+    __table_args__ = (Index("ix_console_session_expires_at", "expires_at"),)
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the cookie value, hex
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
