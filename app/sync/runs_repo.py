@@ -24,6 +24,17 @@ class RunView:
     failed: int  # contacts the run could not apply
     failures: list[SyncFailure]  # the first of those, by CRM id
 
+    def counters(self) -> dict[str, int]:
+        """The run's counters as operators read them (API, console, CLI)."""
+        run = self.run
+        return {
+            "fetched": run.fetched,
+            "changed": run.changed,
+            "pushed": run.pushed,
+            "rejected": self.rejected,
+            "failed": self.failed,
+        }
+
 
 async def active_run(session: AsyncSession, account_id: int, kind: RunKind = RunKind.FULL) -> SyncRun | None:
     stmt = (
