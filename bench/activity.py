@@ -397,6 +397,7 @@ async def run(
                 await asyncio.sleep(1.0)
             cpu0 = {"worker": proc_cpu_seconds(wpid), "api": proc_cpu_seconds(apid)}
             phase = "activity"
+            db_t0 = await conn.fetchval("SELECT clock_timestamp()")
             t0 = time.monotonic()
             marks: dict[str, float] = {}
 
@@ -471,6 +472,16 @@ async def run(
                 "SELECT count(*) FROM contact_email WHERE consent <> 'subscribed'"
             )
             note_rows = await conn.fetchval("SELECT count(*) FROM activity_note")
+            # Where a live change waits: stored by the API → applied by the worker (the rest of its lag is
+            # the webhook's way in, before, and the push, after).
+            applying = [
+                float(r["s"])
+                for r in await conn.fetch(
+                    "SELECT extract(epoch FROM handled_at - received_at) AS s FROM webhook_event"
+                    " WHERE source = 'kommo' AND handled_at IS NOT NULL AND received_at >= $1",
+                    db_t0,
+                )
+            ]
         finally:
             stop.set()
             if streamer is not None:
@@ -524,6 +535,7 @@ async def run(
         "baseline_s": baseline,
         "made": dict(made),
         "lags": lags,
+        "applying": applying,
         "superseded": superseded,
         "missing": len(ledger.waiting),
         "imports": {"baseline": base_imports, "activity": activity_imports},
@@ -660,6 +672,12 @@ def report(r: dict[str, Any]) -> None:
     print(
         f"  still awaited 30 s after the end: {r['missing']}; Unisender 429s: {r['unisender_429']} "
         f"(target: activity-phase p99 ≤ 1000 ms: {verdict(live_p99 <= 1.0)})"
+    )
+    applying = r["applying"]
+    print(
+        f"  of which Kommo events stored → applied by the worker during the activity: {len(applying)} events, "
+        f"p50 {pct(applying, 50) * 1000:.0f} ms, p99 {pct(applying, 99) * 1000:.0f} ms, "
+        f"max {max(applying, default=float('nan')) * 1000:.0f} ms"
     )
 
 
