@@ -162,9 +162,12 @@ async def count_pending_events(session: AsyncSession) -> int:
 
 
 async def prune_events(session: AsyncSession, older_than: datetime) -> int:
+    """Forget events handled (or given up on by an operator) before ``older_than``; failed and unrecognised
+    ones stay, as dead letters, until replayed or discarded."""
     result = await session.execute(
         delete(WebhookEvent).where(
-            WebhookEvent.status == EventStatus.DONE, WebhookEvent.handled_at < older_than
+            WebhookEvent.status.in_((EventStatus.DONE, EventStatus.DISCARDED)),
+            WebhookEvent.handled_at < older_than,
         )
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -251,3 +251,36 @@ async def test_group_commit_failure_reaches_every_waiting_caller(settings: Setti
         assert all(isinstance(r, OSError | ConnectionError) or "connect" in repr(r).lower() for r in results)
     finally:
         await dead.db.dispose()
+
+
+async def test_pruning_forgets_handled_and_discarded_events_and_keeps_dead_letters(
+    ctx: ProcessContext,
+) -> None:
+    from datetime import timedelta
+
+    from app.db.base import utcnow
+
+    assert ctx.settings.database_url
+    old, recent = utcnow() - timedelta(days=8), utcnow() - timedelta(days=1)
+    rows = [
+        ("done-old", "done", old),
+        ("discarded-old", "discarded", old),
+        ("failed-old", "failed", old),
+        ("unrecognised-old", "unrecognised", old),
+        ("done-recent", "done", recent),
+    ]
+    for key, status, at in rows:
+        await raw_sql(
+            ctx.settings.database_url,
+            f"INSERT INTO webhook_event ({COLUMNS}, received_at) VALUES (7, 'unisender', $1, '{{}}', $2, 1, NULL, $3, $3)",
+            key,
+            status,
+            at,
+        )
+    async with ctx.db.session_scope() as session:
+        pruned = await inbox_repo.prune_events(session, utcnow() - timedelta(days=7))
+    assert pruned == 2
+    left = await raw_sql(
+        ctx.settings.database_url, "SELECT dedupe_key FROM webhook_event ORDER BY dedupe_key"
+    )
+    assert [r["dedupe_key"] for r in left] == ["done-recent", "failed-old", "unrecognised-old"]
