@@ -41,6 +41,10 @@ PROVIDER_THROTTLED = Counter(
 )
 EVENTS_PENDING = Gauge("contactsync_events_pending", "Inbox events not yet processed (last sweep)")
 OUTBOX_PENDING = Gauge("contactsync_outbox_pending", "Outbox rows waiting to be pushed (last sweep)")
+# kind: event|outbox|crm_write|signup. Rows that failed for good and wait for an operator (replay or discard).
+DEAD_LETTERS = Gauge(
+    "contactsync_dead_letters", "Dead letters waiting for an operator (last sweep)", ["kind"]
+)
 EVENT_LAG = Histogram(
     "contactsync_event_lag_seconds",
     "Webhook receipt to email-platform call",

@@ -198,6 +198,18 @@ async def counts(session: AsyncSession, account_id: int) -> dict[DeadLetterKind,
     return {kind: found.get(kind, 0) for kind in TABLES}
 
 
+async def counts_all(session: AsyncSession) -> dict[DeadLetterKind, int]:
+    """Dead rows per kind over every account (every kind, zeros included), for the sweeper's gauge."""
+    parts = [
+        select(literal(kind.value, String).label("kind"), func.count().label("n"))
+        .select_from(t.model)
+        .where(type_coerce(t.state, String).in_(t.dead))
+        for kind, t in TABLES.items()
+    ]
+    found = {DeadLetterKind(k): int(n) for k, n in (await session.execute(union_all(*parts))).all()}
+    return {kind: found.get(kind, 0) for kind in TABLES}
+
+
 async def counts_by_account(session: AsyncSession, account_ids: Sequence[int]) -> dict[int, int]:
     """Dead rows per account (every kind), for ``account_ids``, in one statement; accounts without any are
     absent."""

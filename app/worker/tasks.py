@@ -22,6 +22,7 @@ from app.connectors.errors import ConnectorError, PermanentError, TransientError
 from app.context import ProcessContext
 from app.db.base import utcnow
 from app.db.states import EventSource, OutboxStatus, RunKind, RunStatus
+from app.deadletters import repository as deadletters_repo
 from app.queue import enqueue
 from app.retry import backoff
 from app.sync import (
@@ -289,6 +290,8 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
         metrics.EVENTS_PENDING.set(await inbox_repo.count_pending_events(session))
         pending = await outbox_repo.outbox_counts(session, statuses=(OutboxStatus.PENDING,))
         metrics.OUTBOX_PENDING.set(sum(counts.get(OutboxStatus.PENDING, 0) for counts in pending.values()))
+        for kind, dead in (await deadletters_repo.counts_all(session)).items():
+            metrics.DEAD_LETTERS.labels(kind.value).set(dead)
         pruned = await inbox_repo.prune_events(session, _ago(7 * 86400))
     for account_id, source in stale_events:
         await enqueue.process_events(pc.queue, account_id, source)
