@@ -77,6 +77,15 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(20, description="Database connections per process (kept open; no overflow)")
     kommo_rate_per_second: float = Field(7.0, description="Client-side budget per Kommo integration")
     unisender_calls_per_minute: float = Field(1200.0, description="Client-side budget per Unisender key")
+    shared_budgets: bool = Field(
+        True, description="Hold the Kommo and Unisender budgets in Redis, shared by every process"
+    )
+    budget_fallback_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of a budget one process spends alone while Redis is unreachable (1/processes)",
+    )
     oauth_exchanges_per_account: int = Field(
         5, ge=1, description="OAuth code exchanges per account per minute (per API process); 429 page above"
     )

@@ -7,11 +7,13 @@ import ssl
 from dataclasses import dataclass, field
 
 import httpx
+import redis.asyncio as aioredis
 from arq.connections import ArqRedis
 
 from app.accounts.throttle import AttemptWindow
 from app.config import Settings
 from app.connectors.ratelimit import RateLimiter, RoundTripWindow
+from app.connectors.shared_budget import shared_window
 from app.db.session import Database, DbTimeouts, create_engine
 from app.queue import create_queue
 from app.security.crypto import Cipher, configure_encryption
@@ -34,6 +36,11 @@ def unisender_budget(calls: int, window: float = 60.0) -> RateLimiter:
     margin held at 60 s but not at a 1-s window in the contract test: arrival jitter beyond the margin let
     calls of two windows arrive within one."""
     return RoundTripWindow(max(1, calls), window)
+
+
+# The shared budgets' guards (SharedWindow): a fixed margin for the delay jitter between two processes' calls.
+KOMMO_SHARED_GUARD = 0.1
+UNISENDER_SHARED_GUARD = 3.0
 
 
 @functools.cache
@@ -64,6 +71,9 @@ class ProcessContext:
     cipher: Cipher
     kommo_http: httpx.AsyncClient
     unisender_http: httpx.AsyncClient
+    # The shared budgets' own client: the worker replaces ``queue`` when Redis comes back, and a budget must not
+    # hold a closed one. None = budgets per process (``shared_budgets`` off).
+    budget_redis: aioredis.Redis | None = None
     # Per-credential client-side budgets (keyed by Kommo client_id / Unisender key hash) so every job of this
     # process shares one bucket per upstream credential.
     limiters: dict[str, RateLimiter] = field(default_factory=dict)
@@ -73,19 +83,45 @@ class ProcessContext:
     def kommo_limiter(self, client_id: str) -> RateLimiter:
         key = f"kommo:{client_id}"
         if key not in self.limiters:
-            self.limiters[key] = kommo_budget(int(self.settings.kommo_rate_per_second))
+            rate = max(1, int(self.settings.kommo_rate_per_second))
+            self.limiters[key] = (
+                kommo_budget(rate)
+                if self.budget_redis is None
+                else shared_window(
+                    self.budget_redis,
+                    key,
+                    limit=rate,
+                    window=1.0,
+                    guard=KOMMO_SHARED_GUARD,
+                    fallback_share=self.settings.budget_fallback_share,
+                )
+            )
         return self.limiters[key]
 
     def unisender_limiter(self, key_id: str) -> RateLimiter:
         key = f"unisender:{key_id}"
         if key not in self.limiters:
-            self.limiters[key] = unisender_budget(int(self.settings.unisender_calls_per_minute))
+            calls = max(1, int(self.settings.unisender_calls_per_minute))
+            self.limiters[key] = (
+                unisender_budget(calls)
+                if self.budget_redis is None
+                else shared_window(
+                    self.budget_redis,
+                    key,
+                    limit=calls,
+                    window=60.0,
+                    guard=UNISENDER_SHARED_GUARD,
+                    fallback_share=self.settings.budget_fallback_share,
+                )
+            )
         return self.limiters[key]
 
     async def close(self) -> None:
         await self.kommo_http.aclose()
         await self.unisender_http.aclose()
         await self.queue.aclose()
+        if self.budget_redis is not None:
+            await self.budget_redis.aclose()
         await self.db.dispose()
 
 
@@ -102,10 +138,15 @@ async def build_context(settings: Settings, *, pre_ping: bool = True) -> Process
             pool=settings.db_pool_timeout,
         ),
     )
+    redis_url = settings.require_redis_url()
     return ProcessContext(
         settings=settings,
         db=Database(engine),
-        queue=await create_queue(settings.require_redis_url()),
+        queue=await create_queue(redis_url),
+        # Short timeouts: a budget that waits on a silent Redis stalls every call; its fallback takes over.
+        budget_redis=aioredis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
+        if settings.shared_budgets
+        else None,
         cipher=cipher,
         # Kommo's official library uses 5 s connect / 20 s total; Unisender's import may take up to 30 s.
         kommo_http=build_http_client(timeout=20.0),

@@ -1,0 +1,242 @@
+"""The shared budget holds over separate Redis clients (as separate processes), shares pauses, falls back to a
+local share while Redis is unreachable, and comes back to Redis when it answers again."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from structlog.testing import capture_logs
+
+from app.connectors.shared_budget import KEY_PREFIX, SharedWindow
+from app.context import ProcessContext
+from app.servers import free_port
+from tests.conftest import REDIS_URL
+from tests.faults.support import start_private_redis
+
+
+def _max_in_window(stamps: list[float], window: float) -> int:
+    best, j = 0, 0
+    for i, t in enumerate(stamps):
+        while t - stamps[j] >= window:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[aioredis.Redis]]:
+    """Four clients, each with its own connection pool, as four processes would have."""
+    made = [aioredis.Redis.from_url(REDIS_URL, socket_timeout=1) for _ in range(4)]
+    yield made
+    for client in made:
+        await client.aclose()
+
+
+@pytest.fixture
+def name() -> str:
+    return f"test:{uuid.uuid4().hex}"
+
+
+async def _hammer(
+    window: SharedWindow,
+    calls: int,
+    stamps: list[float],
+    owned: list[tuple[float, int]] | None = None,
+    owner: int = 0,
+) -> None:
+    """Sequential calls, each in its own task (as full-sync fetches are); records when each was granted (and,
+    with ``owned``, by which instance)."""
+
+    async def call() -> None:
+        await window.acquire()
+        now = time.monotonic()
+        stamps.append(now)
+        if owned is not None:
+            owned.append((now, owner))
+
+    for _ in range(calls):
+        await asyncio.create_task(call())
+
+
+async def test_instances_on_separate_clients_never_exceed_the_limit_together(
+    clients: list[aioredis.Redis], name: str
+) -> None:
+    limit, window, guard = 6, 0.2, 0.05
+    budgets = [
+        SharedWindow(c, name, limit=limit, window=window, guard=guard, fallback_limit=3) for c in clients
+    ]
+    stamps: list[float] = []
+    owned: list[tuple[float, int]] = []
+    start = time.monotonic()
+    # Each instance alone would grant 6 per window (its local window); four of them, two fetchers each.
+    await asyncio.gather(*(_hammer(b, 6, stamps, owned, i) for i, b in enumerate(budgets) for _ in range(2)))
+    elapsed = time.monotonic() - start
+    stamps.sort()
+    owned.sort()
+    assert len(stamps) == 48
+    assert _max_in_window(stamps, window) <= limit
+    # Call n+limit comes window after call n, and window + guard when another process made call n (less a
+    # reply's jitter): another process's grant counts for the guard longer.
+    # Processes sharing the window: every call n+limit comes window + guard after call n (less a reply's
+    # jitter), whoever made either.
+    assert all(b - a >= window + guard - 0.01 for a, b in zip(stamps, stamps[limit:], strict=False))
+    assert len({who for _, who in owned}) == 4
+    # 48 grants at 6 per 0.25 s: seven waits, and not much more (no starvation, no busy spinning).
+    assert 7 * (window + guard) - 0.05 <= elapsed < 7 * (window + guard) + 0.6
+    assert not any(b.fallback_active for b in budgets)
+
+
+async def test_one_process_alone_keeps_the_whole_rate(clients: list[aioredis.Redis], name: str) -> None:
+    """A process alone on a budget is not slowed by the guard: its own grants count for the window only."""
+    limit, window, guard = 6, 0.2, 0.1
+    budget = SharedWindow(clients[0], name, limit=limit, window=window, guard=guard, fallback_limit=3)
+    stamps: list[float] = []
+    start = time.monotonic()
+    await asyncio.gather(*(_hammer(budget, 6, stamps) for _ in range(4)))
+    elapsed = time.monotonic() - start
+    assert len(stamps) == 24
+    assert _max_in_window(sorted(stamps), window) <= limit
+    # 24 grants at 6 per window: three waits of the window (with the guard it would be three of 0.3 s).
+    assert elapsed < 3 * window + 0.2
+
+
+async def test_a_pause_set_by_one_instance_holds_the_others(clients: list[aioredis.Redis], name: str) -> None:
+    one, other = (
+        SharedWindow(c, name, limit=10, window=1.0, guard=0.0, fallback_limit=5) for c in clients[:2]
+    )
+    one.pause(0.4)
+    await one.drain()
+    one.pause(0.05)  # a shorter pause never shortens the longer one
+    await one.drain()
+    assert await clients[2].pttl(f"{KEY_PREFIX}{name}:pause") > 300
+    start = time.monotonic()
+    await other.acquire()
+    assert time.monotonic() - start >= 0.3
+
+
+async def test_keys_expire_after_the_window(clients: list[aioredis.Redis], name: str) -> None:
+    budget = SharedWindow(clients[0], name, limit=3, window=0.2, guard=0.0, fallback_limit=1)
+    await budget.acquire()
+    budget.pause(0.1)
+    await budget.drain()
+    grants, pause = f"{KEY_PREFIX}{name}", f"{KEY_PREFIX}{name}:pause"
+    assert 0 < await clients[0].pttl(grants) <= 1200
+    assert 0 < await clients[0].pttl(pause) <= 101
+    await asyncio.sleep(1.3)
+    assert await clients[0].exists(grants, pause) == 0
+
+
+async def test_unreachable_redis_falls_back_to_the_local_share(name: str) -> None:
+    dead = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+    budget = SharedWindow(dead, name, limit=6, window=0.2, guard=0.05, fallback_limit=3, retry_after=0.1)
+    stamps: list[float] = []
+    try:
+        with capture_logs() as logs:
+            start = time.monotonic()
+            await asyncio.gather(_hammer(budget, 6, stamps), _hammer(budget, 6, stamps))
+            elapsed = time.monotonic() - start
+    finally:
+        await dead.aclose()
+    stamps.sort()
+    assert budget.fallback_active
+    assert _max_in_window(stamps, 0.2) <= 3  # the share, not the full limit
+    assert elapsed < 1.5  # 12 calls at 3 per window: it goes on (three waits), it does not stop
+    warnings = [e for e in logs if e["event"] == "budget.redis_unavailable"]
+    assert len(warnings) == 1  # once per outage, though Redis was retried every 0.1 s
+    assert warnings[0]["budget"] == name
+
+
+async def test_fallback_while_redis_is_down_and_back_to_redis_when_it_returns(
+    tmp_path: Path, name: str
+) -> None:
+    server = start_private_redis(tmp_path)
+    client = aioredis.Redis.from_url(server.url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    budget = SharedWindow(client, name, limit=4, window=0.2, guard=0.0, fallback_limit=2, retry_after=0.1)
+    try:
+        await budget.acquire()
+        assert not budget.fallback_active
+        server.stop()
+        stamps: list[float] = []
+        await _hammer(budget, 6, stamps)
+        assert budget.fallback_active
+        assert _max_in_window(stamps, 0.2) <= 2
+        server.start()
+        await asyncio.sleep(0.15)
+        with capture_logs() as logs:
+            await budget.acquire()
+        assert not budget.fallback_active
+        assert [e["event"] for e in logs] == ["budget.redis_recovered"]
+        assert await client.zcard(f"{KEY_PREFIX}{name}") == 1  # the grant was Redis's again
+    finally:
+        await client.aclose()
+        server.stop()
+
+
+_PROCESS = textwrap.dedent(
+    """
+    import asyncio, json, sys, time
+    import redis.asyncio as aioredis
+    from app.connectors.shared_budget import SharedWindow
+
+    async def main() -> None:
+        url, name, calls, start_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+        client = aioredis.Redis.from_url(url)
+        budget = SharedWindow(client, name, limit=5, window=0.2, guard=0.05, fallback_limit=2)
+        stamps = []
+
+        async def call() -> None:
+            await budget.acquire()
+            stamps.append(time.monotonic())
+
+        await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+        for _ in range(calls):
+            await asyncio.create_task(call())
+        assert not budget.fallback_active
+        await client.aclose()
+        print(json.dumps(stamps))
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_two_os_processes_share_one_budget(name: str) -> None:
+    # CLOCK_MONOTONIC is one clock for every process of the machine, so the stamps compare.
+    start_at = time.monotonic() + 1.5
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _PROCESS, REDIS_URL, name, "10", str(start_at)],
+            stdout=subprocess.PIPE,
+            cwd=Path(__file__).parents[2],
+        )
+        for _ in range(2)
+    ]
+    stamps: list[float] = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0
+        stamps.extend(json.loads(out))
+    stamps.sort()
+    assert len(stamps) == 20
+    assert _max_in_window(stamps, 0.2) <= 5
+
+
+async def test_the_process_context_hands_out_shared_budgets(ctx: ProcessContext) -> None:
+    kommo, unisender = ctx.kommo_limiter("client-1"), ctx.unisender_limiter("keyhash")
+    assert isinstance(kommo, SharedWindow)
+    assert isinstance(unisender, SharedWindow)
+    await kommo.acquire()
+    await unisender.acquire()
+    assert ctx.budget_redis is not None
+    assert await ctx.budget_redis.zcard(f"{KEY_PREFIX}kommo:client-1") == 1
+    assert await ctx.budget_redis.zcard(f"{KEY_PREFIX}unisender:keyhash") == 1
