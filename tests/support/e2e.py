@@ -32,10 +32,13 @@ async def connect_account(
     api_key: str | None = None,
     domain: str | None = None,
     custom_fields: bool = False,
+    integration: dict[str, str] | None = None,
 ) -> Account:
     """Create a Kommo account (optionally seeded; on ``domain``, default kommo.com), register the integration,
     do OAuth, connect Unisender (with a new Unisender account, whose key is ``api_key`` when given).
-    ``custom_fields``: the seed also fills one user field of every type and spreads responsible users."""
+    ``custom_fields``: the seed also fills one user field of every type and spreads responsible users.
+    ``integration``: the sandbox integration (``client_id``, ``client_secret``) to install, as a public
+    integration is installed in many accounts; default a new one."""
     k, api = stack.kommo, stack.api
     body = {"subdomain": subdomain, "name": subdomain.title()} | ({"domain": domain} if domain else {})
     acc = (await k.post("/_sandbox/accounts", json=body)).json()
@@ -44,7 +47,7 @@ async def connect_account(
         r = await k.post(f"/_sandbox/accounts/{subdomain}/seed", json=seeding)
         assert r.status_code in (200, 201), r.text
     redirect = f"{stack.settings.public_url}/auth/callback"
-    integ = (await k.post("/_sandbox/integrations", json={"redirect_uri": redirect})).json()
+    integ = integration or (await k.post("/_sandbox/integrations", json={"redirect_uri": redirect})).json()
     r = await api.post(
         "/integration",
         headers=stack.admin_headers,
