@@ -13,7 +13,7 @@ from arq.connections import ArqRedis
 from app.accounts.throttle import AttemptWindow
 from app.config import Settings
 from app.connectors.ratelimit import RateLimiter, RoundTripWindow
-from app.connectors.shared_budget import shared_window
+from app.connectors.shared_budget import SharedWindow, shared_window
 from app.db.session import Database, DbTimeouts, create_engine
 from app.queue import create_queue
 from app.security.crypto import Cipher, configure_encryption
@@ -36,11 +36,6 @@ def unisender_budget(calls: int, window: float = 60.0) -> RateLimiter:
     margin held at 60 s but not at a 1-s window in the contract test: arrival jitter beyond the margin let
     calls of two windows arrive within one."""
     return RoundTripWindow(max(1, calls), window)
-
-
-# The shared budgets' guards (SharedWindow): a fixed margin for the delay jitter between two processes' calls.
-KOMMO_SHARED_GUARD = 0.1
-UNISENDER_SHARED_GUARD = 3.0
 
 
 @functools.cache
@@ -92,7 +87,6 @@ class ProcessContext:
                     key,
                     limit=rate,
                     window=1.0,
-                    guard=KOMMO_SHARED_GUARD,
                     fallback_share=self.settings.budget_fallback_share,
                 )
             )
@@ -110,7 +104,6 @@ class ProcessContext:
                     key,
                     limit=calls,
                     window=60.0,
-                    guard=UNISENDER_SHARED_GUARD,
                     fallback_share=self.settings.budget_fallback_share,
                 )
             )
@@ -121,6 +114,10 @@ class ProcessContext:
         await self.unisender_http.aclose()
         await self.queue.aclose()
         if self.budget_redis is not None:
+            # A provider's pause still being written must reach the other processes before the client goes.
+            for limiter in self.limiters.values():
+                if isinstance(limiter, SharedWindow):
+                    await limiter.drain()
             await self.budget_redis.aclose()
         await self.db.dispose()
 

@@ -1,7 +1,7 @@
-"""Rate budgets shared by every process and machine, held in Redis by one atomic script.
+"""Rate budgets shared by every process and machine, held in Redis by atomic scripts.
 
-Each budget is a sorted set ``contactsync:budget:<name>`` of grants scored with Redis's own clock (``TIME``
-inside the script), so the machines' clocks never enter the count, plus a pause key
+Each budget is a sorted set ``contactsync:budget:<name>`` of calls scored with Redis's own clock (``TIME``
+inside the scripts), so the machines' clocks never enter the count, plus a pause key
 ``contactsync:budget:<name>:pause`` that a provider's 429/403 sets for everyone. When Redis does not answer, a
 process spends a conservative local share of the limit instead, and tries Redis again a second later.
 """
@@ -9,9 +9,11 @@ process spends a conservative local share of the limit instead, and tries Redis 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import time
 import uuid
+from collections.abc import Coroutine
 
 import structlog
 from redis.asyncio import Redis
@@ -23,50 +25,47 @@ log = structlog.get_logger()
 
 KEY_PREFIX = "contactsync:budget:"
 
-# KEYS: the grants (sorted set), the pause key. ARGV: limit, window (µs), guard (µs), units, owner (this
-# process's budget instance), serial. While the grants still counting are all the asking process's own, they
-# count for ``window`` (the process spaces its own calls from when they returned, in its local window); as soon
-# as another process's grant is among them, every grant counts for ``window + guard`` (a grant cannot know when
-# another process's call returned). Returns 0 when ``units`` grants were added, else the µs to wait (the
-# pause's rest, or until enough grants stop counting). Scores are µs since the epoch: < 2^53, exact as a Redis
-# double.
+# KEYS: the calls (sorted set), the pause key. ARGV: limit, window (µs), cap (µs), units, owner, serial, then
+# the ages (µs) of calls made on the fallback during an outage. A call's score is when it *returned* (reported by
+# _RETURNED), or, while it is in flight, its grant time + cap; it counts until score + window. Returns 0 when
+# ``units`` calls were granted, else the µs to wait (the pause's rest, or until enough calls stop counting).
+# Scores are µs since the epoch: < 2^53, exact as a Redis double.
 _ACQUIRE = """
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
-local guard = tonumber(ARGV[3])
+local cap = tonumber(ARGV[3])
 local units = tonumber(ARGV[4])
-local prefix = ARGV[5] .. ':'
+local prefix = ARGV[5] .. ':' .. ARGV[6] .. ':'
 local paused = redis.call('PTTL', KEYS[2])
 if paused > 0 then
   return paused * 1000
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window - guard)
-local held = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-local shared = 0
-for i = 1, #held, 2 do
-  if string.sub(held[i], 1, #prefix) ~= prefix then
-    shared = guard
-    break
-  end
+for i = 7, #ARGV do
+  redis.call('ZADD', KEYS[1], now - tonumber(ARGV[i]), prefix .. 'fb' .. (i - 6))
 end
-local ends = {}
-for i = 2, #held, 2 do
-  local ends_at = tonumber(held[i]) + window + shared
-  if ends_at > now then
-    ends[#ends + 1] = ends_at
-  end
-end
-if #ends + units <= limit then
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local held = redis.call('ZCARD', KEYS[1])
+if held + units <= limit then
   for i = 1, units do
-    redis.call('ZADD', KEYS[1], now, prefix .. ARGV[6] .. ':' .. i)
+    redis.call('ZADD', KEYS[1], now + cap, prefix .. i)
   end
-  redis.call('PEXPIRE', KEYS[1], math.ceil((window + guard) / 1000) + 1000)
+  redis.call('PEXPIRE', KEYS[1], math.ceil((window + cap) / 1000) + 1000)
   return 0
 end
-table.sort(ends)
-return math.max(1000, ends[#ends + units - limit] - now + 1)
+local freeing = redis.call('ZRANGE', KEYS[1], held + units - limit - 1, held + units - limit - 1, 'WITHSCORES')
+return math.max(1000, tonumber(freeing[2]) + window - now + 1)
+"""
+
+# KEYS: the calls. ARGV: members whose calls returned: scored now, never later than they were (LT).
+_RETURNED = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i = 1, #ARGV do
+  redis.call('ZADD', KEYS[1], 'XX', 'LT', now, ARGV[i])
+end
+return 0
 """
 
 # KEYS: the pause key. ARGV: milliseconds. A shorter pause never replaces a longer one still running.
@@ -80,22 +79,21 @@ return 0
 
 
 class SharedWindow:
-    """At most ``limit`` calls in any ``window`` seconds over every process using ``name`` on one Redis.
+    """At most ``limit`` calls in any ``window`` seconds over every process using ``name`` on one Redis, as
+    the provider counts them (by arrival).
 
-    Calls go through this process's own ``RoundTripWindow`` first (its calls stay spaced from when they
-    *returned*), then take a shared grant. A shared grant cannot know when another process's call returned,
-    so grants count for ``window + guard`` when processes share the window: call n+limit is granted at
-    least ``guard`` later than the provider's rule asks, which covers the difference in delay (our event loop,
-    the network, the provider's queue, the script's reply) between two calls of different processes up to
-    ``guard``. While a process is alone on a budget its grants count for ``window`` only (its local window
-    already spaces them from their return), so it keeps the whole rate: a full sync loses nothing to sharing.
-    As soon as two processes share the window, every grant counts for ``window + guard``. A fixed margin rather
-    than a fraction: the jitter it covers is tens of milliseconds whatever the window, so 100 ms on Kommo's
-    second and 3 s on Unisender's minute (5 %, as the local window's test measured) cost little rate.
+    The rule of ``RoundTripWindow``, kept in Redis: call n+limit is granted ``window`` after call n *returned*
+    (reported to Redis by the process that made it, when its task asks for the next call or ends), so it
+    arrives at least ``window`` after call n arrived, whatever the delays in either process, the network or
+    the provider's queue. A call in flight counts as returning ``cap`` seconds after its grant at the latest.
+    Calls go through this process's own ``RoundTripWindow`` first, so a process alone never waits on Redis
+    for its own calls.
 
-    Any Redis error (or no reply within ``redis_timeout``) makes this process spend a local ``fallback_limit``
-    per ``window`` instead (a share, so that a few processes falling back together stay under the provider's
-    limit) until Redis answers again; it retries Redis ``retry_after`` seconds after the failure.
+    Any Redis error (or no reply within ``redis_timeout``) makes this process, after one ``window`` (the other
+    processes may have spent the whole of it just before), spend a local ``fallback_limit`` per
+    ``fallback_window`` (a share, so that a few processes falling back together stay under the provider's
+    limit) until Redis answers again; it retries Redis ``retry_after`` seconds after the failure, and its first
+    call to Redis hands it the calls it made on the fallback meanwhile.
     """
 
     def __init__(
@@ -105,23 +103,29 @@ class SharedWindow:
         *,
         limit: int,
         window: float,
-        guard: float,
         fallback_limit: int,
+        fallback_window: float | None = None,
+        cap: float = 2.0,
         retry_after: float = 1.0,
         redis_timeout: float = 1.0,
     ) -> None:
-        if limit < 1 or window <= 0 or guard < 0 or not 1 <= fallback_limit <= limit:
-            raise ValueError("limit >= 1, window > 0, guard >= 0 and 1 <= fallback_limit <= limit")
+        if limit < 1 or window <= 0 or cap <= 0 or not 1 <= fallback_limit <= limit:
+            raise ValueError("limit >= 1, window > 0, cap > 0 and 1 <= fallback_limit <= limit")
         self.name = name
-        self._redis = redis
+        self.outages = 0  # times Redis became unreachable for this budget
         self._limit = limit
+        self._window = window
         self._window_us = int(window * 1_000_000)
-        self._guard_us = int(guard * 1_000_000)
+        self._cap_us = int(cap * 1_000_000)
+        # Waits computed from calls still in flight are an upper bound: look again sooner.
+        self._poll = max(0.02, window / 20)
         self._keys = [f"{KEY_PREFIX}{name}", f"{KEY_PREFIX}{name}:pause"]
         self._acquire_script = redis.register_script(_ACQUIRE)
+        self._returned_script = redis.register_script(_RETURNED)
         self._pause_script = redis.register_script(_PAUSE)
-        self._local = RoundTripWindow(limit, window)
-        self._fallback = RoundTripWindow(fallback_limit, window)
+        self._local = RoundTripWindow(limit, window, cap=cap)
+        self._fallback = RoundTripWindow(fallback_limit, fallback_window or window, cap=cap)
+        self._fallback_grants: collections.deque[float] = collections.deque()  # monotonic, in an outage
         self._fallback_limit = fallback_limit
         self._retry_after = retry_after
         self._redis_timeout = redis_timeout
@@ -129,6 +133,7 @@ class SharedWindow:
         self._outage = False
         self._instance = uuid.uuid4().hex
         self._serial = itertools.count()
+        self._open: dict[asyncio.Task[object], list[str]] = {}  # calls in flight, by the task that made them
         self._writes: set[asyncio.Task[None]] = set()
 
     @property
@@ -140,12 +145,17 @@ class SharedWindow:
         units = max(1, int(cost))
         if units > self._limit:
             raise ValueError(f"cost {cost} exceeds the window limit {self._limit}")
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("SharedWindow.acquire must run inside an asyncio task")
+        self._returned(task)  # this task asks again, so its previous call has returned
         await self._local.acquire(cost)
-        # Each pass either grants or sleeps the wait Redis computed (≥ 1 ms), or leaves for the fallback.
+        # Each pass either grants or sleeps (at most ``_poll``), or leaves for the fallback.
         while time.monotonic() >= self._down_until:
+            serial = next(self._serial)
             try:
                 async with asyncio.timeout(self._redis_timeout):
-                    wait_us = await self._try(units)
+                    wait_us = await self._try(units, serial)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._went_down(exc)
                 break
@@ -153,25 +163,49 @@ class SharedWindow:
                 self._outage = False
                 log.info("budget.redis_recovered", budget=self.name)
             if wait_us <= 0:
+                self._track(task, [f"{self._instance}:{serial}:{i}" for i in range(1, units + 1)])
                 return
-            await asyncio.sleep(wait_us / 1_000_000)
+            await asyncio.sleep(min(wait_us / 1_000_000, self._poll))
         await self._fallback.acquire(cost)
+        now = time.monotonic()
+        self._fallback_grants.extend([now] * units)
+        while self._fallback_grants and now - self._fallback_grants[0] > self._window:
+            self._fallback_grants.popleft()
 
-    async def _try(self, units: int) -> int:
-        args: list[str | int] = [
-            self._limit,
-            self._window_us,
-            self._guard_us,
-            units,
-            self._instance,
-            next(self._serial),
-        ]
-        return int(await self._acquire_script(keys=self._keys, args=args))
+    async def _try(self, units: int, serial: int) -> int:
+        args: list[str | int] = [self._limit, self._window_us, self._cap_us, units, self._instance, serial]
+        now = time.monotonic()
+        args.extend(int((now - t) * 1_000_000) for t in self._fallback_grants if now - t < self._window)
+        wait = int(await self._acquire_script(keys=self._keys, args=args))
+        self._fallback_grants.clear()  # Redis holds them now
+        return wait
+
+    def _track(self, task: asyncio.Task[object], members: list[str]) -> None:
+        if task not in self._open:
+            task.add_done_callback(self._returned)
+        self._open.setdefault(task, []).extend(members)
+
+    def _returned(self, task: asyncio.Task[object]) -> None:
+        """Tell Redis the task's calls returned (in the background: the next grant need not wait for it)."""
+        members = self._open.pop(task, None)
+        if members:
+            self._background(self._report_returned(members))
+
+    async def _report_returned(self, members: list[str]) -> None:
+        try:
+            async with asyncio.timeout(self._redis_timeout):
+                await self._returned_script(keys=self._keys[:1], args=members)
+        except (RedisError, OSError, TimeoutError):
+            pass  # the calls then count until their cap: later grants, never more calls
 
     def _went_down(self, exc: BaseException) -> None:
         self._down_until = time.monotonic() + self._retry_after
         if not self._outage:
             self._outage = True
+            self.outages += 1
+            # Every process may have spent the whole shared window just before Redis went away: the fallback
+            # grants nothing until that window has passed, so falling back never adds to a full one.
+            self._fallback.pause(self._window)
             log.warning(
                 "budget.redis_unavailable",
                 budget=self.name,
@@ -183,9 +217,11 @@ class SharedWindow:
         # Hold this process at once; tell the others through Redis as soon as it answers.
         self._local.pause(seconds)
         self._fallback.pause(seconds)
-        if seconds <= 0:
-            return
-        task = asyncio.get_running_loop().create_task(self._share_pause(seconds))
+        if seconds > 0:
+            self._background(self._share_pause(seconds))
+
+    def _background(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
@@ -198,20 +234,22 @@ class SharedWindow:
             log.warning("budget.pause_not_shared", budget=self.name, error=type(exc).__name__)
 
     async def drain(self) -> None:
-        """Wait for pause writes still in flight (tests, shutdown)."""
+        """Wait for pause and return writes still in flight (tests, shutdown)."""
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
 
 
 def shared_window(
-    redis: Redis,
-    name: str,
-    *,
-    limit: int,
-    window: float,
-    guard: float,
-    fallback_share: float,
+    redis: Redis, name: str, *, limit: int, window: float, fallback_share: float
 ) -> RateLimiter:
-    """A ``SharedWindow`` whose fallback is ``fallback_share`` of ``limit`` (at least one call per window)."""
-    fallback = max(1, min(limit, int(limit * fallback_share)))
-    return SharedWindow(redis, name, limit=limit, window=window, guard=guard, fallback_limit=fallback)
+    """A ``SharedWindow`` whose fallback spends ``fallback_share`` of ``limit`` per ``window``; a share below one
+    call per window becomes one call per longer window (1/8 of 7 a second: one call every 1.14 s), never a
+    rounded-up whole call, so N processes with a share of 1/N stay within the limit together."""
+    per_window = limit * fallback_share
+    if per_window >= 1:
+        return SharedWindow(
+            redis, name, limit=limit, window=window, fallback_limit=min(limit, int(per_window))
+        )
+    return SharedWindow(
+        redis, name, limit=limit, window=window, fallback_limit=1, fallback_window=window / per_window
+    )
