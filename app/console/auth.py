@@ -24,7 +24,6 @@ from app.config import Settings
 from app.console import repository as repo
 from app.console.errors import CsrfRefused, SignInRequired
 from app.db.base import utcnow
-from app.security.tokens import hash_token
 
 log = structlog.get_logger(__name__)
 
@@ -74,6 +73,14 @@ def clear_cookie(response: Response, settings: Settings, name: str) -> None:
     response.delete_cookie(name, path=COOKIE_PATH, httponly=True, samesite="strict", secure=_secure(settings))
 
 
+def session_key(cookie_value: str, settings: Settings) -> str:
+    """What is stored of a session: an HMAC of its cookie under the operator token. A reader of the table
+    cannot sign in with it, and a new operator token ends every session made with the old one (a leaked token
+    is revoked by rotating it, sessions included)."""
+    key = settings.admin_token.get_secret_value().encode()
+    return hmac.new(key, cookie_value.encode(), hashlib.sha256).hexdigest()
+
+
 async def open_session(session: AsyncSession, settings: Settings) -> tuple[str, int]:
     """A new session: the cookie value (never stored) and its lifetime in seconds. Expired sessions are
     pruned on the way."""
@@ -81,13 +88,13 @@ async def open_session(session: AsyncSession, settings: Settings) -> tuple[str, 
     lifetime = timedelta(hours=settings.console_session_hours)
     await repo.delete_expired(session, now=now)
     value = secrets.token_urlsafe(32)
-    await repo.add_session(session, hash_token(value), now=now, expires_at=now + lifetime)
+    await repo.add_session(session, session_key(value, settings), now=now, expires_at=now + lifetime)
     log.info("console.signed_in", expires_at=(now + lifetime).isoformat())
     return value, int(lifetime.total_seconds())
 
 
-async def close_session(session: AsyncSession, cookie_value: str) -> None:
-    await repo.delete_session(session, hash_token(cookie_value))
+async def close_session(session: AsyncSession, cookie_value: str, settings: Settings) -> None:
+    await repo.delete_session(session, session_key(cookie_value, settings))
     log.info("console.signed_out")
 
 
@@ -108,7 +115,7 @@ async def current_operator(request: Request, session: AsyncSession) -> Operator 
     if not value:
         return None
     now = utcnow()
-    token_hash = hash_token(value)
+    token_hash = session_key(value, request.app.state.ctx.settings)
     found = await repo.live_session(session, token_hash, now=now)
     if found is None:
         return None

@@ -3,6 +3,7 @@ API's endpoint calls (no HTTP in between, no logic of its own); pages read throu
 
 from __future__ import annotations
 
+import math
 import secrets
 from typing import Annotated
 
@@ -88,6 +89,10 @@ def _sign_in_page(
     return response
 
 
+SIGN_IN_PER_CLIENT = 10  # attempts a minute from one address
+SIGN_IN_PER_MINUTE = 100  # attempts a minute from every address together
+
+
 @router.get("/sign-in")
 async def sign_in_form(
     request: Request, ctx: ContextDep, session: SessionDep, next: str | None = None
@@ -108,6 +113,19 @@ async def sign_in(
 ) -> Response:
     if not auth.same_secret(csrf_token, request.cookies.get(auth.SIGNIN_COOKIE, "")):
         raise CsrfRefused()
+    # Guessing the operator token online: a few tries a minute per client, and a cap over all clients.
+    client = request.client.host if request.client else "unknown"
+    wait = ctx.attempts.try_acquire(
+        {f"console-sign-in:{client}": SIGN_IN_PER_CLIENT, "console-sign-in:*": SIGN_IN_PER_MINUTE},
+        window=60.0,
+    )
+    if wait is not None:
+        log.warning("console.sign_in_throttled")
+        response = _sign_in_page(
+            ctx, _next_path(next), 429, f"Too many sign-in attempts; try again in {math.ceil(wait)} s."
+        )
+        response.headers["Retry-After"] = str(math.ceil(wait))
+        return response
     if not auth.operator_token_matches(token, ctx.settings):
         log.warning("console.sign_in_refused")
         return _sign_in_page(ctx, _next_path(next), 401, "That is not the operator token.")
@@ -120,7 +138,7 @@ async def sign_in(
 
 @router.post("/sign-out")
 async def sign_out(operator: CheckedOperator, ctx: ContextDep, session: SessionDep) -> Response:
-    await auth.close_session(session, operator.cookie_value)
+    await auth.close_session(session, operator.cookie_value, ctx.settings)
     response = see_other("/console/sign-in")
     auth.clear_cookie(response, ctx.settings, auth.COOKIE)
     return response

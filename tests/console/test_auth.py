@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 from datetime import timedelta
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from app.config import Settings
 from app.console.auth import COOKIE
@@ -67,7 +69,9 @@ async def test_sign_in_sets_a_strict_httponly_cookie_whose_hash_alone_is_stored(
     assert "secure" not in flags  # the public URL is http here
     value = api.cookies[COOKIE]
     (row,) = await _sessions(settings)
-    assert row["token_hash"] == hashlib.sha256(value.encode()).hexdigest()
+    # An HMAC of the cookie under the operator token: the table alone cannot sign anyone in.
+    key = settings.admin_token.get_secret_value().encode()
+    assert row["token_hash"] == hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
     assert value not in str(row)
     lifetime = row["expires_at"] - row["created_at"]  # type: ignore[operator]
     assert abs(lifetime - timedelta(hours=settings.console_session_hours)) < timedelta(seconds=5)
@@ -126,6 +130,25 @@ async def test_forms_without_their_csrf_token_are_refused(
         assert answer.status_code == 403
 
 
+async def test_a_new_operator_token_ends_every_session(
+    api: httpx.AsyncClient, settings: Settings, admin_token: str
+) -> None:
+    """A leaked operator token is revoked by rotating it: the sessions signed in with it end too."""
+    assert (await sign_in(api, admin_token)).status_code == 303
+    assert (await api.get("/console/accounts")).status_code == 200
+    rotated = settings.model_copy(update={"admin_token": SecretStr("a-new-operator-token-" + "x" * 24)})
+    answers = {}
+    for label, restarted in (("same token", settings), ("new token", rotated)):
+        async with (
+            serve_in_background(create_app(restarted)) as url,
+            httpx.AsyncClient(base_url=url, timeout=10, cookies=api.cookies) as after,
+        ):
+            answers[label] = await after.get("/console/accounts", follow_redirects=False)
+    assert answers["same token"].status_code == 200  # a restart alone keeps the session
+    assert answers["new token"].status_code == 303
+    assert answers["new token"].headers["location"].startswith("/console/sign-in")
+
+
 async def test_sign_out_ends_the_session(
     api: httpx.AsyncClient, settings: Settings, admin_token: str
 ) -> None:
@@ -168,3 +191,15 @@ async def test_sign_in_goes_back_to_console_pages_only(
         "/console/sign-in", data={"token": admin_token, "csrf_token": csrf_of(form.text), "next": target}
     )
     assert answer.headers["location"] == "/console/accounts"
+
+
+async def test_sign_in_attempts_are_limited_per_client(api: httpx.AsyncClient, admin_token: str) -> None:
+    """Guessing the operator token online: ten tries a minute from one address, then 429 with Retry-After,
+    even for the right token, and no session opened."""
+    for _ in range(10):
+        assert (await sign_in(api, "not-the-token")).status_code == 401
+    refused = await sign_in(api, admin_token)
+    assert refused.status_code == 429
+    assert 0 < int(refused.headers["retry-after"]) <= 60
+    assert "Too many sign-in attempts" in refused.text
+    assert COOKIE not in api.cookies
