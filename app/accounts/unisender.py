@@ -4,7 +4,6 @@ registered), moving the hook to a new URL, and the client the sync engine pushes
 from __future__ import annotations
 
 import hashlib
-import re
 from datetime import datetime
 
 import structlog
@@ -20,6 +19,7 @@ from app.connectors.unisender.exceptions import (
     UnisenderAuthError,
     UnisenderError,
     UnisenderTransientError,
+    masked,
 )
 from app.context import ProcessContext
 from app.db.base import utcnow
@@ -102,17 +102,11 @@ async def connect_unisender(
     )
 
 
-# Anything long enough to be a key or token is masked before Unisender's words are shown to the person
-# who pasted the key (an error text that quoted it would otherwise echo a secret).
-_SECRET_LIKE = re.compile(r"[A-Za-z0-9_\-]{24,}")
-
-
 def _their_reason(exc: UnisenderError) -> str:
     """``": <Unisender's own words>."`` (masked, shortened), or ``"."`` when it gave none."""
     if not exc.reason:
         return "."
-    text = _SECRET_LIKE.sub("***", " ".join(exc.reason.split()))[:300]
-    return f": {text.rstrip('.')}."
+    return f": {masked(exc.reason).rstrip('.')}."
 
 
 async def _checked_list(client: UnisenderClient, account_id: int, wanted: int | None) -> int:

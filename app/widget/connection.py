@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import repository as repo
 from app.accounts.unisender import unisender_client_for
-from app.connectors.unisender.exceptions import UnisenderError
+from app.connectors.unisender.exceptions import UnisenderError, masked
 from app.context import ProcessContext
 from app.db.models import Integration
 
@@ -56,16 +56,18 @@ async def widget_connection(
     try:
         lists = [WidgetList(id=item.id, title=item.title) for item in await client.get_lists()]
     except UnisenderError as exc:
-        # The message is Unisender's code and text for the call, never the key.
+        # Unisender's code and its own words, masked like every error shown to people: never the key.
         log.info("widget.lists_failed", account_id=account_id, code=exc.code)
-        lists_error = str(exc)
+        lists_error = exc.code or "unisender_error"
+        if exc.reason:
+            lists_error += f": {masked(exc.reason)}"
     return WidgetConnectionOut(
         account_id=account_id,
         connected=True,
         list_id=esp.list_id,
         hook_registered=esp.hook_registered_at is not None,
         checked_at=esp.checked_at,
-        last_error=esp.last_error,
+        last_error=masked(esp.last_error, 1000) if esp.last_error else None,
         lists=lists,
         lists_error=lists_error,
     )

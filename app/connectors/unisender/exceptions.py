@@ -64,6 +64,16 @@ class UnisenderHookParseError(UnisenderError, WebhookParseError):
     """A hook delivery body that is not JSON at all (or exceeds the size cap)."""
 
 
+# Anything long enough to be a key or token: masked wherever Unisender's words are shown to people (an error
+# text that quoted the key would otherwise echo a secret).
+_SECRET_LIKE = re.compile(r"[A-Za-z0-9_\-]{24,}")
+
+
+def masked(text: str, limit: int = 300) -> str:
+    """``text`` for people: whitespace folded, key-like runs masked, shortened to ``limit``."""
+    return _SECRET_LIKE.sub("***", " ".join(text.split()))[:limit]
+
+
 def _clean_message(raw: object) -> str:
     # The message is HTML-encoded ("Contact &quot;x&quot; not found") and may be absent or not a string.
     text = raw if isinstance(raw, str) else ("" if raw is None else str(raw))
