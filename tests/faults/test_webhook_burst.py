@@ -68,13 +68,25 @@ async def test_burst_of_duplicate_reordered_deliveries(stack: Stack, tmp_path: P
         sem = asyncio.Semaphore(16)
         statuses: dict[int, int] = {}
 
+        retried = 0
+
         async def deliver(body: str) -> None:
+            nonlocal retried
             async with sem:
                 resp = await post_webhook(stack.api, account, body)
+                # A 503 is intake's answer when its database budget ran out (nothing stored): Kommo sends the
+                # delivery again, and so does this test (bounded), as long as that stays rare.
+                for _ in range(3):
+                    if resp.status_code != 503:
+                        break
+                    retried += 1
+                    await asyncio.sleep(0.2)
+                    resp = await post_webhook(stack.api, account, body)
                 statuses[resp.status_code] = statuses.get(resp.status_code, 0) + 1
 
         await asyncio.gather(*(deliver(b) for b in storm))
         assert statuses == {200: total}, statuses
+        assert retried <= total // 100, retried  # a loaded box may refuse a few, never a real share
         await wait_quiet(stack, account, within=120)
         await assert_mirror_exact(stack, account)
         summary = await ledger_summary(stack, account)
