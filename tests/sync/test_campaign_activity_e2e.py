@@ -185,7 +185,8 @@ async def test_campaign_activity_notes_tags_consent_and_totals(stack: Stack) -> 
             done = facts["status"] == "completed" and pending["pending"] == 0
             return facts if done else None
 
-        await wait_for(played, within=20, what="the campaign played and every hook delivered")
+        # Generous: on a loaded box a delivery answered 503 (intake's database budget) waits its retry.
+        await wait_for(played, within=60, what="the campaign played and every hook delivered")
         facts = await played()
         assert facts is not None
         deliveries = (await stack.unisender.get("/_sandbox/deliveries", params={"api_key": api_key})).json()
