@@ -20,6 +20,7 @@ from app.console.render import ConsoleRoute, page, see_other
 from app.context import ProcessContext
 from app.errors import Unprocessable
 from app.sync import specs
+from app.sync.spec import SpecIn
 
 log = structlog.get_logger(__name__)
 
@@ -94,6 +95,17 @@ def _problems(exc: Unprocessable) -> list[str]:
     return [exc.message]
 
 
+async def _submitted(
+    request: Request, session: AsyncSession, ctx: ProcessContext, account_id: int, csrf: str
+) -> tuple[MappingForm, SpecIn] | Response:
+    """The posted form and the spec it makes, or the editor again (422) naming what is wrong with it."""
+    form = mapping_form.read_form(await request.form())
+    spec, problems = mapping_form.spec_of(form)
+    if spec is None:
+        return await _editor(session, ctx, account_id, csrf, form, status_code=422, problems=problems)
+    return form, spec
+
+
 @router.post("/accounts/{account_id}/mapping/preview")
 async def preview(
     request: Request,
@@ -102,12 +114,10 @@ async def preview(
     session: SessionDep,
     account_id: AccountIdDep,
 ) -> Response:
-    form = mapping_form.read_form(await request.form())
-    spec, problems = mapping_form.spec_of(form)
-    if spec is None:
-        return await _editor(
-            session, ctx, account_id, operator.csrf, form, status_code=422, problems=problems
-        )
+    submitted = await _submitted(request, session, ctx, account_id, operator.csrf)
+    if isinstance(submitted, Response):
+        return submitted
+    form, spec = submitted
     try:
         result = await specs.preview(
             session, ctx, account_id, specs.PreviewIn(spec=spec, limit=PREVIEW_SAMPLE)
@@ -127,12 +137,10 @@ async def save(
     session: SessionDep,
     account_id: AccountIdDep,
 ) -> Response:
-    form = mapping_form.read_form(await request.form())
-    spec, problems = mapping_form.spec_of(form)
-    if spec is None:
-        return await _editor(
-            session, ctx, account_id, operator.csrf, form, status_code=422, problems=problems
-        )
+    submitted = await _submitted(request, session, ctx, account_id, operator.csrf)
+    if isinstance(submitted, Response):
+        return submitted
+    form, spec = submitted
     try:
         saved = await specs.replace_spec(session, ctx, account_id, spec)
     except Unprocessable as exc:
