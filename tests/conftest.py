@@ -233,11 +233,13 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     """Kommo and Unisender sandboxes plus the service, all on loopback ports, wired together by settings."""
     from sandbox.kommo import KommoSandboxConfig, create_kommo_sandbox
-    from sandbox.unisender import create_unisender_sandbox
+    from sandbox.unisender import UnisenderSandboxConfig, create_unisender_sandbox
 
     # retry_after 2 s instead of Kommo's 300: a stray 429 under CI load must not stall a test for minutes.
     kommo_app = create_kommo_sandbox(KommoSandboxConfig(webhook_retry_delays=(0.2, 0.5, 1.0), retry_after=2))
-    unisender_app = create_unisender_sandbox()
+    # A hook delivery our intake answered 503 (its database budget, on a loaded box) is sent again after 0.5 s,
+    # not Unisender's 10 minutes, for the same reason.
+    unisender_app = create_unisender_sandbox(UnisenderSandboxConfig(hook_retry_interval_seconds=0.5))
     api_port = free_port()
     async with (
         serve_in_background(kommo_app) as kommo_url,
