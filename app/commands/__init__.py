@@ -8,7 +8,7 @@ import argparse
 import importlib
 
 # Modules with a ``register(sub)`` adding their subcommands, in the order ``--help`` lists them.
-MODULES: tuple[str, ...] = ("widget", "accounts", "sync", "status", "dead_letters")
+MODULES: tuple[str, ...] = ("rotation", "widget", "accounts", "sync", "status", "dead_letters")
 
 
 def register_all(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
