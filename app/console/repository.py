@@ -9,7 +9,8 @@ from datetime import datetime
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import ConsoleSession, WebhookEvent
+from app.db.models import WebhookEvent
+from app.db.operator_models import ConsoleSession
 from app.db.states import EventStatus
 
 

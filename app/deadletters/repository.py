@@ -36,7 +36,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from app.db.base import utcnow
-from app.db.models import CrmWrite, DeadLetterAction, Outbox, Signup, WebhookEvent
+from app.db.models import CrmWrite, Outbox, Signup, WebhookEvent
+from app.db.operator_models import DeadLetterAction
 from app.db.states import (
     CrmWriteState,
     DeadLetterKind,
