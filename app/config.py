@@ -167,6 +167,12 @@ class Settings(BaseSettings):
     webhook_deadline: float = Field(
         1.0, gt=0, description="Seconds of database work per webhook before it is answered 503 (retry)"
     )
+    unisender_hook_deadline: float = Field(
+        2.5,
+        gt=0,
+        description="The same for a Unisender hook delivery, which may carry thousands of events and "
+        "whose sender waits 3 s (Kommo waits 2 s)",
+    )
     console_session_hours: float = Field(
         8.0, gt=0, description="Hours an operator console sign-in lasts (the session is then refused)"
     )

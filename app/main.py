@@ -43,7 +43,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.ctx = ctx
         writer = InboxWriter(ctx, deadline=settings.webhook_deadline)
         app.state.intake = WebhookIntake(
-            pc=ctx, auth=WebhookAuth(), wakeups=wakeups, writer=writer, deadline=settings.webhook_deadline
+            pc=ctx,
+            auth=WebhookAuth(),
+            wakeups=wakeups,
+            writer=writer,
+            deadline=settings.webhook_deadline,
+            unisender_deadline=settings.unisender_hook_deadline,
         )
         log.info("api.started", env=settings.env.value)
         try:

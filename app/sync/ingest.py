@@ -151,7 +151,10 @@ class WebhookIntake:
     token costs no body read), and its database work (token check, store) has ``deadline`` seconds in all:
     past that it is answered 503 and not acknowledged, so the sender retries. Kommo gives up on a delivery
     after 2 s and counts it as failed, so it must hear "later" well before then, not wait for a database
-    that stopped answering. Reading the body is not counted (the body deadline bounds that).
+    that stopped answering. Reading the body is not counted (the body deadline bounds that). A Unisender
+    delivery has ``unisender_deadline``: its sender waits 3 s, and one body may carry a campaign's thousands
+    of events, which a loaded box cannot always store within Kommo's budget (each refused try would repeat
+    the same work).
     """
 
     pc: ProcessContext
@@ -159,15 +162,25 @@ class WebhookIntake:
     wakeups: WakeUps
     writer: InboxWriter
     deadline: float = 1.0
+    unisender_deadline: float = 2.5
 
     async def accept_kommo(self, account_id: int, token: str | None, read_body: ReadBody) -> bool | None:
         """Verify, read, parse-check and store a Kommo body; True when new, None when the client went away.
         Its INSERT is the whole unit of work."""
-        return await self._accept(EventSource.KOMMO, account_id, token, read_body, self._store_kommo)
+        return await self._accept(
+            EventSource.KOMMO, account_id, token, read_body, self._store_kommo, self.deadline
+        )
 
     async def accept_unisender(self, account_id: int, token: str | None, read_body: ReadBody) -> bool | None:
         """Verify, read and store a Unisender hook (unsubscribes); True when new, None when the client left."""
-        return await self._accept(EventSource.UNISENDER, account_id, token, read_body, self._store_unisender)
+        return await self._accept(
+            EventSource.UNISENDER,
+            account_id,
+            token,
+            read_body,
+            self._store_unisender,
+            self.unisender_deadline,
+        )
 
     async def _accept(
         self,
@@ -176,21 +189,22 @@ class WebhookIntake:
         token: str | None,
         read_body: ReadBody,
         store: Callable[[int, WebhookIdentity, bytes, float], Awaitable[bool]],
+        deadline: float,
     ) -> bool | None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            async with asyncio.timeout(self.deadline):
+            async with asyncio.timeout(deadline):
                 identity = await self.auth.verify(self.pc.db, account_id, token)
             spent = loop.time() - started
             body = await read_body()
             if body is None:
                 return None
-            return await store(account_id, identity, body, loop.time() + self.deadline - spent)
+            return await store(account_id, identity, body, loop.time() + deadline - spent)
         except TimeoutError:
             metrics.WEBHOOKS.labels(provider, "db_timeout").inc()
             raise ServiceUnavailable(
-                f"The database did not answer within {self.deadline:g} s; retry shortly."
+                f"The database did not answer within {deadline:g} s; retry shortly."
             ) from None
 
     async def _store_kommo(

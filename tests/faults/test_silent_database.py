@@ -22,6 +22,8 @@ from app.context import tls_context
 from app.main import create_app
 from app.queue import create_queue
 from app.servers import serve_in_background
+from sandbox.unisender import signed_body
+from sandbox.unisender.hooks import batched_payload, event
 from tests.conftest import Stack, raw_sql
 from tests.faults.support import (
     CuttableProxy,
@@ -38,6 +40,7 @@ from tests.support.e2e import Account, assert_mirror_exact, connect_account, wai
 pytestmark = pytest.mark.slow
 
 WEBHOOK_BOUND = 1.5  # seconds: the intake deadline (1 s) plus rendering, on a busy shared machine
+HOOK_DEADLINE = 1.8  # seconds: the API's Unisender hook deadline here (its own, longer than Kommo's)
 PROBE_JOB = "silent-db-probe"
 
 
@@ -57,6 +60,10 @@ async def _delivered(api: httpx.AsyncClient, account: Account, body: str) -> Non
         assert response.status_code == 503, (response.status_code, response.text)
         assert time.monotonic() < deadline, f"still {response.status_code} 15 s after the thaw"
         await asyncio.sleep(0.2)
+
+
+def _unsubscribe() -> dict[str, object]:
+    return event("unsubscribe", "2026-12-01 00:00:00", {"email": "someone@example.com"})
 
 
 def _probe_failures(worker: WorkerProcess) -> list[dict[str, object]]:
@@ -94,7 +101,10 @@ async def test_silent_database_answers_503_fast_and_jobs_retry(
     proxy = CuttableProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
     await proxy.start()
     proxied = stack.settings.model_copy(
-        update={"database_url": url.replace(f"{parts.hostname}:{parts.port}", f"127.0.0.1:{proxy.port}")}
+        update={
+            "database_url": url.replace(f"{parts.hostname}:{parts.port}", f"127.0.0.1:{proxy.port}"),
+            "unisender_hook_deadline": HOOK_DEADLINE,
+        }
     )
     # The worker's deadlines are short here so the test is; the API keeps the defaults (intake: 1 s).
     worker = WorkerProcess(
@@ -129,6 +139,17 @@ async def test_silent_database_answers_503_fast_and_jobs_retry(
                 assert response.headers["retry-after"]
             slowest = max(seconds for _, seconds in answers)
             assert slowest < WEBHOOK_BOUND, f"a webhook waited {slowest:.2f} s for the silent database"
+            # A Unisender delivery has its own, longer budget (Unisender waits 3 s), and still hears "later".
+            started = time.monotonic()
+            hook = await api.post(
+                f"/webhooks/unisender/{account.account_id}",
+                params={"token": account.webhook_token},
+                content=signed_body(account.api_key, batched_payload("acme", [_unsubscribe()], 0)),
+                headers={"Content-Type": "application/json"},
+            )
+            waited = time.monotonic() - started
+            assert hook.status_code == 503, hook.text
+            assert HOOK_DEADLINE - 0.1 < waited < HOOK_DEADLINE + 0.5, waited
 
             started = time.monotonic()
             ready = await api.get("/readyz")

@@ -11,7 +11,7 @@ expected counts are the facts' counted that way."""
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -177,16 +177,25 @@ async def test_campaign_activity_notes_tags_consent_and_totals(stack: Stack) -> 
         assert r.status_code == 200, r.text
         campaign_id = r.json()["campaign_id"]
 
+        last: dict[str, Any] = {}
+
         async def played() -> dict[str, Any] | None:
             facts: dict[str, Any] = (
                 await stack.unisender.get(f"{base}/campaigns/{campaign_id}/facts")
             ).json()
             pending = (await stack.unisender.get("/_sandbox/deliveries", params={"api_key": api_key})).json()
+            answers = Counter(
+                f"{d['status_code'] or d['error']}:{len(d['events'])}" for d in pending["deliveries"]
+            )
+            last.update(status=facts["status"], pending=pending["pending"], answers=dict(answers))
             done = facts["status"] == "completed" and pending["pending"] == 0
             return facts if done else None
 
         # Generous: on a loaded box a delivery answered 503 (intake's database budget) waits its retry.
-        await wait_for(played, within=60, what="the campaign played and every hook delivered")
+        try:
+            await wait_for(played, within=60, what="the campaign played and every hook delivered")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last seen {last}") from None
         facts = await played()
         assert facts is not None
         deliveries = (await stack.unisender.get("/_sandbox/deliveries", params={"api_key": api_key})).json()
