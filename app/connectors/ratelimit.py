@@ -4,8 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import time
+from collections.abc import AsyncIterator, Iterator
+from contextvars import ContextVar
 from typing import Protocol
+
+# Bulk work (full syncs, spec re-derivations, replays, activity notes) draws from the same provider budgets
+# as live changes but never ahead of them: a live caller waiting for a budget is served before any bulk
+# caller waiting for it, in this process and (through Redis) in every other. Jobs mark themselves; the
+# mark follows every task they start.
+_BULK: ContextVar[bool] = ContextVar("contactsync_bulk_work", default=False)
+
+
+def is_bulk() -> bool:
+    """True inside bulk work (see ``bulk_work``)."""
+    return _BULK.get()
+
+
+@contextlib.contextmanager
+def bulk_work(bulk: bool = True) -> Iterator[None]:
+    """Mark the calls made inside (and by tasks started inside) as bulk work, or as live with False."""
+    token = _BULK.set(bulk)
+    try:
+        yield
+    finally:
+        _BULK.reset(token)
 
 
 class RateLimiter(Protocol):
@@ -14,6 +39,52 @@ class RateLimiter(Protocol):
 
     def pause(self, seconds: float) -> None:
         """Stop granting budget for ``seconds`` (the provider told us to back off)."""
+
+
+class PriorityLock:
+    """A lock whose waiters get it live first, then bulk, first come first served within each."""
+
+    def __init__(self) -> None:
+        self._held = False
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    @property
+    def live_waiting(self) -> bool:
+        return any(prio == 0 and not fut.done() for prio, _, fut in self._waiters)
+
+    async def acquire(self, *, bulk: bool) -> None:
+        if not self._held and not self._waiters:
+            self._held = True
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (int(bulk), next(self._order), fut)
+        heapq.heappush(self._waiters, entry)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # handed to us just as we were cancelled: pass it on
+            elif entry in self._waiters:
+                self._waiters.remove(entry)
+                heapq.heapify(self._waiters)
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            _, _, fut = heapq.heappop(self._waiters)
+            if not fut.done():
+                fut.set_result(None)  # the lock passes to it, still held
+                return
+        self._held = False
+
+    @contextlib.asynccontextmanager
+    async def hold(self, *, bulk: bool) -> AsyncIterator[None]:
+        await self.acquire(bulk=bulk)
+        try:
+            yield
+        finally:
+            self.release()
 
 
 class _Grant:
@@ -35,6 +106,9 @@ class RoundTripWindow:
 
     A call counts as returned when the task that made it asks for the next call, or ends. A task that goes
     on with other work after its call holds that slot for at most ``cap`` seconds after the grant.
+
+    Waiting callers are served live first, then bulk (``bulk_work``): bulk work waits behind at most the
+    one call already being granted when a live caller arrives.
     """
 
     def __init__(self, limit: int, window: float, *, cap: float = 2.0) -> None:
@@ -47,7 +121,7 @@ class RoundTripWindow:
         self._open: dict[asyncio.Task[object], list[_Grant]] = {}
         self._watched: set[asyncio.Task[object]] = set()
         self._paused_until = 0.0
-        self._lock = asyncio.Lock()
+        self._lock = PriorityLock()
         self._settled = asyncio.Event()
 
     def pause(self, seconds: float) -> None:
@@ -75,7 +149,7 @@ class RoundTripWindow:
             raise RuntimeError("RoundTripWindow.acquire must run inside an asyncio task")
         # This task asks again, so its previous call has returned.
         self._settle(task)
-        async with self._lock:
+        async with self._lock.hold(bulk=is_bulk()):
             granted: list[_Grant] = []
             for _ in range(units):
                 while True:

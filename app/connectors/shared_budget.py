@@ -19,40 +19,53 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.connectors.ratelimit import RateLimiter, RoundTripWindow
+from app.connectors.ratelimit import RateLimiter, RoundTripWindow, is_bulk
 
 log = structlog.get_logger()
 
 KEY_PREFIX = "contactsync:budget:"
 
-# KEYS: the calls (sorted set), the pause key. ARGV: limit, window (µs), cap (µs), units, owner, serial, then
-# the ages (µs) of calls made on the fallback during an outage. A call's score is when it *returned* (reported by
-# _RETURNED), or, while it is in flight, its grant time + cap; it counts until score + window. Returns 0 when
-# ``units`` calls were granted, else the µs to wait (the pause's rest, or until enough calls stop counting).
-# Scores are µs since the epoch: < 2^53, exact as a Redis double.
+# KEYS: the calls (sorted set), the pause key, the live-waiting mark. ARGV: limit, window (µs), cap (µs), units,
+# owner, serial, bulk (1/0), the mark's lifetime (ms), then the ages (µs) of calls made on the fallback during an
+# outage. A call's score is when it *returned* (reported by _RETURNED), or, while it is in flight, its grant time
+# + cap; it counts until score + window. Returns 0 when ``units`` calls were granted, else the µs to wait (the
+# pause's rest, or until enough calls stop counting). A live caller refused sets the mark, which holds bulk
+# callers back until it is granted (and clears it) or the mark lapses. Scores are µs since the epoch: < 2^53,
+# exact as a Redis double.
 _ACQUIRE = """
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local cap = tonumber(ARGV[3])
 local units = tonumber(ARGV[4])
 local prefix = ARGV[5] .. ':' .. ARGV[6] .. ':'
+local bulk = ARGV[7] == '1'
 local paused = redis.call('PTTL', KEYS[2])
 if paused > 0 then
   return paused * 1000
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-for i = 7, #ARGV do
-  redis.call('ZADD', KEYS[1], now - tonumber(ARGV[i]), prefix .. 'fb' .. (i - 6))
+for i = 9, #ARGV do
+  redis.call('ZADD', KEYS[1], now - tonumber(ARGV[i]), prefix .. 'fb' .. (i - 8))
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 local held = redis.call('ZCARD', KEYS[1])
-if held + units <= limit then
+local yielding = bulk and redis.call('PTTL', KEYS[3]) > 0
+if held + units <= limit and not yielding then
   for i = 1, units do
     redis.call('ZADD', KEYS[1], now + cap, prefix .. i)
   end
   redis.call('PEXPIRE', KEYS[1], math.ceil((window + cap) / 1000) + 1000)
+  if not bulk then
+    redis.call('DEL', KEYS[3])
+  end
   return 0
+end
+if not bulk then
+  redis.call('SET', KEYS[3], '1', 'PX', ARGV[8])
+end
+if held + units <= limit then
+  return 10000
 end
 local freeing = redis.call('ZRANGE', KEYS[1], held + units - limit - 1, held + units - limit - 1, 'WITHSCORES')
 return math.max(1000, tonumber(freeing[2]) + window - now + 1)
@@ -89,6 +102,9 @@ class SharedWindow:
     Calls go through this process's own ``RoundTripWindow`` first, so a process alone never waits on Redis
     for its own calls.
 
+    Live callers go first here too: a live caller that Redis refuses marks the budget, and bulk callers in every
+    process wait while the mark stands (the live caller clears it when granted; it lapses if the caller left).
+
     Any Redis error (or no reply within ``redis_timeout``) makes this process, after one ``window`` (the other
     processes may have spent the whole of it just before), spend a local ``fallback_limit`` per
     ``fallback_window`` (a share, so that a few processes falling back together stay under the provider's
@@ -119,7 +135,10 @@ class SharedWindow:
         self._cap_us = int(cap * 1_000_000)
         # Waits computed from calls still in flight are an upper bound: look again sooner.
         self._poll = max(0.02, window / 20)
-        self._keys = [f"{KEY_PREFIX}{name}", f"{KEY_PREFIX}{name}:pause"]
+        self._keys = [f"{KEY_PREFIX}{name}", f"{KEY_PREFIX}{name}:pause", f"{KEY_PREFIX}{name}:live"]
+        # A live waiter renews its mark at each look (at least every ``_poll``); one that went away lets bulk
+        # work go on after this long.
+        self._mark_ms = int((self._poll * 2 + 0.5) * 1000)
         self._acquire_script = redis.register_script(_ACQUIRE)
         self._returned_script = redis.register_script(_RETURNED)
         self._pause_script = redis.register_script(_PAUSE)
@@ -174,6 +193,7 @@ class SharedWindow:
 
     async def _try(self, units: int, serial: int) -> int:
         args: list[str | int] = [self._limit, self._window_us, self._cap_us, units, self._instance, serial]
+        args += [int(is_bulk()), self._mark_ms]
         now = time.monotonic()
         args.extend(int((now - t) * 1_000_000) for t in self._fallback_grants if now - t < self._window)
         wait = int(await self._acquire_script(keys=self._keys, args=args))
@@ -228,7 +248,7 @@ class SharedWindow:
     async def _share_pause(self, seconds: float) -> None:
         try:
             async with asyncio.timeout(self._redis_timeout):
-                await self._pause_script(keys=self._keys[1:], args=[int(seconds * 1000) + 1])
+                await self._pause_script(keys=self._keys[1:2], args=[int(seconds * 1000) + 1])
         except (RedisError, OSError, TimeoutError) as exc:
             # The other processes learn of the pause from their own 429, as they did before sharing.
             log.warning("budget.pause_not_shared", budget=self.name, error=type(exc).__name__)

@@ -16,6 +16,7 @@ from app import metrics
 from app.accounts.errors import AccountNotReady
 from app.connectors.base import ImportRow, RowResult
 from app.connectors.errors import ConnectorError
+from app.connectors.ratelimit import bulk_work
 from app.context import ProcessContext
 from app.db.base import utcnow
 from app.db.locks import flush_lock
@@ -101,7 +102,9 @@ class _Flush:
             started = time.monotonic()
             try:
                 client, esp = await providers.esp_client(session, pc, account_id)
-                answers = await client.import_contacts(_import_rows(rows, esp.list_id))
+                # A batch with any live change in it is live work for the platform's budget.
+                with bulk_work(all(row.bulk for row in rows)):
+                    answers = await client.import_contacts(_import_rows(rows, esp.list_id))
             except (AccountNotReady, ConnectorError) as exc:
                 self.stopped = True
                 await _record_failure(session, account_id, rows, push_failure(exc), esp, self.result)

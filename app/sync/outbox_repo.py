@@ -39,6 +39,7 @@ class DueRow:
     payload_hash: str
     attempts: int
     updated_at: datetime
+    bulk: bool = False  # queued by bulk work (a full sync, a re-derivation), not by a live change
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +201,7 @@ async def claim_due(session: AsyncSession, account_id: int, limit: int) -> list[
                 Outbox.payload_hash,
                 Outbox.attempts,
                 Outbox.updated_at,
+                Outbox.bulk,
             )
             .where(
                 Outbox.account_id == account_id,

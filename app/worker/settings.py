@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 
 from app.config import Settings
+from app.connectors.ratelimit import bulk_work
 from app.context import ProcessContext, build_context
 from app.db.schema import check_schema_current
 from app.db.session import is_timeout
@@ -70,18 +71,32 @@ def _reconnecting(fn: TaskFn) -> TaskFn:
     return run
 
 
+def _bulk(fn: TaskFn) -> TaskFn:
+    """Bulk work: its provider calls wait behind every live caller's (``app.connectors.ratelimit``)."""
+
+    @functools.wraps(fn)
+    async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        with bulk_work():
+            return await fn(ctx, *args, **kwargs)
+
+    return run
+
+
 def functions(settings: Settings) -> list[Function]:
+    # Live: a contact's change and what answers it (events, pushes of live rows, consent tags, two-way
+    # writes, signups). Bulk: full syncs and re-derivations, activity notes, campaign totals, the export
+    # reconcile. A flush job decides per batch (a batch with any live row is live).
     return [
         func(tasks.ping, name="ping"),
         func(_reconnecting(tasks.process_events), name="process_events"),
         func(_reconnecting(tasks.flush_outbox), name="flush_outbox"),
-        func(_reconnecting(tasks.full_sync), name="full_sync"),
+        func(_reconnecting(_bulk(tasks.full_sync)), name="full_sync"),
         func(_reconnecting(tasks.tag_unsubscribes), name="tag_unsubscribes"),
-        func(_reconnecting(tasks.activity_notes), name="activity_notes"),
+        func(_reconnecting(_bulk(tasks.activity_notes)), name="activity_notes"),
         func(_reconnecting(tasks.crm_writes), name="crm_writes"),
-        func(_reconnecting(tasks.reconcile_two_way), name="reconcile_two_way"),
+        func(_reconnecting(_bulk(tasks.reconcile_two_way)), name="reconcile_two_way"),
         func(_reconnecting(tasks.signup_contacts), name="signup_contacts"),
-        func(_reconnecting(tasks.refresh_campaigns), name="refresh_campaigns"),
+        func(_reconnecting(_bulk(tasks.refresh_campaigns)), name="refresh_campaigns"),
     ]
 
 
@@ -93,7 +108,7 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
     t = settings.worker_job_timeout
     return [
         cron(tasks.sweep, name="sweep", second=set(range(0, 60, 10)), run_at_startup=True, timeout=t),
-        cron(tasks.reconcile, name="reconcile", minute=set(range(0, 60, 5)), second={30}, timeout=t),
+        cron(_bulk(tasks.reconcile), name="reconcile", minute=set(range(0, 60, 5)), second={30}, timeout=t),
         cron(tasks.refresh_tokens, name="refresh_tokens", minute={7, 37}, second={15}, timeout=t),
         cron(tasks.campaigns_tick, name="campaigns", minute=set(range(3, 60, 10)), second={45}, timeout=t),
     ]
