@@ -290,6 +290,22 @@ async def revive(
     return [(int(i), None if k is None else str(k)) for i, k in (await session.execute(stmt)).all()]
 
 
+async def queue_as_bulk(session: AsyncSession, account_id: int, ids: Sequence[int]) -> None:
+    """Replayed outbox rows still to push go behind live changes (they are bulk work, as a full sync's)."""
+    if not ids:
+        return
+    await session.execute(
+        update(Outbox)
+        .where(
+            Outbox.account_id == account_id,
+            Outbox.id == _ids(ids),
+            Outbox.status == OutboxStatus.PENDING,
+        )
+        .values(bulk=True)
+        .execution_options(synchronize_session=False)
+    )
+
+
 async def discard(
     session: AsyncSession, account_id: int, kind: DeadLetterKind, ids: Sequence[int], now: datetime
 ) -> list[int]:

@@ -277,6 +277,7 @@ async def replay(
         elif kind is DeadLetterKind.OUTBOX:
             # Today's desire for each address, by the mirror's own rules (see the module's docstring).
             await mirror.recompute(session, account_id, [k for _, k in revived if k is not None])
+            await repo.queue_as_bulk(session, account_id, done[kind])
             after_commit(session, lambda: enqueue.flush_outbox(queue, account_id, delay=0))
         elif kind is DeadLetterKind.CRM_WRITE:
             after_commit(session, lambda: enqueue.crm_writes(queue, account_id))

@@ -11,6 +11,8 @@ from app.context import ProcessContext
 from app.db.locks import account_lock
 from app.db.models import Integration, Outbox
 from app.db.states import IntegrationStatus, OutboxStatus
+from app.deadletters import service as deadletters
+from app.deadletters.schemas import Selection
 from app.sync import service
 
 EMAIL = "ann@example.com"
@@ -62,3 +64,27 @@ async def test_same_desire_leaves_a_discarded_row_a_new_one_revives_it(ctx: Proc
     new = await _apply(ctx, account_id, "Ann Smith", 1002)
     assert new.queued == 1
     assert await _status(ctx) == (OutboxStatus.PENDING, 0)
+
+
+async def test_a_replayed_row_to_push_is_bulk_work_behind_live_changes(ctx: ProcessContext) -> None:
+    """A replay re-derives the row as any change, then queues it as bulk: the outbox's live rows are claimed
+    first and its push waits behind live callers for the platform's budget."""
+    account_id = await connected_account(ctx, 42)
+    await _apply(ctx, account_id, "Ann", 1000)
+    async with ctx.db.session_scope() as session:
+        row = (await session.execute(select(Outbox).where(Outbox.email == EMAIL))).scalar_one()
+        row.status, row.attempts, row.last_error = OutboxStatus.DEAD, 5, "timed out five times"
+        dead_id = row.id
+    async with ctx.db.session_scope() as session:
+        done = await deadletters.replay(
+            session, ctx.queue, account_id, Selection.of_ids([f"outbox:{dead_id}"]), actor="operator"
+        )
+    assert done.affected == 1
+    async with ctx.db.session_scope() as session:
+        row = (await session.execute(select(Outbox).where(Outbox.email == EMAIL))).scalar_one()
+        assert (row.status, row.attempts, row.bulk) == (OutboxStatus.PENDING, 0, True)
+    # A live change of the same address afterwards is live again.
+    await _apply(ctx, account_id, "Ann Smith", 1001)
+    async with ctx.db.session_scope() as session:
+        row = (await session.execute(select(Outbox).where(Outbox.email == EMAIL))).scalar_one()
+        assert (row.status, row.bulk) == (OutboxStatus.PENDING, False)
