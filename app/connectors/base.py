@@ -166,6 +166,9 @@ class CrmClient(Protocol):
 
     async def write_notes(self, notes: Sequence[CrmNote], *, service: str) -> NotesWritten: ...
 
+    # The service notes from ``service`` updated since ``since`` (Unix seconds): (contact id, text) → note id.
+    async def find_service_notes(self, *, service: str, since: int) -> dict[tuple[int, str], int]: ...
+
     # Tags added to contacts in batches (their other tags kept); written/refused keyed by the contact id as text.
     async def add_tags(self, tags: Mapping[int, Sequence[str]]) -> NotesWritten: ...
 

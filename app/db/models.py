@@ -306,24 +306,6 @@ class EmailActivity(Base):
     handled_at: Mapped[datetime | None]
 
 
-class ActivityNote(Base):
-    """The CRM note that tells one contact about one kind of activity in one campaign: later events of that
-    kind and campaign update its count instead of adding notes."""
-
-    __tablename__ = "activity_note"
-
-    account_id: Mapped[int] = mapped_column(
-        BigInteger, ForeignKey("integration.account_id", ondelete="CASCADE"), primary_key=True
-    )
-    kommo_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    campaign_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # 0: no campaign named
-    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
-    note_id: Mapped[int] = mapped_column(BigInteger)
-    count: Mapped[int] = mapped_column(Integer)
-    last_at: Mapped[datetime]
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
-
-
 class Campaign(Base):
     """A campaign the email platform sent for an account, as last read from it: its name for the CRM notes,
     its totals for the campaigns view."""
@@ -391,8 +373,9 @@ class CrmWrite(Base):
     handled_at: Mapped[datetime | None]
 
 
-# The operators' own records live in their module; importing it here registers their tables wherever the
-# models are (alembic, the schema check, the tests).
+# The operators' own records and the activity notes' records live in their modules; importing them here
+# registers their tables wherever the models are (alembic, the schema check, the tests).
+from app.db.activity_models import ActivityNote, ActivityNoteIntent  # noqa: E402
 from app.db.operator_models import ConsoleSession, DeadLetterAction  # noqa: E402
 
-__all__ = ["ConsoleSession", "DeadLetterAction"]
+__all__ = ["ActivityNote", "ActivityNoteIntent", "ConsoleSession", "DeadLetterAction"]

@@ -18,13 +18,13 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import repository as accounts_repo
-from app.connectors.base import ActivityKind, CrmNote, NotesWritten
+from app.connectors.base import ActivityKind, CrmClient, CrmNote, NotesWritten
 from app.connectors.errors import ConnectorError
 from app.context import ProcessContext
 from app.db.locks import xact_lock
@@ -39,6 +39,10 @@ ROWS = 2000  # events per round: ~2 events a note, so a round fills several call
 NOTES_PER_CALL = 250  # Kommo's batch cap: the notes' pace is its 7 calls a second
 MAX_ROUNDS = 20  # per job; a follow-up job continues
 SERVICE = "Unisender"  # the notes' source as the CRM shows it
+# Notes added since an intent was written are looked for from this many seconds before it: the CRM stamps
+# them with its own clock.
+INTENT_CLOCK_MARGIN = 600
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # an adopted note's "last event": its pending events set it
 
 # How each kind reads on the timeline; {c} is the campaign ("“Spring sale”", or "campaign #42").
 _TEXTS = {
@@ -91,8 +95,9 @@ async def write_activity_notes(pc: ProcessContext, account_id: int) -> NotesResu
             if not rows:
                 return result
             _, spec = await spec_repo.current_spec(session, account_id)
-            groups = await _groups(session, account_id, rows, set(spec.activity), result)
             client = await providers.crm_client(pc, account_id)
+            await _settle_intents(session, client, account_id)
+            groups = await _groups(session, account_id, rows, set(spec.activity), result)
             ids = {key[1] for key in groups}
             names = await campaigns_repo.names(session, account_id, ids)
             if not looked_up and ids - names.keys() - {0}:
@@ -103,17 +108,52 @@ async def write_activity_notes(pc: ProcessContext, account_id: int) -> NotesResu
             for start in range(0, len(keys), NOTES_PER_CALL):
                 chunk = keys[start : start + NOTES_PER_CALL]
                 notes = [_note(key, groups[key], known.get(key), names) for key in chunk]
+                adds = [(_key_of(n.key), n.text) for n in notes if n.note_id is None]
+                async with pc.db.autocommit() as conn:
+                    await activity_repo.add_intents(conn, account_id, adds)
                 try:
                     written = await client.write_notes(notes, service=SERVICE)
                 except ConnectorError as exc:
-                    failure = exc  # what earlier calls wrote is recorded; this call's rows stay pending
+                    # What earlier calls wrote is recorded; this call's rows stay pending, and its intents
+                    # tell the next round to look for what the call may have added before it failed.
+                    failure = exc
                     break
                 await _record(session, account_id, notes, written, groups, known, result)
+                await activity_repo.drop_intents(session, account_id, [key for key, _ in adds])
         if failure is not None:
             log.warning("activity.notes_failed", account_id=account_id, error=type(failure).__name__)
             raise failure
     result.more = True
     return result
+
+
+async def _settle_intents(session: AsyncSession, client: CrmClient, account_id: int) -> None:
+    """Notes a call was adding when its answer was lost (a timeout, a gateway's 5xx, the process killed
+    mid-call) may be in the CRM: the ones found there with exactly the text sent are adopted (their events,
+    still pending, then update them as any known note), the others were never added. Nothing is written twice.
+    """
+    pending = await activity_repo.intents(session, account_id)
+    if not pending:
+        return
+    since = int(min(i.created_at for i in pending).timestamp()) - INTENT_CLOCK_MARGIN
+    found = await client.find_service_notes(service=SERVICE, since=since)
+    adopted = [
+        activity_repo.SavedNote(
+            i.kommo_id, i.campaign_id, i.kind, note_id=found[(i.kommo_id, i.text)], count=0, last_at=_EPOCH
+        )
+        for i in pending
+        if (i.kommo_id, i.text) in found
+    ]
+    await activity_repo.save_notes(session, account_id, adopted)
+    await activity_repo.drop_intents(
+        session, account_id, [(i.kommo_id, i.campaign_id, i.kind) for i in pending]
+    )
+    log.info(
+        "activity.intents_settled",
+        account_id=account_id,
+        adopted=len(adopted),
+        absent=len(pending) - len(adopted),
+    )
 
 
 async def _record(

@@ -1,5 +1,6 @@
 """SQL of ``email_activity`` (what the email platform reported about letters, once per event) and
-``activity_note`` (the CRM note per contact, campaign and kind that later events of that kind update)."""
+``activity_note`` (the CRM note per contact, campaign and kind that later events of that kind update) and
+``activity_note_intent`` (notes being added, until their call's outcome is recorded)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, text, tuple_
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import delete, func, select, text, tuple_
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.db.base import utcnow
-from app.db.models import ActivityNote, EmailActivity
+from app.db.models import ActivityNote, ActivityNoteIntent, EmailActivity
 from app.db.sql import Columns, chunks, insert_unnest, unnest_insert
 from app.db.states import ActivityState
 
@@ -143,3 +145,62 @@ async def save_notes(session: AsyncSession, account_id: int, notes: Sequence[Sav
     await insert_unnest(
         session, _SAVE_NOTES, _NOTE_COLUMNS, notes, {"account_id": account_id, "updated_at": utcnow()}
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    kommo_id: int
+    campaign_id: int
+    kind: str
+    text: str
+    created_at: datetime
+
+
+async def add_intents(conn: AsyncConnection, account_id: int, intents: Sequence[tuple[NoteKey, str]]) -> None:
+    """Notes about to be added, on their own connection so they are committed before the call (whatever
+    becomes of the caller's transaction)."""
+    if not intents:
+        return
+    now = utcnow()
+    stmt = pg_insert(ActivityNoteIntent).values(
+        [
+            {
+                "account_id": account_id,
+                "kommo_id": k,
+                "campaign_id": c,
+                "kind": kind,
+                "text": t,
+                "created_at": now,
+            }
+            for (k, c, kind), t in intents
+        ]
+    )
+    await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["account_id", "kommo_id", "campaign_id", "kind"],
+            set_={"text": stmt.excluded.text, "created_at": stmt.excluded.created_at},
+        )
+    )
+
+
+async def intents(session: AsyncSession, account_id: int) -> list[Intent]:
+    stmt = select(
+        ActivityNoteIntent.kommo_id,
+        ActivityNoteIntent.campaign_id,
+        ActivityNoteIntent.kind,
+        ActivityNoteIntent.text,
+        ActivityNoteIntent.created_at,
+    ).where(ActivityNoteIntent.account_id == account_id)
+    return [Intent(*row) for row in (await session.execute(stmt)).all()]
+
+
+async def drop_intents(session: AsyncSession, account_id: int, keys: Sequence[NoteKey]) -> None:
+    for chunk in chunks(list(keys)):
+        await session.execute(
+            delete(ActivityNoteIntent).where(
+                ActivityNoteIntent.account_id == account_id,
+                tuple_(
+                    ActivityNoteIntent.kommo_id, ActivityNoteIntent.campaign_id, ActivityNoteIntent.kind
+                ).in_(list(chunk)),
+            )
+        )

@@ -113,11 +113,12 @@ class Faults:
     error_rate: float = 0.0
     error_status: int = 500
     burst_429: int = 0  # the next N calls answer 429
+    lost_answers: int = 0  # the next N writes (POST/PATCH) are applied, then answered 504
     seed: int = 0
     rng: random.Random = field(default_factory=lambda: random.Random(0))
 
     def configure(self, body: dict[str, Any]) -> None:
-        for key in ("latency_ms", "latency_jitter_ms", "burst_429", "seed", "error_status"):
+        for key in ("latency_ms", "latency_jitter_ms", "burst_429", "lost_answers", "seed", "error_status"):
             if key in body:
                 v = body[key]
                 if not isinstance(v, int) or isinstance(v, bool) or v < 0:
@@ -146,5 +147,6 @@ class Faults:
             "error_rate": self.error_rate,
             "error_status": self.error_status,
             "burst_429": self.burst_429,
+            "lost_answers": self.lost_answers,
             "seed": self.seed,
         }

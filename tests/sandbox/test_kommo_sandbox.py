@@ -979,6 +979,25 @@ async def test_fault_injection(sandbox: Sandbox) -> None:
     assert (await sandbox.control("GET", "/stats"))["faults"]["burst_429"] == 2
 
 
+async def test_a_lost_answer_is_a_write_done_and_answered_504(sandbox: Sandbox) -> None:
+    inst = await install(sandbox)
+    await sandbox.control("POST", "/faults", {"lost_answers": 1})
+    assert (
+        await sandbox.http.get("/acme/api/v4/account", headers=inst.auth)
+    ).status_code == 200  # reads pass
+    body = [{"name": "Lost Answer"}]
+    lost = await sandbox.http.post("/acme/api/v4/contacts", headers=inst.auth, json=body)
+    assert lost.status_code == 504
+    assert lost.json()["title"] == "ErrInternalServer"
+    listed = await sandbox.http.get(
+        "/acme/api/v4/contacts", headers=inst.auth, params={"query": "Lost Answer"}
+    )
+    assert [c["name"] for c in listed.json()["_embedded"]["contacts"]] == ["Lost Answer"]  # it was done
+    again = await sandbox.http.post("/acme/api/v4/contacts", headers=inst.auth, json=[{"name": "Second"}])
+    assert again.status_code == 200  # one lost answer, then normal answers
+    assert (await sandbox.control("GET", "/stats"))["faults"]["lost_answer"] == 1
+
+
 async def test_uninstall_calls_disable_hook_and_revokes_tokens(sandbox: Sandbox, receiver: Receiver) -> None:
     inst = await install(sandbox, hook=receiver.url)
     result = await sandbox.control("POST", "/uninstall", {"client_id": inst.client_id, "subdomain": "acme"})

@@ -153,3 +153,50 @@ async def test_activity_becomes_notes_tags_and_consent(stack: Stack) -> None:
             for e in (READER, BOUNCER)
         }
         assert after == {READER: before[READER] + 1, BOUNCER: before[BOUNCER]}
+
+
+async def test_a_note_whose_answer_was_lost_is_adopted_not_added_again(stack: Stack) -> None:
+    """Kommo adds the notes but the answer never comes (a gateway's 504): the job fails and is retried, and
+    the retry finds the notes it had added (their intent was committed before the call) instead of adding a
+    second copy of each."""
+    account = await connect_account(stack)
+    async with running_worker(stack.settings):
+        ann = await _create(stack, account, "Ann", READER)
+        await wait_quiet(stack, account)
+        await _sql(
+            stack,
+            "INSERT INTO campaign (account_id, campaign_id, subject, refreshed_at) VALUES ($1, $2, $3, now())",
+            account.account_id,
+            CAMPAIGN,
+            "Autumn sale",
+        )
+        r = await stack.kommo.post("/_sandbox/faults", json={"lost_answers": 1})
+        assert r.status_code == 200, r.text
+        events = [
+            _status(READER, "ok_read", "2026-11-30 10:05:00"),
+            _status(READER, "ok_read", "2026-11-30 10:06:00"),
+            _status(READER, "ok_link_visited", "2026-11-30 10:07:00"),
+        ]
+        await _hook(stack, account, events)
+
+        async def noted() -> bool:
+            rows = await _sql(
+                stack, "SELECT count(*) FILTER (WHERE state = 'noted') AS n FROM email_activity"
+            )
+            return int(rows[0]["n"]) == len(events)
+
+        await wait_for(noted, within=30, what="every activity event noted")
+        stats = (await stack.kommo.get("/_sandbox/stats")).json()
+        assert stats["faults"]["lost_answer"] == 1
+        assert stats["responses"]["POST /api/v4/contacts/notes 504"] == 1  # the notes' add lost its answer
+        assert await _notes(stack, account, ann) == [
+            "Clicked a link in “Autumn sale”; last 2026-11-30 10:07 UTC",
+            "Opened “Autumn sale” (2 times); last 2026-11-30 10:06 UTC",
+        ]
+        kept = await _sql(stack, "SELECT kind, note_id, count FROM activity_note ORDER BY kind")
+        listed = (
+            await stack.kommo.get(f"/_sandbox/accounts/{account.subdomain}/notes", params={"entity_id": ann})
+        ).json()
+        assert {r["note_id"] for r in kept} == {n["id"] for n in listed}
+        assert [(r["kind"], r["count"]) for r in kept] == [("clicked", 1), ("opened", 2)]
+        assert await _sql(stack, "SELECT * FROM activity_note_intent") == []

@@ -38,6 +38,7 @@ from app.connectors.kommo.schemas import (
     KommoAccount,
     KommoContactList,
     KommoCustomFieldList,
+    KommoNoteList,
     KommoPage,
     KommoUserList,
     KommoWebhook,
@@ -284,6 +285,18 @@ class KommoClient:
         """Service notes (shown as coming from ``service``), see ``notes.write_service_notes``."""
         return await write_service_notes(self, notes, service=service)
 
+    async def find_service_notes(self, *, service: str, since: int) -> dict[tuple[int, str], int]:
+        """The service notes from ``service`` updated at or after ``since`` (Unix seconds), as (contact id, text)
+        → note id: how a note whose add lost its answer is found again (``GET /api/v4/contacts/notes``)."""
+        filters: QueryParams = [("filter[note_type]", "service_message"), ("filter[updated_at][from]", since)]
+        pages = await self._every_page("/api/v4/contacts/notes", KommoNoteList, "list notes", filters)
+        return {
+            (note.entity_id, str(note.params.get("text", ""))): note.id
+            for page in pages
+            for note in page.items()
+            if note.note_type == "service_message" and note.params.get("service") == service
+        }
+
     async def add_tags(self, tags: Mapping[int, Sequence[str]]) -> NotesWritten:
         """Tags added to contacts through batch PATCHes, see ``notes.add_tags``."""
         return await add_tags(self, tags)
@@ -312,12 +325,15 @@ class KommoClient:
 
     # --- field definitions and users ---------------------------------------------------------------------------
 
-    async def _every_page(self, path: str, model: type[PageT], what: str) -> list[PageT]:
+    async def _every_page(
+        self, path: str, model: type[PageT], what: str, filters: QueryParams | None = None
+    ) -> list[PageT]:
         """All pages of a HAL list, following ``_links.next``; a 204 (nothing at all) is no pages."""
         pages: list[PageT] = []
         page = 1
         for _ in range(MAX_LIST_PAGES):
-            response = await self._request("GET", path, params=[("page", page), ("limit", MAX_LIMIT)])
+            params: QueryParams = [*(filters or []), ("page", page), ("limit", MAX_LIMIT)]
+            response = await self._request("GET", path, params=params)
             if response.status_code == 204 or not response.content:
                 return pages
             parsed: PageT = answers.read(model, response, what)

@@ -169,6 +169,26 @@ class KommoUserList(KommoPage):
         return self.embedded.users
 
 
+class KommoNoteRead(KommoModel):
+    """A note as ``GET /api/v4/contacts/notes`` lists it (the parts the service reads back)."""
+
+    id: int
+    entity_id: int
+    note_type: str = ""
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class KommoNotesEmbedded(KommoModel):
+    notes: list[KommoNoteRead] = Field(default_factory=list)
+
+
+class KommoNoteList(KommoPage):
+    embedded: KommoNotesEmbedded = Field(default_factory=KommoNotesEmbedded, alias="_embedded")
+
+    def items(self) -> list[KommoNoteRead]:
+        return self.embedded.notes
+
+
 # --- OAuth --------------------------------------------------------------------------------------------------
 
 

@@ -37,6 +37,7 @@ async def clear_faults(request: Request) -> JSONResponse:
             "latency_jitter_ms": 0,
             "error_rate": 0,
             "burst_429": 0,
+            "lost_answers": 0,
             "error_status": 500,
             "seed": 0,
         }
