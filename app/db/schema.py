@@ -12,6 +12,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db import compat
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -53,10 +55,27 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
 
 async def check_schema_current(engine: AsyncEngine, database_url: str) -> None:
-    """Raise SchemaOutOfDate with a clear message unless the database is at alembic head."""
-    head = head_revision(database_url)
+    """Raise SchemaOutOfDate with a clear message unless this code runs on the database's schema: at the
+    code's alembic head, or at a newer revision that accepts this code (``app.db.compat``)."""
+    await check_schema(engine, head_revision(database_url))
+
+
+async def check_schema(engine: AsyncEngine, code_head: str | None) -> None:
+    """``check_schema_current`` for code whose own head revision is ``code_head``."""
     current = await current_revision(engine)
-    if current != head:
+    if current == code_head:
+        return
+    if current is None or code_head is None or not _ordered(current, code_head) or current < code_head:
         raise SchemaOutOfDate(
-            f"database schema is at {current or 'nothing'}, code expects {head}: run `contactsync migrate`"
+            f"database schema is at {current or 'nothing'}, code expects {code_head}: run `contactsync migrate`"
         )
+    oldest = await compat.oldest_code(engine, current)
+    if oldest is None or code_head < oldest:
+        raise SchemaOutOfDate(
+            f"database schema is at {current}, newer than this code ({code_head}), and it runs code from "
+            f"{oldest or current} on only: deploy the release that migrated it"
+        )
+
+
+def _ordered(*revisions: str) -> bool:
+    return all(compat.REVISION.match(r) for r in revisions)
