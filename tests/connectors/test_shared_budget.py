@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as aioredis
@@ -21,7 +22,7 @@ from app.connectors.shared_budget import KEY_PREFIX, SharedWindow, shared_window
 from app.context import ProcessContext
 from app.servers import free_port
 from tests.conftest import REDIS_URL
-from tests.faults.support import start_private_redis
+from tests.faults.support import CuttableProxy, start_private_redis
 
 
 def _max_in_window(stamps: list[float], window: float) -> int:
@@ -276,3 +277,34 @@ async def test_a_share_below_one_call_per_window_is_spread_not_rounded_up(name: 
         await dead.aclose()
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
     assert min(gaps) >= 0.4 - 0.01
+
+
+async def test_a_late_reply_is_asked_again_and_only_a_silent_redis_means_the_fallback(name: str) -> None:
+    """A busy process reads Redis's replies late; taking that for an outage would add its local share to the
+    other processes' whole window. One late reply is asked again; only ``late_limit`` in a row fall back."""
+    parts = urlsplit(REDIS_URL)
+    proxy = CuttableProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    await proxy.start()
+    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{proxy.port}{parts.path}")
+    budget = SharedWindow(
+        client, name, limit=4, window=0.5, fallback_limit=2, redis_timeout=0.3, retry_after=0.1, late_limit=3
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        await budget.acquire()
+        proxy.freeze()
+        loop.call_later(0.45, proxy.thaw)  # silent for longer than one reply may take, not for three
+        started = time.monotonic()
+        await budget.acquire()
+        assert time.monotonic() - started >= 0.3  # it waited for Redis ...
+        assert (budget.fallback_active, budget.outages) == (False, 0)  # ... and Redis granted the call
+        proxy.freeze()  # now silent for good: three late replies, then the fallback
+        started = time.monotonic()
+        await budget.acquire()
+        assert budget.fallback_active
+        assert budget.outages == 1
+        assert time.monotonic() - started >= 3 * 0.3
+    finally:
+        proxy.thaw()
+        await client.aclose()
+        await proxy.close()
