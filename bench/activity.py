@@ -53,6 +53,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 
 from bench.common import VENV_BIN, bench_stack, machine, pct, proc_cpu_seconds, use_uvloop, verdict
+from bench.processes import real_limits
 from bench.spec import WatchedLedger, drain_waits, named, sole_holders
 
 KOMMO_RPS = 7
@@ -298,21 +299,14 @@ async def run(
     from sandbox.unisender import UnisenderSandboxConfig
     from tests.support.e2e import connect_account, wait_quiet
 
+    kommo_kw, unisender_kw, env = real_limits()
     async with bench_stack(
         kommo_config=KommoSandboxConfig(
-            rate_limit_rps=KOMMO_RPS,
-            max_limit=250,
-            webhook_retry_delays=(0.2, 0.5, 1.0),
-            delivery_concurrency=4,
+            **kommo_kw, webhook_retry_delays=(0.2, 0.5, 1.0), delivery_concurrency=4
         ),
         # A failed hook delivery is retried after 1 s, not Unisender's 10 minutes (failures are reported).
-        unisender_config=UnisenderSandboxConfig(
-            calls_per_minute=UNI_PER_MIN, max_import_rows=500, hook_retry_interval_seconds=1.0
-        ),
-        extra_env={
-            "CONTACTSYNC_KOMMO_RATE_PER_SECOND": str(KOMMO_RPS),
-            "CONTACTSYNC_UNISENDER_CALLS_PER_MINUTE": str(UNI_PER_MIN),
-        },
+        unisender_config=UnisenderSandboxConfig(**unisender_kw, hook_retry_interval_seconds=1.0),
+        extra_env=env,
     ) as bs:
         st = bs.stack
         account = await connect_account(st, contacts=contacts, seed=seed)

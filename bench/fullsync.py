@@ -29,6 +29,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 
 from bench.common import VENV_BIN, bench_stack, machine, proc_cpu_seconds, proc_status, use_uvloop, verdict
+from bench.processes import real_limits
 
 
 async def run_sync(
@@ -43,13 +44,11 @@ async def run_sync(
 
     kommo_rps = 7 * scale
     uni_per_min = 1200 * scale
+    kommo_kw, unisender_kw, env = real_limits(scale)
     async with bench_stack(
-        kommo_config=KommoSandboxConfig(rate_limit_rps=int(kommo_rps), max_limit=250),
-        unisender_config=UnisenderSandboxConfig(calls_per_minute=int(uni_per_min), max_import_rows=500),
-        extra_env={
-            "CONTACTSYNC_KOMMO_RATE_PER_SECOND": str(kommo_rps),
-            "CONTACTSYNC_UNISENDER_CALLS_PER_MINUTE": str(uni_per_min),
-        },
+        kommo_config=KommoSandboxConfig(**kommo_kw),
+        unisender_config=UnisenderSandboxConfig(**unisender_kw),
+        extra_env=env,
     ) as bs:
         st = bs.stack
         account = await connect_account(st, contacts=contacts, seed=11, custom_fields=spec)

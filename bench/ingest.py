@@ -26,21 +26,18 @@ import httpx
 
 from app.servers import free_port
 from bench.common import (
-    LoadResult,
     ServiceConfig,
-    closed_loop,
     flush_redis,
     fresh_database,
     machine,
     migrate,
-    open_loop,
     pin_self,
-    post_request,
     service_process,
     use_uvloop,
     uvicorn_process,
     verdict,
 )
+from bench.load import LoadResult, closed_loop, open_loop, post_request
 
 FORM = "application/x-www-form-urlencoded"
 ACCOUNT_ID = 31_000_001

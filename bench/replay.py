@@ -28,6 +28,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 
 from bench.common import bench_stack, machine, proc_cpu_seconds, use_uvloop, verdict
+from bench.processes import real_limits
 
 UNI_PER_MIN = 1200
 KOMMO_RPS = 7
@@ -48,13 +49,11 @@ async def run(contacts: int, settle: float, within: float) -> dict[str, Any]:
     from sandbox.unisender import UnisenderSandboxConfig
     from tests.support.e2e import connect_account
 
+    kommo_kw, unisender_kw, env = real_limits()
     async with bench_stack(
-        kommo_config=KommoSandboxConfig(rate_limit_rps=KOMMO_RPS, max_limit=250),
-        unisender_config=UnisenderSandboxConfig(calls_per_minute=UNI_PER_MIN, max_import_rows=500),
-        extra_env={
-            "CONTACTSYNC_KOMMO_RATE_PER_SECOND": str(KOMMO_RPS),
-            "CONTACTSYNC_UNISENDER_CALLS_PER_MINUTE": str(UNI_PER_MIN),
-        },
+        kommo_config=KommoSandboxConfig(**kommo_kw),
+        unisender_config=UnisenderSandboxConfig(**unisender_kw),
+        extra_env=env,
     ) as bs:
         st = bs.stack
         account = await connect_account(st, contacts=contacts, seed=17)

@@ -5,7 +5,7 @@ Per configuration (a fresh stack each): ``--small`` accounts are connected and f
 live stream of renames (``--rate`` a second in all, made in the Kommo sandbox's state so its real webhook
 delivery posts them); after ``--warmup`` s the ``--big`` accounts start a full sync at once, and the stream
 goes on until their runs are done and their outbox is empty. Sandboxes at the real limits, the service's
-budgets equal (``bench.common.real_limits``): 7 Kommo calls/s for all accounts, 1,200 Unisender calls/min a key.
+budgets equal (``bench.processes.real_limits``): 7 Kommo calls/s for all accounts, 1,200 Unisender calls/min a key.
 
 Figures, for the big syncs' phase (their POSTs → done and pushed): its wall time; 429s and the most Kommo calls
 in any second; rows Unisender accepted (big syncs and stream); the CPU all worker processes used (/proc) and
@@ -44,13 +44,11 @@ from bench.common import (
     migrate,
     pct,
     proc_cpu_seconds,
-    real_limits,
-    round_robin_proxy,
     service_process,
     use_uvloop,
     verdict,
-    worker_processes,
 )
+from bench.processes import real_limits, round_robin_proxy, worker_processes
 
 KOMMO_LIMIT = 7
 # Webhook retries: bench.lag's quick ones, then two more as Kommo's own come (5 s, 30 s, ...), so a body the
