@@ -9,8 +9,12 @@ Rules:
 - An address no live contact holds is marked ``no_contact`` (shown in the account's view, never written).
 - Rounds of at most ``ROWS`` events, notes sent ``NOTES_PER_CALL`` at a time inside the CRM client's rate
   budget, each round one transaction under the account's notes lock: two jobs never write the same notes.
-  A note is recorded as written only after the CRM answered; a call whose outcome is unknown (a timeout)
-  may be written again by the retry (at-least-once; a 4xx or 429 saved nothing).
+  A note is recorded as written only after the CRM answered. The CRM has no idempotency key for notes, so
+  each note about to be added is first an intent (``activity_note_intent``, in the round's transaction,
+  which commits what was recorded when a call fails): after a call whose answer was lost (a timeout, a 5xx)
+  the next round lists the service notes changed since and adopts the ones it finds with exactly the text
+  sent, and drops the intents of the others (never added). A worker killed in the middle of a call loses its
+  round's transaction, intents included, so that call's notes may be added again (the one case left).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ MAX_ROUNDS = 20  # per job; a follow-up job continues
 SERVICE = "Unisender"  # the notes' source as the CRM shows it
 # Notes added since an intent was written are looked for from this many seconds before it: the CRM stamps
 # them with its own clock.
-INTENT_CLOCK_MARGIN = 600
+INTENT_CLOCK_MARGIN = 120
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # an adopted note's "last event": its pending events set it
 
 # How each kind reads on the timeline; {c} is the campaign ("“Spring sale”", or "campaign #42").
@@ -109,13 +113,12 @@ async def write_activity_notes(pc: ProcessContext, account_id: int) -> NotesResu
                 chunk = keys[start : start + NOTES_PER_CALL]
                 notes = [_note(key, groups[key], known.get(key), names) for key in chunk]
                 adds = [(_key_of(n.key), n.text) for n in notes if n.note_id is None]
-                async with pc.db.autocommit() as conn:
-                    await activity_repo.add_intents(conn, account_id, adds)
+                await activity_repo.add_intents(session, account_id, adds)
                 try:
                     written = await client.write_notes(notes, service=SERVICE)
                 except ConnectorError as exc:
-                    # What earlier calls wrote is recorded; this call's rows stay pending, and its intents
-                    # tell the next round to look for what the call may have added before it failed.
+                    # What earlier calls wrote is recorded (the round commits); this call's rows stay
+                    # pending, and its intents tell the next round to look for what it may have added.
                     failure = exc
                     break
                 await _record(session, account_id, notes, written, groups, known, result)

@@ -10,7 +10,7 @@ from datetime import datetime
 
 from sqlalchemy import delete, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
 from app.db.models import ActivityNote, ActivityNoteIntent, EmailActivity
@@ -156,9 +156,8 @@ class Intent:
     created_at: datetime
 
 
-async def add_intents(conn: AsyncConnection, account_id: int, intents: Sequence[tuple[NoteKey, str]]) -> None:
-    """Notes about to be added, on their own connection so they are committed before the call (whatever
-    becomes of the caller's transaction)."""
+async def add_intents(session: AsyncSession, account_id: int, intents: Sequence[tuple[NoteKey, str]]) -> None:
+    """Notes about to be added (the round's transaction commits them also when the call fails)."""
     if not intents:
         return
     now = utcnow()
@@ -175,7 +174,7 @@ async def add_intents(conn: AsyncConnection, account_id: int, intents: Sequence[
             for (k, c, kind), t in intents
         ]
     )
-    await conn.execute(
+    await session.execute(
         stmt.on_conflict_do_update(
             index_elements=["account_id", "kommo_id", "campaign_id", "kind"],
             set_={"text": stmt.excluded.text, "created_at": stmt.excluded.created_at},

@@ -155,10 +155,22 @@ async def test_activity_becomes_notes_tags_and_consent(stack: Stack) -> None:
         assert after == {READER: before[READER] + 1, BOUNCER: before[BOUNCER]}
 
 
-async def test_a_note_whose_answer_was_lost_is_adopted_not_added_again(stack: Stack) -> None:
-    """Kommo adds the notes but the answer never comes (a gateway's 504): the job fails and is retried, and
-    the retry finds the notes it had added (their intent was committed before the call) instead of adding a
-    second copy of each."""
+@pytest.mark.parametrize(
+    ("fault", "answered"),
+    [
+        # Kommo adds the notes but the answer never comes (a gateway's 504): the retry finds them.
+        ({"lost_answers": 1}, "POST /api/v4/contacts/notes 504"),
+        # Kommo refuses the call before doing anything: the retry finds nothing and adds them once.
+        ({"burst_429": 1}, "POST /api/v4/contacts/notes 429"),
+    ],
+    ids=["applied-answer-lost", "refused-before-applying"],
+)
+async def test_a_notes_call_that_failed_is_followed_by_each_note_exactly_once(
+    stack: Stack, fault: dict[str, int], answered: str
+) -> None:
+    """The notes call fails and the job is retried: the retry looks up what the failed call may have added
+    (its intents were committed with the round) and adopts what it finds instead of adding a second copy, and
+    adds what is not there."""
     account = await connect_account(stack)
     async with running_worker(stack.settings):
         ann = await _create(stack, account, "Ann", READER)
@@ -170,7 +182,7 @@ async def test_a_note_whose_answer_was_lost_is_adopted_not_added_again(stack: St
             CAMPAIGN,
             "Autumn sale",
         )
-        r = await stack.kommo.post("/_sandbox/faults", json={"lost_answers": 1})
+        r = await stack.kommo.post("/_sandbox/faults", json=fault)
         assert r.status_code == 200, r.text
         events = [
             _status(READER, "ok_read", "2026-11-30 10:05:00"),
@@ -187,8 +199,7 @@ async def test_a_note_whose_answer_was_lost_is_adopted_not_added_again(stack: St
 
         await wait_for(noted, within=30, what="every activity event noted")
         stats = (await stack.kommo.get("/_sandbox/stats")).json()
-        assert stats["faults"]["lost_answer"] == 1
-        assert stats["responses"]["POST /api/v4/contacts/notes 504"] == 1  # the notes' add lost its answer
+        assert stats["responses"][answered] == 1  # the notes' first add failed this way
         assert await _notes(stack, account, ann) == [
             "Clicked a link in “Autumn sale”; last 2026-11-30 10:07 UTC",
             "Opened “Autumn sale” (2 times); last 2026-11-30 10:06 UTC",
