@@ -156,8 +156,7 @@ class SharedWindow:
         self._redis_timeout = redis_timeout
         self._down_until = 0.0
         self._outage = False
-        self._late_replies = 0  # Redis replies in a row that did not come within ``redis_timeout``
-        self._late_limit = late_limit
+        self._late_limit = late_limit  # replies in a row that did not come in time, per call, that mean down
         self._instance = uuid.uuid4().hex
         self._serial = itertools.count()
         self._open: dict[asyncio.Task[object], list[str]] = {}  # calls in flight, by the task that made them
@@ -177,21 +176,23 @@ class SharedWindow:
             raise RuntimeError("SharedWindow.acquire must run inside an asyncio task")
         self._returned(task)  # this task asks again, so its previous call has returned
         await self._local.acquire(cost)
-        # Each pass either grants or sleeps (at most ``_poll``), or leaves for the fallback.
+        # Each pass either grants or sleeps (at most ``_poll``), or leaves for the fallback. Late replies are
+        # counted per call: many calls waiting together all see one stall, which is one late reply, not many.
+        late = 0
         while time.monotonic() >= self._down_until:
             serial = next(self._serial)
             try:
                 async with asyncio.timeout(self._redis_timeout):
                     wait_us = await self._try(units, serial)
             except (RedisError, OSError, TimeoutError) as exc:
-                if _late(exc) and self._late_replies + 1 < self._late_limit:
+                late += 1
+                if _late(exc) and late < self._late_limit:
                     # Probably only late: a busy process reads a prompt reply late. Ask again instead of
                     # spending a local share on top of what the other processes spend through Redis.
-                    self._late_replies += 1
                     continue
                 self._went_down(exc)
                 break
-            self._late_replies = 0
+            late = 0
             if self._outage:
                 self._outage = False
                 log.info("budget.redis_recovered", budget=self.name)

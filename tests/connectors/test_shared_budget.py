@@ -295,9 +295,10 @@ async def test_a_late_reply_is_asked_again_and_only_a_silent_redis_means_the_fal
         proxy.freeze()
         loop.call_later(0.45, proxy.thaw)  # silent for longer than one reply may take, not for three
         started = time.monotonic()
-        await budget.acquire()
-        assert time.monotonic() - started >= 0.3  # it waited for Redis ...
-        assert (budget.fallback_active, budget.outages) == (False, 0)  # ... and Redis granted the call
+        # Three calls waiting together see the one stall: one late reply each, not three for the process.
+        await asyncio.gather(*(asyncio.create_task(budget.acquire()) for _ in range(3)))
+        assert time.monotonic() - started >= 0.3  # they waited for Redis ...
+        assert (budget.fallback_active, budget.outages) == (False, 0)  # ... and Redis granted the calls
         proxy.freeze()  # now silent for good: three late replies, then the fallback
         started = time.monotonic()
         await budget.acquire()
