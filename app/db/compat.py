@@ -1,11 +1,13 @@
 """Which older code may run on a newer schema, so that an upgrade can roll.
 
 Each migration from 0012 on says, in a row of ``schema_compat``, the oldest code revision that still runs on
-the schema it leaves: its own previous revision when it only adds (tables, nullable columns, indexes) what
-older code never reads, or its own revision when it drops, renames or tightens something older code uses. A
-process whose code is behind the database then accepts the database (instead of refusing to start and
-reporting not ready) exactly when the database's revision names it compatible. Revisions are four-digit
-numbers in migration order (checked by the tests), so "older" is a comparison of the ids.
+the schema it leaves: a migration that only adds (tables, nullable columns, indexes) what older code never
+reads keeps the previous migration's answer (``additive``: whatever ran before still runs), one that drops,
+renames or tightens something older code uses names itself (``breaking``). So the answer never decreases
+along the chain (the tests check it), and the database's own revision's row answers for every migration up
+to it. A process whose code is behind the database accepts the database (instead of refusing to start and
+reporting not ready) exactly when that row names its code. Revisions are four-digit numbers in migration
+order (checked by the tests), so "older" is a comparison of the ids.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import re
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 TABLE = "schema_compat"
 REVISION = re.compile(r"^\d{4}$")
+UNDEFINED_TABLE = "42P01"
 
 
 def declare(revision: str, *, oldest_code: str) -> None:
@@ -31,6 +34,21 @@ def declare(revision: str, *, oldest_code: str) -> None:
             "ON CONFLICT (revision) DO UPDATE SET oldest_code = EXCLUDED.oldest_code"
         ).bindparams(revision=revision, oldest=oldest_code)
     )
+
+
+def additive(revision: str, *, previous: str) -> None:
+    """In the ``upgrade()`` of a migration that only adds: the code that ran on ``previous`` still runs."""
+    op.execute(
+        sa.text(
+            f"INSERT INTO {TABLE} (revision, oldest_code) SELECT :revision, oldest_code FROM {TABLE} "
+            "WHERE revision = :previous ON CONFLICT (revision) DO UPDATE SET oldest_code = EXCLUDED.oldest_code"
+        ).bindparams(revision=revision, previous=previous)
+    )
+
+
+def breaking(revision: str) -> None:
+    """In the ``upgrade()`` of a migration that drops, renames or tightens what older code uses."""
+    declare(revision, oldest_code=revision)
 
 
 def retract(revision: str) -> None:
@@ -48,6 +66,14 @@ async def oldest_code(engine: AsyncEngine, revision: str) -> str | None:
                 {"revision": revision},
             )
             value = found.scalar_one_or_none()
-    except DBAPIError:
-        return None
+    except ProgrammingError as exc:
+        if _sqlstate(exc) == UNDEFINED_TABLE:
+            return None  # a schema from before 0012
+        raise
     return None if value is None else str(value)
+
+
+def _sqlstate(exc: ProgrammingError) -> str | None:
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
+    return str(code) if code is not None else None

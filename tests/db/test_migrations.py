@@ -97,6 +97,10 @@ async def test_every_migration_from_0012_on_says_which_code_it_accepts(scratch_p
     rows = await _compat_rows(scratch_pg)
     assert set(rows) == {f"{i:04d}" for i in range(12, int(head) + 1)}
     assert all(oldest <= revision for revision, oldest in rows.items())
+    # Never decreasing: a migration's answer also answers for every migration before it (``app.db.compat``),
+    # so the database's own row is the whole check.
+    answers = [rows[r] for r in sorted(rows)]
+    assert answers == sorted(answers)
 
 
 async def test_older_code_runs_on_a_newer_schema_only_when_the_schema_accepts_it(scratch_pg: str) -> None:
@@ -131,5 +135,42 @@ async def _set_oldest(url: str, revision: str, oldest: str) -> None:
     conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
     try:
         await conn.execute("UPDATE schema_compat SET oldest_code = $2 WHERE revision = $1", revision, oldest)
+    finally:
+        await conn.close()
+
+
+async def test_additive_keeps_the_previous_answer_and_breaking_names_itself(scratch_pg: str) -> None:
+    """Two later releases, as their migrations would declare themselves: an additive 0013 keeps 0012's
+    answer (code from 0011 on), a breaking 0014 accepts only its own code."""
+    from alembic.operations import Operations
+    from alembic.runtime.migration import MigrationContext
+
+    from app.db import compat
+
+    await asyncio.to_thread(upgrade, scratch_pg, "0012")
+    engine = create_engine(scratch_pg)
+
+    def later_releases(conn: object) -> None:
+        with Operations.context(MigrationContext.configure(conn)):  # type: ignore[arg-type]
+            compat.additive("0013", previous="0012")
+            compat.breaking("0014")
+
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(later_releases)
+        assert (await _compat_rows(scratch_pg)) == {"0012": "0011", "0013": "0011", "0014": "0014"}
+        await _set_revision(scratch_pg, "0013")
+        await check_schema(engine, "0011")  # two releases behind, through additive migrations only
+        await _set_revision(scratch_pg, "0014")
+        with pytest.raises(SchemaOutOfDate, match="runs code from 0014 on only"):
+            await check_schema(engine, "0013")
+    finally:
+        await engine.dispose()
+
+
+async def _set_revision(url: str, revision: str) -> None:
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        await conn.execute("UPDATE alembic_version SET version_num = $1", revision)
     finally:
         await conn.close()
