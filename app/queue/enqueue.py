@@ -47,15 +47,25 @@ async def process_events(queue: ArqRedis, account_id: int, source: str = EventSo
     await _enqueue(queue, "process_events", account_id, source, job_id=_uid(f"events:{source}:{account_id}"))
 
 
+def _recent_key(account_id: int) -> str:
+    return f"contactsync:flush-recent:{account_id}"
+
+
 async def flush_outbox(queue: ArqRedis, account_id: int, *, delay: float | None = None) -> None:
     """Push the account's pending outbox rows.
 
     Without ``delay`` (live changes), pushes coalesce into windows of ``FLUSH_WINDOW_SECONDS``: every change
     of one window asks for the same job id, deferred to the window's end, so a steady stream costs at most
     one importContacts call per window and account however many changes it carries (a change waits at most
-    one window). With ``delay`` (a full sync's batches, retries) the job is always sent, after that delay.
+    one window). The first change after a quiet window (no live change of the account for a whole window)
+    is pushed at once instead: a sparse account's change has nothing to wait for, and would otherwise wait a
+    whole window every time; the changes right behind it coalesce into the window as before. With ``delay``
+    (a full sync's batches, retries) the job is always sent, after that delay.
     """
     if delay is None:
+        if await _after_quiet(queue, account_id):
+            await _enqueue(queue, "flush_outbox", account_id, job_id=_uid(f"flush:{account_id}:lead"))
+            return
         now = time.time()
         window = math.floor(now / FLUSH_WINDOW_SECONDS) + 1
         # The id repeats within a window, so arq keeps one job; the worker keeps no results, so the next
@@ -69,6 +79,17 @@ async def flush_outbox(queue: ArqRedis, account_id: int, *, delay: float | None 
         )
         return
     await _enqueue(queue, "flush_outbox", account_id, job_id=_uid(f"flush:{account_id}"), defer=delay)
+
+
+async def _after_quiet(queue: ArqRedis, account_id: int) -> bool:
+    """True for the first live change after a quiet window; every live change restarts the window."""
+    try:
+        previous = await queue.set(
+            _recent_key(account_id), b"1", px=int(FLUSH_WINDOW_SECONDS * 1000), get=True
+        )
+    except Exception:
+        return False  # the window's job below logs the failure; the sweeper re-finds the rows
+    return previous is None
 
 
 async def full_sync(queue: ArqRedis, run_id: str, *, delay: float | None = None) -> None:
