@@ -6,23 +6,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 
-import pytest
 import redis.asyncio as aioredis
 
 from app.connectors.ratelimit import PriorityLock, RoundTripWindow, bulk_work, is_bulk
 from app.connectors.shared_budget import SharedWindow
-from tests.conftest import REDIS_URL
-
-
-def _max_in_window(stamps: list[float], window: float) -> int:
-    best, j = 0, 0
-    for i, t in enumerate(stamps):
-        while t - stamps[j] >= window:
-            j += 1
-        best = max(best, i - j + 1)
-    return best
+from tests.support.limits import max_in_window
 
 
 async def test_the_mark_follows_tasks_started_inside_bulk_work() -> None:
@@ -91,14 +80,6 @@ async def test_round_trip_window_serves_a_live_caller_before_queued_bulk_work() 
     assert granted.index("live") <= 3, granted
 
 
-@pytest.fixture
-async def clients() -> AsyncIterator[list[aioredis.Redis]]:
-    made = [aioredis.Redis.from_url(REDIS_URL, socket_timeout=1) for _ in range(4)]
-    yield made
-    for client in made:
-        await client.aclose()
-
-
 async def test_a_live_caller_in_one_process_goes_before_bulk_work_in_the_others(
     clients: list[aioredis.Redis],
 ) -> None:
@@ -136,7 +117,7 @@ async def test_a_live_caller_in_one_process_goes_before_bulk_work_in_the_others(
     await asyncio.wait_for(live_calls(budgets[3]), 10)
     await asyncio.gather(*workers)
     assert [b.outages for b in budgets] == [0, 0, 0, 0]
-    assert _max_in_window(sorted(stamps), window) <= limit
+    assert max_in_window(sorted(stamps), window) <= limit
     # Each live call waits for at most the calls already granted to free their slots (a window), plus the
     # polls; in line behind eighteen bulk callers it would wait about nine windows on average.
     assert max(live_waits) < window + 0.3, live_waits

@@ -9,16 +9,7 @@ import time
 import pytest
 
 from app.connectors.ratelimit import RoundTripWindow
-from tests.support.limits import SlidingWindow, TokenBucket
-
-
-def _max_in_window(stamps: list[float], window: float) -> int:
-    best, j = 0, 0
-    for i, t in enumerate(stamps):
-        while t - stamps[j] >= window:
-            j += 1
-        best = max(best, i - j + 1)
-    return best
+from tests.support.limits import SlidingWindow, TokenBucket, max_in_window
 
 
 async def test_sliding_window_never_exceeds_the_limit_and_runs_at_full_rate() -> None:
@@ -33,7 +24,7 @@ async def test_sliding_window_never_exceeds_the_limit_and_runs_at_full_rate() ->
     await asyncio.gather(*(call() for _ in range(35)))
     elapsed = time.monotonic() - start
     stamps.sort()
-    assert _max_in_window(stamps, 0.2) <= 7
+    assert max_in_window(stamps, 0.2) <= 7
     assert 0.75 <= elapsed < 1.2  # 35 calls at 7 per 0.2 s: four full windows of waiting
 
 
@@ -43,7 +34,7 @@ async def test_token_bucket_overshoots_a_window_which_is_why_sliding_window_exis
     for _ in range(14):
         await bucket.acquire()
         stamps.append(time.monotonic())
-    assert _max_in_window(stamps, 0.2) > 7
+    assert max_in_window(stamps, 0.2) > 7
 
 
 async def test_pause_holds_every_caller() -> None:
@@ -68,7 +59,7 @@ async def test_guard_spaces_each_call_beyond_the_window_at_the_full_limit() -> N
     elapsed = time.monotonic() - start
     stamps.sort()
     assert all(b - a >= 0.25 - 1e-3 for a, b in zip(stamps, stamps[7:], strict=False))
-    assert _max_in_window(stamps, 0.25 - 1e-3) <= 7
+    assert max_in_window(stamps, 0.25 - 1e-3) <= 7
     assert 0.49 <= elapsed < 0.8  # 21 calls: the full 7 per window, two waits of 0.25 s
 
 
@@ -97,9 +88,9 @@ async def test_a_late_arrival_pushes_a_fixed_window_over_the_limit_but_not_the_r
     # than a window after call 1 did.
     outbound = [0.06] + [0.0] * 7
     naive = await _arrivals(SlidingWindow(7, 0.2, margin=0.0), outbound)
-    assert _max_in_window(naive, 0.2) == 8
+    assert max_in_window(naive, 0.2) == 8
     safe = await _arrivals(RoundTripWindow(7, 0.2), outbound)
-    assert _max_in_window(safe, 0.2) <= 7
+    assert max_in_window(safe, 0.2) <= 7
 
 
 async def test_round_trip_window_runs_at_the_limit_with_random_delays() -> None:
@@ -121,7 +112,7 @@ async def test_round_trip_window_runs_at_the_limit_with_random_delays() -> None:
     await asyncio.gather(*(fetcher(10) for _ in range(3)))
     elapsed = time.monotonic() - start
     arrivals.sort()
-    assert _max_in_window(arrivals, 0.2) <= 7
+    assert max_in_window(arrivals, 0.2) <= 7
     # 30 calls at 7 per window: four waits of one window plus a round trip (≤ 60 ms) each.
     assert 0.8 <= elapsed < 1.4
 

@@ -11,7 +11,6 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,24 +22,7 @@ from app.context import ProcessContext
 from app.servers import free_port
 from tests.conftest import REDIS_URL
 from tests.faults.support import CuttableProxy, start_private_redis
-
-
-def _max_in_window(stamps: list[float], window: float) -> int:
-    best, j = 0, 0
-    for i, t in enumerate(stamps):
-        while t - stamps[j] >= window:
-            j += 1
-        best = max(best, i - j + 1)
-    return best
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[aioredis.Redis]]:
-    """Four clients, each with its own connection pool, as four processes would have."""
-    made = [aioredis.Redis.from_url(REDIS_URL, socket_timeout=1) for _ in range(4)]
-    yield made
-    for client in made:
-        await client.aclose()
+from tests.support.limits import max_in_window
 
 
 @pytest.fixture
@@ -83,7 +65,7 @@ async def test_instances_on_separate_clients_never_exceed_the_limit_together(
     stamps.sort()
     owned.sort()
     assert len(stamps) == 48
-    assert _max_in_window(stamps, window) <= limit
+    assert max_in_window(stamps, window) <= limit
     # Call n+limit comes a window after call n returned (here: right after it was granted), whoever made
     # either: each process reports its calls' return to Redis.
     assert all(b - a >= window - 0.01 for a, b in zip(stamps, stamps[limit:], strict=False))
@@ -102,7 +84,7 @@ async def test_one_process_alone_keeps_the_whole_rate(clients: list[aioredis.Red
     await asyncio.gather(*(_hammer(budget, 6, stamps) for _ in range(4)))
     elapsed = time.monotonic() - start
     assert len(stamps) == 24
-    assert _max_in_window(sorted(stamps), window) <= limit
+    assert max_in_window(sorted(stamps), window) <= limit
     # 24 calls at 6 per window: three waits of the window.
     assert elapsed < 3 * window + 0.2
 
@@ -169,7 +151,7 @@ async def test_unreachable_redis_falls_back_to_the_local_share(name: str) -> Non
     # Every process may have spent the whole window just before Redis went away: the first fallback call
     # waits that window out.
     assert stamps[0] - start >= 0.2 - 0.01
-    assert _max_in_window(stamps, 0.2) <= 3  # the share, not the full limit
+    assert max_in_window(stamps, 0.2) <= 3  # the share, not the full limit
     assert elapsed < 1.5  # 12 calls at 3 per window: it goes on (three waits), it does not stop
     assert budget.outages == 1  # one outage (one warning), though Redis was retried every 0.1 s
 
@@ -188,7 +170,7 @@ async def test_fallback_while_redis_is_down_and_back_to_redis_when_it_returns(
         stamps: list[float] = []
         await _hammer(budget, 6, stamps)
         assert budget.fallback_active
-        assert _max_in_window(stamps, 0.5) <= 2
+        assert max_in_window(stamps, 0.5) <= 2
         server.start()
         await asyncio.sleep(0.15)
         await budget.acquire()
@@ -251,7 +233,7 @@ def test_two_os_processes_share_one_budget(name: str) -> None:
         stamps.extend(json.loads(out))
     stamps.sort()
     assert len(stamps) == 20
-    assert _max_in_window(stamps, 0.2) <= 5
+    assert max_in_window(stamps, 0.2) <= 5
 
 
 async def test_the_process_context_hands_out_shared_budgets(ctx: ProcessContext) -> None:

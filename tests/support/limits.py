@@ -104,3 +104,13 @@ class SlidingWindow:
                         self._grants.append(now)
                         break
                     await asyncio.sleep(self._window - (now - self._grants[0]))
+
+
+def max_in_window(stamps: list[float], window: float) -> int:
+    """The most of the sorted ``stamps`` that fall in any ``window`` seconds (how a provider counts calls)."""
+    best, j = 0, 0
+    for i, t in enumerate(stamps):
+        while t - stamps[j] >= window:
+            j += 1
+        best = max(best, i - j + 1)
+    return best

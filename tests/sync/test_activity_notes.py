@@ -59,6 +59,17 @@ async def _sql(stack: Stack, query: str, *args: Any) -> list[Any]:
     return await raw_sql(stack.settings.database_url or "", query, *args)
 
 
+async def _campaign(stack: Stack, account: Account, subject: str) -> None:
+    """The campaign as the campaigns refresh would have cached it (its name for the notes)."""
+    await _sql(
+        stack,
+        "INSERT INTO campaign (account_id, campaign_id, subject, refreshed_at) VALUES ($1, $2, $3, now())",
+        account.account_id,
+        CAMPAIGN,
+        subject,
+    )
+
+
 async def test_activity_becomes_notes_tags_and_consent(stack: Stack) -> None:
     account = await connect_account(stack)
     async with running_worker(stack.settings):
@@ -66,13 +77,7 @@ async def test_activity_becomes_notes_tags_and_consent(stack: Stack) -> None:
         bob = await _create(stack, account, "Bob", BOUNCER)
         cid = await _create(stack, account, "Cid", COMPLAINER)
         await wait_quiet(stack, account)
-        await _sql(
-            stack,
-            "INSERT INTO campaign (account_id, campaign_id, subject, refreshed_at) VALUES ($1, $2, $3, now())",
-            account.account_id,
-            CAMPAIGN,
-            "Spring sale",
-        )
+        await _campaign(stack, account, "Spring sale")
         events = [
             _status(READER, "ok_delivered", "2026-11-30 10:00:00"),
             _status(READER, "ok_read", "2026-11-30 10:05:00"),
@@ -175,13 +180,7 @@ async def test_a_notes_call_that_failed_is_followed_by_each_note_exactly_once(
     async with running_worker(stack.settings):
         ann = await _create(stack, account, "Ann", READER)
         await wait_quiet(stack, account)
-        await _sql(
-            stack,
-            "INSERT INTO campaign (account_id, campaign_id, subject, refreshed_at) VALUES ($1, $2, $3, now())",
-            account.account_id,
-            CAMPAIGN,
-            "Autumn sale",
-        )
+        await _campaign(stack, account, "Autumn sale")
         r = await stack.kommo.post("/_sandbox/faults", json=fault)
         assert r.status_code == 200, r.text
         events = [
