@@ -4,9 +4,11 @@ A push either reaches the email platform, which then answers per row (accepted, 
 or fails as a whole, for one of four reasons:
 
 - the account cannot push now (not connected, disabled): the rows wait a minute, their attempts untouched;
-- a transient failure (timeout, 5xx, rate limit): every row's attempt counts and the batch retries after one
-  backoff draw (a maximum over many draws would lose the jitter and retry in lockstep), no sooner than the
-  platform asked; a row is ``dead`` after ``MAX_ATTEMPTS``;
+- a transient failure (timeout, 5xx, rate limit): every row's attempt counts, and the rows that had failed
+  equally often retry together after one backoff draw for their count (one draw per row would split them
+  into many small calls; one for the whole batch, by its most-failed row, kept a fresh live change waiting
+  minutes because it shared a call with a row that had failed for a while), no sooner than the platform
+  asked; a row is ``dead`` after ``MAX_ATTEMPTS``;
 - the platform refused our credentials: the rows wait five minutes, their attempts untouched (the operator
   must fix the key; nothing about the rows is wrong);
 - the platform refused the request itself (a client bug, not the data's): each row backs off on its own and
@@ -81,11 +83,17 @@ def failed_rows(
             changes = [_change(row, row.attempts, at, failure.error) for row in rows]
             return changes, None
         case Failure.TRANSIENT:
-            attempts = max(row.attempts + 1 for row in rows)
-            delay = backoff(attempts, failure.retry_after, base=BACKOFF_BASE, cap=BACKOFF_CAP)
-            at = now + timedelta(seconds=delay)
-            changes = [_change(row, row.attempts + 1, at, failure.error, MAX_ATTEMPTS) for row in rows]
-            return changes, delay
+            draws: dict[int, float] = {}
+            changes = []
+            for row in rows:
+                attempts = row.attempts + 1
+                if attempts not in draws:
+                    draws[attempts] = backoff(
+                        attempts, failure.retry_after, base=BACKOFF_BASE, cap=BACKOFF_CAP
+                    )
+                at = now + timedelta(seconds=draws[attempts])
+                changes.append(_change(row, attempts, at, failure.error, MAX_ATTEMPTS))
+            return changes, min(draws.values())
         case Failure.REQUEST_REFUSED:
             changes = []
             for row in rows:

@@ -12,7 +12,6 @@ from app.connectors.errors import AuthError, ForbiddenError, RateLimitedError, R
 from app.db.states import OutboxStatus
 from app.sync.outbox_repo import DueRow
 from app.sync.push_policy import (
-    BACKOFF_CAP,
     CREDENTIALS_WAIT,
     MAX_ATTEMPTS,
     MAX_REFUSED_ATTEMPTS,
@@ -42,20 +41,27 @@ def test_an_account_that_cannot_push_waits_a_minute_without_counting_an_attempt(
     assert all(c.last_error == "Unisender is not connected for account 5." for c in changes)
 
 
-def test_a_transient_failure_counts_an_attempt_and_retries_the_batch_after_one_draw() -> None:
+def test_a_transient_failure_counts_an_attempt_and_rows_that_failed_as_often_retry_together() -> None:
     failure = push_failure(TransientError("HTTP 503", code="http_503"))
     assert (failure.failure, failure.throttled) == (Failure.TRANSIENT, False)
-    rows = [_row(1, 0), _row(2, MAX_ATTEMPTS - 1), _row(3, 3)]
+    rows = [_row(1, 0), _row(2, MAX_ATTEMPTS - 1), _row(3, 3), _row(4, 0), _row(5, 3)]
     changes, retry_in = failed_rows(rows, failure, NOW)
-    assert retry_in is not None
-    assert 0 <= retry_in <= min(BACKOFF_CAP, 2**MAX_ATTEMPTS)
-    assert {c.next_attempt_at for c in changes} == {NOW + timedelta(seconds=retry_in)}  # one draw for all
     assert [(c.status, c.attempts) for c in changes] == [
         (OutboxStatus.PENDING, 1),
         (OutboxStatus.DEAD, MAX_ATTEMPTS),  # its last attempt: dead, shown to operators
         (OutboxStatus.PENDING, 4),
+        (OutboxStatus.PENDING, 1),
+        (OutboxStatus.PENDING, 4),
     ]
     assert changes[0].last_error == "TransientError: HTTP 503"
+    wait = {c.id: (c.next_attempt_at - NOW).total_seconds() for c in changes}
+    assert wait[1] == wait[4]  # one draw per count: they go out together again
+    assert wait[3] == wait[5]
+    # A fresh change is not held back by the row that has failed for a while: its own ceiling (2 s here),
+    # not the most-failed row's (minutes).
+    assert 0 <= wait[1] <= 2.0
+    assert 0 <= wait[3] <= 16.0
+    assert retry_in == pytest.approx(min(wait.values()), abs=1e-5)  # the next flush: the earliest of them
 
 
 def test_a_rate_limit_is_waited_out_at_least_as_long_as_asked() -> None:
