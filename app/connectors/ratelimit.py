@@ -87,6 +87,18 @@ class PriorityLock:
             self.release()
 
 
+def call_of(cost: float, limit: int, limiter: str) -> tuple[int, asyncio.Task[object]]:
+    """The units a call of ``cost`` takes and the task making it: a limiter counts calls per task (a task that
+    asks again has had its previous call returned)."""
+    units = max(1, int(cost))
+    if units > limit:
+        raise ValueError(f"cost {cost} exceeds the window limit {limit}")
+    task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError(f"{limiter}.acquire must run inside an asyncio task")
+    return units, task
+
+
 class _Grant:
     __slots__ = ("end", "start")
 
@@ -141,12 +153,7 @@ class RoundTripWindow:
         self._settle(task)
 
     async def acquire(self, cost: float = 1.0) -> None:
-        units = max(1, int(cost))
-        if units > self._limit:
-            raise ValueError(f"cost {cost} exceeds the window limit {self._limit}")
-        task = asyncio.current_task()
-        if task is None:
-            raise RuntimeError("RoundTripWindow.acquire must run inside an asyncio task")
+        units, task = call_of(cost, self._limit, "RoundTripWindow")
         # This task asks again, so its previous call has returned.
         self._settle(task)
         async with self._lock.hold(bulk=is_bulk()):

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.connectors.ratelimit import RateLimiter, RoundTripWindow, is_bulk
+from app.connectors.ratelimit import RateLimiter, RoundTripWindow, call_of, is_bulk
 
 log = structlog.get_logger()
 
@@ -168,12 +168,7 @@ class SharedWindow:
         return self._outage
 
     async def acquire(self, cost: float = 1.0) -> None:
-        units = max(1, int(cost))
-        if units > self._limit:
-            raise ValueError(f"cost {cost} exceeds the window limit {self._limit}")
-        task = asyncio.current_task()
-        if task is None:
-            raise RuntimeError("SharedWindow.acquire must run inside an asyncio task")
+        units, task = call_of(cost, self._limit, "SharedWindow")
         self._returned(task)  # this task asks again, so its previous call has returned
         await self._local.acquire(cost)
         # Each pass either grants or sleeps (at most ``_poll``), or leaves for the fallback. Late replies are
