@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app import metrics
 from app.accounts import repository as accounts_repo
@@ -46,9 +46,20 @@ def _dedupe_key(source: str, account_id: int, body: bytes, *, unique: bool) -> s
     return hashlib.sha256(f"{source}:{account_id}:{salt}:".encode() + body).hexdigest()
 
 
-def _give_up(done: asyncio.Future[bool]) -> None:
-    if not done.done():
-        done.set_exception(TimeoutError())
+@dataclass(slots=True, eq=False)
+class _Pending:
+    event: NewEvent
+    done: asyncio.Future[bool]
+    until: float | None
+    sent: bool = False  # its INSERT has gone to the database: the outcome is no longer ours to decide
+
+
+# Past its own deadline, a caller whose row has been sent waits this much longer for the statement's outcome
+# (the statement is bounded to end by then): answering 503 for a row that then commits would have the sender
+# deliver it again, and a body without a version (a deletion) would be stored twice.
+_IN_FLIGHT_GRACE = 0.3
+# The shortest statement deadline a write gets, however little its earliest caller has left.
+_MIN_STATEMENT = 0.2
 
 
 class InboxWriter:
@@ -58,40 +69,47 @@ class InboxWriter:
     but under load one INSERT and one commit serve many requests: the round trip, the pool checkout and the
     commit's WAL flush are paid per batch, not per webhook. At low load a batch is one body, as before.
 
-    Each write's statement has ``deadline`` seconds (the driver's own timer): a connection that stops
-    answering fails the batch (its callers answer 503) and is discarded, instead of holding every later
-    webhook behind it. A caller that gives up before its body was taken into a write withdraws it, so nothing
-    it did not acknowledge is stored later.
+    A caller's deadline means "not stored". One whose deadline passes before its row was sent (still queued,
+    or its write still waiting for a connection) withdraws it, so nothing it did not acknowledge is stored
+    later. One whose row was sent waits for the statement's outcome, so a 503 is not answered for a row that
+    commits. Each statement has at most ``deadline`` seconds (the driver's own timer), and no more than its
+    earliest caller's deadline plus a short grace: a connection that stops answering fails the batch (its
+    callers answer 503) and is discarded, instead of holding every later webhook behind it.
     """
 
     def __init__(self, pc: ProcessContext, *, max_batch: int = 256, deadline: float = 1.0) -> None:
         self._pc = pc
         self._max_batch = max_batch
         self._deadline = deadline
-        self._waiting: list[tuple[NewEvent, asyncio.Future[bool]]] = []
+        self._waiting: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
 
     async def store(self, event: NewEvent, *, until: float | None = None) -> bool:
         """Store one body; True when it is new, False when the same delivery was stored before. Raises
-        TimeoutError at ``until`` (event loop time) if its write has not answered by then."""
+        TimeoutError when ``until`` (event loop time) passes before its row was sent, or when the statement
+        fails by its own deadline (nothing stored in either case)."""
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[bool] = loop.create_future()
-        entry = (event, done)
-        self._waiting.append(entry)
+        pending = _Pending(event, loop.create_future(), until)
+        self._waiting.append(pending)
         if self._writer is None or self._writer.done():
             self._writer = loop.create_task(self._write_loop())
-        # A timer on this caller's own future, not a cancellation: the write may be shared with others.
-        timer = None if until is None else loop.call_at(until, _give_up, done)
         try:
-            return await done
+            if until is not None:
+                # A wait on a shield, not on the future: the write may be shared with others.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(until):
+                        return await asyncio.shield(pending.done)
+                if not pending.sent:
+                    raise TimeoutError  # withdrawn below: a write skips a row whose future is done
+                # The statement ends within the grace (bounded in _write); the margin is the event loop's.
+                async with asyncio.timeout(_IN_FLIGHT_GRACE + _MIN_STATEMENT + 0.05):
+                    return await asyncio.shield(pending.done)
+            return await pending.done
         except (TimeoutError, asyncio.CancelledError):
             with contextlib.suppress(ValueError):
-                self._waiting.remove(entry)  # not taken into a write yet: it never will be
-            done.cancel()  # taken: its outcome has no reader (a no-op when the timer already failed it)
+                self._waiting.remove(pending)
+            pending.done.cancel()  # its outcome has no reader; a write not yet sent leaves its row out
             raise
-        finally:
-            if timer is not None:
-                timer.cancel()
 
     async def close(self) -> None:
         """Finish what is queued (shutdown)."""
@@ -100,7 +118,7 @@ class InboxWriter:
 
     async def _write_loop(self) -> None:
         # Ends as soon as nothing waits; the next store() starts a new loop.
-        batch: list[tuple[NewEvent, asyncio.Future[bool]]] = []
+        batch: list[_Pending] = []
         try:
             while self._waiting:
                 batch = self._waiting[: self._max_batch]
@@ -109,35 +127,45 @@ class InboxWriter:
                 batch = []
         except BaseException as exc:
             # Cancelled (shutdown) or a bug: nobody may wait forever for an answer.
-            for _, done in batch + self._waiting:
-                if not done.done():
-                    done.set_exception(
+            for pending in batch + self._waiting:
+                if not pending.done.done():
+                    pending.done.set_exception(
                         exc if isinstance(exc, Exception) else ConnectionError("shutting down")
                     )
             self._waiting.clear()
             raise
 
-    async def _write(self, batch: list[tuple[NewEvent, asyncio.Future[bool]]]) -> None:
+    def _send(self, conn: AsyncConnection, batch: list[_Pending]) -> Awaitable[dict[str, int]]:
+        # Runs once a connection is in hand, with no await before the statement goes out: a caller either
+        # withdrew before this point (its future is done) or is marked sent and will wait for the outcome.
+        live = [pending for pending in batch if not pending.done.done()]
         unique: dict[str, NewEvent] = {}
-        for event, _ in batch:
-            unique.setdefault(event.dedupe_key, event)
-        rows = list(unique.values())
+        for pending in live:
+            pending.sent = True
+            unique.setdefault(pending.event.dedupe_key, pending.event)
+        deadline = self._deadline
+        untils = [pending.until for pending in live if pending.until is not None]
+        if untils:
+            left = min(untils) + _IN_FLIGHT_GRACE - asyncio.get_running_loop().time()
+            deadline = min(deadline, max(_MIN_STATEMENT, left))
+        return inbox_repo.store_events(conn, list(unique.values()), deadline=deadline)
+
+    async def _write(self, batch: list[_Pending]) -> None:
         try:
-            stored = await self._pc.db.run_autocommit(
-                lambda conn: inbox_repo.store_events(conn, rows, deadline=self._deadline)
-            )
+            stored = await self._pc.db.run_autocommit(lambda conn: self._send(conn, batch))
         except Exception as exc:
-            for _, done in batch:
-                if not done.done():  # a caller that went away (client disconnect) wants no answer
-                    done.set_exception(exc)
+            for pending in batch:
+                if not pending.done.done():  # a caller that went away (client disconnect) wants no answer
+                    pending.done.set_exception(exc)
             return
         claimed: set[str] = set()
-        for event, done in batch:
+        for pending in batch:
+            if pending.done.done():  # withdrawn, or its client went away: wants no answer
+                continue
             # The same body twice in one batch: the first is new, the second a duplicate, as if sequential.
-            new = event.dedupe_key in stored and event.dedupe_key not in claimed
-            claimed.add(event.dedupe_key)
-            if not done.done():
-                done.set_result(new)
+            key = pending.event.dedupe_key
+            pending.done.set_result(key in stored and key not in claimed)
+            claimed.add(key)
 
 
 ReadBody = Callable[[], Awaitable[bytes | None]]

@@ -92,6 +92,10 @@ async def test_burst_of_duplicate_reordered_deliveries(stack: Stack, tmp_path: P
         summary = await ledger_summary(stack, account)
         assert summary["consecutive_identical_rows"] == 0, summary
         [after] = await raw_sql(url, "SELECT count(*) AS n FROM webhook_event WHERE source='kommo'")
-        assert after["n"] - before["n"] == with_deletions, (after["n"] - before["n"], with_deletions, total)
+        # A 503 means "not stored" (intake waits for a write its body is in), except when the database commits
+        # just as the write's own timer gives up on it: then the retried deletion is stored again (and verified
+        # against Kommo again, harmlessly). So never fewer rows than deliveries, and extras only from 503s.
+        extra = after["n"] - before["n"] - with_deletions
+        assert 0 <= extra <= retried, (after["n"] - before["n"], with_deletions, retried, total)
     finally:
         worker.stop()

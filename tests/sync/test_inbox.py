@@ -232,6 +232,81 @@ async def test_group_commit_answers_each_caller_once_its_row_is_stored(ctx: Proc
     await writer.close()
 
 
+class _SlowWriter(InboxWriter):
+    """Each write waits ``pause`` seconds before it asks for a connection (a pool that has none free)."""
+
+    pause = 0.3
+
+    async def _write(self, batch: Any) -> None:
+        await asyncio.sleep(self.pause)
+        await super()._write(batch)
+
+
+class _SlowStatement(InboxWriter):
+    """Each statement is answered 0.15 s after it was sent (a loaded database)."""
+
+    def _send(self, conn: Any, batch: Any) -> Any:
+        sending = super()._send(conn, batch)
+
+        async def slow() -> Any:
+            await asyncio.sleep(0.15)
+            return await sending
+
+        return slow()
+
+
+async def _count(ctx: ProcessContext) -> int:
+    url = ctx.settings.database_url
+    assert url
+    return int((await raw_sql(url, "SELECT count(*) AS n FROM webhook_event"))[0]["n"])
+
+
+async def test_a_deadline_passing_during_the_statement_waits_for_its_outcome(ctx: ProcessContext) -> None:
+    """A 503 must mean "not stored": a caller whose deadline passes while its row's statement is in flight and
+    then commits is told the truth (stored), else the sender would deliver a deletion again and it would be
+    stored twice."""
+    writer = _SlowStatement(ctx)
+    loop = asyncio.get_running_loop()
+    assert await writer.store(NewEvent(7, EventSource.KOMMO, "late", "b"), until=loop.time() + 0.1)
+    assert await _count(ctx) == 1
+    await writer.close()
+
+
+async def test_a_deadline_passing_before_the_statement_withdraws_the_row(ctx: ProcessContext) -> None:
+    """Queued behind another write, or in a write still waiting for a connection: the caller answers at its
+    deadline and its row is left out of the statement that goes later."""
+    writer = _SlowWriter(ctx)
+    loop = asyncio.get_running_loop()
+    with pytest.raises(TimeoutError):  # its own write waits for a connection
+        await writer.store(NewEvent(7, EventSource.KOMMO, "waiting", "b"), until=loop.time() + 0.1)
+    writer.pause = 0.5
+    first = asyncio.create_task(writer.store(NewEvent(7, EventSource.KOMMO, "first", "b")))
+    await asyncio.sleep(0.05)  # "first" is in a write now; "queued" waits for the next one
+    with pytest.raises(TimeoutError):
+        await writer.store(NewEvent(7, EventSource.KOMMO, "queued", "b"), until=loop.time() + 0.1)
+    assert await first
+    await writer.close()
+    url = ctx.settings.database_url
+    assert url
+    rows = await raw_sql(url, "SELECT dedupe_key FROM webhook_event")
+    assert [r["dedupe_key"] for r in rows] == ["first"]
+
+
+async def test_a_withdrawn_duplicate_does_not_take_the_new_answer(ctx: ProcessContext) -> None:
+    """The same body twice in one write, the first caller gone: the one still waiting is told "new"."""
+    writer = _SlowWriter(ctx)
+    loop = asyncio.get_running_loop()
+    gone = asyncio.create_task(
+        writer.store(NewEvent(7, EventSource.KOMMO, "same", "b"), until=loop.time() + 0.1)
+    )
+    staying = asyncio.create_task(writer.store(NewEvent(7, EventSource.KOMMO, "same", "b")))
+    with pytest.raises(TimeoutError):
+        await gone
+    assert await staying is True
+    assert await _count(ctx) == 1
+    await writer.close()
+
+
 async def test_group_commit_failure_reaches_every_waiting_caller(settings: Settings) -> None:
     from app.servers import free_port
 
