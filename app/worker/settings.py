@@ -35,6 +35,7 @@ from app.logging import configure_logging
 from app.queue import QUEUE_NAME, create_queue
 from app.retry import backoff
 from app.worker import tasks
+from app.worker.claims import ClaimingWorker
 
 log = structlog.get_logger(__name__)
 
@@ -132,7 +133,7 @@ def build_worker(
     async def on_startup(ctx: dict[str, Any]) -> None:
         ctx["process"] = pc
 
-    return Worker(
+    return ClaimingWorker(
         functions=functions(s),
         cron_jobs=cron_jobs(s),
         redis_pool=pc.queue,
