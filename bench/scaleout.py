@@ -26,6 +26,7 @@ import contextlib
 import gc
 import math
 import random
+import signal
 import subprocess
 import time
 from collections import Counter
@@ -37,6 +38,8 @@ import asyncpg  # type: ignore[import-untyped]
 import httpx
 
 from bench.common import (
+    REDIS_URL,
+    VENV_BIN,
     ServiceConfig,
     flush_redis,
     fresh_database,
@@ -227,6 +230,80 @@ async def verify(sc: Scene) -> tuple[int, list[str]]:
     return compared, failures
 
 
+async def redis_commands() -> dict[str, int]:
+    """Commands Redis has run, by name (server-wide: run the bench alone on its Redis)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(REDIS_URL)  # type: ignore[no-untyped-call]
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return {key.removeprefix("cmdstat_"): int(value["calls"]) for key, value in stats.items()}
+
+
+async def event_stages(conn: Any, account_ids: list[int], seconds: float) -> dict[str, float]:
+    """The live stream's webhook bodies stored in the last ``seconds``: stored → handled by a worker, ms."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS n,"
+        " percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM handled_at - received_at)) AS p50,"
+        " percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM handled_at - received_at)) AS p99"
+        " FROM webhook_event WHERE source = 'kommo' AND account_id = ANY($1::bigint[])"
+        " AND received_at > now() - make_interval(secs => $2) AND handled_at IS NOT NULL",
+        account_ids,
+        seconds,
+    )
+    return {"n": row["n"], "p50": float(row["p50"] or "nan"), "p99": float(row["p99"] or "nan")}
+
+
+async def pg_counts(conn: Any) -> dict[str, int]:
+    """Transactions committed and rows written in the bench's database (PostgreSQL's own counters)."""
+    row = await conn.fetchrow(
+        "SELECT pg_stat_force_next_flush(), xact_commit, tup_inserted, tup_updated, tup_deleted"
+        " FROM pg_stat_database WHERE datname = current_database()"
+    )
+    return {
+        "commits": row["xact_commit"],
+        "rows_written": row["tup_inserted"] + row["tup_updated"] + row["tup_deleted"],
+    }
+
+
+def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
+def start_profiles(pids: list[int], folder: str | None, workers: int) -> list[subprocess.Popen[bytes]]:
+    """py-spy (pip install py-spy) on each worker for the measured phase: raw folded stacks, one file each."""
+    if not folder:
+        return []
+    return [
+        subprocess.Popen(
+            [
+                str(VENV_BIN / "py-spy"),
+                "record",
+                "-p",
+                str(pid),
+                "-f",
+                "raw",
+                "-r",
+                "50",
+                "-o",
+                f"{folder}/scaleout-{workers}w-{i}.txt",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i, pid in enumerate(pids)
+    ]
+
+
+async def stop_profiles(spies: list[subprocess.Popen[bytes]]) -> None:
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)
+    for spy in spies:
+        await asyncio.to_thread(spy.wait, 30)
+
+
 async def run_config(workers: int, args: argparse.Namespace) -> dict[str, Any]:
     """One fresh stack with ``workers`` worker processes: setup, the stream with the big syncs, checks."""
     from tests.support.e2e import wait_quiet
@@ -258,6 +335,8 @@ async def run_config(workers: int, args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(args.warmup)
             pids = [p.pid for p in sc.worker_procs]
             api_pids = [p.pid for p in sc.api_procs]
+            spies = start_profiles(pids, args.profile, workers)
+            redis0, pg0 = await redis_commands(), await pg_counts(conn)
             cpu0 = [proc_cpu_seconds(p) for p in pids]
             api0 = sum(proc_cpu_seconds(p) for p in api_pids)
             rows0 = ledger_rows(sc)
@@ -268,6 +347,10 @@ async def run_config(workers: int, args: argparse.Namespace) -> dict[str, Any]:
             cpu = [proc_cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
             api_cpu = sum(proc_cpu_seconds(p) for p in api_pids) - api0
             rows = ledger_rows(sc) - rows0
+            stages = await event_stages(conn, [a.account_id for a in sc.small], t1 - t0)
+            redis_used = _delta(await redis_commands(), redis0)
+            pg_used = _delta(await pg_counts(conn), pg0)
+            await stop_profiles(spies)
             kstats = kstate.stats.as_dict()
             ustats = ustate.stats.as_json()
         finally:
@@ -310,6 +393,9 @@ async def run_config(workers: int, args: argparse.Namespace) -> dict[str, Any]:
         "per_worker_cpu": cpu,
         "api_cpu": api_cpu,
         "rows_per_cpu": rows / sum(cpu) if sum(cpu) > 0 else float("nan"),
+        "redis_commands": redis_used,
+        "stages": stages,
+        "pg": pg_used,
         **{"changes": changes, "seen": len(seen), "waiting": len(waiting), "during": len(during)},
         "p50": pct(during, 50),
         **{"p99": pct(during, 99), "max": max(during, default=float("nan"))},
@@ -346,6 +432,21 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
             f"| {r['api_cpu']:.2f} | {r['rows_per_cpu']:,.0f} | {ratio:.2f} "
             f"| {ms(r['p50'])} / {ms(r['p99'])} / {ms(r['max'])} ({r['during']}) "
             f"| {ms(r['idle_p50'])} / {ms(r['idle_p99'])} ({r['idle']}) | {exact}, {r['compared']:,} addresses |"
+        )
+    print(
+        "| workers | Redis commands / row (top) | PostgreSQL commits / row | rows written / row "
+        "| live bodies stored → handled p50 / p99 ms (n) |"
+    )
+    print("|---|---|---|---|---|")
+    for r in results:
+        rows = max(r["rows"], 1)
+        top = sorted(r["redis_commands"].items(), key=lambda kv: -kv[1])[:10]
+        redis = ", ".join(f"{name} {calls / rows:.2f}" for name, calls in top)
+        total = sum(r["redis_commands"].values()) / rows
+        print(
+            f"| {r['workers']} | {total:.2f} ({redis}) | {r['pg'].get('commits', 0) / rows:.3f} "
+            f"| {r['pg'].get('rows_written', 0) / rows:.2f} | {ms(r['stages']['p50'])} / "
+            f"{ms(r['stages']['p99'])} ({r['stages']['n']}) |"
         )
     for r in results:
         print(
@@ -384,6 +485,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate", type=float, default=30.0, help="renames per second over all small accounts")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds of stream before the big syncs start")
     p.add_argument("--within", type=float, default=600.0, help="give up on the big syncs after this many s")
+    p.add_argument(
+        "--profile", metavar="DIR", help="py-spy each worker during the phase, raw stacks into DIR"
+    )
     args = p.parse_args(argv)
     use_uvloop()
     results: list[dict[str, Any]] = []
