@@ -53,13 +53,22 @@ class _Pending:
     until: float | None
     sent: bool = False  # its INSERT has gone to the database: the outcome is no longer ours to decide
 
+    @property
+    def answer_by(self) -> float | None:
+        """When a caller whose row was sent answers at the latest (its statement ends before)."""
+        return None if self.until is None else self.until + _IN_FLIGHT_GRACE
+
 
 # Past its own deadline, a caller whose row has been sent waits this much longer for the statement's outcome
 # (the statement is bounded to end by then): answering 503 for a row that then commits would have the sender
 # deliver it again, and a body without a version (a deletion) would be stored twice.
 _IN_FLIGHT_GRACE = 0.3
-# The shortest statement deadline a write gets, however little its earliest caller has left.
+# A row is sent only with at least this long left before its caller's answer-by time: a shorter statement
+# deadline would fail the whole batch under load, so such a caller is answered 503 at once, its row unsent.
 _MIN_STATEMENT = 0.2
+# How late, past its answer-by time, a caller still takes its statement's outcome: only the event loop's own
+# delay in delivering it (the statement itself has ended by then).
+_LOOP_SLACK = 0.5
 
 
 class InboxWriter:
@@ -69,12 +78,14 @@ class InboxWriter:
     but under load one INSERT and one commit serve many requests: the round trip, the pool checkout and the
     commit's WAL flush are paid per batch, not per webhook. At low load a batch is one body, as before.
 
-    A caller's deadline means "not stored". One whose deadline passes before its row was sent (still queued,
-    or its write still waiting for a connection) withdraws it, so nothing it did not acknowledge is stored
-    later. One whose row was sent waits for the statement's outcome, so a 503 is not answered for a row that
-    commits. Each statement has at most ``deadline`` seconds (the driver's own timer), and no more than its
-    earliest caller's deadline plus a short grace: a connection that stops answering fails the batch (its
-    callers answer 503) and is discarded, instead of holding every later webhook behind it.
+    A caller's deadline means "not stored", as far as the client can know. One whose deadline passes before its
+    row was sent (still queued, or its write still waiting for a connection) withdraws it, so nothing it did
+    not acknowledge is stored later. One whose row was sent waits for the statement's outcome, so a 503 is not
+    answered for a row the statement commits in time. Each statement has at most ``deadline`` seconds (the
+    driver's own timer), and ends before its callers' deadlines plus a short grace: a connection that stops
+    answering fails the batch (its callers answer 503) and is discarded, instead of holding every later
+    webhook behind it. A statement the driver gave up on may still commit on the server, so after such a 503
+    a redelivered body may be stored twice (at least once, never lost; a deletion is verified against Kommo).
     """
 
     def __init__(self, pc: ProcessContext, *, max_batch: int = 256, deadline: float = 1.0) -> None:
@@ -101,8 +112,9 @@ class InboxWriter:
                         return await asyncio.shield(pending.done)
                 if not pending.sent:
                     raise TimeoutError  # withdrawn below: a write skips a row whose future is done
-                # The statement ends within the grace (bounded in _write); the margin is the event loop's.
-                async with asyncio.timeout(_IN_FLIGHT_GRACE + _MIN_STATEMENT + 0.05):
+                # Its statement ends by the answer-by time (bounded in _send), also when it is sent again on
+                # a fresh connection; past it the outcome is only late in reaching us.
+                async with asyncio.timeout_at(until + _IN_FLIGHT_GRACE + _LOOP_SLACK):
                     return await asyncio.shield(pending.done)
             return await pending.done
         except (TimeoutError, asyncio.CancelledError):
@@ -136,18 +148,23 @@ class InboxWriter:
             raise
 
     def _send(self, conn: AsyncConnection, batch: list[_Pending]) -> Awaitable[dict[str, int]]:
-        # Runs once a connection is in hand, with no await before the statement goes out: a caller either
-        # withdrew before this point (its future is done) or is marked sent and will wait for the outcome.
-        live = [pending for pending in batch if not pending.done.done()]
+        # Runs once a connection is in hand (again, when a dead connection is replaced), with no await before
+        # the statement goes out: a caller either withdrew before this point (its future is done) or is
+        # marked sent and waits for the outcome until its answer-by time, which the statement ends before.
+        now = asyncio.get_running_loop().time()
+        deadline = self._deadline
         unique: dict[str, NewEvent] = {}
-        for pending in live:
+        for pending in batch:
+            if pending.done.done():
+                continue
+            answer_by = pending.answer_by
+            if answer_by is not None and answer_by - now < _MIN_STATEMENT:
+                pending.done.set_exception(TimeoutError())  # too late to send: answered 503, not stored
+                continue
             pending.sent = True
             unique.setdefault(pending.event.dedupe_key, pending.event)
-        deadline = self._deadline
-        untils = [pending.until for pending in live if pending.until is not None]
-        if untils:
-            left = min(untils) + _IN_FLIGHT_GRACE - asyncio.get_running_loop().time()
-            deadline = min(deadline, max(_MIN_STATEMENT, left))
+            if answer_by is not None:
+                deadline = min(deadline, answer_by - now)
         return inbox_repo.store_events(conn, list(unique.values()), deadline=deadline)
 
     async def _write(self, batch: list[_Pending]) -> None:

@@ -15,6 +15,7 @@ due by this worker's clock; it marks the job in progress for arq's own in-progre
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from arq.constants import in_progress_key_prefix
@@ -47,7 +48,7 @@ class ClaimingWorker(Worker):
         # Rounds of claims, each filling the free slots, until they are full or the ids run out: a job that
         # is not ours (running elsewhere: a killed worker's stays "in progress" for a while) must not keep
         # the jobs behind it waiting, as in arq, which goes on to the next id.
-        while waiting and failure is None:
+        while waiting and failure is None and self.allow_pick_jobs:
             taken: list[str] = []
             while waiting and self.job_counter < self.max_jobs:
                 await self.sem.acquire()
@@ -55,10 +56,7 @@ class ClaimingWorker(Worker):
                 taken.append(waiting.pop())
             if not taken:
                 return
-            now = timestamp_ms()
-            claims = await asyncio.gather(
-                *(self._claim(job_id, now) for job_id in taken), return_exceptions=True
-            )
+            claims = await self._claim_round(taken)
             for job_id, claim in zip(taken, claims, strict=True):
                 if isinstance(claim, BaseException) or not claim:
                     # Not ours (or Redis failed): give the slot back, as arq does.
@@ -72,6 +70,28 @@ class ClaimingWorker(Worker):
                 self.tasks[job_id] = task
         if failure is not None:
             raise failure  # the poll loop's own handling (a Redis that went away stops the worker)
+
+    async def _claim_round(self, taken: list[str]) -> list[int | BaseException]:
+        now = timestamp_ms()
+        claiming = asyncio.ensure_future(
+            asyncio.gather(*(self._claim(job_id, now) for job_id in taken), return_exceptions=True)
+        )
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            # Stopped mid-round (shutdown, a deploy): the claims Redis already made would keep their jobs "in
+            # progress" for arq's whole in-progress time (job timeout + 10 s) with nobody running them. Hand
+            # them back, then stop as asked.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                async with asyncio.timeout(2.0):
+                    results = await claiming
+                    ours = [j for j, r in zip(taken, results, strict=True) if isinstance(r, int) and r]
+                    if ours:
+                        await self.pool.delete(*(in_progress_key_prefix + job_id for job_id in ours))
+            for _ in taken:
+                self.job_counter -= 1
+                self.sem.release()
+            raise
 
     async def _claim(self, job_id: str, now: int) -> int:
         script = self._claim_script

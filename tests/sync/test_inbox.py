@@ -359,3 +359,49 @@ async def test_pruning_forgets_handled_and_discarded_events_and_keeps_dead_lette
         ctx.settings.database_url, "SELECT dedupe_key FROM webhook_event ORDER BY dedupe_key"
     )
     assert [r["dedupe_key"] for r in left] == ["done-recent", "failed-old", "unrecognised-old"]
+
+
+async def test_a_row_is_sent_only_while_its_caller_can_still_wait_for_the_statement(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What one statement carries and how long it may take: rows whose callers cannot wait at least the
+    shortest statement are answered 503 unsent (also when a dead connection's batch is sent again), and the
+    statement ends before the earliest remaining caller's answer-by time."""
+    from app.sync import ingest
+
+    sent: list[tuple[list[str], float | None]] = []
+
+    async def capture(conn: Any, rows: Any, *, deadline: float | None = None) -> dict[str, int]:
+        sent.append(([r.dedupe_key for r in rows], deadline))
+        return {}
+
+    monkeypatch.setattr(inbox_repo, "store_events", capture)
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+    writer = InboxWriter(ProcessContext.__new__(ProcessContext), deadline=1.0)
+
+    def pending(key: str, until: float | None) -> Any:
+        return ingest._Pending(NewEvent(7, EventSource.KOMMO, key, "b"), loop.create_future(), until)
+
+    late = pending("late", now - 0.2)  # answer-by 0.1 s from now: less than the shortest statement
+    soon = pending("soon", now + 0.4)  # answer-by 0.7 s from now
+    open_ended = pending("free", None)
+    gone = pending("gone", now + 5)
+    gone.done.cancel()  # withdrew before the send
+    await writer._send(None, [late, soon, open_ended, gone])  # type: ignore[arg-type]
+    [(keys, deadline)] = sent
+    assert keys == ["soon", "free"]
+    assert deadline is not None
+    assert 0.6 < deadline <= 0.7 + 1e-6
+    assert soon.sent
+    assert open_ended.sent
+    assert not late.sent
+    assert not gone.sent
+    with pytest.raises(TimeoutError):
+        late.done.result()
+    # Sent again later (the first connection was dead): the caller that can no longer wait is not re-sent.
+    monkeypatch.setattr(loop, "time", lambda: now + 0.6)
+    await writer._send(None, [late, soon, open_ended, gone])  # type: ignore[arg-type]
+    assert sent[-1] == (["free"], 1.0)
+    with pytest.raises(TimeoutError):
+        soon.done.result()

@@ -8,6 +8,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
+import pytest
 from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import func
@@ -142,3 +143,38 @@ async def test_jobs_running_elsewhere_do_not_hold_back_the_jobs_behind_them(ctx:
         assert ran == Counter(keys)  # each job it could take, once; none of those running elsewhere
     finally:
         await ctx.queue.delete(queue, *(in_progress_key_prefix + job_id for job_id in stuck))
+
+
+class _SlowRound(ClaimingWorker):
+    """Each claim is answered by Redis at once and reaches the worker 0.5 s later (a busy event loop)."""
+
+    async def _claim(self, job_id: str, now: int) -> int:
+        claimed = await super()._claim(job_id, now)
+        await asyncio.sleep(0.5)
+        return claimed
+
+
+async def test_a_worker_stopped_mid_claim_hands_its_claims_back(ctx: ProcessContext) -> None:
+    """Stopped while its claims were in flight, a worker must not leave those jobs "in progress" for arq's whole
+    in-progress time (job timeout + 10 s) with nobody running them: another worker takes them at once."""
+    queue = f"test-claims-{uuid.uuid4().hex[:8]}"
+    ran: Counter[str] = Counter()
+    keys = [f"j{i}" for i in range(6)]
+    try:
+        for key in keys:
+            await ctx.queue.enqueue_job("record", key, _job_id=f"{queue}:{key}", _queue_name=queue)
+        stopping = _worker(ctx, queue, ran, _SlowRound, max_jobs=10)
+        round_ = asyncio.create_task(stopping.start_jobs([f"{queue}:{k}".encode() for k in keys]))
+        await asyncio.sleep(0.2)  # the scripts have run; their answers are on the way
+        round_.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await round_
+        assert stopping.job_counter == 0  # every slot given back
+        assert not stopping.tasks
+        for key in keys:
+            assert not await ctx.queue.exists(in_progress_key_prefix + f"{queue}:{key}")
+        other = _worker(ctx, queue, ran, max_jobs=10)
+        await asyncio.wait_for(other.main(), timeout=20)
+        assert ran == Counter(keys)
+    finally:
+        await _cleanup(ctx, queue)
