@@ -40,17 +40,23 @@ def _worker(
     )
 
 
+async def _enqueued(ctx: ProcessContext, count: int) -> tuple[str, list[str]]:
+    """A fresh queue holding ``count`` due ``record`` jobs; its name and the jobs' keys."""
+    queue = f"test-claims-{uuid.uuid4().hex[:8]}"
+    keys = [f"j{i}" for i in range(count)]
+    for key in keys:
+        await ctx.queue.enqueue_job("record", key, _job_id=f"{queue}:{key}", _queue_name=queue)
+    return queue, keys
+
+
 async def _cleanup(ctx: ProcessContext, queue: str) -> None:
     await ctx.queue.delete(queue)
 
 
 async def test_three_workers_run_each_job_exactly_once(ctx: ProcessContext) -> None:
-    queue = f"test-claims-{uuid.uuid4().hex[:8]}"
     ran: Counter[str] = Counter()
-    keys = [f"j{i}" for i in range(300)]
+    queue, keys = await _enqueued(ctx, 300)
     try:
-        for key in keys:
-            assert await ctx.queue.enqueue_job("record", key, _job_id=f"{queue}:{key}", _queue_name=queue)
         workers = [_worker(ctx, queue, ran, max_jobs=20) for _ in range(3)]
         await asyncio.wait_for(asyncio.gather(*(w.main() for w in workers)), timeout=60)
         assert ran == Counter(keys)  # every job, each once
@@ -104,12 +110,9 @@ class _Watching(ClaimingWorker):
 async def test_a_polls_claims_are_in_flight_together(ctx: ProcessContext) -> None:
     """arq claimed job after job, four round trips each: a busy worker could not start jobs as fast as they
     came due. A poll's claims now go out together."""
-    queue = f"test-claims-{uuid.uuid4().hex[:8]}"
     ran: Counter[str] = Counter()
-    keys = [f"j{i}" for i in range(25)]
+    queue, keys = await _enqueued(ctx, 25)
     try:
-        for key in keys:
-            await ctx.queue.enqueue_job("record", key, _job_id=f"{queue}:{key}", _queue_name=queue)
         worker = _worker(ctx, queue, ran, _Watching, max_jobs=50)
         await asyncio.wait_for(worker.main(), timeout=30)
         assert ran == Counter(keys)
@@ -157,12 +160,9 @@ class _SlowRound(ClaimingWorker):
 async def test_a_worker_stopped_mid_claim_hands_its_claims_back(ctx: ProcessContext) -> None:
     """Stopped while its claims were in flight, a worker must not leave those jobs "in progress" for arq's whole
     in-progress time (job timeout + 10 s) with nobody running them: another worker takes them at once."""
-    queue = f"test-claims-{uuid.uuid4().hex[:8]}"
     ran: Counter[str] = Counter()
-    keys = [f"j{i}" for i in range(6)]
+    queue, keys = await _enqueued(ctx, 6)
     try:
-        for key in keys:
-            await ctx.queue.enqueue_job("record", key, _job_id=f"{queue}:{key}", _queue_name=queue)
         stopping = _worker(ctx, queue, ran, _SlowRound, max_jobs=10)
         round_ = asyncio.create_task(stopping.start_jobs([f"{queue}:{k}".encode() for k in keys]))
         await asyncio.sleep(0.2)  # the scripts have run; their answers are on the way
