@@ -41,8 +41,6 @@ import asyncio
 import math
 import random
 import re
-import signal
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -52,7 +50,16 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from bench.common import VENV_BIN, bench_stack, machine, pct, proc_cpu_seconds, use_uvloop, verdict
+from bench.common import (
+    bench_stack,
+    machine,
+    pct,
+    proc_cpu_seconds,
+    start_py_spy,
+    stop_py_spy,
+    use_uvloop,
+    verdict,
+)
 from bench.processes import real_limits
 from bench.spec import WatchedLedger, drain_waits, named, sole_holders
 
@@ -381,13 +388,7 @@ async def run(
             deliveries0 = len(uni_state.deliveries)
             imports0 = uni.calls.get("importContacts", 0)
             if profile:
-                # py-spy (the bench extra) samples the worker for the activity phase: raw folded stacks.
-                args = ["record", "-p", str(wpid), "-f", "raw", "-o", profile, "-r", "100"]
-                spy = subprocess.Popen(  # noqa: ASYNC220 (start-up only)
-                    [str(VENV_BIN / "py-spy"), *args],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
+                spy = start_py_spy(wpid, profile)  # the worker for the activity phase
                 await asyncio.sleep(1.0)
             cpu0 = {"worker": proc_cpu_seconds(wpid), "api": proc_cpu_seconds(apid)}
             phase = "activity"
@@ -442,8 +443,7 @@ async def run(
                 streamer = None
             activity_imports = uni.calls.get("importContacts", 0) - imports0
             if spy is not None:
-                spy.send_signal(signal.SIGINT)
-                await asyncio.to_thread(spy.wait, 30)
+                await stop_py_spy(spy)
                 spy = None
             kstats_at_done = (await st.kommo.get("/_sandbox/stats")).json()
             # The tag calls of the hard bounces and complaints may still be going: wait for them (bounded).
@@ -481,8 +481,7 @@ async def run(
             if streamer is not None:
                 await streamer
             if spy is not None:
-                spy.send_signal(signal.SIGINT)
-                await asyncio.to_thread(spy.wait, 30)
+                await stop_py_spy(spy)
             await conn.close()
         await drain_waits(ledger.waiting, 30)
         kstats = (await st.kommo.get("/_sandbox/stats")).json()

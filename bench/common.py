@@ -292,6 +292,24 @@ def proc_status(pid: int, key: str) -> int:
     raise KeyError(key)
 
 
+def start_py_spy(
+    pid: int, out: str, *, rate: int = 100, seconds: float | None = None
+) -> subprocess.Popen[bytes]:
+    """py-spy (the bench extra) sampling ``pid`` into ``out`` as raw folded stacks (``bench.folded`` reads them),
+    for ``seconds`` or until ``stop_py_spy``."""
+    args = [str(VENV_BIN / "py-spy"), "record", "-p", str(pid), "-f", "raw", "-o", out, "-r", str(rate)]
+    if seconds is not None:
+        args += ["-d", str(int(seconds))]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def stop_py_spy(spy: subprocess.Popen[bytes], *, interrupt: bool = True) -> None:
+    """Stop a ``start_py_spy`` (it writes its file on SIGINT), or with ``interrupt=False`` wait for its end."""
+    if interrupt:
+        spy.send_signal(signal.SIGINT)
+    await asyncio.to_thread(spy.wait, 30)
+
+
 def proc_cpu_seconds(pid: int) -> float:
     """CPU time (user + system) a process has used so far, from ``/proc/<pid>/stat``."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

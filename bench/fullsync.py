@@ -21,14 +21,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import signal
-import subprocess
 import time
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from bench.common import VENV_BIN, bench_stack, machine, proc_cpu_seconds, proc_status, use_uvloop, verdict
+from bench.common import (
+    bench_stack,
+    machine,
+    proc_cpu_seconds,
+    proc_status,
+    start_py_spy,
+    stop_py_spy,
+    use_uvloop,
+    verdict,
+)
 from bench.processes import real_limits
 
 
@@ -64,12 +71,7 @@ async def run_sync(
         conn = await asyncpg.connect(bs.cfg.dsn)
         spy = None
         if profile:
-            # py-spy (pip install py-spy) samples the worker for the whole sync: raw folded stacks.
-            spy = subprocess.Popen(  # noqa: ASYNC220 (start-up only)
-                [str(VENV_BIN / "py-spy"), "record", "-p", str(wpid), "-f", "raw", "-o", profile, "-r", "50"],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            spy = start_py_spy(wpid, profile, rate=50)  # the worker for the whole sync
             await asyncio.sleep(1.0)
         try:
             cpu0 = proc_cpu_seconds(wpid)
@@ -96,8 +98,7 @@ async def run_sync(
         finally:
             await conn.close()
             if spy is not None:
-                spy.send_signal(signal.SIGINT)
-                await asyncio.to_thread(spy.wait, 30)
+                await stop_py_spy(spy)
         kstats = (await st.kommo.get("/_sandbox/stats")).json()
         ustats = (await st.unisender.get("/_sandbox/stats")).json()
         hwm = proc_status(wpid, "VmHWM")

@@ -20,12 +20,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from bench.common import VENV_BIN, bench_stack, machine, pct, proc_cpu_seconds, use_uvloop, verdict
+from bench.common import (
+    bench_stack,
+    machine,
+    pct,
+    proc_cpu_seconds,
+    start_py_spy,
+    stop_py_spy,
+    use_uvloop,
+    verdict,
+)
 from bench.spec import Check, drain_waits, in_column, list_ids, map_account, named, sole_holders, watch_ledger
 
 KINDS = ("rename", "score", "vip", "plan")
@@ -70,13 +78,7 @@ async def run(
         cpu_before = {k: proc_cpu_seconds(p) for k, p in pids.items()}
         spy = None
         if profile:
-            # py-spy (pip install py-spy) samples the worker during the stream: raw folded stacks.
-            args = ["record", "-p", str(pids["worker"]), "-f", "raw", "-o", profile, "-r", "100"]
-            spy = subprocess.Popen(  # noqa: ASYNC220 (start-up only)
-                [str(VENV_BIN / "py-spy"), *args, "-d", str(int(seconds) + 2)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            spy = start_py_spy(pids["worker"], profile, seconds=seconds + 2)  # the worker during the stream
         n = int(rate * seconds)
         t_start = time.monotonic()
         for i in range(n):
@@ -98,7 +100,7 @@ async def run(
         await drain_waits(waiting, 60)
         cpu = {k: proc_cpu_seconds(p) - cpu_before[k] for k, p in pids.items()}
         if spy is not None:
-            await asyncio.to_thread(spy.wait, 30)
+            await stop_py_spy(spy, interrupt=False)
         calls = st.unisender_app.state.unisender.stats.calls.get("importContacts", 0) - calls_before
         deliveries = (await st.kommo.get("/_sandbox/deliveries", params={"limit": 100000})).json()
         server = _webhook_timing((await st.api.get("/metrics")).text)

@@ -30,14 +30,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import signal
-import subprocess
 import time
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from bench.common import VENV_BIN, bench_stack, machine, pct, proc_cpu_seconds, use_uvloop, verdict
+from bench.common import (
+    bench_stack,
+    machine,
+    pct,
+    proc_cpu_seconds,
+    start_py_spy,
+    stop_py_spy,
+    use_uvloop,
+    verdict,
+)
 from bench.processes import real_limits
 from bench.spec import (
     TAG_SHARES,
@@ -111,12 +118,7 @@ async def _phase(
     wpid = bs.worker_proc.pid
     spy = None
     if profile:
-        # py-spy (the bench extra) samples the worker for this phase: raw folded stacks (bench.folded).
-        spy = subprocess.Popen(  # noqa: ASYNC220 (start-up only)
-            [str(VENV_BIN / "py-spy"), "record", "-p", str(wpid), "-f", "raw", "-o", profile, "-r", "100"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        spy = start_py_spy(wpid, profile)  # the worker for this phase
         await asyncio.sleep(1.0)
     cpu0 = proc_cpu_seconds(wpid)
     wall0 = time.time()
@@ -166,8 +168,7 @@ async def _phase(
         live_changes = await streamer if streamer is not None else 0
     worker_cpu = proc_cpu_seconds(wpid) - cpu0
     if spy is not None:
-        spy.send_signal(signal.SIGINT)
-        await asyncio.to_thread(spy.wait, 30)
+        await stop_py_spy(spy)
     await drain_waits(waiting, 30)
     calls = uni.calls.get("importContacts", 0) - calls0
     limited = sum(v for k, v in uni.errors.items() if "limit" in k) - limited0

@@ -26,7 +26,6 @@ import contextlib
 import gc
 import math
 import random
-import signal
 import subprocess
 import time
 from collections import Counter
@@ -39,7 +38,6 @@ import httpx
 
 from bench.common import (
     REDIS_URL,
-    VENV_BIN,
     ServiceConfig,
     flush_redis,
     fresh_database,
@@ -48,6 +46,8 @@ from bench.common import (
     pct,
     proc_cpu_seconds,
     service_process,
+    start_py_spy,
+    stop_py_spy,
     use_uvloop,
     verdict,
 )
@@ -273,35 +273,15 @@ def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 
 
 def start_profiles(pids: list[int], folder: str | None, workers: int) -> list[subprocess.Popen[bytes]]:
-    """py-spy (pip install py-spy) on each worker for the measured phase: raw folded stacks, one file each."""
+    """py-spy on each worker for the measured phase: raw folded stacks, one file each."""
     if not folder:
         return []
-    return [
-        subprocess.Popen(
-            [
-                str(VENV_BIN / "py-spy"),
-                "record",
-                "-p",
-                str(pid),
-                "-f",
-                "raw",
-                "-r",
-                "50",
-                "-o",
-                f"{folder}/scaleout-{workers}w-{i}.txt",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for i, pid in enumerate(pids)
-    ]
+    return [start_py_spy(pid, f"{folder}/scaleout-{workers}w-{i}.txt", rate=50) for i, pid in enumerate(pids)]
 
 
 async def stop_profiles(spies: list[subprocess.Popen[bytes]]) -> None:
     for spy in spies:
-        spy.send_signal(signal.SIGINT)
-    for spy in spies:
-        await asyncio.to_thread(spy.wait, 30)
+        await stop_py_spy(spy)
 
 
 async def run_config(workers: int, args: argparse.Namespace) -> dict[str, Any]:
