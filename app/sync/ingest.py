@@ -105,7 +105,8 @@ class InboxWriter:
         if self._writer is None or self._writer.done():
             self._writer = loop.create_task(self._write_loop())
         try:
-            if until is not None:
+            answer_by = pending.answer_by
+            if until is not None and answer_by is not None:
                 # A wait on a shield, not on the future: the write may be shared with others.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout_at(until):
@@ -114,7 +115,7 @@ class InboxWriter:
                     raise TimeoutError  # withdrawn below: a write skips a row whose future is done
                 # Its statement ends by the answer-by time (bounded in _send), also when it is sent again on
                 # a fresh connection; past it the outcome is only late in reaching us.
-                async with asyncio.timeout_at(until + _IN_FLIGHT_GRACE + _LOOP_SLACK):
+                async with asyncio.timeout_at(answer_by + _LOOP_SLACK):
                     return await asyncio.shield(pending.done)
             return await pending.done
         except (TimeoutError, asyncio.CancelledError):
