@@ -105,8 +105,17 @@ async def serve_in_background(
     log_level: str = "warning",
     limits: HttpLimits | None = None,
 ) -> AsyncIterator[str]:
-    """Start ``app`` on ``host:port`` (0 = a free port) and yield its base URL; stop it on exit."""
-    port = port or free_port(host)
+    """Start ``app`` on ``host:port`` (0 = a free port) and yield its base URL; stop it on exit.
+
+    With port 0 the listening socket is bound here and handed to the server: a port only looked up free and
+    bound later could be taken by another process in between (parallel test runs did, "address already in
+    use")."""
+    sockets: list[socket.socket] | None = None
+    if not port:
+        listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listening.bind((host, 0))
+        port = int(listening.getsockname()[1])
+        sockets = [listening]
     config = uvicorn_config(
         app,
         host=host,
@@ -120,7 +129,7 @@ async def serve_in_background(
 
     async def serve() -> None:
         try:
-            await server.serve()
+            await server.serve(sockets=sockets)
         except SystemExit as exc:  # uvicorn exits the process when the app's start-up fails
             raise RuntimeError(f"server on {host}:{port} did not start (exit {exc.code})") from None
 
@@ -141,3 +150,5 @@ async def serve_in_background(
             await asyncio.wait_for(task, timeout=10)
         except TimeoutError:
             task.cancel()
+        for listening in sockets or []:
+            listening.close()  # the server closes it on a normal stop; not when its start-up failed
