@@ -148,7 +148,8 @@ async def sandbox() -> AsyncIterator[Sandbox]:
     app = create_kommo_sandbox()
     async with (
         serve_in_background(app) as url,
-        httpx.AsyncClient(verify=tls_context(), timeout=httpx.Timeout(10.0, connect=5.0)) as control,
+        # Longer than any drain the tests ask the sandbox for (it answers when its deliveries are done).
+        httpx.AsyncClient(verify=tls_context(), timeout=httpx.Timeout(40.0, connect=5.0)) as control,
         httpx.AsyncClient(verify=tls_context(), timeout=httpx.Timeout(10.0, connect=5.0)) as http,
     ):
         response = await control.post(f"{url}/_sandbox/accounts", json={"subdomain": SUBDOMAIN})
@@ -408,7 +409,7 @@ async def test_webhook_registration_and_delivered_bodies_parse(
     await client.add_contact_tags(contact_id, ["x"])
     await sandbox.ctl("POST", f"/accounts/{SUBDOMAIN}/contacts/{contact_id}/delete")
     await sandbox.ctl("POST", f"/accounts/{SUBDOMAIN}/contacts/{contact_id}/restore")
-    drained = await sandbox.ctl("POST", "/deliveries/drain", {"timeout": 10})
+    drained = await sandbox.ctl("POST", "/deliveries/drain", {"timeout": 30})
     assert drained["drained"] is True
 
     assert hook.requests, "no webhook was delivered"
@@ -455,7 +456,7 @@ async def test_batched_bodies_with_many_contacts_and_actions_parse(
     ids = [c["id"] for c in created["_embedded"]["contacts"]]
     await sandbox.ctl("PATCH", f"/accounts/{SUBDOMAIN}/contacts", [{"id": ids[1], "name": "Batch 1b"}])
     await sandbox.ctl("POST", f"/accounts/{SUBDOMAIN}/contacts/{ids[2]}/delete")
-    drained = await sandbox.ctl("POST", "/deliveries/drain", {"timeout": 10})
+    drained = await sandbox.ctl("POST", "/deliveries/drain", {"timeout": 30})
     assert drained["drained"] is True
 
     batches = [parse_webhook(request.body) for request in hook.requests]
@@ -632,7 +633,7 @@ async def _field(sandbox: Sandbox, name: str, type_: str, enums: list[str] | Non
 async def _webhook_contacts(
     sandbox: Sandbox, hook: Receiver, client: KommoClient
 ) -> dict[tuple[CrmAction, int], CrmContact]:
-    drained = await sandbox.ctl("POST", "/deliveries/drain", {"timeout": 10})
+    drained = await sandbox.ctl("POST", "/deliveries/drain", {"timeout": 30})
     assert drained["drained"] is True
     out: dict[tuple[CrmAction, int], CrmContact] = {}
     for request in hook.requests:
