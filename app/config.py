@@ -108,6 +108,15 @@ class Settings(BaseSettings):
     worker_max_jobs: int = Field(50, description="Concurrent jobs per worker process")
     worker_poll_delay: float = Field(0.05, description="Seconds between queue polls")
     worker_job_timeout: int = Field(60, description="Seconds before a job is considered dead and re-run")
+    worker_max_bulk_jobs: int = Field(
+        25,
+        ge=1,
+        description="Of a worker's job slots, how many bulk jobs (full syncs and re-derivations, activity notes, "
+        "campaign totals, reconciles) may hold at once; the rest stay free for live changes",
+    )
+    account_max_bulk_jobs: int = Field(
+        2, ge=1, description="Bulk jobs of one account running at once, across every worker process"
+    )
     worker_metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Port where `contactsync worker` serves /metrics (none: not served)"
     )

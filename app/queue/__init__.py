@@ -12,6 +12,8 @@ import redis.asyncio as aioredis
 from arq.connections import ArqRedis, RedisSettings
 
 QUEUE_NAME = "contactsync:queue"
+# Bulk jobs' ids start ``bulk:<account id>:``; the worker caps their number per account and per worker by it.
+BULK_PREFIX = "bulk:"
 
 
 def redis_settings(url: str) -> RedisSettings:

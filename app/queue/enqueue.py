@@ -17,6 +17,7 @@ import structlog
 from arq.connections import ArqRedis
 
 from app.db.states import EventSource
+from app.queue import BULK_PREFIX
 
 log = structlog.get_logger(__name__)
 
@@ -92,8 +93,17 @@ async def _after_quiet(queue: ArqRedis, account_id: int) -> bool:
     return previous is None
 
 
-async def full_sync(queue: ArqRedis, run_id: str, *, delay: float | None = None) -> None:
-    await _enqueue(queue, "full_sync", run_id, job_id=_uid(f"sync:{run_id}"), defer=delay)
+def _bulk_id(account_id: int, rest: str) -> str:
+    """A bulk job's id: the worker caps running bulk jobs per account by this prefix (app.worker.claims)."""
+    return f"{BULK_PREFIX}{account_id}:{rest}"
+
+
+async def full_sync(queue: ArqRedis, account_id: int, run_id: str, *, delay: float | None = None) -> None:
+    """A slice of the run (a full sync or a re-derivation) of ``account_id``. The job id is the slice's lease
+    owner on the run (64 characters at most): the run id's first 8 and a unique suffix."""
+    await _enqueue(
+        queue, "full_sync", run_id, job_id=_uid(_bulk_id(account_id, f"sync:{run_id[:8]}")), defer=delay
+    )
 
 
 async def tag_unsubscribes(queue: ArqRedis, account_id: int) -> None:
@@ -141,7 +151,7 @@ class WakeUps:
 
 
 async def activity_notes(queue: ArqRedis, account_id: int) -> None:
-    await _enqueue(queue, "activity_notes", account_id, job_id=_uid(f"notes:{account_id}"))
+    await _enqueue(queue, "activity_notes", account_id, job_id=_uid(_bulk_id(account_id, "notes")))
 
 
 async def signup_contacts(queue: ArqRedis, account_id: int) -> None:
@@ -150,7 +160,7 @@ async def signup_contacts(queue: ArqRedis, account_id: int) -> None:
 
 async def refresh_campaigns(queue: ArqRedis, account_id: int, *, tick: str | None = None) -> None:
     """Read the account's campaigns and their totals; with ``tick`` (the cron's), one job per tick."""
-    job_id = f"campaigns:{account_id}:{tick}" if tick else _uid(f"campaigns:{account_id}")
+    job_id = _bulk_id(account_id, f"campaigns:{tick}") if tick else _uid(_bulk_id(account_id, "campaigns"))
     await _enqueue(queue, "refresh_campaigns", account_id, job_id=job_id)
 
 
@@ -160,4 +170,4 @@ async def crm_writes(queue: ArqRedis, account_id: int) -> None:
 
 async def reconcile_two_way(queue: ArqRedis, account_id: int, *, tick: str) -> None:
     """The export reconcile of two-way fields: one job per account and cron tick."""
-    await _enqueue(queue, "reconcile_two_way", account_id, job_id=f"twoway:{account_id}:{tick}")
+    await _enqueue(queue, "reconcile_two_way", account_id, job_id=_bulk_id(account_id, f"twoway:{tick}"))

@@ -77,7 +77,7 @@ async def start_run(session: AsyncSession, queue: ArqRedis, integration: Integra
     session.add(run)
     await session.flush()
     run_id = run.id
-    after_commit(session, lambda: enqueue.full_sync(queue, run_id))
+    after_commit(session, lambda: enqueue.full_sync(queue, account_id, run_id))
     return run, True
 
 
@@ -142,7 +142,7 @@ async def run_full_sync_slice(pc: ProcessContext, run_id: str, *, owner: str | N
         # Handed over: the lease is released first, so the continuation can take the run at once.
         async with pc.db.session_scope() as session:
             await runs_repo.release_lease(session, run_id, owner)
-        await enqueue.full_sync(pc.queue, run_id)
+        await enqueue.full_sync(pc.queue, account_id, run_id)
     return status
 
 

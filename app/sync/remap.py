@@ -52,7 +52,7 @@ async def start_remap(session: AsyncSession, queue: ArqRedis, account_id: int, v
     session.add(run)
     await session.flush()
     run_id = run.id
-    after_commit(session, lambda: enqueue.full_sync(queue, run_id))
+    after_commit(session, lambda: enqueue.full_sync(queue, account_id, run_id))
     return run
 
 
@@ -84,7 +84,7 @@ async def run_remap_slice(pc: ProcessContext, run_id: str, owner: str) -> str:
     if status == RunStatus.RUNNING:
         async with pc.db.session_scope() as session:
             await runs_repo.release_lease(session, run_id, owner)
-        await enqueue.full_sync(pc.queue, run_id)
+        await enqueue.full_sync(pc.queue, account_id, run_id)
     return status
 
 

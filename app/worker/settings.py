@@ -145,6 +145,8 @@ def build_worker(
         max_burst_jobs=max_burst_jobs,
         handle_signals=handle_signals,
         max_jobs=s.worker_max_jobs,
+        max_bulk_jobs=s.worker_max_bulk_jobs,
+        account_bulk_jobs=s.account_max_bulk_jobs,
         poll_delay=s.worker_poll_delay,
         job_timeout=s.worker_job_timeout,
         keep_result=0,

@@ -298,7 +298,7 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     for account_id in due:
         await enqueue.flush_outbox(pc.queue, account_id, delay=0)
     for run in runs:
-        await enqueue.full_sync(pc.queue, run.id)
+        await enqueue.full_sync(pc.queue, run.account_id, run.id)
     for account_id in untagged:
         await enqueue.tag_unsubscribes(pc.queue, account_id)
     for account_id in noting:

@@ -4,6 +4,7 @@ and a poll's claims are in flight together (real Redis, real arq workers)."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import Counter
 from typing import Any
@@ -14,7 +15,7 @@ from arq.utils import timestamp_ms
 from arq.worker import func
 
 from app.context import ProcessContext
-from app.worker.claims import ClaimingWorker
+from app.worker.claims import ClaimingWorker, bulk_running_key
 
 
 def _worker(
@@ -178,3 +179,174 @@ async def test_a_worker_stopped_mid_claim_hands_its_claims_back(ctx: ProcessCont
         assert ran == Counter(keys)
     finally:
         await _cleanup(ctx, queue)
+
+
+# --- bulk caps -------------------------------------------------------------------------------------------
+
+
+class _Timeline:
+    """When each job ran (monotonic start and end) and how many ran at once, per account and in all."""
+
+    def __init__(self) -> None:
+        self.spans: dict[str, tuple[float, float]] = {}
+        self.running: Counter[str] = Counter()
+        self.most: Counter[str] = Counter()
+
+    def function(self, seconds: float) -> Any:
+        async def hold(job_ctx: dict[str, Any], group: str, key: str, hold_for: float | None = None) -> None:
+            start = time.monotonic()
+            self.running[group] += 1
+            self.most[group] = max(self.most[group], self.running[group])
+            try:
+                await asyncio.sleep(seconds if hold_for is None else hold_for)
+            finally:
+                self.running[group] -= 1
+                self.spans[key] = (start, time.monotonic())
+
+        return func(hold, name="hold")
+
+
+def _bulk_worker(ctx: ProcessContext, queue: str, timeline: _Timeline, seconds: float, **kwargs: Any) -> Any:
+    cls = kwargs.pop("cls", ClaimingWorker)
+    return cls(
+        functions=[timeline.function(seconds)],
+        redis_pool=ctx.queue,
+        queue_name=queue,
+        burst=True,
+        handle_signals=False,
+        poll_delay=0.01,
+        keep_result=0,
+        **kwargs,
+    )
+
+
+async def _enqueue_hold(
+    ctx: ProcessContext, queue: str, job_id: str, group: str, hold_for: float | None = None
+) -> None:
+    await ctx.queue.enqueue_job("hold", group, job_id, hold_for, _job_id=job_id, _queue_name=queue)
+
+
+async def test_an_accounts_bulk_jobs_run_at_most_its_cap_across_workers(ctx: ProcessContext) -> None:
+    """Two workers with room for everything: each account still runs two bulk jobs at a time, while the other
+    account's go on beside them and live jobs are not capped."""
+    queue = f"test-claims-{uuid.uuid4().hex[:8]}"
+    a, b = f"t{uuid.uuid4().hex[:8]}", f"t{uuid.uuid4().hex[:8]}"
+    timeline = _Timeline()
+    try:
+        for account in (a, b):
+            for i in range(6):
+                await _enqueue_hold(ctx, queue, f"bulk:{account}:{queue}:{i}", account)
+        for i in range(4):
+            await _enqueue_hold(ctx, queue, f"{queue}:live{i}", "live")
+        workers = [
+            _bulk_worker(ctx, queue, timeline, 0.3, max_jobs=20, account_bulk_jobs=2) for _ in range(2)
+        ]
+        await asyncio.wait_for(asyncio.gather(*(w.main() for w in workers)), timeout=30)
+        assert len(timeline.spans) == 16  # every job ran
+        assert timeline.most[a] == timeline.most[b] == 2  # the cap reached, never passed
+        assert timeline.most["live"] == 4  # live jobs are not capped
+        # The accounts ran side by side: b's first jobs began before a's first jobs ended.
+        assert min(timeline.spans[f"bulk:{b}:{queue}:{i}"][0] for i in range(6)) < min(
+            timeline.spans[f"bulk:{a}:{queue}:{i}"][1] for i in range(6)
+        )
+        for account in (a, b):  # each finished job gave its place back
+            assert await ctx.queue.zcard(bulk_running_key(account)) == 0
+    finally:
+        await ctx.queue.delete(queue, bulk_running_key(a), bulk_running_key(b))
+
+
+async def test_a_worker_keeps_slots_for_live_jobs_behind_bulk_ones(ctx: ProcessContext) -> None:
+    """Six accounts' bulk jobs ahead of three live jobs in the queue, a worker of five slots with two for bulk
+    work: the live jobs start at once (arq would fill all five slots with bulk jobs first)."""
+    queue = f"test-claims-{uuid.uuid4().hex[:8]}"
+    accounts = [f"t{uuid.uuid4().hex[:8]}" for _ in range(6)]
+    timeline = _Timeline()
+    try:
+        for account in accounts:
+            await _enqueue_hold(ctx, queue, f"bulk:{account}:{queue}", "bulk")
+        for i in range(3):
+            await _enqueue_hold(ctx, queue, f"{queue}:live{i}", "live")
+        worker = _bulk_worker(ctx, queue, timeline, 0.4, max_jobs=5, max_bulk_jobs=2)
+        await asyncio.wait_for(worker.main(), timeout=30)
+        assert len(timeline.spans) == 9
+        assert timeline.most["bulk"] == 2
+        bulk_starts = sorted(timeline.spans[f"bulk:{a}:{queue}"][0] for a in accounts)
+        live_starts = [timeline.spans[f"{queue}:live{i}"][0] for i in range(3)]
+        assert max(live_starts) < bulk_starts[2]  # every live job began before a third bulk job could
+    finally:
+        await ctx.queue.delete(queue, *(bulk_running_key(a) for a in accounts))
+
+
+async def test_a_killed_workers_places_lapse_and_a_running_jobs_place_is_renewed(ctx: ProcessContext) -> None:
+    """A worker killed while running an account's bulk jobs leaves their places taken until their lease lapses,
+    not for arq's in-progress time; a job that runs past the lease keeps its place by renewing it."""
+
+    class _ShortLease(ClaimingWorker):
+        bulk_lease_ms = 600
+
+    queue = f"test-claims-{uuid.uuid4().hex[:8]}"
+    account = f"t{uuid.uuid4().hex[:8]}"
+    key = bulk_running_key(account)
+    timeline = _Timeline()
+    try:
+        seconds, micros = await ctx.queue.time()
+        now_ms = seconds * 1000 + micros // 1000
+        await ctx.queue.zadd(
+            key, {"killed-worker-job": now_ms + 600}
+        )  # the cap's one place, held by the dead
+        begun = time.monotonic()
+        for i in range(2):
+            await _enqueue_hold(ctx, queue, f"bulk:{account}:{queue}:{i}", account)
+        worker = _bulk_worker(ctx, queue, timeline, 1.5, cls=_ShortLease, account_bulk_jobs=1)
+        await asyncio.wait_for(worker.main(), timeout=30)
+        first, second = sorted(timeline.spans.values())
+        assert 0.45 < first[0] - begun < 3.0  # waited for the dead job's place to lapse, and no longer
+        assert second[0] >= first[1]  # the first job kept its place for 1.5 s, two and a half leases
+        assert timeline.most[account] == 1
+        assert await ctx.queue.zcard(key) == 0
+    finally:
+        await ctx.queue.delete(queue, key)
+
+
+async def test_a_worker_refills_its_bulk_places_as_jobs_end(ctx: ProcessContext) -> None:
+    """Running jobs stay in arq's queue until they end, at its front: they must not count against the places
+    they already hold. Four places, short and long jobs: each short job's place is taken again at once."""
+    queue = f"test-claims-{uuid.uuid4().hex[:8]}"
+    accounts = [f"t{uuid.uuid4().hex[:8]}" for _ in range(12)]
+    timeline = _Timeline()
+    try:
+        for i, account in enumerate(accounts):
+            await _enqueue_hold(ctx, queue, f"bulk:{account}:{queue}", "bulk", 0.15 if i % 2 else 1.2)
+        begun = time.monotonic()
+        worker = _bulk_worker(ctx, queue, timeline, 0, max_jobs=10, max_bulk_jobs=4)
+        await asyncio.wait_for(worker.main(), timeout=30)
+        assert len(timeline.spans) == 12
+        assert timeline.most["bulk"] == 4
+        # Long jobs hold two places until 1.2 s; the other two turn over every 0.15 s, so at least four
+        # more jobs have started by 0.9 s (none would while the running ones were counted twice).
+        started_early = sum(1 for start, _ in timeline.spans.values() if start - begun < 0.9)
+        assert started_early >= 8
+    finally:
+        await ctx.queue.delete(queue, *(bulk_running_key(a) for a in accounts))
+
+
+async def test_live_jobs_behind_a_full_read_of_passed_over_bulk_jobs_still_start(ctx: ProcessContext) -> None:
+    """More due bulk jobs of a capped account than one queue read holds, live jobs behind them: the worker reads
+    on past the passed-over ones instead of leaving the live jobs unread until the front clears."""
+    queue = f"test-claims-{uuid.uuid4().hex[:8]}"
+    account = f"t{uuid.uuid4().hex[:8]}"
+    timeline = _Timeline()
+    try:
+        for i in range(15):
+            await _enqueue_hold(ctx, queue, f"bulk:{account}:{queue}:{i}", "bulk", 0.3)
+        for i in range(3):
+            await _enqueue_hold(ctx, queue, f"{queue}:live{i}", "live", 0.01)
+        begun = time.monotonic()
+        worker = _bulk_worker(ctx, queue, timeline, 0, max_jobs=5, account_bulk_jobs=1, queue_read_limit=10)
+        await asyncio.wait_for(worker.main(), timeout=30)
+        assert len(timeline.spans) == 18
+        assert timeline.most["bulk"] == 1
+        live_starts = [timeline.spans[f"{queue}:live{i}"][0] - begun for i in range(3)]
+        assert max(live_starts) < 0.3  # before the first bulk job ended, not after the 15 of them (4.5 s)
+    finally:
+        await ctx.queue.delete(queue, bulk_running_key(account))
