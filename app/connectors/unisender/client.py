@@ -6,7 +6,6 @@ import json
 import time
 from collections.abc import Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlencode
 
 import httpx
 import pydantic
@@ -24,6 +23,7 @@ from app.connectors.unisender.exceptions import (
     error_from_envelope,
     error_from_status,
 )
+from app.connectors.unisender.form import form_encode
 from app.connectors.unisender.hooks import REGISTERED_EVENT_NAMES
 from app.connectors.unisender.imports import (
     INVALID_FIELD_NAME,
@@ -102,7 +102,7 @@ class UnisenderClient(CampaignMethods):
         if self._platform:
             pairs.append(("platform", self._platform))
         pairs.extend(params or [])
-        body = urlencode(pairs).encode("ascii")
+        body = form_encode(pairs)
 
         await self._limiter.acquire(1.0)
         started = time.monotonic()
