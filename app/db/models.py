@@ -124,6 +124,9 @@ class Contact(Base):
     # "created_at", "fields": {"<custom field id>": [texts]}} (see app.sync.mapping.contact_data).
     data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     kommo_updated_at: Mapped[int] = mapped_column(BigInteger, default=0)
+    # When each writable value last changed in Kommo (app.sync.field_times): source key → version time, "*" →
+    # the first version stored. None for rows stored before it existed (the contact's version time stands).
+    field_times: Mapped[dict[str, int] | None] = mapped_column(JSON)
     deleted_at: Mapped[datetime | None]
     seen_run_id: Mapped[str | None] = mapped_column(String(36))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -365,6 +368,9 @@ class CrmWrite(Base):
     target: Mapped[str] = mapped_column(String(64))  # the platform's field name
     value: Mapped[str] = mapped_column(Text)  # the platform's text
     unisender_at: Mapped[datetime]  # when the platform's value was set (or found by an export)
+    # The CRM's value of the source when the platform's change won (app.sync.field_times.source_text): the
+    # write is dropped only if the live CRM value differs from it. None on rows from before it was kept.
+    crm_before: Mapped[str | None] = mapped_column(Text)
     state: Mapped[CrmWriteState] = mapped_column(
         state_column(CrmWriteState, 16), default=CrmWriteState.PENDING
     )

@@ -27,6 +27,7 @@ class ContactRow:
     kommo_updated_at: int
     seen_run_id: str | None
     data: dict[str, Any]  # app.sync.mapping.contact_data
+    field_times: dict[str, int]  # app.sync.field_times.stamp
     deleted_at: datetime | None = None
 
 
@@ -65,6 +66,7 @@ _CONTACT_COLUMNS: Columns = (
     ("tags", "JSON"),
     ("data", "JSON"),
     ("kommo_updated_at", "BIGINT"),
+    ("field_times", "JSON"),
     ("deleted_at", "TIMESTAMPTZ"),
     ("seen_run_id", "TEXT"),
     ("updated_at", "TIMESTAMPTZ"),
@@ -159,6 +161,13 @@ async def unseen_live_contacts(session: AsyncSession, account_id: int, run_id: s
         or_(Contact.seen_run_id.is_(None), Contact.seen_run_id != run_id),
     )
     return [int(x) for x in (await session.execute(stmt)).scalars()]
+
+
+async def field_times_of(session: AsyncSession, account_id: int, kommo_id: int) -> dict[str, int] | None:
+    """The contact's per-field change times (``app.sync.field_times``; None: not kept for this row)."""
+    stmt = select(Contact.field_times).where(Contact.account_id == account_id, Contact.kommo_id == kommo_id)
+    times: dict[str, int] | None = (await session.execute(stmt)).scalar_one_or_none()
+    return times
 
 
 async def live_owners(session: AsyncSession, account_id: int, emails: Sequence[str]) -> dict[str, Owner]:

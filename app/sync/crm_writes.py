@@ -23,7 +23,8 @@ from app.db.base import utcnow
 from app.db.locks import account_lock, xact_lock
 from app.db.models import CrmWrite
 from app.db.states import CrmWriteState
-from app.sync import crm_writes_repo, providers, reverse, service
+from app.sync import crm_writes_repo, field_times, providers, reverse, service
+from app.sync.mapping import contact_data
 from app.sync.spec import SourceKind, SourceRef
 
 log = structlog.get_logger(__name__)
@@ -64,12 +65,18 @@ def source_ref(source: str, field_type: str) -> SourceRef:
     )
 
 
-def plan_writes(rows: Sequence[CrmWrite], versions: Mapping[int, int] | None = None) -> Plan:
+def plan_writes(
+    rows: Sequence[CrmWrite],
+    versions: Mapping[int, int] | None = None,
+    live: Mapping[tuple[int, str], str] | None = None,
+) -> Plan:
     """Per contact and source the latest value (by the platform's time, then by arrival) is written, unless
     ``versions`` (the contacts' CRM version times as read live just now) says the CRM changed the contact at
     or after the platform's change, or no longer has it: then the CRM's side wins after all (the conflict
     rule of ``app.sync.two_way``, checked again against the live version: a CRM change may have been on its
-    way while the platform's was decided)."""
+    way while the platform's was decided). A contact changed since is still written when ``live`` (the live
+    value of each (contact, source), ``app.sync.field_times.source_text``) shows the source itself unchanged:
+    the value the platform's change won over (``crm_before``) is still the CRM's."""
     plan = Plan()
     latest: dict[tuple[int, str], CrmWrite] = {}
     for row in rows:
@@ -86,7 +93,10 @@ def plan_writes(rows: Sequence[CrmWrite], versions: Mapping[int, int] | None = N
         if versions is not None:
             version = versions.get(row.kommo_id)
             at = int(row.unisender_at.timestamp())
-            if version is None or version >= at:
+            held = (
+                row.crm_before is not None and (live or {}).get((row.kommo_id, row.source)) == row.crm_before
+            )
+            if version is None or (version >= at and not held):
                 why = (
                     "the CRM contact is gone"
                     if version is None
@@ -128,7 +138,12 @@ async def write_crm_fields(pc: ProcessContext, account_id: int) -> WriteResult:
                 return result
             read_at = utcnow()
             live = {c.id: c for c in await client.get_contacts(sorted({r.kommo_id for r in rows}))}
-            plan = plan_writes(rows, {cid: c.updated_at for cid, c in live.items()})
+            values = {
+                (r.kommo_id, r.source): field_times.source_text(r.source, c.name, contact_data(c))
+                for r in rows
+                if (c := live.get(r.kommo_id)) is not None
+            }
+            plan = plan_writes(rows, {cid: c.updated_at for cid, c in live.items()}, values)
             written = await _round(session, client, account_id, plan, result)
             # What the CRM's side won after all goes back: our copy took the platform's values already. A
             # contact written in this round is left to the webhook of that write, which carries all of it.

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Contact, CrmWrite, Outbox
 from app.db.states import CrmWriteState, OutboxStatus
+from app.sync import field_times
 from app.sync.mapping import payload_hash
 from app.sync.spec import SourceKind, SourceRef
 
@@ -29,6 +30,7 @@ class NewWrite:
     unisender_at: datetime
     state: CrmWriteState = CrmWriteState.PENDING
     last_error: str | None = None
+    crm_before: str | None = None  # the CRM's value of the source it won over (app.sync.field_times)
 
 
 def source_key(ref: SourceRef) -> str:
@@ -50,6 +52,7 @@ async def add_write(session: AsyncSession, account_id: int, write: NewWrite, *, 
             unisender_at=write.unisender_at,
             state=write.state,
             last_error=write.last_error,
+            crm_before=write.crm_before,
             created_at=at,
             handled_at=handled,
         )
@@ -95,15 +98,26 @@ async def record_held_value(
 
 
 async def set_contact_value(
-    session: AsyncSession, account_id: int, kommo_id: int, ref: SourceRef, text: str
+    session: AsyncSession, account_id: int, kommo_id: int, ref: SourceRef, text: str, *, changed_at: int
 ) -> None:
     """Our copy of the contact takes the value written into the CRM now, before the CRM's webhook brings it:
-    every address the contact owns derives it at once (Kommo's webhooks never carry first and last names)."""
+    every address the contact owns derives it at once (Kommo's webhooks never carry first and last names).
+    The field's change time becomes ``changed_at`` (the platform's change): the CRM's webhook for our write
+    brings the same value back, which changes nothing, so a later platform change is judged against this."""
     where = (Contact.account_id == account_id) & (Contact.kommo_id == kommo_id)
+    row = (
+        await session.execute(
+            select(Contact.data, Contact.field_times, Contact.kommo_updated_at).where(where)
+        )
+    ).one_or_none()
+    if row is None:
+        return
+    current, held_times, version = row
+    times = dict(held_times) if held_times else {field_times.BASE: int(version)}
+    times[source_key(ref)] = changed_at
     if ref.kind is SourceKind.NAME:
-        stmt = update(Contact).where(where).values(name=text)
+        stmt = update(Contact).where(where).values(name=text, field_times=times)
     else:
-        current = (await session.execute(select(Contact.data).where(where))).scalar_one_or_none()
         data = dict(current or {})
         if ref.kind is SourceKind.CUSTOM_FIELD:
             fields = dict(data.get("fields") or {})
@@ -114,7 +128,7 @@ async def set_contact_value(
             data["fields"] = fields
         else:
             data[ref.kind.value] = text
-        stmt = update(Contact).where(where).values(data=data)
+        stmt = update(Contact).where(where).values(data=data, field_times=times)
     await session.execute(stmt.execution_options(synchronize_session=False))
 
 

@@ -33,7 +33,7 @@ from app.db.models import Contact
 from app.db.session import after_commit
 from app.db.states import OutboxStatus
 from app.queue import enqueue
-from app.sync import consent_repo, contacts_repo, outbox_repo, spec_repo
+from app.sync import consent_repo, contacts_repo, field_times, outbox_repo, spec_repo
 from app.sync.contacts_repo import AddressChange, ContactRow, Owner
 from app.sync.mapping import (
     CompiledSpec,
@@ -92,7 +92,19 @@ async def apply_contacts(
         result.affected |= old_emails | new_emails
         result.changed += 1
         data = contact_data(c, old.data if old is not None else None)
-        rows.append(ContactRow(cid, c.name, sorted(new_emails), list(c.tags), c.updated_at, run_id, data))
+        if old is None:
+            times = {field_times.BASE: c.updated_at}  # a full sync's first pass: no comparison to make
+        else:
+            times = field_times.stamp(
+                old.field_times,
+                field_times.source_values(old.name, old.data),
+                field_times.source_values(c.name, data),
+                c.updated_at,
+                old.kommo_updated_at,
+            )
+        rows.append(
+            ContactRow(cid, c.name, sorted(new_emails), list(c.tags), c.updated_at, run_id, data, times)
+        )
     await contacts_repo.upsert_contacts(session, account_id, rows, now=utcnow())
     await contacts_repo.replace_addresses(session, account_id, address_changes)
     if run_id is not None:

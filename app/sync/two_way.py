@@ -8,9 +8,10 @@ the export reconcile (``two_way_sync``) the moment the export started. The rule,
    (a missing owner is logged).
 2. Echo: V is what we last pushed for F (``outbox.pushed_payload``, compared as values of F's type, so
    ``12.50`` is ``12.5``) → our own write coming back: ignored.
-3. Conflict: the later change wins; a tie goes to the CRM. The CRM's change time is its version time of the
-   owner contact (``contact.kommo_updated_at``, whole seconds, per contact and not per field), so a change in
-   the platform within the same second as the contact's last CRM version loses.
+3. Conflict: the later change wins; a tie goes to the CRM. Judged per field: the CRM's change time is the
+   version time (Kommo's ``updated_at``, whole seconds) of the version that last changed the rule's source in
+   our copy (``app.sync.field_times``), so an edit of another field of the contact in the CRM does not beat
+   the platform's change; a platform change within the same second as the source's last CRM change loses.
    - CRM wins: we record that the platform holds V (pushed_payload[F] = V) and re-derive the address, so the
      difference (the CRM's value) is pushed back to the platform.
    - Platform wins: we record that the platform holds V, write V into our copy of the contact (every address
@@ -19,9 +20,11 @@ the export reconcile (``two_way_sync``) the moment the export started. The rule,
      so nothing is pushed. When the contact already holds V, nothing is written.
    - V has no value of the source's CRM type (``app.sync.reverse``): the write is recorded failed with the
      reason, and the address is re-derived, which pushes the CRM's value back.
-Before writing, ``crm_writes`` reads the contact's live CRM version again: a CRM change at or after t_u (one
-on its way while the rule was applied) wins after all, and a write the CRM refuses fails with its reason; in
-both cases the live contact replaces our copy and the CRM's value is pushed back to the platform.
+Before writing, ``crm_writes`` reads the contact live again: when its version is at or after t_u and the
+source's live value is no longer the one the platform's change won over (``crm_write.crm_before``), a CRM
+change of that field was on its way while the rule was applied and wins after all; a write the CRM refuses
+fails with its reason. In both cases the live contact replaces our copy and the CRM's value is pushed back to
+the platform.
 
 Callers hold ``app.db.locks.account_lock`` and own the transaction.
 """
@@ -40,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.connectors.base import EspHookEvent
 from app.db.base import utcnow
 from app.db.states import CrmWriteState
-from app.sync import contacts_repo, crm_writes_repo, outbox_repo, reverse, service, spec_repo
+from app.sync import contacts_repo, crm_writes_repo, field_times, outbox_repo, reverse, service, spec_repo
 from app.sync.crm_writes_repo import NewWrite, source_key
 from app.sync.spec import Direction, FieldRule, StoredSpec
 
@@ -92,9 +95,14 @@ async def apply_change(
         return Outcome.ECHO
     if row is not None and held is not None:
         await crm_writes_repo.record_held_value(session, row.id, held, change.target, change.value)
-    if int(change.at.timestamp()) <= owner.updated_at:
+    ref = rule.sources[0]
+    key = source_key(ref)
+    crm_at = field_times.changed_at(
+        await contacts_repo.field_times_of(session, account_id, owner.kommo_id), key, owner.updated_at
+    )
+    if int(change.at.timestamp()) <= crm_at:
         await service.recompute(session, account_id, [change.email])
-        _log(account_id, change, Outcome.CRM_WINS, owner.updated_at)
+        _log(account_id, change, Outcome.CRM_WINS, crm_at)
         return Outcome.CRM_WINS
     derive = await service.derivation(session, account_id, spec)
     read = dict(derive.compiled.fields).get(change.target)
@@ -103,9 +111,15 @@ async def apply_change(
     if reverse.same(rule.target_type, current, change.value):
         await service.recompute(session, account_id, emails)
         return Outcome.ALREADY_HELD
-    ref = rule.sources[0]
     write = NewWrite(
-        owner.kommo_id, change.email, source_key(ref), ref.type, change.target, change.value, change.at
+        owner.kommo_id,
+        change.email,
+        key,
+        ref.type,
+        change.target,
+        change.value,
+        change.at,
+        crm_before=field_times.source_text(key, owner.name, owner.data),
     )
     try:
         _, text = reverse.crm_value(ref, change.value)
@@ -113,12 +127,14 @@ async def apply_change(
         failed = replace(write, state=CrmWriteState.FAILED, last_error=str(exc)[:300])
         await crm_writes_repo.add_write(session, account_id, failed, at=utcnow())
         await service.recompute(session, account_id, [change.email])
-        _log(account_id, change, Outcome.UNCONVERTIBLE, owner.updated_at)
+        _log(account_id, change, Outcome.UNCONVERTIBLE, crm_at)
         return Outcome.UNCONVERTIBLE
     await crm_writes_repo.add_write(session, account_id, write, at=utcnow())
-    await crm_writes_repo.set_contact_value(session, account_id, owner.kommo_id, ref, text)
+    await crm_writes_repo.set_contact_value(
+        session, account_id, owner.kommo_id, ref, text, changed_at=int(change.at.timestamp())
+    )
     await service.recompute(session, account_id, emails)
-    _log(account_id, change, Outcome.PLATFORM_WINS, owner.updated_at)
+    _log(account_id, change, Outcome.PLATFORM_WINS, crm_at)
     return Outcome.PLATFORM_WINS
 
 

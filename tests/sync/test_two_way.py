@@ -256,3 +256,38 @@ async def test_a_platform_change_the_hook_missed_is_found_by_the_export_reconcil
 
 async def _has(w: World, value: str) -> bool:
     return (await _kommo_state(w))[0] == value
+
+
+@pytest.mark.slow
+async def test_a_kommo_edit_of_another_field_does_not_beat_a_later_unisender_change(stack: Stack) -> None:
+    """Conflicts are judged per field. Kommo stamps the whole contact: an edit of another (unmapped) field at
+    T+20 leaves Plan's own Kommo change at T. Unisender's Plan change at T+10 (handled after the Kommo edit:
+    a late hook) is later than Plan's, so it is written into Kommo, also when the write re-reads the
+    contact live and finds its version at T+20 (the field itself still holds the value it won over)."""
+    async with running_worker(stack.settings):
+        w = await _setup(stack)
+        r = await stack.kommo.post(
+            f"/_sandbox/accounts/{w.account.subdomain}/custom_fields", json={"name": "Note", "type": "text"}
+        )
+        assert r.status_code == 201, r.text
+        note_id = int(r.json()["id"])
+        await _quiet(w)
+        t = int(time.time()) + 200_000
+        await _kommo_edit(w, "k1", t)  # Plan changed in Kommo at T
+        await _quiet(w)
+        base_patches, base_imports = await _counts(w)
+        item = {
+            "id": w.contact_id,
+            "updated_at": t + 20,
+            "custom_fields_values": [{"field_id": note_id, "values": [{"value": "called back"}]}],
+        }
+        r = await stack.kommo.patch(f"/_sandbox/accounts/{w.account.subdomain}/contacts", json=[item])
+        assert r.status_code == 200, r.text
+        await _quiet(w)
+        await _unisender_edit(w, "u1", t + 10)
+        await _quiet(w)
+        value, version = await _kommo_state(w)
+        assert (value, await _unisender_value(w)) == ("u1", "u1")
+        assert version == t + 21  # our write, stamped after the contact's version
+        patches, imports = await _counts(w)
+        assert (patches - base_patches, imports - base_imports) == (1, 0)  # one write into Kommo, no echo

@@ -74,14 +74,14 @@ async def account(session: AsyncSession) -> int:
     return account_id
 
 
-async def _version(session: AsyncSession, account: int, at: int, *, plan: str) -> None:
+async def _version(session: AsyncSession, account: int, at: int, *, plan: str, score: str = "12.5") -> None:
     """A CRM webhook's version of the contact, applied and derived."""
     contact = CrmContact(
         id=1,
         name="Ann",
         updated_at=at,
         emails=(EMAIL,),
-        fields=(CrmFieldValue(PLAN, (plan,)), CrmFieldValue(SCORE, ("12.5",))),
+        fields=(CrmFieldValue(PLAN, (plan,)), CrmFieldValue(SCORE, (score,))),
     )
     applied = await service.apply_contacts(session, account, [contact])
     await service.recompute(session, account, applied.affected)
@@ -154,6 +154,62 @@ async def test_a_later_platform_change_wins_and_its_crm_echo_pushes_nothing(
     # The CRM's webhook for our write brings "silver" back: nothing to push.
     await _version(session, account, KOMMO_AT + 5, plan="silver")
     assert (await _outbox(session, account)).status == OutboxStatus.DONE
+
+
+async def test_a_crm_edit_of_another_field_does_not_beat_a_later_platform_change(
+    session: AsyncSession, account: int
+) -> None:
+    """Conflicts are judged per field: Plan last changed in the CRM at KOMMO_AT; the contact's Score changed at
+    +10. Unisender's Plan change at +5 is later than Plan's own CRM change, so it wins."""
+    await _version(session, account, KOMMO_AT + 10, plan="gold", score="13")
+    outcome = await two_way.apply_change(session, account, _change("silver", KOMMO_AT + 5))
+    assert outcome is Outcome.PLATFORM_WINS
+    [write] = await _writes(session, account)
+    assert (write.value, write.crm_before) == ("silver", "gold")  # the CRM value it won over
+    assert (await _data(session, account))["fields"][str(PLAN)] == ["silver"]
+    # The same field changed in the CRM after the platform's change: the CRM wins that one.
+    await _version(session, account, KOMMO_AT + 20, plan="platinum", score="13")
+    assert await two_way.apply_change(session, account, _change("bronze", KOMMO_AT + 15)) is Outcome.CRM_WINS
+    # Within the same second as the field's CRM change: a tie, the CRM's.
+    assert await two_way.apply_change(session, account, _change("copper", KOMMO_AT + 20)) is Outcome.CRM_WINS
+    assert await two_way.apply_change(session, account, _change("tin", KOMMO_AT + 21)) is (
+        Outcome.PLATFORM_WINS
+    )
+
+
+async def test_a_platform_win_stamps_the_field_and_the_crm_echo_keeps_it(
+    session: AsyncSession, account: int
+) -> None:
+    """After the platform's value won at +5, a later platform change is judged against +5, even once the CRM's
+    webhook for our write (a version at +30 carrying the same value) has come back."""
+    assert (
+        await two_way.apply_change(session, account, _change("silver", KOMMO_AT + 5)) is Outcome.PLATFORM_WINS
+    )
+    await _version(session, account, KOMMO_AT + 30, plan="silver")
+    assert await _times(session, account) == {"*": KOMMO_AT, f"custom_field:{PLAN}": KOMMO_AT + 5}
+    assert (
+        await two_way.apply_change(session, account, _change("bronze", KOMMO_AT + 6)) is Outcome.PLATFORM_WINS
+    )
+
+
+async def test_a_row_without_change_times_is_judged_by_the_contact_s_version(
+    session: AsyncSession, account: int
+) -> None:
+    """Rows stored before per-field times existed: the contact's version time stands for every field."""
+    await _version(session, account, KOMMO_AT + 10, plan="gold", score="13")
+    await session.execute(text("UPDATE contact SET field_times = NULL WHERE account_id = :a"), {"a": account})
+    assert await two_way.apply_change(session, account, _change("silver", KOMMO_AT + 5)) is Outcome.CRM_WINS
+    # The contact's next version starts keeping them, from the version it replaces.
+    await _version(session, account, KOMMO_AT + 12, plan="gold", score="14")
+    assert await _times(session, account) == {"*": KOMMO_AT + 10, f"custom_field:{SCORE}": KOMMO_AT + 12}
+
+
+async def _times(session: AsyncSession, account: int) -> dict[str, int] | None:
+    stmt = select(Contact.field_times).where(Contact.account_id == account, Contact.kommo_id == 1)
+    times: dict[str, int] | None = (
+        await session.execute(stmt.execution_options(populate_existing=True))
+    ).scalar_one()
+    return times
 
 
 async def test_a_platform_value_the_contact_already_holds_is_not_written(
@@ -236,3 +292,19 @@ def test_a_write_the_crm_changed_at_or_after_is_dropped_and_goes_back() -> None:
     assert sorted(plan.stale_ids) == [1, 2, 4]
     assert "gone" in plan.stale_ids[4]
     assert plan.stale == {7: {"c7@x.io"}, 9: {"c9@x.io"}}
+
+
+def test_a_contact_changed_since_in_another_field_is_still_written() -> None:
+    """The live version is newer than the platform's change, but the source's live value is still the one the
+    platform's change won over: another field changed, and the write goes ahead."""
+    held = _row(1, 7, "custom_field:5", "silver", 10)
+    held.crm_before = "gold"
+    moved = _row(2, 8, "custom_field:5", "silver", 10)
+    moved.crm_before = "gold"
+    unknown = _row(
+        3, 9, "custom_field:5", "silver", 10
+    )  # from before crm_before was kept: judged per contact
+    live = {(7, "custom_field:5"): "gold", (8, "custom_field:5"): "platinum", (9, "custom_field:5"): "gold"}
+    plan = plan_writes([held, moved, unknown], {7: KOMMO_AT + 20, 8: KOMMO_AT + 20, 9: KOMMO_AT + 20}, live)
+    assert [(w.contact_id, w.fields) for w in plan.writes] == [(7, ((5, "silver"),))]
+    assert sorted(plan.stale_ids) == [2, 3]
