@@ -23,7 +23,7 @@ from app.db.base import utcnow
 from app.db.locks import account_lock, xact_lock
 from app.db.models import CrmWrite
 from app.db.states import CrmWriteState
-from app.sync import crm_writes_repo, field_times, providers, reverse, service
+from app.sync import contacts_repo, crm_writes_repo, field_times, providers, reverse, service
 from app.sync.mapping import contact_data
 from app.sync.spec import SourceKind, SourceRef
 
@@ -79,6 +79,12 @@ def plan_writes(
     the value the platform's change won over (``crm_before``) is still the CRM's."""
     plan = Plan()
     latest: dict[tuple[int, str], CrmWrite] = {}
+    # What the CRM held when each platform change won, per (contact, source), superseded rows included: a
+    # later change of the same field recorded our copy (the earlier platform value) as its crm_before.
+    befores: dict[tuple[int, str], set[str]] = {}
+    for row in rows:
+        if row.crm_before is not None:
+            befores.setdefault((row.kommo_id, row.source), set()).add(row.crm_before)
     for row in rows:
         pair = (row.kommo_id, row.source)
         cur = latest.get(pair)
@@ -93,9 +99,8 @@ def plan_writes(
         if versions is not None:
             version = versions.get(row.kommo_id)
             at = int(row.unisender_at.timestamp())
-            held = (
-                row.crm_before is not None and (live or {}).get((row.kommo_id, row.source)) == row.crm_before
-            )
+            pair = (row.kommo_id, row.source)
+            held = row.crm_before is not None and (live or {}).get(pair) in befores.get(pair, set())
             if version is None or (version >= at and not held):
                 why = (
                     "the CRM contact is gone"
@@ -144,6 +149,7 @@ async def write_crm_fields(pc: ProcessContext, account_id: int) -> WriteResult:
                 if (c := live.get(r.kommo_id)) is not None
             }
             plan = plan_writes(rows, {cid: c.updated_at for cid, c in live.items()}, values)
+            await _catch_up(session, account_id, plan, rows, live, read_at)
             written = await _round(session, client, account_id, plan, result)
             # What the CRM's side won after all goes back: our copy took the platform's values already. A
             # contact written in this round is left to the webhook of that write, which carries all of it.
@@ -192,6 +198,41 @@ async def _round(
         superseded=len(plan.superseded),
     )
     return written
+
+
+async def _catch_up(
+    session: AsyncSession,
+    account_id: int,
+    plan: Plan,
+    rows: Sequence[CrmWrite],
+    live: Mapping[int, CrmContact],
+    read_at: datetime,
+) -> None:
+    """Contacts about to be written whose live version is newer than our copy (a CRM edit of another field,
+    whose webhook is still on its way): that webhook carries the CRM's old values of the fields we are about
+    to write, and applied after our copy took the platform's values it would put them back for a moment
+    (pushed to the platform, then undone by our write's webhook). Our copy takes the live version now, the
+    values being written kept, so that webhook is no longer newer than what we hold."""
+    writing = {w.contact_id: w.key for w in plan.writes if w.contact_id in live}
+    held = await contacts_repo.contacts_by_ids(session, account_id, writing)
+    ahead = [live[c] for c in writing if c in held and live[c].updated_at > held[c].kommo_updated_at]
+    if not ahead:
+        return
+    await account_lock(session, account_id)
+    applied = await service.apply_contacts(session, account_id, ahead, read_at=read_at)
+    by_id = {r.id: r for r in rows}
+    emails = set(applied.affected)
+    for contact in ahead:
+        key = writing[contact.id]
+        emails |= plan.emails[key]
+        for row in (by_id[i] for i in plan.ids[key]):
+            ref = source_ref(row.source, row.field_type)
+            _, text = reverse.crm_value(ref, row.value)
+            at = int(row.unisender_at.timestamp())
+            await crm_writes_repo.set_contact_value(
+                session, account_id, row.kommo_id, ref, text, changed_at=at
+            )
+    await service.recompute(session, account_id, emails)
 
 
 async def _rederive(

@@ -113,7 +113,8 @@ async def set_contact_value(
     if row is None:
         return
     current, held_times, version = row
-    times = dict(held_times) if held_times else {field_times.BASE: int(version)}
+    valid = held_times is not None and field_times.valid(held_times, int(version))
+    times = dict(held_times) if held_times is not None and valid else field_times.first(int(version))
     times[source_key(ref)] = changed_at
     if ref.kind is SourceKind.NAME:
         stmt = update(Contact).where(where).values(name=text, field_times=times)

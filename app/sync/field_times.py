@@ -3,12 +3,17 @@
 Kommo stamps a contact's version as a whole (``updated_at``), so a contact edited in one field looks changed in
 all of them. The two-way rule (``app.sync.two_way``) judges a conflict per field instead: each applied version
 stamps the values it changed (compared with the version we held) with its own version time, in
-``contact.field_times`` (source key → Kommo version time). A value no version has changed since we first
-stored the contact is at most as old as that first version (its time is kept under ``BASE``); a row stored
-before these stamps existed has none, and its contact's version time stands for every field, as before.
+``contact.field_times`` (source key → time). A value no version has changed since we first stored the contact
+is at most as old as that first version (its time is kept under ``BASE``).
 
-Only the sources a two-way rule may write are stamped (``app.sync.spec_check``), by ``crm_write.source``'s keys
-(``app.sync.crm_writes_repo.source_key``): ``name``, ``first_name``, ``last_name``, ``custom_field:<id>``.
+The times are valid only for the version they were computed with (kept under ``AT``): a row whose version
+moved without them (written by a release that did not keep them, during a rolling upgrade) or that has none
+(stored before they existed) is judged by its contact's version time for every field, as before, until its
+next version starts them again from there. A version read live from Kommo is the truth as of the read: when
+it is older than the version we held (a forged future timestamp), no time may be later than it.
+
+Stamped are the kinds of source a two-way rule can write (``app.sync.spec_check``): the name, first and last
+name, and every custom field, by ``crm_write.source``'s keys (``app.sync.crm_writes_repo.source_key``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 BASE = "*"
+AT = "@"
 _ATTRIBUTES = ("first_name", "last_name")
 _SEP = "\x1f"  # joins a multi-value field's texts (never part of a value: the boundary cleaning removes it)
 
@@ -39,26 +45,43 @@ def source_text(key: str, name: str, data: Mapping[str, Any] | None) -> str:
     return source_values(name, data).get(key, "")
 
 
+def first(version: int) -> dict[str, int]:
+    """The times of a contact stored for the first time, at ``version``."""
+    return {BASE: version, AT: version}
+
+
+def valid(times: Mapping[str, int] | None, version: int) -> bool:
+    """Whether ``times`` were kept up to the row's ``version``."""
+    return bool(times) and times.get(AT) == version  # type: ignore[union-attr]
+
+
 def stamp(
     held: Mapping[str, int] | None,
-    before: Mapping[str, str] | None,
+    before: Mapping[str, str],
     after: Mapping[str, str],
     version: int,
     held_version: int,
 ) -> dict[str, int]:
-    """The change times after applying a version (time ``version``) whose values are ``after`` over the one we
-    held (values ``before``, times ``held``, version time ``held_version``; ``before`` None: no contact held)."""
-    if before is None:
-        return {BASE: version}
-    times = dict(held) if held else {BASE: held_version}
+    """The times after applying a version (time ``version``, values ``after``) over the row we held (values
+    ``before``, times ``held``, version time ``held_version``)."""
+    times = (
+        {k: t for k, t in held.items() if k != AT}
+        if held and valid(held, held_version)
+        else {BASE: held_version}
+    )
+    if version < held_version:
+        # The truth read live is older than what we held: nothing of ours can be later than it.
+        times = {k: min(t, version) for k, t in times.items()}
     for key in before.keys() | after.keys():
         if before.get(key, "") != after.get(key, ""):
             times[key] = version
+    times[AT] = version
     return times
 
 
 def changed_at(times: Mapping[str, int] | None, key: str, version: int) -> int:
-    """When the source ``key`` last changed in the CRM; ``version`` (the contact's) when nothing says."""
-    if not times:
+    """When the source ``key`` last changed in the CRM, for a row at ``version``; ``version`` when its times
+    say nothing (none kept, or not kept up to this version)."""
+    if not times or not valid(times, version):
         return version
     return int(times.get(key, times.get(BASE, version)))

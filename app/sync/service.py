@@ -70,7 +70,11 @@ async def apply_contacts(
     a full sync over an unchanged account only marks them seen.
     """
     latest: dict[int, CrmContact] = {}
+    every: dict[
+        int, list[CrmContact]
+    ] = {}  # each contact's versions in this call (several: a burst of edits)
     for c in contacts:
+        every.setdefault(c.id, []).append(c)
         cur = latest.get(c.id)
         if cur is None or c.updated_at >= cur.updated_at:
             latest[c.id] = c
@@ -92,16 +96,7 @@ async def apply_contacts(
         result.affected |= old_emails | new_emails
         result.changed += 1
         data = contact_data(c, old.data if old is not None else None)
-        if old is None:
-            times = {field_times.BASE: c.updated_at}  # a full sync's first pass: no comparison to make
-        else:
-            times = field_times.stamp(
-                old.field_times,
-                field_times.source_values(old.name, old.data),
-                field_times.source_values(c.name, data),
-                c.updated_at,
-                old.kommo_updated_at,
-            )
+        times = _stamped(old, c, data, every[cid] if read_at is None else [c])
         rows.append(
             ContactRow(cid, c.name, sorted(new_emails), list(c.tags), c.updated_at, run_id, data, times)
         )
@@ -113,6 +108,35 @@ async def apply_contacts(
         skipped = [cid for cid in latest if cid not in applied]
         await contacts_repo.mark_seen(session, account_id, skipped, run_id)
     return result
+
+
+def _stamped(
+    old: Contact | None, applied: CrmContact, data: dict[str, Any], versions: list[CrmContact]
+) -> dict[str, int]:
+    """The per-field change times after applying ``applied`` (its ``data``): each of this call's versions newer
+    than the row we held stamps what it changed, oldest first, so an edit undone within one burst still
+    counts as a change (``app.sync.field_times``)."""
+    if old is None and len(versions) == 1:
+        return field_times.first(applied.updated_at)  # a full sync's first pass: nothing to compare
+    steps = sorted((v for v in versions if v.updated_at <= applied.updated_at), key=lambda v: v.updated_at)
+    if old is None:
+        first_version = steps[0]
+        held_data: dict[str, Any] | None = contact_data(first_version, None)
+        times = field_times.first(first_version.updated_at)
+        before = field_times.source_values(first_version.name, held_data)
+        held_version = first_version.updated_at
+        steps = steps[1:]
+    else:
+        held_data, times = old.data, old.field_times or {}
+        before = field_times.source_values(old.name, old.data)
+        held_version = old.kommo_updated_at
+        steps = [v for v in steps if v.updated_at > held_version] or [applied]
+    for version in steps:
+        step_data = data if version is applied else contact_data(version, held_data)
+        after = field_times.source_values(version.name, step_data)
+        times = field_times.stamp(times, before, after, version.updated_at, held_version)
+        before, held_version, held_data = after, version.updated_at, step_data
+    return times
 
 
 def _replaces(old: Contact, new: CrmContact, emails: set[str], read_at: datetime | None) -> bool:

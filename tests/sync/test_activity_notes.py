@@ -91,9 +91,13 @@ async def test_activity_becomes_notes_tags_and_consent(stack: Stack) -> None:
         await _hook(stack, account, events[1:3])  # the same opens delivered again: counted once
 
         async def noted() -> bool:
-            rows = await _sql(stack, "SELECT count(*) AS n FROM email_activity WHERE state = 'pending'")
-            total = await _sql(stack, "SELECT count(*) AS n FROM email_activity")
-            return int(total[0]["n"]) == len(events) and int(rows[0]["n"]) == 0
+            # One statement: two would let the hook's rows land between them (none pending, then all there).
+            [row] = await _sql(
+                stack,
+                "SELECT count(*) AS total, count(*) FILTER (WHERE state = 'pending') AS pending"
+                " FROM email_activity",
+            )
+            return int(row["total"]) == len(events) and int(row["pending"]) == 0
 
         await wait_for(noted, within=30, what="every activity event handled")
         assert await _notes(stack, account, ann) == [

@@ -18,7 +18,7 @@ from app.db.base import utcnow
 from app.db.models import Contact, CrmWrite, Outbox
 from app.db.states import CrmWriteState, OutboxStatus
 from app.sync import outbox_repo, service, spec_repo, two_way
-from app.sync.crm_writes import plan_writes
+from app.sync.crm_writes import _catch_up, plan_writes
 from app.sync.spec import Direction, FieldRule, ListRule, SourceKind, SourceRef, StoredSpec
 from app.sync.two_way import DataChange, Outcome
 
@@ -186,7 +186,11 @@ async def test_a_platform_win_stamps_the_field_and_the_crm_echo_keeps_it(
         await two_way.apply_change(session, account, _change("silver", KOMMO_AT + 5)) is Outcome.PLATFORM_WINS
     )
     await _version(session, account, KOMMO_AT + 30, plan="silver")
-    assert await _times(session, account) == {"*": KOMMO_AT, f"custom_field:{PLAN}": KOMMO_AT + 5}
+    assert await _times(session, account) == {
+        "*": KOMMO_AT,
+        f"custom_field:{PLAN}": KOMMO_AT + 5,
+        "@": KOMMO_AT + 30,
+    }
     assert (
         await two_way.apply_change(session, account, _change("bronze", KOMMO_AT + 6)) is Outcome.PLATFORM_WINS
     )
@@ -201,7 +205,49 @@ async def test_a_row_without_change_times_is_judged_by_the_contact_s_version(
     assert await two_way.apply_change(session, account, _change("silver", KOMMO_AT + 5)) is Outcome.CRM_WINS
     # The contact's next version starts keeping them, from the version it replaces.
     await _version(session, account, KOMMO_AT + 12, plan="gold", score="14")
-    assert await _times(session, account) == {"*": KOMMO_AT + 10, f"custom_field:{SCORE}": KOMMO_AT + 12}
+    assert await _times(session, account) == {
+        "*": KOMMO_AT + 10,
+        f"custom_field:{SCORE}": KOMMO_AT + 12,
+        "@": KOMMO_AT + 12,
+    }
+
+
+async def test_times_an_older_release_did_not_keep_up_are_not_trusted(
+    session: AsyncSession, account: int
+) -> None:
+    """During a rolling upgrade a process of the previous release moves a row to a new version without
+    touching its times (here: Plan changed at +10 behind their back): judged by the contact's version."""
+    await session.execute(
+        text(
+            "UPDATE contact SET kommo_updated_at = :v,"
+            " data = jsonb_set(data::jsonb, '{fields,500}', '[\"platinum\"]')::json WHERE account_id = :a"
+        ),
+        {"a": account, "v": KOMMO_AT + 10},
+    )
+    assert await two_way.apply_change(session, account, _change("silver", KOMMO_AT + 5)) is Outcome.CRM_WINS
+
+
+async def test_an_edit_undone_within_one_burst_still_dates_the_field(
+    session: AsyncSession, account: int
+) -> None:
+    """Kommo changed Plan to "silver" at +10 and back to "gold" at +12, both versions in one call: Plan's value
+    is the one we held, but Kommo last changed it at +12, so a platform change at +11 loses."""
+    versions = [
+        CrmContact(
+            id=1,
+            name="Ann",
+            updated_at=KOMMO_AT + at,
+            emails=(EMAIL,),
+            fields=(CrmFieldValue(PLAN, (plan,)), CrmFieldValue(SCORE, ("12.5",))),
+        )
+        for at, plan in ((12, "gold"), (10, "silver"))  # in any order
+    ]
+    applied = await service.apply_contacts(session, account, versions)
+    await service.recompute(session, account, applied.affected)
+    times = await _times(session, account)
+    assert times is not None
+    assert times[f"custom_field:{PLAN}"] == KOMMO_AT + 12
+    assert await two_way.apply_change(session, account, _change("bronze", KOMMO_AT + 11)) is Outcome.CRM_WINS
 
 
 async def _times(session: AsyncSession, account: int) -> dict[str, int] | None:
@@ -294,6 +340,39 @@ def test_a_write_the_crm_changed_at_or_after_is_dropped_and_goes_back() -> None:
     assert plan.stale == {7: {"c7@x.io"}, 9: {"c9@x.io"}}
 
 
+async def test_a_write_past_a_crm_version_we_have_not_seen_takes_that_version_first(
+    session: AsyncSession, account: int
+) -> None:
+    """Plan's platform value won at +5; Kommo's contact is at +20 (Score edited) and that webhook is still on
+    its way. Before writing, our copy takes the live version with Plan's value kept: the late webhook (+20,
+    Plan still "gold") is then not newer than our copy, and never puts "gold" back or pushes it."""
+    assert (
+        await two_way.apply_change(session, account, _change("silver", KOMMO_AT + 5)) is Outcome.PLATFORM_WINS
+    )
+    rows = await _writes(session, account)
+    live = CrmContact(
+        id=1,
+        name="Ann",
+        updated_at=KOMMO_AT + 20,
+        emails=(EMAIL,),
+        fields=(CrmFieldValue(PLAN, ("gold",)), CrmFieldValue(SCORE, ("13",))),
+    )
+    values = {(1, f"custom_field:{PLAN}"): "gold"}
+    plan = plan_writes(rows, {1: KOMMO_AT + 20}, values)
+    assert [w.contact_id for w in plan.writes] == [1]
+    await _catch_up(session, account, plan, rows, {1: live}, utcnow())
+    data = await _data(session, account)
+    assert (data["fields"][str(PLAN)], data["fields"][str(SCORE)]) == (["silver"], ["13"])
+    times = await _times(session, account)
+    assert times is not None
+    assert (times[f"custom_field:{PLAN}"], times[f"custom_field:{SCORE}"]) == (KOMMO_AT + 5, KOMMO_AT + 20)
+    row = await _outbox(session, account)
+    assert (row.payload["fields"]["Plan"], row.payload["fields"]["Score"]) == ("silver", "13")
+    await _version(session, account, KOMMO_AT + 20, plan="gold", score="13")  # the late webhook
+    assert (await _data(session, account))["fields"][str(PLAN)] == ["silver"]
+    assert (await _outbox(session, account)).payload["fields"]["Plan"] == "silver"
+
+
 def test_a_contact_changed_since_in_another_field_is_still_written() -> None:
     """The live version is newer than the platform's change, but the source's live value is still the one the
     platform's change won over: another field changed, and the write goes ahead."""
@@ -308,3 +387,16 @@ def test_a_contact_changed_since_in_another_field_is_still_written() -> None:
     plan = plan_writes([held, moved, unknown], {7: KOMMO_AT + 20, 8: KOMMO_AT + 20, 9: KOMMO_AT + 20}, live)
     assert [(w.contact_id, w.fields) for w in plan.writes] == [(7, ((5, "silver"),))]
     assert sorted(plan.stale_ids) == [2, 3]
+
+
+def test_a_second_platform_change_before_the_first_was_written_still_finds_the_crm_value() -> None:
+    """Two platform changes of one field, neither written yet: the second recorded our copy (the first
+    platform value) as what it won over, while the CRM still holds the value the first one won over."""
+    first_change = _row(1, 7, "custom_field:5", "silver", 10)
+    first_change.crm_before = "gold"
+    second_change = _row(2, 7, "custom_field:5", "bronze", 12)
+    second_change.crm_before = "silver"
+    plan = plan_writes([first_change, second_change], {7: KOMMO_AT + 20}, {(7, "custom_field:5"): "gold"})
+    assert [(w.contact_id, w.fields) for w in plan.writes] == [(7, ((5, "bronze"),))]
+    assert plan.superseded == [1]
+    assert not plan.stale_ids
