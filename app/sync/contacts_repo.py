@@ -105,8 +105,12 @@ _MIRROR_TABLES = ("contact", "contact_address", "contact_email", "outbox")
 async def contacts_by_ids(session: AsyncSession, account_id: int, ids: Iterable[int]) -> dict[int, Contact]:
     out: dict[int, Contact] = {}
     for chunk in chunks(sorted(set(ids))):
-        stmt = select(Contact).from_statement(
-            text(_CONTACTS_BY_IDS).bindparams(account_id=account_id, keys=list(chunk))
+        # populate_existing: rows this session loaded before and then rewrote through SQL (upserts) are read
+        # again, not served stale from the identity map.
+        stmt = (
+            select(Contact)
+            .from_statement(text(_CONTACTS_BY_IDS).bindparams(account_id=account_id, keys=list(chunk)))
+            .execution_options(populate_existing=True)
         )
         for c in (await session.execute(stmt)).scalars():
             out[c.kommo_id] = c

@@ -79,12 +79,6 @@ def plan_writes(
     the value the platform's change won over (``crm_before``) is still the CRM's."""
     plan = Plan()
     latest: dict[tuple[int, str], CrmWrite] = {}
-    # What the CRM held when each platform change won, per (contact, source), superseded rows included: a
-    # later change of the same field recorded our copy (the earlier platform value) as its crm_before.
-    befores: dict[tuple[int, str], set[str]] = {}
-    for row in rows:
-        if row.crm_before is not None:
-            befores.setdefault((row.kommo_id, row.source), set()).add(row.crm_before)
     for row in rows:
         pair = (row.kommo_id, row.source)
         cur = latest.get(pair)
@@ -94,13 +88,14 @@ def plan_writes(
             latest[pair] = row
         else:
             plan.superseded.append(row.id)
+    befores = _crm_befores(rows)
     per_contact: dict[int, list[tuple[CrmWrite, CrmValue]]] = {}
     for row in latest.values():
         if versions is not None:
             version = versions.get(row.kommo_id)
             at = int(row.unisender_at.timestamp())
             pair = (row.kommo_id, row.source)
-            held = row.crm_before is not None and (live or {}).get(pair) in befores.get(pair, set())
+            held = (live or {}).get(pair) in befores.get(pair, set())
             if version is None or (version >= at and not held):
                 why = (
                     "the CRM contact is gone"
@@ -128,6 +123,35 @@ def plan_writes(
     return plan
 
 
+def _crm_befores(rows: Sequence[CrmWrite]) -> dict[tuple[int, str], set[str]]:
+    """Per (contact, source), the CRM values a write of its latest row may find live: the value its platform
+    change won over, and, down an unbroken chain of earlier platform changes of the field not yet written
+    (each later one won over the value the earlier one put in our copy), the value the earliest won over."""
+    chains: dict[tuple[int, str], list[CrmWrite]] = {}
+    for row in rows:
+        chains.setdefault((row.kommo_id, row.source), []).append(row)
+    out: dict[tuple[int, str], set[str]] = {}
+    for pair, chain in chains.items():
+        chain.sort(key=lambda r: (r.unisender_at, r.id), reverse=True)  # latest first
+        accepted: set[str] = set()
+        for later, earlier in zip(chain, [*chain[1:], None], strict=True):
+            if later.crm_before is None:
+                break
+            accepted.add(later.crm_before)
+            if earlier is None or later.crm_before != _stored_text(earlier):
+                break
+        out[pair] = accepted
+    return out
+
+
+def _stored_text(row: CrmWrite) -> str | None:
+    """The text our copy took for a platform change (``reverse.crm_value``), None when it has none."""
+    try:
+        return reverse.crm_value(source_ref(row.source, row.field_type), row.value)[1]
+    except (reverse.Unconvertible, ValueError):
+        return None
+
+
 async def write_crm_fields(pc: ProcessContext, account_id: int) -> WriteResult:
     """Write the account's pending values, up to ``MAX_ROUNDS`` rounds."""
     result = WriteResult()
@@ -149,7 +173,6 @@ async def write_crm_fields(pc: ProcessContext, account_id: int) -> WriteResult:
                 if (c := live.get(r.kommo_id)) is not None
             }
             plan = plan_writes(rows, {cid: c.updated_at for cid, c in live.items()}, values)
-            await _catch_up(session, account_id, plan, rows, live, read_at)
             written = await _round(session, client, account_id, plan, result)
             # What the CRM's side won after all goes back: our copy took the platform's values already. A
             # contact written in this round is left to the webhook of that write, which carries all of it.
@@ -158,6 +181,8 @@ async def write_crm_fields(pc: ProcessContext, account_id: int) -> WriteResult:
                 await _rederive(session, account_id, [live[c] for c in stale if c in live], read_at, stale)
                 result.rederived = True
                 result.refused.clear()
+            if await _catch_up(session, account_id, {c: live[c] for c in written if c in live}, read_at):
+                result.rederived = True
         if len(rows) < ROUND_ROWS:
             return result
     result.more = True
@@ -201,38 +226,36 @@ async def _round(
 
 
 async def _catch_up(
-    session: AsyncSession,
-    account_id: int,
-    plan: Plan,
-    rows: Sequence[CrmWrite],
-    live: Mapping[int, CrmContact],
-    read_at: datetime,
-) -> None:
-    """Contacts about to be written whose live version is newer than our copy (a CRM edit of another field,
-    whose webhook is still on its way): that webhook carries the CRM's old values of the fields we are about
-    to write, and applied after our copy took the platform's values it would put them back for a moment
-    (pushed to the platform, then undone by our write's webhook). Our copy takes the live version now, the
-    values being written kept, so that webhook is no longer newer than what we hold."""
-    writing = {w.contact_id: w.key for w in plan.writes if w.contact_id in live}
-    held = await contacts_repo.contacts_by_ids(session, account_id, writing)
-    ahead = [live[c] for c in writing if c in held and live[c].updated_at > held[c].kommo_updated_at]
-    if not ahead:
-        return
+    session: AsyncSession, account_id: int, written: Mapping[int, CrmContact], read_at: datetime
+) -> bool:
+    """Contacts just written whose live version (read before the write) is newer than our copy: a CRM edit of
+    another field, whose webhook is still on its way. That webhook carries the CRM's old values of the fields
+    the platform changed, and applied after our write it would put them back for a moment (pushed to the
+    platform, then undone by our write's webhook). Our copy takes the live version now, with every value the
+    platform changed and the CRM has not yet confirmed kept (this round's, and any still pending), so that
+    webhook is no longer newer than what we hold. True when addresses were re-derived (a flush may be due)."""
+    if not written:
+        return False
     await account_lock(session, account_id)
+    held = await contacts_repo.contacts_by_ids(session, account_id, written)
+    ahead = [c for cid, c in written.items() if cid in held and c.updated_at > held[cid].kommo_updated_at]
+    if not ahead:
+        return False
+    ids = [c.id for c in ahead]
+    keep = await crm_writes_repo.unconfirmed_values(session, account_id, ids, since=read_at)
     applied = await service.apply_contacts(session, account_id, ahead, read_at=read_at)
-    by_id = {r.id: r for r in rows}
     emails = set(applied.affected)
-    for contact in ahead:
-        key = writing[contact.id]
-        emails |= plan.emails[key]
-        for row in (by_id[i] for i in plan.ids[key]):
-            ref = source_ref(row.source, row.field_type)
+    for row in keep:
+        ref = source_ref(row.source, row.field_type)
+        try:
             _, text = reverse.crm_value(ref, row.value)
-            at = int(row.unisender_at.timestamp())
-            await crm_writes_repo.set_contact_value(
-                session, account_id, row.kommo_id, ref, text, changed_at=at
-            )
+        except (reverse.Unconvertible, ValueError):
+            continue
+        at = int(row.unisender_at.timestamp())
+        await crm_writes_repo.set_contact_value(session, account_id, row.kommo_id, ref, text, changed_at=at)
+        emails.add(row.email)
     await service.recompute(session, account_id, emails)
+    return True
 
 
 async def _rederive(

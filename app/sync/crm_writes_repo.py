@@ -72,6 +72,25 @@ async def pending_writes(session: AsyncSession, account_id: int, limit: int) -> 
     return list((await session.execute(stmt)).scalars())
 
 
+async def unconfirmed_values(
+    session: AsyncSession, account_id: int, kommo_ids: Sequence[int], *, since: datetime
+) -> list[CrmWrite]:
+    """Per contact and source, the latest platform value the CRM has not confirmed yet: pending, or written
+    in this transaction (handled at or after ``since``)."""
+    unconfirmed = (CrmWrite.state == CrmWriteState.PENDING) | (
+        (CrmWrite.state == CrmWriteState.DONE) & (CrmWrite.handled_at >= since)
+    )
+    stmt = (
+        select(CrmWrite)
+        .where(CrmWrite.account_id == account_id, CrmWrite.kommo_id.in_(kommo_ids), unconfirmed)
+        .order_by(CrmWrite.unisender_at, CrmWrite.id)
+    )
+    latest: dict[tuple[int, str], CrmWrite] = {}
+    for row in (await session.execute(stmt)).scalars():
+        latest[(row.kommo_id, row.source)] = row
+    return list(latest.values())
+
+
 async def accounts_with_pending_writes(session: AsyncSession) -> list[int]:
     stmt = select(CrmWrite.account_id).where(CrmWrite.state == CrmWriteState.PENDING).distinct()
     return [int(a) for a in (await session.execute(stmt)).scalars()]

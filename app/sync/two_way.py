@@ -24,8 +24,11 @@ Before writing, ``crm_writes`` reads the contact live again: when its version is
 source's live value is no longer the one the platform's change won over (``crm_write.crm_before``), a CRM
 change of that field was on its way while the rule was applied and wins after all; a write the CRM refuses
 fails with its reason. In both cases the live contact replaces our copy and the CRM's value is pushed back to
-the platform. A write that goes ahead past a CRM version we have not seen yet (an edit of another field)
-first takes that version into our copy, the written values kept, so its late webhook changes nothing.
+the platform. A write that went ahead past a CRM version we had not seen yet (an edit of another field)
+takes that version into our copy in the same transaction, every platform value the CRM has not confirmed
+yet kept, so its late webhook changes nothing. A write also goes ahead when the live value is the one an
+earlier platform change of the field (not yet written) won over, as long as each later change won over
+the value the one before it put in our copy (an unbroken chain: no CRM edit between them).
 
 Callers hold ``app.db.locks.account_lock`` and own the transaction.
 """

@@ -344,7 +344,7 @@ async def test_a_write_past_a_crm_version_we_have_not_seen_takes_that_version_fi
     session: AsyncSession, account: int
 ) -> None:
     """Plan's platform value won at +5; Kommo's contact is at +20 (Score edited) and that webhook is still on
-    its way. Before writing, our copy takes the live version with Plan's value kept: the late webhook (+20,
+    its way. With the write, our copy takes the live version with Plan's value kept: the late webhook (+20,
     Plan still "gold") is then not newer than our copy, and never puts "gold" back or pushes it."""
     assert (
         await two_way.apply_change(session, account, _change("silver", KOMMO_AT + 5)) is Outcome.PLATFORM_WINS
@@ -360,7 +360,7 @@ async def test_a_write_past_a_crm_version_we_have_not_seen_takes_that_version_fi
     values = {(1, f"custom_field:{PLAN}"): "gold"}
     plan = plan_writes(rows, {1: KOMMO_AT + 20}, values)
     assert [w.contact_id for w in plan.writes] == [1]
-    await _catch_up(session, account, plan, rows, {1: live}, utcnow())
+    assert await _catch_up(session, account, {1: live}, utcnow())  # the write itself is the CRM's part
     data = await _data(session, account)
     assert (data["fields"][str(PLAN)], data["fields"][str(SCORE)]) == (["silver"], ["13"])
     times = await _times(session, account)
@@ -400,3 +400,15 @@ def test_a_second_platform_change_before_the_first_was_written_still_finds_the_c
     assert [(w.contact_id, w.fields) for w in plan.writes] == [(7, ((5, "bronze"),))]
     assert plan.superseded == [1]
     assert not plan.stale_ids
+
+
+def test_a_crm_edit_between_two_platform_changes_breaks_the_chain() -> None:
+    """ "silver" won over "gold"; the CRM then set "platinum" (seen), "bronze" won over that; the CRM is live
+    at "gold" again, at +20, after both: a CRM edit made after the platform's change, which must win."""
+    first_change = _row(1, 7, "custom_field:5", "silver", 10)
+    first_change.crm_before = "gold"
+    second_change = _row(2, 7, "custom_field:5", "bronze", 12)
+    second_change.crm_before = "platinum"
+    plan = plan_writes([first_change, second_change], {7: KOMMO_AT + 20}, {(7, "custom_field:5"): "gold"})
+    assert plan.writes == []
+    assert sorted(plan.stale_ids) == [2]
