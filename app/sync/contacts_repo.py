@@ -105,12 +105,8 @@ _MIRROR_TABLES = ("contact", "contact_address", "contact_email", "outbox")
 async def contacts_by_ids(session: AsyncSession, account_id: int, ids: Iterable[int]) -> dict[int, Contact]:
     out: dict[int, Contact] = {}
     for chunk in chunks(sorted(set(ids))):
-        # populate_existing: rows this session loaded before and then rewrote through SQL (upserts) are read
-        # again, not served stale from the identity map.
-        stmt = (
-            select(Contact)
-            .from_statement(text(_CONTACTS_BY_IDS).bindparams(account_id=account_id, keys=list(chunk)))
-            .execution_options(populate_existing=True)
+        stmt = select(Contact).from_statement(
+            text(_CONTACTS_BY_IDS).bindparams(account_id=account_id, keys=list(chunk))
         )
         for c in (await session.execute(stmt)).scalars():
             out[c.kommo_id] = c
@@ -165,6 +161,17 @@ async def unseen_live_contacts(session: AsyncSession, account_id: int, run_id: s
         or_(Contact.seen_run_id.is_(None), Contact.seen_run_id != run_id),
     )
     return [int(x) for x in (await session.execute(stmt)).scalars()]
+
+
+async def versions_of(session: AsyncSession, account_id: int, ids: Iterable[int]) -> dict[int, int]:
+    """Each contact's Kommo version as stored now (a column read: never a stale object of this session)."""
+    out: dict[int, int] = {}
+    for chunk in chunks(sorted(set(ids))):
+        stmt = select(Contact.kommo_id, Contact.kommo_updated_at).where(
+            Contact.account_id == account_id, Contact.kommo_id.in_(chunk)
+        )
+        out.update({int(k): int(v) for k, v in (await session.execute(stmt)).all()})
+    return out
 
 
 async def field_times_of(session: AsyncSession, account_id: int, kommo_id: int) -> dict[str, int] | None:

@@ -237,8 +237,8 @@ async def _catch_up(
     if not written:
         return False
     await account_lock(session, account_id)
-    held = await contacts_repo.contacts_by_ids(session, account_id, written)
-    ahead = [c for cid, c in written.items() if cid in held and c.updated_at > held[cid].kommo_updated_at]
+    held = await contacts_repo.versions_of(session, account_id, written)  # read under the lock
+    ahead = [c for cid, c in written.items() if cid in held and c.updated_at > held[cid]]
     if not ahead:
         return False
     ids = [c.id for c in ahead]
