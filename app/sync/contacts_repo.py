@@ -163,14 +163,23 @@ async def unseen_live_contacts(session: AsyncSession, account_id: int, run_id: s
     return [int(x) for x in (await session.execute(stmt)).scalars()]
 
 
-async def versions_of(session: AsyncSession, account_id: int, ids: Iterable[int]) -> dict[int, int]:
-    """Each contact's Kommo version as stored now (a column read: never a stale object of this session)."""
-    out: dict[int, int] = {}
+@dataclass(frozen=True, slots=True)
+class Stored:
+    version: int
+    name: str
+    data: dict[str, Any]
+    deleted: bool
+
+
+async def stored_of(session: AsyncSession, account_id: int, ids: Iterable[int]) -> dict[int, Stored]:
+    """Each contact's version and values as stored now (a column read: never a stale object of this
+    session)."""
+    out: dict[int, Stored] = {}
+    cols = (Contact.kommo_id, Contact.kommo_updated_at, Contact.name, Contact.data, Contact.deleted_at)
     for chunk in chunks(sorted(set(ids))):
-        stmt = select(Contact.kommo_id, Contact.kommo_updated_at).where(
-            Contact.account_id == account_id, Contact.kommo_id.in_(chunk)
-        )
-        out.update({int(k): int(v) for k, v in (await session.execute(stmt)).all()})
+        stmt = select(*cols).where(Contact.account_id == account_id, Contact.kommo_id.in_(chunk))
+        for kid, version, name, data, deleted_at in (await session.execute(stmt)).all():
+            out[int(kid)] = Stored(int(version), str(name or ""), dict(data or {}), deleted_at is not None)
     return out
 
 

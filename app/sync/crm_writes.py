@@ -181,7 +181,10 @@ async def write_crm_fields(pc: ProcessContext, account_id: int) -> WriteResult:
                 await _rederive(session, account_id, [live[c] for c in stale if c in live], read_at, stale)
                 result.rederived = True
                 result.refused.clear()
-            if await _catch_up(session, account_id, {c: live[c] for c in written if c in live}, read_at):
+            done = [i for w in plan.writes if w.contact_id in written for i in plan.ids[w.key]]
+            if await _catch_up(
+                session, account_id, {c: live[c] for c in written if c in live}, done, read_at
+            ):
                 result.rederived = True
         if len(rows) < ROUND_ROWS:
             return result
@@ -226,31 +229,48 @@ async def _round(
 
 
 async def _catch_up(
-    session: AsyncSession, account_id: int, written: Mapping[int, CrmContact], read_at: datetime
+    session: AsyncSession,
+    account_id: int,
+    written: Mapping[int, CrmContact],
+    done: Sequence[int],
+    read_at: datetime,
 ) -> bool:
-    """Contacts just written whose live version (read before the write) is newer than our copy: a CRM edit of
-    another field, whose webhook is still on its way. That webhook carries the CRM's old values of the fields
-    the platform changed, and applied after our write it would put them back for a moment (pushed to the
-    platform, then undone by our write's webhook). Our copy takes the live version now, with every value the
-    platform changed and the CRM has not yet confirmed kept (this round's, and any still pending), so that
-    webhook is no longer newer than what we hold. True when addresses were re-derived (a flush may be due)."""
+    """Our copy of the contacts just written (``done``: the rows written), after the write.
+
+    A contact whose live version (read before the write) is newer than our copy was edited in the CRM in
+    another field, and that version's webhook is still on its way carrying the CRM's old values of the fields
+    the platform changed: applied after our write it would put them back for a moment (pushed to the platform,
+    then undone by our write's webhook). Our copy takes the live version now, so that webhook is no longer
+    newer, and the platform values the CRM's webhooks have not confirmed are put back: the ones just written,
+    and pending ones our copy still held (a CRM edit of the field since replaced the others). The same puts
+    back a written value that such a webhook, arriving during the write, already replaced. True when
+    addresses were re-derived (a flush may be due)."""
     if not written:
         return False
     await account_lock(session, account_id)
-    held = await contacts_repo.versions_of(session, account_id, written)  # read under the lock
-    ahead = [c for cid, c in written.items() if cid in held and c.updated_at > held[cid]]
-    if not ahead:
-        return False
-    ids = [c.id for c in ahead]
-    keep = await crm_writes_repo.unconfirmed_values(session, account_id, ids, since=read_at)
-    applied = await service.apply_contacts(session, account_id, ahead, read_at=read_at)
-    emails = set(applied.affected)
-    for row in keep:
-        ref = source_ref(row.source, row.field_type)
-        try:
-            _, text = reverse.crm_value(ref, row.value)
-        except (reverse.Unconvertible, ValueError):
+    stored = await contacts_repo.stored_of(session, account_id, written)  # under the lock
+    live = {cid: c for cid, c in written.items() if cid in stored and not stored[cid].deleted}
+    ahead = [c for cid, c in live.items() if c.updated_at > stored[cid].version]
+    just_written = set(done)
+    restore: list[tuple[CrmWrite, str]] = []
+    for row in await crm_writes_repo.unconfirmed_values(session, account_id, list(live), done):
+        text = _stored_text(row)
+        if text is None:
             continue
+        held = stored[row.kommo_id]
+        holds = field_times.source_text(row.source, held.name, held.data) == text
+        caught_up = any(c.id == row.kommo_id for c in ahead)
+        if (row.id in just_written and (caught_up or not holds)) or (
+            row.id not in just_written and holds and caught_up
+        ):
+            restore.append((row, text))
+    if not ahead and not restore:
+        return False
+    emails: set[str] = set()
+    if ahead:
+        emails |= (await service.apply_contacts(session, account_id, ahead, read_at=read_at)).affected
+    for row, text in restore:
+        ref = source_ref(row.source, row.field_type)
         at = int(row.unisender_at.timestamp())
         await crm_writes_repo.set_contact_value(session, account_id, row.kommo_id, ref, text, changed_at=at)
         emails.add(row.email)

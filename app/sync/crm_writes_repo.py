@@ -73,13 +73,11 @@ async def pending_writes(session: AsyncSession, account_id: int, limit: int) -> 
 
 
 async def unconfirmed_values(
-    session: AsyncSession, account_id: int, kommo_ids: Sequence[int], *, since: datetime
+    session: AsyncSession, account_id: int, kommo_ids: Sequence[int], written: Sequence[int]
 ) -> list[CrmWrite]:
-    """Per contact and source, the latest platform value the CRM has not confirmed yet: pending, or written
-    in this transaction (handled at or after ``since``)."""
-    unconfirmed = (CrmWrite.state == CrmWriteState.PENDING) | (
-        (CrmWrite.state == CrmWriteState.DONE) & (CrmWrite.handled_at >= since)
-    )
+    """Per contact and source, the latest platform value the CRM's webhooks have not confirmed yet: a pending
+    row, or one of ``written`` (rows this transaction wrote)."""
+    unconfirmed = (CrmWrite.state == CrmWriteState.PENDING) | CrmWrite.id.in_(list(written))
     stmt = (
         select(CrmWrite)
         .where(CrmWrite.account_id == account_id, CrmWrite.kommo_id.in_(kommo_ids), unconfirmed)

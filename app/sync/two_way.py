@@ -25,8 +25,9 @@ source's live value is no longer the one the platform's change won over (``crm_w
 change of that field was on its way while the rule was applied and wins after all; a write the CRM refuses
 fails with its reason. In both cases the live contact replaces our copy and the CRM's value is pushed back to
 the platform. A write that went ahead past a CRM version we had not seen yet (an edit of another field)
-takes that version into our copy in the same transaction, every platform value the CRM has not confirmed
-yet kept, so its late webhook changes nothing. A write also goes ahead when the live value is the one an
+takes that version into our copy in the same transaction, with the values just written and the pending
+platform values our copy still held kept, so its late webhook changes nothing (a written value such a webhook
+replaced while the write was in flight is put back the same way). A write also goes ahead when the live value is the one an
 earlier platform change of the field (not yet written) won over, as long as each later change won over
 the value the one before it put in our copy (an unbroken chain: no CRM edit between them).
 

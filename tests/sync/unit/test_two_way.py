@@ -360,7 +360,7 @@ async def test_a_write_past_a_crm_version_we_have_not_seen_takes_that_version_fi
     values = {(1, f"custom_field:{PLAN}"): "gold"}
     plan = plan_writes(rows, {1: KOMMO_AT + 20}, values)
     assert [w.contact_id for w in plan.writes] == [1]
-    assert await _catch_up(session, account, {1: live}, utcnow())  # the write itself is the CRM's part
+    assert await _catch_up(session, account, {1: live}, [rows[0].id], utcnow())  # after the write
     data = await _data(session, account)
     assert (data["fields"][str(PLAN)], data["fields"][str(SCORE)]) == (["silver"], ["13"])
     times = await _times(session, account)
@@ -371,6 +371,49 @@ async def test_a_write_past_a_crm_version_we_have_not_seen_takes_that_version_fi
     await _version(session, account, KOMMO_AT + 20, plan="gold", score="13")  # the late webhook
     assert (await _data(session, account))["fields"][str(PLAN)] == ["silver"]
     assert (await _outbox(session, account)).payload["fields"]["Plan"] == "silver"
+
+
+def _live(at: int, plan: str, score: str) -> CrmContact:
+    return CrmContact(
+        id=1,
+        name="Ann",
+        updated_at=KOMMO_AT + at,
+        emails=(EMAIL,),
+        fields=(CrmFieldValue(PLAN, (plan,)), CrmFieldValue(SCORE, (score,))),
+    )
+
+
+async def test_a_late_webhook_applied_during_the_write_is_undone_by_the_catch_up(
+    session: AsyncSession, account: int
+) -> None:
+    """The other field's version (+20, Plan still "gold") reached us while our write of "silver" was in
+    flight: our copy went back to "gold". After the write, the written value is put back with its time."""
+    assert (
+        await two_way.apply_change(session, account, _change("silver", KOMMO_AT + 5)) is Outcome.PLATFORM_WINS
+    )
+    [row] = await _writes(session, account)
+    await _version(session, account, KOMMO_AT + 20, plan="gold", score="13")  # the late webhook, applied
+    assert (await _data(session, account))["fields"][str(PLAN)] == ["gold"]
+    assert await _catch_up(session, account, {1: _live(20, "gold", "13")}, [row.id], utcnow())
+    assert (await _data(session, account))["fields"][str(PLAN)] == ["silver"]
+    times = await _times(session, account)
+    assert times is not None
+    assert times[f"custom_field:{PLAN}"] == KOMMO_AT + 5
+    assert (await _outbox(session, account)).payload["fields"]["Plan"] == "silver"
+
+
+async def test_a_pending_value_a_crm_edit_replaced_is_not_put_back(
+    session: AsyncSession, account: int
+) -> None:
+    """A platform value still pending, whose field the CRM changed since (to "platinum", seen): a catch-up
+    of the contact for another write keeps the CRM's value."""
+    assert (
+        await two_way.apply_change(session, account, _change("silver", KOMMO_AT + 5)) is Outcome.PLATFORM_WINS
+    )
+    await _version(session, account, KOMMO_AT + 15, plan="platinum", score="12.5")
+    assert await _catch_up(session, account, {1: _live(20, "platinum", "13")}, [], utcnow())
+    data = await _data(session, account)
+    assert (data["fields"][str(PLAN)], data["fields"][str(SCORE)]) == (["platinum"], ["13"])
 
 
 def test_a_contact_changed_since_in_another_field_is_still_written() -> None:
