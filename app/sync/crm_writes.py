@@ -249,8 +249,15 @@ async def _catch_up(
         return False
     await account_lock(session, account_id)
     stored = await contacts_repo.stored_of(session, account_id, written)  # under the lock
-    live = {cid: c for cid, c in written.items() if cid in stored and not stored[cid].deleted}
+    # A stored version later than the live one read before the write is a CRM edit made after our write: it
+    # stands (our write's own webhook is older than it and will not apply).
+    live = {
+        cid: c
+        for cid, c in written.items()
+        if cid in stored and not stored[cid].deleted and stored[cid].version <= c.updated_at
+    }
     ahead = [c for cid, c in live.items() if c.updated_at > stored[cid].version]
+    caught_up = {c.id for c in ahead}
     just_written = set(done)
     restore: list[tuple[CrmWrite, str]] = []
     for row in await crm_writes_repo.unconfirmed_values(session, account_id, list(live), done):
@@ -259,9 +266,9 @@ async def _catch_up(
             continue
         held = stored[row.kommo_id]
         holds = field_times.source_text(row.source, held.name, held.data) == text
-        caught_up = any(c.id == row.kommo_id for c in ahead)
-        if (row.id in just_written and (caught_up or not holds)) or (
-            row.id not in just_written and holds and caught_up
+        ahead_here = row.kommo_id in caught_up
+        if (row.id in just_written and (ahead_here or not holds)) or (
+            row.id not in just_written and holds and ahead_here
         ):
             restore.append((row, text))
     if not ahead and not restore:

@@ -402,6 +402,18 @@ async def test_a_late_webhook_applied_during_the_write_is_undone_by_the_catch_up
     assert (await _outbox(session, account)).payload["fields"]["Plan"] == "silver"
 
 
+async def test_a_crm_edit_made_after_our_write_stands(session: AsyncSession, account: int) -> None:
+    """Our write of "silver" went in (live before it: +20); a user then set "copper" in the CRM (+30) and that
+    webhook reached us before the catch-up: it is later than our write, and stays."""
+    assert (
+        await two_way.apply_change(session, account, _change("silver", KOMMO_AT + 5)) is Outcome.PLATFORM_WINS
+    )
+    [row] = await _writes(session, account)
+    await _version(session, account, KOMMO_AT + 30, plan="copper", score="13")
+    assert not await _catch_up(session, account, {1: _live(20, "gold", "13")}, [row.id], utcnow())
+    assert (await _data(session, account))["fields"][str(PLAN)] == ["copper"]
+
+
 async def test_a_pending_value_a_crm_edit_replaced_is_not_put_back(
     session: AsyncSession, account: int
 ) -> None:
