@@ -29,8 +29,15 @@ def _worker(
         ran[key] += 1
         await asyncio.sleep(0.001)
 
+    return _burst_worker(ctx, queue, func(record, name="record"), cls, **kwargs)
+
+
+def _burst_worker(
+    ctx: ProcessContext, queue: str, function: Any, cls: type[ClaimingWorker], **kwargs: Any
+) -> ClaimingWorker:
+    """A worker of ``cls`` running ``function``'s jobs of ``queue`` until the queue is empty."""
     return cls(
-        functions=[func(record, name="record")],
+        functions=[function],
         redis_pool=ctx.queue,
         queue_name=queue,
         burst=True,
@@ -208,16 +215,7 @@ class _Timeline:
 
 def _bulk_worker(ctx: ProcessContext, queue: str, timeline: _Timeline, seconds: float, **kwargs: Any) -> Any:
     cls = kwargs.pop("cls", ClaimingWorker)
-    return cls(
-        functions=[timeline.function(seconds)],
-        redis_pool=ctx.queue,
-        queue_name=queue,
-        burst=True,
-        handle_signals=False,
-        poll_delay=0.01,
-        keep_result=0,
-        **kwargs,
-    )
+    return _burst_worker(ctx, queue, timeline.function(seconds), cls, **kwargs)
 
 
 async def _enqueue_hold(
