@@ -18,6 +18,18 @@ from starlette.types import ASGIApp
 from app.serving import HttpLimits, uvicorn_config
 
 
+def listening_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (0: a free port), for a server to listen on.
+
+    Made with the protocol named (``IPPROTO_TCP``), as ``getaddrinfo`` names it for servers asyncio binds
+    itself: asyncio sets TCP_NODELAY on the connections it accepts only for sockets of that protocol. With
+    protocol 0 every response was written under Nagle's algorithm, and each waited out the client's delayed
+    acknowledgement: 44 ms per request on loopback instead of about 1 ms."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind((host, port))
+    return sock
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -112,8 +124,7 @@ async def serve_in_background(
     use")."""
     sockets: list[socket.socket] | None = None
     if not port:
-        listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listening.bind((host, 0))
+        listening = listening_socket(host)
         port = int(listening.getsockname()[1])
         sockets = [listening]
     config = uvicorn_config(
