@@ -52,7 +52,7 @@ def first(version: int) -> dict[str, int]:
 
 def valid(times: Mapping[str, int] | None, version: int) -> bool:
     """Whether ``times`` were kept up to the row's ``version``."""
-    return bool(times) and times.get(AT) == version  # type: ignore[union-attr]
+    return times is not None and times.get(AT) == version
 
 
 def stamp(
