@@ -4,7 +4,8 @@ batch of contact patches per round, paced by the account's CRM budget (the clien
 
 A value the CRM refuses (a deleted contact, an option it does not have) is failed with the reason and never
 retried; the contact is re-read live so that our copy, which took the value already, holds the CRM's again
-and the address is re-derived: the CRM's value goes back to the platform. Any other error leaves the rows
+and the address is re-derived: the CRM's value goes back to the platform (not for a field the platform owns,
+a ``to_kommo`` rule's, which is never pushed: there the two sides differ until the platform's next change). Any other error leaves the rows
 pending for the job's retry (writing a value twice is harmless).
 """
 
@@ -23,9 +24,18 @@ from app.db.base import utcnow
 from app.db.locks import account_lock, xact_lock
 from app.db.models import CrmWrite
 from app.db.states import CrmWriteState
-from app.sync import contacts_repo, crm_writes_repo, field_times, providers, reverse, service
+from app.sync import (
+    contacts_repo,
+    crm_writes_repo,
+    field_times,
+    providers,
+    reverse,
+    service,
+    spec_repo,
+    two_way,
+)
 from app.sync.mapping import contact_data
-from app.sync.spec import SourceKind, SourceRef
+from app.sync.spec import Direction, SourceKind, SourceRef
 
 log = structlog.get_logger(__name__)
 
@@ -69,6 +79,7 @@ def plan_writes(
     rows: Sequence[CrmWrite],
     versions: Mapping[int, int] | None = None,
     live: Mapping[tuple[int, str], str] | None = None,
+    owned: frozenset[str] = frozenset(),
 ) -> Plan:
     """Per contact and source the latest value (by the platform's time, then by arrival) is written, unless
     ``versions`` (the contacts' CRM version times as read live just now) says the CRM changed the contact at
@@ -76,7 +87,9 @@ def plan_writes(
     rule of ``app.sync.two_way``, checked again against the live version: a CRM change may have been on its
     way while the platform's was decided). A contact changed since is still written when ``live`` (the live
     value of each (contact, source), ``app.sync.field_times.source_text``) shows the source itself unchanged:
-    the value the platform's change won over (``crm_before``) is still the CRM's."""
+    the value the platform's change won over (``crm_before``) is still the CRM's. Changes of a target in
+    ``owned`` (a ``to_kommo`` rule's: the platform owns the field) are written whatever the CRM's version,
+    unless the contact is gone."""
     plan = Plan()
     latest: dict[tuple[int, str], CrmWrite] = {}
     for row in rows:
@@ -95,7 +108,7 @@ def plan_writes(
             version = versions.get(row.kommo_id)
             at = int(row.unisender_at.timestamp())
             pair = (row.kommo_id, row.source)
-            held = (live or {}).get(pair) in befores.get(pair, set())
+            held = row.target in owned or (live or {}).get(pair) in befores.get(pair, set())
             if version is None or (version >= at and not held):
                 why = (
                     "the CRM contact is gone"
@@ -172,7 +185,12 @@ async def write_crm_fields(pc: ProcessContext, account_id: int) -> WriteResult:
                 for r in rows
                 if (c := live.get(r.kommo_id)) is not None
             }
-            plan = plan_writes(rows, {cid: c.updated_at for cid, c in live.items()}, values)
+            plan = plan_writes(
+                rows,
+                {cid: c.updated_at for cid, c in live.items()},
+                values,
+                await _owned(session, account_id),
+            )
             written = await _round(session, client, account_id, plan, result)
             # What the CRM's side won after all goes back: our copy took the platform's values already. A
             # contact written in this round is left to the webhook of that write, which carries all of it.
@@ -190,6 +208,16 @@ async def write_crm_fields(pc: ProcessContext, account_id: int) -> WriteResult:
             return result
     result.more = True
     return result
+
+
+async def _owned(session: AsyncSession, account_id: int) -> frozenset[str]:
+    """The targets of the spec's ``to_kommo`` rules (the spec in force now: a rule turned to ``both`` since
+    its change was queued is judged as ``both``). By target, not source: one Kommo field may feed a
+    ``to_kommo`` target and a ``both`` one."""
+    _, spec = await spec_repo.current_spec(session, account_id)
+    return frozenset(
+        t for t, rule in two_way.back_rules(spec).items() if rule.direction is Direction.TO_KOMMO
+    )
 
 
 async def _round(

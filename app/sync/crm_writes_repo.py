@@ -1,6 +1,7 @@
 """SQL of two-way fields: ``crm_write`` (values to write into the CRM), and the two places a value that came
-back from the email platform is recorded: what the platform holds (``outbox.pushed_payload``) and, when the
-platform's value won, our copy of the CRM contact (``contact``)."""
+back from the email platform is recorded: what the platform holds (``outbox.pushed_payload``, or for the
+fields it owns ``outbox.platform_values``) and, when the platform's value won, our copy of the CRM contact
+(``contact``)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from app.db.models import Contact, CrmWrite, Outbox
 from app.db.states import CrmWriteState, OutboxStatus
 from app.sync import field_times
 from app.sync.mapping import payload_hash
-from app.sync.spec import SourceKind, SourceRef
+from app.sync.outbox_repo import HeldRow
+from app.sync.spec import PHONE_TARGET, SourceKind, SourceRef
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,18 +102,42 @@ async def has_pending_writes(session: AsyncSession, account_id: int) -> bool:
 
 
 async def record_held_value(
-    session: AsyncSession, outbox_id: int, held: dict[str, Any], target: str, value: str
+    session: AsyncSession, row: HeldRow, target: str, value: str, *, owned: bool = False
 ) -> None:
     """The platform now holds ``value`` in ``target`` for this address (its own change): a desire equal to
-    what it holds sends nothing, so neither our echo nor the CRM's echo of our write is pushed back."""
-    fields = {**(held.get("fields") or {}), target: value}
-    payload = {**held, "fields": fields}
+    what it holds sends nothing, so neither our echo nor the CRM's echo of our write is pushed back. A target
+    we push is recorded in the push record (``pushed_payload``, when there is one); a target the platform
+    ``owned`` (a ``to_kommo`` rule's) in ``platform_values``, which no push replaces. Either way the other
+    place loses the target, so the one that holds it is the latest (``app.sync.mapping.held_value``)."""
+    pushed = _held(row.pushed_payload)
+    kept = dict(row.platform_values or {})
+    if owned:
+        kept[target] = value
+    else:
+        kept.pop(target, None)
+    values: dict[str, Any] = {"platform_values": kept or None}
+    if pushed is not None:
+        fields = dict(pushed.get("fields") or {})
+        payload = {**pushed, "fields": fields}
+        if target == PHONE_TARGET:  # the phone's own slot (``desired``'s ``phone``)
+            payload["phone"] = "" if owned else value
+        elif owned:
+            fields.pop(target, None)
+        else:
+            fields[target] = value
+        values.update(pushed_payload=payload, pushed_hash=payload_hash(payload))
+    elif not owned:
+        return  # nothing pushed yet: no record to correct
     await session.execute(
         update(Outbox)
-        .where(Outbox.id == outbox_id)
-        .values(pushed_payload=payload, pushed_hash=payload_hash(payload))
+        .where(Outbox.id == row.id)
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
+
+
+def _held(pushed: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if not pushed or pushed.get("delete") else pushed
 
 
 async def set_contact_value(
@@ -166,18 +192,19 @@ async def finish(
 async def pushed_before(
     session: AsyncSession, account_id: int, emails: Sequence[str], before: datetime
 ) -> dict[str, dict[str, Any]]:
-    """Per address, the user fields the platform accepted from us last, when that was before ``before`` (a
-    push accepted later may postdate what an export taken at ``before`` shows) and was not a deletion."""
+    """Per address, the user fields the platform accepted from us last and those it owns as we recorded them
+    (``platform_values``; a push record's own entry is the later), when that push was before ``before`` (a push
+    accepted later may postdate what an export taken at ``before`` shows) and was not a deletion."""
     out: dict[str, dict[str, Any]] = {}
     for start in range(0, len(emails), 1000):
-        stmt = select(Outbox.email, Outbox.pushed_payload).where(
+        stmt = select(Outbox.email, Outbox.pushed_payload, Outbox.platform_values).where(
             Outbox.account_id == account_id,
             Outbox.email.in_(list(emails[start : start + 1000])),
             Outbox.pushed_at < before,
         )
-        for email, payload in (await session.execute(stmt)).all():
+        for email, payload, kept in (await session.execute(stmt)).all():
             if payload and not payload.get("delete"):
-                out[str(email)] = dict(payload.get("fields") or {})
+                out[str(email)] = {**(kept or {}), **(payload.get("fields") or {})}
     return out
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from app.connectors.base import CrmContact
-from app.sync.spec import PHONE_TARGET, FieldRule, SourceKind, SourceRef, StoredSpec
+from app.sync.spec import PHONE_TARGET, Direction, FieldRule, SourceKind, SourceRef, StoredSpec
 
 # Deliberately simple and strict: one @, a dot in the domain, no spaces or control characters. The email
 # platform has the final word (its per-row rejections are recorded), this only filters obvious garbage.
@@ -183,13 +183,21 @@ class CompiledSpec:
     fields: tuple[tuple[str, Reader], ...]
     phone: Reader | None
     lists: tuple[tuple[int, bool, frozenset[str]], ...]  # list id, everyone, the tags (case-folded)
+    # Targets of ``to_kommo`` rules: the platform owns them, so they are never pushed (no ``fields`` entry, so
+    # no import column: a CRM edit leaves the platform's value alone); their readers only tell whether the CRM
+    # holds a platform value already (``reader``).
+    owned: tuple[str, ...] = ()
+    owned_readers: tuple[tuple[str, Reader], ...] = ()
 
     @classmethod
     def of(cls, spec: StoredSpec, *, base_list_id: int | None, users: Mapping[int, str]) -> CompiledSpec:
         fields: list[tuple[str, Reader]] = []
         phone: Reader | None = None
+        owned: list[tuple[str, Reader]] = []
         for rule in spec.fields:
-            if rule.target_type == PHONE_TARGET:
+            if rule.direction is Direction.TO_KOMMO:
+                owned.append((rule.target, _rule_reader(rule, users)))
+            elif rule.target_type == PHONE_TARGET:
                 phone = _rule_reader(rule, users)
             else:
                 fields.append((rule.target, _rule_reader(rule, users)))
@@ -198,7 +206,11 @@ class CompiledSpec:
             list_id = base_list_id if lrule.base else lrule.list_id
             if list_id is not None:
                 lists.append((list_id, lrule.all, frozenset(t.casefold() for t in lrule.tags())))
-        return cls(tuple(fields), phone, tuple(lists))
+        return cls(tuple(fields), phone, tuple(lists), tuple(t for t, _ in owned), tuple(owned))
+
+    def reader(self, target: str) -> Reader | None:
+        """The reader of the rule targeting ``target``, pushed or owned by the platform (not the phone's)."""
+        return dict(self.fields).get(target) or dict(self.owned_readers).get(target)
 
     def lists_for(self, tags: Sequence[str]) -> tuple[list[int], list[int]]:
         have = {t.casefold() for t in tags}
@@ -248,6 +260,37 @@ def desired(
     equal to ``owner.emails[0]``, or no ``email`` given) carries it; the others would be refused."""
     compiled = CompiledSpec.of(spec, base_list_id=base_list_id, users=users)
     return compiled.desired(owner, email=email, unsubscribed_lists=unsubscribed_lists)
+
+
+def held_state(
+    pushed: Mapping[str, Any] | None, platform_values: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """What the platform holds of an address per our records: our last accepted push (``outbox.pushed_payload``)
+    with, under ``kept``, what the platform holds of the fields it owns (``outbox.platform_values``: the targets
+    of ``to_kommo`` rules, which no push carries). None when nothing was pushed."""
+    if pushed is None:
+        return None
+    if not platform_values or pushed.get("delete"):
+        return dict(pushed)
+    return {**pushed, "kept": dict(platform_values)}
+
+
+def held_value(held: Mapping[str, Any] | None, target: str) -> str | None:
+    """What the platform holds in ``target`` per ``held`` (``held_state``), or None when it says nothing. The
+    push record's own slot (``fields[target]``; for the phone, ``phone``) comes first: a target is there only
+    when a push carried it or a change of a field we push recorded it, each time removing it from ``kept``
+    (``record_held_value``), so whichever holds it is the latest."""
+    if not held or held.get("delete"):
+        return None
+    if target == PHONE_TARGET:
+        if held.get("phone"):
+            return str(held["phone"])
+    else:
+        fields = held.get("fields") or {}
+        if target in fields:
+            return str(fields[target])
+    kept = held.get("kept") or {}
+    return str(kept[target]) if target in kept else None
 
 
 def keep_phone(wanted: dict[str, Any], held: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -303,7 +346,10 @@ def difference(held: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> Dif
     held = held or {"delete": True}
     if wanted.get("delete"):
         return Difference({}, [], [], delete=not held.get("delete"))
-    held_fields = {} if held.get("delete") else dict(held.get("fields") or {})
+    # What the platform holds of a field it owned until now (``kept``) counts as held too: a rule turned from
+    # ``to_kommo`` to pushing sends the CRM's value where it differs (an empty one clears the field). The push
+    # record's own entry, where there is one, is the later (``held_value``).
+    held_fields = {} if held.get("delete") else {**(held.get("kept") or {}), **(held.get("fields") or {})}
     wanted_fields = wanted.get("fields") or {}
     fields = {
         name: (str(held_fields.get(name, "")), str(value))

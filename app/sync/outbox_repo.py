@@ -70,7 +70,7 @@ _ADD = unnest_insert("outbox", _COLUMNS, "ON CONFLICT (account_id, email) DO NOT
 _LOCK = lateral(
     "CAST(:keys AS TEXT[])",
     "email",
-    "SELECT id, email, status, payload_hash, pushed_hash, pushed_payload FROM outbox"
+    "SELECT id, email, status, payload_hash, pushed_hash, pushed_payload, platform_values FROM outbox"
     " WHERE account_id = :account_id AND email = q.email",
     lock=True,
 )
@@ -86,6 +86,7 @@ class HeldRow:
     payload_hash: str
     pushed_hash: str | None
     pushed_payload: dict[str, Any] | None
+    platform_values: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +112,17 @@ async def lock_outbox(session: AsyncSession, account_id: int, emails: Sequence[s
                 payload_hash=String,
                 pushed_hash=String,
                 pushed_payload=JSON,
+                platform_values=JSON,
             )
         )
         for row in (await session.execute(stmt)).all():
             out[row.email] = HeldRow(
-                int(row.id), OutboxStatus(row.status), row.payload_hash, row.pushed_hash, row.pushed_payload
+                int(row.id),
+                OutboxStatus(row.status),
+                row.payload_hash,
+                row.pushed_hash,
+                row.pushed_payload,
+                row.platform_values,
             )
     return out
 

@@ -40,10 +40,11 @@ from app.sync.mapping import (
     already_held,
     contact_data,
     contact_emails,
+    held_state,
     keep_phone,
     payload_hash,
 )
-from app.sync.spec import SourceKind, StoredSpec
+from app.sync.spec import PHONE_TARGET, SourceKind, StoredSpec
 
 
 @dataclass
@@ -207,6 +208,8 @@ class Derivation:
     ) -> dict[str, Any]:
         view = owner.view() if owner is not None else None
         wanted = self.compiled.desired(view, email=email, unsubscribed_lists=unsubscribed_lists)
+        if PHONE_TARGET in self.compiled.owned:  # a phone the platform owns is never sent, not even kept
+            return wanted
         return keep_phone(wanted, held)
 
 
@@ -258,7 +261,7 @@ async def recompute(
             result.suppressed += 1
             continue
         owner = owners.get(email)
-        held = row.pushed_payload if row else None
+        held = held_state(row.pushed_payload, row.platform_values) if row else None
         payload = derive.payload(email, owner, per_list.get(email, frozenset()), held)
         h = payload_hash(payload)
         if row is None:
@@ -269,7 +272,7 @@ async def recompute(
                 result.queued += 1
                 result.differs += 1
             continue
-        if already_held(payload, row.pushed_hash, row.pushed_payload, owned=owner is not None):
+        if already_held(payload, row.pushed_hash, held, owned=owner is not None):
             # Unisender already holds this state (or never held the address): drop any queued change.
             if row.status == OutboxStatus.PENDING:
                 settled.append(outbox_repo.Requeue(row.id, payload, h))
@@ -318,7 +321,7 @@ async def push_addresses(
         else:
             # An address no live contact holds is still added: with empty fields, in the lists for everyone.
             owner = owners.get(email) or Owner(0, "", 0, [], {}, [])
-            held = row.pushed_payload if row is not None else None
+            held = held_state(row.pushed_payload, row.platform_values) if row is not None else None
             payload = derive.payload(email, owner, per_list.get(email, frozenset()), held)
         if row is None:
             fresh.append(outbox_repo.NewRow(email, payload, payload_hash(payload)))

@@ -6,22 +6,26 @@ the export reconcile (``two_way_sync``) the moment the export started. The rule,
 
 1. No rule of direction ``to_kommo``/``both`` targets F, or no live contact holds the address → ignored
    (a missing owner is logged).
-2. Echo: V is what we last pushed for F (``outbox.pushed_payload``, compared as values of F's type, so
-   ``12.50`` is ``12.5``) → our own write coming back: ignored.
-3. Conflict: the later change wins; a tie goes to the CRM. Judged per field: the CRM's change time is the
-   version time (Kommo's ``updated_at``, whole seconds) of the version that last changed the rule's source in
-   our copy (``app.sync.field_times``), so an edit of another field of the contact in the CRM does not beat
-   the platform's change; a platform change within the same second as the source's last CRM change loses.
-   - CRM wins: we record that the platform holds V (pushed_payload[F] = V) and re-derive the address, so the
-     difference (the CRM's value) is pushed back to the platform.
-   - Platform wins: we record that the platform holds V, write V into our copy of the contact (every address
-     it owns derives V at once) and queue a CRM write of V into the rule's source (``crm_write``, written by
-     ``crm_writes``). The CRM's webhook for that write brings V back: it derives what the platform holds,
-     so nothing is pushed. When the contact already holds V, nothing is written.
+2. Echo: V is what the platform holds of F per our records (what we last pushed, ``outbox.pushed_payload``;
+   for a field the platform owns, what it last told us, ``outbox.platform_values``; compared as values of
+   F's type, so ``12.50`` is ``12.5``) → our own write coming back, or a change told twice: ignored.
+   Otherwise we record that the platform holds V.
+3. A ``both`` rule's conflict: the later change wins; a tie goes to the CRM. Judged per field: the CRM's
+   change time is the version time (Kommo's ``updated_at``, whole seconds) of the version that last changed
+   the rule's source in our copy (``app.sync.field_times``), so an edit of another field of the contact in
+   the CRM does not beat the platform's change; a platform change within the same second as the source's
+   last CRM change loses. A ``to_kommo`` rule's field belongs to the platform: the CRM's edits of it are
+   never pushed (``CompiledSpec.owned``), so there is no conflict to judge and the platform always wins.
+   - CRM wins: the address is re-derived, so the difference (the CRM's value) is pushed back to the platform.
+   - Platform wins: we write V into our copy of the contact (every address it owns derives V at once) and
+     queue a CRM write of V into the rule's source (``crm_write``, written by ``crm_writes``). The CRM's
+     webhook for that write brings V back: it derives what the platform holds, so nothing is pushed. When
+     the contact already holds V, nothing is written.
    - V has no value of the source's CRM type (``app.sync.reverse``): the write is recorded failed with the
-     reason, and the address is re-derived, which pushes the CRM's value back.
-Before writing, ``crm_writes`` reads the contact live again: when its version is at or after t_u and the
-source's live value is no longer the one the platform's change won over (``crm_write.crm_before``), a CRM
+     reason, and the address is re-derived, which pushes the CRM's value back (for a field the platform
+     owns nothing is pushed: the two sides differ until the platform's next change).
+Before writing, ``crm_writes`` reads the contact live again: for a ``both`` rule, when its version is at or
+after t_u and the source's live value is no longer the one the platform's change won over (``crm_write.crm_before``), a CRM
 change of that field was on its way while the rule was applied and wins after all; a write the CRM refuses
 fails with its reason. In both cases the live contact replaces our copy and the CRM's value is pushed back to
 the platform. A write that went ahead past a CRM version we had not seen yet (an edit of another field)
@@ -40,7 +44,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -50,6 +53,7 @@ from app.db.base import utcnow
 from app.db.states import CrmWriteState
 from app.sync import contacts_repo, crm_writes_repo, field_times, outbox_repo, reverse, service, spec_repo
 from app.sync.crm_writes_repo import NewWrite, source_key
+from app.sync.mapping import held_state, held_value
 from app.sync.spec import Direction, FieldRule, StoredSpec
 
 log = structlog.get_logger(__name__)
@@ -94,23 +98,29 @@ async def apply_change(
         log.info("two_way.no_owner", account_id=account_id, target=change.target)
         return Outcome.NO_OWNER
     row = (await outbox_repo.lock_outbox(session, account_id, [change.email])).get(change.email)
-    held = _held(row.pushed_payload if row is not None else None)
-    pushed = str((held or {}).get("fields", {}).get(change.target, ""))
+    owned = rule.direction is Direction.TO_KOMMO
+    held = held_state(row.pushed_payload, row.platform_values) if row is not None else None
+    if held is None and owned and row is not None:
+        held = {
+            "fields": {},
+            "kept": row.platform_values or {},
+        }  # nothing pushed yet, the platform's own known
+    pushed = held_value(held, change.target) or ""
     if reverse.same(rule.target_type, pushed, change.value):
         return Outcome.ECHO
-    if row is not None and held is not None:
-        await crm_writes_repo.record_held_value(session, row.id, held, change.target, change.value)
+    if row is not None:
+        await crm_writes_repo.record_held_value(session, row, change.target, change.value, owned=owned)
     ref = rule.sources[0]
     key = source_key(ref)
     crm_at = field_times.changed_at(
         await contacts_repo.field_times_of(session, account_id, owner.kommo_id), key, owner.updated_at
     )
-    if int(change.at.timestamp()) <= crm_at:
+    if not owned and int(change.at.timestamp()) <= crm_at:
         await service.recompute(session, account_id, [change.email])
         _log(account_id, change, Outcome.CRM_WINS, crm_at)
         return Outcome.CRM_WINS
     derive = await service.derivation(session, account_id, spec)
-    read = dict(derive.compiled.fields).get(change.target)
+    read = derive.compiled.reader(change.target)
     current = read(owner.view()) if read is not None else ""
     emails = [change.email, *owner.emails]
     if reverse.same(rule.target_type, current, change.value):
@@ -156,13 +166,6 @@ async def on_hook_event(
         await apply_change(session, account_id, DataChange(item.email, target, value, when), spec)
         for target, value in values.items()
     ]
-
-
-def _held(pushed: dict[str, Any] | None) -> dict[str, Any] | None:
-    """What the platform holds per our last accepted push (None: nothing, or a deletion)."""
-    if not pushed or pushed.get("delete"):
-        return None
-    return pushed
 
 
 def _log(account_id: int, change: DataChange, outcome: Outcome, kommo_at: int) -> None:

@@ -39,7 +39,7 @@ def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"unisender_extra_hook_events": "contact_data_change"})
 
 
-async def _setup(stack: Stack) -> World:
+async def _setup(stack: Stack, direction: str = "both") -> World:
     account = await connect_account(stack)
     r = await stack.kommo.post(
         f"/_sandbox/accounts/{account.subdomain}/custom_fields", json={"name": "Plan", "type": "text"}
@@ -49,7 +49,7 @@ async def _setup(stack: Stack) -> World:
     spec = {
         "fields": [
             {"source": "name", "target": "Name"},
-            {"source": f"custom_field:{field_id}", "target": "Plan", "direction": "both"},
+            {"source": f"custom_field:{field_id}", "target": "Plan", "direction": direction},
         ],
         "lists": [{"list_id": account.list_id, "all": True}],
         "create_missing": True,
@@ -291,3 +291,32 @@ async def test_a_kommo_edit_of_another_field_does_not_beat_a_later_unisender_cha
         assert version == t + 21  # our write, stamped after the contact's version
         patches, imports = await _counts(w)
         assert (patches - base_patches, imports - base_imports) == (1, 0)  # one write into Kommo, no echo
+
+
+@pytest.mark.slow
+async def test_a_to_kommo_field_belongs_to_unisender(stack: Stack) -> None:
+    """``to_kommo``: Kommo's value of the field never goes to Unisender (not at the first push, not after an
+    edit); Unisender's changes go to Kommo whatever Kommo's time, with no echo either way; a change the hook
+    missed is found by the export reconcile, once."""
+    async with running_worker(stack.settings) as pc:
+        w = await _setup(stack, direction="to_kommo")
+        await _quiet(w)
+        assert ((await _kommo_state(w))[0], await _unisender_value(w)) == ("p0", "")
+        base_patches, base_imports = await _counts(w)
+        t = int(time.time()) + 200_000
+        await _kommo_edit(w, "k1", t)
+        await _quiet(w)
+        assert await _unisender_value(w) == ""  # Kommo's edit stays in Kommo
+        await _unisender_edit(w, "u1", t - 100)  # older than Kommo's edit of the field: wins all the same
+        await _quiet(w)
+        assert ((await _kommo_state(w))[0], await _unisender_value(w)) == ("u1", "u1")
+        patches, imports = await _counts(w)
+        assert (patches - base_patches, imports - base_imports) == (1, 0)  # one write into Kommo, no echo
+
+        await _unisender_edit(w, "u2", t - 50, notify=False)
+        assert await tasks.reconcile_two_way({"process": pc}, w.account.account_id) == 1
+        await wait_for(lambda: _has(w, "u2"), within=30, what="the value written into Kommo")
+        await _quiet(w)
+        patches, imports = await _counts(w)
+        assert (patches - base_patches, imports - base_imports) == (2, 0)
+        assert await tasks.reconcile_two_way({"process": pc}, w.account.account_id) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.connectors.base import CrmContact, CrmFieldValue
+from app.sync.contacts_repo import Owner
 from app.sync.mapping import (
     CompiledSpec,
     ContactView,
@@ -13,11 +14,14 @@ from app.sync.mapping import (
     contact_emails,
     desired,
     difference,
+    held_state,
+    held_value,
     keep_phone,
     normalize_email,
     payload_hash,
 )
-from app.sync.spec import FieldRule, ListRule, SourceKind, SourceRef, StoredSpec, default_spec
+from app.sync.service import Derivation
+from app.sync.spec import Direction, FieldRule, ListRule, SourceKind, SourceRef, StoredSpec, default_spec
 
 
 @pytest.mark.parametrize(
@@ -283,3 +287,66 @@ def test_the_hash_is_the_one_stored_before_the_faster_encoder() -> None:
     key = {"f": {"Name": "Мария Ивановна", "Plan": "Pro"}, "p": "+79261232323", "l": [3, 10], "u": [7]}
     blob = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert payload_hash(payload) == hashlib.sha256(blob.encode()).hexdigest()
+
+
+def test_a_field_the_platform_owns_is_never_pushed() -> None:
+    """A ``to_kommo`` rule: the CRM's value of the field is not part of the desired state (no import column, so
+    a CRM edit leaves the platform's value alone), whatever the platform holds of it."""
+    owned = _cf(1, "text", "City").model_copy(update={"direction": Direction.TO_KOMMO})
+    compiled = CompiledSpec.of(
+        StoredSpec(fields=[_std(SourceKind.NAME, "Name"), owned]), base_list_id=10, users={}
+    )
+    assert compiled.owned == ("City",)
+    assert compiled.reader("City") is not None  # to tell whether the CRM holds a platform value already
+    wanted = compiled.desired(VIEW)
+    assert wanted["fields"] == {"Name": "Ivan Petrov"}  # the CRM's "Moscow" is not sent
+    pushed = {**wanted, "fields": {"Name": "Ivan Petrov"}}
+    held = held_state(pushed, {"City": "Paris"})
+    assert held is not None
+    assert held_value(held, "City") == "Paris"
+    assert difference(held, wanted).empty  # nothing to push
+    assert already_held(wanted, payload_hash(pushed), held, owned=True)
+
+
+def test_what_the_platform_holds_is_the_latest_record_of_each_field() -> None:
+    pushed = {"delete": False, "fields": {"Name": "A", "City": "Rome"}, "phone": "+1", "lists": [1]}
+    held = held_state(pushed, {"City": "Paris", "Plan": "gold", "phone": "+2"})
+    assert held is not None
+    # The push record's own entry is the later one (a change of a pushed field removes it from the other place).
+    assert (held_value(held, "City"), held_value(held, "Plan"), held_value(held, "phone")) == (
+        "Rome",
+        "gold",
+        "+1",
+    )
+    assert held_value({**held, "phone": ""}, "phone") == "+2"
+    assert held_value(held, "Nothing") is None
+    assert held_state(None, {"City": "Paris"}) is None  # nothing pushed
+    assert held_value(held_state({"delete": True}, {"City": "Paris"}), "City") is None
+    assert held_state(pushed, None) == pushed
+
+
+def test_a_rule_that_stops_being_owned_pushes_the_crm_value_only_where_it_differs() -> None:
+    pushing = CompiledSpec.of(
+        StoredSpec(fields=[_std(SourceKind.NAME, "Name"), _cf(1, "text", "City")]), base_list_id=10, users={}
+    ).desired(VIEW)
+    pushed = {**pushing, "fields": {"Name": "Ivan Petrov"}}  # City never pushed: the platform owned it
+    assert difference(held_state(pushed, {"City": "Paris"}), pushing).fields == {"City": ("Paris", "Moscow")}
+    assert difference(held_state(pushed, {"City": "Moscow"}), pushing).empty
+    cleared = {**pushing, "fields": {"Name": "Ivan Petrov", "City": ""}}  # an empty CRM value clears it
+    assert difference(held_state(pushed, {"City": "Paris"}), cleared).fields == {"City": ("Paris", "")}
+
+
+def test_a_phone_the_platform_owns_is_neither_sent_nor_kept_from_before() -> None:
+    owned = _cf(9, "multitext", "phone", "phone").model_copy(update={"direction": Direction.TO_KOMMO})
+    compiled = CompiledSpec.of(StoredSpec(fields=[owned]), base_list_id=None, users={})
+    assert (compiled.phone, compiled.owned) == (None, ("phone",))
+    assert compiled.desired(VIEW)["phone"] == ""  # an empty phone cell: the platform's phone stays
+    # A phone the contact lost is otherwise kept from the push record (``keep_phone``) and sent again: not one
+    # the platform owns.
+    owner = Owner(7, VIEW.name, 1, list(VIEW.tags), dict(VIEW.data), ["a@x.io"])
+    held = {"delete": False, "fields": {}, "phone": "+15550100", "lists": []}
+    assert Derivation(None, {}, compiled).payload("a@x.io", owner, frozenset(), held)["phone"] == ""
+    mine = CompiledSpec.of(
+        StoredSpec(fields=[_cf(99, "text", "phone", "phone")]), base_list_id=None, users={}
+    )
+    assert Derivation(None, {}, mine).payload("a@x.io", owner, frozenset(), held)["phone"] == "+15550100"

@@ -467,3 +467,95 @@ def test_a_crm_edit_between_two_platform_changes_breaks_the_chain() -> None:
     plan = plan_writes([first_change, second_change], {7: KOMMO_AT + 20}, {(7, "custom_field:5"): "gold"})
     assert plan.writes == []
     assert sorted(plan.stale_ids) == [2]
+
+
+def _owned_spec() -> StoredSpec:
+    """SPEC with Plan turned ``to_kommo``: the platform owns it."""
+    plan = SPEC.fields[0].model_copy(update={"direction": Direction.TO_KOMMO})
+    return SPEC.model_copy(update={"fields": [plan, *SPEC.fields[1:]]})
+
+
+async def test_a_field_the_platform_owns_is_never_pushed_and_its_change_always_wins(
+    session: AsyncSession, account: int
+) -> None:
+    """``to_kommo``: a CRM edit of Plan is not pushed; a platform change older than that edit still wins
+    (no conflict to judge), is recorded in ``platform_values`` and comes back as an echo; the CRM's webhook
+    for our write pushes nothing."""
+    await spec_repo.store_spec(session, account, _owned_spec())
+    await _version(session, account, KOMMO_AT + 10, plan="bronze")
+    assert (await _outbox(session, account)).status == OutboxStatus.DONE  # the CRM's "bronze" stays there
+    assert (
+        await two_way.apply_change(session, account, _change("silver", KOMMO_AT + 5)) is Outcome.PLATFORM_WINS
+    )
+    [write] = await _writes(session, account)
+    assert (write.value, write.state) == ("silver", CrmWriteState.PENDING)
+    row = await _outbox(session, account)
+    assert row.pushed_payload is not None
+    assert row.platform_values == {"Plan": "silver"}
+    assert "Plan" not in row.pushed_payload["fields"]  # one record of it: the latest
+    assert row.status == OutboxStatus.DONE
+    assert await two_way.apply_change(session, account, _change("silver", KOMMO_AT + 60)) is Outcome.ECHO
+    await _version(session, account, KOMMO_AT + 20, plan="silver")  # the CRM's webhook for our write
+    assert (await _outbox(session, account)).status == OutboxStatus.DONE
+    # A platform value the CRM holds already is not written again.
+    await _version(session, account, KOMMO_AT + 80, plan="copper")
+    assert (
+        await two_way.apply_change(session, account, _change("copper", KOMMO_AT + 75)) is Outcome.ALREADY_HELD
+    )
+    assert len(await _writes(session, account)) == 1
+
+
+async def test_the_platform_s_value_of_an_owned_field_outlives_a_push_queued_before_it(
+    session: AsyncSession, account: int
+) -> None:
+    """A push of the address (Score edited in the CRM) is pending when the platform changes its own Plan: once
+    that push is accepted, the record still says the platform holds its value, so a later change back to the
+    old value is a change, not an echo."""
+    await spec_repo.store_spec(session, account, _owned_spec())
+    await _version(session, account, KOMMO_AT + 10, plan="gold", score="14")
+    row = await _outbox(session, account)
+    assert row.status == OutboxStatus.PENDING
+    assert (
+        await two_way.apply_change(session, account, _change("silver", KOMMO_AT + 20))
+        is Outcome.PLATFORM_WINS
+    )
+    await outbox_repo.mark_pushed(session, [row.id], utcnow())  # the queued push is accepted
+    row = await _outbox(session, account)
+    assert row.status == OutboxStatus.DONE
+    assert row.platform_values == {"Plan": "silver"}
+    assert await two_way.apply_change(session, account, _change("silver", KOMMO_AT + 30)) is Outcome.ECHO
+    assert (
+        await two_way.apply_change(session, account, _change("gold", KOMMO_AT + 40)) is Outcome.PLATFORM_WINS
+    )
+    assert [w.value for w in await _writes(session, account)] == ["silver", "gold"]
+
+
+async def test_a_rule_turned_back_to_both_is_recorded_in_the_push_record_again(
+    session: AsyncSession, account: int
+) -> None:
+    await spec_repo.store_spec(session, account, _owned_spec())
+    assert (
+        await two_way.apply_change(session, account, _change("silver", KOMMO_AT + 5)) is Outcome.PLATFORM_WINS
+    )
+    await spec_repo.store_spec(session, account, SPEC)
+    assert (
+        await two_way.apply_change(session, account, _change("bronze", KOMMO_AT + 9)) is Outcome.PLATFORM_WINS
+    )
+    row = await _outbox(session, account)
+    assert row.pushed_payload is not None
+    assert (row.platform_values, row.pushed_payload["fields"]["Plan"]) == (None, "bronze")
+
+
+def test_a_write_of_a_field_the_platform_owns_is_not_dropped_for_a_crm_change() -> None:
+    """The CRM changed the contact, and this very field, after the platform's change: for a ``both`` field
+    the CRM wins; for an owned one the platform's value is written all the same (unless the contact is gone).
+    Owned is by target: the same source may feed a ``both`` target too."""
+    row = _row(1, 7, "custom_field:5", "silver", 10)
+    row.crm_before = "gold"
+    gone = _row(2, 9, "custom_field:5", "silver", 10)
+    live = {(7, "custom_field:5"): "platinum"}
+    assert plan_writes([row, gone], {7: KOMMO_AT + 20}, live).writes == []
+    assert plan_writes([row, gone], {7: KOMMO_AT + 20}, live, frozenset({"Other"})).writes == []
+    plan = plan_writes([row, gone], {7: KOMMO_AT + 20}, live, frozenset({"T"}))
+    assert [(w.contact_id, w.fields) for w in plan.writes] == [(7, ((5, "silver"),))]
+    assert sorted(plan.stale_ids) == [2]
