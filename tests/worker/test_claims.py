@@ -350,3 +350,60 @@ async def test_live_jobs_behind_a_full_read_of_passed_over_bulk_jobs_still_start
         assert max(live_starts) < 0.3  # before the first bulk job ended, not after the 15 of them (4.5 s)
     finally:
         await ctx.queue.delete(queue, bulk_running_key(account))
+
+
+async def test_live_and_bulk_workers_each_run_only_their_kind(ctx: ProcessContext) -> None:
+    """A ``live`` worker passes bulk jobs over (alone, it leaves them queued); a ``bulk`` worker runs nothing
+    else, in all of its slots; together they run every job once."""
+    queue = f"test-claims-{uuid.uuid4().hex[:8]}"
+    accounts = [f"t{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    ran_by: dict[str, str] = {}
+
+    def worker(role: str) -> ClaimingWorker:
+        async def hold(job_ctx: dict[str, Any], group: str, key: str, hold_for: float | None = None) -> None:
+            ran_by[key] = role
+            await asyncio.sleep(0.05)
+
+        return _burst_worker(
+            ctx, queue, func(hold, name="hold"), ClaimingWorker, max_jobs=4, max_bulk_jobs=1, role=role
+        )
+
+    try:
+        bulk_ids = [f"bulk:{a}:{queue}:{i}" for a in accounts for i in range(2)]
+        live_ids = [f"{queue}:live{i}" for i in range(5)]
+        for job_id in bulk_ids:
+            await _enqueue_hold(ctx, queue, job_id, "bulk")
+        for job_id in live_ids:
+            await _enqueue_hold(ctx, queue, job_id, "live")
+        with pytest.raises(TimeoutError):  # a burst worker ends with the queue empty: here it never is
+            await asyncio.wait_for(worker("live").main(), timeout=1.0)
+        assert ran_by == dict.fromkeys(live_ids, "live")
+        assert await ctx.queue.zcard(queue) == len(bulk_ids)
+
+        for job_id in live_ids:
+            await _enqueue_hold(ctx, queue, f"{job_id}:again", "live")
+        bulk = worker("bulk")
+        assert bulk.max_bulk_jobs == 4  # all of its slots
+        await asyncio.wait_for(asyncio.gather(bulk.main(), worker("live").main()), timeout=30)
+        assert {k: v for k, v in ran_by.items() if k.startswith("bulk:")} == dict.fromkeys(bulk_ids, "bulk")
+        assert all(v == "live" for k, v in ran_by.items() if not k.startswith("bulk:"))
+        assert len(ran_by) == len(bulk_ids) + 2 * len(live_ids)
+        with pytest.raises(ValueError, match="role"):
+            worker("bulky")
+    finally:
+        await ctx.queue.delete(queue, *(bulk_running_key(a) for a in accounts))
+
+
+async def test_the_worker_takes_its_role_from_the_settings_or_the_command_line(ctx: ProcessContext) -> None:
+    from dataclasses import replace
+
+    from app.cli import build_parser
+    from app.worker.settings import build_worker
+
+    assert build_parser().parse_args(["worker", "--role", "bulk"]).role == "bulk"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["worker", "--role", "bulky"])
+    assert getattr(build_worker(ctx), "role", None) == "all"
+    bulk = build_worker(replace(ctx, settings=ctx.settings.model_copy(update={"worker_role": "bulk"})))
+    assert isinstance(bulk, ClaimingWorker)
+    assert (bulk.role, bulk.max_bulk_jobs) == ("bulk", bulk.max_jobs)
