@@ -117,11 +117,6 @@ class Settings(BaseSettings):
     account_max_bulk_jobs: int = Field(
         2, ge=1, description="Bulk jobs of one account running at once, across every worker process"
     )
-    worker_role: Literal["all", "live", "bulk"] = Field(
-        "all",
-        description="Which jobs a worker process runs: all; live (every job but bulk jobs); bulk (bulk jobs "
-        "only, in all of its slots). Deployments that split them need at least one worker of each kind",
-    )
     worker_metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Port where `contactsync worker` serves /metrics (none: not served)"
     )

@@ -22,10 +22,6 @@ of accounts syncing at once takes the slots live changes need:
   arq's in-progress time.
 
 A bulk job over either cap stays queued, due, and is claimed at a later poll once a slot frees.
-
-A worker may also run one kind only (``role``): ``live`` workers pass bulk jobs over, ``bulk`` workers run
-nothing else (in all of their slots). With processes of each kind, a big account's sync never takes the CPU
-of the processes that apply live changes; the queue stays one, so a deployment may switch at any time.
 """
 
 from __future__ import annotations
@@ -45,8 +41,6 @@ from app.queue import BULK_PREFIX
 # of it, so two renewals may fail before an entry lapses).
 BULK_LEASE_MS = 15_000
 _MAX_READS = 8  # queue reads per poll at most (arq's first and up to seven more, each queue_read_limit ids)
-ROLE_ALL, ROLE_LIVE, ROLE_BULK = "all", "live", "bulk"
-ROLES = (ROLE_ALL, ROLE_LIVE, ROLE_BULK)
 
 
 def bulk_account(job_id: str) -> str | None:
@@ -108,21 +102,11 @@ class ClaimingWorker(Worker):
     bulk_lease_ms = BULK_LEASE_MS
 
     def __init__(
-        self,
-        *args: Any,
-        max_bulk_jobs: int | None = None,
-        account_bulk_jobs: int = 2,
-        role: str = ROLE_ALL,
-        **kwargs: Any,
+        self, *args: Any, max_bulk_jobs: int | None = None, account_bulk_jobs: int = 2, **kwargs: Any
     ) -> None:
         super().__init__(*args, **kwargs)
-        if role not in ROLES:
-            raise ValueError(f"worker role must be one of {', '.join(ROLES)}, not {role!r}")
-        self.role = role
         self.max_bulk_jobs = (
-            self.max_jobs
-            if max_bulk_jobs is None or role == ROLE_BULK
-            else max(1, min(max_bulk_jobs, self.max_jobs))
+            self.max_jobs if max_bulk_jobs is None else max(1, min(max_bulk_jobs, self.max_jobs))
         )
         self.account_bulk_jobs = max(1, account_bulk_jobs)
         # The bulk jobs this worker runs: job id → (account, its member in the account's set). A member is
@@ -160,10 +144,8 @@ class ClaimingWorker(Worker):
 
     async def _start_some(self, ids: list[str]) -> None:
         """Claim what can start of ``ids`` (oldest first): live jobs first, then bulk jobs within the caps."""
-        live = [j for j in ids if j not in self.tasks and bulk_account(j) is None and self.role != ROLE_BULK]
-        bulk = [
-            j for j in ids if j not in self.tasks and bulk_account(j) is not None and self.role != ROLE_LIVE
-        ]
+        live = [j for j in ids if j not in self.tasks and bulk_account(j) is None]
+        bulk = [j for j in ids if j not in self.tasks and bulk_account(j) is not None]
         failure = await self._claim_in_rounds(live, bulk=False)
         if failure is None and bulk:
             failure = await self._claim_in_rounds(bulk, bulk=True)

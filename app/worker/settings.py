@@ -147,7 +147,6 @@ def build_worker(
         max_jobs=s.worker_max_jobs,
         max_bulk_jobs=s.worker_max_bulk_jobs,
         account_bulk_jobs=s.account_max_bulk_jobs,
-        role=s.worker_role,
         poll_delay=s.worker_poll_delay,
         job_timeout=s.worker_job_timeout,
         keep_result=0,
@@ -163,7 +162,7 @@ async def run_worker_forever(settings: Settings, *, stop: asyncio.Event | None =
     pc = await build_context(settings, pre_ping=False)
     await check_schema_current(pc.db.engine, settings.require_database_url())
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
-    log.info("worker.started", worker_id=worker_id, role=settings.worker_role)
+    log.info("worker.started", worker_id=worker_id)
     stop = stop or asyncio.Event()
     losses = 0
     try:
