@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db.models import Contact, CrmWrite, Outbox
 from app.db.states import CrmWriteState, OutboxStatus
 from app.sync import field_times
-from app.sync.mapping import payload_hash
+from app.sync.mapping import held_state, payload_hash, platform_entry
 from app.sync.outbox_repo import HeldRow
 from app.sync.spec import PHONE_TARGET, SourceKind, SourceRef
 
@@ -102,17 +102,18 @@ async def has_pending_writes(session: AsyncSession, account_id: int) -> bool:
 
 
 async def record_held_value(
-    session: AsyncSession, row: HeldRow, target: str, value: str, *, owned: bool = False
+    session: AsyncSession, row: HeldRow, target: str, value: str, *, owned: bool = False, at: int = 0
 ) -> None:
     """The platform now holds ``value`` in ``target`` for this address (its own change): a desire equal to
     what it holds sends nothing, so neither our echo nor the CRM's echo of our write is pushed back. A target
     we push is recorded in the push record (``pushed_payload``, when there is one); a target the platform
     ``owned`` (a ``to_kommo`` rule's) in ``platform_values``, which no push replaces. Either way the other
-    place loses the target, so the one that holds it is the latest (``app.sync.mapping.held_value``)."""
+    place loses the target, so the one that holds it is the latest (``app.sync.mapping.held_value``). ``at``:
+    when the platform set it (epoch seconds), so that an older report of an owned field is told apart."""
     pushed = _held(row.pushed_payload)
     kept = dict(row.platform_values or {})
     if owned:
-        kept[target] = value
+        kept[target] = platform_entry(value, at)
     else:
         kept.pop(target, None)
     values: dict[str, Any] = {"platform_values": kept or None}
@@ -203,8 +204,12 @@ async def pushed_before(
             Outbox.pushed_at < before,
         )
         for email, payload, kept in (await session.execute(stmt)).all():
-            if payload and not payload.get("delete"):
-                out[str(email)] = {**(kept or {}), **(payload.get("fields") or {})}
+            held = held_state(payload, kept)
+            if held and not held.get("delete"):
+                values = {**(held.get("kept") or {}), **(held.get("fields") or {})}
+                if held.get("phone"):  # the phone's own slot (a ``both`` rule's phone lives there)
+                    values[PHONE_TARGET] = held["phone"]
+                out[str(email)] = values
     return out
 
 

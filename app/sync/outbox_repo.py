@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import JSON, BigInteger, String, Table, bindparam, func, select, text, update
+from sqlalchemy import JSON, BigInteger, String, Table, bindparam, func, literal_column, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
 from app.db.models import Outbox
 from app.db.sql import Columns, chunks, execute_many, insert_unnest, json_dumps, lateral, unnest_insert
 from app.db.states import OutboxStatus
+from app.sync.mapping import held_state
 
 # The statuses an operator watches (the account views count them).
 WATCHED: tuple[OutboxStatus, ...] = (OutboxStatus.PENDING, OutboxStatus.REJECTED, OutboxStatus.DEAD)
@@ -228,7 +229,8 @@ async def claim_due(session: AsyncSession, account_id: int, limit: int) -> list[
 
 
 async def mark_pushed(session: AsyncSession, ids: Sequence[int], at: datetime) -> None:
-    """The email platform accepted these rows as queued: what it holds is now their payload."""
+    """The email platform accepted these rows as queued: what it holds is now their payload (a deletion also
+    ends what it held of the fields it owns)."""
     table = cast(Table, Outbox.__table__)
     for chunk in chunks(list(ids)):
         await session.execute(
@@ -239,12 +241,35 @@ async def mark_pushed(session: AsyncSession, ids: Sequence[int], at: datetime) -
                 bulk=False,
                 pushed_hash=table.c.payload_hash,
                 pushed_payload=table.c.payload,
+                platform_values=_AFTER_PUSH,
                 pushed_at=at,
                 last_error=None,
                 reject_code=None,
                 updated_at=at,
             )
         )
+
+
+_AFTER_PUSH = literal_column(
+    "CASE WHEN (payload::jsonb ->> 'delete') = 'true' THEN NULL ELSE platform_values END", JSON
+)
+_SET_PLATFORM_VALUES = (
+    "UPDATE outbox o SET platform_values = CAST(u.platform_values AS JSON)"
+    " FROM unnest(CAST(:ids AS BIGINT[]), CAST(:platform_values AS TEXT[])) AS u(id, platform_values)"
+    " WHERE o.id = u.id"
+)
+
+
+async def set_platform_values(
+    session: AsyncSession, rows: Sequence[tuple[int, dict[str, Any] | None]]
+) -> None:
+    """Write ``platform_values`` of these rows (id, value; None clears it)."""
+    for chunk in chunks(list(rows)):
+        params = {
+            "ids": [row_id for row_id, _ in chunk],
+            "platform_values": [None if v is None else json_dumps(v) for _, v in chunk],
+        }
+        await session.execute(text(_SET_PLATFORM_VALUES), params)
 
 
 async def update_outbox_rows(session: AsyncSession, changes: Sequence[RowChange]) -> None:
@@ -298,12 +323,13 @@ async def outbox_counts(
 async def pushed_state(
     session: AsyncSession, account_id: int, emails: Sequence[str]
 ) -> dict[str, tuple[str | None, dict[str, Any] | None]]:
-    """Per address with an outbox row, what the platform last accepted: (hash, payload)."""
+    """Per address with an outbox row, what the platform last accepted: (hash, payload), the payload with what
+    the platform holds of the fields it owns (``app.sync.mapping.held_state``)."""
     out: dict[str, tuple[str | None, dict[str, Any] | None]] = {}
     for chunk in chunks(list(emails)):
-        stmt = select(Outbox.email, Outbox.pushed_hash, Outbox.pushed_payload).where(
+        stmt = select(Outbox.email, Outbox.pushed_hash, Outbox.pushed_payload, Outbox.platform_values).where(
             Outbox.account_id == account_id, Outbox.email.in_(chunk)
         )
-        for email, h, payload in (await session.execute(stmt)).all():
-            out[str(email)] = (h, payload)
+        for email, h, payload, values in (await session.execute(stmt)).all():
+            out[str(email)] = (h, held_state(payload, values))
     return out

@@ -17,7 +17,7 @@ Callers hold ``app.db.locks.account_lock`` for the account and own the transacti
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -43,6 +43,7 @@ from app.sync.mapping import (
     held_state,
     keep_phone,
     payload_hash,
+    platform_record,
 )
 from app.sync.spec import PHONE_TARGET, SourceKind, StoredSpec
 
@@ -248,6 +249,7 @@ async def recompute(
             session, account_id, {e: (owners[e].kommo_id if e in owners else None) for e in email_list}
         )
     rows = await outbox_repo.lock_outbox(session, account_id, email_list)
+    helds = await _held_states(session, rows, derive.compiled.owned)
     now = utcnow()
     fresh: list[outbox_repo.NewRow] = []
     requeued: list[outbox_repo.Requeue] = []
@@ -261,7 +263,7 @@ async def recompute(
             result.suppressed += 1
             continue
         owner = owners.get(email)
-        held = held_state(row.pushed_payload, row.platform_values) if row else None
+        held = helds.get(email)
         payload = derive.payload(email, owner, per_list.get(email, frozenset()), held)
         h = payload_hash(payload)
         if row is None:
@@ -291,6 +293,26 @@ async def recompute(
     return result
 
 
+async def _held_states(
+    session: AsyncSession, rows: Mapping[str, outbox_repo.HeldRow], owned: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Per address with a push record, what the platform holds (``held_state``), its ``platform_values``
+    first brought up to the spec in force (``platform_record``; changed ones written back)."""
+    out: dict[str, dict[str, Any]] = {}
+    changed: list[tuple[int, dict[str, Any] | None]] = []
+    for email, row in rows.items():
+        values = row.platform_values
+        if owned or values:
+            values = platform_record(row.pushed_payload, row.platform_values, owned)
+            if values != row.platform_values:
+                changed.append((row.id, values))
+        held = held_state(row.pushed_payload, values)
+        if held is not None:
+            out[email] = held
+    await outbox_repo.set_platform_values(session, changed)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class PushResult:
     queued: list[str]  # normalised addresses given a pending desire
@@ -312,6 +334,7 @@ async def push_addresses(
     per_list = await consent_repo.list_unsubscribes(session, account_id, wanted)
     derive = await derivation(session, account_id)
     rows = await outbox_repo.lock_outbox(session, account_id, wanted)
+    helds = await _held_states(session, rows, derive.compiled.owned)
     fresh: list[outbox_repo.NewRow] = []
     requeued: list[outbox_repo.Requeue] = []
     for email in wanted:
@@ -321,8 +344,7 @@ async def push_addresses(
         else:
             # An address no live contact holds is still added: with empty fields, in the lists for everyone.
             owner = owners.get(email) or Owner(0, "", 0, [], {}, [])
-            held = held_state(row.pushed_payload, row.platform_values) if row is not None else None
-            payload = derive.payload(email, owner, per_list.get(email, frozenset()), held)
+            payload = derive.payload(email, owner, per_list.get(email, frozenset()), helds.get(email))
         if row is None:
             fresh.append(outbox_repo.NewRow(email, payload, payload_hash(payload)))
         else:

@@ -15,7 +15,9 @@ the export reconcile (``two_way_sync``) the moment the export started. The rule,
    the rule's source in our copy (``app.sync.field_times``), so an edit of another field of the contact in
    the CRM does not beat the platform's change; a platform change within the same second as the source's
    last CRM change loses. A ``to_kommo`` rule's field belongs to the platform: the CRM's edits of it are
-   never pushed (``CompiledSpec.owned``), so there is no conflict to judge and the platform always wins.
+   never pushed (``CompiledSpec.owned``), so there is no conflict to judge and the platform always wins,
+   unless its change is older than the one we hold (``Outcome.STALE``: a late hook, or an export taken
+   before a hook we applied).
    - CRM wins: the address is re-derived, so the difference (the CRM's value) is pushed back to the platform.
    - Platform wins: we write V into our copy of the contact (every address it owns derives V at once) and
      queue a CRM write of V into the rule's source (``crm_write``, written by ``crm_writes``). The CRM's
@@ -54,6 +56,7 @@ from app.db.states import CrmWriteState
 from app.sync import contacts_repo, crm_writes_repo, field_times, outbox_repo, reverse, service, spec_repo
 from app.sync.crm_writes_repo import NewWrite, source_key
 from app.sync.mapping import held_state, held_value
+from app.sync.outbox_repo import HeldRow
 from app.sync.spec import Direction, FieldRule, StoredSpec
 
 log = structlog.get_logger(__name__)
@@ -69,6 +72,7 @@ class Outcome(StrEnum):
     PLATFORM_WINS = "platform_wins"  # a CRM write queued
     ALREADY_HELD = "already_held"  # the platform won, and the contact held the value already
     UNCONVERTIBLE = "unconvertible"
+    STALE = "stale"  # a platform-owned field reported older than what the platform last told us
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,21 +105,25 @@ async def apply_change(
     owned = rule.direction is Direction.TO_KOMMO
     held = held_state(row.pushed_payload, row.platform_values) if row is not None else None
     if held is None and owned and row is not None:
-        held = {
-            "fields": {},
-            "kept": row.platform_values or {},
-        }  # nothing pushed yet, the platform's own known
+        held = held_state(
+            {"fields": {}}, row.platform_values
+        )  # nothing pushed yet: what it told us of its own
     pushed = held_value(held, change.target) or ""
     if reverse.same(rule.target_type, pushed, change.value):
         return Outcome.ECHO
+    at = int(change.at.timestamp())
+    if owned and at < _told_at(row, change.target):
+        # An older report than the one we hold (a late hook, or an export taken before a hook we applied).
+        _log(account_id, change, Outcome.STALE, 0)
+        return Outcome.STALE
     if row is not None:
-        await crm_writes_repo.record_held_value(session, row, change.target, change.value, owned=owned)
+        await crm_writes_repo.record_held_value(session, row, change.target, change.value, owned=owned, at=at)
     ref = rule.sources[0]
     key = source_key(ref)
     crm_at = field_times.changed_at(
         await contacts_repo.field_times_of(session, account_id, owner.kommo_id), key, owner.updated_at
     )
-    if not owned and int(change.at.timestamp()) <= crm_at:
+    if not owned and at <= crm_at:
         await service.recompute(session, account_id, [change.email])
         _log(account_id, change, Outcome.CRM_WINS, crm_at)
         return Outcome.CRM_WINS
@@ -166,6 +174,18 @@ async def on_hook_event(
         await apply_change(session, account_id, DataChange(item.email, target, value, when), spec)
         for target, value in values.items()
     ]
+
+
+def _told_at(row: HeldRow | None, target: str) -> int:
+    """When the platform set the value we hold of an owned target (0: unknown, or held in the push record,
+    whose own entry is the later)."""
+    if row is None or not row.platform_values:
+        return 0
+    pushed = row.pushed_payload or {}
+    if target in (pushed.get("fields") or {}):
+        return 0
+    entry = row.platform_values.get(target)
+    return int(entry.get("at") or 0) if isinstance(entry, dict) else 0
 
 
 def _log(account_id: int, change: DataChange, outcome: Outcome, kommo_at: int) -> None:

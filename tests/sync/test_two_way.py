@@ -307,13 +307,16 @@ async def test_a_to_kommo_field_belongs_to_unisender(stack: Stack) -> None:
         await _kommo_edit(w, "k1", t)
         await _quiet(w)
         assert await _unisender_value(w) == ""  # Kommo's edit stays in Kommo
-        await _unisender_edit(w, "u1", t - 100)  # older than Kommo's edit of the field: wins all the same
+        now = int(time.time())  # Unisender's own times stay real: the export reconcile dates its finds so
+        await _unisender_edit(
+            w, "u1", now - 100
+        )  # far older than Kommo's edit of the field: wins all the same
         await _quiet(w)
         assert ((await _kommo_state(w))[0], await _unisender_value(w)) == ("u1", "u1")
         patches, imports = await _counts(w)
         assert (patches - base_patches, imports - base_imports) == (1, 0)  # one write into Kommo, no echo
 
-        await _unisender_edit(w, "u2", t - 50, notify=False)
+        await _unisender_edit(w, "u2", now - 50, notify=False)
         assert await tasks.reconcile_two_way({"process": pc}, w.account.account_id) == 1
         await wait_for(lambda: _has(w, "u2"), within=30, what="the value written into Kommo")
         await _quiet(w)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from app.connectors.base import CrmContact, CrmFieldValue
@@ -19,6 +21,8 @@ from app.sync.mapping import (
     keep_phone,
     normalize_email,
     payload_hash,
+    platform_entry,
+    platform_record,
 )
 from app.sync.service import Derivation
 from app.sync.spec import Direction, FieldRule, ListRule, SourceKind, SourceRef, StoredSpec, default_spec
@@ -289,6 +293,11 @@ def test_the_hash_is_the_one_stored_before_the_faster_encoder() -> None:
     assert payload_hash(payload) == hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _told(**values: str) -> dict[str, Any]:
+    """``platform_values`` holding these values (set at an unknown time)."""
+    return {target: platform_entry(value, 0) for target, value in values.items()}
+
+
 def test_a_field_the_platform_owns_is_never_pushed() -> None:
     """A ``to_kommo`` rule: the CRM's value of the field is not part of the desired state (no import column, so
     a CRM edit leaves the platform's value alone), whatever the platform holds of it."""
@@ -301,7 +310,7 @@ def test_a_field_the_platform_owns_is_never_pushed() -> None:
     wanted = compiled.desired(VIEW)
     assert wanted["fields"] == {"Name": "Ivan Petrov"}  # the CRM's "Moscow" is not sent
     pushed = {**wanted, "fields": {"Name": "Ivan Petrov"}}
-    held = held_state(pushed, {"City": "Paris"})
+    held = held_state(pushed, _told(City="Paris"))
     assert held is not None
     assert held_value(held, "City") == "Paris"
     assert difference(held, wanted).empty  # nothing to push
@@ -310,7 +319,7 @@ def test_a_field_the_platform_owns_is_never_pushed() -> None:
 
 def test_what_the_platform_holds_is_the_latest_record_of_each_field() -> None:
     pushed = {"delete": False, "fields": {"Name": "A", "City": "Rome"}, "phone": "+1", "lists": [1]}
-    held = held_state(pushed, {"City": "Paris", "Plan": "gold", "phone": "+2"})
+    held = held_state(pushed, _told(City="Paris", Plan="gold", phone="+2"))
     assert held is not None
     # The push record's own entry is the later one (a change of a pushed field removes it from the other place).
     assert (held_value(held, "City"), held_value(held, "Plan"), held_value(held, "phone")) == (
@@ -320,8 +329,8 @@ def test_what_the_platform_holds_is_the_latest_record_of_each_field() -> None:
     )
     assert held_value({**held, "phone": ""}, "phone") == "+2"
     assert held_value(held, "Nothing") is None
-    assert held_state(None, {"City": "Paris"}) is None  # nothing pushed
-    assert held_value(held_state({"delete": True}, {"City": "Paris"}), "City") is None
+    assert held_state(None, _told(City="Paris")) is None  # nothing pushed
+    assert held_value(held_state({"delete": True}, _told(City="Paris")), "City") is None
     assert held_state(pushed, None) == pushed
 
 
@@ -330,10 +339,12 @@ def test_a_rule_that_stops_being_owned_pushes_the_crm_value_only_where_it_differ
         StoredSpec(fields=[_std(SourceKind.NAME, "Name"), _cf(1, "text", "City")]), base_list_id=10, users={}
     ).desired(VIEW)
     pushed = {**pushing, "fields": {"Name": "Ivan Petrov"}}  # City never pushed: the platform owned it
-    assert difference(held_state(pushed, {"City": "Paris"}), pushing).fields == {"City": ("Paris", "Moscow")}
-    assert difference(held_state(pushed, {"City": "Moscow"}), pushing).empty
+    assert difference(held_state(pushed, _told(City="Paris")), pushing).fields == {
+        "City": ("Paris", "Moscow")
+    }
+    assert difference(held_state(pushed, _told(City="Moscow")), pushing).empty
     cleared = {**pushing, "fields": {"Name": "Ivan Petrov", "City": ""}}  # an empty CRM value clears it
-    assert difference(held_state(pushed, {"City": "Paris"}), cleared).fields == {"City": ("Paris", "")}
+    assert difference(held_state(pushed, _told(City="Paris")), cleared).fields == {"City": ("Paris", "")}
 
 
 def test_a_phone_the_platform_owns_is_neither_sent_nor_kept_from_before() -> None:
@@ -350,3 +361,18 @@ def test_a_phone_the_platform_owns_is_neither_sent_nor_kept_from_before() -> Non
         StoredSpec(fields=[_cf(99, "text", "phone", "phone")]), base_list_id=None, users={}
     )
     assert Derivation(None, {}, mine).payload("a@x.io", owner, frozenset(), held)["phone"] == "+15550100"
+
+
+def test_the_platform_record_follows_the_spec_in_force() -> None:
+    """An owned target still in the push record (pushed before its rule became ``to_kommo``) moves into
+    ``platform_values``, so the next push, which no longer carries it, does not lose it; the entry of a target
+    no longer owned goes once the push record holds it; a deletion leaves nothing."""
+    pushed = {"delete": False, "fields": {"Name": "A", "City": "Rome"}, "phone": "+1", "lists": [1]}
+    assert platform_record(pushed, None, ("City",)) == _told(City="Rome")
+    assert platform_record(pushed, _told(City="Paris"), ("City",)) == _told(City="Rome")  # the later
+    assert platform_record(pushed, None, ("phone",)) == _told(phone="+1")
+    not_yet = {**pushed, "fields": {"Name": "A"}}  # the rule turned to pushing, City not pushed yet
+    assert platform_record(not_yet, _told(City="Paris"), ()) == _told(City="Paris")  # still what it holds
+    assert platform_record(pushed, _told(City="Paris", Plan="x"), ()) == _told(Plan="x")
+    assert platform_record({"delete": True}, _told(City="Paris"), ("City",)) == _told(City="Paris")
+    assert platform_record(pushed, None, ()) is None

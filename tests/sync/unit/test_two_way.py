@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,7 +17,7 @@ from app.connectors.base import CrmContact, CrmFieldValue
 from app.db.base import utcnow
 from app.db.models import Contact, CrmWrite, Outbox
 from app.db.states import CrmWriteState, OutboxStatus
-from app.sync import outbox_repo, service, spec_repo, two_way
+from app.sync import crm_writes_repo, outbox_repo, service, spec_repo, two_way
 from app.sync.crm_writes import _catch_up, plan_writes
 from app.sync.spec import Direction, FieldRule, ListRule, SourceKind, SourceRef, StoredSpec
 from app.sync.two_way import DataChange, Outcome
@@ -491,7 +491,7 @@ async def test_a_field_the_platform_owns_is_never_pushed_and_its_change_always_w
     assert (write.value, write.state) == ("silver", CrmWriteState.PENDING)
     row = await _outbox(session, account)
     assert row.pushed_payload is not None
-    assert row.platform_values == {"Plan": "silver"}
+    assert row.platform_values == {"Plan": {"v": "silver", "at": KOMMO_AT + 5}}
     assert "Plan" not in row.pushed_payload["fields"]  # one record of it: the latest
     assert row.status == OutboxStatus.DONE
     assert await two_way.apply_change(session, account, _change("silver", KOMMO_AT + 60)) is Outcome.ECHO
@@ -522,7 +522,7 @@ async def test_the_platform_s_value_of_an_owned_field_outlives_a_push_queued_bef
     await outbox_repo.mark_pushed(session, [row.id], utcnow())  # the queued push is accepted
     row = await _outbox(session, account)
     assert row.status == OutboxStatus.DONE
-    assert row.platform_values == {"Plan": "silver"}
+    assert row.platform_values == {"Plan": {"v": "silver", "at": KOMMO_AT + 20}}
     assert await two_way.apply_change(session, account, _change("silver", KOMMO_AT + 30)) is Outcome.ECHO
     assert (
         await two_way.apply_change(session, account, _change("gold", KOMMO_AT + 40)) is Outcome.PLATFORM_WINS
@@ -559,3 +559,49 @@ def test_a_write_of_a_field_the_platform_owns_is_not_dropped_for_a_crm_change() 
     plan = plan_writes([row, gone], {7: KOMMO_AT + 20}, live, frozenset({"T"}))
     assert [(w.contact_id, w.fields) for w in plan.writes] == [(7, ((5, "silver"),))]
     assert sorted(plan.stale_ids) == [2]
+
+
+async def test_an_older_report_of_a_field_the_platform_owns_is_stale(
+    session: AsyncSession, account: int
+) -> None:
+    """A late hook, or an export taken before a hook we applied: older than what the platform last told us."""
+    await spec_repo.store_spec(session, account, _owned_spec())
+    assert (
+        await two_way.apply_change(session, account, _change("silver", KOMMO_AT + 50))
+        is Outcome.PLATFORM_WINS
+    )
+    assert await two_way.apply_change(session, account, _change("bronze", KOMMO_AT + 40)) is Outcome.STALE
+    assert [w.value for w in await _writes(session, account)] == ["silver"]
+    assert (await _outbox(session, account)).platform_values == {"Plan": {"v": "silver", "at": KOMMO_AT + 50}}
+
+
+async def test_a_value_pushed_before_the_rule_became_owned_survives_the_next_push(
+    session: AsyncSession, account: int
+) -> None:
+    """Plan was pushed ("gold") under ``both``; the rule turns ``to_kommo``; the next push (Score edited) no
+    longer carries Plan, and what the platform holds of it is still known: "gold" reported again is an echo."""
+    await spec_repo.store_spec(session, account, _owned_spec())
+    await _version(session, account, KOMMO_AT + 10, plan="gold", score="14")
+    row = await _outbox(session, account)
+    assert row.status == OutboxStatus.PENDING
+    assert row.platform_values == {"Plan": {"v": "gold", "at": 0}}
+    await outbox_repo.mark_pushed(session, [row.id], utcnow())
+    row = await _outbox(session, account)
+    assert row.pushed_payload is not None
+    assert "Plan" not in row.pushed_payload["fields"]
+    assert await two_way.apply_change(session, account, _change("gold", KOMMO_AT + 20)) is Outcome.ECHO
+    pushed = await crm_writes_repo.pushed_before(session, account, [EMAIL], utcnow() + timedelta(seconds=1))
+    assert pushed[EMAIL]["Plan"] == "gold"  # what the export reconcile compares with
+
+
+async def test_an_accepted_deletion_ends_what_the_platform_held(session: AsyncSession, account: int) -> None:
+    await spec_repo.store_spec(session, account, _owned_spec())
+    assert (
+        await two_way.apply_change(session, account, _change("silver", KOMMO_AT + 5)) is Outcome.PLATFORM_WINS
+    )
+    row = await _outbox(session, account)
+    await outbox_repo.requeue(
+        session, [outbox_repo.Requeue(row.id, {"delete": True}, "d")], utcnow(), bulk=False
+    )
+    await outbox_repo.mark_pushed(session, [row.id], utcnow())
+    assert (await _outbox(session, account)).platform_values is None
