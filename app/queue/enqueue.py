@@ -98,12 +98,22 @@ def _bulk_id(account_id: int, rest: str) -> str:
     return f"{BULK_PREFIX}{account_id}:{rest}"
 
 
-async def full_sync(queue: ArqRedis, account_id: int, run_id: str, *, delay: float | None = None) -> None:
+# The sweeper's re-enqueues of bulk work take one fixed id per account (or run): arq keeps one job per id
+# queued or running, so a sweep every 10 s adds nothing while the last one still waits. With unique ids, an
+# account whose bulk places stay taken (a long sync beside a long notes backlog) gathered six jobs a minute,
+# and a crowd of such accounts could push live jobs out of the queue reads a poll makes (app.worker.claims).
+_SWEEP = "sweep"
+
+
+async def full_sync(
+    queue: ArqRedis, account_id: int, run_id: str, *, delay: float | None = None, sweep: bool = False
+) -> None:
     """A slice of the run (a full sync or a re-derivation) of ``account_id``. The job id is the slice's lease
-    owner on the run (64 characters at most): the run id's first 8 and a unique suffix."""
-    await _enqueue(
-        queue, "full_sync", run_id, job_id=_uid(_bulk_id(account_id, f"sync:{run_id[:8]}")), defer=delay
-    )
+    owner on the run (64 characters at most): the run id's first 8 and a unique suffix, or for the sweeper's
+    re-enqueue of an orphaned run a fixed one (see ``_SWEEP``; a retried job keeps its lease the same way)."""
+    base = _bulk_id(account_id, f"sync:{run_id[:8]}")
+    job_id = f"{base}:{_SWEEP}" if sweep else _uid(base)
+    await _enqueue(queue, "full_sync", run_id, job_id=job_id, defer=delay)
 
 
 async def tag_unsubscribes(queue: ArqRedis, account_id: int) -> None:
@@ -150,8 +160,9 @@ class WakeUps:
         await self._send_pending()
 
 
-async def activity_notes(queue: ArqRedis, account_id: int) -> None:
-    await _enqueue(queue, "activity_notes", account_id, job_id=_uid(_bulk_id(account_id, "notes")))
+async def activity_notes(queue: ArqRedis, account_id: int, *, sweep: bool = False) -> None:
+    base = _bulk_id(account_id, "notes")
+    await _enqueue(queue, "activity_notes", account_id, job_id=f"{base}:{_SWEEP}" if sweep else _uid(base))
 
 
 async def signup_contacts(queue: ArqRedis, account_id: int) -> None:

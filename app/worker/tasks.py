@@ -298,11 +298,11 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     for account_id in due:
         await enqueue.flush_outbox(pc.queue, account_id, delay=0)
     for run in runs:
-        await enqueue.full_sync(pc.queue, run.account_id, run.id)
+        await enqueue.full_sync(pc.queue, run.account_id, run.id, sweep=True)
     for account_id in untagged:
         await enqueue.tag_unsubscribes(pc.queue, account_id)
     for account_id in noting:
-        await enqueue.activity_notes(pc.queue, account_id)
+        await enqueue.activity_notes(pc.queue, account_id, sweep=True)
     for account_id in writing:
         await enqueue.crm_writes(pc.queue, account_id)
     for account_id in signing:
