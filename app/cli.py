@@ -171,6 +171,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 2
 
     port = args.metrics_port or settings.worker_metrics_port
+    if args.role:
+        settings = settings.model_copy(update={"worker_role": args.role})
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -293,6 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="serve /metrics (Prometheus) on this port (default: CONTACTSYNC_WORKER_METRICS_PORT, else none)",
+    )
+    p.add_argument(
+        "--role",
+        choices=("all", "live", "bulk"),
+        default=None,
+        help="which jobs to run: all, live (all but bulk jobs, and the cron jobs) or bulk (full syncs, "
+        "re-derivations, activity notes, campaign totals, reconciles) (default: CONTACTSYNC_WORKER_ROLE, else all)",
     )
     p.set_defaults(func=cmd_worker)
 

@@ -111,11 +111,17 @@ class Settings(BaseSettings):
     worker_max_bulk_jobs: int = Field(
         25,
         ge=1,
-        description="Of a worker's job slots, how many bulk jobs (full syncs and re-derivations, activity notes, "
-        "campaign totals, reconciles) may hold at once; the rest stay free for live changes",
+        description="Bulk jobs (full syncs and re-derivations, activity notes, campaign totals, reconciles) a "
+        "worker process runs at once, from their own queue, beside its WORKER_MAX_JOBS live jobs",
     )
     account_max_bulk_jobs: int = Field(
         2, ge=1, description="Bulk jobs of one account running at once, across every worker process"
+    )
+    worker_role: Literal["all", "live", "bulk"] = Field(
+        "all",
+        description="Which queues a worker process serves: all; live (every job but bulk jobs, and the cron "
+        "jobs); bulk (bulk jobs only, WORKER_MAX_JOBS of them at once). A deployment that splits them needs "
+        "at least one worker of each kind",
     )
     worker_metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Port where `contactsync worker` serves /metrics (none: not served)"

@@ -253,11 +253,11 @@ async def service_process(
 
 @asynccontextmanager
 async def worker_process(
-    cfg: ServiceConfig, *, cpu: int | None = None
+    cfg: ServiceConfig, *, cpu: int | None = None, role: str | None = None
 ) -> AsyncIterator[subprocess.Popen[bytes]]:
-    """``contactsync worker`` as its own process."""
+    """``contactsync worker`` as its own process (``role``: its ``--role``)."""
     proc = subprocess.Popen(  # noqa: ASYNC220 (start-up only)
-        [str(VENV_BIN / "contactsync"), "worker"],
+        [str(VENV_BIN / "contactsync"), "worker", *(["--role", role] if role else [])],
         env=cfg.env(),
         cwd=ROOT,
         preexec_fn=_pin(cpu),

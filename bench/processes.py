@@ -80,8 +80,12 @@ async def round_robin_proxy(ports: Sequence[int]) -> AsyncIterator[int]:
 
 
 @asynccontextmanager
-async def worker_processes(cfg: ServiceConfig, count: int) -> AsyncIterator[list[subprocess.Popen[bytes]]]:
-    """``count`` ``contactsync worker`` processes on the same settings (unpinned); all stopped on exit."""
+async def worker_processes(
+    cfg: ServiceConfig, count: int, roles: Sequence[str] | None = None
+) -> AsyncIterator[list[subprocess.Popen[bytes]]]:
+    """``count`` ``contactsync worker`` processes on the same settings (unpinned), each of its ``roles`` entry
+    (none: the default, all jobs); all stopped on exit."""
     async with contextlib.AsyncExitStack() as stack:
-        procs = [await stack.enter_async_context(worker_process(cfg)) for _ in range(count)]
+        kinds: list[str | None] = list(roles) if roles else [None] * count
+        procs = [await stack.enter_async_context(worker_process(cfg, role=kind)) for kind in kinds]
         yield procs

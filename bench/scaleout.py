@@ -88,7 +88,7 @@ class Scene:
 
 
 @contextlib.asynccontextmanager
-async def scene(workers: int, apis: int) -> AsyncIterator[Scene]:
+async def scene(workers: int, apis: int, roles: list[str] | None = None) -> AsyncIterator[Scene]:
     """Both sandboxes at the real limits (in-process), a migrated fresh database, ``apis`` API processes on
     one public URL (the proxy) and ``workers`` worker processes, all on the same settings."""
     from app.servers import free_port, serve_in_background
@@ -126,7 +126,7 @@ async def scene(workers: int, apis: int) -> AsyncIterator[Scene]:
             ]
             admin = {"Authorization": f"Bearer {cfg.admin_token}"}
             st = Stack(cfg.settings(), clients[0], clients[1], clients[2], kommo_app, unisender_app, admin)
-            worker_procs = await es.enter_async_context(worker_processes(cfg, workers))
+            worker_procs = await es.enter_async_context(worker_processes(cfg, workers, roles))
             yield Scene(st, cfg, api_procs, worker_procs)
 
 
@@ -284,11 +284,14 @@ async def stop_profiles(spies: list[subprocess.Popen[bytes]]) -> None:
         await stop_py_spy(spy)
 
 
-async def run_config(workers: int, args: argparse.Namespace) -> dict[str, Any]:
-    """One fresh stack with ``workers`` worker processes: setup, the stream with the big syncs, checks."""
+async def run_config(config: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One fresh stack with the worker processes ``config`` names (a count, or roles joined by ``+``, e.g.
+    ``live+bulk``): setup, the stream with the big syncs, checks."""
+    roles = config.split("+") if not config.isdigit() else None
+    workers = len(roles) if roles else int(config)
     from tests.support.e2e import wait_quiet
 
-    async with scene(workers, args.apis) as sc:
+    async with scene(workers, args.apis, roles) as sc:
         st = sc.st
         # Stats read in-process: an HTTP read could meet a keep-alive connection the sandbox just closed.
         kstate, ustate = st.kommo_app.state.kommo, st.unisender_app.state.unisender
@@ -357,6 +360,7 @@ async def run_config(workers: int, args: argparse.Namespace) -> dict[str, Any]:
     pages = sum(math.ceil(args.big_contacts / 250) for _ in sc.big)
     return {
         "workers": workers,
+        "label": config,
         "setup_s": setup_s,
         "status": status,
         "wall": t1 - t0,
@@ -401,13 +405,13 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         "during (n) | idle p50 / p99 ms (n) | exact |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    base = next((r for r in results if r["workers"] == 1), None)
+    base = next((r for r in results if r["label"] == "1"), None)
     for r in results:
         ratio = r["rows_per_cpu"] / base["rows_per_cpu"] if base else float("nan")
         per = ", ".join(f"{c:.1f}" for c in r["per_worker_cpu"])
         exact = "yes" if not r["failures"] else f"NO ({len(r['failures'])} accounts)"
         print(
-            f"| {r['workers']} | {r['wall']:.2f} ({r['floor']:.2f}) | {r['kommo_429']} / {r['uni_429']} "
+            f"| {r['label']} | {r['wall']:.2f} ({r['floor']:.2f}) | {r['kommo_429']} / {r['uni_429']} "
             f"| {r['max_1s']} | {r['rows']:,} ({r['big_addresses']:,}) | {r['worker_cpu']:.2f} ({per}) "
             f"| {r['api_cpu']:.2f} | {r['rows_per_cpu']:,.0f} | {ratio:.2f} "
             f"| {ms(r['p50'])} / {ms(r['p99'])} / {ms(r['max'])} ({r['during']}) "
@@ -424,13 +428,13 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         redis = ", ".join(f"{name} {calls / rows:.2f}" for name, calls in top)
         total = sum(r["redis_commands"].values()) / rows
         print(
-            f"| {r['workers']} | {total:.2f} ({redis}) | {r['pg'].get('commits', 0) / rows:.3f} "
+            f"| {r['label']} | {total:.2f} ({redis}) | {r['pg'].get('commits', 0) / rows:.3f} "
             f"| {r['pg'].get('rows_written', 0) / rows:.2f} | {ms(r['stages']['p50'])} / "
             f"{ms(r['stages']['p99'])} ({r['stages']['n']}) |"
         )
     for r in results:
         print(
-            f"{r['workers']} workers: setup {r['setup_s']:.1f} s (Kommo 429 {r['setup_kommo_429']}, max calls "
+            f"{r['label']} workers: setup {r['setup_s']:.1f} s (Kommo 429 {r['setup_kommo_429']}, max calls "
             f"in 1 s {r['setup_max_1s']}); big runs {r['status']}; renames made {r['changes']}, seen "
             f"{r['seen']}, still awaited {r['waiting']}; 429s after the measured phase {r['late_429']}; webhook "
             f"attempts failed {r['deliveries']['failed']} {r['deliveries']['why']}, bodies given up "
@@ -439,14 +443,14 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         for failure in r["failures"][:5]:
             print(f"  mirror NOT exact: {failure}")
     for r in results:
-        n = r["workers"]
+        n = r["label"]
         print(
             f"{n} workers: no provider 429: {verdict(r['kommo_429'] + r['uni_429'] + r['late_429'] == 0)}; "
             f"≤ {KOMMO_LIMIT} Kommo calls in any 1 s: {verdict(r['max_1s'] <= KOMMO_LIMIT)}; "
             f"lag p99 ≤ 1 s during the big syncs: {verdict(r['p99'] <= 1.0)}; "
             f"mirror exact: {verdict(not r['failures'] and r['status'] == 'done')}"
         )
-        if base is not None and n != 1:
+        if base is not None and n != "1":
             ratio = r["rows_per_cpu"] / base["rows_per_cpu"]
             print(
                 f"{n} workers: rows per worker CPU-second / 1 worker's = {ratio:.2f} (≥ 0.8: {verdict(ratio >= 0.8)})"
@@ -456,7 +460,12 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workers", default="1,2,4", help="comma-separated worker process counts")
+    p.add_argument(
+        "--workers",
+        default="1,2,4",
+        help="comma-separated worker configurations: a process count (all jobs each), or roles joined by + "
+        "(e.g. live+bulk: one process of each)",
+    )
     p.add_argument("--apis", type=int, default=2, help="API processes behind the proxy")
     p.add_argument("--small", type=int, default=47, help="small accounts receiving the live stream")
     p.add_argument("--small-contacts", default="20,50", help="fewest,most contacts of a small account")
@@ -471,8 +480,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     use_uvloop()
     results: list[dict[str, Any]] = []
-    for n in (int(x) for x in args.workers.split(",")):
-        results.append(asyncio.run(run_config(n, args)))
+    for config in args.workers.split(","):
+        results.append(asyncio.run(run_config(config, args)))
         report(results[-1:], args)  # as it goes: a series cut short still leaves its figures
         print(flush=True)
     report(results, args)

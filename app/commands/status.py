@@ -32,6 +32,7 @@ from app.sync.backlog_repo import Backlog, PendingWork
 PROBE_TIMEOUT = 3.0  # per probe: a status that hangs on a silent server tells nothing
 # The worker's health-check key (``app.worker.settings``): set every 15 s, gone 1 s after a missed beat.
 WORKER_HEALTH_KEY = "contactsync:worker:health"
+BULK_WORKER_HEALTH_KEY = "contactsync:worker:health:bulk"  # the bulk queue's workers
 IN_PROGRESS_PREFIX = "arq:in-progress:"  # arq's, per job id
 
 _T = TypeVar("_T")
@@ -159,22 +160,28 @@ async def _database(db: Database, settings: Settings) -> _DatabaseRead:
 
 
 async def _queue(queue: ArqRedis) -> dict[str, Any]:
-    """The arq queue's depth, from the sorted set of job ids (score: when each is due)."""
-    from app.queue import QUEUE_NAME
+    """The arq queues' depth, from the sorted sets of job ids (score: when each is due): the live queue's at
+    the top, the bulk queue's under ``bulk``."""
+    from app.queue import BULK_QUEUE_NAME, QUEUE_NAME
 
-    now_ms = int(time.time() * 1000)
-    total = int(await queue.zcard(QUEUE_NAME))
-    due = int(await queue.zcount(QUEUE_NAME, "-inf", now_ms))
     # A job stays in the queue's sorted set while it runs; a finished cron job's in-progress key lingers a
     # minute but its id has left the set, so only ids still in the set count.
     started = [key[len(IN_PROGRESS_PREFIX) :] async for key in _keys(queue, IN_PROGRESS_PREFIX + "*")]
+    live = await _depth(queue, QUEUE_NAME, WORKER_HEALTH_KEY, started)
+    return {**live, "bulk": await _depth(queue, BULK_QUEUE_NAME, BULK_WORKER_HEALTH_KEY, started)}
+
+
+async def _depth(queue: ArqRedis, name: str, health_key: str, started: list[str]) -> dict[str, Any]:
+    now_ms = int(time.time() * 1000)
+    total = int(await queue.zcard(name))
+    due = int(await queue.zcount(name, "-inf", now_ms))
     running = 0
     if started:
-        scores = await queue.zmscore(QUEUE_NAME, started)
+        scores = await queue.zmscore(name, started)
         running = sum(score is not None for score in scores)
-    health = await queue.get(WORKER_HEALTH_KEY)
+    health = await queue.get(health_key)
     return {
-        "name": QUEUE_NAME,
+        "name": name,
         "length": total,
         "ready": max(0, due - running),
         "in_progress": running,
@@ -203,21 +210,22 @@ def render(report: dict[str, Any]) -> list[str]:
     rows.append(["redis", "ok" if redis["ok"] else f"UNREACHABLE: {redis['reason']}"])
     queue = report["queue"]
     if queue is not None:
-        rows.append(
-            [
-                "arq queue",
-                f"{queue['length']} jobs: {queue['ready']} ready, {queue['in_progress']} in progress, "
-                f"{queue['deferred']} deferred",
-            ]
-        )
-        rows.append(
-            [
-                "worker",
-                f"last health check: {queue['worker_health']}"
-                if queue["worker_health"]
-                else "no health check in the last 16 s (no worker running?)",
-            ]
-        )
+        for label, q in (("", queue), ("bulk ", queue["bulk"])):
+            rows.append(
+                [
+                    f"arq {label}queue",
+                    f"{q['length']} jobs: {q['ready']} ready, {q['in_progress']} in progress, "
+                    f"{q['deferred']} deferred",
+                ]
+            )
+            rows.append(
+                [
+                    f"{label}worker",
+                    f"last health check: {q['worker_health']}"
+                    if q["worker_health"]
+                    else "no health check in the last 16 s (no worker running?)",
+                ]
+            )
     pending = report["pending"]
     if pending is not None:
         for source, backlog in pending["webhook_events"].items():

@@ -12,8 +12,18 @@ import redis.asyncio as aioredis
 from arq.connections import ArqRedis, RedisSettings
 
 QUEUE_NAME = "contactsync:queue"
-# Bulk jobs' ids start ``bulk:<account id>:``; the worker caps their number per account and per worker by it.
+# Bulk jobs' ids start ``bulk:<account id>:``; the worker caps their number per account and per worker by it,
+# and they wait in a queue of their own (``bulk_queue``), so that however many of them wait, a worker's reads
+# of the live queue find live jobs first.
 BULK_PREFIX = "bulk:"
+
+
+def bulk_queue(queue_name: str) -> str:
+    """The bulk jobs' queue beside the live queue ``queue_name``."""
+    return f"{queue_name}:bulk"
+
+
+BULK_QUEUE_NAME = bulk_queue(QUEUE_NAME)
 
 
 def redis_settings(url: str) -> RedisSettings:

@@ -17,7 +17,7 @@ import structlog
 from arq.connections import ArqRedis
 
 from app.db.states import EventSource
-from app.queue import BULK_PREFIX
+from app.queue import BULK_PREFIX, bulk_queue
 
 log = structlog.get_logger(__name__)
 
@@ -34,7 +34,13 @@ async def _enqueue(
     queue: ArqRedis, function: str, *args: Any, job_id: str, defer: float | None = None
 ) -> None:
     try:
-        await queue.enqueue_job(function, *args, _job_id=job_id, _defer_by=defer)
+        if job_id.startswith(
+            BULK_PREFIX
+        ):  # it waits in the bulk queue beside the pool's own (app.worker.group)
+            bulk = bulk_queue(queue.default_queue_name)
+            await queue.enqueue_job(function, *args, _job_id=job_id, _defer_by=defer, _queue_name=bulk)
+        else:
+            await queue.enqueue_job(function, *args, _job_id=job_id, _defer_by=defer)
     except Exception as exc:
         # Redis is only the wake-up signal: the sweeper re-finds this work in PostgreSQL.
         log.warning("enqueue.failed", function=function, error=repr(exc))

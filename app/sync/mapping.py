@@ -392,7 +392,7 @@ def difference(held: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> Dif
     }
     held_lists = set() if held.get("delete") else set(held.get("lists") or ())
     want_lists = set(wanted.get("lists") or ())
-    held_phone = "" if held.get("delete") else str(held.get("phone") or "")
+    held_phone = "" if held.get("delete") else (held_value(held, PHONE_TARGET) or "")
     want_phone = str(wanted.get("phone") or "")
     return Difference(
         fields,

@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 from arq import Retry
 from arq.cron import CronJob, cron
-from arq.worker import Function, Worker, func
+from arq.worker import Function, func
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 
@@ -32,14 +32,18 @@ from app.context import ProcessContext, build_context
 from app.db.schema import check_schema_current
 from app.db.session import is_timeout
 from app.logging import configure_logging
-from app.queue import QUEUE_NAME, create_queue
+from app.queue import BULK_QUEUE_NAME, QUEUE_NAME, create_queue
 from app.retry import backoff
 from app.worker import tasks
 from app.worker.claims import ClaimingWorker
+from app.worker.group import WorkerSet
 
 log = structlog.get_logger(__name__)
 
 TaskFn = Callable[..., Coroutine[Any, Any, Any]]
+# arq's health checks, one key per queue's workers (``contactsync status`` reads them).
+HEALTH_KEY = "contactsync:worker:health"
+BULK_HEALTH_KEY = "contactsync:worker:health:bulk"
 
 
 def _reconnecting(fn: TaskFn) -> TaskFn:
@@ -125,35 +129,62 @@ async def _on_job_end(ctx: dict[str, Any]) -> None:
 
 
 def build_worker(
-    pc: ProcessContext, *, burst: bool = False, handle_signals: bool = True, max_burst_jobs: int = -1
-) -> Worker:
-    """An arq Worker bound to the process context (shared engine, HTTP clients and queue pool)."""
+    pc: ProcessContext,
+    *,
+    burst: bool = False,
+    handle_signals: bool = True,
+    max_burst_jobs: int = -1,
+    role: str | None = None,
+) -> WorkerSet:
+    """The process's arq workers bound to its context (shared engine, HTTP clients and queue pool): the live
+    worker, the bulk worker, or both (``role``, default the ``WORKER_ROLE`` setting; ``app.worker.group``)."""
     s = pc.settings
+    role = role or s.worker_role
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         ctx["process"] = pc
 
-    return ClaimingWorker(
-        functions=functions(s),
-        cron_jobs=cron_jobs(s),
-        redis_pool=pc.queue,
-        queue_name=QUEUE_NAME,
-        on_startup=on_startup,
-        on_job_start=_on_job_start,
-        on_job_end=_on_job_end,
-        burst=burst,
-        max_burst_jobs=max_burst_jobs,
-        handle_signals=handle_signals,
-        max_jobs=s.worker_max_jobs,
-        max_bulk_jobs=s.worker_max_bulk_jobs,
-        account_bulk_jobs=s.account_max_bulk_jobs,
-        poll_delay=s.worker_poll_delay,
-        job_timeout=s.worker_job_timeout,
-        keep_result=0,
-        max_tries=25,
-        health_check_interval=15,
-        health_check_key="contactsync:worker:health",
-    )
+    def worker(queue_name: str, **kwargs: Any) -> ClaimingWorker:
+        return ClaimingWorker(
+            functions=functions(s),
+            redis_pool=pc.queue,
+            queue_name=queue_name,
+            on_startup=on_startup,
+            on_job_start=_on_job_start,
+            on_job_end=_on_job_end,
+            burst=burst,
+            max_burst_jobs=max_burst_jobs,
+            handle_signals=handle_signals,
+            account_bulk_jobs=s.account_max_bulk_jobs,
+            poll_delay=s.worker_poll_delay,
+            job_timeout=s.worker_job_timeout,
+            keep_result=0,
+            max_tries=25,
+            health_check_interval=15,
+            **kwargs,
+        )
+
+    workers: list[ClaimingWorker] = []
+    if role in ("all", "live"):
+        # Bulk ids in the live queue (enqueued by a release before the bulk queue) still run here, capped.
+        workers.append(
+            worker(
+                QUEUE_NAME,
+                cron_jobs=cron_jobs(s),
+                max_jobs=s.worker_max_jobs,
+                max_bulk_jobs=s.worker_max_bulk_jobs,
+                health_check_key=HEALTH_KEY,
+            )
+        )
+    if role in ("all", "bulk"):
+        workers.append(
+            worker(
+                BULK_QUEUE_NAME,
+                max_jobs=s.worker_max_jobs if role == "bulk" else s.worker_max_bulk_jobs,
+                health_check_key=BULK_HEALTH_KEY,
+            )
+        )
+    return WorkerSet(workers)
 
 
 async def run_worker_forever(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
@@ -162,7 +193,7 @@ async def run_worker_forever(settings: Settings, *, stop: asyncio.Event | None =
     pc = await build_context(settings, pre_ping=False)
     await check_schema_current(pc.db.engine, settings.require_database_url())
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
-    log.info("worker.started", worker_id=worker_id)
+    log.info("worker.started", worker_id=worker_id, role=settings.worker_role)
     stop = stop or asyncio.Event()
     losses = 0
     try:

@@ -22,7 +22,7 @@ from app.db.states import (
     RunStatus,
     SignupState,
 )
-from app.queue import QUEUE_NAME
+from app.queue import BULK_QUEUE_NAME, QUEUE_NAME
 from app.servers import free_port
 from tests.commands.conftest import Cli, add_connected
 
@@ -116,6 +116,7 @@ async def _seed_queue(ctx: ProcessContext) -> None:
     await q.set("arq:in-progress:running-1", b"1", px=60_000)
     await q.set("arq:in-progress:cron:sweep:123", b"1", px=60_000)
     await q.set("contactsync:worker:health", b"Nov-30 21:40:01 j_complete=12 j_failed=0 queued=4", px=16_000)
+    await q.enqueue_job("full_sync", "run-1", _job_id="bulk:7:sync:run-1", _queue_name=BULK_QUEUE_NAME)
 
 
 async def test_status_json_counts_every_queue(
@@ -142,6 +143,8 @@ async def test_status_json_counts_every_queue(
         "deferred": 2,
     }
     assert queue["worker_health"].startswith("Nov-30 21:40:01 j_complete=12")
+    bulk = queue["bulk"]
+    assert (bulk["length"], bulk["ready"], bulk["worker_health"]) == (1, 1, None)
     pending = report["pending"]
     assert {s: b["count"] for s, b in pending["webhook_events"].items()} == {"kommo": 2, "unisender": 1}
     assert 400 <= pending["webhook_events"]["kommo"]["oldest_age_s"] < 430

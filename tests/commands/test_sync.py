@@ -17,6 +17,7 @@ from app.context import ProcessContext
 from app.db.base import utcnow
 from app.db.models import SyncRun
 from app.db.states import IntegrationStatus, RunKind, RunStatus
+from app.queue import BULK_QUEUE_NAME
 from app.sync.runs_repo import RunView
 from tests.commands.conftest import Cli, add_connected, env_for, integration
 from tests.conftest import Stack, raw_sql, running_worker
@@ -44,7 +45,7 @@ async def test_sync_starts_a_run_and_a_second_call_finds_the_same_one(
     run_id = started.group(1)
     assert await _runs(settings) == [(run_id, "pending")]
     # Its first slice is in the service's queue (no worker here to take it).
-    assert [job.function for job in await ctx.queue.queued_jobs()] == ["full_sync"]
+    assert [job.function for job in await ctx.queue.queued_jobs(queue_name=BULK_QUEUE_NAME)] == ["full_sync"]
     again = await run("sync", "31")
     assert again.code == 0, again.err
     assert again.out == f"a full sync of account 31 is already pending: run {run_id}\n"

@@ -23,8 +23,8 @@ async def test_two_workers_on_one_integration_never_draw_a_429(stack: Stack, tmp
     south = await connect_account(stack, subdomain="south", contacts=CONTACTS, seed=2, integration=integ)
     await stack.kommo.delete("/_sandbox/stats")
 
-    # One job at a time per worker: the two syncs run in the two processes, not side by side in one.
-    env = worker_env(stack.settings, CONTACTSYNC_WORKER_MAX_JOBS="1")
+    # One bulk job at a time per worker: the two syncs run in the two processes, not side by side in one.
+    env = worker_env(stack.settings, CONTACTSYNC_WORKER_MAX_JOBS="1", CONTACTSYNC_WORKER_MAX_BULK_JOBS="1")
     workers = [WorkerProcess(env, tmp_path, name=f"worker{i}").start() for i in range(2)]
     try:
         for worker in workers:

@@ -107,11 +107,14 @@ async def _kill_mid_sync(
 @pytest.mark.timeout(240)
 async def test_kill9_one_of_three_workers_mid_sync_with_live_streams(stack: Stack, tmp_path: Path) -> None:
     pages = SYNCED // 250
-    # One job at a time per process: the two syncs' slices run in two different processes (each alone would
-    # spend the whole budget if budgets were per process), the third serves the streams and the sweeper.
-    # Started first: their start-up (imports, schema check) overlaps the accounts' set-up.
+    # One live and one bulk job at a time per process: the two syncs' slices run in two different processes
+    # (each alone would spend the whole budget if budgets were per process), the third serves the streams and
+    # the sweeper. Started first: their start-up (imports, schema check) overlaps the accounts' set-up.
     env = worker_env(
-        stack.settings, CONTACTSYNC_WORKER_MAX_JOBS="1", CONTACTSYNC_WORKER_JOB_TIMEOUT=str(JOB_TIMEOUT)
+        stack.settings,
+        CONTACTSYNC_WORKER_MAX_JOBS="1",
+        CONTACTSYNC_WORKER_MAX_BULK_JOBS="1",
+        CONTACTSYNC_WORKER_JOB_TIMEOUT=str(JOB_TIMEOUT),
     )
     workers = [WorkerProcess(env, tmp_path, name=f"worker{i}").start() for i in range(3)]
     stop = asyncio.Event()

@@ -8,26 +8,28 @@ import uuid
 from arq.connections import ArqRedis
 
 from app.context import ProcessContext
-from app.queue import enqueue
+from app.queue import bulk_queue, enqueue
 
 
 async def test_a_sweep_adds_no_second_job_while_its_first_waits(ctx: ProcessContext) -> None:
     queue_name = f"test-sweep-{uuid.uuid4().hex[:8]}"
     queue = ArqRedis(connection_pool=ctx.queue.connection_pool, default_queue_name=queue_name)
+    bulk_name = bulk_queue(queue_name)  # where bulk jobs wait
     account = 10**12 + int(uuid.uuid4().int % 10**9)
     run_id = uuid.uuid4().hex
     try:
         for _ in range(3):
             await enqueue.activity_notes(queue, account, sweep=True)
             await enqueue.full_sync(queue, account, run_id, sweep=True)
-        assert await queue.zcard(queue_name) == 2
+        assert await queue.zcard(bulk_name) == 2
         await enqueue.activity_notes(queue, account)  # after a commit, or a job with more to do
         await enqueue.full_sync(queue, account, run_id)  # a slice's own next slice
-        ids = [i.decode() for i in await queue.zrange(queue_name, 0, -1)]
+        ids = [i.decode() for i in await queue.zrange(bulk_name, 0, -1)]
         assert len(ids) == 4
+        assert await queue.zcard(queue_name) == 0  # none in the live queue
         assert all(i.startswith(f"bulk:{account}:") for i in ids)  # still bulk work for the claims' caps
     finally:
-        ids = await queue.zrange(queue_name, 0, -1)
+        ids = await queue.zrange(bulk_name, 0, -1)
         if ids:
             await queue.delete(*(b"arq:job:" + i for i in ids))
-        await queue.delete(queue_name)
+        await queue.delete(queue_name, bulk_name)

@@ -23,6 +23,35 @@ async def test_ping_job_runs_on_a_burst_worker(ctx: ProcessContext) -> None:
     assert again is not None, "a finished job's result key must not block re-enqueueing"
 
 
+async def test_bulk_jobs_wait_in_their_own_queue_for_a_worker_of_their_kind(ctx: ProcessContext) -> None:
+    """Bulk ids go to the bulk queue (so a crowd of them never stands in front of live jobs in the live
+    queue's reads); a ``live`` process leaves them there, a ``bulk`` one runs them, and ``all`` runs both."""
+    from app.queue import BULK_QUEUE_NAME, enqueue
+
+    await enqueue.activity_notes(ctx.queue, 10**12 + 1)  # a bulk job: nothing pending, it ends at once
+    await ctx.queue.enqueue_job("ping", "live", _job_id="ping-live")
+    assert (await ctx.queue.zcard(BULK_QUEUE_NAME), await ctx.queue.zcard(QUEUE_NAME)) == (1, 1)
+    live = build_worker(ctx, burst=True, handle_signals=False, role="live")
+    assert len(live.workers) == 1
+    await live.main()
+    assert (await ctx.queue.zcard(BULK_QUEUE_NAME), await ctx.queue.zcard(QUEUE_NAME)) == (1, 0)
+    bulk = build_worker(ctx, burst=True, handle_signals=False, role="bulk")
+    assert bulk.workers[0].max_jobs == ctx.settings.worker_max_jobs  # all of its slots for bulk work
+    await bulk.main()
+    assert bulk.jobs_complete == 1
+    assert bulk.jobs_failed == 0
+    assert await ctx.queue.zcard(BULK_QUEUE_NAME) == 0
+    both = build_worker(ctx, burst=True, handle_signals=False)
+    assert [w.queue_name for w in both.workers] == [QUEUE_NAME, BULK_QUEUE_NAME]
+    assert both.workers[1].max_jobs == ctx.settings.worker_max_bulk_jobs
+    await enqueue.activity_notes(ctx.queue, 10**12 + 2)
+    await ctx.queue.enqueue_job("ping", "again", _job_id="ping-again")
+    await both.main()
+    assert (await ctx.queue.zcard(BULK_QUEUE_NAME), await ctx.queue.zcard(QUEUE_NAME)) == (0, 0)
+    for workers in (live, bulk, both):
+        await workers.close()
+
+
 async def test_jobs_retry_when_their_database_connection_was_lost() -> None:
     """Without pre-ping, a connection broken by a PostgreSQL restart fails one statement: the job retries."""
     from arq import Retry
