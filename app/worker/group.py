@@ -10,6 +10,7 @@ serves one queue (it retries and finishes a job in its own), so a process runs o
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Sequence
 
 from app.worker.claims import ClaimingWorker
@@ -48,18 +49,27 @@ class WorkerSet:
                     if exc is not None:
                         raise exc
         finally:
-            for task in tasks:
-                if not task.done():
-                    task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # Cancelled again until each has ended: on Python 3.11 one cancel can be lost (a Redis command
+            # finishing as it arrives), and a worker left polling would keep half a set running unsupervised.
+            while not all(task.done() for task in tasks):
+                for task in tasks:
+                    if not task.done():
+                        task.cancel()
+                await asyncio.wait(tasks, timeout=0.5)
 
     async def close(self) -> None:
-        """Close every worker (each waits for its cancelled jobs); the first error is raised after all."""
+        """Stop every worker's jobs first, then close each (the first error is raised after all): arq's close
+        ends by closing the Redis pool, which the workers share, and must not cut the jobs of one still
+        running."""
+        for worker in self.workers:
+            worker.handle_sig(signal.SIGUSR1)  # what arq's own close does first: cancel the running jobs
+        jobs = [task for worker in self.workers for task in worker.tasks.values()]
+        await asyncio.gather(*jobs, return_exceptions=True)
         first: BaseException | None = None
         for worker in self.workers:
             try:
                 await worker.close()
-            except BaseException as exc:
+            except BaseException as exc:  # re-raised below, after the others closed
                 first = first or exc
         if first is not None:
             raise first

@@ -132,12 +132,16 @@ def build_worker(
     pc: ProcessContext,
     *,
     burst: bool = False,
-    handle_signals: bool = True,
+    handle_signals: bool = False,
     max_burst_jobs: int = -1,
     role: str | None = None,
 ) -> WorkerSet:
     """The process's arq workers bound to its context (shared engine, HTTP clients and queue pool): the live
-    worker, the bulk worker, or both (``role``, default the ``WORKER_ROLE`` setting; ``app.worker.group``)."""
+    worker, the bulk worker, or both (``role``, default the ``WORKER_ROLE`` setting; ``app.worker.group``).
+    Signals are the caller's (``run_worker_forever`` stops the set on SIGTERM): arq's own handler would be
+    installed once per worker, the last replacing the others."""
+    if handle_signals:
+        raise ValueError("a worker set does not install signal handlers: stop it from the caller")
     s = pc.settings
     role = role or s.worker_role
 

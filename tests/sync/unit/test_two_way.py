@@ -605,3 +605,23 @@ async def test_an_accepted_deletion_ends_what_the_platform_held(session: AsyncSe
     )
     await outbox_repo.mark_pushed(session, [row.id], utcnow())
     assert (await _outbox(session, account)).platform_values is None
+
+
+async def test_the_export_reconcile_compares_with_the_pushed_phone_and_what_the_platform_owns(
+    session: AsyncSession, account: int
+) -> None:
+    row = await _outbox(session, account)
+    payload = {**row.payload, "phone": "+15550100"}
+    await outbox_repo.requeue(session, [outbox_repo.Requeue(row.id, payload, "p")], utcnow(), bulk=False)
+    await outbox_repo.mark_pushed(session, [row.id], utcnow())
+    await spec_repo.store_spec(session, account, _owned_spec())
+    assert (
+        await two_way.apply_change(session, account, _change("silver", KOMMO_AT + 5)) is Outcome.PLATFORM_WINS
+    )
+    later = utcnow() + timedelta(seconds=1)
+    held = (await crm_writes_repo.pushed_before(session, account, [EMAIL], later))[EMAIL]
+    assert (held["phone"], held["Plan"], held["Score"]) == ("+15550100", "silver", "12.5")
+    # What the preview compares with: the same record.
+    _, state = (await outbox_repo.pushed_state(session, account, [EMAIL]))[EMAIL]
+    assert state is not None
+    assert state["kept"] == {"Plan": "silver"}
