@@ -285,13 +285,17 @@ def platform_entry(value: str, at: int) -> dict[str, Any]:
 
 
 def platform_record(
-    pushed: Mapping[str, Any] | None, platform_values: Mapping[str, Any] | None, owned: Sequence[str]
+    pushed: Mapping[str, Any] | None,
+    platform_values: Mapping[str, Any] | None,
+    owned: Sequence[str],
+    pushed_at: int = 0,
 ) -> dict[str, Any] | None:
     """``outbox.platform_values`` brought up to the spec in force (``owned``: its ``to_kommo`` targets). An owned
     target the push record still holds (pushed before its rule became ``to_kommo``, or by an older release)
     moves here, so what the platform holds of it survives the next push, which no longer carries it; the entry
     of a target no longer owned goes once the push record holds that target (the push record's is the later:
-    ``held_value``). A pushed deletion leaves it as it is (accepting one cleared it: ``outbox_repo.mark_pushed``)."""
+    ``held_value``). A moved entry is dated ``pushed_at``, when the platform accepted that push (epoch
+    seconds). A pushed deletion leaves it as it is (accepting one cleared it: ``outbox_repo.mark_pushed``)."""
     values = dict(platform_values or {})
     if not pushed or pushed.get("delete"):
         return values or None
@@ -299,9 +303,9 @@ def platform_record(
     for target in owned:
         if target == PHONE_TARGET:
             if pushed.get("phone"):
-                values[target] = platform_entry(str(pushed["phone"]), 0)
+                values[target] = platform_entry(str(pushed["phone"]), pushed_at)
         elif target in fields:
-            values[target] = platform_entry(str(fields[target]), 0)
+            values[target] = platform_entry(str(fields[target]), pushed_at)
     for target in list(values):
         slot = bool(pushed.get("phone")) if target == PHONE_TARGET else target in fields
         if target not in owned and slot:

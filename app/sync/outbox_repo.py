@@ -8,7 +8,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import JSON, BigInteger, String, Table, bindparam, func, literal_column, select, text, update
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    String,
+    Table,
+    bindparam,
+    func,
+    literal_column,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
@@ -71,7 +83,7 @@ _ADD = unnest_insert("outbox", _COLUMNS, "ON CONFLICT (account_id, email) DO NOT
 _LOCK = lateral(
     "CAST(:keys AS TEXT[])",
     "email",
-    "SELECT id, email, status, payload_hash, pushed_hash, pushed_payload, platform_values FROM outbox"
+    "SELECT id, email, status, payload_hash, pushed_hash, pushed_payload, platform_values, pushed_at FROM outbox"
     " WHERE account_id = :account_id AND email = q.email",
     lock=True,
 )
@@ -88,6 +100,7 @@ class HeldRow:
     pushed_hash: str | None
     pushed_payload: dict[str, Any] | None
     platform_values: dict[str, Any] | None = None
+    pushed_at: int = 0  # when the platform accepted that push (epoch seconds; 0: never)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +127,7 @@ async def lock_outbox(session: AsyncSession, account_id: int, emails: Sequence[s
                 pushed_hash=String,
                 pushed_payload=JSON,
                 platform_values=JSON,
+                pushed_at=DateTime(timezone=True),
             )
         )
         for row in (await session.execute(stmt)).all():
@@ -124,6 +138,7 @@ async def lock_outbox(session: AsyncSession, account_id: int, emails: Sequence[s
                 row.pushed_hash,
                 row.pushed_payload,
                 row.platform_values,
+                int(row.pushed_at.timestamp()) if row.pushed_at else 0,
             )
     return out
 

@@ -303,7 +303,7 @@ async def _held_states(
     for email, row in rows.items():
         values = row.platform_values
         if owned or values:
-            values = platform_record(row.pushed_payload, row.platform_values, owned)
+            values = platform_record(row.pushed_payload, row.platform_values, owned, row.pushed_at)
             if values != row.platform_values:
                 changed.append((row.id, values))
         held = held_state(row.pushed_payload, values)

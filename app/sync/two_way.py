@@ -57,7 +57,7 @@ from app.sync import contacts_repo, crm_writes_repo, field_times, outbox_repo, r
 from app.sync.crm_writes_repo import NewWrite, source_key
 from app.sync.mapping import held_state, held_value
 from app.sync.outbox_repo import HeldRow
-from app.sync.spec import Direction, FieldRule, StoredSpec
+from app.sync.spec import PHONE_TARGET, Direction, FieldRule, StoredSpec
 
 log = structlog.get_logger(__name__)
 
@@ -177,14 +177,15 @@ async def on_hook_event(
 
 
 def _told_at(row: HeldRow | None, target: str) -> int:
-    """When the platform set the value we hold of an owned target (0: unknown, or held in the push record,
-    whose own entry is the later)."""
-    if row is None or not row.platform_values:
+    """When the platform got the value we hold of an owned target: when it reported it, or for one the push
+    record holds (the later), when that push was accepted; 0 when unknown."""
+    if row is None:
         return 0
     pushed = row.pushed_payload or {}
-    if target in (pushed.get("fields") or {}):
-        return 0
-    entry = row.platform_values.get(target)
+    in_push = bool(pushed.get("phone")) if target == PHONE_TARGET else target in (pushed.get("fields") or {})
+    if in_push:
+        return row.pushed_at
+    entry = (row.platform_values or {}).get(target)
     return int(entry.get("at") or 0) if isinstance(entry, dict) else 0
 
 

@@ -584,7 +584,11 @@ async def test_a_value_pushed_before_the_rule_became_owned_survives_the_next_pus
     await _version(session, account, KOMMO_AT + 10, plan="gold", score="14")
     row = await _outbox(session, account)
     assert row.status == OutboxStatus.PENDING
-    assert row.platform_values == {"Plan": {"v": "gold", "at": 0}}
+    assert row.pushed_at is not None
+    pushed_at = int(row.pushed_at.timestamp())  # when Unisender took "gold" from us
+    assert row.platform_values == {"Plan": {"v": "gold", "at": pushed_at}}
+    # A report of Plan older than that push is stale: the push overwrote it.
+    assert await two_way.apply_change(session, account, _change("tin", pushed_at - 5)) is Outcome.STALE
     await outbox_repo.mark_pushed(session, [row.id], utcnow())
     row = await _outbox(session, account)
     assert row.pushed_payload is not None
