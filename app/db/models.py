@@ -233,7 +233,7 @@ class Outbox(Base):
     # That state itself, for the per-field differences of a mapping preview.
     pushed_payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # What Unisender holds of the fields it owns (targets of ``to_kommo`` rules), as its changes told us: no
-    # push carries them, so the push record above cannot (app.sync.mapping.held_state).
+    # push carries them, so the push record above cannot (app.sync.held.held_state).
     platform_values: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     pushed_at: Mapped[datetime | None]
     status: Mapped[OutboxStatus] = mapped_column(state_column(OutboxStatus, 16), default=OutboxStatus.PENDING)

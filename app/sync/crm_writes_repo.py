@@ -16,7 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db.models import Contact, CrmWrite, Outbox
 from app.db.states import CrmWriteState, OutboxStatus
 from app.sync import field_times
-from app.sync.mapping import held_state, payload_hash, platform_entry
+from app.sync.held import held_state, platform_entry
+from app.sync.mapping import payload_hash
 from app.sync.outbox_repo import HeldRow
 from app.sync.spec import PHONE_TARGET, SourceKind, SourceRef
 
@@ -108,7 +109,7 @@ async def record_held_value(
     what it holds sends nothing, so neither our echo nor the CRM's echo of our write is pushed back. A target
     we push is recorded in the push record (``pushed_payload``, when there is one); a target the platform
     ``owned`` (a ``to_kommo`` rule's) in ``platform_values``, which no push replaces. Either way the other
-    place loses the target, so the one that holds it is the latest (``app.sync.mapping.held_value``). ``at``:
+    place loses the target, so the one that holds it is the latest (``app.sync.held.held_value``). ``at``:
     when the platform set it (epoch seconds), so that an older report of an owned field is told apart."""
     pushed = _held(row.pushed_payload)
     kept = dict(row.platform_values or {})

@@ -27,7 +27,7 @@ from app.db.base import utcnow
 from app.db.models import Outbox
 from app.db.sql import Columns, chunks, execute_many, insert_unnest, json_dumps, lateral, unnest_insert
 from app.db.states import OutboxStatus
-from app.sync.mapping import held_state
+from app.sync.held import held_state
 
 # The statuses an operator watches (the account views count them).
 WATCHED: tuple[OutboxStatus, ...] = (OutboxStatus.PENDING, OutboxStatus.REJECTED, OutboxStatus.DEAD)
@@ -339,7 +339,7 @@ async def pushed_state(
     session: AsyncSession, account_id: int, emails: Sequence[str]
 ) -> dict[str, tuple[str | None, dict[str, Any] | None]]:
     """Per address with an outbox row, what the platform last accepted: (hash, payload), the payload with what
-    the platform holds of the fields it owns (``app.sync.mapping.held_state``)."""
+    the platform holds of the fields it owns (``app.sync.held.held_state``)."""
     out: dict[str, tuple[str | None, dict[str, Any] | None]] = {}
     for chunk in chunks(list(emails)):
         stmt = select(Outbox.email, Outbox.pushed_hash, Outbox.pushed_payload, Outbox.platform_values).where(

@@ -35,15 +35,14 @@ from app.db.states import OutboxStatus
 from app.queue import enqueue
 from app.sync import consent_repo, contacts_repo, field_times, outbox_repo, spec_repo
 from app.sync.contacts_repo import AddressChange, ContactRow, Owner
+from app.sync.held import held_state, platform_record
 from app.sync.mapping import (
     CompiledSpec,
     already_held,
     contact_data,
     contact_emails,
-    held_state,
     keep_phone,
     payload_hash,
-    platform_record,
 )
 from app.sync.spec import PHONE_TARGET, SourceKind, StoredSpec
 

@@ -55,7 +55,7 @@ from app.db.base import utcnow
 from app.db.states import CrmWriteState
 from app.sync import contacts_repo, crm_writes_repo, field_times, outbox_repo, reverse, service, spec_repo
 from app.sync.crm_writes_repo import NewWrite, source_key
-from app.sync.mapping import held_state, held_value
+from app.sync.held import held_state, held_value
 from app.sync.outbox_repo import HeldRow
 from app.sync.spec import PHONE_TARGET, Direction, FieldRule, StoredSpec
 

@@ -8,6 +8,7 @@ import pytest
 
 from app.connectors.base import CrmContact, CrmFieldValue
 from app.sync.contacts_repo import Owner
+from app.sync.held import held_state, held_value, platform_entry, platform_record
 from app.sync.mapping import (
     CompiledSpec,
     ContactView,
@@ -16,13 +17,9 @@ from app.sync.mapping import (
     contact_emails,
     desired,
     difference,
-    held_state,
-    held_value,
     keep_phone,
     normalize_email,
     payload_hash,
-    platform_entry,
-    platform_record,
 )
 from app.sync.service import Derivation
 from app.sync.spec import Direction, FieldRule, ListRule, SourceKind, SourceRef, StoredSpec, default_spec
