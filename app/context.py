@@ -20,6 +20,12 @@ from app.security.crypto import Cipher, configure_encryption
 
 USER_AGENT = "contactsync/0.1 (+https://github.com/contactsync/contactsync)"
 
+# Idle pooled connections are dropped after this long. It must stay below the keep-alive timeout of the servers
+# we call: a connection taken from the pool just as the server closes it fails with a ReadError (a request
+# that may never have left, and a call lost for the job). 5 s is common (Apache, uvicorn, the sandboxes),
+# and was httpx's own expiry here, so the two met head on.
+KEEPALIVE_EXPIRY_SECONDS = 4.0
+
 
 def kommo_budget(calls_per_second: int) -> RateLimiter:
     """The budget of one Kommo integration. Kommo counts arrivals in its own sliding second, and one 429
@@ -51,7 +57,11 @@ def build_http_client(
     """One client per upstream: connection pooling, explicit timeouts; status retries are the worker's job."""
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout, connect=connect),
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        limits=httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
+        ),
         headers={"User-Agent": USER_AGENT},
         follow_redirects=False,
         verify=tls_context(),

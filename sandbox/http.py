@@ -16,4 +16,7 @@ def tls_context() -> ssl.SSLContext:
 
 
 def http_client(**options: Any) -> httpx.AsyncClient:
+    """Idle connections expire before the service's 5-s keep-alive closes them: a delivery on a connection
+    the service is closing fails with a ReadError, and the delivery counts of the tests would see it."""
+    options.setdefault("limits", httpx.Limits(keepalive_expiry=4.0))
     return httpx.AsyncClient(verify=tls_context(), **options)

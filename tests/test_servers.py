@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from app.servers import listening_socket
+from fastapi import FastAPI, Request
+
+from app.context import build_http_client
+from app.servers import listening_socket, serve_in_background
+from app.serving import HttpLimits
 
 
 async def test_connections_accepted_on_our_listening_socket_have_tcp_nodelay() -> None:
@@ -29,3 +33,24 @@ async def test_connections_accepted_on_our_listening_socket_have_tcp_nodelay() -
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_provider_clients_drop_idle_connections_before_a_5_s_keep_alive_closes_them() -> None:
+    """A pooled connection idle for almost the server's keep-alive is not reused: reused, it could be closed
+    by the server as the request leaves (a ReadError, seen as a lost campaign lookup in the activity e2e test).
+    One request, then another after 4.5 s: between the clients' expiry (4 s) and the servers' 5 s."""
+    app = FastAPI()
+
+    @app.get("/port")
+    async def port(request: Request) -> dict[str, int]:
+        assert request.client is not None
+        return {"port": request.client.port}
+
+    assert HttpLimits().keep_alive_timeout == 5.0
+    async with serve_in_background(app) as url, build_http_client(timeout=5.0) as http:
+        first = (await http.get(f"{url}/port")).json()["port"]
+        again = (await http.get(f"{url}/port")).json()["port"]
+        assert again == first  # kept alive while fresh
+        await asyncio.sleep(4.5)
+        later = (await http.get(f"{url}/port")).json()["port"]
+        assert later != first  # a new connection, not one the server is about to close
