@@ -135,11 +135,16 @@ def settings(pg_database: str, secret_keys: str, admin_token: str, tmp_path: Pat
 
 
 async def _truncate_all(url: str) -> None:
+    """Empty every table and restart every sequence. DELETE, children first, not TRUNCATE: the tables of a
+    test are small, and TRUNCATE replaces each table's files (60 ms for the schema's tables, against 1 ms)."""
     dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
     conn = await asyncpg.connect(dsn)
     try:
-        tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-        await conn.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+        deletes = "; ".join(f'DELETE FROM "{t.name}"' for t in reversed(Base.metadata.sorted_tables))
+        await conn.execute(
+            f"{deletes}; SELECT setval(c.oid, 1, false) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'S' AND n.nspname = 'public'"
+        )
     finally:
         await conn.close()
 
