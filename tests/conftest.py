@@ -261,13 +261,17 @@ async def stack(
         app = create_app(wired)
         async with (
             serve_in_background(app, port=api_port) as api_url,
-            # Keep-alive shorter than uvicorn's 5 s: with equal timeouts the client may reuse a connection the
-            # server is closing at that instant (a ReadError that no real bug caused).
+            # Keep-alive shorter than uvicorn's 5 s (the sandboxes' too): with equal timeouts a client may reuse
+            # a connection the server is closing at that instant (a ReadError that no real bug caused).
             httpx.AsyncClient(
                 verify=tls_context(), base_url=api_url, timeout=30, limits=_CLIENT_LIMITS
             ) as api,
-            httpx.AsyncClient(verify=tls_context(), base_url=kommo_url, timeout=30) as kommo,
-            httpx.AsyncClient(verify=tls_context(), base_url=unisender_url, timeout=30) as unisender,
+            httpx.AsyncClient(
+                verify=tls_context(), base_url=kommo_url, timeout=30, limits=_CLIENT_LIMITS
+            ) as kommo,
+            httpx.AsyncClient(
+                verify=tls_context(), base_url=unisender_url, timeout=30, limits=_CLIENT_LIMITS
+            ) as unisender,
         ):
             yield Stack(
                 settings=wired,
