@@ -161,7 +161,10 @@ async def names_of_unknown(pc: ProcessContext, account_id: int, ids: Iterable[in
         infos, _ = await _read_campaigns(client)
     except (ConnectorError, AccountNotReady, UnknownAccount) as exc:
         log.warning("campaigns.lookup_failed", account_id=account_id, error=type(exc).__name__)
-        _missed(account_id, wanted, now)
+        # A failure that may pass (a timeout, a dropped connection, a rate limit) is not "not found": the next
+        # notes job asks again instead of writing this campaign's notes unnamed for MISS_TTL_SECONDS.
+        if not (isinstance(exc, ConnectorError) and exc.retryable):
+            _missed(account_id, wanted, now)
         return {}
     lists = _lists(esp, spec)
     # Without stats: save_campaigns keeps the totals of campaigns read before, the queued refresh adds them.
