@@ -287,7 +287,8 @@ async def stack(
 @asynccontextmanager
 async def running_worker(settings: Settings) -> AsyncIterator[ProcessContext]:
     """A real arq worker on real Redis, in this event loop, until the block ends."""
-    from app.worker.settings import build_worker, cancel_and_wait
+    from app.worker.group import cancel_and_wait
+    from app.worker.settings import build_worker
 
     pc = await build_context(settings)
     worker = build_worker(pc, handle_signals=False)

@@ -12,8 +12,23 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Sequence
+from typing import Any
 
 from app.worker.claims import ClaimingWorker
+
+
+async def cancel_and_wait(task: asyncio.Task[Any], *, every: float = 0.5) -> None:
+    """Cancel ``task`` and wait until it has ended, cancelling it again while it goes on.
+
+    One cancellation can be lost: on Python 3.11, ``asyncio.wait_for`` returns its inner result instead of
+    raising when the cancellation arrives just as the inner operation completes, and redis-py wraps every
+    command it sends in one. arq's loop then simply polls on, and a worker told to stop (SIGTERM,
+    ``serve --embedded`` ending) kept running until it was killed."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=every)
+    if not task.cancelled():
+        task.exception()  # retrieved: it ended on its own, and the caller is stopping anyway
 
 
 class WorkerSet:
@@ -49,13 +64,8 @@ class WorkerSet:
                     if exc is not None:
                         raise exc
         finally:
-            # Cancelled again until each has ended: on Python 3.11 one cancel can be lost (a Redis command
-            # finishing as it arrives), and a worker left polling would keep half a set running unsupervised.
-            while not all(task.done() for task in tasks):
-                for task in tasks:
-                    if not task.done():
-                        task.cancel()
-                await asyncio.wait(tasks, timeout=0.5)
+            # Each cancelled until it has ended (a lost cancel would leave half a set polling unsupervised).
+            await asyncio.gather(*(cancel_and_wait(task) for task in tasks))
 
     async def close(self) -> None:
         """Stop every worker's jobs first, then close each (the first error is raised after all): arq's close

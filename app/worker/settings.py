@@ -36,7 +36,7 @@ from app.queue import BULK_QUEUE_NAME, QUEUE_NAME, create_queue
 from app.retry import backoff
 from app.worker import tasks
 from app.worker.claims import ClaimingWorker
-from app.worker.group import WorkerSet
+from app.worker.group import WorkerSet, cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -243,20 +243,6 @@ async def _close_stopped(worker: Any) -> None:
         if task is not None and task.cancelling():
             raise
         log.info("worker.cancelled_job_at_close")
-
-
-async def cancel_and_wait(task: asyncio.Task[Any], *, every: float = 0.5) -> None:
-    """Cancel ``task`` and wait until it has ended, cancelling it again while it goes on.
-
-    One cancellation can be lost: on Python 3.11, ``asyncio.wait_for`` returns its inner result instead of
-    raising when the cancellation arrives just as the inner operation completes, and redis-py wraps every
-    command it sends in one. arq's loop then simply polls on, and a worker told to stop (SIGTERM,
-    ``serve --embedded`` ending) kept running until it was killed."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=every)
-    if not task.cancelled():
-        task.exception()  # retrieved: it ended on its own, and the caller is stopping anyway
 
 
 async def _reconnect(settings: Settings, stop: asyncio.Event) -> Any:

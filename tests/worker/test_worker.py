@@ -82,7 +82,7 @@ async def test_a_stopped_worker_ends_even_when_a_cancellation_is_lost() -> None:
     until it was killed. Cancelled at each step of such a loop, the task ends every time."""
     import asyncio
 
-    from app.worker.settings import cancel_and_wait
+    from app.worker.group import cancel_and_wait
 
     async def polls() -> None:
         while True:
