@@ -30,9 +30,6 @@ from app.db.session import Database
 from app.sync.backlog_repo import Backlog, PendingWork
 
 PROBE_TIMEOUT = 3.0  # per probe: a status that hangs on a silent server tells nothing
-# The worker's health-check key (``app.worker.settings``): set every 15 s, gone 1 s after a missed beat.
-WORKER_HEALTH_KEY = "contactsync:worker:health"
-BULK_WORKER_HEALTH_KEY = "contactsync:worker:health:bulk"  # the bulk queue's workers
 IN_PROGRESS_PREFIX = "arq:in-progress:"  # arq's, per job id
 
 _T = TypeVar("_T")
@@ -162,13 +159,13 @@ async def _database(db: Database, settings: Settings) -> _DatabaseRead:
 async def _queue(queue: ArqRedis) -> dict[str, Any]:
     """The arq queues' depth, from the sorted sets of job ids (score: when each is due): the live queue's at
     the top, the bulk queue's under ``bulk``."""
-    from app.queue import BULK_QUEUE_NAME, QUEUE_NAME
+    from app.queue import BULK_HEALTH_KEY, BULK_QUEUE_NAME, HEALTH_KEY, QUEUE_NAME
 
     # A job stays in the queue's sorted set while it runs; a finished cron job's in-progress key lingers a
     # minute but its id has left the set, so only ids still in the set count.
     started = [key[len(IN_PROGRESS_PREFIX) :] async for key in _keys(queue, IN_PROGRESS_PREFIX + "*")]
-    live = await _depth(queue, QUEUE_NAME, WORKER_HEALTH_KEY, started)
-    return {**live, "bulk": await _depth(queue, BULK_QUEUE_NAME, BULK_WORKER_HEALTH_KEY, started)}
+    live = await _depth(queue, QUEUE_NAME, HEALTH_KEY, started)
+    return {**live, "bulk": await _depth(queue, BULK_QUEUE_NAME, BULK_HEALTH_KEY, started)}
 
 
 async def _depth(queue: ArqRedis, name: str, health_key: str, started: list[str]) -> dict[str, Any]:

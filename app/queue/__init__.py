@@ -24,6 +24,10 @@ def bulk_queue(queue_name: str) -> str:
 
 
 BULK_QUEUE_NAME = bulk_queue(QUEUE_NAME)
+# arq's health checks, one key per queue's workers: set every 15 s by the workers, read by ``contactsync status``
+# (gone 1 s after a missed beat).
+HEALTH_KEY = "contactsync:worker:health"
+BULK_HEALTH_KEY = "contactsync:worker:health:bulk"
 
 
 def redis_settings(url: str) -> RedisSettings:

@@ -33,14 +33,10 @@ WAKE_WINDOW_SECONDS = 0.1
 async def _enqueue(
     queue: ArqRedis, function: str, *args: Any, job_id: str, defer: float | None = None
 ) -> None:
+    # A bulk job waits in the bulk queue beside the pool's own (app.worker.group); None: the pool's own.
+    name = bulk_queue(queue.default_queue_name) if job_id.startswith(BULK_PREFIX) else None
     try:
-        if job_id.startswith(
-            BULK_PREFIX
-        ):  # it waits in the bulk queue beside the pool's own (app.worker.group)
-            bulk = bulk_queue(queue.default_queue_name)
-            await queue.enqueue_job(function, *args, _job_id=job_id, _defer_by=defer, _queue_name=bulk)
-        else:
-            await queue.enqueue_job(function, *args, _job_id=job_id, _defer_by=defer)
+        await queue.enqueue_job(function, *args, _job_id=job_id, _defer_by=defer, _queue_name=name)
     except Exception as exc:
         # Redis is only the wake-up signal: the sweeper re-finds this work in PostgreSQL.
         log.warning("enqueue.failed", function=function, error=repr(exc))

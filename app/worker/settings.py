@@ -32,7 +32,7 @@ from app.context import ProcessContext, build_context
 from app.db.schema import check_schema_current
 from app.db.session import is_timeout
 from app.logging import configure_logging
-from app.queue import BULK_QUEUE_NAME, QUEUE_NAME, create_queue
+from app.queue import BULK_HEALTH_KEY, BULK_QUEUE_NAME, HEALTH_KEY, QUEUE_NAME, create_queue
 from app.retry import backoff
 from app.worker import tasks
 from app.worker.claims import ClaimingWorker
@@ -41,9 +41,6 @@ from app.worker.group import WorkerSet, cancel_and_wait
 log = structlog.get_logger(__name__)
 
 TaskFn = Callable[..., Coroutine[Any, Any, Any]]
-# arq's health checks, one key per queue's workers (``contactsync status`` reads them).
-HEALTH_KEY = "contactsync:worker:health"
-BULK_HEALTH_KEY = "contactsync:worker:health:bulk"
 
 
 def _reconnecting(fn: TaskFn) -> TaskFn:
