@@ -27,11 +27,12 @@ _TITLES = {
 
 def dumps(body: Any) -> bytes:
     """Compact JSON, non-ASCII as is. orjson writes the same bytes as the standard library for what the sandbox
-    renders (pages of 250 contacts are a large share of a full sync's CPU in tests and benchmarks); what it
-    refuses (an integer beyond 64 bits, say) falls back to the standard library."""
+    renders, which holds no NaN or infinity (orjson would write null); pages of 250 contacts are a large share
+    of a full sync's CPU in tests and benchmarks. What orjson refuses (an integer beyond 64 bits, say) falls
+    back to the standard library."""
     try:
         return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
-    except (orjson.JSONEncodeError, TypeError):
+    except orjson.JSONEncodeError:
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.context import tls_context
-from tests.conftest import Stack, raw_sql
+from tests.conftest import _CLIENT_LIMITS, Stack, raw_sql
 from tests.support.e2e import Account, connect_account
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -63,9 +63,7 @@ async def test_fuzz_webhook_endpoints(stack: Stack) -> None:
 
     # One client for every example (a client of its own each loaded the CA bundle 150 times), its idle
     # connections dropped before the server's 5-s keep-alive closes them.
-    client = httpx.Client(
-        base_url=base, timeout=10, verify=tls_context(), limits=httpx.Limits(keepalive_expiry=2.0)
-    )
+    client = httpx.Client(base_url=base, timeout=10, verify=tls_context(), limits=_CLIENT_LIMITS)
 
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(body=_raw, target=st.sampled_from(["kommo", "unisender"]))

@@ -363,7 +363,8 @@ def test_a_phone_the_platform_owns_is_neither_sent_nor_kept_from_before() -> Non
 def test_the_platform_record_follows_the_spec_in_force() -> None:
     """An owned target still in the push record (pushed before its rule became ``to_kommo``) moves into
     ``platform_values``, so the next push, which no longer carries it, does not lose it; the entry of a target
-    no longer owned goes once the push record holds it; a deletion leaves nothing."""
+    no longer owned goes once the push record holds it; the push record of a deletion moves nothing (an
+    accepted deletion clears the values where it is recorded, ``outbox_repo.mark_pushed``)."""
     pushed = {"delete": False, "fields": {"Name": "A", "City": "Rome"}, "phone": "+1", "lists": [1]}
     assert platform_record(pushed, None, ("City",)) == _told(City="Rome")
     assert platform_record(pushed, _told(City="Paris"), ("City",)) == _told(City="Rome")  # the later
