@@ -56,10 +56,17 @@ def platform_record(
         elif target in fields:
             values[target] = platform_entry(str(fields[target]), pushed_at)
     for target in list(values):
-        slot = bool(pushed.get("phone")) if target == PHONE_TARGET else target in fields
-        if target not in owned and slot:
+        if target not in owned and in_push_record(pushed, target):
             del values[target]
     return values or None
+
+
+def in_push_record(pushed: Mapping[str, Any], target: str) -> bool:
+    """Whether the push record ``pushed`` has ``target`` in its own slot (``fields[target]``; the phone:
+    ``phone``)."""
+    if target == PHONE_TARGET:
+        return bool(pushed.get("phone"))
+    return target in (pushed.get("fields") or {})
 
 
 def held_value(held: Mapping[str, Any] | None, target: str) -> str | None:

@@ -55,9 +55,9 @@ from app.db.base import utcnow
 from app.db.states import CrmWriteState
 from app.sync import contacts_repo, crm_writes_repo, field_times, outbox_repo, reverse, service, spec_repo
 from app.sync.crm_writes_repo import NewWrite, source_key
-from app.sync.held import held_state, held_value
+from app.sync.held import held_state, held_value, in_push_record
 from app.sync.outbox_repo import HeldRow
-from app.sync.spec import PHONE_TARGET, Direction, FieldRule, StoredSpec
+from app.sync.spec import Direction, FieldRule, StoredSpec
 
 log = structlog.get_logger(__name__)
 
@@ -182,8 +182,7 @@ def _told_at(row: HeldRow | None, target: str) -> int:
     if row is None:
         return 0
     pushed = row.pushed_payload or {}
-    in_push = bool(pushed.get("phone")) if target == PHONE_TARGET else target in (pushed.get("fields") or {})
-    if in_push:
+    if in_push_record(pushed, target):
         return row.pushed_at
     entry = (row.platform_values or {}).get(target)
     return int(entry.get("at") or 0) if isinstance(entry, dict) else 0
