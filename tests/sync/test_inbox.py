@@ -151,7 +151,10 @@ class _RecordingQueue:
     def __init__(self) -> None:
         self.jobs: list[tuple[str, tuple[Any, ...], str]] = []
 
-    async def enqueue_job(self, function: str, *args: Any, _job_id: str, _defer_by: float | None) -> None:
+    async def enqueue_job(
+        self, function: str, *args: Any, _job_id: str, _defer_by: float | None, _queue_name: str | None = None
+    ) -> None:
+        assert _queue_name is None  # a wake-up is live work: the pool's own queue
         self.jobs.append((function, args, _job_id))
 
 
