@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from app.collector import tune_collector
 from app.config import ConfigError, Settings
 
 DESCRIPTION = """\
@@ -131,6 +132,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
     )
     server = uvicorn.Server(config)
+    tune_collector()
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
     return 0 if server.started else 3  # uvicorn's own exit status for an app that failed to start
@@ -146,6 +148,7 @@ async def _serve_embedded(settings: Settings, host: str, port: int) -> int:
         create_app(settings), host=host, port=port, limits=HttpLimits.from_settings(settings), log_config=None
     )
     server = StoppableServer(config)
+    tune_collector()
     stop = asyncio.Event()
     worker = asyncio.create_task(run_worker_forever(settings, stop=stop))
     try:
@@ -182,6 +185,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         await run_worker_forever(settings, stop=stop)
 
     stop_metrics = serve_worker_metrics(port) if port else None
+    tune_collector()
     try:
         asyncio.run(main())
     finally:

@@ -20,6 +20,7 @@ from cryptography.fernet import Fernet
 from pydantic import SecretStr
 from sqlalchemy import text
 
+from app.collector import tune_collector
 from app.config import Environment, Settings
 from app.context import ProcessContext, build_context, tls_context
 from app.db.base import Base
@@ -72,6 +73,12 @@ def _deal_long_tests_first(items: list[pytest.Item], processes: int) -> list[pyt
         short = short[take:]
         left -= size
     return ordered + short
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # The test process runs the service in-process (API, sandboxes, jobs) for minutes: the same collector
+    # set-up as the service's own processes, once every test module is imported.
+    tune_collector()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
