@@ -127,7 +127,7 @@ class ProcessContext:
             # A provider's pause still being written must reach the other processes before the client goes.
             for limiter in self.limiters.values():
                 if isinstance(limiter, SharedWindow):
-                    await limiter.drain()
+                    await limiter.close()
             await self.budget_redis.aclose()
         await self.db.dispose()
 

@@ -161,6 +161,7 @@ class SharedWindow:
         self._serial = itertools.count()
         self._open: dict[asyncio.Task[object], list[str]] = {}  # calls in flight, by the task that made them
         self._writes: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     @property
     def fallback_active(self) -> bool:
@@ -251,6 +252,11 @@ class SharedWindow:
             self._background(self._share_pause(seconds))
 
     def _background(self, work: Coroutine[object, object, None]) -> None:
+        if self._closed:
+            # Shutting down: a call task ending now (one cancelled as the process stops) must not start a write
+            # that would outlive the Redis client; its grant counts until its cap instead.
+            work.close()
+            return
         task = asyncio.get_running_loop().create_task(work)
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
@@ -264,9 +270,14 @@ class SharedWindow:
             log.warning("budget.pause_not_shared", budget=self.name, error=type(exc).__name__)
 
     async def drain(self) -> None:
-        """Wait for pause and return writes still in flight (tests, shutdown)."""
+        """Wait for pause and return writes still in flight (tests)."""
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Finish the writes in flight and start no more (shutdown, before the Redis client closes)."""
+        self._closed = True
+        await self.drain()
 
 
 def _late(exc: BaseException) -> bool:

@@ -101,6 +101,40 @@ async def test_a_pause_set_by_one_instance_holds_the_others(clients: list[aiored
     assert time.monotonic() - start >= 0.3
 
 
+async def test_a_closed_budget_starts_no_write_when_a_call_task_ends(
+    clients: list[aioredis.Redis], name: str
+) -> None:
+    """At shutdown the budget is closed before its Redis client: a call task that ends afterwards (one the
+    stop cancelled) must not start a write that would outlive the client (left pending when the loop ends)."""
+
+    async def one_call(budget: SharedWindow, *, close_before_it_ends: bool) -> None:
+        granted, release = asyncio.Event(), asyncio.Event()
+
+        async def call() -> None:
+            await budget.acquire()
+            granted.set()
+            await release.wait()
+
+        task = asyncio.create_task(call())
+        await granted.wait()
+        if close_before_it_ends:
+            await budget.close()
+        release.set()
+        await task
+        await asyncio.sleep(0)  # the task's done callbacks have run
+
+    open_budget = SharedWindow(clients[0], name, limit=5, window=1.0, fallback_limit=2)
+    await one_call(open_budget, close_before_it_ends=False)
+    assert open_budget._writes  # open: the call's end is reported to Redis in the background
+    await open_budget.drain()
+
+    closed = SharedWindow(clients[0], name, limit=5, window=1.0, fallback_limit=2)
+    await one_call(closed, close_before_it_ends=True)
+    assert not closed._writes
+    closed.pause(1.0)  # a pause after closing holds this process only
+    assert not closed._writes
+
+
 async def test_keys_expire_after_the_window(clients: list[aioredis.Redis], name: str) -> None:
     budget = SharedWindow(clients[0], name, limit=3, window=0.2, fallback_limit=1, cap=0.2)
     await budget.acquire()
