@@ -70,6 +70,9 @@ INVALID_FIELD_NAME = "invalid_field_name"
 def row_problem(row: ImportRow) -> str | None:
     """Why the row's field names cannot be columns (a name given twice, empty, or a system column), or None."""
     names = [name for name, _ in row.fields]
+    unique = set(names)
+    if len(unique) == len(names) and "" not in unique and unique.isdisjoint(SYSTEM_COLUMNS):
+        return None  # the usual row, told in one pass (this runs for every row of every batch)
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         return f"field {repeated[0]!r} is given more than once"
