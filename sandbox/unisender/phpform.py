@@ -6,17 +6,38 @@ structure from decoded ``(name, value)`` pairs, so the sandbox reads parameters 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import TypeAlias
-from urllib.parse import parse_qsl
+from urllib.parse import unquote
 
 PhpValue: TypeAlias = "str | dict[str, PhpValue]"
 PhpParams: TypeAlias = dict[str, PhpValue]
 
 
 def decode_urlencoded(raw: str) -> list[tuple[str, str]]:
-    """Decode an ``application/x-www-form-urlencoded`` string (brackets may be %-encoded); strict UTF-8."""
-    return parse_qsl(raw, keep_blank_values=True, strict_parsing=False, encoding="utf-8", errors="strict")
+    """Decode an ``application/x-www-form-urlencoded`` string (brackets may be %-encoded); strict UTF-8.
+
+    What ``parse_qsl(raw, keep_blank_values=True)`` returns, faster: an import of 500 rows carries thousands
+    of pairs, and this sandbox shares the machine with the service it serves in benchmarks. Names repeat
+    from call to call (``data[i][j]``) and are decoded once; a value without ``%`` or ``+`` is taken as is.
+    """
+    pairs: list[tuple[str, str]] = []
+    for part in raw.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        pairs.append((_decoded_name(name), _decoded(value)))
+    return pairs
+
+
+def _decoded(text: str) -> str:
+    if "%" not in text and "+" not in text:
+        return text
+    return unquote(text.replace("+", " "), encoding="utf-8", errors="strict")
+
+
+_decoded_name = functools.lru_cache(maxsize=65_536)(_decoded)
 
 
 def _php_base(name: str) -> str:

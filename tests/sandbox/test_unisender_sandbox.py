@@ -11,10 +11,13 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.context import tls_context
 from app.servers import serve_in_background
@@ -649,6 +652,20 @@ async def test_fields_crud_and_name_rules(sandbox: Sandbox, key: str) -> None:
 
 
 # --- PHP parameter parsing ------------------------------------------------------------------------------
+
+
+@given(st.text(alphabet="ab=&+%5B0Cfé\u00a0", max_size=40))
+def test_form_decoding_reads_what_the_standard_library_reads(raw: str) -> None:
+    """The sandbox's fast decoder against ``parse_qsl``: the same pairs, or the same refusal (bad UTF-8)."""
+    try:
+        expected: Any = parse_qsl(raw, keep_blank_values=True, encoding="utf-8", errors="strict")
+    except UnicodeDecodeError:
+        expected = UnicodeDecodeError
+    try:
+        got: Any = decode_urlencoded(raw)
+    except UnicodeDecodeError:
+        got = UnicodeDecodeError
+    assert got == expected
 
 
 def test_php_bracket_parsing() -> None:
