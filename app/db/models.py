@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -221,6 +222,14 @@ class Outbox(Base):
     __table_args__ = (
         UniqueConstraint("account_id", "email"),
         Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+        # What a flush claims: an account's pending rows in id order (migration 0015).
+        Index(
+            "ix_outbox_pending_account_id_bulk_id",
+            "account_id",
+            "bulk",
+            "id",
+            postgresql_where=text("status = 'pending'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)

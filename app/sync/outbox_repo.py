@@ -12,6 +12,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Select,
     String,
     Table,
     bindparam,
@@ -211,33 +212,39 @@ async def cancel_outbox(session: AsyncSession, account_id: int, emails: Sequence
         )
 
 
+def due_rows(account_id: int, bulk: bool, limit: int) -> Select[Any]:
+    """The account's due pending rows of one kind (live or bulk), oldest first, locked (others skipped)."""
+    return (
+        select(
+            Outbox.id,
+            Outbox.email,
+            Outbox.payload,
+            Outbox.payload_hash,
+            Outbox.attempts,
+            Outbox.updated_at,
+            Outbox.bulk,
+        )
+        .where(
+            Outbox.account_id == account_id,
+            Outbox.status == OutboxStatus.PENDING,
+            Outbox.next_attempt_at <= utcnow(),
+            # "=" rather than IS: the partial index on (account_id, bulk, id) of pending rows serves only
+            # "=" (the column is never null). Without it the claim walked every pushed row in id order.
+            Outbox.bulk == bulk,
+        )
+        .order_by(Outbox.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+
+
 async def claim_due(session: AsyncSession, account_id: int, limit: int) -> list[DueRow]:
     """Due pending rows, live changes first (then bulk work's), oldest first within each, locked until the
     transaction ends (rows another flusher holds are skipped)."""
     rows: list[DueRow] = []
     for bulk in (False, True):
-        stmt = (
-            select(
-                Outbox.id,
-                Outbox.email,
-                Outbox.payload,
-                Outbox.payload_hash,
-                Outbox.attempts,
-                Outbox.updated_at,
-                Outbox.bulk,
-            )
-            .where(
-                Outbox.account_id == account_id,
-                Outbox.status == OutboxStatus.PENDING,
-                Outbox.next_attempt_at <= utcnow(),
-                Outbox.bulk.is_(bulk),
-            )
-            .order_by(Outbox.id)
-            .limit(limit - len(rows))
-        )
-        rows += [
-            DueRow(*row) for row in (await session.execute(stmt.with_for_update(skip_locked=True))).all()
-        ]
+        stmt = due_rows(account_id, bulk, limit - len(rows))
+        rows += [DueRow(*row) for row in (await session.execute(stmt)).all()]
         if len(rows) >= limit:
             break
     return rows
