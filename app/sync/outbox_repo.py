@@ -17,6 +17,7 @@ from sqlalchemy import (
     Table,
     bindparam,
     func,
+    literal,
     literal_column,
     select,
     text,
@@ -226,10 +227,12 @@ def due_rows(account_id: int, bulk: bool, limit: int) -> Select[Any]:
         )
         .where(
             Outbox.account_id == account_id,
-            Outbox.status == OutboxStatus.PENDING,
+            # The partial index on (account_id, bulk, id) of pending rows; without it the claim walked every
+            # pushed row in id order. The status is written into the statement (a bound value would leave
+            # the driver's reused generic plan unable to tell that the index covers it), and the flag
+            # compared with "=", which the index serves (IS it does not; the column is never null).
+            Outbox.status == literal(OutboxStatus.PENDING.value, literal_execute=True),
             Outbox.next_attempt_at <= utcnow(),
-            # "=" rather than IS: the partial index on (account_id, bulk, id) of pending rows serves only
-            # "=" (the column is never null). Without it the claim walked every pushed row in id order.
             Outbox.bulk == bulk,
         )
         .order_by(Outbox.id)
