@@ -1,5 +1,6 @@
 """The service processes' collector set-up: start-up objects frozen, young collections rarer, and cycles still
-collected without anyone calling ``gc.collect``. Run in a child interpreter: the test process keeps its own."""
+collected without anyone calling ``gc.collect``. Run in a child interpreter: the test process has set up
+its own collector already (tests/conftest.py), so it cannot show the change."""
 
 from __future__ import annotations
 
