@@ -1,7 +1,8 @@
 """Typed enqueue helpers. Jobs carry ids only; every input lives in PostgreSQL.
 
-Job ids are unique per trigger, so no enqueue is ever swallowed by an existing job key; the jobs themselves
-coalesce (each drains everything pending for its account under a per-account lock).
+Job ids are unique per trigger, so no enqueue is ever swallowed by an existing job key, except where a job
+coalesces a window on purpose (``_window``: one id per window, deferred to its end); the jobs themselves
+coalesce too (each drains everything pending for its account under a per-account lock).
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ FLUSH_WINDOW_SECONDS = 0.55
 # Coalescing window for wake-ups sent by webhook intake (see WakeUps): at most 10 jobs/s per account and
 # process, whatever the webhook rate; each job drains everything pending.
 WAKE_WINDOW_SECONDS = 0.1
+# Email activity is not live data: its jobs coalesce into longer windows so that Kommo's calls go out full
+# (250 notes, or a tag PATCH of many contacts) rather than one per events round. Kommo allows the whole
+# integration 7 calls a second, live changes' reads included.
+NOTES_WINDOW_SECONDS = 1.0
+TAGS_WINDOW_SECONDS = 2.0
 
 
 async def _enqueue(
@@ -44,6 +50,15 @@ async def _enqueue(
 
 def _uid(prefix: str) -> str:
     return f"{prefix}:{uuid.uuid4().hex[:12]}"
+
+
+def _window(prefix: str, seconds: float, *, after: float = 0.0) -> tuple[str, float]:
+    """The id and delay of a job coalesced into windows of ``seconds``: every ask within one window (``after``
+    seconds from now at the earliest) names the same id, deferred to the window's end. The id repeats within a
+    window, so arq keeps one job; the worker keeps no results, so the next window's id is free again."""
+    now = time.time()
+    window = math.floor((now + max(0.0, after)) / seconds) + 1
+    return f"{prefix}:w{window}", max(0.0, window * seconds - now)
 
 
 async def process_events(queue: ArqRedis, account_id: int, source: str = EventSource.KOMMO) -> None:
@@ -69,17 +84,8 @@ async def flush_outbox(queue: ArqRedis, account_id: int, *, delay: float | None 
         if await _after_quiet(queue, account_id):
             await _enqueue(queue, "flush_outbox", account_id, job_id=_uid(f"flush:{account_id}:lead"))
             return
-        now = time.time()
-        window = math.floor(now / FLUSH_WINDOW_SECONDS) + 1
-        # The id repeats within a window, so arq keeps one job; the worker keeps no results, so the next
-        # window's id is free again.
-        await _enqueue(
-            queue,
-            "flush_outbox",
-            account_id,
-            job_id=f"flush:{account_id}:w{window}",
-            defer=max(0.0, window * FLUSH_WINDOW_SECONDS - now),
-        )
+        job_id, defer = _window(f"flush:{account_id}", FLUSH_WINDOW_SECONDS)
+        await _enqueue(queue, "flush_outbox", account_id, job_id=job_id, defer=defer)
         return
     await _enqueue(queue, "flush_outbox", account_id, job_id=_uid(f"flush:{account_id}"), defer=delay)
 
@@ -119,7 +125,10 @@ async def full_sync(
 
 
 async def tag_unsubscribes(queue: ArqRedis, account_id: int) -> None:
-    await _enqueue(queue, "tag_unsubscribes", account_id, job_id=_uid(f"tag:{account_id}"))
+    """Tags take a window (``TAGS_WINDOW_SECONDS``): a campaign's bounces and complaints arrive one events round
+    after another, and a job per round sent a Kommo PATCH per stopped address."""
+    job_id, defer = _window(f"tag:{account_id}", TAGS_WINDOW_SECONDS)
+    await _enqueue(queue, "tag_unsubscribes", account_id, job_id=job_id, defer=defer)
 
 
 class WakeUps:
@@ -163,8 +172,16 @@ class WakeUps:
 
 
 async def activity_notes(queue: ArqRedis, account_id: int, *, sweep: bool = False) -> None:
+    """A notes job now: a job's continuation (it stopped with work left), or the sweeper's (its fixed id)."""
     base = _bulk_id(account_id, "notes")
     await _enqueue(queue, "activity_notes", account_id, job_id=f"{base}:{_SWEEP}" if sweep else _uid(base))
+
+
+async def activity_notes_window(queue: ArqRedis, account_id: int, *, after: float = 0.0) -> None:
+    """A notes job at the end of a ``NOTES_WINDOW_SECONDS`` window, ``after`` seconds from now at the earliest:
+    new activity (each events round asks; one job per window) or a part-filled call held back to fill."""
+    job_id, defer = _window(_bulk_id(account_id, "notes"), NOTES_WINDOW_SECONDS, after=after)
+    await _enqueue(queue, "activity_notes", account_id, job_id=job_id, defer=defer)
 
 
 async def signup_contacts(queue: ArqRedis, account_id: int) -> None:

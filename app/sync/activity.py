@@ -9,6 +9,10 @@ Rules:
 - An address no live contact holds is marked ``no_contact`` (shown in the account's view, never written).
 - Rounds of at most ``ROWS`` events, notes sent ``NOTES_PER_CALL`` at a time inside the CRM client's rate
   budget, each round one transaction under the account's notes lock: two jobs never write the same notes.
+- Calls go out full: a round's last, part-filled call waits while its events are fresher than
+  ``FILL_SECONDS`` (a campaign's events arrive round after round; the next rounds fill it), and is sent
+  when they are older, or when the round sent nothing else from a full read (so every round progresses).
+  Kommo's 7 calls a second are the whole integration's, so a call of 100 notes costs what one of 250 does.
   A note is recorded as written only after the CRM answered. The CRM has no idempotency key for notes, so
   each note about to be added is first an intent (``activity_note_intent``, in the round's transaction,
   which commits what was recorded when a call fails): after a call whose answer was lost (a timeout, a 5xx)
@@ -31,6 +35,7 @@ from app.accounts import repository as accounts_repo
 from app.connectors.base import ActivityKind, CrmClient, CrmNote, NotesWritten
 from app.connectors.errors import ConnectorError
 from app.context import ProcessContext
+from app.db.base import utcnow
 from app.db.locks import xact_lock
 from app.db.models import ActivityNote, EmailActivity
 from app.db.states import ActivityState, IntegrationStatus
@@ -42,6 +47,7 @@ log = structlog.get_logger(__name__)
 ROWS = 2000  # events per round: ~2 events a note, so a round fills several calls of 250 notes
 NOTES_PER_CALL = 250  # Kommo's batch cap: the notes' pace is its 7 calls a second
 MAX_ROUNDS = 20  # per job; a follow-up job continues
+FILL_SECONDS = 2.0  # how long a part-filled call's events wait for more (see the module's docstring)
 SERVICE = "Unisender"  # the notes' source as the CRM shows it
 # Notes added since an intent was written are looked for from this many seconds before it: the CRM stamps
 # them with its own clock.
@@ -75,6 +81,7 @@ class NotesResult:
     notes: int = 0  # notes added or updated
     events: int = 0  # events handled (noted, skipped or without contact)
     more: bool = False  # stopped at MAX_ROUNDS or the deadline with events left
+    wait: float = 0.0  # a part-filled call was held back: look again after this many seconds
 
 
 async def write_activity_notes(pc: ProcessContext, account_id: int) -> NotesResult:
@@ -109,8 +116,13 @@ async def write_activity_notes(pc: ProcessContext, account_id: int) -> NotesResu
                 names |= await campaigns.names_of_unknown(pc, account_id, ids - names.keys())
             known = await activity_repo.notes_for(session, account_id, list(groups))
             keys = list(groups)
+            held = 0.0
             for start in range(0, len(keys), NOTES_PER_CALL):
                 chunk = keys[start : start + NOTES_PER_CALL]
+                if len(chunk) < NOTES_PER_CALL and (start or len(rows) < ROWS):
+                    held = _fill_wait(groups, chunk)
+                    if held:
+                        break  # its events stay pending: a later round sends them with more
                 notes = [_note(key, groups[key], known.get(key), names) for key in chunk]
                 adds = [(_key_of(n.key), n.text) for n in notes if n.note_id is None]
                 await activity_repo.add_intents(session, account_id, adds)
@@ -126,8 +138,19 @@ async def write_activity_notes(pc: ProcessContext, account_id: int) -> NotesResu
         if failure is not None:
             log.warning("activity.notes_failed", account_id=account_id, error=type(failure).__name__)
             raise failure
+        if held and len(rows) < ROWS:
+            result.wait = held  # every pending event was read: nothing more to fill it with yet
+            return result
     result.more = True
     return result
+
+
+def _fill_wait(groups: Mapping[NoteKey, _Group], chunk: Sequence[NoteKey]) -> float:
+    """Seconds the part-filled call of ``chunk`` may still wait for more notes (0: send it now): until its
+    oldest event has been stored ``FILL_SECONDS``."""
+    oldest = min(r.created_at for key in chunk for r in groups[key].rows)
+    age = (utcnow() - oldest).total_seconds()
+    return min(FILL_SECONDS, FILL_SECONDS - age) if age < FILL_SECONDS else 0.0
 
 
 async def _settle_intents(session: AsyncSession, client: CrmClient, account_id: int) -> None:

@@ -137,7 +137,7 @@ async def process_unisender_events(
                 after_commit(session, lambda: enqueue.tag_unsubscribes(pc.queue, account_id))
                 log.info("unsubscribes.recorded", account_id=account_id, count=len(batch.suppressed))
             if batch.activity:
-                after_commit(session, lambda: enqueue.activity_notes(pc.queue, account_id))
+                after_commit(session, lambda: enqueue.activity_notes_window(pc.queue, account_id))
     result.more = True
     return result
 

@@ -176,6 +176,8 @@ async def activity_notes(ctx: dict[str, Any], account_id: int) -> int:
         return 0
     if result.more:
         await enqueue.activity_notes(process_context(ctx).queue, account_id)
+    elif result.wait:
+        await enqueue.activity_notes_window(process_context(ctx).queue, account_id, after=result.wait)
     return result.notes
 
 

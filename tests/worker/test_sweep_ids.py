@@ -1,8 +1,10 @@
 """The sweeper's re-enqueues of bulk work take one fixed id per account (or run), so sweeps every 10 s never
-pile jobs up behind bulk places that stay taken; other enqueues stay unique (real Redis)."""
+pile jobs up behind bulk places that stay taken; other enqueues stay unique, or take one id per window where they coalesce on purpose (real Redis)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 
 from arq.connections import ArqRedis
@@ -30,6 +32,39 @@ async def test_a_sweep_adds_no_second_job_while_its_first_waits(ctx: ProcessCont
         assert all(i.startswith(f"bulk:{account}:") for i in ids)  # still bulk work for the claims' caps
     finally:
         ids = await queue.zrange(bulk_name, 0, -1)
+        if ids:
+            await queue.delete(*(b"arq:job:" + i for i in ids))
+        await queue.delete(queue_name, bulk_name)
+
+
+async def test_activity_wake_ups_coalesce_into_one_job_per_window(ctx: ProcessContext) -> None:
+    """Every events round asks for a notes job and, with a stop among its events, a tags job: within one window
+    they are one job each, deferred to the window's end, so Kommo's calls go out full."""
+    queue_name = f"test-window-{uuid.uuid4().hex[:8]}"
+    queue = ArqRedis(connection_pool=ctx.queue.connection_pool, default_queue_name=queue_name)
+    bulk_name = bulk_queue(queue_name)
+    account = 10**12 + int(uuid.uuid4().int % 10**9)
+    try:
+        # At the start of a window, so that the asks below fall in one.
+        await asyncio.sleep(enqueue.TAGS_WINDOW_SECONDS - time.time() % enqueue.TAGS_WINDOW_SECONDS + 0.01)
+        for _ in range(5):
+            await enqueue.activity_notes_window(queue, account)
+            await enqueue.tag_unsubscribes(queue, account)
+        assert await queue.zcard(bulk_name) == 1
+        assert await queue.zcard(queue_name) == 1
+        for name, window in (
+            (bulk_name, enqueue.NOTES_WINDOW_SECONDS),
+            (queue_name, enqueue.TAGS_WINDOW_SECONDS),
+        ):
+            ((_, due_ms),) = await queue.zrange(name, 0, -1, withscores=True)
+            assert 0 < due_ms / 1000 - time.time() <= window
+        # A part-filled call held back for 3 s asks for a job that late, in a later window.
+        await enqueue.activity_notes_window(queue, account, after=3.0)
+        assert await queue.zcard(bulk_name) == 2
+        latest = max(score for _, score in await queue.zrange(bulk_name, 0, -1, withscores=True))
+        assert 3.0 <= latest / 1000 - time.time() <= 3.0 + enqueue.NOTES_WINDOW_SECONDS
+    finally:
+        ids = [*await queue.zrange(bulk_name, 0, -1), *await queue.zrange(queue_name, 0, -1)]
         if ids:
             await queue.delete(*(b"arq:job:" + i for i in ids))
         await queue.delete(queue_name, bulk_name)
