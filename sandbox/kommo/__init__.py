@@ -178,7 +178,8 @@ Control API (JSON; no auth; errors ``{"error": message}`` with 400/404/409)
   date_time, streetaddress, smart_address.
 - ``GET /_sandbox/accounts/{sub}/webhooks`` → registered webhooks with ``disabled`` and ``recent_failures``.
 - ``GET|POST|DELETE /_sandbox/faults`` ``{latency_ms, latency_jitter_ms, error_rate, error_status, burst_429,
-  lost_answers, seed}`` (``lost_answers``: the next N API writes, POST or PATCH, are applied and answered 504)
+  lost_answers, seed, only}`` (``lost_answers``: the next N API writes, POST or PATCH, are applied and answered
+  504; ``only``: an endpoint such as ``"POST /api/v4/contacts/notes"``, the only calls the faults apply to)
   (POST sets the given keys; DELETE clears faults and the rate-limit windows and blocks).
 - ``GET /_sandbox/clock``, ``POST /_sandbox/clock/advance`` ``{seconds}`` → ``{now, offset}``.
 - ``GET|DELETE /_sandbox/stats`` → ``{calls: {"GET /api/v4/contacts": n, ...}, responses: {"... 200": n},

@@ -115,7 +115,13 @@ class Faults:
     burst_429: int = 0  # the next N calls answer 429
     lost_answers: int = 0  # the next N writes (POST/PATCH) are applied, then answered 504
     seed: int = 0
+    # Only calls of this endpoint ("POST /api/v4/contacts/notes") get the faults; None: every call. A test
+    # aiming at one call is then not hit by another call that happens to come first (a cron's read).
+    only: str | None = None
     rng: random.Random = field(default_factory=lambda: random.Random(0))
+
+    def applies(self, endpoint: str | None) -> bool:
+        return self.only is None or endpoint == self.only
 
     def configure(self, body: dict[str, Any]) -> None:
         for key in ("latency_ms", "latency_jitter_ms", "burst_429", "lost_answers", "seed", "error_status"):
@@ -124,6 +130,11 @@ class Faults:
                 if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                     raise ValueError(f"{key} must be a non-negative integer")
                 setattr(self, key, v)
+        if "only" in body:
+            v = body["only"]
+            if v is not None and not (isinstance(v, str) and v.strip()):
+                raise ValueError("only must be an endpoint such as 'POST /api/v4/contacts/notes', or null")
+            self.only = v
         if "error_rate" in body:
             v = body["error_rate"]
             if not isinstance(v, int | float) or isinstance(v, bool) or not 0 <= v <= 1:
@@ -149,4 +160,5 @@ class Faults:
             "burst_429": self.burst_429,
             "lost_answers": self.lost_answers,
             "seed": self.seed,
+            "only": self.only,
         }

@@ -998,6 +998,25 @@ async def test_a_lost_answer_is_a_write_done_and_answered_504(sandbox: Sandbox) 
     assert (await sandbox.control("GET", "/stats"))["faults"]["lost_answer"] == 1
 
 
+async def test_faults_aimed_at_one_endpoint_spare_the_others(sandbox: Sandbox) -> None:
+    inst = await install(sandbox)
+    await sandbox.control(
+        "POST", "/faults", {"burst_429": 1, "lost_answers": 1, "only": "POST /api/v4/contacts"}
+    )
+    assert (await sandbox.http.get("/acme/api/v4/account", headers=inst.auth)).status_code == 200
+    assert (await sandbox.http.get("/acme/api/v4/contacts", headers=inst.auth)).status_code in (200, 204)
+    body = [{"name": "Aimed"}]
+    codes = [(await sandbox.http.post("/acme/api/v4/contacts", headers=inst.auth, json=body)).status_code]
+    codes.append((await sandbox.http.post("/acme/api/v4/contacts", headers=inst.auth, json=body)).status_code)
+    codes.append((await sandbox.http.post("/acme/api/v4/contacts", headers=inst.auth, json=body)).status_code)
+    assert codes == [429, 504, 200]
+    assert (await sandbox.control("GET", "/faults"))["only"] == "POST /api/v4/contacts"
+    bad = await sandbox.http.post("/_sandbox/faults", json={"only": 7})
+    assert bad.status_code == 400
+    await sandbox.control("DELETE", "/faults")
+    assert (await sandbox.control("GET", "/faults"))["only"] is None
+
+
 async def test_uninstall_calls_disable_hook_and_revokes_tokens(sandbox: Sandbox, receiver: Receiver) -> None:
     inst = await install(sandbox, hook=receiver.url)
     result = await sandbox.control("POST", "/uninstall", {"client_id": inst.client_id, "subdomain": "acme"})

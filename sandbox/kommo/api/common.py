@@ -40,14 +40,19 @@ Handler = Callable[[Account, AccessToken], Awaitable[Response] | Response]
 async def guarded(request: Request, subdomain: str, endpoint: str, handler: Handler) -> Response:
     """Account lookup, Bearer auth, rate limit / block, injected faults; then ``handler``; then stats."""
     state = kommo(request)
-    resp = await _guard(request, state, subdomain)
+    resp = await _guard(request, state, subdomain, endpoint)
     if isinstance(resp, Response):
         state.stats.record(endpoint, resp.status_code, *where(state, subdomain))
         return resp
     account, token = resp
     result = handler(account, token)
     out = await result if isinstance(result, Awaitable) else result
-    if request.method in ("POST", "PATCH") and out.status_code < 300 and state.faults.lost_answers > 0:
+    if (
+        request.method in ("POST", "PATCH")
+        and out.status_code < 300
+        and state.faults.lost_answers > 0
+        and state.faults.applies(endpoint)
+    ):
         # Done, but the caller never hears so: a gateway timing out in front of a slow Kommo.
         state.faults.lost_answers -= 1
         state.stats.faults["lost_answer"] += 1
@@ -57,7 +62,7 @@ async def guarded(request: Request, subdomain: str, endpoint: str, handler: Hand
 
 
 async def _guard(
-    request: Request, state: KommoSandboxState, subdomain: str
+    request: Request, state: KommoSandboxState, subdomain: str, endpoint: str
 ) -> Response | tuple[Account, AccessToken]:
     found = state.account_for_host(subdomain)
     if found is None:
@@ -84,12 +89,14 @@ async def _guard(
     if verdict == 429:
         state.stats.rate_limited += 1
         return r.too_many_requests(state.config.retry_after, state.config.retry_after_header)
-    fault = await apply_faults(state)
+    fault = await apply_faults(state, endpoint)
     return fault if fault is not None else (account, token)
 
 
-async def apply_faults(state: KommoSandboxState) -> Response | None:
+async def apply_faults(state: KommoSandboxState, endpoint: str) -> Response | None:
     faults = state.faults
+    if not faults.applies(endpoint):
+        return None
     delay = faults.delay()
     if delay:
         state.stats.faults["latency"] += 1

@@ -53,7 +53,7 @@ async def _token(request: Request, state: KommoSandboxState, subdomain: str) -> 
         body = loaded
     grant = body.get("grant_type")
     grant_s = grant if isinstance(grant, str) else ""
-    fault = await apply_faults(state)
+    fault = await apply_faults(state, "POST /oauth2/access_token")
     if fault is not None:
         return fault, grant_s
     if grant not in ("authorization_code", "refresh_token"):

@@ -40,6 +40,7 @@ async def clear_faults(request: Request) -> JSONResponse:
             "lost_answers": 0,
             "error_status": 500,
             "seed": 0,
+            "only": None,
         }
     )
     state.limiter.reset()
