@@ -1,8 +1,9 @@
 """Typed enqueue helpers. Jobs carry ids only; every input lives in PostgreSQL.
 
-Job ids are unique per trigger, so no enqueue is ever swallowed by an existing job key, except where a job
-coalesces a window on purpose (``_window``: one id per window, deferred to its end); the jobs themselves
-coalesce too (each drains everything pending for its account under a per-account lock).
+Job ids are unique per trigger, so no enqueue is swallowed by an existing job key, except where that is the
+point: jobs coalesced into windows (``_window``: one id per window, deferred to its end) and the sweeper's
+re-enqueues of bulk work (one fixed id, ``_SWEEP``). The jobs themselves coalesce too (each drains everything
+pending for its account under a per-account lock).
 """
 
 from __future__ import annotations

@@ -9,10 +9,10 @@ Rules:
 - An address no live contact holds is marked ``no_contact`` (shown in the account's view, never written).
 - Rounds of at most ``ROWS`` events, notes sent ``NOTES_PER_CALL`` at a time inside the CRM client's rate
   budget, each round one transaction under the account's notes lock: two jobs never write the same notes.
-- Calls go out full: a round's last, part-filled call waits while its events are fresher than
-  ``FILL_SECONDS`` (a campaign's events arrive round after round; the next rounds fill it), and is sent
-  when they are older, or when the round sent nothing else from a full read (so every round progresses).
-  Kommo's 7 calls a second are the whole integration's, so a call of 100 notes costs what one of 250 does.
+- Calls go out full (``_calls``): Kommo's 7 calls a second are the whole integration's, so a call of 100
+  notes costs what one of 250 does. A part-filled call waits while its events are fresher than
+  ``FILL_SECONDS`` (a campaign's events arrive round after round; the next rounds fill it), or, in a
+  backlog, goes to the front of the next round; a round that fills no call sends what it has.
   A note is recorded as written only after the CRM answered. The CRM has no idempotency key for notes, so
   each note about to be added is first an intent (``activity_note_intent``, in the round's transaction,
   which commits what was recorded when a call fails): after a call whose answer was lost (a timeout, a 5xx)
@@ -109,20 +109,14 @@ async def write_activity_notes(pc: ProcessContext, account_id: int) -> NotesResu
             client = await providers.crm_client(pc, account_id)
             await _settle_intents(session, client, account_id)
             groups = await _groups(session, account_id, rows, set(spec.activity), result)
-            ids = {key[1] for key in groups}
-            names = await campaigns_repo.names(session, account_id, ids)
+            known = await activity_repo.notes_for(session, account_id, list(groups))
+            calls, held = _calls(groups, known, full_read=len(rows) == ROWS)
+            ids = {key[1] for chunk in calls for key in chunk}
+            names = await campaigns_repo.names(session, account_id, ids) if ids else {}
             if not looked_up and ids - names.keys() - {0}:
                 looked_up = True
                 names |= await campaigns.names_of_unknown(pc, account_id, ids - names.keys())
-            known = await activity_repo.notes_for(session, account_id, list(groups))
-            keys = list(groups)
-            held = 0.0
-            for start in range(0, len(keys), NOTES_PER_CALL):
-                chunk = keys[start : start + NOTES_PER_CALL]
-                if len(chunk) < NOTES_PER_CALL and (start or len(rows) < ROWS):
-                    held = _fill_wait(groups, chunk)
-                    if held:
-                        break  # its events stay pending: a later round sends them with more
+            for chunk in calls:
                 notes = [_note(key, groups[key], known.get(key), names) for key in chunk]
                 adds = [(_key_of(n.key), n.text) for n in notes if n.note_id is None]
                 await activity_repo.add_intents(session, account_id, adds)
@@ -143,6 +137,36 @@ async def write_activity_notes(pc: ProcessContext, account_id: int) -> NotesResu
             return result
     result.more = True
     return result
+
+
+def _calls(
+    groups: Mapping[NoteKey, _Group], known: Mapping[NoteKey, ActivityNote], *, full_read: bool
+) -> tuple[list[list[NoteKey]], float]:
+    """The round's calls to send now, and how long a part-filled one held back may still wait (0: none held).
+
+    New notes and updated ones are separate calls (a POST and a PATCH), so each kind is cut into calls of
+    ``NOTES_PER_CALL`` on its own. A part-filled last call of a kind is held back: after a full read (more
+    events wait behind this round) when the round sends a full call, so the next round, at once, puts it in
+    front of a full one; after reading every pending event, while its oldest event is fresher than
+    ``FILL_SECONDS``. A full read that fills no call sends everything, so every round progresses."""
+    adds = [key for key in groups if key not in known]
+    updates = [key for key in groups if key in known]
+    full: list[list[NoteKey]] = []
+    tails: list[list[NoteKey]] = []
+    for keys in (adds, updates):
+        for start in range(0, len(keys), NOTES_PER_CALL):
+            chunk = keys[start : start + NOTES_PER_CALL]
+            (full if len(chunk) == NOTES_PER_CALL else tails).append(chunk)
+    if full_read:
+        return (full, 0.0) if full else (tails, 0.0)
+    calls, held = list(full), 0.0
+    for tail in tails:
+        wait = _fill_wait(groups, tail)
+        if wait:
+            held = max(held, wait)  # its events stay pending: a later round sends them with more
+        else:
+            calls.append(tail)
+    return calls, held
 
 
 def _fill_wait(groups: Mapping[NoteKey, _Group], chunk: Sequence[NoteKey]) -> float:

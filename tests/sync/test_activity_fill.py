@@ -5,6 +5,10 @@ directly so that each round is seen."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 
 from app.context import build_context
@@ -136,3 +140,45 @@ async def test_a_full_read_that_fills_no_call_is_sent_at_once(
     assert await _note_calls(stack) == calls + 1
     assert await _pending(stack) == 10
     assert 0 < result.wait <= activity.FILL_SECONDS
+
+
+async def test_a_backlog_round_carries_its_part_filled_call_to_the_next_round(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Old events, more than a round reads: the round's part-filled call is not sent (however old its
+    events), the next round puts it in front of the rest."""
+    monkeypatch.setattr(activity, "ROWS", 260)
+    account = await _readers(stack)
+    calls = await _note_calls(stack)
+    await _events(stack, account.account_id, range(1, 136))  # 270 events, 270 notes
+    await _age(stack, 2 * activity.FILL_SECONDS)
+    result = await _round(stack, account.account_id)
+    # Round 1 read 260: one call of 250, its 10 carried; round 2 read the 20 left, old: one call of 20.
+    assert (result.notes, result.wait) == (270, 0.0)
+    assert await _note_calls(stack) == calls + 2
+    assert await _pending(stack) == 0
+
+
+def _groups_of(n: int, *, age: float) -> dict[Any, Any]:
+    at = utcnow() - timedelta(seconds=age)
+    return {(i, 1, "opened"): activity._Group(rows=[SimpleNamespace(created_at=at)]) for i in range(n)}  # type: ignore[list-item]
+
+
+def test_new_and_updated_notes_are_cut_into_calls_of_their_own() -> None:
+    groups = _groups_of(600, age=0.0)
+    known: dict[Any, Any] = {key: object() for key in list(groups)[::3]}  # 200 updates, 400 new
+    calls, held = activity._calls(groups, known, full_read=True)
+    assert [len(c) for c in calls] == [250]  # the full call; both part-filled ones carried
+    assert all(key not in known for key in calls[0])
+    assert held == 0.0
+    calls, held = activity._calls(groups, known, full_read=False)
+    assert [len(c) for c in calls] == [250]  # fresh: both part-filled calls held
+    assert 0 < held <= activity.FILL_SECONDS
+    old = _groups_of(600, age=activity.FILL_SECONDS)
+    calls, held = activity._calls(old, known, full_read=False)
+    assert sorted(len(c) for c in calls) == [150, 200, 250]
+    assert [all(k in known for k in c) for c in calls] == [False, False, True]
+    assert held == 0.0
+    few = _groups_of(30, age=0.0)
+    calls, _ = activity._calls(few, {key: object() for key in list(few)[:10]}, full_read=True)
+    assert sorted(len(c) for c in calls) == [10, 20]  # a full read that fills no call sends all
