@@ -87,6 +87,11 @@ class SlidingWindow:
     def pause(self, seconds: float) -> None:
         self._paused_until = max(self._paused_until, time.monotonic() + seconds)
 
+    @property
+    def last_grant(self) -> float:
+        """When the latest acquisition was granted (``time.monotonic()``; 0 before any)."""
+        return self._grants[-1] if self._grants else 0.0
+
     async def acquire(self, cost: float = 1.0) -> None:
         units = max(1, int(cost))
         if units > self._limit:
