@@ -9,16 +9,16 @@ Rules:
 - An address no live contact holds is marked ``no_contact`` (shown in the account's view, never written).
 - Rounds of at most ``ROWS`` events, notes sent ``NOTES_PER_CALL`` at a time inside the CRM client's rate
   budget, each round one transaction under the account's notes lock: two jobs never write the same notes.
-- Calls go out full (``_calls``): Kommo's 7 calls a second are the whole integration's, so a call of 100
-  notes costs what one of 250 does. A part-filled call waits while its events are fresher than
-  ``FILL_SECONDS`` (a campaign's events arrive round after round; the next rounds fill it), or, in a
-  backlog, goes to the front of the next round; a round that fills no call sends what it has.
   A note is recorded as written only after the CRM answered. The CRM has no idempotency key for notes, so
   each note about to be added is first an intent (``activity_note_intent``, in the round's transaction,
   which commits what was recorded when a call fails): after a call whose answer was lost (a timeout, a 5xx)
   the next round lists the service notes changed since and adopts the ones it finds with exactly the text
   sent, and drops the intents of the others (never added). A worker killed in the middle of a call loses its
   round's transaction, intents included, so that call's notes may be added again (the one case left).
+- Calls go out full (``_calls``): Kommo's 7 calls a second are the whole integration's, so a call of 100
+  notes costs what one of 250 does. A part-filled call waits while its events are fresher than
+  ``FILL_SECONDS`` (a campaign's events arrive round after round; the next rounds fill it), or, in a
+  backlog, goes to the front of the next round; a round that fills no call sends what it has.
 """
 
 from __future__ import annotations
