@@ -149,10 +149,12 @@ Simulator choices where Unisender's docs are silent (config field in brackets wh
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from starlette.routing import BaseRoute
 
 from sandbox.unisender.api import router as api_router
 from sandbox.unisender.background import Background
@@ -173,6 +175,17 @@ __all__ = [
 ]
 
 
+@functools.cache
+def _routes() -> tuple[BaseRoute, ...]:
+    """The sandbox's routes, included once per process and shared by every sandbox app built in it: FastAPI
+    builds an inclusion's routes on its first request, and the tests build a sandbox per test."""
+    holder = APIRouter()
+    holder.include_router(control_router)
+    holder.include_router(activity_router)
+    holder.include_router(api_router)
+    return tuple(holder.routes)
+
+
 def create_unisender_sandbox(config: UnisenderSandboxConfig | None = None) -> FastAPI:
     """Build the sandbox app; state lives in ``app.state.unisender``, hook delivery in ``app.state.unisender_hooks``,
     campaign timelines and task notifications in ``app.state.unisender_background``."""
@@ -189,12 +202,14 @@ def create_unisender_sandbox(config: UnisenderSandboxConfig | None = None) -> Fa
             await dispatcher.aclose()
 
     app = FastAPI(
-        title="Unisender sandbox", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+        title="Unisender sandbox",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        routes=list(_routes()),
     )
     app.state.unisender = state
     app.state.unisender_hooks = dispatcher
     app.state.unisender_background = background
-    app.include_router(control_router)
-    app.include_router(activity_router)
-    app.include_router(api_router)
     return app
