@@ -116,14 +116,19 @@ async def serve_in_background(
     port: int = 0,
     log_level: str = "warning",
     limits: HttpLimits | None = None,
+    listening: socket.socket | None = None,
 ) -> AsyncIterator[str]:
     """Start ``app`` on ``host:port`` (0 = a free port) and yield its base URL; stop it on exit.
 
     With port 0 the listening socket is bound here and handed to the server: a port only looked up free and
     bound later could be taken by another process in between (parallel test runs did, "address already in
-    use")."""
+    use"). A caller that must know the port before it builds the app (its own public URL) binds the socket
+    itself (``listening_socket``) and passes it as ``listening``."""
     sockets: list[socket.socket] | None = None
-    if not port:
+    if listening is not None:
+        host, port = listening.getsockname()[:2]
+        sockets = [listening]
+    elif not port:
         listening = listening_socket(host)
         port = int(listening.getsockname()[1])
         sockets = [listening]

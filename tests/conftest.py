@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,7 +27,7 @@ from app.context import ProcessContext, build_context, tls_context
 from app.db.base import Base
 from app.db.schema import upgrade
 from app.main import create_app
-from app.servers import free_port, serve_in_background
+from app.servers import listening_socket, serve_in_background
 
 PG_ADMIN_DSN = os.environ.get("CONTACTSYNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -252,8 +253,12 @@ async def stack(
     # A hook delivery our intake answered 503 (its database budget, on a loaded box) is sent again after 0.5 s,
     # not Unisender's 10 minutes, for the same reason.
     unisender_app = create_unisender_sandbox(UnisenderSandboxConfig(hook_retry_interval_seconds=0.5))
-    api_port = free_port()
+    # Bound now, served later: the app's public URL names this port, and a port only looked up free could be
+    # taken before the server binds it (a sandbox started in between drew the same one: "address in use").
+    api_socket = listening_socket()
+    api_port = int(api_socket.getsockname()[1])
     async with (
+        _closing(api_socket),  # served, the server closes it; a failed start-up before that must not leak it
         serve_in_background(kommo_app) as kommo_url,
         serve_in_background(unisender_app) as unisender_url,
     ):
@@ -267,7 +272,7 @@ async def stack(
         )
         app = create_app(wired)
         async with (
-            serve_in_background(app, port=api_port) as api_url,
+            serve_in_background(app, listening=api_socket) as api_url,
             # Keep-alive shorter than uvicorn's 5 s (the sandboxes' too): with equal timeouts a client may reuse
             # a connection the server is closing at that instant (a ReadError that no real bug caused).
             httpx.AsyncClient(
@@ -289,6 +294,14 @@ async def stack(
                 unisender_app=unisender_app,
                 admin_headers={"Authorization": f"Bearer {admin_token}"},
             )
+
+
+@asynccontextmanager
+async def _closing(sock: socket.socket) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        sock.close()
 
 
 @asynccontextmanager
