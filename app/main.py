@@ -11,13 +11,13 @@ from fastapi import APIRouter, FastAPI
 from starlette.routing import BaseRoute
 
 from app.accounts.webhook_auth import WebhookAuth
+from app.api.errors import install_error_handlers
 from app.api.router import api_router
 from app.api.webhooks import KommoWebhookFastPath
 from app.config import Settings, get_settings
 from app.console.routes import router as console_router
 from app.context import ProcessContext, build_context
 from app.db.schema import check_schema_current
-from app.errors import install_error_handlers
 from app.logging import configure_logging
 from app.metrics import MetricsMiddleware
 from app.middleware import BodyGuardMiddleware, RequestIdMiddleware, SecurityHeadersMiddleware

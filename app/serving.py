@@ -23,8 +23,8 @@ import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
+from app.api.errors import BodyRefused
 from app.config import Settings
-from app.errors import BodyRefused
 
 log = structlog.get_logger(__name__)
 

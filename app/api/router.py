@@ -16,7 +16,7 @@ from app.api import (
     webhooks,
     widget,
 )
-from app.errors import ERROR_RESPONSES
+from app.api.errors import ERROR_RESPONSES
 
 api_router = APIRouter(responses=ERROR_RESPONSES)
 # Webhooks first: routes are matched in order, and they are by far the most frequent requests.

@@ -13,8 +13,8 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.deps import IntakeDep
+from app.api.errors import BodyRefused, render_exception
 from app.api.routing import AppRoute
-from app.errors import BodyRefused, render_exception
 from app.sync import ingest
 from app.sync.ingest import WebhookIntake
 

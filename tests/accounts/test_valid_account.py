@@ -7,9 +7,9 @@ import httpx
 from fastapi import FastAPI
 
 from app.api.deps import SessionDep, ValidAccount, ValidAccountPath
+from app.api.errors import install_error_handlers
 from app.context import ProcessContext
 from app.db.models import Integration
-from app.errors import install_error_handlers
 from tests.accounts.conftest import integration_row
 
 

@@ -4,9 +4,9 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 
+from app.api.errors import install_error_handlers
 from app.config import Settings
 from app.context import tls_context
-from app.errors import install_error_handlers
 from app.main import create_app
 from app.middleware import BodyGuardMiddleware
 from app.servers import serve_in_background

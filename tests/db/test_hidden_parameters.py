@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from app.api.errors import render_exception
 from app.config import Settings
 from app.db.session import Database, create_engine
-from app.errors import render_exception
 from app.logging import configure_logging
 
 MARKER = "Marker-Person-4711"
