@@ -268,7 +268,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or with ``argv`` only what parsing it can need (see ``register_all``)."""
     parser = argparse.ArgumentParser(
         prog="contactsync", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -333,12 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from app.commands import register_all
 
-    register_all(sub)
+    register_all(sub, argv, own=frozenset(sub.choices))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if getattr(args, "provider", None) and args.port is None:
         args.port = 8001 if args.provider == "kommo" else 8002
