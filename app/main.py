@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx = await build_context(settings, pre_ping=False)
         try:
-            await check_schema_current(ctx.db.engine, settings.require_database_url())
+            await check_schema_current(ctx.db.engine)
         except Exception:
             await ctx.close()
             raise

@@ -150,7 +150,7 @@ async def _database(db: Database, settings: Settings) -> _DatabaseRead:
     from app.sync import backlog_repo
 
     revision = await current_revision(db.engine)
-    head = head_revision(settings.require_database_url())
+    head = head_revision()
     async with db.session_scope() as session:
         work = await backlog_repo.pending_work(session)
     return _DatabaseRead(revision, head, work)

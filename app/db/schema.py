@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 
 from alembic import command
@@ -29,8 +30,11 @@ def alembic_config(database_url: str) -> Config:
     return cfg
 
 
-def head_revision(database_url: str) -> str | None:
-    return ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
+@functools.cache
+def head_revision() -> str | None:
+    """The code's own head revision, read once per process: alembic executes every migration script to read
+    its revision (15 ms), and the schema is checked at each start and by every readiness probe."""
+    return ScriptDirectory.from_config(alembic_config("")).get_current_head()
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
@@ -54,10 +58,10 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         return await conn.run_sync(_read)
 
 
-async def check_schema_current(engine: AsyncEngine, database_url: str) -> None:
+async def check_schema_current(engine: AsyncEngine) -> None:
     """Raise SchemaOutOfDate with a clear message unless this code runs on the database's schema: at the
     code's alembic head, or at a newer revision that accepts this code (``app.db.compat``)."""
-    await check_schema(engine, head_revision(database_url))
+    await check_schema(engine, head_revision())
 
 
 async def check_schema(engine: AsyncEngine, code_head: str | None) -> None:

@@ -178,7 +178,7 @@ async def run_rotate_keys(
         )
     db = Database(create_engine(settings.require_database_url(), pool_size=1))
     try:
-        await check_schema_current(db.engine, settings.require_database_url())
+        await check_schema_current(db.engine)
         report = await rotate_keys(
             db,
             Cipher(keys),

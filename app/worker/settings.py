@@ -192,7 +192,7 @@ async def run_worker_forever(settings: Settings, *, stop: asyncio.Event | None =
     """Run the worker; when Redis goes away, rebuild it with backoff instead of exiting."""
     configure_logging(fmt=settings.effective_log_format, level=settings.log_level)
     pc = await build_context(settings, pre_ping=False)
-    await check_schema_current(pc.db.engine, settings.require_database_url())
+    await check_schema_current(pc.db.engine)
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     log.info("worker.started", worker_id=worker_id, role=settings.worker_role)
     stop = stop or asyncio.Event()

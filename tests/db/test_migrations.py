@@ -57,7 +57,7 @@ async def test_upgrade_downgrade_upgrade(scratch_pg: str) -> None:
     await asyncio.to_thread(upgrade, url, "head")
     assert await _tables(url) == expected
     engine = create_engine(url)
-    await check_schema_current(engine, url)  # at head: no error
+    await check_schema_current(engine)  # at head: no error
     await engine.dispose()
 
 
@@ -65,7 +65,7 @@ async def test_app_refuses_to_start_when_schema_is_behind(scratch_pg: str, setti
     behind = settings.model_copy(update={"database_url": scratch_pg})  # never migrated
     engine = create_engine(scratch_pg)
     with pytest.raises(SchemaOutOfDate, match="contactsync migrate"):
-        await check_schema_current(engine, scratch_pg)
+        await check_schema_current(engine)
     await engine.dispose()
     app = create_app(behind)
     with pytest.raises(SchemaOutOfDate):
@@ -74,7 +74,7 @@ async def test_app_refuses_to_start_when_schema_is_behind(scratch_pg: str, setti
     with pytest.raises(RuntimeError, match="did not start"):  # uvicorn refuses to serve it
         async with serve_in_background(create_app(behind)):
             pass
-    assert head_revision(scratch_pg)
+    assert head_revision()
 
 
 def test_revisions_are_four_digit_numbers_in_migration_order() -> None:
@@ -92,7 +92,7 @@ def test_revisions_are_four_digit_numbers_in_migration_order() -> None:
 
 async def test_every_migration_from_0012_on_says_which_code_it_accepts(scratch_pg: str) -> None:
     await asyncio.to_thread(upgrade, scratch_pg, "head")
-    head = head_revision(scratch_pg)
+    head = head_revision()
     assert head is not None
     rows = await _compat_rows(scratch_pg)
     assert set(rows) == {f"{i:04d}" for i in range(12, int(head) + 1)}
