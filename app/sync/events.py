@@ -235,6 +235,18 @@ async def _apply(
     return _Step(suspects=suspects)
 
 
+def tied_in_batch(versions: Sequence[CrmContact]) -> set[int]:
+    """The contacts of which ``versions`` holds two that differ but carry the same, latest, stamp."""
+    latest: dict[int, list[CrmContact]] = {}
+    for c in versions:
+        kept = latest.get(c.id)
+        if kept is None or c.updated_at > kept[0].updated_at:
+            latest[c.id] = [c]
+        elif c.updated_at == kept[0].updated_at:
+            kept.append(c)
+    return {cid for cid, tied in latest.items() if any(v != tied[0] for v in tied[1:])}
+
+
 async def _apply_events(
     session: AsyncSession,
     pc: ProcessContext,
@@ -269,12 +281,18 @@ async def _apply_events(
                 verify.add(item.contact_id)
             else:
                 versions.append(item.contact)
-    # An add/update of a contact we hold as deleted may be a stale version: verify it too.
+    # An add/update of a contact we hold as deleted may be a stale version: verify it too. So is a version
+    # stamped in the same second as the one we hold, or as another of this batch, that says something else:
+    # Kommo stamps changes in whole seconds, so of two edits made within one second the stamps cannot tell
+    # which came last (and only a strictly newer stamp applies).
     known = await contacts_repo.contacts_by_ids(session, account_id, {c.id for c in versions})
     for c in versions:
         row = known.get(c.id)
-        if row is not None and row.deleted_at is not None:
+        if row is None:
+            continue
+        if row.deleted_at is not None or (c.updated_at == row.kommo_updated_at and not service.holds(row, c)):
             verify.add(c.id)
+    verify |= tied_in_batch(versions)
     versions = [c for c in versions if c.id not in verify]
     applied = await service.apply_contacts(session, account_id, versions)
     affected = set(applied.affected)

@@ -89,7 +89,7 @@ async def apply_contacts(
     for cid, c in latest.items():
         old = existing.get(cid)
         new_emails = set(contact_emails(c.emails))
-        if old is not None and not _replaces(old, c, new_emails, read_at):
+        if old is not None and not _replaces(old, c, read_at):
             continue
         old_emails = held.get(cid, set())
         if new_emails != old_emails:
@@ -140,18 +140,21 @@ def _stamped(
     return times
 
 
-def _replaces(old: Contact, new: CrmContact, emails: set[str], read_at: datetime | None) -> bool:
+def holds(old: Contact, new: CrmContact) -> bool:
+    """Whether the stored row ``old`` is a live contact holding what ``new`` says (its version stamp aside)."""
+    return (
+        old.deleted_at is None
+        and old.name == new.name
+        and list(old.emails) == sorted(contact_emails(new.emails))
+        and list(old.tags) == list(new.tags)
+        and (old.data or {}) == contact_data(new, old.data)
+    )
+
+
+def _replaces(old: Contact, new: CrmContact, read_at: datetime | None) -> bool:
     """Whether ``new`` replaces the stored row ``old`` (see ``apply_contacts``)."""
     if read_at is not None and old.updated_at < read_at:
-        same = (
-            old.deleted_at is None
-            and old.kommo_updated_at == new.updated_at
-            and old.name == new.name
-            and list(old.emails) == sorted(emails)
-            and list(old.tags) == list(new.tags)
-            and (old.data or {}) == contact_data(new, old.data)
-        )
-        return not same
+        return not (old.kommo_updated_at == new.updated_at and holds(old, new))
     newer = new.updated_at > old.kommo_updated_at
     revived = read_at is not None and old.deleted_at is not None and new.updated_at >= old.kommo_updated_at
     return newer or revived

@@ -121,7 +121,9 @@ revoked (``refresh_grace=True`` = documented grace: R1 valid until R2 is redeeme
 after a refresh; codes single-use; ``platform=2`` (``platform``); webhook POST answers 200; retry schedule
 (``webhook_retry_delays``); no ``Retry-After`` header (``retry_after_header``); 403 block body has the
 problem+json shape of the other errors; ``is_deleted`` omitted from contacts; page past the end → 204; a PATCH
-that changes nothing still bumps ``updated_at`` and fires ``update_contact`` (``noop_patch_bumps``); contacts carry PHONE and EMAIL only (no
+that changes nothing still bumps ``updated_at`` and fires ``update_contact`` (``noop_patch_bumps``); an edit within
+the second of a contact's last one is stamped a second later (``same_second_stamps=True``: it keeps the stamp, as
+a whole-second clock would); contacts carry PHONE and EMAIL only (no
 POSITION); custom-field values must have the field's JSON type (strings for multitext, no numbers); ``request_id``
 must be a string; page/limit < 1 or non-numeric → 400 validation-errors; the token response is
 ``application/json``; the consent page's ``mode`` is accepted and ignored (always a redirect); webhook bodies

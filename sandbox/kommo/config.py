@@ -29,6 +29,10 @@ class KommoSandboxConfig:
     over_limit: Literal["reject", "clamp"] = "reject"  # limit > 250: 422 "Limit of 250 per page", or clamp
     max_batch: int = 250  # items per POST/PATCH
     noop_patch_bumps: bool = True  # a PATCH that changes nothing still bumps updated_at and fires a webhook
+    # Kommo stamps changes in whole seconds. False: an edit within the second of the contact's last one is
+    # stamped a second later, so every version's stamp is distinct. True: it keeps that stamp (UNCONFIRMED
+    # which Kommo does; two edits within one second then carry the same updated_at).
+    same_second_stamps: bool = False
     note_text_max: int | None = None  # longest note ``params.text`` (undocumented: None = no limit)
     # --- webhooks ----------------------------------------------------------------------------------------
     webhook_timeout: float = 2.0  # Kommo's webhook docs: 2 s to answer

@@ -260,7 +260,7 @@ class KommoSandboxState:
                 new_ts = (
                     wanted
                     if wanted is not None and wanted > contact.updated_at
-                    else max(now, contact.updated_at + 1)
+                    else max(now, contact.updated_at + (0 if self.config.same_second_stamps else 1))
                 )
                 account.set_updated_at(contact, new_ts)
                 if fire_webhooks:
