@@ -248,7 +248,11 @@ async def stack(
     from sandbox.unisender import UnisenderSandboxConfig, create_unisender_sandbox
 
     # retry_after 2 s instead of Kommo's 300: a stray 429 under CI load must not stall a test for minutes.
-    kommo_app = create_kommo_sandbox(KommoSandboxConfig(webhook_retry_delays=(0.2, 0.5, 1.0), retry_after=2))
+    # Deliveries retried for about 16 s, not Kommo's hours: a box starved for a few seconds (our intake late
+    # beyond the 2-s timeout) must not lose a change that only the 5-minute reconcile would bring back.
+    kommo_app = create_kommo_sandbox(
+        KommoSandboxConfig(webhook_retry_delays=(0.2, 0.5, 1.0, 2.0, 4.0, 8.0), retry_after=2)
+    )
     # A hook delivery our intake answered 503 (its database budget, on a loaded box) is sent again after 0.5 s,
     # not Unisender's 10 minutes, for the same reason.
     unisender_app = create_unisender_sandbox(UnisenderSandboxConfig(hook_retry_interval_seconds=0.5))
