@@ -92,6 +92,18 @@ async def unconfirmed_values(
     return list(latest.values())
 
 
+async def contacts_with_pending_writes(
+    session: AsyncSession, account_id: int, kommo_ids: set[int]
+) -> set[int]:
+    """Those of ``kommo_ids`` with a platform value still waiting to be written to them."""
+    stmt = select(CrmWrite.kommo_id).where(
+        CrmWrite.account_id == account_id,
+        CrmWrite.kommo_id.in_(sorted(kommo_ids)),
+        CrmWrite.state == CrmWriteState.PENDING,
+    )
+    return {int(k) for k in (await session.execute(stmt)).scalars()}
+
+
 async def accounts_with_pending_writes(session: AsyncSession) -> list[int]:
     stmt = select(CrmWrite.account_id).where(CrmWrite.state == CrmWriteState.PENDING).distinct()
     return [int(a) for a in (await session.execute(stmt)).scalars()]

@@ -30,7 +30,7 @@ from app.db.models import WebhookEvent
 from app.db.session import after_commit
 from app.db.states import EventSource, EventStatus, IntegrationStatus
 from app.queue import enqueue
-from app.sync import contacts_repo, inbox_repo, providers, service
+from app.sync import contacts_repo, crm_writes_repo, inbox_repo, providers, service
 from app.sync.isolation import ApplyFailed, isolating
 
 log = structlog.get_logger(__name__)
@@ -284,15 +284,20 @@ async def _apply_events(
     # An add/update of a contact we hold as deleted may be a stale version: verify it too. So is a version
     # stamped in the same second as the one we hold, or as another of this batch, that says something else:
     # Kommo stamps changes in whole seconds, so of two edits made within one second the stamps cannot tell
-    # which came last (and only a strictly newer stamp applies).
+    # which came last (and only a strictly newer stamp applies). Not while platform values wait to be written
+    # to the contact: our copy holds them on purpose, ahead of Kommo, and the webhook of their write settles it.
     known = await contacts_repo.contacts_by_ids(session, account_id, {c.id for c in versions})
+    tied = tied_in_batch(versions)
     for c in versions:
         row = known.get(c.id)
         if row is None:
             continue
-        if row.deleted_at is not None or (c.updated_at == row.kommo_updated_at and not service.holds(row, c)):
+        if row.deleted_at is not None:
             verify.add(c.id)
-    verify |= tied_in_batch(versions)
+        elif c.updated_at == row.kommo_updated_at and not service.holds(row, c):
+            tied.add(c.id)
+    if tied:
+        verify |= tied - await crm_writes_repo.contacts_with_pending_writes(session, account_id, tied)
     versions = [c for c in versions if c.id not in verify]
     applied = await service.apply_contacts(session, account_id, versions)
     affected = set(applied.affected)

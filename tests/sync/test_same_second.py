@@ -8,7 +8,8 @@ from __future__ import annotations
 import time
 
 from app.connectors.base import CrmContact
-from app.sync.events import tied_in_batch
+from app.context import build_context
+from app.sync.events import process_kommo_events, tied_in_batch
 from tests.conftest import Stack, raw_sql, running_worker
 from tests.support.e2e import Account, connect_account, unisender_contacts, wait_for, wait_quiet
 
@@ -56,6 +57,56 @@ async def test_the_later_of_two_edits_in_one_second_is_mirrored(stack: Stack) ->
         await wait_for(mirrored, within=20, what="the second edit mirrored")
         [row] = await raw_sql(url, "SELECT name, kommo_updated_at FROM contact WHERE kommo_id = $1", ann)
         assert (row["name"], row["kommo_updated_at"]) == ("Ann Second", stamp)
+
+
+async def test_a_tie_is_left_alone_while_platform_values_wait_to_be_written(stack: Stack) -> None:
+    """Our copy holds a platform value ahead of Kommo on purpose while its write is pending: a tie must not
+    replace it with what Kommo holds (the webhook of the write settles the contact)."""
+    account = await connect_account(stack)
+    r = await stack.kommo.patch("/_sandbox/config", json={"same_second_stamps": True})
+    assert r.status_code == 200, r.text
+    url = stack.settings.database_url
+    assert url
+    base = f"/_sandbox/accounts/{account.subdomain}/contacts"
+    pc = await build_context(stack.settings)  # no worker: nothing writes the pending value meanwhile
+
+    async def drained() -> None:
+        r = await stack.kommo.post("/_sandbox/deliveries/drain", json={"timeout": 10})
+        assert r.status_code == 200, r.text
+        await process_kommo_events(pc, account.account_id)
+
+    try:
+        ann = await _create(stack, account, "Ann", "ann@example.com")
+        stamp = int(time.time()) + 60
+        r = await stack.kommo.patch(base, json=[{"id": ann, "name": "Ann First", "updated_at": stamp}])
+        assert r.status_code == 200, r.text
+        await drained()
+        await raw_sql(
+            url,
+            "INSERT INTO crm_write (account_id, kommo_id, email, source, field_type, target, value, unisender_at,"
+            " state, created_at) VALUES ($1, $2, 'ann@example.com', 'name', 'text', 'Name', 'Ann First', now(),"
+            " 'pending', now())",
+            account.account_id,
+            ann,
+        )
+        r = await stack.kommo.patch(base, json=[{"id": ann, "name": "Ann Second"}])
+        assert r.status_code == 200, r.text
+        await stack.kommo.delete("/_sandbox/stats")
+        await drained()
+        stats = (await stack.kommo.get("/_sandbox/stats")).json()
+        assert stats["calls"].get("GET /api/v4/contacts", 0) == 0  # not verified
+        [row] = await raw_sql(url, "SELECT name FROM contact WHERE kommo_id = $1", ann)
+        assert row["name"] == "Ann First"
+
+        # Once the value is written (or given up), the same tie is verified again.
+        await raw_sql(url, "UPDATE crm_write SET state = 'done' WHERE kommo_id = $1", ann)
+        r = await stack.kommo.patch(base, json=[{"id": ann, "name": "Ann Third"}])
+        assert r.status_code == 200, r.text
+        await drained()
+        [row] = await raw_sql(url, "SELECT name FROM contact WHERE kommo_id = $1", ann)
+        assert row["name"] == "Ann Third"
+    finally:
+        await pc.close()
 
 
 def _version(name: str, stamp: int, cid: int = 1) -> CrmContact:
