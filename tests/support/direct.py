@@ -59,27 +59,34 @@ class DirectDb:
         pool = await self._pool(dsn)
         return list(await pool.fetch(sql, *args))
 
-    def _pool(self, dsn: str) -> asyncio.Future[asyncpg.Pool]:
+    async def _pool(self, dsn: str) -> asyncpg.Pool:
         # Runs on the side loop only, so the look-up and the insert cannot interleave with another caller's.
-        pool = self._pools.get(dsn)
-        if pool is None:
+        made = self._pools.get(dsn)
+        if made is None or _failed(made):
             # No statement cache: a test may alter a table (DDL), and a cached plan of another connection
             # would then fail on its next use.
-            pool = asyncio.ensure_future(
+            made = asyncio.ensure_future(
                 asyncpg.create_pool(dsn, min_size=1, max_size=4, statement_cache_size=0)
             )
-            self._pools[dsn] = pool
-        return pool
+            self._pools[dsn] = made
+        # Shielded: a caller cancelled while the pool is being made (a test's timeout) must not cancel it for
+        # every later caller; a pool that failed to be made is made again by the next caller.
+        return await asyncio.shield(made)
 
     async def _close(self, dsn: str) -> None:
-        pool = await self._pools.pop(dsn)
-        await pool.close()
+        made = self._pools.pop(dsn)
+        if not _failed(made):
+            await (await made).close()
 
     async def _on_side(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
             threading.Thread(target=self._loop.run_forever, name="direct-db", daemon=True).start()
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
+
+
+def _failed(made: asyncio.Future[asyncpg.Pool]) -> bool:
+    return made.done() and (made.cancelled() or made.exception() is not None)
 
 
 # One per test process.
