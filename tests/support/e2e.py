@@ -122,6 +122,23 @@ async def unisender_contacts(stack: Stack, account: Account) -> dict[str, dict[s
         offset += 1000
 
 
+async def create_contact(stack: Stack, account: Account, name: str, email: str) -> int:
+    """One contact with one work address, created in the Kommo sandbox (its webhook fires); returns its id."""
+    r = await stack.kommo.post(
+        f"/_sandbox/accounts/{account.subdomain}/contacts",
+        json=[
+            {
+                "name": name,
+                "custom_fields_values": [
+                    {"field_code": "EMAIL", "values": [{"value": email, "enum_code": "WORK"}]}
+                ],
+            }
+        ],
+    )
+    assert r.status_code == 200, r.text
+    return int(r.json()["_embedded"]["contacts"][0]["id"])
+
+
 async def wait_quiet(stack: Stack, account: Account, *, within: float = 90.0) -> None:
     """Until the sandbox delivered every webhook and our inbox and outbox hold nothing pending."""
     deadline = time.monotonic() + within

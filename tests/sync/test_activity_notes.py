@@ -12,7 +12,7 @@ import pytest
 
 from app.config import Settings
 from tests.conftest import Stack, raw_sql, running_worker
-from tests.support.e2e import Account, connect_account, kommo_contacts, wait_for, wait_quiet
+from tests.support.e2e import Account, connect_account, create_contact, kommo_contacts, wait_for, wait_quiet
 
 CAMPAIGN = 4242
 # The faults below hit the notes call alone: another Kommo call coming first (the reconcile cron's read) must
@@ -25,18 +25,6 @@ READER, BOUNCER, COMPLAINER = "ann@example.com", "bob@example.com", "cid@example
 def settings(settings: Settings) -> Settings:
     # Not the defaults: a hard-coded tag anywhere would show.
     return settings.model_copy(update={"bounce_tag": "hard-bounce", "complaint_tag": "spam-complaint"})
-
-
-async def _create(stack: Stack, account: Account, name: str, email: str) -> int:
-    r = await stack.kommo.post(
-        f"/_sandbox/accounts/{account.subdomain}/contacts",
-        json=[
-            {"name": name, "custom_fields_values": [{"field_code": "EMAIL", "values": [{"value": email}]}]}
-        ],
-    )
-    assert r.status_code == 200, r.text
-    cid: int = r.json()["_embedded"]["contacts"][0]["id"]
-    return cid
 
 
 async def _hook(stack: Stack, account: Account, events: list[tuple[str, str, dict[str, Any]]]) -> None:
@@ -76,9 +64,9 @@ async def _campaign(stack: Stack, account: Account, subject: str) -> None:
 async def test_activity_becomes_notes_tags_and_consent(stack: Stack) -> None:
     account = await connect_account(stack)
     async with running_worker(stack.settings):
-        ann = await _create(stack, account, "Ann", READER)
-        bob = await _create(stack, account, "Bob", BOUNCER)
-        cid = await _create(stack, account, "Cid", COMPLAINER)
+        ann = await create_contact(stack, account, "Ann", READER)
+        bob = await create_contact(stack, account, "Bob", BOUNCER)
+        cid = await create_contact(stack, account, "Cid", COMPLAINER)
         await wait_quiet(stack, account)
         await _campaign(stack, account, "Spring sale")
         events = [
@@ -185,7 +173,7 @@ async def test_a_notes_call_that_failed_is_followed_by_each_note_exactly_once(
     adds what is not there."""
     account = await connect_account(stack)
     async with running_worker(stack.settings):
-        ann = await _create(stack, account, "Ann", READER)
+        ann = await create_contact(stack, account, "Ann", READER)
         await wait_quiet(stack, account)
         await _campaign(stack, account, "Autumn sale")
         r = await stack.kommo.post("/_sandbox/faults", json=fault)

@@ -19,7 +19,14 @@ from app.queue import enqueue
 from app.sync import contacts_repo, service
 from tests.conftest import Stack, raw_sql, running_worker
 from tests.faults.support import post_webhook
-from tests.support.e2e import Account, assert_mirror_exact, connect_account, unisender_contacts, wait_quiet
+from tests.support.e2e import (
+    Account,
+    assert_mirror_exact,
+    connect_account,
+    create_contact,
+    unisender_contacts,
+    wait_quiet,
+)
 
 TEN_YEARS = 10 * 365 * 86400
 EVIL = "evil@attacker.example"
@@ -37,22 +44,6 @@ async def _stored(stack: Stack, cid: int) -> dict[str, object]:
     return dict(row)
 
 
-async def _create(stack: Stack, account: Account, name: str, email: str) -> int:
-    r = await stack.kommo.post(
-        f"/_sandbox/accounts/{account.subdomain}/contacts",
-        json=[
-            {
-                "name": name,
-                "custom_fields_values": [
-                    {"field_code": "EMAIL", "values": [{"value": email, "enum_code": "WORK"}]}
-                ],
-            }
-        ],
-    )
-    assert r.status_code == 200, r.text
-    return int(r.json()["_embedded"]["contacts"][0]["id"])
-
-
 async def _full_sync_done(stack: Stack, account: Account) -> None:
     r = await stack.api.post("/sync/contacts", headers=stack.admin_headers, json={"id": account.account_id})
     assert r.status_code == 202, r.text
@@ -64,7 +55,7 @@ async def _full_sync_done(stack: Stack, account: Account) -> None:
 async def test_forged_future_version_is_refused_then_real_edits_and_full_sync_apply(stack: Stack) -> None:
     account = await connect_account(stack)
     async with running_worker(stack.settings):
-        ann = await _create(stack, account, "Ann", "ann@example.com")
+        ann = await create_contact(stack, account, "Ann", "ann@example.com")
         await wait_quiet(stack, account, within=20)
         forged = (
             f"account[id]={account.account_id}&contacts[update][0][id]={ann}"

@@ -11,23 +11,13 @@ from app.connectors.base import CrmContact
 from app.context import build_context
 from app.sync.events import process_kommo_events, tied_in_batch
 from tests.conftest import Stack, raw_sql, running_worker
-from tests.support.e2e import Account, connect_account, unisender_contacts, wait_for, wait_quiet
-
-
-async def _create(stack: Stack, account: Account, name: str, email: str) -> int:
-    r = await stack.kommo.post(
-        f"/_sandbox/accounts/{account.subdomain}/contacts",
-        json=[
-            {
-                "name": name,
-                "custom_fields_values": [
-                    {"field_code": "EMAIL", "values": [{"value": email, "enum_code": "WORK"}]}
-                ],
-            }
-        ],
-    )
-    assert r.status_code == 200, r.text
-    return int(r.json()["_embedded"]["contacts"][0]["id"])
+from tests.support.e2e import (
+    connect_account,
+    create_contact,
+    unisender_contacts,
+    wait_for,
+    wait_quiet,
+)
 
 
 async def test_the_later_of_two_edits_in_one_second_is_mirrored(stack: Stack) -> None:
@@ -37,7 +27,7 @@ async def test_the_later_of_two_edits_in_one_second_is_mirrored(stack: Stack) ->
     url = stack.settings.database_url
     assert url
     async with running_worker(stack.settings):
-        ann = await _create(stack, account, "Ann", "ann@example.com")
+        ann = await create_contact(stack, account, "Ann", "ann@example.com")
         await wait_quiet(stack, account, within=20)
         base = f"/_sandbox/accounts/{account.subdomain}/contacts"
         # The first edit stamped a minute ahead (a clock Kommo may run ahead by; believed), so the second,
@@ -76,7 +66,7 @@ async def test_a_tie_is_left_alone_while_platform_values_wait_to_be_written(stac
         await process_kommo_events(pc, account.account_id)
 
     try:
-        ann = await _create(stack, account, "Ann", "ann@example.com")
+        ann = await create_contact(stack, account, "Ann", "ann@example.com")
         stamp = int(time.time()) + 60
         r = await stack.kommo.patch(base, json=[{"id": ann, "name": "Ann First", "updated_at": stamp}])
         assert r.status_code == 200, r.text
