@@ -198,16 +198,16 @@ forms posting to ``POST /oauth/decision``, which answers 302 to the redirect abo
 
 from __future__ import annotations
 
-import functools
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sandbox.routes import shared_routes
 
 from . import responses as r
 from .config import KommoSandboxConfig
@@ -238,24 +238,12 @@ class _RequestId:
         await self.app(scope, receive, send_with_id)
 
 
-@functools.cache
-def _routes() -> tuple[BaseRoute, ...]:
-    """The sandbox's routes, included once per process and shared by every sandbox app built in it: FastAPI
-    builds an inclusion's routes on its first request, and the tests build a sandbox per test."""
-    from .api import router as api_router
-    from .consent import router as consent_router
-    from .control import router as control_router
-
-    holder = APIRouter()
-    holder.include_router(control_router)
-    holder.include_router(consent_router)
-    holder.include_router(api_router)
-    return tuple(holder.routes)
-
-
 def create_kommo_sandbox(config: KommoSandboxConfig | None = None) -> FastAPI:
     """A fresh sandbox app; its state is ``app.state.kommo`` (:class:`KommoSandboxState`)."""
+    from .api import router as api_router
     from .api import where
+    from .consent import router as consent_router
+    from .control import router as control_router
 
     state = KommoSandboxState(config)
 
@@ -272,7 +260,7 @@ def create_kommo_sandbox(config: KommoSandboxConfig | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url=None,
         lifespan=lifespan,
-        routes=list(_routes()),
+        routes=shared_routes(control_router, consent_router, api_router),
     )
     app.state.kommo = state
     app.add_middleware(_RequestId)

@@ -149,13 +149,12 @@ Simulator choices where Unisender's docs are silent (config field in brackets wh
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
-from starlette.routing import BaseRoute
+from fastapi import FastAPI
 
+from sandbox.routes import shared_routes
 from sandbox.unisender.api import router as api_router
 from sandbox.unisender.background import Background
 from sandbox.unisender.config import UnisenderSandboxConfig
@@ -173,17 +172,6 @@ __all__ = [
     "create_unisender_sandbox",
     "signed_body",
 ]
-
-
-@functools.cache
-def _routes() -> tuple[BaseRoute, ...]:
-    """The sandbox's routes, included once per process and shared by every sandbox app built in it: FastAPI
-    builds an inclusion's routes on its first request, and the tests build a sandbox per test."""
-    holder = APIRouter()
-    holder.include_router(control_router)
-    holder.include_router(activity_router)
-    holder.include_router(api_router)
-    return tuple(holder.routes)
 
 
 def create_unisender_sandbox(config: UnisenderSandboxConfig | None = None) -> FastAPI:
@@ -207,7 +195,7 @@ def create_unisender_sandbox(config: UnisenderSandboxConfig | None = None) -> Fa
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
-        routes=list(_routes()),
+        routes=shared_routes(control_router, activity_router, api_router),
     )
     app.state.unisender = state
     app.state.unisender_hooks = dispatcher
