@@ -7,6 +7,8 @@ wire models onto them.
 
 from __future__ import annotations
 
+import calendar
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,10 +22,30 @@ from typing import Protocol
 class CrmFieldValue:
     """The values of one custom field of a contact, as text, the same whether read by REST or by webhook:
     an option (select, radiobutton, multiselect, multitext enum) is its text, a date/date_time/birthday is
-    unix seconds in decimal, a checkbox is ``"1"`` or ``"0"``, a number is its decimal text; blanks dropped."""
+    unix seconds in decimal, a checkbox is ``"1"`` or ``"0"``, a number is its decimal text; blanks dropped.
+    One exception: a channel that cannot tell a date from a text (a value without its field's type, written
+    ``dd.mm.yyyy``) keeps the text as it came, since it may be a text field's; whoever knows the field is a
+    date reads it with ``day_month_year_seconds``."""
 
     field_id: int
     values: tuple[str, ...]
+
+
+_DAY_MONTH_YEAR = re.compile(r"([0-9]{2})\.([0-9]{2})\.([0-9]{4})")
+
+
+def day_month_year_seconds(text: str) -> str | None:
+    """``15.06.2016`` (how CRMs write a day in many locales, and Kommo's old birthday values) → unix seconds
+    of that day's UTC midnight, as text; None for anything else, an impossible date included."""
+    match = _DAY_MONTH_YEAR.fullmatch(text)
+    if match is None:
+        return None
+    day, month, year = (int(part) for part in match.groups())
+    try:
+        datetime(year, month, day)  # validates the calendar date; timegm alone would roll 31.02 over
+    except ValueError:
+        return None
+    return str(calendar.timegm((year, month, day, 0, 0, 0)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from app.connectors.base import CrmContact
+from app.connectors.base import CrmContact, day_month_year_seconds
 from app.sync.held import held_value
 from app.sync.spec import PHONE_TARGET, Direction, FieldRule, SourceKind, SourceRef, StoredSpec
 
@@ -102,9 +102,10 @@ def _number(text: str) -> str:
 
 @functools.lru_cache(maxsize=65536)
 def _date(text: str, *, with_time: bool) -> str:
-    """Unix seconds → ``YYYY-MM-DD`` (a date field) or ``YYYY-MM-DD hh:mm:ss`` (text), in UTC."""
+    """Unix seconds → ``YYYY-MM-DD`` (a date field) or ``YYYY-MM-DD hh:mm:ss`` (text), in UTC. A day written
+    ``dd.mm.yyyy`` is that day: the CRM's webhooks may carry a date field's value in that form, untyped."""
     try:
-        moment = datetime.fromtimestamp(int(text), UTC)
+        moment = datetime.fromtimestamp(int(day_month_year_seconds(text) or text), UTC)
     except (ValueError, OverflowError, OSError):
         return text
     return moment.strftime("%Y-%m-%d %H:%M:%S" if with_time else "%Y-%m-%d")

@@ -4,20 +4,22 @@ Kommo hands the same value over in different shapes depending on the channel (sp
 ``true`` by REST and ``"1"`` in a webhook form, a date is a unix int (or an RFC 3339 string) by REST and a bare
 string of digits in a webhook, a 2016-era birthday was ``15.06.2016``. A mirror that compares what it last
 wrote with what it reads now must see one text for one value, or every change of channel looks like an edit.
+Only where the field's type is known: a webhook does not say it, and ``{value: "15.06.2016"}`` there may be a
+text field's (kept as typed; the mapping reads it as a date when the field is one).
 The helpers here turn each wire shape into that text; ``schemas.py`` (REST) and ``webhooks.py`` (forms) call
 them per value, so both stay cheap enough for a full sync.
 """
 
 from __future__ import annotations
 
-import calendar
 import re
 from datetime import UTC, datetime
+
+from app.connectors.base import day_month_year_seconds
 
 DATE_TYPES = frozenset({"date", "date_time", "birthday"})
 
 _DIGITS = re.compile(r"[0-9]{1,12}")
-_DAY_MONTH_YEAR = re.compile(r"([0-9]{2})\.([0-9]{2})\.([0-9]{4})")
 
 
 def number_text(value: int | float) -> str:
@@ -25,20 +27,6 @@ def number_text(value: int | float) -> str:
     if isinstance(value, float):
         return str(int(value)) if value.is_integer() else repr(value)
     return str(value)
-
-
-def day_month_year_seconds(text: str) -> str | None:
-    """``15.06.2016`` (the layout of old birthday values) → unix seconds of that day's UTC midnight, as text;
-    None for anything else, an impossible date included."""
-    match = _DAY_MONTH_YEAR.fullmatch(text)
-    if match is None:
-        return None
-    day, month, year = (int(part) for part in match.groups())
-    try:
-        datetime(year, month, day)  # validates the calendar date; timegm alone would roll 31.02 over
-    except ValueError:
-        return None
-    return str(calendar.timegm((year, month, day, 0, 0, 0)))
 
 
 def date_text(text: str) -> str:

@@ -27,7 +27,7 @@ from app.connectors.base import (
 )
 from app.connectors.kommo.exceptions import KommoWebhookParseError
 from app.connectors.kommo.text import clean_text
-from app.connectors.kommo.values import date_text, day_month_year_seconds
+from app.connectors.kommo.values import date_text
 
 log = structlog.get_logger(__name__)
 
@@ -206,21 +206,27 @@ def _indexed(group: dict[str, Node], what: str) -> list[tuple[int, Node]]:
     return items
 
 
-def _value_texts(values: Node | None) -> list[str]:
-    """Value texts of a custom field (``values.py``), in index order, blanks dropped. The layouts of spec §8.2:
-    a list of ``{value, enum}`` (text, select, multiselect, multitext, smart_address), one ``{value, enum}``
-    object (radiobutton), a list of bare values (date, date_time, birthday) or one bare value. An option's text
-    is its ``[value]``; ``[enum]`` is only its id. A group where a value belongs (a layout Kommo has not
-    documented, such as legal_entity's object) is skipped rather than refused, so such a field cannot cost us
-    the whole delivery."""
+def _value_items(values: Node | None) -> list[Node]:
+    """The items of a custom field's ``[values]`` in index order. The layouts of spec §8.2: a list of
+    ``{value, enum}`` (text, select, multiselect, multitext, smart_address), one ``{value, enum}`` object
+    (radiobutton), a list of bare values (date, date_time, birthday) or one bare value."""
     if values is None:
         return []
     if isinstance(values, str):
-        items: list[Node] = [values]
-    elif values and all(_INDEX_RE.fullmatch(key) for key in values):
-        items = [item for _, item in _indexed(values, "values")]
-    else:
-        items = [values]
+        return [values]
+    if values and all(_INDEX_RE.fullmatch(key) for key in values):
+        return [item for _, item in _indexed(values, "values")]
+    return [values]
+
+
+def _value_texts(items: list[Node]) -> list[str]:
+    """Value texts of a custom field (``values.py``), in index order, blanks dropped. An option's text is its
+    ``[value]``; ``[enum]`` is only its id. A ``[value]`` is kept as written, ``15.06.2016`` included: the form
+    does not say the field's type, and a text field holding a typed date must reach the platform as the same
+    text whether REST or a webhook read it last (Kommo's old birthday layout carried that form too; the
+    mapping reads it as a date when the field is one). A group where a value belongs (a layout Kommo has not
+    documented, such as legal_entity's object) is skipped rather than refused, so such a field cannot cost us
+    the whole delivery."""
     texts: list[str] = []
     for item in items:
         if isinstance(item, str):
@@ -230,12 +236,15 @@ def _value_texts(values: Node | None) -> list[str]:
             if not isinstance(value, str):
                 continue
             text = value
-            if "enum" not in item:
-                # The 2016 birthday layout: {value: "15.06.2016"}; an option (with [enum]) keeps its text.
-                text = day_month_year_seconds(value) or value
         if text.strip():
             texts.append(text)
     return texts
+
+
+def _options(items: list[Node]) -> bool:
+    """Whether every item is an option (``{value, enum}``), as multitext values are: the one layout a
+    webhook shows of a field's type."""
+    return bool(items) and all(isinstance(item, dict) and "enum" in item for item in items)
 
 
 def _soft_int(node: dict[str, Node], name: str) -> int | None:
@@ -261,9 +270,15 @@ def _custom_fields(contact: dict[str, Node], what: str) -> tuple[list[str], list
             raise _fail(f"{field_what} must be a group")
         code = _leaf(field, "code", field_what)
         name = _leaf(field, "name", field_what)
-        texts = _value_texts(field.get("values"))
-        # User-created fields carry no [code]; an uncoded field named "Email" counts, as in the REST mapping.
-        is_email = code.upper() == "EMAIL" if code else (name or "").strip().casefold() == "email"
+        items = _value_items(field.get("values"))
+        texts = _value_texts(items)
+        # User-created fields carry no [code]; an uncoded field named "Email" counts when it is a multitext
+        # one, as in the REST mapping. The form has no type: its values being options ({value, enum}) is what
+        # tells a multitext field from a text field of that name, whose values REST never takes for addresses.
+        if code:
+            is_email = code.upper() == "EMAIL"
+        else:
+            is_email = (name or "").strip().casefold() == "email" and _options(items)
         if is_email:
             for value in texts:
                 email = value.strip()

@@ -9,10 +9,12 @@ from urllib.parse import urlencode
 
 import pytest
 
-from app.connectors.base import CrmContact, CrmFieldValue
+from app.connectors.base import CrmContact, CrmFieldValue, day_month_year_seconds
 from app.connectors.kommo.schemas import KommoContact, KommoCustomFieldList, KommoUserList
-from app.connectors.kommo.values import date_text, day_month_year_seconds, number_text
+from app.connectors.kommo.values import date_text, number_text
 from app.connectors.kommo.webhooks import parse_webhook
+from app.sync.mapping import ContactView, contact_data, desired
+from app.sync.spec import FieldRule, SourceKind, SourceRef, StoredSpec
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "kommo"
 
@@ -105,7 +107,8 @@ CASES: list[tuple[str, list[dict[str, Any]], list[tuple[str, str]], tuple[str, .
     ("date", [{"value": MAY_1}], [("[values][0]", str(MAY_1))], (str(MAY_1),)),
     ("date", [{"value": "2024-05-01T00:00:00+00:00"}], [("[values][0]", str(MAY_1))], (str(MAY_1),)),
     ("date_time", [{"value": "2024-05-01T03:00:00+03:00"}], [("[values][0]", str(MAY_1))], (str(MAY_1),)),
-    ("birthday", [{"value": JUNE_15_2016}], [("[values][0][value]", "15.06.2016")], (str(JUNE_15_2016),)),
+    # A day typed into a text field is that text by either channel, never a date (the form has no type).
+    ("text", [{"value": "15.06.2016"}], [("[values][0][value]", "15.06.2016")], ("15.06.2016",)),
     ("birthday", [{"value": -460252800}], [("[values][0]", "-460252800")], ("-460252800",)),
     (
         "smart_address",
@@ -144,6 +147,25 @@ def test_each_type_reads_the_same_by_rest_and_by_webhook(
 
     assert by_rest.fields == (CrmFieldValue(880001, expected),)
     assert by_webhook.fields == by_rest.fields
+
+
+def test_the_old_birthday_layout_is_kept_as_typed_and_maps_to_the_same_day() -> None:
+    """Kommo's 2016 webhooks carried a birthday as ``{value: "15.06.2016"}``, a layout that a text field shares:
+    the parser keeps the text, and the mapping, which knows the field is a birthday, reads the same day from it
+    as from REST's unix seconds."""
+    by_webhook = webhook_contact([("[0][id]", "880001"), ("[0][values][0][value]", "15.06.2016")])
+    by_rest = rest_contact([rest_field(880001, "birthday", {"value": JUNE_15_2016})])
+    assert by_webhook.fields == (CrmFieldValue(880001, ("15.06.2016",)),)
+    assert by_rest.fields == (CrmFieldValue(880001, (str(JUNE_15_2016),)),)
+
+    ref = SourceRef(kind=SourceKind.CUSTOM_FIELD, field_id=880001, type="birthday", name="Born")
+    rule = FieldRule(source=["custom_field:880001"], target="Born", sources=[ref], target_type="date")
+    spec = StoredSpec(fields=[rule])
+    derived = [
+        desired(ContactView(7, c.name, c.tags, contact_data(c)), spec, base_list_id=None, users={})["fields"]
+        for c in (by_webhook, by_rest)
+    ]
+    assert derived == [{"Born": "2016-06-15"}, {"Born": "2016-06-15"}]
 
 
 def test_fields_keep_kommos_order_include_email_and_drop_blanks() -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.connectors.base import CrmAction
+from app.connectors.base import CrmAction, CrmFieldValue
 from app.connectors.kommo.exceptions import KommoWebhookParseError
 from app.connectors.kommo.webhooks import MAX_CONTACTS, MAX_DEPTH, MAX_KEYS, parse_webhook, split_key
 
@@ -181,13 +181,14 @@ def test_indices_are_ordered_numerically_not_by_arrival() -> None:
     assert [e.contact_id for e in parse_webhook(pairs).events] == [1, 2, 3]
 
 
-def test_uncoded_field_named_email_counts() -> None:
+def test_uncoded_multitext_field_named_email_counts() -> None:
     pairs = [
         ("contacts[add][0][id]", "7"),
         ("contacts[add][0][updated_at]", "100"),
         ("contacts[add][0][custom_fields][0][id]", "900"),
         ("contacts[add][0][custom_fields][0][name]", "Email"),
         ("contacts[add][0][custom_fields][0][values][0][value]", "user@example.com"),
+        ("contacts[add][0][custom_fields][0][values][0][enum]", "552488"),
         ("contacts[add][0][custom_fields][1][id]", "901"),
         ("contacts[add][0][custom_fields][1][name]", "Notes"),
         ("contacts[add][0][custom_fields][1][values][0][value]", "not-an-email-field@example.com"),
@@ -195,6 +196,23 @@ def test_uncoded_field_named_email_counts() -> None:
     [event] = parse_webhook(pairs).events
     assert event.contact is not None
     assert event.contact.emails == ("user@example.com",)
+
+
+def test_uncoded_text_field_named_email_is_not_an_address_field() -> None:
+    """REST takes an uncoded field named "Email" for addresses only when it is a multitext field; a text field
+    of that name (values without ``[enum]``) must not give the contact an address by webhook that the next
+    full sync would take away again."""
+    pairs = [
+        ("contacts[add][0][id]", "7"),
+        ("contacts[add][0][updated_at]", "100"),
+        ("contacts[add][0][custom_fields][0][id]", "900"),
+        ("contacts[add][0][custom_fields][0][name]", "Email"),
+        ("contacts[add][0][custom_fields][0][values][0][value]", "typed@example.com"),
+    ]
+    [event] = parse_webhook(pairs).events
+    assert event.contact is not None
+    assert event.contact.emails == ()
+    assert event.contact.fields == (CrmFieldValue(900, ("typed@example.com",)),)
 
 
 def test_missing_timestamp_is_none_not_an_error() -> None:
