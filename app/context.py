@@ -68,6 +68,19 @@ def build_http_client(
     )
 
 
+def loopback_client(
+    base_url: str, *, timeout: float = 30.0, limits: httpx.Limits | None = None
+) -> httpx.AsyncClient:
+    """A client for one of our own servers or a sandbox on this machine (the demo, the tests). Idle connections
+    are dropped before the servers' 5-s keep-alive closes them, as for the upstreams."""
+    return httpx.AsyncClient(
+        verify=tls_context(),
+        base_url=base_url,
+        timeout=timeout,
+        limits=limits or httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS),
+    )
+
+
 @dataclass(kw_only=True)
 class ProcessContext:
     settings: Settings

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from app.config import DEV_ADMIN_TOKEN, Settings
-from app.context import KEEPALIVE_EXPIRY_SECONDS, tls_context
+from app.context import loopback_client
 from app.logging import configure_logging
 from app.servers import serve_in_background
 
@@ -71,18 +71,10 @@ async def run_demo(
         async with serve_in_background(create_app(settings), port=port) as api_url:
             worker = asyncio.create_task(run_worker_forever(settings, stop=stop))
             try:
-                # Idle connections dropped before the servers' 5-s keep-alive closes them (app.context).
-                limits = httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS)
                 async with (
-                    httpx.AsyncClient(
-                        verify=tls_context(), base_url=api_url, timeout=30, limits=limits
-                    ) as api,
-                    httpx.AsyncClient(
-                        verify=tls_context(), base_url=kommo_url, timeout=30, limits=limits
-                    ) as kommo,
-                    httpx.AsyncClient(
-                        verify=tls_context(), base_url=unisender_url, timeout=30, limits=limits
-                    ) as uni,
+                    loopback_client(api_url) as api,
+                    loopback_client(kommo_url) as kommo,
+                    loopback_client(unisender_url) as uni,
                 ):
                     await _scenario(api, kommo, uni, api_url, kommo_url, unisender_url, contacts, edits, seed)
             except KeyboardInterrupt:

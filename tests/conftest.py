@@ -23,7 +23,7 @@ from sqlalchemy import text
 
 from app.collector import tune_collector
 from app.config import Environment, Settings
-from app.context import ProcessContext, build_context, tls_context
+from app.context import ProcessContext, build_context, loopback_client
 from app.db.base import Base
 from app.db.schema import upgrade
 from app.main import create_app
@@ -193,7 +193,7 @@ async def api(settings: Settings, clean_db: str, clean_redis: None) -> AsyncIter
     app = create_app(settings)
     async with (
         serve_in_background(app) as url,
-        httpx.AsyncClient(verify=tls_context(), base_url=url, timeout=10, limits=_CLIENT_LIMITS) as client,
+        loopback_client(url, timeout=10, limits=_CLIENT_LIMITS) as client,
     ):
         client.app = app  # type: ignore[attr-defined]
         yield client
@@ -278,15 +278,9 @@ async def stack(
             serve_in_background(app, listening=api_socket) as api_url,
             # Keep-alive shorter than uvicorn's 5 s (the sandboxes' too): with equal timeouts a client may reuse
             # a connection the server is closing at that instant (a ReadError that no real bug caused).
-            httpx.AsyncClient(
-                verify=tls_context(), base_url=api_url, timeout=30, limits=_CLIENT_LIMITS
-            ) as api,
-            httpx.AsyncClient(
-                verify=tls_context(), base_url=kommo_url, timeout=30, limits=_CLIENT_LIMITS
-            ) as kommo,
-            httpx.AsyncClient(
-                verify=tls_context(), base_url=unisender_url, timeout=30, limits=_CLIENT_LIMITS
-            ) as unisender,
+            loopback_client(api_url, limits=_CLIENT_LIMITS) as api,
+            loopback_client(kommo_url, limits=_CLIENT_LIMITS) as kommo,
+            loopback_client(unisender_url, limits=_CLIENT_LIMITS) as unisender,
         ):
             yield Stack(
                 settings=wired,

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from app.context import tls_context
+from app.context import loopback_client
 from app.servers import serve_in_background
 from sandbox.kommo import KommoSandboxConfig, create_kommo_sandbox
 
@@ -92,7 +92,7 @@ async def kommo_sandbox() -> AsyncIterator[Kommo]:
     app = create_kommo_sandbox(KommoSandboxConfig(rate_limit_rps=None))
     async with (
         serve_in_background(app) as url,
-        httpx.AsyncClient(verify=tls_context(), base_url=url, timeout=10) as http,
+        loopback_client(url, timeout=10) as http,
     ):
         assert (await http.post("/_sandbox/accounts", json={"subdomain": "acme"})).status_code == 201
         integ = (
