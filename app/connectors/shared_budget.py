@@ -97,7 +97,8 @@ class SharedWindow:
     the provider counts them (by arrival).
 
     The rule of ``RoundTripWindow``, kept in Redis: call n+limit is granted ``window`` after call n *returned*
-    (reported to Redis by the process that made it, when its task asks for the next call or ends), so it
+    (reported to Redis by the process that made it: when the client says the answer came, or else when its
+    task asks for the next call or ends), so it
     arrives at least ``window`` after call n arrived, whatever the delays in either process, the network or
     the provider's queue. A call in flight counts as returning ``cap`` seconds after its grant at the latest.
     Calls go through this process's own ``RoundTripWindow`` first, so a process alone never waits on Redis
@@ -210,6 +211,14 @@ class SharedWindow:
         wait = int(await self._acquire_script(keys=self._keys, args=args))
         self._fallback_grants.clear()  # Redis holds them now
         return wait
+
+    def returned(self) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            return
+        self._returned(task)
+        self._local.returned()
+        self._fallback.returned()
 
     def _track(self, task: asyncio.Task[object], members: list[str]) -> None:
         if task not in self._open:

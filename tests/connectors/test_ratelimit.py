@@ -142,3 +142,21 @@ async def test_a_task_asking_again_has_returned_and_a_silent_one_holds_its_slot_
     holder.cancel()
     # The holder's grant counts until cap (0.2 s) plus the window (0.1 s) after it was made, not 1 s.
     assert 0.1 <= time.monotonic() - start < 0.25
+
+
+async def test_a_call_said_returned_frees_its_slot_a_window_later_while_its_task_works_on() -> None:
+    limiter = RoundTripWindow(1, 0.1, cap=1.0)
+
+    async def call_then_decode() -> None:
+        await limiter.acquire()
+        await asyncio.sleep(0.05)  # the call's round trip
+        limiter.returned()
+        await asyncio.sleep(1.0)  # decoding what came back, still in the task
+
+    holder = asyncio.create_task(call_then_decode())
+    await asyncio.sleep(0.01)
+    start = time.monotonic()
+    await asyncio.create_task(limiter.acquire())
+    holder.cancel()
+    # A window after the return (0.04 + 0.1 s from here), not after the 1-s cap or the task's end.
+    assert 0.13 <= time.monotonic() - start < 0.3

@@ -170,6 +170,29 @@ async def test_a_returned_call_counts_from_its_return(clients: list[aioredis.Red
     assert 0.1 <= time.monotonic() - start < 0.5  # a window after the return, not the 5-s cap
 
 
+async def test_a_call_said_returned_counts_from_then_while_its_task_works_on(
+    clients: list[aioredis.Redis], name: str
+) -> None:
+    budget = SharedWindow(clients[0], name, limit=1, window=0.2, fallback_limit=1, cap=5.0)
+    other = SharedWindow(clients[1], name, limit=1, window=0.2, fallback_limit=1, cap=5.0)
+    said = asyncio.Event()
+
+    async def call_then_decode() -> None:
+        await budget.acquire()
+        await asyncio.sleep(0.05)  # the call's round trip
+        budget.returned()
+        said.set()
+        await asyncio.sleep(5.0)  # decoding what came back, still in the task
+
+    holder = asyncio.create_task(call_then_decode())
+    await said.wait()
+    await budget.drain()
+    start = time.monotonic()
+    await other.acquire()
+    holder.cancel()
+    assert time.monotonic() - start < 0.5  # a window after the return, not the 5-s cap or the task's end
+
+
 async def test_unreachable_redis_falls_back_to_the_local_share(name: str) -> None:
     dead = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
     budget = SharedWindow(dead, name, limit=6, window=0.2, fallback_limit=3, retry_after=0.1)

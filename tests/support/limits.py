@@ -22,6 +22,9 @@ class Unlimited:
     def pause(self, seconds: float) -> None:
         return None
 
+    def returned(self) -> None:
+        return None
+
 
 class TokenBucket:
     """``rate`` tokens per ``per`` seconds, bursts up to ``burst`` (default: ``rate``); waiters in order."""
@@ -45,6 +48,9 @@ class TokenBucket:
         self._paused_until = max(self._paused_until, now + seconds)
         self._refill(now)
         self._tokens = min(self._tokens, 0.0)
+
+    def returned(self) -> None:
+        return None  # counts grants, not returns
 
     async def acquire(self, cost: float = 1.0) -> None:
         async with self._lock:
@@ -86,6 +92,9 @@ class SlidingWindow:
 
     def pause(self, seconds: float) -> None:
         self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+    def returned(self) -> None:
+        return None  # counts grants, not returns
 
     @property
     def last_grant(self) -> float:

@@ -54,7 +54,7 @@ from app.connectors.kommo.writes import (
     NoteIn,
     NoteUpdate,
 )
-from app.connectors.ratelimit import RateLimiter
+from app.connectors.ratelimit import RateLimiter, send_counted
 
 log = structlog.get_logger(__name__)
 
@@ -113,7 +113,8 @@ class KommoClient:
         }
         await self._limiter.acquire()
         try:
-            response = await self._http.request(method, url, params=params, json=json, headers=headers)
+            request = self._http.build_request(method, url, params=params, json=json, headers=headers)
+            response = await send_counted(self._http, request, self._limiter)
         except httpx.TimeoutException as exc:
             log.warning("kommo.timeout", method=method, path=path, error=type(exc).__name__)
             raise KommoTransientError(f"Kommo {method} {path} timed out", code="timeout") from exc

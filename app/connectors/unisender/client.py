@@ -12,7 +12,7 @@ import pydantic
 import structlog
 
 from app.connectors.base import EspContact, EspField, EspList, ImportRow, RowOutcome, RowResult
-from app.connectors.ratelimit import RateLimiter
+from app.connectors.ratelimit import RateLimiter, send_counted
 from app.connectors.unisender.campaigns import CampaignMethods
 from app.connectors.unisender.exceptions import (
     DEFAULT_RATE_LIMIT_RETRY_AFTER,
@@ -107,9 +107,10 @@ class UnisenderClient(CampaignMethods):
         await self._limiter.acquire(1.0)
         started = time.monotonic()
         try:
-            response = await self._http.post(
-                url, params={"format": "json"}, content=body, headers={"Content-Type": _FORM}
+            request = self._http.build_request(
+                "POST", url, params={"format": "json"}, content=body, headers={"Content-Type": _FORM}
             )
+            response = await send_counted(self._http, request, self._limiter)
         except httpx.TimeoutException as exc:
             log.warning("unisender.timeout", method=method)
             raise UnisenderTransientError(f"unisender {method}: timeout", code="timeout") from exc

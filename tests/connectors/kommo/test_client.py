@@ -53,6 +53,7 @@ class RecordingLimiter:
 
     def __init__(self) -> None:
         self.acquired = 0
+        self.returns = 0
         self.pauses: list[float] = []
 
     async def acquire(self, cost: float = 1.0) -> None:
@@ -60,6 +61,9 @@ class RecordingLimiter:
 
     def pause(self, seconds: float) -> None:
         self.pauses.append(seconds)
+
+    def returned(self) -> None:
+        self.returns += 1
 
 
 def make_client(
@@ -148,6 +152,29 @@ async def test_list_contacts_sends_auth_paging_and_incremental_filter() -> None:
     assert result.next_page == 3
     [contact] = result.contacts
     assert (contact.id, contact.emails, contact.tags) == (1, ("a@x.com",), ("vip",))
+
+
+async def test_the_budget_hears_of_the_return_before_the_body_is_read() -> None:
+    """Kommo counted the call before it began to answer: the budget's window may run from the answer's
+    headers, not from the end of reading (and decoding) a large page on a busy event loop."""
+    order: list[str] = []
+
+    class Ordering(RecordingLimiter):
+        def returned(self) -> None:
+            order.append("returned")
+            super().returned()
+
+    async def body() -> Any:
+        order.append("body read")
+        yield json.dumps(page_json([contact_json(1, email="a@x.com")], page=1, has_next=False)).encode()
+
+    limiter = Ordering()
+    client, _ = make_client(lambda r: httpx.Response(200, content=body()), limiter)
+    result = await client.list_contacts(page=1)
+
+    assert order == ["returned", "body read"]
+    assert (limiter.acquired, limiter.returns) == (1, 1)
+    assert [c.id for c in result.contacts] == [1]
 
 
 async def test_list_contacts_without_next_link_or_with_204_ends() -> None:

@@ -50,6 +50,9 @@ class RecordingLimiter:
     def pause(self, seconds: float) -> None:
         self.pauses.append(seconds)
 
+    def returned(self) -> None:
+        return None
+
 
 class Recorder:
     """A MockTransport handler that records requests and answers from a queue or a function."""
