@@ -10,6 +10,7 @@ serves one queue (it retries and finishes a job in its own), so a process runs o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Sequence
 from typing import Any
@@ -64,8 +65,15 @@ class WorkerSet:
                     if exc is not None:
                         raise exc
         finally:
-            # Each cancelled until it has ended (a lost cancel would leave half a set polling unsupervised).
-            await asyncio.gather(*(cancel_and_wait(task) for task in tasks))
+            # Each cancelled until it has ended (a lost cancel would leave half a set polling unsupervised), and
+            # the set ends only after all have: whoever stops it may cancel it again meanwhile (cancel_and_wait
+            # does, every half second), and a worker still polling when the shared Redis pool is closed after
+            # the set fails with nobody to hear it.
+            stopping = asyncio.ensure_future(asyncio.gather(*(cancel_and_wait(task) for task in tasks)))
+            while not stopping.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(stopping)
+            stopping.result()
 
     async def close(self) -> None:
         """Stop every worker's jobs first, then close each (the first error is raised after all): arq's close

@@ -4,13 +4,14 @@ swallows a cancel, and closing stops every worker's jobs before any closes the s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any, cast
 
 import pytest
 
 from app.worker.claims import ClaimingWorker
-from app.worker.group import WorkerSet
+from app.worker.group import WorkerSet, cancel_and_wait
 
 
 class _Stub:
@@ -51,6 +52,22 @@ class _Stubborn(_Stub):
                 self.ended = True
 
 
+class _SlowToEnd(_Stub):
+    ended = False
+
+    async def main(self) -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            # A stop that takes a while (a Redis command in flight finishing), each new cancel landing in it.
+            deadline = time.monotonic() + 0.3
+            while time.monotonic() < deadline:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(0.01)
+            self.ended = True
+            raise
+
+
 def _set(*workers: _Stub) -> WorkerSet:
     return WorkerSet(cast(list[ClaimingWorker], list(workers)))
 
@@ -63,6 +80,18 @@ async def test_a_failing_worker_stops_the_others_even_one_that_swallows_a_cancel
         await asyncio.wait_for(_set(_Failing(log, "live"), stubborn).main(), timeout=5)
     assert stubborn.ended
     assert time.monotonic() - begun < 2
+
+
+async def test_a_set_stopped_by_repeated_cancels_ends_only_after_every_worker_has() -> None:
+    """The stopper cancels the set again while its workers are still ending: the set must not end first, or
+    the shared Redis pool is closed under a worker that still polls (an 'exception never retrieved' at every
+    stop)."""
+    log: list[str] = []
+    slow = _SlowToEnd(log, "live")
+    group = asyncio.create_task(_set(slow, _Stub(log, "bulk")).main())
+    await asyncio.sleep(0.01)
+    await asyncio.wait_for(cancel_and_wait(group, every=0.05), timeout=5)
+    assert slow.ended
 
 
 async def test_closing_stops_every_workers_jobs_before_any_closes() -> None:
