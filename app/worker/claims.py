@@ -36,10 +36,13 @@ from arq.utils import timestamp_ms
 from arq.worker import Worker
 
 from app.queue import BULK_PREFIX
+from app.worker.stopping import outlast_cancels
 
 # A running bulk job's entry in its account's set lapses this long after its last renewal (renewed every third
 # of it, so two renewals may fail before an entry lapses).
 BULK_LEASE_MS = 15_000
+# How long a stopped claim round may take to hand its claims back to Redis.
+HAND_BACK_SECONDS = 2.0
 _MAX_READS = 8  # queue reads per poll at most (arq's first and up to seven more, each queue_read_limit ids)
 
 
@@ -234,6 +237,20 @@ class ClaimingWorker(Worker):
             if self._renewer is not None:
                 self._renewer.cancel()
 
+    async def _hand_back(self, taken: list[str], claiming: asyncio.Future[list[int | BaseException]]) -> None:
+        """Give back the claims of a round that was stopped: their in-progress marks and bulk places."""
+        results = await claiming
+        ours = [j for j, r in zip(taken, results, strict=True) if isinstance(r, int) and r > 0]
+        if not ours:
+            return
+        async with self.pool.pipeline(transaction=False) as pipe:
+            pipe.delete(*(in_progress_key_prefix + job_id for job_id in ours))
+            for job_id in ours:
+                account, member = bulk_account(job_id), self._members.get(job_id)
+                if account is not None and member is not None:
+                    pipe.zrem(bulk_running_key(account), member)
+            await pipe.execute()
+
     async def _claim_round(self, taken: list[str]) -> list[int | BaseException]:
         now = timestamp_ms()
         claiming = asyncio.ensure_future(
@@ -244,19 +261,9 @@ class ClaimingWorker(Worker):
         except asyncio.CancelledError:
             # Stopped mid-round (shutdown, a deploy): the claims Redis already made would keep their jobs "in
             # progress" for arq's whole in-progress time (job timeout + 10 s) with nobody running them, and
-            # their accounts' places taken. Hand them back, then stop as asked.
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                async with asyncio.timeout(2.0):
-                    results = await claiming
-                    ours = [j for j, r in zip(taken, results, strict=True) if isinstance(r, int) and r > 0]
-                    if ours:
-                        async with self.pool.pipeline(transaction=False) as pipe:
-                            pipe.delete(*(in_progress_key_prefix + job_id for job_id in ours))
-                            for job_id in ours:
-                                account, member = bulk_account(job_id), self._members.get(job_id)
-                                if account is not None and member is not None:
-                                    pipe.zrem(bulk_running_key(account), member)
-                            await pipe.execute()
+            # their accounts' places taken. Hand them back (through the stop's repeated cancels), then stop as
+            # asked.
+            await outlast_cancels(asyncio.ensure_future(self._hand_back(taken, claiming)), HAND_BACK_SECONDS)
             for job_id in taken:
                 self._members.pop(job_id, None)
                 self.job_counter -= 1

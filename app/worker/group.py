@@ -10,12 +10,20 @@ serves one queue (it retries and finishes a job in its own), so a process runs o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from collections.abc import Sequence
 from typing import Any
 
+import structlog
+
 from app.worker.claims import ClaimingWorker
+from app.worker.stopping import outlast_cancels
+
+log = structlog.get_logger(__name__)
+
+# How long a stopped set waits for its workers' polls to end before it gives up on them (a worker that
+# never ends must not hang the process's stop).
+STOP_SECONDS = 30.0
 
 
 async def cancel_and_wait(task: asyncio.Task[Any], *, every: float = 0.5) -> None:
@@ -70,10 +78,8 @@ class WorkerSet:
             # does, every half second), and a worker still polling when the shared Redis pool is closed after
             # the set fails with nobody to hear it.
             stopping = asyncio.ensure_future(asyncio.gather(*(cancel_and_wait(task) for task in tasks)))
-            while not stopping.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(stopping)
-            stopping.result()
+            if not await outlast_cancels(stopping, STOP_SECONDS):
+                log.warning("worker.stop_overdue", seconds=STOP_SECONDS)
 
     async def close(self) -> None:
         """Stop every worker's jobs first, then close each (the first error is raised after all): arq's close

@@ -190,6 +190,26 @@ async def test_a_worker_stopped_mid_claim_hands_its_claims_back(ctx: ProcessCont
         await _cleanup(ctx, queue)
 
 
+async def test_claims_are_handed_back_through_a_stop_that_cancels_again_and_again(
+    ctx: ProcessContext,
+) -> None:
+    """A stop cancels again every half second (``cancel_and_wait``); those repeats land in the hand-back, which
+    must still finish, or the jobs stay "in progress" with nobody running them."""
+    ran: Counter[str] = Counter()
+    queue, keys = await _enqueued(ctx, 6)
+    try:
+        stopping = _worker(ctx, queue, ran, _SlowRound, max_jobs=10)
+        round_ = asyncio.create_task(stopping.start_jobs([f"{queue}:{k}".encode() for k in keys]))
+        await asyncio.sleep(0.2)  # the scripts have run; their answers are on the way
+        await asyncio.wait_for(cancel_and_wait(round_, every=0.05), timeout=10)
+        assert round_.cancelled()
+        assert stopping.job_counter == 0
+        for key in keys:
+            assert not await ctx.queue.exists(in_progress_key_prefix + f"{queue}:{key}")
+    finally:
+        await _cleanup(ctx, queue)
+
+
 # --- bulk caps -------------------------------------------------------------------------------------------
 
 

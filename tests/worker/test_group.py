@@ -10,6 +10,7 @@ from typing import Any, cast
 
 import pytest
 
+from app.worker import group
 from app.worker.claims import ClaimingWorker
 from app.worker.group import WorkerSet, cancel_and_wait
 
@@ -68,6 +69,19 @@ class _SlowToEnd(_Stub):
             raise
 
 
+class _Stuck(_Stub):
+    """A worker whose poll ignores every cancel until released (a stop must not wait for it for ever)."""
+
+    def __init__(self, log: list[str], name: str) -> None:
+        super().__init__(log, name)
+        self.release = asyncio.Event()
+
+    async def main(self) -> None:
+        while not self.release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.release.wait()
+
+
 def _set(*workers: _Stub) -> WorkerSet:
     return WorkerSet(cast(list[ClaimingWorker], list(workers)))
 
@@ -92,6 +106,18 @@ async def test_a_set_stopped_by_repeated_cancels_ends_only_after_every_worker_ha
     await asyncio.sleep(0.01)
     await asyncio.wait_for(cancel_and_wait(group, every=0.05), timeout=5)
     assert slow.ended
+
+
+async def test_a_worker_that_never_ends_does_not_hang_the_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(group, "STOP_SECONDS", 0.3)
+    log: list[str] = []
+    stuck = _Stuck(log, "live")
+    set_task = asyncio.create_task(_set(stuck).main())
+    await asyncio.sleep(0.01)
+    begun = time.monotonic()
+    await asyncio.wait_for(cancel_and_wait(set_task, every=0.05), timeout=5)
+    assert time.monotonic() - begun < 2
+    stuck.release.set()
 
 
 async def test_closing_stops_every_workers_jobs_before_any_closes() -> None:
