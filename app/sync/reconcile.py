@@ -25,6 +25,7 @@ log = structlog.get_logger(__name__)
 
 RECONCILE_OVERLAP = 60  # seconds of updated_at re-read, for changes stamped while the last pass ran
 RECONCILE_MAX_PAGES = 40
+FIRST_PASS_SECONDS = 3600  # how far back an account's first pass looks
 
 
 async def reconcile_account(pc: ProcessContext, account_id: int) -> int:
@@ -36,10 +37,15 @@ async def reconcile_account(pc: ProcessContext, account_id: int) -> int:
         integ = await accounts_repo.get_integration(session, account_id)
         if integ is None or integ.status != IntegrationStatus.CONNECTED:
             return 0
+        first = int(time.time()) - FIRST_PASS_SECONDS
         if await runs_repo.active_run(session, account_id) is not None:
+            if integ.reconcile_cursor is None:
+                # Where this pass would have begun, kept: a first sync longer than the first pass's reach
+                # back must not leave the changes made while it ran to a pass that no longer looks that far.
+                integ.reconcile_cursor = first
             log.info("reconcile.skipped_during_full_sync", account_id=account_id)
             return 0
-        since = max(0, int(integ.reconcile_cursor or int(time.time()) - 3600) - RECONCILE_OVERLAP)
+        since = max(0, int(integ.reconcile_cursor or first) - RECONCILE_OVERLAP)
     client = await providers.crm_client(pc, account_id)  # after the session: it reads through its own
     page: int | None = 1
     newest = since

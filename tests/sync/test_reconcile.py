@@ -4,9 +4,11 @@ budget to it and its cursor where it was."""
 
 from __future__ import annotations
 
+import time
+
 from app.context import build_context
 from app.sync.events import process_kommo_events
-from app.sync.reconcile import reconcile_account
+from app.sync.reconcile import FIRST_PASS_SECONDS, reconcile_account
 from tests.conftest import Stack, raw_sql
 from tests.support.e2e import connect_account, create_contact
 
@@ -71,9 +73,15 @@ async def test_no_pass_reads_kommo_while_a_full_sync_of_the_account_runs(stack: 
         assert r.status_code == 202, r.text
         before = await _contact_reads(stack)
 
+        started = int(time.time())
         assert await reconcile_account(pc, account.account_id) == 0
         assert await _contact_reads(stack) == before
-        assert await _cursor(url, account.account_id) is None
+        # The first pass's starting point is kept, so a sync longer than its reach back loses nothing.
+        cursor = await _cursor(url, account.account_id)
+        assert cursor is not None
+        assert started - FIRST_PASS_SECONDS <= cursor <= int(time.time()) - FIRST_PASS_SECONDS
+        assert await reconcile_account(pc, account.account_id) == 0
+        assert await _cursor(url, account.account_id) == cursor  # kept, not moved by later skipped passes
 
         await raw_sql(url, "UPDATE sync_run SET status = 'done' WHERE account_id = $1", account.account_id)
         await reconcile_account(pc, account.account_id)
