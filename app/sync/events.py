@@ -30,7 +30,7 @@ from app.db.models import WebhookEvent
 from app.db.session import after_commit
 from app.db.states import EventSource, EventStatus, IntegrationStatus
 from app.queue import enqueue
-from app.sync import contacts_repo, crm_writes_repo, inbox_repo, providers, service
+from app.sync import contacts_repo, crm_writes_repo, inbox_repo, mapping, providers, service, spec_repo
 from app.sync.isolation import ApplyFailed, isolating
 
 log = structlog.get_logger(__name__)
@@ -286,6 +286,10 @@ async def _apply_events(
     # Kommo stamps changes in whole seconds, so of two edits made within one second the stamps cannot tell
     # which came last (and only a strictly newer stamp applies). Not while platform values wait to be written
     # to the contact: our copy holds them on purpose, ahead of Kommo, and the webhook of their write settles it.
+    # A mapped date field in Kommo's old birthday layout is stored as REST reads it (``mapping.typed_days``).
+    if mapping.has_day_texts(versions):
+        _, spec = await spec_repo.current_spec(session, account_id)
+        versions = mapping.typed_days(versions, spec.date_fields())
     known = await contacts_repo.contacts_by_ids(session, account_id, {c.id for c in versions})
     tied = tied_in_batch(versions)
     for c in versions:

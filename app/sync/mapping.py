@@ -10,11 +10,12 @@ state: mapping a new field that is empty everywhere sends nothing, and clearing 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -22,9 +23,17 @@ from typing import Any
 
 import orjson
 
-from app.connectors.base import CrmContact, day_month_year_seconds
+from app.connectors.base import CrmContact, CrmFieldValue, day_month_year_seconds
 from app.sync.held import held_value
-from app.sync.spec import PHONE_TARGET, Direction, FieldRule, SourceKind, SourceRef, StoredSpec
+from app.sync.spec import (
+    DATE_SOURCE_TYPES,
+    PHONE_TARGET,
+    Direction,
+    FieldRule,
+    SourceKind,
+    SourceRef,
+    StoredSpec,
+)
 
 # Deliberately simple and strict: one @, a dot in the domain, no spaces or control characters. The email
 # platform has the final word (its per-row rejections are recorded), this only filters obvious garbage.
@@ -118,6 +127,28 @@ def phone_number(raw: str) -> str:
     return f"+{digits}" if digits else ""
 
 
+def typed_days(versions: Sequence[CrmContact], date_fields: Collection[int]) -> list[CrmContact]:
+    """``versions`` with each ``dd.mm.yyyy`` value of a date field (``date_fields``) as the unix seconds REST
+    reads: a webhook carries values without their field's type, and Kommo's old birthday layout wrote a day
+    that way. Stored, a value must be one text whichever channel brought it, since two-way change times and
+    write checks compare stored texts."""
+    out: list[CrmContact] = []
+    for c in versions:
+        fields = tuple(
+            CrmFieldValue(f.field_id, tuple(day_month_year_seconds(v) or v for v in f.values))
+            if f.field_id in date_fields
+            else f
+            for f in c.fields
+        )
+        out.append(c if fields == c.fields else dataclasses.replace(c, fields=fields))
+    return out
+
+
+def has_day_texts(versions: Sequence[CrmContact]) -> bool:
+    """Whether any value of ``versions`` is written ``dd.mm.yyyy`` (the cheap test before ``typed_days``)."""
+    return any(day_month_year_seconds(v) for c in versions for f in c.fields for v in f.values)
+
+
 Reader = Callable[[ContactView], str]
 
 
@@ -138,7 +169,7 @@ def _custom_reader(ref: SourceRef, target_type: str) -> Reader:
         return lambda v: "1" if (vals := values(v)) and str(vals[0]).strip().lower() in ("1", "true") else "0"
     if ref.type == "numeric":
         return lambda v: _number(str(vals[0])) if (vals := values(v)) else ""
-    if ref.type in ("date", "birthday", "date_time"):
+    if ref.type in DATE_SOURCE_TYPES:
         with_time = ref.type == "date_time" and target_type != "date"
         return lambda v: _date(str(vals[0]), with_time=with_time) if (vals := values(v)) else ""
     if target_type == PHONE_TARGET:

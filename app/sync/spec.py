@@ -26,6 +26,9 @@ class Direction(StrEnum):
     BOTH = "both"
 
 
+DATE_SOURCE_TYPES = frozenset({"date", "date_time", "birthday"})
+
+
 class SourceKind(StrEnum):
     NAME = "name"
     FIRST_NAME = "first_name"
@@ -150,6 +153,17 @@ class StoredSpec(BaseModel):
 
     def uses(self, kind: SourceKind) -> bool:
         return any(ref.kind is kind for rule in self.fields for ref in rule.sources)
+
+    def date_fields(self) -> frozenset[int]:
+        """The CRM custom fields this spec maps that hold dates (date, date_time, birthday)."""
+        return frozenset(
+            ref.field_id
+            for rule in self.fields
+            for ref in rule.sources
+            if ref.kind is SourceKind.CUSTOM_FIELD
+            and ref.field_id is not None
+            and ref.type in DATE_SOURCE_TYPES
+        )
 
 
 def default_spec() -> StoredSpec:

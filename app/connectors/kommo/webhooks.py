@@ -223,8 +223,8 @@ def _value_texts(items: list[Node]) -> list[str]:
     """Value texts of a custom field (``values.py``), in index order, blanks dropped. An option's text is its
     ``[value]``; ``[enum]`` is only its id. A ``[value]`` is kept as written, ``15.06.2016`` included: the form
     does not say the field's type, and a text field holding a typed date must reach the platform as the same
-    text whether REST or a webhook read it last (Kommo's old birthday layout carried that form too; the
-    mapping reads it as a date when the field is one). A group where a value belongs (a layout Kommo has not
+    text whether REST or a webhook read it last (Kommo's old birthday layout carried that form too: the events
+    job, which knows from the sync spec which fields are dates, stores those as unix seconds). A group where a value belongs (a layout Kommo has not
     documented, such as legal_entity's object) is skipped rather than refused, so such a field cannot cost us
     the whole delivery."""
     texts: list[str] = []
@@ -241,10 +241,13 @@ def _value_texts(items: list[Node]) -> list[str]:
     return texts
 
 
-def _options(items: list[Node]) -> bool:
-    """Whether every item is an option (``{value, enum}``), as multitext values are: the one layout a
-    webhook shows of a field's type."""
-    return bool(items) and all(isinstance(item, dict) and "enum" in item for item in items)
+def _options(values: Node | None, items: list[Node]) -> bool:
+    """Whether the values are a list of options (``[N][value]`` with ``[N][enum]``), as multitext values are:
+    the one trace of a field's type a webhook shows. Select, multiselect and smart_address values look the
+    same (a radiobutton's single object does not), so an uncoded select named "Email" whose options are
+    addresses still counts here though REST skips it; a field like that is not known to exist."""
+    listed = isinstance(values, dict) and bool(values) and all(_INDEX_RE.fullmatch(key) for key in values)
+    return listed and all(isinstance(item, dict) and "enum" in item for item in items)
 
 
 def _soft_int(node: dict[str, Node], name: str) -> int | None:
@@ -278,7 +281,7 @@ def _custom_fields(contact: dict[str, Node], what: str) -> tuple[list[str], list
         if code:
             is_email = code.upper() == "EMAIL"
         else:
-            is_email = (name or "").strip().casefold() == "email" and _options(items)
+            is_email = (name or "").strip().casefold() == "email" and _options(field.get("values"), items)
         if is_email:
             for value in texts:
                 email = value.strip()

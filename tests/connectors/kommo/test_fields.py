@@ -13,7 +13,7 @@ from app.connectors.base import CrmContact, CrmFieldValue, day_month_year_second
 from app.connectors.kommo.schemas import KommoContact, KommoCustomFieldList, KommoUserList
 from app.connectors.kommo.values import date_text, number_text
 from app.connectors.kommo.webhooks import parse_webhook
-from app.sync.mapping import ContactView, contact_data, desired
+from app.sync.mapping import ContactView, contact_data, desired, typed_days
 from app.sync.spec import FieldRule, SourceKind, SourceRef, StoredSpec
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "kommo"
@@ -166,6 +166,8 @@ def test_the_old_birthday_layout_is_kept_as_typed_and_maps_to_the_same_day() -> 
         for c in (by_webhook, by_rest)
     ]
     assert derived == [{"Born": "2016-06-15"}, {"Born": "2016-06-15"}]
+    # Stored, it is one text whichever channel brought it (two-way change times compare stored texts).
+    assert typed_days([by_webhook], spec.date_fields())[0].fields == by_rest.fields
 
 
 def test_fields_keep_kommos_order_include_email_and_drop_blanks() -> None:

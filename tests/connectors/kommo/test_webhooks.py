@@ -213,6 +213,17 @@ def test_uncoded_text_field_named_email_is_not_an_address_field() -> None:
     assert event.contact is not None
     assert event.contact.emails == ()
     assert event.contact.fields == (CrmFieldValue(900, ("typed@example.com",)),)
+    # Nor a radiobutton's single option object, which REST would not take either.
+    radio = [
+        ("contacts[add][0][id]", "7"),
+        ("contacts[add][0][custom_fields][0][id]", "901"),
+        ("contacts[add][0][custom_fields][0][name]", "Email"),
+        ("contacts[add][0][custom_fields][0][values][value]", "picked@example.com"),
+        ("contacts[add][0][custom_fields][0][values][enum]", "566642"),
+    ]
+    [event] = parse_webhook(radio).events
+    assert event.contact is not None
+    assert event.contact.emails == ()
 
 
 def test_missing_timestamp_is_none_not_an_error() -> None:

@@ -17,9 +17,11 @@ from app.sync.mapping import (
     contact_emails,
     desired,
     difference,
+    has_day_texts,
     keep_phone,
     normalize_email,
     payload_hash,
+    typed_days,
 )
 from app.sync.service import Derivation
 from app.sync.spec import Direction, FieldRule, ListRule, SourceKind, SourceRef, StoredSpec, default_spec
@@ -374,3 +376,39 @@ def test_the_platform_record_follows_the_spec_in_force() -> None:
     assert platform_record(pushed, _told(City="Paris", Plan="x"), ()) == _told(Plan="x")
     assert platform_record({"delete": True}, _told(City="Paris"), ("City",)) == _told(City="Paris")
     assert platform_record(pushed, None, ()) is None
+
+
+def test_typed_days_turn_a_date_fields_day_text_into_seconds_and_leave_other_fields_alone() -> None:
+    typed = CrmContact(
+        id=7,
+        name="N",
+        updated_at=1,
+        fields=(
+            CrmFieldValue(8, ("01.05.2024",)),  # a birthday in the old webhook layout
+            CrmFieldValue(1, ("01.05.2024",)),  # a text field holding a typed day
+            CrmFieldValue(6, (str(MIDNIGHT),)),  # a date already in seconds
+        ),
+    )
+    plain = CrmContact(id=9, name="M", updated_at=1, fields=(CrmFieldValue(1, ("Moscow",)),))
+    assert has_day_texts([plain, typed])
+    assert not has_day_texts([plain])
+    out = typed_days([typed, plain], {8, 6})
+    assert out[0].fields == (
+        CrmFieldValue(8, (str(MIDNIGHT),)),
+        CrmFieldValue(1, ("01.05.2024",)),
+        CrmFieldValue(6, (str(MIDNIGHT),)),
+    )
+    assert out[1] is plain  # nothing to change: the same object
+
+
+def test_a_specs_date_fields_are_its_mapped_date_birthday_and_date_time_fields() -> None:
+    spec = StoredSpec(
+        fields=[
+            _cf(6, "date", "Day", "date"),
+            _cf(7, "date_time", "Seen", "text"),
+            _cf(8, "birthday", "Birthday", "date"),
+            _cf(1, "text", "City"),
+            _std(SourceKind.CREATED_AT, "Created", "date"),
+        ]
+    )
+    assert spec.date_fields() == {6, 7, 8}
