@@ -311,7 +311,9 @@ async def _apply_events(
         read_at = utcnow()
         live = await client.get_contacts(sorted(verify))
         alive = await service.apply_contacts(session, account_id, live, read_at=read_at)
-        gone = await service.delete_contacts(session, account_id, verify - {c.id for c in live})
+        gone = await service.delete_contacts(
+            session, account_id, verify - {c.id for c in live}, read_at=read_at
+        )
         affected |= alive.affected | gone.affected
         changed += alive.changed + gone.changed
     rec = await service.recompute(session, account_id, affected)

@@ -257,7 +257,7 @@ async def _apply_for_run(
             applied = await service.apply_contacts(
                 session, account_id, contacts, read_at=read_at, run_id=run_id
             )
-            deleted = await service.delete_contacts(session, account_id, gone)
+            deleted = await service.delete_contacts(session, account_id, gone, read_at=read_at)
             rec = await service.recompute(session, account_id, applied.affected | deleted.affected)
         run.changed += applied.changed + deleted.changed
         run.pushed += rec.queued

@@ -66,8 +66,9 @@ async def apply_contacts(
     Without ``read_at`` (webhook versions) only strictly newer versions of live contacts apply. With it, the
     versions were read live from the CRM at ``read_at`` (full sync, reconcile, verification) and are the
     truth as of then: they replace whatever we stored before that moment, whatever its timestamp, and revive
-    a contact we hold as deleted. A row written after ``read_at`` (a webhook applied while the page was on its
-    way) may hold a later change, so there only a newer version applies. Identical rows are never rewritten:
+    a contact we held as deleted before it. A row written after ``read_at`` (a webhook applied, or a deletion
+    confirmed, while the page was on its way) may hold a later change, so there only a newer version applies.
+    Identical rows are never rewritten:
     a full sync over an unchanged account only marks them seen.
     """
     latest: dict[int, CrmContact] = {}
@@ -155,15 +156,21 @@ def _replaces(old: Contact, new: CrmContact, read_at: datetime | None) -> bool:
     """Whether ``new`` replaces the stored row ``old`` (see ``apply_contacts``)."""
     if read_at is not None and old.updated_at < read_at:
         return not (old.kommo_updated_at == new.updated_at and holds(old, new))
-    newer = new.updated_at > old.kommo_updated_at
-    revived = read_at is not None and old.deleted_at is not None and new.updated_at >= old.kommo_updated_at
-    return newer or revived
+    # Written after the read (or a webhook version): only a newer version applies. A row deleted after the
+    # read is not revived by the read's older copy of the contact (a page fetched ahead, then committed).
+    return new.updated_at > old.kommo_updated_at
 
 
 async def delete_contacts(
-    session: AsyncSession, account_id: int, ids: Iterable[int], *, deleted_at: datetime | None = None
+    session: AsyncSession,
+    account_id: int,
+    ids: Iterable[int],
+    *,
+    deleted_at: datetime | None = None,
+    read_at: datetime | None = None,
 ) -> ApplyResult:
-    """Mark contacts deleted (confirmed gone from the CRM) and release their addresses."""
+    """Mark contacts deleted (confirmed gone from the CRM) and release their addresses. With ``read_at`` (when
+    the CRM was asked), a row written since is left alone: a restore applied after that read is newer."""
     result = ApplyResult()
     id_set = set(ids)
     if not id_set:
@@ -174,6 +181,8 @@ async def delete_contacts(
     changes: dict[int, AddressChange] = {}
     for cid in id_set:
         row = existing.get(cid)
+        if row is not None and read_at is not None and row.updated_at >= read_at:
+            continue
         if row is not None and row.deleted_at is None:
             row.deleted_at = when
             result.changed += 1

@@ -129,6 +129,31 @@ async def test_a_live_read_revives_a_deleted_contact_a_webhook_does_not(
     assert (await _stored(session, account, 1)).deleted_at is None
 
 
+async def test_a_read_older_than_a_deletion_does_not_revive_the_contact(
+    session: AsyncSession, account: int
+) -> None:
+    """A full-sync page fetched ahead of its commit, the contact deleted (and confirmed) meanwhile: the page's
+    copy predates the deletion and must not bring the contact, or its address, back."""
+    await service.apply_contacts(session, account, [_contact(1, 100, "a@x.io")])
+    read_at = utcnow()  # the page is fetched
+    await service.delete_contacts(session, account, [1])  # the deletion is confirmed while it waits
+    stale = await service.apply_contacts(session, account, [_contact(1, 100, "a@x.io")], read_at=read_at)
+    assert (stale.changed, stale.affected) == (0, set())
+    assert (await _stored(session, account, 1)).deleted_at is not None
+
+
+async def test_a_contact_written_after_the_read_that_found_it_gone_is_not_deleted(
+    session: AsyncSession, account: int
+) -> None:
+    """The vanish check reads Kommo, then a restore's version is applied before the check commits: the
+    restore is newer than the read that found the contact missing."""
+    read_at = utcnow()  # Kommo answered without contact 1
+    await service.apply_contacts(session, account, [_contact(1, 100, "a@x.io")])  # the restore, applied since
+    gone = await service.delete_contacts(session, account, [1], read_at=read_at)
+    assert (gone.changed, gone.affected) == (0, set())
+    assert (await _stored(session, account, 1)).deleted_at is None
+
+
 async def test_deleting_releases_addresses_and_counts_only_live_contacts(
     session: AsyncSession, account: int
 ) -> None:
