@@ -14,6 +14,7 @@ contact's timeline. A ``subscribe`` to a mapped list is a newsletter signup (``a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -43,7 +44,8 @@ from app.sync import (
     signups,
     two_way,
 )
-from app.sync.events import DEADLINE_SHARE
+from app.sync.events import DEADLINE_SHARE, MAX_EVENT_ATTEMPTS
+from app.sync.isolation import ApplyFailed, isolating
 
 log = structlog.get_logger(__name__)
 
@@ -92,54 +94,130 @@ async def process_unisender_events(
     if deadline is None:
         deadline = time.monotonic() + DEADLINE_SHARE * pc.settings.worker_job_timeout
     result = EspDrain()
+    set_aside: set[int] = set()  # failed alone in this job: left for a later job, so the others go on
     for round_no in range(ESP_MAX_ROUNDS):
         if round_no and time.monotonic() >= deadline:
             result.more = True
             return result
-        async with pc.db.session_scope() as session:
-            if not await xact_lock(session, f"esp-events:{account_id}", wait=False):
-                result.busy = True
-                return result
-            events = await inbox_repo.pending_events(
-                session, account_id, EventSource.UNISENDER, ESP_ROUND_EVENTS
-            )
-            if not events:
-                return result
-            parsed: list[tuple[WebhookEvent, list[EspHookEvent]]] = []
-            for ev in events:
-                ev.attempts += 1
-                try:
-                    # One stored event (or, for rows stored before events were split, a whole delivery).
-                    parsed.append((ev, list(providers.read_esp_hook(ev.body.encode()).events)))
-                except WebhookParseError as exc:
-                    ev.status, ev.last_error, ev.handled_at = (
-                        EventStatus.FAILED,
-                        f"unparsable body: {exc}",
-                        utcnow(),
-                    )
-            if any(_touches_mirror(item) for _, items in parsed for item in items):
-                # Waits rather than giving way: its holder (a Kommo events job, a walk's chunk, a full sync's
-                # page) drains its own work, not these events, and holds the lock for milliseconds.
-                await account_lock(session, account_id)
-            batch = _Batch()
-            for ev, items in parsed:
-                for i, item in enumerate(items):
-                    await _handle(session, account_id, item, f"{ev.dedupe_key}:{i}", ev.received_at, batch)
-                ev.status, ev.handled_at = EventStatus.DONE, utcnow()
-            await outbox_repo.cancel_outbox(session, account_id, batch.suppressed, "unsubscribed")
-            # The address's desired state no longer names those lists to join (nor to leave).
-            await service.recompute(session, account_id, batch.per_list - set(batch.suppressed))
-            await activity_repo.add_activity(session, account_id, batch.activity)
-            if await signups.record_signups(session, account_id, batch.joined):
-                after_commit(session, lambda: enqueue.signup_contacts(pc.queue, account_id))
-            result.handled += len(events)
-            if batch.suppressed or batch.per_list:
-                after_commit(session, lambda: enqueue.tag_unsubscribes(pc.queue, account_id))
-                log.info("unsubscribes.recorded", account_id=account_id, count=len(batch.suppressed))
-            if batch.activity:
-                after_commit(session, lambda: enqueue.activity_notes_window(pc.queue, account_id))
+        try:
+            found, suspects = await _round(pc, account_id, result, exclude=set_aside)
+        except ApplyFailed as failed:
+            # One event the database refuses (say, a value it cannot store) must not hold back the account's
+            # others, unsubscribes first: each is tried alone, and one failing alone is set aside as failed
+            # after MAX_EVENT_ATTEMPTS (shown on GET /accounts/{id} and in the dead letters).
+            log.warning("unisender_events.round_failed", account_id=account_id, reason=failed.reason)
+            found, suspects = True, failed.ids
+        for event_id in suspects:
+            if not await _alone(pc, account_id, event_id, result):
+                set_aside.add(event_id)
+        if not found:
+            return result
     result.more = True
     return result
+
+
+async def _alone(pc: ProcessContext, account_id: int, event_id: int, result: EspDrain) -> bool:
+    """One event in a transaction of its own, its attempt counted in another first (a rollback cannot undo
+    the count, so a poison event fails for good after ``MAX_EVENT_ATTEMPTS``); False if it failed."""
+    async with pc.db.session_scope() as session:
+        counted = await inbox_repo.count_event_attempt(session, event_id)
+    if counted is None:
+        return True  # handled meanwhile
+    attempts, last_error = counted
+    reason = f"gave up after {MAX_EVENT_ATTEMPTS} attempts: {last_error or 'no attempt finished'}"
+    if attempts <= MAX_EVENT_ATTEMPTS:
+        try:
+            await _round(pc, account_id, result, only=[event_id])
+            return True
+        except ApplyFailed as failed:
+            reason = failed.reason
+        except Exception:
+            # PostgreSQL trouble, not the event's (the job is retried): this attempt does not count.
+            with contextlib.suppress(Exception):
+                async with pc.db.session_scope() as session:
+                    await inbox_repo.count_event_attempt(session, event_id, undo=True)
+            raise
+    final = attempts >= MAX_EVENT_ATTEMPTS
+    async with pc.db.session_scope() as session:
+        await inbox_repo.record_event_failure(session, event_id, reason, final=final)
+    fields = {"account_id": account_id, "event_id": event_id, "attempts": attempts, "reason": reason}
+    if final:
+        log.error("unisender_events.event_failed", **fields)
+    else:
+        log.warning("unisender_events.event_retry", **fields)
+    return False
+
+
+async def _round(
+    pc: ProcessContext,
+    account_id: int,
+    result: EspDrain,
+    *,
+    only: list[int] | None = None,
+    exclude: set[int] | None = None,
+) -> tuple[bool, list[int]]:
+    """One transaction: the next pending events (or the pending one of ``only``, its attempt counted
+    already) handled and marked done. Returns whether there were any (False also when another job drains
+    the account) and the ones that failed alone before, left out to be tried alone again. Raises
+    ``ApplyFailed`` (rolled back) when handling fails for a reason the events may have caused."""
+    async with pc.db.session_scope() as session:
+        if not await xact_lock(session, f"esp-events:{account_id}", wait=only is not None):
+            result.busy = True
+            return False, []
+        suspects: list[int] = []
+        if only is None:
+            events = await inbox_repo.pending_events(
+                session, account_id, EventSource.UNISENDER, ESP_ROUND_EVENTS, exclude=exclude
+            )
+            suspects = [ev.id for ev in events if ev.last_error is not None]
+            found = bool(events)
+            events = [ev for ev in events if ev.last_error is None]
+        else:
+            events = await inbox_repo.pending_events_by_ids(session, account_id, only)
+            found = bool(events)
+        if events:
+            with isolating([ev.id for ev in events]):
+                await _handle_events(session, pc, account_id, events, counted=only is not None)
+            result.handled += len(events)
+    return found, suspects
+
+
+async def _handle_events(
+    session: AsyncSession, pc: ProcessContext, account_id: int, events: list[WebhookEvent], *, counted: bool
+) -> None:
+    parsed: list[tuple[WebhookEvent, list[EspHookEvent]]] = []
+    for ev in events:
+        if not counted:
+            ev.attempts += 1
+        try:
+            # One stored event (or, for rows stored before events were split, a whole delivery).
+            parsed.append((ev, list(providers.read_esp_hook(ev.body.encode()).events)))
+        except WebhookParseError as exc:
+            ev.status, ev.last_error, ev.handled_at = (
+                EventStatus.FAILED,
+                f"unparsable body: {exc}",
+                utcnow(),
+            )
+    if any(_touches_mirror(item) for _, items in parsed for item in items):
+        # Waits rather than giving way: its holder (a Kommo events job, a walk's chunk, a full sync's
+        # page) drains its own work, not these events, and holds the lock for milliseconds.
+        await account_lock(session, account_id)
+    batch = _Batch()
+    for ev, items in parsed:
+        for i, item in enumerate(items):
+            await _handle(session, account_id, item, f"{ev.dedupe_key}:{i}", ev.received_at, batch)
+        ev.status, ev.handled_at = EventStatus.DONE, utcnow()
+    await outbox_repo.cancel_outbox(session, account_id, batch.suppressed, "unsubscribed")
+    # The address's desired state no longer names those lists to join (nor to leave).
+    await service.recompute(session, account_id, batch.per_list - set(batch.suppressed))
+    await activity_repo.add_activity(session, account_id, batch.activity)
+    if await signups.record_signups(session, account_id, batch.joined):
+        after_commit(session, lambda: enqueue.signup_contacts(pc.queue, account_id))
+    if batch.suppressed or batch.per_list:
+        after_commit(session, lambda: enqueue.tag_unsubscribes(pc.queue, account_id))
+        log.info("unsubscribes.recorded", account_id=account_id, count=len(batch.suppressed))
+    if batch.activity:
+        after_commit(session, lambda: enqueue.activity_notes_window(pc.queue, account_id))
 
 
 TAG_ROUNDS = 20  # per job; the sweeper finds what is left

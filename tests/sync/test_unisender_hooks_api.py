@@ -114,6 +114,42 @@ async def test_every_layout_is_accepted_stored_and_applied(
     assert await unsubscribed(stack) == unsubscribes
 
 
+async def test_an_event_the_database_refuses_fails_alone_and_the_others_take_effect(stack: Stack) -> None:
+    """One event PostgreSQL refuses (a CHECK the test adds refuses frank's click: a value our parsing does not
+    catch, as a NUL once was) must not hold back the account's other events, unsubscribes above all: they are
+    applied one by one, the bad one is retried alone and, after 5 attempts, failed with its reason."""
+    url = stack.settings.database_url
+    assert url
+    account = await connect_account(stack, api_key=FIXTURE_KEY)
+    r = await post(stack, account, fixture("classic_batch.json"))
+    assert r.status_code == 200, r.text
+    check = "ALTER TABLE email_activity ADD CONSTRAINT test_poison CHECK (email <> 'frank@example.org')"
+    await raw_sql(url, check)
+    try:
+        await process(stack, account)
+        after = await rows(stack)
+        frank = [row for row in after if "frank@example.org" in row["body"]]
+        assert [row["status"] for row in frank] == ["pending"]
+        assert "test_poison" in frank[0]["last_error"]
+        others = [row["status"] for row in after if row not in frank and row["status"] != "unrecognised"]
+        assert others == ["done"] * 8
+        assert await unsubscribed(stack) == {
+            "ann@example.com",
+            "bob@example.com",
+            "dave@example.org",
+            "erin@example.org",
+            "jack@example.com",
+            "эмма@пример.рф",
+        }
+        for _ in range(5):
+            await process(stack, account)
+        [final] = [row for row in await rows(stack) if "frank@example.org" in row["body"]]
+        assert final["status"] == "failed"
+        assert "test_poison" in final["last_error"]
+    finally:
+        await raw_sql(url, "ALTER TABLE email_activity DROP CONSTRAINT IF EXISTS test_poison")
+
+
 async def test_a_redelivery_with_retry_count_adds_nothing(stack: Stack) -> None:
     account = await connect_account(stack, api_key=FIXTURE_KEY)
     first = await post(stack, account, fixture("classic_unsubscribe.json"))

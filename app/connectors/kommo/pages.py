@@ -23,8 +23,8 @@ from typing import Any
 import orjson
 
 from app.connectors.base import CrmContact, CrmFieldValue
-from app.connectors.kommo.text import clean_text
 from app.connectors.kommo.values import DATE_TYPES, date_text, number_text
+from app.connectors.text import clean_text
 
 EMAIL_FIELD_CODE = "EMAIL"
 

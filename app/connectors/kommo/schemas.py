@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.connectors.base import CrmContact, CrmFieldDef, CrmUser, OAuthTokens
 from app.connectors.kommo.pages import contact_of
-from app.connectors.kommo.text import clean_text
+from app.connectors.text import clean_text
 
 
 class KommoModel(BaseModel):

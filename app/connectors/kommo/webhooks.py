@@ -26,8 +26,8 @@ from app.connectors.base import (
     CrmWebhookBatch,
 )
 from app.connectors.kommo.exceptions import KommoWebhookParseError
-from app.connectors.kommo.text import clean_text
 from app.connectors.kommo.values import date_text
+from app.connectors.text import clean_text
 
 log = structlog.get_logger(__name__)
 

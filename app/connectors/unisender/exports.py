@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import structlog
 
+from app.connectors.text import clean_text
 from app.connectors.unisender.exceptions import UnisenderTransientError, error_from_status
 from app.connectors.unisender.imports import Params
 from app.connectors.unisender.reports import ExportedContacts, Table, table_from_file
@@ -157,7 +158,9 @@ class TaskMethods:
         exported = await self.export_contacts(list_id=list_id, field_names=["email", *wanted])
         out: dict[str, dict[str, str]] = {}
         for record in exported.contacts:
-            email = record.get("email", "").strip().lower()
+            # Cleaned as the hook's data is (``app.connectors.text``): one NUL in a value would fail the whole
+            # reconcile's transaction, every time it runs.
+            email = clean_text(record.get("email", "")).strip().lower()
             if email:
-                out[email] = {name: record.get(name, "") for name in wanted}
+                out[email] = {name: clean_text(record.get(name, "")) for name in wanted}
         return out

@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from app.connectors.base import ActivityKind
+from app.connectors.text import clean_text
 from app.connectors.unisender.activity import activity_kind
 from app.connectors.unisender.exceptions import UnisenderHookParseError
 
@@ -299,17 +300,17 @@ def _changed_fields(value: Any) -> tuple[tuple[str, str], ...]:
         elif isinstance(raw, bool):
             text = "1" if raw else "0"
         elif isinstance(raw, str | int | float):
-            text = str(raw)
+            text = clean_text(str(raw))
         else:
             continue
-        out.append((name.strip(), text))
+        out.append((clean_text(name).strip(), text))
     return tuple(out)
 
 
 def _email(value: Any) -> str | None:
     if not isinstance(value, str):
         return None
-    email = value.strip().lower()
+    email = clean_text(value).strip().lower()
     local, at, domain = email.rpartition("@")
     if not at or not local or not domain or len(email) > MAX_EMAIL_LENGTH or any(c.isspace() for c in email):
         return None
@@ -318,7 +319,7 @@ def _email(value: Any) -> str | None:
 
 def _text(value: Any) -> str | None:
     if isinstance(value, str):
-        return value.strip() or None
+        return clean_text(value).strip() or None
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return None

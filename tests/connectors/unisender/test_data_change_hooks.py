@@ -23,6 +23,17 @@ def test_a_data_change_carries_its_field_values_as_text() -> None:
     assert (event.unsubscribes, event.activity, event.subscribed_lists) == (False, None, ())
 
 
+def test_control_characters_are_cleaned_at_the_boundary() -> None:
+    """A NUL cannot be stored in PostgreSQL text: one in a field value or an address failed every write of the
+    account's events that carried it, so the reader removes it (and the other controls) as Kommo's readers do."""
+    event = parse_event(
+        _event({"City\x00": "Ri\x00o\x07", "Notes": "two\nlines"}, email="nul\x00@example.com")
+    )
+    assert event.recognised
+    assert event.email == "nul@example.com"
+    assert dict(event.field_values) == {"City": "Rio", "Notes": "two\nlines"}
+
+
 def test_two_edits_in_one_second_are_two_events_and_a_redelivery_is_one() -> None:
     one = parse_event(_event({"Plan": "gold"}))
     other = parse_event(_event({"Plan": "silver"}))

@@ -1,9 +1,10 @@
-"""Cleaning of the text Kommo hands us (webhook values, REST fields), before anything stores it.
+"""Cleaning of the text providers hand us (Kommo's webhook values and REST fields, Unisender's hook data),
+before anything stores it.
 
-Kommo keeps whatever its users and integrations typed, control characters included, and a webhook can be
-forged: a NUL (``%00`` in a form body, ``\\u0000`` in JSON) cannot be stored in PostgreSQL text at all, and a
-lone UTF-16 surrogate (``\\ud800`` in JSON) cannot be encoded as UTF-8. One such value used to fail every
-write that carried it. So both parsers pass every string through ``clean_text``:
+Kommo keeps whatever its users and integrations typed, control characters included, Unisender's contact data
+likewise, and a webhook can be forged: a NUL (``%00`` in a form body, ``\\u0000`` in JSON) cannot be stored in
+PostgreSQL text at all, and a lone UTF-16 surrogate (``\\ud800`` in JSON) cannot be encoded as UTF-8. One such
+value used to fail every write that carried it. So the parsers pass every string through ``clean_text``:
 
 - removed: the C0 controls (U+0000-U+001F) except tab, line feed and carriage return; DEL (U+007F); the C1
   controls (U+0080-U+009F); lone surrogates (U+D800-U+DFFF). None of them has a visible meaning in a name,
