@@ -138,6 +138,9 @@ class Pusher:
                 self._handoff = result.retry_in or 0.0
                 return
             self._busy = result.busy
+            if result.more:
+                # The pass stopped at its batch cap with rows left: another pass, or the flush job at the end.
+                self._wanted = True
 
     async def drain(self, within: float) -> None:
         """Push what is committed, for at most ``within`` seconds (the job's timeout must not cut the slice
