@@ -329,12 +329,10 @@ async def _finish(pc: ProcessContext, run_id: str, account_id: int, owner: str, 
     return RunStatus.DONE
 
 
-async def fail_run(pc: ProcessContext, run_id: str, error: str) -> None:
+async def fail_run(pc: ProcessContext, run_id: str, error: str, owner: str) -> None:
+    """End the run ``failed`` with ``error``, unless another slice holds it now."""
     async with pc.db.session_scope() as session:
-        run = await session.get(SyncRun, run_id)
-        if run is not None and run.status in RunStatus.active():
-            run.status, run.error, run.finished_at = RunStatus.FAILED, error[:1000], utcnow()
-            run.lease_owner = run.lease_expires_at = None
+        await runs_repo.fail_run(session, run_id, error, owner)
 
 
 async def slice_failed(pc: ProcessContext, run_id: str, owner: str, exc: Exception) -> float | None:
@@ -343,12 +341,12 @@ async def slice_failed(pc: ProcessContext, run_id: str, owner: str, exc: Excepti
     this was the ``MAX_SLICE_FAILURES``-th failure in a row and the run is now ``failed`` with the error."""
     reason = exc.reason if isinstance(exc, ApplyFailed) else describe(exc)
     async with pc.db.session_scope() as session:
-        failures = await runs_repo.count_slice_failure(session, run_id, reason)
+        failures = await runs_repo.count_slice_failure(session, run_id, reason, owner)
     log.warning("sync.slice_failed", run_id=run_id, failures=failures, reason=reason)
     if failures == 0:
         return None  # the run had finished already
     if failures >= MAX_SLICE_FAILURES:
-        await fail_run(pc, run_id, f"gave up after {failures} failed attempts: {reason}")
+        await fail_run(pc, run_id, f"gave up after {failures} failed attempts: {reason}", owner)
         return None
     delay = backoff(failures, base=1.0, cap=60.0, jitter=0.0)  # 2 s, 4 s …
     await hold_for_retry(pc, run_id, owner, delay)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
@@ -75,7 +76,7 @@ async def claim_run(session: AsyncSession, run_id: str, owner: str, until: datet
         .where(
             SyncRun.id == run_id,
             SyncRun.status.in_(RunStatus.active()),
-            or_(SyncRun.lease_owner.is_(None), SyncRun.lease_owner == owner, SyncRun.lease_expires_at < now),
+            ours_or_free(owner, now),
         )
         .values(lease_owner=owner, lease_expires_at=until, updated_at=now)
         .execution_options(synchronize_session=False)
@@ -113,16 +114,42 @@ async def held_run(session: AsyncSession, run_id: str, owner: str) -> SyncRun | 
     return run
 
 
-async def count_slice_failure(session: AsyncSession, run_id: str, reason: str) -> int:
-    """Record that a slice of an unfinished run failed; returns the failures in a row (0: finished run)."""
+def ours_or_free(owner: str, now: datetime) -> Any:
+    """The run's lease is ``owner``'s, nobody's, or lapsed: a slice that lost it to another must not fail or
+    charge the run that one is advancing."""
+    return or_(SyncRun.lease_owner.is_(None), SyncRun.lease_owner == owner, SyncRun.lease_expires_at < now)
+
+
+async def count_slice_failure(session: AsyncSession, run_id: str, reason: str, owner: str) -> int:
+    """Record that ``owner``'s slice of an unfinished run failed; returns the failures in a row (0: the run is
+    finished, or another slice holds it)."""
+    now = utcnow()
     stmt = (
         update(SyncRun)
-        .where(SyncRun.id == run_id, SyncRun.status.in_(RunStatus.active()))
-        .values(slice_failures=SyncRun.slice_failures + 1, error=reason, updated_at=utcnow())
+        .where(SyncRun.id == run_id, SyncRun.status.in_(RunStatus.active()), ours_or_free(owner, now))
+        .values(slice_failures=SyncRun.slice_failures + 1, error=reason, updated_at=now)
         .returning(SyncRun.slice_failures)
     )
     value = (await session.execute(stmt)).scalar_one_or_none()
     return int(value or 0)
+
+
+async def fail_run(session: AsyncSession, run_id: str, error: str, owner: str) -> None:
+    """End an unfinished run ``failed`` with ``error``, if its lease is ``owner``'s, nobody's or lapsed."""
+    now = utcnow()
+    await session.execute(
+        update(SyncRun)
+        .where(SyncRun.id == run_id, SyncRun.status.in_(RunStatus.active()), ours_or_free(owner, now))
+        .values(
+            status=RunStatus.FAILED,
+            error=error[:1000],
+            finished_at=now,
+            updated_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
 
 
 async def record_sync_failure(session: AsyncSession, run_id: str, kommo_id: int, reason: str) -> None:

@@ -147,7 +147,7 @@ async def full_sync(ctx: dict[str, Any], run_id: str) -> str:
         await fullsync.hold_for_retry(pc, run_id, owner, (retry.defer_score or 0) / 1000)
         raise retry from exc
     except (AccountNotReady, PermanentError) as exc:
-        await fullsync.fail_run(pc, run_id, f"{type(exc).__name__}: {exc}")
+        await fullsync.fail_run(pc, run_id, f"{type(exc).__name__}: {exc}", owner)
         return RunStatus.FAILED
     except Exception as exc:
         if isinstance(exc, DBAPIError) and exc.connection_invalidated:
