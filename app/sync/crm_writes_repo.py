@@ -17,7 +17,7 @@ from app.db.models import Contact, CrmWrite, Outbox
 from app.db.states import CrmWriteState, OutboxStatus
 from app.sync import field_times
 from app.sync.held import held_state, platform_entry
-from app.sync.mapping import payload_hash
+from app.sync.mapping import OUTCOME_UNKNOWN, payload_hash
 from app.sync.outbox_repo import HeldRow
 from app.sync.spec import PHONE_TARGET, SourceKind, SourceRef
 
@@ -139,7 +139,11 @@ async def record_held_value(
             fields.pop(target, None)
         else:
             fields[target] = value
-        values.update(pushed_payload=payload, pushed_hash=payload_hash(payload))
+        # After a push of unknown outcome the record stays unknown: the platform's report names one field.
+        unknown = row.pushed_hash == OUTCOME_UNKNOWN
+        values.update(
+            pushed_payload=payload, pushed_hash=OUTCOME_UNKNOWN if unknown else payload_hash(payload)
+        )
     elif not owned:
         return  # nothing pushed yet: no record to correct
     await session.execute(

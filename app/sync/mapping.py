@@ -372,13 +372,21 @@ def difference(held: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> Dif
     )
 
 
+# An outbox row's ``pushed_hash`` after a push whose outcome is unknown (a timeout, a broken connection, a 5xx:
+# the platform may have applied it): what the platform holds is unknown until a push is accepted.
+OUTCOME_UNKNOWN = "?"
+
+
 def already_held(
     wanted: Mapping[str, Any], pushed_hash: str | None, pushed: Mapping[str, Any] | None, *, owned: bool
 ) -> bool:
     """Whether the platform already holds ``wanted`` for an address with an outbox row, given what it last
-    accepted from us: nothing to push. An address never pushed and now without owner was never there."""
+    accepted from us: nothing to push. An address never pushed and now without owner was never there; after a
+    push of unknown outcome, nothing is known to be held."""
     if pushed_hash is None:
         return not owned
+    if pushed_hash == OUTCOME_UNKNOWN:
+        return False
     if pushed is None:
         return payload_hash(wanted) == pushed_hash  # accepted before payloads were kept
     return difference(pushed, wanted).empty

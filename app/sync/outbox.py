@@ -184,6 +184,9 @@ async def _record_failure(
     now = utcnow()
     changes, retry_in = failed_rows(rows, failure, now)
     await outbox_repo.update_outbox_rows(session, changes)
+    if failure.failure is Failure.TRANSIENT and not failure.throttled:
+        # A timeout, a broken connection or a 5xx: the import may have been applied all the same.
+        await outbox_repo.mark_outcome_unknown(session, [row.id for row in rows])
     match failure.failure:
         case Failure.NOT_READY:
             result.blocked = failure.code  # wait for the account to be connected; the sweeper looks again

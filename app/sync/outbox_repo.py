@@ -30,6 +30,7 @@ from app.db.models import Outbox
 from app.db.sql import Columns, chunks, execute_many, insert_unnest, json_dumps, lateral, unnest_insert
 from app.db.states import OutboxStatus
 from app.sync.held import held_state
+from app.sync.mapping import OUTCOME_UNKNOWN
 
 # The statuses an operator watches (the account views count them).
 WATCHED: tuple[OutboxStatus, ...] = (OutboxStatus.PENDING, OutboxStatus.REJECTED, OutboxStatus.DEAD)
@@ -312,6 +313,16 @@ async def update_outbox_rows(session: AsyncSession, changes: Sequence[RowChange]
         for change in changes
     ]
     await execute_many(session, stmt, rows)
+
+
+async def mark_outcome_unknown(session: AsyncSession, ids: Sequence[int]) -> None:
+    """The rows' last push may or may not have been applied: none is held as pushed until one is accepted
+    (``mapping.already_held``), so a desire equal to the state before it is pushed again, not settled."""
+    if ids:
+        await session.execute(
+            update(Outbox).where(Outbox.id.in_(list(ids))).values(pushed_hash=OUTCOME_UNKNOWN),
+            execution_options={"synchronize_session": False},
+        )
 
 
 async def accounts_with_due_outbox(session: AsyncSession) -> list[int]:

@@ -16,7 +16,7 @@ from app.db.base import utcnow
 from app.db.models import Contact, ContactEmail, Outbox
 from app.db.states import Consent, OutboxStatus
 from app.sync import consent_repo, outbox_repo, service
-from app.sync.mapping import payload_hash
+from app.sync.mapping import OUTCOME_UNKNOWN, payload_hash
 
 _IDS = itertools.count(random.randrange(10**12, 10**13, 10**6))
 
@@ -237,6 +237,32 @@ async def test_a_desire_equal_to_what_the_platform_holds_sends_nothing(
         OutboxStatus.DONE,
         "Ann",
         _hash("Ann"),
+    )
+
+
+async def test_after_a_push_of_unknown_outcome_the_state_before_it_is_pushed_again(
+    session: AsyncSession, account: int
+) -> None:
+    """Bob's push timed out (the platform may hold Bob now), then the contact went back to Ann, which the
+    platform held before: that must be pushed, not settled as held."""
+    await service.apply_contacts(session, account, [_contact(1, 100, "a@x.io", name="Ann")])
+    await service.recompute(session, account, ["a@x.io"])
+    row = (await _outbox(session, account))["a@x.io"]
+    # What a successful push records.
+    row.pushed_hash, row.pushed_payload, row.status = _hash("Ann"), _added("Ann"), OutboxStatus.DONE
+    await service.apply_contacts(session, account, [_contact(1, 101, "a@x.io", name="Bob")])
+    await service.recompute(session, account, ["a@x.io"])
+    row = (await _outbox(session, account))["a@x.io"]
+    await session.flush()
+    await outbox_repo.mark_outcome_unknown(session, [row.id])  # the import of Bob timed out
+    await service.apply_contacts(session, account, [_contact(1, 102, "a@x.io", name="Ann")])
+    rec = await service.recompute(session, account, ["a@x.io"])
+    assert (rec.queued, rec.unchanged) == (1, 0)
+    row = (await _outbox(session, account))["a@x.io"]
+    assert (row.status, row.payload["fields"]["Name"], row.pushed_hash) == (
+        OutboxStatus.PENDING,
+        "Ann",
+        OUTCOME_UNKNOWN,
     )
 
 
