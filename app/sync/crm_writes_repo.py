@@ -212,13 +212,16 @@ async def pushed_before(
 ) -> dict[str, dict[str, Any]]:
     """Per address, the user fields the platform accepted from us last and those it owns as we recorded them
     (``platform_values``; a push record's own entry is the later), when that push was before ``before`` (a push
-    accepted later may postdate what an export taken at ``before`` shows) and was not a deletion."""
+    accepted later may postdate what an export taken at ``before`` shows) and was not a deletion. Not while a
+    desire waits to be pushed: a CRM change may be on its way over the platform's value, and an export tells
+    no time to judge the two by (the next run, after the push, compares again)."""
     out: dict[str, dict[str, Any]] = {}
     for start in range(0, len(emails), 1000):
         stmt = select(Outbox.email, Outbox.pushed_payload, Outbox.platform_values).where(
             Outbox.account_id == account_id,
             Outbox.email.in_(list(emails[start : start + 1000])),
             Outbox.pushed_at < before,
+            Outbox.status != OutboxStatus.PENDING,
         )
         for email, payload, kept in (await session.execute(stmt)).all():
             held = held_state(payload, kept)

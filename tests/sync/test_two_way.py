@@ -254,6 +254,30 @@ async def test_a_platform_change_the_hook_missed_is_found_by_the_export_reconcil
         assert await tasks.reconcile_two_way({"process": pc}, w.account.account_id) == 0
 
 
+@pytest.mark.slow
+async def test_the_export_reconcile_leaves_an_address_alone_while_a_push_of_it_waits(stack: Stack) -> None:
+    """An export tells no time: while a Kommo change waits to be pushed over the platform's value (a backoff,
+    the flush window), the two cannot be judged, so the address waits for the next run, after the push."""
+    async with running_worker(stack.settings) as pc:
+        w = await _setup(stack)
+        await _quiet(w)
+        _, kommo_at = await _kommo_state(w)
+        url = stack.settings.database_url
+        assert url
+        await raw_sql(
+            url,
+            "UPDATE outbox SET status = 'pending', next_attempt_at = now() + interval '1 hour'"
+            " WHERE account_id = $1",
+            w.account.account_id,
+        )
+        await _unisender_edit(w, "quiet edit", kommo_at + 10, notify=False)
+
+        assert await tasks.reconcile_two_way({"process": pc}, w.account.account_id) == 0
+
+        await raw_sql(url, "UPDATE outbox SET status = 'done' WHERE account_id = $1", w.account.account_id)
+        assert await tasks.reconcile_two_way({"process": pc}, w.account.account_id) == 1
+
+
 async def _has(w: World, value: str) -> bool:
     return (await _kommo_state(w))[0] == value
 
