@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import String, any_, bindparam, select, text
+from sqlalchemy import String, any_, bindparam, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -131,6 +131,33 @@ async def untagged_unsubscribes(
         .limit(limit)
     )
     return list((await session.execute(stmt)).scalars())
+
+
+async def retag_new_holders(session: AsyncSession, account_id: int, emails: Sequence[str]) -> None:
+    """``emails`` gained a holder in the CRM (a new contact, an address added to one): each that takes no more
+    mail, or left a list, is written back to the CRM again, so the new holder carries the tag too."""
+    for chunk in chunks(list(emails)):
+        await session.execute(
+            update(ContactEmail)
+            .where(
+                ContactEmail.account_id == account_id,
+                ContactEmail.email == any_(_keys(chunk)),
+                ContactEmail.consent != Consent.SUBSCRIBED,
+                ContactEmail.kommo_tagged_at.is_not(None),
+            )
+            .values(kommo_tagged_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        await session.execute(
+            update(ListUnsubscribe)
+            .where(
+                ListUnsubscribe.account_id == account_id,
+                ListUnsubscribe.email == any_(_keys(chunk)),
+                ListUnsubscribe.kommo_tagged_at.is_not(None),
+            )
+            .values(kommo_tagged_at=None)
+            .execution_options(synchronize_session=False)
+        )
 
 
 async def accounts_with_untagged_unsubscribes(session: AsyncSession) -> list[int]:

@@ -104,6 +104,8 @@ async def apply_contacts(
         )
     await contacts_repo.upsert_contacts(session, account_id, rows, now=utcnow())
     await contacts_repo.replace_addresses(session, account_id, address_changes)
+    added = sorted({e for change in address_changes.values() for e in change.added})
+    await consent_repo.retag_new_holders(session, account_id, added)
     if run_id is not None:
         # Versions we skipped as not newer were still seen live by this run.
         applied = {row.kommo_id for row in rows}

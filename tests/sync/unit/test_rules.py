@@ -154,6 +154,26 @@ async def test_a_contact_written_after_the_read_that_found_it_gone_is_not_delete
     assert (await _stored(session, account, 1)).deleted_at is None
 
 
+async def test_a_new_holder_of_a_stopped_address_is_tagged_too(session: AsyncSession, account: int) -> None:
+    """An address that takes no more mail was tagged on the contacts holding it then; a contact that gets it
+    later (a returning customer added again) must carry the tag as well, so its write-back is due again."""
+    await service.apply_contacts(session, account, [_contact(1, 100, "a@x.io")])
+    await consent_repo.mark_unsubscribed(session, account, "a@x.io")
+    await consent_repo.mark_list_unsubscribed(session, account, "a@x.io", 7)
+    for row in await consent_repo.untagged_unsubscribes(session, account):
+        row.kommo_tagged_at = utcnow()  # what the tag job records
+    for lrow in await consent_repo.untagged_list_unsubscribes(session, account):
+        lrow.kommo_tagged_at = utcnow()
+    await session.flush()
+    await service.apply_contacts(session, account, [_contact(1, 101, "a@x.io", name="Same address")])
+    assert not await consent_repo.untagged_unsubscribes(session, account)  # no new holder: nothing due
+
+    await service.apply_contacts(session, account, [_contact(2, 100, "a@x.io")])
+    session.expire_all()
+    assert [r.email for r in await consent_repo.untagged_unsubscribes(session, account)] == ["a@x.io"]
+    assert [r.list_id for r in await consent_repo.untagged_list_unsubscribes(session, account)] == [7]
+
+
 async def test_deleting_releases_addresses_and_counts_only_live_contacts(
     session: AsyncSession, account: int
 ) -> None:
