@@ -59,7 +59,7 @@ def _moment(text: str) -> int | None:
 
 def crm_value(ref: SourceRef, text: str) -> tuple[CrmValue, str]:
     """The CRM value of the platform's ``text`` for source ``ref`` and its stored text ("" = no value);
-    raises ``Unconvertible``. An empty text clears the CRM field (a checkbox: unchecked)."""
+    raises ``Unconvertible``. An empty text clears the CRM field (a checkbox: unchecked, stored "0")."""
     if ref.kind in (SourceKind.NAME, SourceKind.FIRST_NAME, SourceKind.LAST_NAME):
         return text, text
     if ref.kind is not SourceKind.CUSTOM_FIELD:
@@ -69,7 +69,8 @@ def crm_value(ref: SourceRef, text: str) -> tuple[CrmValue, str]:
         flag = text.strip().lower()
         if flag not in _TRUE | _FALSE:
             raise Unconvertible(f"{text!r} is not a checkbox value")
-        return flag in _TRUE, "1" if flag in _TRUE else ""
+        # Stored as Kommo's REST reads it back (``false`` → "0"), so the next read is no change of its own.
+        return flag in _TRUE, "1" if flag in _TRUE else "0"
     if not text.strip():
         return None, ""
     if kind in _AS_TEXT:
