@@ -35,6 +35,12 @@ async def account_lock(session: AsyncSession, account_id: int, *, wait: bool = T
     return await xact_lock(session, f"mirror:{account_id}", wait=wait)
 
 
+async def tagging_lock(session: AsyncSession, account_id: int, *, wait: bool = True) -> bool:
+    """The account's write-back of stops and list unsubscribes to the CRM (one tagging round at a time, and a
+    new holder of a stopped address marked due only between rounds)."""
+    return await xact_lock(session, f"tags:{account_id}", wait=wait)
+
+
 async def flush_lock(session: AsyncSession, account_id: int, lane: int = 0) -> bool:
     """One pusher per lane of the account's outbox at a time: False at once when another transaction pushes
     in that lane (lane 0 is the only one of live flushes; a backlog adds others)."""

@@ -133,9 +133,25 @@ async def untagged_unsubscribes(
     return list((await session.execute(stmt)).scalars())
 
 
-async def retag_new_holders(session: AsyncSession, account_id: int, emails: Sequence[str]) -> None:
-    """``emails`` gained a holder in the CRM (a new contact, an address added to one): each that takes no more
-    mail, or left a list, is written back to the CRM again, so the new holder carries the tag too."""
+async def stopped_among(session: AsyncSession, account_id: int, emails: Sequence[str]) -> list[str]:
+    """Those of ``emails`` that take no more mail from us or left a list (their CRM holders carry a tag)."""
+    found: set[str] = set()
+    for chunk in chunks(list(emails)):
+        stmt = select(ContactEmail.email).where(
+            ContactEmail.account_id == account_id,
+            ContactEmail.email == any_(_keys(chunk)),
+            ContactEmail.consent != Consent.SUBSCRIBED,
+        )
+        found.update(str(e) for e in (await session.execute(stmt)).scalars())
+        stmt = select(ListUnsubscribe.email).where(
+            ListUnsubscribe.account_id == account_id, ListUnsubscribe.email == any_(_keys(chunk))
+        )
+        found.update(str(e) for e in (await session.execute(stmt)).scalars())
+    return sorted(found)
+
+
+async def untag(session: AsyncSession, account_id: int, emails: Sequence[str]) -> None:
+    """Make the write-back of ``emails``' stops and list unsubscribes due again (a new CRM holder to tag)."""
     for chunk in chunks(list(emails)):
         await session.execute(
             update(ContactEmail)
@@ -143,18 +159,13 @@ async def retag_new_holders(session: AsyncSession, account_id: int, emails: Sequ
                 ContactEmail.account_id == account_id,
                 ContactEmail.email == any_(_keys(chunk)),
                 ContactEmail.consent != Consent.SUBSCRIBED,
-                ContactEmail.kommo_tagged_at.is_not(None),
             )
             .values(kommo_tagged_at=None)
             .execution_options(synchronize_session=False)
         )
         await session.execute(
             update(ListUnsubscribe)
-            .where(
-                ListUnsubscribe.account_id == account_id,
-                ListUnsubscribe.email == any_(_keys(chunk)),
-                ListUnsubscribe.kommo_tagged_at.is_not(None),
-            )
+            .where(ListUnsubscribe.account_id == account_id, ListUnsubscribe.email == any_(_keys(chunk)))
             .values(kommo_tagged_at=None)
             .execution_options(synchronize_session=False)
         )

@@ -222,6 +222,7 @@ async def pushed_before(
             Outbox.email.in_(list(emails[start : start + 1000])),
             Outbox.pushed_at < before,
             Outbox.status != OutboxStatus.PENDING,
+            Outbox.pushed_hash != OUTCOME_UNKNOWN,  # what the platform holds is unknown: nothing to compare
         )
         for email, payload, kept in (await session.execute(stmt)).all():
             held = held_state(payload, kept)

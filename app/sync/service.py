@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.accounts import repository as accounts_repo
 from app.connectors.base import CrmContact
 from app.db.base import utcnow
-from app.db.locks import account_lock
+from app.db.locks import account_lock, tagging_lock
 from app.db.models import Contact
 from app.db.session import after_commit
 from app.db.states import OutboxStatus
@@ -105,7 +105,13 @@ async def apply_contacts(
     await contacts_repo.upsert_contacts(session, account_id, rows, now=utcnow())
     await contacts_repo.replace_addresses(session, account_id, address_changes)
     added = sorted({e for change in address_changes.values() for e in change.added})
-    await consent_repo.retag_new_holders(session, account_id, added)
+    stopped = await consent_repo.stopped_among(session, account_id, added) if added else []
+    if stopped:
+        # A new holder of an address that takes no more mail (or left a list) is tagged too: its write-back is
+        # due again. Under the tagging lock: a tag round that read the holders before this change would
+        # otherwise mark the address written back after it, without the new holder.
+        await tagging_lock(session, account_id)
+        await consent_repo.untag(session, account_id, stopped)
     if run_id is not None:
         # Versions we skipped as not newer were still seen live by this run.
         applied = {row.kommo_id for row in rows}
@@ -156,10 +162,13 @@ def holds(old: Contact, new: CrmContact) -> bool:
 
 def _replaces(old: Contact, new: CrmContact, read_at: datetime | None) -> bool:
     """Whether ``new`` replaces the stored row ``old`` (see ``apply_contacts``)."""
+    if read_at is not None and old.deleted_at is not None:
+        # Deleted as of the read that found it gone (``deleted_at``): a later read of the contact is the truth,
+        # an earlier one (a page fetched ahead of its commit) is not, whichever of the two commits first.
+        return read_at > old.deleted_at or new.updated_at > old.kommo_updated_at
     if read_at is not None and old.updated_at < read_at:
         return not (old.kommo_updated_at == new.updated_at and holds(old, new))
-    # Written after the read (or a webhook version): only a newer version applies. A row deleted after the
-    # read is not revived by the read's older copy of the contact (a page fetched ahead, then committed).
+    # Written after the read (or a webhook version): only a newer version applies.
     return new.updated_at > old.kommo_updated_at
 
 
@@ -172,14 +181,15 @@ async def delete_contacts(
     read_at: datetime | None = None,
 ) -> ApplyResult:
     """Mark contacts deleted (confirmed gone from the CRM) and release their addresses. With ``read_at`` (when
-    the CRM was asked), a row written since is left alone: a restore applied after that read is newer."""
+    the CRM was asked), that is the deletion's time (what a later read is compared with), and a row written
+    since is left alone: a restore applied after that read is newer."""
     result = ApplyResult()
     id_set = set(ids)
     if not id_set:
         return result
     existing = await contacts_repo.contacts_by_ids(session, account_id, id_set)
     held = await contacts_repo.addresses_of(session, account_id, id_set)
-    when = deleted_at or utcnow()
+    when = deleted_at or read_at or utcnow()
     changes: dict[int, AddressChange] = {}
     for cid in id_set:
         row = existing.get(cid)

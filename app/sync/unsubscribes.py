@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -28,7 +29,7 @@ from app.connectors.base import ActivityKind, EspHookEvent
 from app.connectors.errors import WebhookParseError
 from app.context import ProcessContext
 from app.db.base import utcnow
-from app.db.locks import account_lock, xact_lock
+from app.db.locks import account_lock, tagging_lock, xact_lock
 from app.db.models import WebhookEvent
 from app.db.session import after_commit
 from app.db.states import Consent, EventSource, EventStatus, IntegrationStatus
@@ -103,17 +104,51 @@ async def process_unisender_events(
             found, suspects = await _round(pc, account_id, result, exclude=set_aside)
         except ApplyFailed as failed:
             # One event the database refuses (say, a value it cannot store) must not hold back the account's
-            # others, unsubscribes first: each is tried alone, and one failing alone is set aside as failed
-            # after MAX_EVENT_ATTEMPTS (shown on GET /accounts/{id} and in the dead letters).
+            # others, unsubscribes first: the round is applied again in halves down to single events, and one
+            # failing alone is set aside, failed after MAX_EVENT_ATTEMPTS (GET /accounts/{id}, dead letters).
             log.warning("unisender_events.round_failed", account_id=account_id, reason=failed.reason)
-            found, suspects = True, failed.ids
+            if not await _isolate(pc, account_id, failed.ids, result, set_aside, deadline):
+                result.more = True
+                return result
+            continue
         for event_id in suspects:
+            if time.monotonic() >= deadline:
+                result.more = True
+                return result
             if not await _alone(pc, account_id, event_id, result):
                 set_aside.add(event_id)
         if not found:
             return result
     result.more = True
     return result
+
+
+async def _isolate(
+    pc: ProcessContext,
+    account_id: int,
+    ids: Sequence[int],
+    result: EspDrain,
+    set_aside: set[int],
+    deadline: float,
+) -> bool:
+    """Apply events that failed together in halves, each in its own transaction, down to single events;
+    False when the deadline stopped it (the rest stays pending for a continuation)."""
+    groups: list[Sequence[int]] = [ids[: len(ids) // 2], ids[len(ids) // 2 :]]
+    while groups:
+        if time.monotonic() >= deadline:
+            return False
+        group = groups.pop(0)
+        if not group:
+            continue
+        if len(group) == 1:
+            if not await _alone(pc, account_id, group[0], result):
+                set_aside.add(group[0])
+            continue
+        try:
+            await _round(pc, account_id, result, only=list(group))
+        except ApplyFailed:
+            groups[:0] = [group[: len(group) // 2], group[len(group) // 2 :]]
+    return True
 
 
 async def _alone(pc: ProcessContext, account_id: int, event_id: int, result: EspDrain) -> bool:
@@ -127,7 +162,7 @@ async def _alone(pc: ProcessContext, account_id: int, event_id: int, result: Esp
     reason = f"gave up after {MAX_EVENT_ATTEMPTS} attempts: {last_error or 'no attempt finished'}"
     if attempts <= MAX_EVENT_ATTEMPTS:
         try:
-            await _round(pc, account_id, result, only=[event_id])
+            await _round(pc, account_id, result, only=[event_id], counted=True)
             return True
         except ApplyFailed as failed:
             reason = failed.reason
@@ -155,9 +190,10 @@ async def _round(
     *,
     only: list[int] | None = None,
     exclude: set[int] | None = None,
+    counted: bool = False,
 ) -> tuple[bool, list[int]]:
-    """One transaction: the next pending events (or the pending one of ``only``, its attempt counted
-    already) handled and marked done. Returns whether there were any (False also when another job drains
+    """One transaction: the next pending events (or the pending ones of ``only``; ``counted``: their attempt
+    was counted already) handled and marked done. Returns whether there were any (False also when another job drains
     the account) and the ones that failed alone before, left out to be tried alone again. Raises
     ``ApplyFailed`` (rolled back) when handling fails for a reason the events may have caused."""
     async with pc.db.session_scope() as session:
@@ -177,7 +213,7 @@ async def _round(
             found = bool(events)
         if events:
             with isolating([ev.id for ev in events]):
-                await _handle_events(session, pc, account_id, events, counted=only is not None)
+                await _handle_events(session, pc, account_id, events, counted=counted)
             result.handled += len(events)
     return found, suspects
 
@@ -293,7 +329,7 @@ async def tag_unsubscribed_contacts(pc: ProcessContext, account_id: int) -> int:
     tagged = 0
     for _ in range(TAG_ROUNDS):
         async with pc.db.session_scope() as session:
-            if not await xact_lock(session, f"tags:{account_id}", wait=False):
+            if not await tagging_lock(session, account_id, wait=False):
                 return tagged
             integ = await accounts_repo.get_integration(session, account_id)
             if integ is None or integ.status != IntegrationStatus.CONNECTED:

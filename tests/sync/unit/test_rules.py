@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import itertools
 import random
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.connectors.base import CrmContact
@@ -29,6 +29,11 @@ def account() -> int:
 
 def _contact(id_: int, updated_at: int, *emails: str, name: str = "") -> CrmContact:
     return CrmContact(id=id_, name=name or f"C{id_}@{updated_at}", updated_at=updated_at, emails=emails)
+
+
+async def _backdate(session: AsyncSession, account: int, when: datetime) -> None:
+    """Date the account's rows as written at ``when`` (before the reads of a test's story)."""
+    await session.execute(update(Contact).where(Contact.account_id == account).values(updated_at=when))
 
 
 async def _stored(session: AsyncSession, account: int, kommo_id: int) -> Contact:
@@ -140,6 +145,21 @@ async def test_a_read_older_than_a_deletion_does_not_revive_the_contact(
     stale = await service.apply_contacts(session, account, [_contact(1, 100, "a@x.io")], read_at=read_at)
     assert (stale.changed, stale.affected) == (0, set())
     assert (await _stored(session, account, 1)).deleted_at is not None
+
+
+async def test_a_read_after_the_one_that_found_the_contact_gone_revives_it_whatever_commits_first(
+    session: AsyncSession, account: int
+) -> None:
+    """Kommo answers a verification without the contact (read 1), the contact is restored (same version), a
+    full-sync page reads it (read 2); the deletion commits first, the page after: the page is the later truth."""
+    await service.apply_contacts(session, account, [_contact(1, 100, "a@x.io")], read_at=utcnow())
+    first_read = utcnow() - timedelta(seconds=1)  # both reads were made before either commits
+    page_read = first_read + timedelta(milliseconds=500)
+    await _backdate(session, account, first_read - timedelta(seconds=1))
+    await service.delete_contacts(session, account, [1], read_at=first_read)
+    revived = await service.apply_contacts(session, account, [_contact(1, 100, "a@x.io")], read_at=page_read)
+    assert (revived.changed, revived.affected) == (1, {"a@x.io"})
+    assert (await _stored(session, account, 1)).deleted_at is None
 
 
 async def test_a_contact_written_after_the_read_that_found_it_gone_is_not_deleted(
