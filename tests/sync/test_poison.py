@@ -135,7 +135,10 @@ async def test_an_event_that_cannot_be_applied_fails_after_n_attempts_and_the_re
                 "SELECT status, attempts, last_error FROM webhook_event WHERE body LIKE '%Poison%'",
             )
         assert bad["status"] == "failed", dict(bad)
-        assert bad["attempts"] == events.MAX_EVENT_ATTEMPTS
+        # Two jobs of the account may each try the suspect alone (its attempts are counted before the account's
+        # lock is taken, by design, so that an attempt that kills its worker counts too): then the second
+        # finds one attempt too many and gives up, an attempt later than a lone job would.
+        assert events.MAX_EVENT_ATTEMPTS <= bad["attempts"] <= events.MAX_EVENT_ATTEMPTS + 1
         assert "test_poison" in bad["last_error"]
         assert "CheckViolation" in bad["last_error"]
         assert "Ann" not in bad["last_error"]  # the reason names the refusal, not the data
@@ -145,7 +148,7 @@ async def test_an_event_that_cannot_be_applied_fails_after_n_attempts_and_the_re
         assert view["events_failed"] == 1
         assert view["events_pending"] == 0
         [failure] = view["recent_event_failures"]
-        assert failure["attempts"] == events.MAX_EVENT_ATTEMPTS
+        assert failure["attempts"] == bad["attempts"]
         assert "test_poison" in failure["reason"]
 
 
