@@ -135,18 +135,8 @@ async def untagged_unsubscribes(
 
 async def stopped_among(session: AsyncSession, account_id: int, emails: Sequence[str]) -> list[str]:
     """Those of ``emails`` that take no more mail from us or left a list (their CRM holders carry a tag)."""
-    found: set[str] = set()
-    for chunk in chunks(list(emails)):
-        stmt = select(ContactEmail.email).where(
-            ContactEmail.account_id == account_id,
-            ContactEmail.email == any_(_keys(chunk)),
-            ContactEmail.consent != Consent.SUBSCRIBED,
-        )
-        found.update(str(e) for e in (await session.execute(stmt)).scalars())
-        stmt = select(ListUnsubscribe.email).where(
-            ListUnsubscribe.account_id == account_id, ListUnsubscribe.email == any_(_keys(chunk))
-        )
-        found.update(str(e) for e in (await session.execute(stmt)).scalars())
+    found = await unsubscribed(session, account_id, emails)
+    found.update(await list_unsubscribes(session, account_id, emails))
     return sorted(found)
 
 

@@ -31,7 +31,7 @@ from app.db.session import after_commit
 from app.db.states import EventSource, EventStatus, IntegrationStatus
 from app.queue import enqueue
 from app.sync import contacts_repo, crm_writes_repo, inbox_repo, mapping, providers, service, spec_repo
-from app.sync.isolation import ApplyFailed, isolating
+from app.sync.isolation import ApplyFailed, in_halves, isolating
 
 log = structlog.get_logger(__name__)
 
@@ -88,7 +88,14 @@ async def process_kommo_events(
             log.warning(
                 "events.batch_failed", account_id=account_id, events=len(failed.ids), reason=failed.reason
             )
-            if not await _isolate(pc, account_id, failed.ids, total, set_aside, deadline):
+            isolated = await in_halves(
+                failed.ids,
+                group=lambda ids: _apply(pc, account_id, total, only=ids),
+                alone=lambda event_id: _apply_alone(pc, account_id, event_id, total),
+                set_aside=set_aside,
+                deadline=deadline,
+            )
+            if not isolated:
                 total.more = True
                 return total
             continue
@@ -102,34 +109,6 @@ async def process_kommo_events(
                 set_aside.add(event_id)
     total.more = True  # MAX_BATCHES full batches: there may be more
     return total
-
-
-async def _isolate(
-    pc: ProcessContext,
-    account_id: int,
-    ids: Sequence[int],
-    total: DrainResult,
-    set_aside: set[int],
-    deadline: float,
-) -> bool:
-    """Apply events that failed together in halves, each in its own transaction, down to single events;
-    False when the deadline stopped it (the rest stays pending for a continuation)."""
-    groups: list[Sequence[int]] = [ids[: len(ids) // 2], ids[len(ids) // 2 :]]
-    while groups:
-        if time.monotonic() >= deadline:
-            return False
-        group = groups.pop(0)
-        if not group:
-            continue
-        if len(group) == 1:
-            if not await _apply_alone(pc, account_id, group[0], total):
-                set_aside.add(group[0])
-            continue
-        try:
-            await _apply(pc, account_id, total, only=group)
-        except ApplyFailed:
-            groups[:0] = [group[: len(group) // 2], group[len(group) // 2 :]]
-    return True
 
 
 async def _apply_alone(pc: ProcessContext, account_id: int, event_id: int, total: DrainResult) -> bool:

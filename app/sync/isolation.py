@@ -8,7 +8,8 @@ infrastructure fail every item alike, and stay the job's to retry as a whole.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -86,3 +87,32 @@ def isolating(ids: Sequence[int] = ()) -> Iterator[None]:
         if not isolatable(exc):
             raise
         raise ApplyFailed(describe(exc), ids) from exc
+
+
+async def in_halves(
+    ids: Sequence[int],
+    *,
+    group: Callable[[list[int]], Awaitable[object]],
+    alone: Callable[[int], Awaitable[bool]],
+    set_aside: set[int],
+    deadline: float,
+) -> bool:
+    """Apply items that failed together in halves (``group``: one transaction, raising ``ApplyFailed``), down
+    to single ones (``alone``: False when it failed, and it is then set aside for this job); False when the
+    deadline (``time.monotonic()``) stopped it, the rest left pending for a continuation."""
+    groups: list[list[int]] = [list(ids[: len(ids) // 2]), list(ids[len(ids) // 2 :])]
+    while groups:
+        if time.monotonic() >= deadline:
+            return False
+        part = groups.pop(0)
+        if not part:
+            continue
+        if len(part) == 1:
+            if not await alone(part[0]):
+                set_aside.add(part[0])
+            continue
+        try:
+            await group(part)
+        except ApplyFailed:
+            groups[:0] = [part[: len(part) // 2], part[len(part) // 2 :]]
+    return True

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -46,7 +45,7 @@ from app.sync import (
     two_way,
 )
 from app.sync.events import DEADLINE_SHARE, MAX_EVENT_ATTEMPTS
-from app.sync.isolation import ApplyFailed, isolating
+from app.sync.isolation import ApplyFailed, in_halves, isolating
 
 log = structlog.get_logger(__name__)
 
@@ -107,7 +106,14 @@ async def process_unisender_events(
             # others, unsubscribes first: the round is applied again in halves down to single events, and one
             # failing alone is set aside, failed after MAX_EVENT_ATTEMPTS (GET /accounts/{id}, dead letters).
             log.warning("unisender_events.round_failed", account_id=account_id, reason=failed.reason)
-            if not await _isolate(pc, account_id, failed.ids, result, set_aside, deadline):
+            isolated = await in_halves(
+                failed.ids,
+                group=lambda ids: _round(pc, account_id, result, only=ids),
+                alone=lambda event_id: _alone(pc, account_id, event_id, result),
+                set_aside=set_aside,
+                deadline=deadline,
+            )
+            if not isolated:
                 result.more = True
                 return result
             continue
@@ -121,34 +127,6 @@ async def process_unisender_events(
             return result
     result.more = True
     return result
-
-
-async def _isolate(
-    pc: ProcessContext,
-    account_id: int,
-    ids: Sequence[int],
-    result: EspDrain,
-    set_aside: set[int],
-    deadline: float,
-) -> bool:
-    """Apply events that failed together in halves, each in its own transaction, down to single events;
-    False when the deadline stopped it (the rest stays pending for a continuation)."""
-    groups: list[Sequence[int]] = [ids[: len(ids) // 2], ids[len(ids) // 2 :]]
-    while groups:
-        if time.monotonic() >= deadline:
-            return False
-        group = groups.pop(0)
-        if not group:
-            continue
-        if len(group) == 1:
-            if not await _alone(pc, account_id, group[0], result):
-                set_aside.add(group[0])
-            continue
-        try:
-            await _round(pc, account_id, result, only=list(group))
-        except ApplyFailed:
-            groups[:0] = [group[: len(group) // 2], group[len(group) // 2 :]]
-    return True
 
 
 async def _alone(pc: ProcessContext, account_id: int, event_id: int, result: EspDrain) -> bool:
