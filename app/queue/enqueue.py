@@ -13,6 +13,7 @@ import contextlib
 import math
 import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -115,13 +116,23 @@ _SWEEP = "sweep"
 
 
 async def full_sync(
-    queue: ArqRedis, account_id: int, run_id: str, *, delay: float | None = None, sweep: bool = False
+    queue: ArqRedis,
+    account_id: int,
+    run_id: str,
+    *,
+    delay: float | None = None,
+    sweep: bool = False,
+    orphaned_at: datetime | None = None,
 ) -> None:
     """A slice of the run (a full sync or a re-derivation) of ``account_id``. The job id is the slice's lease
     owner on the run (64 characters at most): the run id's first 8 and a unique suffix, or for the sweeper's
-    re-enqueue of an orphaned run a fixed one (see ``_SWEEP``; a retried job keeps its lease the same way)."""
+    re-enqueue of an orphaned run a fixed one per orphaning (``orphaned_at``: when its last lease lapsed; see
+    ``_SWEEP``; a retried job keeps its lease the same way). One id per orphaning, not per run: a slice the
+    sweeper started and that was then killed keeps its id "in progress" at arq for the job timeout + 10 s, and
+    the next orphaning's re-enqueue under the same id would be dropped until then."""
     base = _bulk_id(account_id, f"sync:{run_id[:8]}")
-    job_id = f"{base}:{_SWEEP}" if sweep else _uid(base)
+    stamp = f":{int(orphaned_at.timestamp())}" if orphaned_at is not None else ""
+    job_id = f"{base}:{_SWEEP}{stamp}" if sweep else _uid(base)
     await _enqueue(queue, "full_sync", run_id, job_id=job_id, defer=delay)
 
 

@@ -300,7 +300,8 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     for account_id in due:
         await enqueue.flush_outbox(pc.queue, account_id, delay=0)
     for run in runs:
-        await enqueue.full_sync(pc.queue, run.account_id, run.id, sweep=True)
+        orphaned_at = run.lease_expires_at or run.updated_at
+        await enqueue.full_sync(pc.queue, run.account_id, run.id, sweep=True, orphaned_at=orphaned_at)
     for account_id in untagged:
         await enqueue.tag_unsubscribes(pc.queue, account_id)
     for account_id in noting:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from datetime import UTC, datetime
 
 from arq.connections import ArqRedis
 
@@ -34,6 +35,31 @@ async def test_a_sweep_adds_no_second_job_while_its_first_waits(ctx: ProcessCont
         ids = await queue.zrange(bulk_name, 0, -1)
         if ids:
             await queue.delete(*(b"arq:job:" + i for i in ids))
+        await queue.delete(queue_name, bulk_name)
+
+
+async def test_each_orphaning_of_a_run_gets_its_own_sweep_job(ctx: ProcessContext) -> None:
+    """A slice the sweeper started and that was killed keeps its id "in progress" at arq for the job timeout +
+    10 s: the re-enqueue after the next lapse of the run's lease must not share that id, or it is dropped."""
+    queue_name = f"test-sweep-{uuid.uuid4().hex[:8]}"
+    queue = ArqRedis(connection_pool=ctx.queue.connection_pool, default_queue_name=queue_name)
+    bulk_name = bulk_queue(queue_name)
+    account = 10**12 + int(uuid.uuid4().int % 10**9)
+    run_id = uuid.uuid4().hex
+    first, second = datetime(2026, 12, 1, 10, 0, tzinfo=UTC), datetime(2026, 12, 1, 10, 1, tzinfo=UTC)
+    try:
+        for _ in range(3):  # sweeps while the first orphaning lasts: one job
+            await enqueue.full_sync(queue, account, run_id, sweep=True, orphaned_at=first)
+        assert await queue.zcard(bulk_name) == 1
+        await queue.set(b"arq:in-progress:" + (await queue.zrange(bulk_name, 0, -1))[0], b"1", px=60_000)
+        await enqueue.full_sync(queue, account, run_id, sweep=True, orphaned_at=second)
+        ids = [i.decode() for i in await queue.zrange(bulk_name, 0, -1)]
+        assert len(ids) == 2
+        assert all(len(i) <= 64 for i in ids)  # a lease owner's width
+    finally:
+        ids = await queue.zrange(bulk_name, 0, -1)
+        if ids:
+            await queue.delete(*(b"arq:job:" + i for i in ids), *(b"arq:in-progress:" + i for i in ids))
         await queue.delete(queue_name, bulk_name)
 
 
