@@ -19,6 +19,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.connectors.base import CrmClient, CrmContact, CrmFieldWrite, CrmValue, FieldsWritten
+from app.connectors.errors import RequestError
 from app.context import ProcessContext
 from app.db.base import utcnow
 from app.db.locks import account_lock, xact_lock
@@ -34,6 +35,7 @@ from app.sync import (
     spec_repo,
     two_way,
 )
+from app.sync.isolation import describe
 from app.sync.mapping import contact_data
 from app.sync.spec import Direction, SourceKind, SourceRef
 
@@ -230,7 +232,7 @@ async def _round(
         await crm_writes_repo.finish(session, [row_id], CrmWriteState.FAILED, now, reason)
     for row_id, reason in plan.stale_ids.items():
         await crm_writes_repo.finish(session, [row_id], CrmWriteState.SUPERSEDED, now, reason)
-    answer = await client.write_contact_fields(plan.writes) if plan.writes else FieldsWritten({}, {})
+    answer = await written_apart(client, plan.writes) if plan.writes else FieldsWritten({}, {})
     refused = result.refused
     written: set[int] = set()
     for write in plan.writes:
@@ -254,6 +256,20 @@ async def _round(
         superseded=len(plan.superseded),
     )
     return written
+
+
+async def written_apart(client: CrmClient, writes: Sequence[CrmFieldWrite]) -> FieldsWritten:
+    """``writes`` sent; a request the CRM refuses without naming the item at fault (a shape Kommo's documents
+    do not show, but a refusal all the same) is sent again in halves, down to single contacts, so the one
+    refused is told apart and failed, instead of the whole set being retried for ever with it inside."""
+    try:
+        return await client.write_contact_fields(writes)
+    except RequestError as exc:
+        if len(writes) == 1:
+            return FieldsWritten({}, {writes[0].key: describe(exc)})
+        half = len(writes) // 2
+        first, second = await written_apart(client, writes[:half]), await written_apart(client, writes[half:])
+        return FieldsWritten(first.written | second.written, first.refused | second.refused)
 
 
 async def _catch_up(
