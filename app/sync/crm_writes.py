@@ -258,18 +258,50 @@ async def _round(
     return written
 
 
+# Calls one split may make (a few bad contacts among a round's: about two per halving level each); beyond it,
+# or when the refusal turns out to be every contact's, the refusal is the whole request's: raised for the job.
+SPLIT_CALLS = 32
+
+
 async def written_apart(client: CrmClient, writes: Sequence[CrmFieldWrite]) -> FieldsWritten:
-    """``writes`` sent; a request the CRM refuses without naming the item at fault (a shape Kommo's documents
-    do not show, but a refusal all the same) is sent again in halves, down to single contacts, so the one
-    refused is told apart and failed, instead of the whole set being retried for ever with it inside."""
+    """``writes`` sent; a request the CRM refuses as invalid (400/422) without naming the item at fault (a
+    shape Kommo's documents do not show, but a refusal all the same) is sent again in halves, down to single
+    contacts, so the one refused is told apart and failed instead of the whole set retried for ever with it
+    inside. A refusal every contact meets (a field deleted in Kommo, a request we build wrongly) is no item's:
+    it is raised, as is one the split cannot narrow within ``SPLIT_CALLS``."""
     try:
         return await client.write_contact_fields(writes)
     except RequestError as exc:
-        if len(writes) == 1:
-            return FieldsWritten({}, {writes[0].key: describe(exc)})
-        half = len(writes) // 2
-        first, second = await written_apart(client, writes[:half]), await written_apart(client, writes[half:])
-        return FieldsWritten(first.written | second.written, first.refused | second.refused)
+        if exc.status_code not in (400, 422) or len(writes) < 2:
+            raise
+        budget = [SPLIT_CALLS]
+        answer = await _split(client, list(writes), exc, budget)
+        if not answer.written:
+            raise  # every contact refused: the request's fault, not one item's
+        return answer
+
+
+async def _split(
+    client: CrmClient, writes: list[CrmFieldWrite], refusal: RequestError, budget: list[int]
+) -> FieldsWritten:
+    half = len(writes) // 2
+    out = FieldsWritten({}, {})
+    for part in (writes[:half], writes[half:]):
+        if budget[0] <= 0:
+            raise refusal
+        budget[0] -= 1
+        try:
+            answer = await client.write_contact_fields(part)
+        except RequestError as exc:
+            if exc.status_code not in (400, 422):
+                raise
+            if len(part) == 1:
+                answer = FieldsWritten({}, {part[0].key: describe(exc)})
+            else:
+                answer = await _split(client, part, refusal, budget)
+        out.written.update(answer.written)
+        out.refused.update(answer.refused)
+    return out
 
 
 async def _catch_up(

@@ -108,9 +108,10 @@ async def apply_contacts(
     stopped = await consent_repo.stopped_among(session, account_id, added) if added else []
     if stopped:
         # A new holder of an address that takes no more mail (or left a list) is tagged too: its write-back is
-        # due again. Under the tagging lock: a tag round that read the holders before this change would
-        # otherwise mark the address written back after it, without the new holder.
-        await tagging_lock(session, account_id)
+        # due again. Best under the tagging lock (a tag round that read the holders before this change would
+        # mark the address written back after it, without the new holder), but never waiting for it here: a
+        # round holds it across Kommo calls, and the account's mirror lock is held meanwhile.
+        await tagging_lock(session, account_id, wait=False)
         await consent_repo.untag(session, account_id, stopped)
     if run_id is not None:
         # Versions we skipped as not newer were still seen live by this run.
@@ -165,7 +166,7 @@ def _replaces(old: Contact, new: CrmContact, read_at: datetime | None) -> bool:
     if read_at is not None and old.deleted_at is not None:
         # Deleted as of the read that found it gone (``deleted_at``): a later read of the contact is the truth,
         # an earlier one (a page fetched ahead of its commit) is not, whichever of the two commits first.
-        return read_at > old.deleted_at or new.updated_at > old.kommo_updated_at
+        return read_at > old.deleted_at
     if read_at is not None and old.updated_at < read_at:
         return not (old.kommo_updated_at == new.updated_at and holds(old, new))
     # Written after the read (or a webhook version): only a newer version applies.
