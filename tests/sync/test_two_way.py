@@ -255,6 +255,21 @@ async def test_a_platform_change_the_hook_missed_is_found_by_the_export_reconcil
 
 
 @pytest.mark.slow
+async def test_the_export_s_text_is_cleaned_before_it_is_compared_or_written(stack: Stack) -> None:
+    """An export carries what users typed in Unisender, control characters included: they are removed at the
+    boundary as from the hook's data (a NUL, which PostgreSQL text cannot hold, failed the whole reconcile)."""
+    async with running_worker(stack.settings) as pc:
+        w = await _setup(stack)
+        await _quiet(w)
+        _, kommo_at = await _kommo_state(w)
+        await _unisender_edit(w, "bell\x07typed", kommo_at + 10, notify=False)
+
+        assert await tasks.reconcile_two_way({"process": pc}, w.account.account_id) == 1
+
+        await wait_for(lambda: _has(w, "belltyped"), within=30, what="the cleaned value written into Kommo")
+
+
+@pytest.mark.slow
 async def test_the_export_reconcile_leaves_an_address_alone_while_a_push_of_it_waits(stack: Stack) -> None:
     """An export tells no time: while a Kommo change waits to be pushed over the platform's value (a backoff,
     the flush window), the two cannot be judged, so the address waits for the next run, after the push."""
