@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -112,49 +113,66 @@ async def process_kommo_events(
 
 
 async def _apply_alone(pc: ProcessContext, account_id: int, event_id: int, total: DrainResult) -> bool:
-    """Apply one event in its own transaction, after counting the attempt in another; False if it failed."""
+    """Apply one event in its own transaction (``try_alone``); False if it failed."""
+    outcome = await try_alone(
+        pc,
+        event_id,
+        lambda: _apply(pc, account_id, total, only=[event_id], counted=True),
+        log_as="events",
+        account_id=account_id,
+    )
+    if outcome is Alone.FAILED:
+        total.failed += 1
+    return outcome is Alone.APPLIED
+
+
+class Alone(StrEnum):
+    APPLIED = "applied"  # or handled meanwhile by another job
+    RETRY = "retry"  # failed: tried alone again by a later job
+    FAILED = "failed"  # failed for good (MAX_EVENT_ATTEMPTS)
+
+
+async def try_alone(
+    pc: ProcessContext,
+    event_id: int,
+    apply: Callable[[], Awaitable[object]],
+    *,
+    log_as: str,
+    account_id: int,
+) -> Alone:
+    """One stored event applied by ``apply`` (its own transaction, raising ``ApplyFailed`` when the event may
+    be at fault), its attempt counted in another transaction first: a rollback cannot undo the count, and an
+    attempt that kills its worker counts too, so a poison event fails for good after ``MAX_EVENT_ATTEMPTS``
+    with its reason. Trouble that is not the event's (PostgreSQL, the provider) takes the attempt back and is
+    raised for the job."""
     async with pc.db.session_scope() as session:
         counted = await inbox_repo.count_event_attempt(session, event_id)
     if counted is None:
-        return True  # handled meanwhile (another job, or the account was disabled)
+        return Alone.APPLIED  # handled meanwhile (another job, or the account was disabled)
     attempts, last_error = counted
-    if attempts > MAX_EVENT_ATTEMPTS:
-        # Every earlier attempt was counted, yet none recorded an outcome: the process died or the job was
-        # cancelled while applying it.
-        reason = f"gave up after {MAX_EVENT_ATTEMPTS} attempts: {last_error or 'no attempt finished'}"
-        await _record_failure(pc, event_id, reason, final=True)
-        total.failed += 1
-        log.error("events.event_failed", account_id=account_id, event_id=event_id, reason=reason)
-        return False
-    try:
-        await _apply(pc, account_id, total, only=[event_id], counted=True)
-    except ApplyFailed as failed:
-        final = attempts >= MAX_EVENT_ATTEMPTS
-        await _record_failure(pc, event_id, failed.reason, final=final)
-        fields = {
-            "account_id": account_id,
-            "event_id": event_id,
-            "attempts": attempts,
-            "reason": failed.reason,
-        }
-        if final:
-            total.failed += 1
-            log.error("events.event_failed", **fields)
-        else:
-            log.warning("events.event_retry", **fields)
-        return False
-    except Exception:
-        # Kommo or PostgreSQL trouble, not the event's (the job is retried): this attempt does not count.
-        with contextlib.suppress(Exception):
-            async with pc.db.session_scope() as session:
-                await inbox_repo.count_event_attempt(session, event_id, undo=True)
-        raise
-    return True
-
-
-async def _record_failure(pc: ProcessContext, event_id: int, reason: str, *, final: bool) -> None:
+    # Past the limit, every earlier attempt was counted yet none recorded an outcome: the process died or the
+    # job was cancelled while applying it.
+    reason = f"gave up after {MAX_EVENT_ATTEMPTS} attempts: {last_error or 'no attempt finished'}"
+    if attempts <= MAX_EVENT_ATTEMPTS:
+        try:
+            await apply()
+            return Alone.APPLIED
+        except ApplyFailed as failed:
+            reason = failed.reason
+        except Exception:
+            with contextlib.suppress(Exception):
+                async with pc.db.session_scope() as session:
+                    await inbox_repo.count_event_attempt(session, event_id, undo=True)
+            raise
+    final = attempts >= MAX_EVENT_ATTEMPTS
     async with pc.db.session_scope() as session:
         await inbox_repo.record_event_failure(session, event_id, reason, final=final)
+    fields = {"account_id": account_id, "event_id": event_id, "attempts": attempts, "reason": reason}
+    if final:
+        log.error(f"{log_as}.event_failed", **fields)
+        return Alone.FAILED
+    log.warning(f"{log_as}.event_retry", **fields)
+    return Alone.RETRY
 
 
 async def _apply(

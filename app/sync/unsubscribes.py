@@ -14,7 +14,6 @@ contact's timeline. A ``subscribe`` to a mapped list is a newsletter signup (``a
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from app.sync import (
     signups,
     two_way,
 )
-from app.sync.events import DEADLINE_SHARE, MAX_EVENT_ATTEMPTS
+from app.sync.events import DEADLINE_SHARE, Alone, try_alone
 from app.sync.isolation import ApplyFailed, in_halves, isolating
 
 log = structlog.get_logger(__name__)
@@ -130,35 +129,15 @@ async def process_unisender_events(
 
 
 async def _alone(pc: ProcessContext, account_id: int, event_id: int, result: EspDrain) -> bool:
-    """One event in a transaction of its own, its attempt counted in another first (a rollback cannot undo
-    the count, so a poison event fails for good after ``MAX_EVENT_ATTEMPTS``); False if it failed."""
-    async with pc.db.session_scope() as session:
-        counted = await inbox_repo.count_event_attempt(session, event_id)
-    if counted is None:
-        return True  # handled meanwhile
-    attempts, last_error = counted
-    reason = f"gave up after {MAX_EVENT_ATTEMPTS} attempts: {last_error or 'no attempt finished'}"
-    if attempts <= MAX_EVENT_ATTEMPTS:
-        try:
-            await _round(pc, account_id, result, only=[event_id], counted=True)
-            return True
-        except ApplyFailed as failed:
-            reason = failed.reason
-        except Exception:
-            # PostgreSQL trouble, not the event's (the job is retried): this attempt does not count.
-            with contextlib.suppress(Exception):
-                async with pc.db.session_scope() as session:
-                    await inbox_repo.count_event_attempt(session, event_id, undo=True)
-            raise
-    final = attempts >= MAX_EVENT_ATTEMPTS
-    async with pc.db.session_scope() as session:
-        await inbox_repo.record_event_failure(session, event_id, reason, final=final)
-    fields = {"account_id": account_id, "event_id": event_id, "attempts": attempts, "reason": reason}
-    if final:
-        log.error("unisender_events.event_failed", **fields)
-    else:
-        log.warning("unisender_events.event_retry", **fields)
-    return False
+    """One event in a transaction of its own (``events.try_alone``); False if it failed."""
+    outcome = await try_alone(
+        pc,
+        event_id,
+        lambda: _round(pc, account_id, result, only=[event_id], counted=True),
+        log_as="unisender_events",
+        account_id=account_id,
+    )
+    return outcome is Alone.APPLIED
 
 
 async def _round(
